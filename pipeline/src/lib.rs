@@ -1,0 +1,15 @@
+//! sshwarden's pure core: from the bytes a source hands over to the
+//! remediation commands a sink delivers, with no I/O, no AWS types and no
+//! async runtime.
+//!
+//! The path of a record: [`envelope`] decodes a CloudWatch Logs subscription
+//! payload, [`prefix`] finds sshd's message in each log line, [`classify`]
+//! says what the message reports and whom it names, [`context`] attributes
+//! lines that name nobody from earlier lines of the same connection,
+//! [`window`] counts signals in event-time tumbling windows and fires rules
+//! early, [`policy`] turns fired rules into [`command`]s. [`engine`] wires
+//! these together for one shard.
+
+pub mod classify;
+pub mod time;
+pub mod prefix;
