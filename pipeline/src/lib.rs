@@ -11,5 +11,14 @@
 //! these together for one shard.
 
 pub mod classify;
-pub mod time;
+pub mod command;
+pub mod context;
+pub mod engine;
+pub mod envelope;
+pub mod policy;
 pub mod prefix;
+pub mod source;
+pub mod time;
+pub mod window;
+
+pub use engine::{Engine, EngineConfig, LineInput, Stats};

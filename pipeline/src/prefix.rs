@@ -19,7 +19,11 @@ pub enum LineTime {
     /// A complete timestamp: epoch milliseconds.
     Absolute(i64),
     /// RFC 3164 without a year: month (1-12), day, milliseconds of the day.
-    NoYear { month: u32, day: u32, ms_of_day: i64 },
+    NoYear {
+        month: u32,
+        day: u32,
+        ms_of_day: i64,
+    },
 }
 
 impl LineTime {
@@ -238,7 +242,10 @@ fn skip_structured_data(s: &str) -> Option<&str> {
 /// printed by sshd's logger before the message proper, so they are trusted.
 fn strip_decorations(mut m: &str) -> &str {
     loop {
-        if let Some(r) = m.strip_prefix("error: ").or_else(|| m.strip_prefix("fatal: ")) {
+        if let Some(r) = m
+            .strip_prefix("error: ")
+            .or_else(|| m.strip_prefix("fatal: "))
+        {
             m = r;
         } else if let Some(r) = m.strip_prefix("[ID ") {
             // `[ID 800047 auth.info] `
@@ -257,7 +264,11 @@ fn strip_decorations(mut m: &str) -> &str {
             let Some(i) = memchr::memchr(b']', r.as_bytes()) else {
                 return m;
             };
-            if !r[..i].trim().bytes().all(|c| c.is_ascii_digit() || c == b'.') {
+            if !r[..i]
+                .trim()
+                .bytes()
+                .all(|c| c.is_ascii_digit() || c == b'.')
+            {
                 return m;
             }
             let r = &r[i + 1..];
@@ -290,28 +301,51 @@ mod tests {
                 ms_of_day: (14 * 3600 + 34 * 60 + 10) * 1000
             })
         );
-        let l = parse_line("Jan  5 01:31:41 www sshd[1643]: ROOT LOGIN REFUSED FROM 1.2.3.4").unwrap();
+        let l =
+            parse_line("Jan  5 01:31:41 www sshd[1643]: ROOT LOGIN REFUSED FROM 1.2.3.4").unwrap();
         assert_eq!(l.message, "ROOT LOGIN REFUSED FROM 1.2.3.4");
-        let l = parse_line("2015-04-16T18:02:50.321974+00:00 host sshd[2716]: pam_unix(sshd:auth): x").unwrap();
+        let l =
+            parse_line("2015-04-16T18:02:50.321974+00:00 host sshd[2716]: pam_unix(sshd:auth): x")
+                .unwrap();
         assert_eq!(l.time, Some(LineTime::Absolute(1_429_207_370_321)));
         assert_eq!(l.message, "pam_unix(sshd:auth): x");
         let l = parse_line("2024-01-02T03:04:05+0000 ip-10-0-0-1 sshd-session[77]: Invalid user a from 1.2.3.4 port 5").unwrap();
         assert_eq!(l.host, Some("ip-10-0-0-1"));
         assert_eq!(l.message, "Invalid user a from 1.2.3.4 port 5");
         let l = parse_line("Mar 15 09:20:57.123456 host sshd[28972]: Connection reset by 192.0.2.39 port 14282 [preauth]").unwrap();
-        assert!(matches!(l.time, Some(LineTime::NoYear { ms_of_day, .. }) if ms_of_day % 1000 == 123));
+        assert!(
+            matches!(l.time, Some(LineTime::NoYear { ms_of_day, .. }) if ms_of_day % 1000 == 123)
+        );
         let l = parse_line("Feb 25 2024 14:34:10 belka sshd[31602]: x").unwrap();
         assert!(matches!(l.time, Some(LineTime::Absolute(_))));
         let l = parse_line("Feb 25 14:34:10 2024 belka sshd[31602]: x").unwrap();
         assert!(matches!(l.time, Some(LineTime::Absolute(_))));
         assert_eq!(l.host, Some("belka"));
-        assert_eq!(msg("srv sshd[13709]: error: PAM: Authentication failure for a from b"), Some("PAM: Authentication failure for a from b"));
-        assert_eq!(msg("Mar  3 00:17:22 [sshd]: User root from 1.2.3.4 not allowed"), Some("User root from 1.2.3.4 not allowed"));
-        assert_eq!(msg("Jun 25 23:53:34 [sshd] User root from 1.2.3.4 not allowed"), Some("User root from 1.2.3.4 not allowed"));
-        assert_eq!(msg("Nov 23 21:50:19 sshd[8148]: Disconnecting: x"), Some("Disconnecting: x"));
+        assert_eq!(
+            msg("srv sshd[13709]: error: PAM: Authentication failure for a from b"),
+            Some("PAM: Authentication failure for a from b")
+        );
+        assert_eq!(
+            msg("Mar  3 00:17:22 [sshd]: User root from 1.2.3.4 not allowed"),
+            Some("User root from 1.2.3.4 not allowed")
+        );
+        assert_eq!(
+            msg("Jun 25 23:53:34 [sshd] User root from 1.2.3.4 not allowed"),
+            Some("User root from 1.2.3.4 not allowed")
+        );
+        assert_eq!(
+            msg("Nov 23 21:50:19 sshd[8148]: Disconnecting: x"),
+            Some("Disconnecting: x")
+        );
         assert_eq!(msg("Mar 29 05:59:23 dusky sshd[20878]: [ID 800047 auth.info] Failed keyboard-interactive"), Some("Failed keyboard-interactive"));
-        assert_eq!(msg("srv sshd[20878]: kernel:[  970.699396]: Failed x"), Some("Failed x"));
-        assert_eq!(msg("srv sshd[20879]: kernel: [  970.699397] Failed x"), Some("Failed x"));
+        assert_eq!(
+            msg("srv sshd[20878]: kernel:[  970.699396]: Failed x"),
+            Some("Failed x")
+        );
+        assert_eq!(
+            msg("srv sshd[20879]: kernel: [  970.699397] Failed x"),
+            Some("Failed x")
+        );
         assert_eq!(msg("<38>Feb 25 14:34:10 belka sshd[1]: x"), Some("x"));
     }
 
@@ -322,14 +356,26 @@ mod tests {
         assert_eq!(l.pid, Some(55555));
         assert_eq!(l.message, "Failed unknown for x");
         assert_eq!(l.time, Some(LineTime::Absolute(1_562_622_017_954)));
-        assert_eq!(msg("<38>1 2019-07-08T17:40:16Z h sshd 1 - - fatal: y"), Some("y"));
-        assert_eq!(msg("<38>1 2019-07-08T17:40:16Z h cron 1 - - Invalid user a from 1.2.3.4"), None);
+        assert_eq!(
+            msg("<38>1 2019-07-08T17:40:16Z h sshd 1 - - fatal: y"),
+            Some("y")
+        );
+        assert_eq!(
+            msg("<38>1 2019-07-08T17:40:16Z h cron 1 - - Invalid user a from 1.2.3.4"),
+            None
+        );
     }
 
     #[test]
     fn other_programs_are_not_sshd() {
-        assert_eq!(msg("Feb 25 14:34:10 belka logger: Invalid user x from 1.2.3.4"), None);
-        assert_eq!(msg("Feb 25 14:34:10 belka sudo[1]: Failed password for x from 1.2.3.4 port 1 ssh2"), None);
+        assert_eq!(
+            msg("Feb 25 14:34:10 belka logger: Invalid user x from 1.2.3.4"),
+            None
+        );
+        assert_eq!(
+            msg("Feb 25 14:34:10 belka sudo[1]: Failed password for x from 1.2.3.4 port 1 ssh2"),
+            None
+        );
         assert_eq!(msg("Feb 25 14:34:10 belka notsshd[1]: x"), None);
         assert_eq!(msg("Feb 25 14:34:10 belka sshdx[1]: x"), None);
         assert_eq!(msg("Feb 25 14:34:10 belka sshd[x]: x"), None);

@@ -1,0 +1,192 @@
+//! The remediation command: versioned JSON a sink delivers, with an id that is
+//! a pure function of (subject, rule, window start) so a replay yields the
+//! same id and the Step Functions execution name deduplicates it.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::classify::Signal;
+use crate::policy::{Action, Origin};
+use crate::time::format_rfc3339_ms;
+use crate::window::{Fired, Subject, SubjectKind};
+
+pub const COMMAND_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Command {
+    pub version: u32,
+    pub id: String,
+    pub action: Action,
+    /// A quarantine the policy downgraded to a notification (blast radius, or
+    /// the subject is not an instance id): a person has to decide.
+    pub held: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub subject_kind: SubjectKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<String>,
+    pub account: String,
+    pub log_group: String,
+    pub log_stream: String,
+    pub rule: String,
+    pub window_start: String,
+    pub window_end: String,
+    pub window_start_ms: i64,
+    pub counts: BTreeMap<&'static str, u32>,
+    pub top_sources: Vec<SourceCount>,
+    pub other_source_events: u32,
+    pub sample_lines: Vec<String>,
+    pub detected_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SourceCount {
+    pub source: String,
+    pub count: u32,
+}
+
+impl Command {
+    pub fn from_fired(
+        fired: &Fired,
+        rule: &str,
+        action: Action,
+        held: bool,
+        reason: Option<&str>,
+        origin: &Origin,
+    ) -> Command {
+        let w = &fired.window;
+        let (instance_id, source_ip, subject_text) = match &fired.subject {
+            Subject::Instance(i) => (Some(i.to_string()), None, i.to_string()),
+            Subject::Source(s) => (None, Some(s.to_string()), s.to_string()),
+        };
+        Command {
+            version: COMMAND_VERSION,
+            id: command_id(fired.subject.kind(), &subject_text, rule, w.start_ms),
+            action,
+            held,
+            reason: reason.map(str::to_owned),
+            subject_kind: fired.subject.kind(),
+            instance_id,
+            source_ip,
+            account: origin.account.clone(),
+            log_group: origin.log_group.clone(),
+            log_stream: origin.log_stream.clone(),
+            rule: rule.to_owned(),
+            window_start: format_rfc3339_ms(w.start_ms),
+            window_end: format_rfc3339_ms(fired.window_end_ms),
+            window_start_ms: w.start_ms,
+            counts: Signal::ALL
+                .iter()
+                .filter(|s| w.counts[s.index()] > 0)
+                .map(|s| (s.as_str(), w.counts[s.index()]))
+                .collect(),
+            top_sources: w
+                .top_sources(5)
+                .into_iter()
+                .map(|(s, count)| SourceCount {
+                    source: s.to_string(),
+                    count,
+                })
+                .collect(),
+            other_source_events: w.other_source_events
+                + w.sources.iter().skip(5).map(|(_, n)| n).sum::<u32>(),
+            sample_lines: w.samples.clone(),
+            detected_at: format_rfc3339_ms(fired.detected_at_ms),
+        }
+    }
+
+    /// The Step Functions execution name: the id (already at most 80
+    /// characters of `[A-Za-z0-9_-]`).
+    pub fn execution_name(&self) -> &str {
+        &self.id
+    }
+}
+
+/// `sw1-<i|s>-<subject>-<rule>-<window start seconds>`, characters outside
+/// `[A-Za-z0-9_-]` replaced by `_`. Over 80 characters, the subject is cut and
+/// a stable hash of the full text keeps ids distinct.
+pub fn command_id(kind: SubjectKind, subject: &str, rule: &str, window_start_ms: i64) -> String {
+    let k = match kind {
+        SubjectKind::Instance => 'i',
+        SubjectKind::Source => 's',
+    };
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    let secs = window_start_ms.div_euclid(1000);
+    let full = format!("sw1-{k}-{}-{}-{secs}", clean(subject), clean(rule));
+    if full.len() <= 80 {
+        return full;
+    }
+    let hash = fnv1a64(format!("{k}\0{subject}\0{rule}\0{window_start_ms}").as_bytes());
+    let tail = format!("-{}-{secs}-{hash:016x}", clean(rule));
+    let room = 80usize.saturating_sub(5 + tail.len());
+    let subject: String = clean(subject).chars().take(room).collect();
+    let mut id = format!("sw1-{k}-{subject}{tail}");
+    id.truncate(80);
+    id
+}
+
+/// FNV-1a, written out because the id must stay the same across releases
+/// and platforms, which std's and foldhash's hashers do not promise.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn ids_are_readable_and_stable() {
+        assert_eq!(
+            command_id(
+                SubjectKind::Instance,
+                "i-0123456789abcdef0",
+                "invalid-user",
+                1_700_000_040_000
+            ),
+            "sw1-i-i-0123456789abcdef0-invalid-user-1700000040"
+        );
+        assert_eq!(
+            command_id(SubjectKind::Source, "2001:db8::1", "botnet", 60_000),
+            "sw1-s-2001_db8__1-botnet-60"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn ids_fit_step_functions_names(subject in ".{0,200}", rule in "[a-z-]{1,24}", start in any::<i64>()) {
+            let id = command_id(SubjectKind::Instance, &subject, &rule, start);
+            prop_assert!(id.len() <= 80);
+            prop_assert!(id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+            prop_assert_eq!(id.clone(), command_id(SubjectKind::Instance, &subject, &rule, start));
+        }
+
+        #[test]
+        fn long_ids_stay_distinct(a in "[a-z]{90,120}", b in "[a-z]{90,120}") {
+            prop_assume!(a != b);
+            prop_assert_ne!(
+                command_id(SubjectKind::Instance, &a, "r", 0),
+                command_id(SubjectKind::Instance, &b, "r", 0)
+            );
+        }
+    }
+}

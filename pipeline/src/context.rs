@@ -1,0 +1,281 @@
+//! Connection context: attributes lines that name no peer from earlier lines
+//! of the same sshd connection (same host, same sshd pid), in bounded memory.
+//!
+//! Some evidence arrives without an address: `Disconnecting: Too many
+//! authentication failures [preauth]`, `kex_exchange_identification: ...`,
+//! `fatal: Read from socket failed ...`. Its address comes from an earlier
+//! `Connection from A port P` (or any earlier attributed line) of the same
+//! connection; when there is none yet, the evidence is held as *pending* and
+//! the next line of the connection that names the peer (typically
+//! `Connection closed by A port P`) carries it. Evidence always counts
+//! against the instance at once; the pending mechanism only adds the
+//! address, so nothing is counted twice.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::classify::{Classified, Kind, Signal};
+use crate::source::Source;
+
+/// Default number of connections whose context is kept.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 65_536;
+
+/// What a line means once its connection's context is taken into account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict<'a> {
+    pub kind: Kind,
+    /// The signal the line is evidence of, if any.
+    pub signal: Option<Signal>,
+    pub user: Option<&'a str>,
+    /// The peer the evidence is attributed to (None: unknown or ambiguous).
+    pub source: Option<Source>,
+    pub port: Option<u16>,
+    /// Where the address came from.
+    pub attribution: Attribution,
+    /// Count this line's signal against the instance (false when it only
+    /// supplies the address of evidence already counted).
+    pub counts_for_instance: bool,
+    pub ambiguous: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Attribution {
+    /// The line names its peer itself.
+    Line,
+    /// An earlier line of the same connection named the peer.
+    Connection,
+    /// No address could be attributed.
+    None,
+}
+
+impl Verdict<'_> {
+    /// Evidence of a failed or hostile access attempt.
+    pub fn is_attack(&self) -> bool {
+        self.signal.is_some()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct ConnKey {
+    host: u64,
+    pid: u32,
+}
+
+#[derive(Debug, Default)]
+struct ConnState {
+    source: Option<Source>,
+    port: Option<u16>,
+    pending: Option<Signal>,
+}
+
+/// Per-connection context, capped at a number of connections (oldest first out).
+pub struct ConnectionTracker {
+    conns: HashMap<ConnKey, ConnState, foldhash::fast::FixedState>,
+    order: VecDeque<ConnKey>,
+    cap: usize,
+    evictions: u64,
+}
+
+impl Default for ConnectionTracker {
+    fn default() -> Self {
+        ConnectionTracker::new(DEFAULT_MAX_CONNECTIONS)
+    }
+}
+
+impl ConnectionTracker {
+    pub fn new(cap: usize) -> Self {
+        ConnectionTracker {
+            conns: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(0x5eed)),
+            order: VecDeque::new(),
+            cap: cap.max(1),
+            evictions: 0,
+        }
+    }
+
+    /// Connections evicted to stay within the cap.
+    pub fn evictions(&self) -> u64 {
+        self.evictions
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// Applies one classified line. `host` identifies the machine (instance and
+    /// syslog host); `pid` is sshd's, without which there is no connection.
+    pub fn observe<'a>(&mut self, host: u64, pid: Option<u32>, c: &Classified<'a>) -> Verdict<'a> {
+        let own_signal = c.signal();
+        let own_source = if c.ambiguous {
+            None
+        } else {
+            c.source.and_then(Source::parse)
+        };
+        let mut v = Verdict {
+            kind: c.kind,
+            signal: own_signal,
+            user: if c.ambiguous { None } else { c.user },
+            source: None,
+            port: c.port,
+            attribution: Attribution::None,
+            counts_for_instance: own_signal.is_some(),
+            ambiguous: c.ambiguous,
+        };
+        let Some(pid) = pid else {
+            if let Some(s) = own_source {
+                v.source = Some(s);
+                v.attribution = Attribution::Line;
+            }
+            return v;
+        };
+        let key = ConnKey { host, pid };
+        match own_source {
+            Some(source) => {
+                let state = self.entry(key);
+                let pending = state.pending.take();
+                state.source = Some(source.clone());
+                state.port = c.port;
+                v.source = Some(source);
+                v.attribution = Attribution::Line;
+                if own_signal.is_none() && closes_connection(c.kind) {
+                    if let Some(signal) = pending {
+                        v.signal = Some(signal);
+                        v.attribution = Attribution::Connection;
+                        v.counts_for_instance = false;
+                    }
+                }
+            }
+            None if own_signal.is_some() => {
+                let state = self.entry(key);
+                match &state.source {
+                    Some(source) => {
+                        v.source = Some(source.clone());
+                        v.port = v.port.or(state.port);
+                        v.attribution = Attribution::Connection;
+                    }
+                    None => state.pending = own_signal,
+                }
+            }
+            None => {}
+        }
+        v
+    }
+
+    fn entry(&mut self, key: ConnKey) -> &mut ConnState {
+        if !self.conns.contains_key(&key) {
+            while self.conns.len() >= self.cap {
+                let Some(old) = self.order.pop_front() else {
+                    break;
+                };
+                if self.conns.remove(&old).is_some() {
+                    self.evictions += 1;
+                }
+            }
+            self.order.push_back(key);
+        }
+        self.conns.entry(key).or_default()
+    }
+}
+
+/// Lines that end a connection and so may carry the address of evidence
+/// logged earlier without one.
+fn closes_connection(kind: Kind) -> bool {
+    matches!(kind, Kind::ConnectionClosed | Kind::Disconnect)
+}
+
+/// Hashes the identity of the machine a line came from.
+pub fn host_key(instance: &str, syslog_host: Option<&str>) -> u64 {
+    use std::hash::BuildHasher;
+    let state = foldhash::fast::FixedState::with_seed(0x5eed);
+    state.hash_one((instance, syslog_host.unwrap_or("")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::classify;
+
+    fn run(lines: &[(u32, &str)]) -> Vec<(bool, Option<String>)> {
+        let mut t = ConnectionTracker::new(8);
+        lines
+            .iter()
+            .map(|(pid, msg)| {
+                let c = classify(msg).unwrap();
+                let v = t.observe(1, Some(*pid), &c);
+                (v.is_attack(), v.source.map(|s| s.to_string()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn address_from_earlier_line() {
+        let r = run(&[
+            (
+                7,
+                "Connection from 192.0.2.3 port 39678 on 192.168.1.9 port 22",
+            ),
+            (7, "Unable to negotiate a key exchange method [preauth]"),
+            (8, "Unable to negotiate a key exchange method [preauth]"),
+        ]);
+        assert_eq!(r[0], (false, Some("192.0.2.3".into())));
+        assert_eq!(r[1], (true, Some("192.0.2.3".into())));
+        assert_eq!(r[2], (true, None));
+    }
+
+    #[test]
+    fn pending_evidence_takes_the_closing_address_once() {
+        let mut t = ConnectionTracker::new(8);
+        let lines = [
+            "kex_exchange_identification: Connection closed by remote host",
+            "Connection closed by 192.0.2.15 port 35352",
+            "Connection closed by 192.0.2.15 port 35352",
+        ];
+        let v: Vec<_> = lines
+            .iter()
+            .map(|m| t.observe(1, Some(9), &classify(m).unwrap()))
+            .collect();
+        assert!(v[0].is_attack() && v[0].counts_for_instance && v[0].source.is_none());
+        assert!(v[1].is_attack() && !v[1].counts_for_instance);
+        assert_eq!(v[1].attribution, Attribution::Connection);
+        assert!(!v[2].is_attack());
+    }
+
+    #[test]
+    fn other_hosts_and_pids_do_not_leak() {
+        let mut t = ConnectionTracker::new(8);
+        t.observe(
+            1,
+            Some(5),
+            &classify("Connection from 192.0.2.3 port 1").unwrap(),
+        );
+        let v = t.observe(
+            2,
+            Some(5),
+            &classify("Read from socket failed: Connection reset by peer [preauth]").unwrap(),
+        );
+        assert_eq!(v.source, None);
+    }
+
+    #[test]
+    fn capped_with_evictions() {
+        let mut t = ConnectionTracker::new(4);
+        for pid in 0..10 {
+            t.observe(
+                1,
+                Some(pid),
+                &classify("Connection from 192.0.2.3 port 1").unwrap(),
+            );
+        }
+        assert_eq!(t.len(), 4);
+        assert_eq!(t.evictions(), 6);
+        let v = t.observe(
+            1,
+            Some(0),
+            &classify("Read from socket failed: x [preauth]").unwrap(),
+        );
+        assert_eq!(v.source, None, "evicted context must not attribute");
+    }
+}

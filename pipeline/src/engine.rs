@@ -1,0 +1,380 @@
+//! The pipeline for one shard (or one offline input): record bytes or log
+//! lines in, decisions out. Owns the decoder, the connection context, the
+//! windows and the policy, and counts everything it skips.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+
+use serde::Serialize;
+
+use crate::classify::{self, Kind, Signal};
+use crate::context::{host_key, Attribution, ConnectionTracker, DEFAULT_MAX_CONNECTIONS};
+use crate::envelope::{DecodeError, Decoder, MessageType, DEFAULT_MAX_DECOMPRESSED};
+use crate::policy::{Action, Decision, Origin, Policy, PolicyConfig};
+use crate::prefix::{self, LineTime};
+use crate::source::Source;
+use crate::window::{Admit, Fired, Observation, WindowConfig, WindowStats, WindowStore};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineConfig {
+    pub window: WindowConfig,
+    pub policy: PolicyConfig,
+    pub max_decompressed: usize,
+    pub max_connections: usize,
+    /// Event times further than this past `now` are clamped to `now`: one
+    /// instance with a wrong clock must not push the watermark ahead and make
+    /// every other instance's events late.
+    pub max_future_skew_ms: i64,
+    /// Year for syslog timestamps that carry none (offline scans).
+    pub default_year: i64,
+    /// Keep whole-input totals per instance and source (offline reports).
+    pub keep_totals: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            window: WindowConfig::default(),
+            policy: PolicyConfig::default(),
+            max_decompressed: DEFAULT_MAX_DECOMPRESSED,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_future_skew_ms: 5 * 60_000,
+            default_year: 1970,
+            keep_totals: false,
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    pub records: u64,
+    pub control_messages: u64,
+    pub decode_errors: u64,
+    pub events: u64,
+    pub non_sshd_lines: u64,
+    pub unclassified_sshd_lines: u64,
+    pub kinds: std::collections::BTreeMap<&'static str, u64>,
+    pub signals: std::collections::BTreeMap<&'static str, u64>,
+    pub attributed_by_line: u64,
+    pub attributed_by_connection: u64,
+    pub unattributed_evidence: u64,
+    pub ambiguous_lines: u64,
+    pub allowlisted_source_events: u64,
+    pub future_times_clamped: u64,
+    pub commands_quarantine: u64,
+    pub commands_notify: u64,
+    pub commands_held: u64,
+    pub suppressed: u64,
+    pub windows: WindowStats,
+    pub connection_evictions: u64,
+}
+
+/// One log line to process, with where it came from.
+#[derive(Debug, Clone, Copy)]
+pub struct LineInput<'a> {
+    /// The instance the line is counted against. With `instance_from_host`,
+    /// the syslog host of the line wins and this is the fallback.
+    pub instance: &'a str,
+    pub instance_from_host: bool,
+    pub event_id: Option<&'a str>,
+    /// Event time from the transport (CloudWatch's timestamp); when absent
+    /// the line's own timestamp is used.
+    pub time_ms: Option<i64>,
+    /// Opaque, increasing position of the record the line came in (for checkpoints).
+    pub position: u64,
+    pub line: &'a str,
+}
+
+/// Whole-input counts per signal, kept only with `keep_totals`.
+#[derive(Debug, Default, Clone)]
+pub struct Totals {
+    pub instances: HashMap<String, [u64; Signal::COUNT]>,
+    pub sources: HashMap<Source, [u64; Signal::COUNT]>,
+}
+
+pub struct Engine {
+    decoder: Decoder,
+    core: Core,
+}
+
+struct Core {
+    config: EngineConfig,
+    tracker: ConnectionTracker,
+    windows: WindowStore,
+    policy: Policy,
+    stats: Stats,
+    kind_counts: [u64; Kind::ALL.len()],
+    signal_counts: [u64; Signal::COUNT],
+    fired: Vec<Fired>,
+    last_time_ms: Option<i64>,
+    totals: Option<Totals>,
+    id_hasher: (foldhash::fast::FixedState, foldhash::fast::FixedState),
+}
+
+impl Engine {
+    pub fn new(config: EngineConfig) -> Result<Engine, String> {
+        config.policy.validate()?;
+        if config.window.size_ms <= 0 {
+            return Err("window size must be positive".into());
+        }
+        if config.window.allowed_lateness_ms < 0 {
+            return Err("allowed lateness must not be negative".into());
+        }
+        Ok(Engine {
+            decoder: Decoder::new(config.max_decompressed),
+            core: Core {
+                tracker: ConnectionTracker::new(config.max_connections),
+                windows: WindowStore::new(config.window.clone(), config.policy.thresholds()),
+                policy: Policy::new(config.policy.clone()),
+                stats: Stats::default(),
+                kind_counts: [0; Kind::ALL.len()],
+                signal_counts: [0; Signal::COUNT],
+                fired: Vec::new(),
+                last_time_ms: None,
+                totals: config.keep_totals.then(Totals::default),
+                id_hasher: (
+                    foldhash::fast::FixedState::with_seed(0x1d5),
+                    foldhash::fast::FixedState::with_seed(0x2e7),
+                ),
+                config,
+            },
+        })
+    }
+
+    /// Processes one Kinesis/Kafka record holding a subscription payload. A
+    /// record that cannot be decoded is counted and its error returned; the
+    /// caller logs it and moves on.
+    pub fn process_record(
+        &mut self,
+        data: &[u8],
+        account_fallback: &str,
+        position: u64,
+        now_ms: Option<i64>,
+        out: &mut Vec<Decision>,
+    ) -> Result<RecordKind, DecodeError> {
+        self.core.stats.records += 1;
+        let envelope = match self.decoder.decode(data) {
+            Ok(e) => e,
+            Err(e) => {
+                self.core.stats.decode_errors += 1;
+                return Err(e);
+            }
+        };
+        if envelope.kind()? == MessageType::Control {
+            self.core.stats.control_messages += 1;
+            return Ok(RecordKind::Control);
+        }
+        let origin = Origin {
+            account: if envelope.owner.is_empty() {
+                account_fallback.to_owned()
+            } else {
+                envelope.owner.to_string()
+            },
+            log_group: envelope.log_group.to_string(),
+            log_stream: envelope.log_stream.to_string(),
+        };
+        let n = envelope.log_events.len();
+        for ev in &envelope.log_events {
+            let time_ms = match now_ms {
+                Some(now) if ev.timestamp > now + self.core.config.max_future_skew_ms => {
+                    self.core.stats.future_times_clamped += 1;
+                    now
+                }
+                _ => ev.timestamp,
+            };
+            self.core.process_line(
+                &LineInput {
+                    instance: &envelope.log_stream,
+                    instance_from_host: false,
+                    event_id: Some(&ev.id),
+                    time_ms: Some(time_ms),
+                    position,
+                    line: &ev.message,
+                },
+                &origin,
+                out,
+            );
+        }
+        Ok(RecordKind::Data { events: n })
+    }
+
+    /// Processes one log line (files, stdin, raw-line transports).
+    pub fn process_line(
+        &mut self,
+        input: &LineInput<'_>,
+        origin: &Origin,
+        out: &mut Vec<Decision>,
+    ) {
+        self.core.process_line(input, origin, out);
+    }
+
+    /// Classifies one line with its connection context, counting nothing
+    /// (for `sshwarden classify`).
+    pub fn verdict<'a>(&mut self, line: &'a str, instance: &str) -> LineVerdict<'a> {
+        let Some(l) = prefix::parse_line(line) else {
+            return LineVerdict::NotSshd;
+        };
+        let Some(c) = classify::classify(l.message) else {
+            return LineVerdict::Unclassified;
+        };
+        let host = host_key(instance, l.host);
+        LineVerdict::Classified(self.core.tracker.observe(host, l.pid, &c))
+    }
+
+    /// Closes every open window (end of an offline input).
+    pub fn finish(&mut self) {
+        self.core.windows.close_all();
+    }
+
+    /// The position a checkpoint must stay before (see [`WindowStore::low_water_position`]).
+    pub fn low_water_position(&self) -> Option<u64> {
+        self.core.windows.low_water_position()
+    }
+
+    pub fn stats(&self) -> Stats {
+        let mut s = self.core.stats.clone();
+        s.kinds = Kind::ALL
+            .iter()
+            .zip(self.core.kind_counts)
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| (k.as_str(), n))
+            .collect();
+        s.signals = Signal::ALL
+            .iter()
+            .zip(self.core.signal_counts)
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| (k.as_str(), n))
+            .collect();
+        s.windows = self.core.windows.stats();
+        s.connection_evictions = self.core.tracker.evictions();
+        s
+    }
+
+    pub fn totals(&self) -> Option<&Totals> {
+        self.core.totals.as_ref()
+    }
+
+    pub fn windows(&self) -> &WindowStore {
+        &self.core.windows
+    }
+
+    pub fn policy_config(&self) -> &PolicyConfig {
+        self.core.policy.config()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    Data { events: usize },
+    Control,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineVerdict<'a> {
+    NotSshd,
+    Unclassified,
+    Classified(crate::context::Verdict<'a>),
+}
+
+impl Core {
+    fn process_line(&mut self, input: &LineInput<'_>, origin: &Origin, out: &mut Vec<Decision>) {
+        self.stats.events += 1;
+        let parsed = prefix::parse_line(input.line);
+        let time_ms = input
+            .time_ms
+            .or_else(|| {
+                parsed
+                    .and_then(|l| l.time)
+                    .map(|t: LineTime| t.resolve(self.config.default_year))
+            })
+            .or(self.last_time_ms)
+            .unwrap_or(0);
+        self.last_time_ms = Some(time_ms);
+        let Some(line) = parsed else {
+            self.stats.non_sshd_lines += 1;
+            self.windows.advance(time_ms);
+            return;
+        };
+        let Some(c) = classify::classify(line.message) else {
+            self.stats.unclassified_sshd_lines += 1;
+            self.windows.advance(time_ms);
+            return;
+        };
+        let instance = match (input.instance_from_host, line.host) {
+            (true, Some(h)) => h,
+            _ => input.instance,
+        };
+        let v = self
+            .tracker
+            .observe(host_key(instance, line.host), line.pid, &c);
+        self.kind_counts[kind_index(v.kind)] += 1;
+        if v.ambiguous {
+            self.stats.ambiguous_lines += 1;
+        }
+        let Some(signal) = v.signal else {
+            self.windows.advance(time_ms);
+            return;
+        };
+        match v.attribution {
+            Attribution::Line => self.stats.attributed_by_line += 1,
+            Attribution::Connection => self.stats.attributed_by_connection += 1,
+            Attribution::None => self.stats.unattributed_evidence += 1,
+        }
+        if let Some(src) = &v.source {
+            if !self.policy.source_allowed(src) {
+                self.stats.allowlisted_source_events += 1;
+                self.windows.advance(time_ms);
+                return;
+            }
+        }
+        let event_id = input.event_id.filter(|id| !id.is_empty()).map(|id| {
+            u128::from(self.id_hasher.0.hash_one(id)) << 64
+                | u128::from(self.id_hasher.1.hash_one(id))
+        });
+        let admit = self.windows.observe(
+            &Observation {
+                instance,
+                source: v.source.as_ref(),
+                signal,
+                counts_for_instance: v.counts_for_instance,
+                time_ms,
+                position: input.position,
+                line: input.line,
+            },
+            event_id,
+            &mut self.fired,
+        );
+        if admit != Admit::Counted {
+            return;
+        }
+        self.signal_counts[signal.index()] += 1;
+        if let Some(t) = &mut self.totals {
+            if v.counts_for_instance {
+                t.instances.entry(instance.to_owned()).or_default()[signal.index()] += 1;
+            }
+            if let Some(src) = v.source {
+                t.sources.entry(src).or_default()[signal.index()] += 1;
+            }
+        }
+        for fired in self.fired.drain(..) {
+            let d = self.policy.decide(&fired, origin);
+            match &d {
+                Decision::Command(c) => {
+                    match c.action {
+                        Action::Quarantine => self.stats.commands_quarantine += 1,
+                        Action::Notify => self.stats.commands_notify += 1,
+                    }
+                    if c.held {
+                        self.stats.commands_held += 1;
+                    }
+                }
+                Decision::Suppressed { .. } => self.stats.suppressed += 1,
+            }
+            out.push(d);
+        }
+    }
+}
+
+fn kind_index(kind: Kind) -> usize {
+    kind as usize
+}

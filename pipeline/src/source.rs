@@ -1,0 +1,93 @@
+//! The peer a line is attributed to, as a compact key for windows and policy.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// A peer address, or a host name where sshd logged a resolved name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Source {
+    Ip(IpAddr),
+    Name(Box<str>),
+}
+
+impl Source {
+    /// Parses a classifier's address text. IPv4 octets with leading zeros are
+    /// read as decimal (`192.030.0.6` is 192.30.0.6), as sshd prints what
+    /// the resolver accepted; IPv4-mapped IPv6 becomes IPv4.
+    pub fn parse(text: &str) -> Option<Source> {
+        if let Some(v4) = lenient_ipv4(text) {
+            return Some(Source::Ip(IpAddr::V4(v4)));
+        }
+        if let Ok(v6) = text.parse::<Ipv6Addr>() {
+            return Some(Source::Ip(match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(v6),
+            }));
+        }
+        crate::classify::addr::is_hostname(text)
+            .then(|| Source::Name(text.to_ascii_lowercase().into()))
+    }
+
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self {
+            Source::Ip(ip) => Some(*ip),
+            Source::Name(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Ip(ip) => ip.fmt(f),
+            Source::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+impl serde::Serialize for Source {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+fn lenient_ipv4(text: &str) -> Option<Ipv4Addr> {
+    if !crate::classify::addr::is_ipv4(text) {
+        return None;
+    }
+    let mut octets = [0u8; 4];
+    for (o, part) in octets.iter_mut().zip(text.split('.')) {
+        *o = part.parse().ok()?;
+    }
+    Some(Ipv4Addr::from(octets))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_normalises() {
+        assert_eq!(
+            Source::parse("192.030.0.6").unwrap().to_string(),
+            "192.30.0.6"
+        );
+        assert_eq!(
+            Source::parse("::ffff:1.2.3.4").unwrap().to_string(),
+            "1.2.3.4"
+        );
+        assert_eq!(
+            Source::parse("aaaa:bbbb:cccc:1234::1:1")
+                .unwrap()
+                .to_string(),
+            "aaaa:bbbb:cccc:1234::1:1"
+        );
+        assert_eq!(
+            Source::parse("Example.COM"),
+            Some(Source::Name("example.com".into()))
+        );
+        assert_eq!(Source::parse("1.2.3.256"), None);
+        assert_eq!(Source::parse("from"), Some(Source::Name("from".into())));
+        assert_eq!(Source::parse("a b"), None);
+    }
+}
