@@ -1,0 +1,386 @@
+//! `sshwarden scan`: offline analysis of auth logs, journal exports or
+//! captured subscription payloads through the whole pipeline with the
+//! configured policy. Prints per instance (or host) and per source the counts
+//! per signal, the rules that fired and the commands that would be issued.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sshwarden_pipeline::classify::Signal;
+use sshwarden_pipeline::command::Command;
+use sshwarden_pipeline::policy::{Decision, Origin, Suppression};
+use sshwarden_pipeline::time::format_rfc3339_ms;
+use sshwarden_pipeline::{Engine, EngineConfig, LineInput, Stats};
+
+use crate::input::{self, Format, Payload};
+
+#[derive(Debug, clap::Args)]
+pub struct ScanArgs {
+    /// Files to scan (`-` for stdin; gzip is read directly).
+    #[arg(default_value = "-")]
+    pub inputs: Vec<String>,
+    /// Input format.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub format: Format,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Year for syslog timestamps without one [default: the current year].
+    #[arg(long)]
+    pub year: Option<i64>,
+    /// How many source addresses to list.
+    #[arg(long, default_value_t = 20)]
+    pub top: usize,
+    /// Progress on stderr every two seconds [default: when stderr is a terminal].
+    #[arg(long)]
+    pub progress: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub inputs: Vec<String>,
+    pub stats: Stats,
+    pub invalid_utf8_lines: u64,
+    pub bad_payloads: u64,
+    pub instances: Vec<Row>,
+    pub sources: Vec<Row>,
+    pub commands: Vec<Command>,
+    pub suppressed: Vec<SuppressedRow>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Row {
+    pub subject: String,
+    pub total: u64,
+    pub counts: BTreeMap<&'static str, u64>,
+    pub rules_fired: BTreeSet<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SuppressedRow {
+    pub rule: String,
+    pub subject: String,
+    pub window_start: String,
+    pub reason: Suppression,
+}
+
+pub fn run(
+    args: &ScanArgs,
+    mut config: EngineConfig,
+    out: &mut dyn Write,
+) -> anyhow::Result<Report> {
+    config.keep_totals = true;
+    config.default_year = args.year.unwrap_or_else(current_year);
+    let mut engine = Engine::new(config).map_err(anyhow::Error::msg)?;
+    let mut decisions = Vec::new();
+    let mut invalid_utf8_lines = 0u64;
+    let mut bad_payloads = 0u64;
+    let show_progress = args.progress || std::io::stderr().is_terminal();
+    let mut progress = Progress::new(show_progress);
+    let mut position = 0u64;
+    for name in &args.inputs {
+        let mut input = input::open(name, args.format)?;
+        let fallback_instance = if name == "-" { "stdin" } else { name.as_str() };
+        match input.format {
+            Format::Payloads => input::for_each_payload(&mut *input.reader, |p| {
+                position += 1;
+                match p {
+                    Payload::Record(bytes) => {
+                        if let Err(e) =
+                            engine.process_record(&bytes, "", position, None, &mut decisions)
+                        {
+                            eprintln!("sshwarden: {name}: payload {position} skipped: {e}");
+                        }
+                    }
+                    Payload::Bad(why) => {
+                        bad_payloads += 1;
+                        eprintln!("sshwarden: {name}: payload {position} skipped: {why}");
+                    }
+                }
+                progress.tick(position, &engine);
+                Ok(())
+            })?,
+            Format::Lines | Format::Auto => {
+                let origin = Origin {
+                    account: String::new(),
+                    log_group: String::new(),
+                    log_stream: name.clone(),
+                };
+                input::for_each_line(&mut *input.reader, |line, lossy| {
+                    position += 1;
+                    invalid_utf8_lines += u64::from(lossy);
+                    engine.process_line(
+                        &LineInput {
+                            instance: fallback_instance,
+                            instance_from_host: true,
+                            event_id: None,
+                            time_ms: None,
+                            position,
+                            line,
+                        },
+                        &origin,
+                        &mut decisions,
+                    );
+                    if position % 65_536 == 0 {
+                        progress.tick(position, &engine);
+                    }
+                    Ok(())
+                })?
+            }
+        }
+    }
+    engine.finish();
+    progress.done(position, &engine);
+    let report = build_report(args, &engine, decisions, invalid_utf8_lines, bad_payloads);
+    let late = report.stats.windows.late_events;
+    if late > 0 {
+        eprintln!(
+            "sshwarden: {late} events arrived after their window closed and were not counted; \
+             give inputs in time order or raise --allowed-lateness-secs"
+        );
+    }
+    if args.json {
+        serde_json::to_writer_pretty(&mut *out, &report)?;
+        writeln!(out)?;
+    } else {
+        print_table(&report, out)?;
+    }
+    Ok(report)
+}
+
+fn build_report(
+    args: &ScanArgs,
+    engine: &Engine,
+    decisions: Vec<Decision>,
+    invalid_utf8_lines: u64,
+    bad_payloads: u64,
+) -> Report {
+    let mut fired: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut commands = Vec::new();
+    let mut suppressed = Vec::new();
+    for d in decisions {
+        match d {
+            Decision::Command(c) => {
+                let subject = c
+                    .instance_id
+                    .clone()
+                    .or(c.source_ip.clone())
+                    .unwrap_or_default();
+                fired.entry(subject).or_default().insert(c.rule.clone());
+                commands.push(*c);
+            }
+            Decision::Suppressed {
+                rule,
+                subject,
+                window_start_ms,
+                reason,
+            } => {
+                let subject = subject_text(&subject);
+                fired
+                    .entry(subject.clone())
+                    .or_default()
+                    .insert(rule.clone());
+                suppressed.push(SuppressedRow {
+                    rule,
+                    subject,
+                    window_start: format_rfc3339_ms(window_start_ms),
+                    reason,
+                });
+            }
+        }
+    }
+    let row = |subject: String, counts: &[u64; Signal::COUNT]| Row {
+        total: counts.iter().sum(),
+        counts: Signal::ALL
+            .iter()
+            .filter(|s| counts[s.index()] > 0)
+            .map(|s| (s.as_str(), counts[s.index()]))
+            .collect(),
+        rules_fired: fired.get(&subject).cloned().unwrap_or_default(),
+        subject,
+    };
+    let (mut instances, mut sources) = (Vec::new(), Vec::new());
+    if let Some(t) = engine.totals() {
+        instances = t.instances.iter().map(|(k, c)| row(k.clone(), c)).collect();
+        sources = t
+            .sources
+            .iter()
+            .map(|(k, c)| row(k.to_string(), c))
+            .collect();
+    }
+    let order = |a: &Row, b: &Row| {
+        b.total
+            .cmp(&a.total)
+            .then_with(|| a.subject.cmp(&b.subject))
+    };
+    instances.sort_by(order);
+    sources.sort_by(order);
+    sources.truncate(args.top);
+    Report {
+        inputs: args.inputs.clone(),
+        stats: engine.stats(),
+        invalid_utf8_lines,
+        bad_payloads,
+        instances,
+        sources,
+        commands,
+        suppressed,
+    }
+}
+
+fn subject_text(s: &sshwarden_pipeline::window::Subject) -> String {
+    match s {
+        sshwarden_pipeline::window::Subject::Instance(i) => i.to_string(),
+        sshwarden_pipeline::window::Subject::Source(s) => s.to_string(),
+    }
+}
+
+fn print_table(r: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
+    let s = &r.stats;
+    writeln!(
+        out,
+        "scanned {} lines: {} not from sshd, {} sshd lines not recognised, {} counted as evidence",
+        s.events,
+        s.non_sshd_lines,
+        s.unclassified_sshd_lines,
+        s.signals.values().sum::<u64>()
+    )?;
+    if s.records > 0 {
+        writeln!(
+            out,
+            "payloads: {} records, {} control messages, {} decode errors, {} bad payloads",
+            s.records, s.control_messages, s.decode_errors, r.bad_payloads
+        )?;
+    }
+    let skipped = [
+        ("late (window closed)", s.windows.late_events),
+        ("duplicate event ids", s.windows.duplicate_events),
+        ("from allowlisted sources", s.allowlisted_source_events),
+        (
+            "invalid UTF-8 lines (read with U+FFFD)",
+            r.invalid_utf8_lines,
+        ),
+        ("ambiguous lines (no address attributed)", s.ambiguous_lines),
+        (
+            "evidence with no attributable address",
+            s.unattributed_evidence,
+        ),
+        ("evicted instance keys", s.windows.evicted_instances),
+        ("evicted source keys", s.windows.evicted_sources),
+    ];
+    for (what, n) in skipped.iter().filter(|(_, n)| *n > 0) {
+        writeln!(out, "  {n} {what}")?;
+    }
+    let signal_header: String = Signal::ALL
+        .iter()
+        .map(|s| format!(" {:>12}", s.as_str()))
+        .collect();
+    for (title, rows) in [("instance / host", &r.instances), ("source", &r.sources)] {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "{title:<40} {:>7}{signal_header}  rules fired",
+            "total"
+        )?;
+        for row in rows.iter() {
+            let cells: String = Signal::ALL
+                .iter()
+                .map(|s| format!(" {:>12}", row.counts.get(s.as_str()).copied().unwrap_or(0)))
+                .collect();
+            let rules: Vec<&str> = row.rules_fired.iter().map(String::as_str).collect();
+            writeln!(
+                out,
+                "{:<40} {:>7}{cells}  {}",
+                row.subject,
+                row.total,
+                rules.join(",")
+            )?;
+        }
+        if rows.is_empty() {
+            writeln!(out, "(none)")?;
+        }
+    }
+    writeln!(out)?;
+    writeln!(out, "commands that would be issued: {}", r.commands.len())?;
+    for c in &r.commands {
+        let subject = c
+            .instance_id
+            .as_deref()
+            .or(c.source_ip.as_deref())
+            .unwrap_or("");
+        let action = serde_json::to_value(c.action)?;
+        let action = action.as_str().unwrap_or("");
+        let held = if c.held { " (held)" } else { "" };
+        let top: Vec<String> = c
+            .top_sources
+            .iter()
+            .map(|s| format!("{}x{}", s.source, s.count))
+            .collect();
+        writeln!(
+            out,
+            "  {action}{held} {subject} rule={} window={} counts={:?} top={} id={}",
+            c.rule,
+            c.window_start,
+            c.counts,
+            top.join(","),
+            c.id
+        )?;
+    }
+    for s in &r.suppressed {
+        writeln!(
+            out,
+            "  suppressed ({:?}) {} rule={} window={}",
+            s.reason, s.subject, s.rule, s.window_start
+        )?;
+    }
+    Ok(())
+}
+
+struct Progress {
+    enabled: bool,
+    started: Instant,
+    last: Instant,
+}
+
+impl Progress {
+    fn new(enabled: bool) -> Self {
+        let now = Instant::now();
+        Progress {
+            enabled,
+            started: now,
+            last: now,
+        }
+    }
+
+    fn tick(&mut self, position: u64, engine: &Engine) {
+        if self.enabled && self.last.elapsed() >= Duration::from_secs(2) {
+            self.last = Instant::now();
+            self.print(position, engine);
+        }
+    }
+
+    fn done(&mut self, position: u64, engine: &Engine) {
+        if self.enabled && self.started.elapsed() >= Duration::from_secs(2) {
+            self.print(position, engine);
+        }
+    }
+
+    fn print(&self, position: u64, engine: &Engine) {
+        let s = engine.stats();
+        eprintln!(
+            "sshwarden: {position} inputs read, {} evidence lines, {} commands, {:.1}s",
+            s.signals.values().sum::<u64>(),
+            s.commands_quarantine + s.commands_notify,
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+fn current_year() -> i64 {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    sshwarden_pipeline::time::civil_from_days(secs.div_euclid(86_400)).0
+}

@@ -1,0 +1,271 @@
+//! The `sshwarden` binary end to end: `classify` and `scan` over files, stdin,
+//! gzip and captured payloads, and its errors.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+fn sshwarden(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sshwarden"))
+        .args(args)
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    pipe.write_all(stdin.unwrap_or(b"")).unwrap();
+    drop(pipe);
+    child.wait_with_output().unwrap()
+}
+
+fn repo(path: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn json_lines(o: &Output) -> Vec<Value> {
+    assert!(
+        o.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn classify_one_object_per_line_in_order() {
+    let corpus = repo("../shared/corpora/fail2ban/sshd.log");
+    let text = std::fs::read_to_string(&corpus).expect("fail2ban corpus in shared/corpora");
+    let out = json_lines(&sshwarden(&["classify", &corpus], None));
+    assert_eq!(out.len(), text.lines().count());
+    for (i, v) in out.iter().enumerate() {
+        assert_eq!(v["line"], i as u64 + 1);
+        for field in ["kind", "attack", "ip", "user", "port"] {
+            assert!(v.get(field).is_some(), "line {} lacks {field}: {v}", i + 1);
+        }
+    }
+    // sshd.log:13, `Failed password for invalid user ROOT from 194.117.26.69 port 50273 ssh2`
+    let v = &out[12];
+    assert_eq!(v["kind"], "failed_password");
+    assert_eq!(v["attack"], true);
+    assert_eq!(v["ip"], "194.117.26.69");
+    assert_eq!(v["user"], "ROOT");
+    assert_eq!(v["port"], 50273);
+}
+
+#[test]
+fn classify_reads_stdin_and_never_attributes_an_injected_address() {
+    let input = b"Nov 29 10:00:00 h sshd[1]: Invalid user a from 10.0.0.5 port 22 from 203.0.113.9 port 4242\n\
+Nov 29 10:00:01 h sshd[2]: Accepted publickey for ec2-user from 198.51.100.1 port 5 ssh2: ED25519 SHA256:abc\n\
+Nov 29 10:00:02 h logger: Invalid user x from 1.2.3.4\n\
+Nov 29 10:00:03 h sshd[3]: Failed password for invalid user a from 10.0.0.5 port 22 ssh2 from 203.0.113.9 port 4243 ssh2\n\
+Nov 29 10:00:04 h sshd[4]: Received signal 15; terminating.\n\
+Nov 29 10:00:05 h sshd[5]: Invalid user \xff from 203.0.113.9 port 1\n";
+    let out = json_lines(&sshwarden(&["classify", "-"], Some(input)));
+    assert_eq!(out.len(), 6);
+    assert_eq!(out[0]["ip"], "203.0.113.9");
+    assert_eq!(out[0]["user"], "a from 10.0.0.5 port 22");
+    assert_eq!(
+        (out[1]["kind"].as_str(), out[1]["attack"].as_bool()),
+        (Some("accepted"), Some(false))
+    );
+    assert_eq!(
+        (out[2]["sshd"].as_bool(), out[2]["attack"].as_bool()),
+        (Some(false), Some(false))
+    );
+    assert_eq!(out[3]["ip"], "203.0.113.9");
+    assert_eq!(
+        (out[4]["kind"].clone(), out[4]["attack"].as_bool()),
+        (Value::Null, Some(false))
+    );
+    assert_eq!(out[5]["invalid_utf8"], true);
+    assert_eq!(out[5]["ip"], "203.0.113.9");
+}
+
+#[test]
+fn scan_table_and_json_on_the_shipped_sample() {
+    let sample = repo("examples/auth.log");
+    let table = sshwarden(&["scan", &sample], None);
+    assert!(table.status.success());
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert!(text.contains("commands that would be issued: 2"), "{text}");
+    let json: Value =
+        serde_json::from_slice(&sshwarden(&["scan", "--json", &sample], None).stdout).unwrap();
+    let sources = json["sources"].as_array().unwrap();
+    assert_eq!(sources[0]["subject"], "203.0.113.66");
+    assert!(
+        sources.iter().all(|s| s["subject"] != "10.0.0.5"),
+        "injected address counted"
+    );
+    let commands = json["commands"].as_array().unwrap();
+    assert_eq!(commands.len(), 2);
+    // host names are not instance ids: never quarantined, held for a person
+    assert!(commands
+        .iter()
+        .all(|c| c["action"] == "notify" && c["held"] == true));
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+fn payload(stream: &str, first_ms: i64, messages: &[String]) -> String {
+    let events: Vec<Value> = messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            serde_json::json!({"id": format!("{:056}", first_ms as usize * 100 + i), "timestamp": first_ms + i as i64 * 1000, "message": m})
+        })
+        .collect();
+    serde_json::json!({
+        "messageType": "DATA_MESSAGE", "owner": "123456789012", "logGroup": "/ec2/sshd",
+        "logStream": stream, "subscriptionFilters": ["sshwarden"], "logEvents": events
+    })
+    .to_string()
+}
+
+#[test]
+fn scan_captured_payloads_quarantines_instances_and_skips_bad_records() {
+    let attack: Vec<String> = (0..6)
+        .map(|i| format!("Nov 29 10:00:0{i} ip-10-0-0-9 sshd[{}]: Invalid user u{i} from 203.0.113.7 port {}", 100 + i, 4000 + i))
+        .collect();
+    let benign = vec!["Nov 29 10:00:00 ip-10-0-0-8 sshd[1]: Accepted publickey for a from 198.51.100.2 port 1 ssh2: RSA SHA256:x".to_string()];
+    let control = r#"{"messageType":"CONTROL_MESSAGE","owner":"CloudwatchLogs","logGroup":"","logStream":"","subscriptionFilters":[],"logEvents":[{"id":"","timestamp":1,"message":"CWL CONTROL MESSAGE: Checking health of destination Kinesis stream."}]}"#;
+    let attacked = payload("i-0123456789abcdef0", 1_764_410_400_000, &attack);
+    // JSON lines, with a redelivered record (same event ids) in the middle
+    let text = format!(
+        "{control}\n{attacked}\n{}\n{attacked}\n",
+        payload("i-0fedcba9876543210", 1_764_410_400_000, &benign)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("payloads.json.gz");
+    std::fs::write(&path, gzip(text.as_bytes())).unwrap();
+    let out = sshwarden(&["scan", "--json", path.to_str().unwrap()], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["stats"]["control_messages"], 1);
+    assert_eq!(r["stats"]["windows"]["duplicate_events"], 6);
+    let commands = r["commands"].as_array().unwrap();
+    assert_eq!(commands.len(), 1, "{commands:?}");
+    assert_eq!(commands[0]["action"], "quarantine");
+    assert_eq!(commands[0]["instance_id"], "i-0123456789abcdef0");
+    assert_eq!(commands[0]["account"], "123456789012");
+    assert_eq!(commands[0]["counts"]["invalid_user"], 5);
+
+    // base64 gzip records, one per line, with a corrupt one: counted, reported, the rest read
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let mut corrupt = gzip(attacked.as_bytes());
+    corrupt[12] ^= 0xff;
+    let lines = format!(
+        "{}\n{}\n%%%\n{}\n",
+        b64(&corrupt),
+        b64(&gzip(attacked.as_bytes())),
+        b64(b"H4sI")
+    );
+    let out = sshwarden(&["scan", "--json", "-"], Some(lines.as_bytes()));
+    assert!(out.status.success());
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["stats"]["decode_errors"], 2);
+    assert_eq!(r["bad_payloads"], 1);
+    assert_eq!(r["commands"].as_array().unwrap().len(), 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("payload 1 skipped: gzip stream is truncated or corrupt"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn config_file_env_and_flags() {
+    let sample = repo("examples/auth.log");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[[rules]]\nname = \"any\"\nsignals = [\"disconnect\"]\nthreshold = 100\n",
+    )
+    .unwrap();
+    let run = |extra: &[&str], env: &[(&str, &str)]| -> Value {
+        let mut args = vec!["scan", "--json", "--config", cfg.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        args.push(&sample);
+        let out = Command::new(env!("CARGO_BIN_EXE_sshwarden"))
+            .args(&args)
+            .env_clear()
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    assert_eq!(run(&[], &[])["commands"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        run(&[], &[("SSHWARDEN_THRESHOLD", "3")])["commands"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // the flag wins over the environment
+    assert_eq!(
+        run(&["--threshold", "100"], &[("SSHWARDEN_THRESHOLD", "3")])["commands"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    // an allowlisted source is not counted at all
+    let r = run(
+        &["--threshold", "3", "--allow-sources", "203.0.113.0/24"],
+        &[],
+    );
+    assert_eq!(r["commands"].as_array().unwrap().len(), 0);
+    assert!(r["stats"]["allowlisted_source_events"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn errors_are_clear() {
+    let out = sshwarden(&["scan", "/nonexistent/auth.log"], None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open /nonexistent/auth.log"));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "[window]\nsise_secs = 5\n").unwrap();
+    let out = sshwarden(&["scan", "--config", cfg.to_str().unwrap(), "-"], None);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invalid config file") && err.contains("unknown field `sise_secs`"),
+        "{err}"
+    );
+    let out = sshwarden(&["scan", "--allow-sources", "10.0.0.0/99", "-"], None);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a CIDR"));
+    let gz = gzip(b"Nov 29 10:00:00 h sshd[1]: Invalid user a from 203.0.113.9 port 1\n");
+    let out = sshwarden(&["scan", "-"], Some(&gz[..gz.len() / 2]));
+    assert!(
+        !out.status.success(),
+        "a truncated gzip input must fail, not pass quietly"
+    );
+}
