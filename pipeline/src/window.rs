@@ -572,6 +572,57 @@ mod tests {
         assert_eq!(f.len(), 1);
     }
 
+    proptest::proptest! {
+        /// Against a naive model that replays the same arrivals: an event is
+        /// late exactly when its window ended at or before the watermark at
+        /// arrival; every other event is counted once; a (key, window) fires
+        /// exactly once when its count reaches the threshold.
+        #[test]
+        fn matches_a_naive_model(
+            events in proptest::collection::vec((0u8..4, 0i64..400_000, proptest::option::of(0u8..50)), 1..300),
+            lateness in 0i64..120_000,
+            threshold in 1u32..6,
+        ) {
+            let size = 60_000;
+            let mut s = WindowStore::new(
+                WindowConfig { size_ms: size, allowed_lateness_ms: lateness, ..WindowConfig::default() },
+                vec![Threshold { subject: SubjectKind::Instance, signals: vec![Signal::InvalidUser], count: threshold }],
+            );
+            let mut max_t: Option<i64> = None;
+            let mut counts: std::collections::HashMap<(u8, i64), u32> = Default::default();
+            let mut seen_ids = std::collections::HashSet::new();
+            let mut expected_fired = 0;
+            let mut expected_late = 0;
+            let mut fired = Vec::new();
+            for (pos, (inst, t, id)) in events.iter().enumerate() {
+                max_t = Some(max_t.map_or(*t, |m| m.max(*t)));
+                let watermark = max_t.unwrap_or(0) - lateness;
+                let start = t.div_euclid(size) * size;
+                let name = format!("i-{inst}");
+                let admit = s.observe(&obs(&name, None, *t, pos as u64), id.map(|i| u128::from(i) << 70 | start as u128), &mut fired);
+                let model = if start + size <= watermark {
+                    expected_late += 1;
+                    Admit::Late
+                } else if id.is_some() && !seen_ids.insert((id.unwrap_or(0), start)) {
+                    Admit::Duplicate
+                } else {
+                    let c = counts.entry((*inst, start)).or_default();
+                    *c += 1;
+                    if *c == threshold {
+                        expected_fired += 1;
+                    }
+                    Admit::Counted
+                };
+                proptest::prop_assert_eq!(admit, model, "event {} at {}", pos, t);
+            }
+            proptest::prop_assert_eq!(fired.len(), expected_fired);
+            proptest::prop_assert_eq!(s.stats().late_events, expected_late);
+            for f in &fired {
+                proptest::prop_assert_eq!(f.window.counts[Signal::InvalidUser.index()], threshold);
+            }
+        }
+    }
+
     #[test]
     fn keys_capped_with_eviction_counter() {
         let mut s = store(100);
