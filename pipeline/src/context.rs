@@ -165,7 +165,9 @@ impl ConnectionTracker {
     }
 
     fn entry(&mut self, key: ConnKey) -> &mut ConnState {
-        if !self.conns.contains_key(&key) {
+        // One hash lookup on the common path; the membership test is only
+        // needed when an insert could have to evict.
+        if self.conns.len() >= self.cap && !self.conns.contains_key(&key) {
             while self.conns.len() >= self.cap {
                 let Some(old) = self.order.pop_front() else {
                     break;
@@ -174,9 +176,14 @@ impl ConnectionTracker {
                     self.evictions += 1;
                 }
             }
-            self.order.push_back(key);
         }
-        self.conns.entry(key).or_default()
+        match self.conns.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                self.order.push_back(key);
+                e.insert(ConnState::default())
+            }
+        }
     }
 }
 

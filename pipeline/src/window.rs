@@ -372,7 +372,7 @@ impl WindowStore {
             push_fired(
                 fired,
                 w,
-                Subject::Instance(o.instance.into()),
+                || Subject::Instance(o.instance.into()),
                 end,
                 o.time_ms,
             );
@@ -381,7 +381,7 @@ impl WindowStore {
             let w = self.sources.window_mut(src, start, Source::clone);
             w.counts[signal] += 1;
             let w = w.clone_if_fires(&self.thresholds, SubjectKind::Source);
-            push_fired(fired, w, Subject::Source(src.clone()), end, o.time_ms);
+            push_fired(fired, w, || Subject::Source(src.clone()), end, o.time_ms);
         }
         Admit::Counted
     }
@@ -418,13 +418,19 @@ impl Window {
     }
 }
 
+/// `subject` is only called when something fired: most observations cross
+/// nothing, and building an instance subject allocates.
 fn push_fired(
     fired: &mut Vec<Fired>,
     crossed: Vec<(usize, Window)>,
-    subject: Subject,
+    subject: impl FnOnce() -> Subject,
     end: i64,
     at: i64,
 ) {
+    if crossed.is_empty() {
+        return;
+    }
+    let subject = subject();
     for (threshold, window) in crossed {
         fired.push(Fired {
             threshold,

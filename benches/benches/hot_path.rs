@@ -1,0 +1,158 @@
+//! The hot path, stage by stage, on one generated corpus (~40 MB of
+//! subscription JSON, ~100 events per record, a quarter attack evidence):
+//!
+//! * `decode/gzip+json` and `decode/json`: `Decoder::decode` on the gzip
+//!   records and on the same records uncompressed (the difference is gunzip);
+//!   throughput in bytes of uncompressed JSON.
+//! * `classify/scanner` and `classify/oracle`: the two classifiers over the
+//!   sshd messages; bytes of message.
+//! * `aggregate/process_line`: `Engine::process_line` (prefix, classify,
+//!   context, windows, policy) over pre-extracted lines; bytes of line.
+//! * `whole/process_record`: `Engine::process_record` over the gzip records;
+//!   bytes of uncompressed JSON.
+//!
+//! Each measurement is one pass over the whole corpus; a fresh engine per
+//! pass (its construction is not timed), as event ids seen once are dropped
+//! as duplicates the second time.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingMode, Throughput};
+use sshwarden_benches::{bench_fleet, corpus, Corpus};
+use sshwarden_pipeline::classify::{self, oracle};
+use sshwarden_pipeline::envelope::Decoder;
+use sshwarden_pipeline::policy::Origin;
+use sshwarden_pipeline::{Engine, EngineConfig, LineInput};
+
+fn group<'a>(
+    c: &'a mut Criterion,
+    name: &str,
+) -> criterion::BenchmarkGroup<'a, criterion::measurement::WallTime> {
+    let mut g = c.benchmark_group(name);
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5))
+        .sampling_mode(SamplingMode::Flat);
+    g
+}
+
+fn engine() -> Engine {
+    Engine::new(EngineConfig::default()).expect("default config is valid")
+}
+
+fn benches(c: &mut Criterion) {
+    let corpus: Corpus = corpus(&bench_fleet());
+    eprintln!(
+        "corpus: {} records, {} events, {:.1} MB JSON, {:.1} MB gzip, {:.1} MB lines, {:.1} MB sshd messages, {:.0}% evidence, {} expected detections",
+        corpus.records.len(),
+        corpus.events,
+        corpus.json_bytes as f64 / 1e6,
+        corpus.records.iter().map(Vec::len).sum::<usize>() as f64 / 1e6,
+        corpus.line_bytes as f64 / 1e6,
+        corpus.message_bytes as f64 / 1e6,
+        corpus.evidence_ratio * 100.0,
+        corpus.expected_detections,
+    );
+
+    let mut g = group(c, "decode");
+    g.throughput(Throughput::Bytes(corpus.json_bytes));
+    g.bench_function("gzip+json", |b| {
+        let mut d = Decoder::default();
+        b.iter(|| {
+            let mut n = 0;
+            for r in &corpus.records {
+                n += d.decode(r).map_or(0, |e| e.log_events.len());
+            }
+            black_box(n)
+        })
+    });
+    g.bench_function("json", |b| {
+        let mut d = Decoder::default();
+        b.iter(|| {
+            let mut n = 0;
+            for r in &corpus.json {
+                n += d.decode(r).map_or(0, |e| e.log_events.len());
+            }
+            black_box(n)
+        })
+    });
+    g.finish();
+
+    let mut g = group(c, "classify");
+    g.throughput(Throughput::Bytes(corpus.message_bytes));
+    g.bench_function("scanner", |b| {
+        b.iter(|| {
+            let mut n = 0usize;
+            for m in &corpus.messages {
+                n += usize::from(classify::classify(black_box(m)).is_some());
+            }
+            black_box(n)
+        })
+    });
+    g.bench_function("oracle", |b| {
+        b.iter(|| {
+            let mut n = 0usize;
+            for m in &corpus.messages {
+                n += usize::from(oracle::classify(black_box(m)).is_some());
+            }
+            black_box(n)
+        })
+    });
+    g.finish();
+
+    let origin = Origin {
+        account: "123456789012".into(),
+        log_group: "/ec2/sshd".into(),
+        log_stream: String::new(),
+    };
+    let mut g = group(c, "aggregate");
+    g.throughput(Throughput::Bytes(corpus.line_bytes));
+    g.bench_function("process_line", |b| {
+        b.iter_batched(
+            engine,
+            |mut e| {
+                let mut out = Vec::new();
+                for l in &corpus.lines {
+                    e.process_line(
+                        &LineInput {
+                            instance: &l.instance,
+                            instance_from_host: false,
+                            event_id: Some(&l.id),
+                            time_ms: Some(l.time_ms),
+                            position: 0,
+                            line: &l.line,
+                        },
+                        &origin,
+                        &mut out,
+                    );
+                }
+                black_box(out.len());
+                e
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+
+    let mut g = group(c, "whole");
+    g.throughput(Throughput::Bytes(corpus.json_bytes));
+    g.bench_function("process_record", |b| {
+        b.iter_batched(
+            engine,
+            |mut e| {
+                let mut out = Vec::new();
+                for (pos, r) in corpus.records.iter().enumerate() {
+                    let _ = e.process_record(r, "", pos as u64, None, &mut out);
+                }
+                black_box(out.len());
+                e
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(hot_path, benches);
+criterion_main!(hot_path);

@@ -1,0 +1,27 @@
+//! Synthetic fleet traffic for sshwarden, with ground truth.
+//!
+//! [`fleet`] simulates EC2 instances writing sshd and system logs (benign
+//! logins, cron, systemd, background internet scanning) while configurable
+//! attack [`Scenario`]s run against them, deterministically from a seed.
+//! Every generated event says what it is evidence of, and the generator
+//! computes the [`GroundTruth`] ([`truth`]): which default rule must fire for
+//! which instance in which window, which addresses must never be counted.
+//! [`encode`] turns the events into gzip-compressed CloudWatch Logs
+//! subscription payloads (what Kinesis delivers) or raw `auth.log` text.
+//! [`sshd`] holds the message shapes.
+//!
+//! Used by the benchmarks, the `demo` subcommand and the end-to-end tests.
+
+pub mod encode;
+pub mod fleet;
+pub mod sshd;
+pub mod truth;
+
+#[cfg(test)]
+mod tests;
+
+pub use encode::{
+    auth_log, encode_records, subscription_records, RecordOptions, SubscriptionRecord,
+};
+pub use fleet::{ConfigError, Fleet, FleetConfig, GeneratedEvent, InstanceInfo, Scenario};
+pub use truth::{DetectionKey, ExpectedDetection, GroundTruth, Score, TruthRules};
