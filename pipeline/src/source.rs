@@ -51,14 +51,33 @@ impl serde::Serialize for Source {
     }
 }
 
+/// One pass over the bytes: this runs for nearly every evidence line.
 fn lenient_ipv4(text: &str) -> Option<Ipv4Addr> {
-    if !crate::classify::addr::is_ipv4(text) {
+    let b = text.as_bytes();
+    if b.len() < 7 || b.len() > 15 {
         return None;
     }
     let mut octets = [0u8; 4];
-    for (o, part) in octets.iter_mut().zip(text.split('.')) {
-        *o = part.parse().ok()?;
+    let (mut i, mut value, mut digits) = (0usize, 0u32, 0u32);
+    for &c in b {
+        match c {
+            b'0'..=b'9' if digits < 3 => {
+                value = value * 10 + u32::from(c - b'0');
+                digits += 1;
+            }
+            b'.' if digits > 0 && i < 3 => {
+                octets[i] = u8::try_from(value).ok()?;
+                i += 1;
+                value = 0;
+                digits = 0;
+            }
+            _ => return None,
+        }
     }
+    if i != 3 || digits == 0 {
+        return None;
+    }
+    octets[3] = u8::try_from(value).ok()?;
     Some(Ipv4Addr::from(octets))
 }
 
@@ -89,5 +108,8 @@ mod tests {
         assert_eq!(Source::parse("1.2.3.256"), None);
         assert_eq!(Source::parse("from"), Some(Source::Name("from".into())));
         assert_eq!(Source::parse("a b"), None);
+        for bad in ["1.2.3", "1.2.3.4.5", "1..2.3", "1.2.3.", ".1.2.3", "1.2.3.1000", "300.1.1.1"] {
+            assert!(!matches!(Source::parse(bad), Some(Source::Ip(_))), "{bad}");
+        }
     }
 }
