@@ -53,8 +53,7 @@ pub fn is_hostname(tok: &str) -> bool {
         && b[0] != b'-'
         && b[0] != b'.'
         && b.iter().any(u8::is_ascii_alphabetic)
-        && b
-            .iter()
+        && b.iter()
             .all(|&c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.' || c == b'_')
 }
 

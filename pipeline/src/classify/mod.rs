@@ -19,19 +19,44 @@
 //! * A shape whose attacker text precedes the address (`Invalid user U from A
 //!   port P`, `Connection closed by authenticating user U A port P [preauth]`)
 //!   is anchored at the end of the message.
-//! * `Failed|Accepted|Postponed M for [invalid user ]U from A[ port P[ sshV]][: INFO]`:
+//! * `Failed|Accepted|Postponed M for [invalid user ]U from A[ port P[ sshV]][: INFO]`
+//!   (and `maximum authentication attempts exceeded for ...`, which has no INFO):
 //!   every `from ` (at the start of the user part or after a space) is a
 //!   candidate. A candidate is a valid reading when the rest parses as
-//!   `A[ port P[ sshV]]` followed by either the end of the message or, only
-//!   for `publickey`/`hostbased` methods and for `ssh1`, `: INFO` whose first
-//!   two words are a key type and a fingerprint (`ssh1`: `: ruser ...`).
+//!   `A[ port P[ sshV]]` followed by either the end of the message or
+//!   `: INFO` for the methods sshd appends one to (OpenSSH's `auth_log`
+//!   appends what a method recorded, and only these record anything): for
+//!   `publickey`/`hostbased`, INFO whose first two words are a key type and a
+//!   fingerprint; for the `gssapi` methods, any INFO (the client's name); and
+//!   for `ssh1`, `: ruser[ ...]`. What follows a key's two words is not
+//!   checked: it varies (`ID ... CA ...` for certificates, `, client user
+//!   "..."` for hostbased, `, signature count = N` for security keys, and
+//!   before OpenSSH 7.8 `TYPE-CERT ID ...` with no fingerprint), and a real
+//!   tail that failed a stricter check would leave an injected tail as the
+//!   only reading. Password and keyboard-interactive lines never carry INFO,
+//!   so an injected `... ssh2: ...` in their user names is no reading. `A`
+//!   ends at a space, or just before `: ` when INFO follows a bare address;
+//!   an IPv6 address may end in `::` (only one of the two splits is ever an
+//!   address).
 //!   Readings are ranked: with port and protocol > with port > bare address.
 //!   The best rank must hold exactly one reading; two or more readings of the
 //!   best rank make the line [`Classified::ambiguous`]: the kind stands, the
 //!   address is `None`.
+//! * `Disconnecting (authenticating|invalid) user U A port P: R` and
+//!   `ssh_dispatch_run_fatal: Connection from (authenticating|invalid) user U A port P: R`
+//!   have attacker text on both sides (R can quote user names): every ` port `
+//!   preceded by ` A` and followed by `P: ` is a reading; two or more make the
+//!   line ambiguous, and the rightmost one decides between
+//!   [`Kind::Disconnect`] and [`Kind::TooManyAuthFailures`].
+//! * `pam_unix(sshd:auth): authentication failure; ... ruser=R rhost=A[  user=U]`
+//!   has attacker text on both sides too (some distributions put the attempted
+//!   user name in `ruser=`): every ` rhost=` followed by an address is a
+//!   reading; two or more make it ambiguous.
 //! * Shapes whose address follows server text directly (`Received disconnect
 //!   from A`, `Unable to negotiate with A`, `Did not receive identification
-//!   string from A`) are anchored at the head.
+//!   string from A`) are anchored at the head. `reverse mapping checking
+//!   getaddrinfo for H [A] failed` is anchored at its end: H is the peer's
+//!   reverse DNS name.
 //!
 //! An address is an IPv4 (leading zeros accepted, as sshd prints what it
 //! got), an IPv6 (an IPv4-mapped `::ffff:a.b.c.d` is reported as `a.b.c.d`),
@@ -71,17 +96,17 @@ pub enum Kind {
     RootLoginRefused,
     /// tcp-wrappers `refused connect from X (A)`.
     RefusedConnect,
-    /// `maximum authentication attempts exceeded for [invalid user ]U from A port P sshV`.
+    /// `maximum authentication attempts exceeded for [invalid user ]U from A[ port P[ sshV]]`.
     MaxAuthExceeded,
     /// `Disconnecting: Too many authentication failures[ for [invalid user ]U]`,
     /// `Disconnecting (authenticating|invalid) user U A port P: Too many authentication failures`.
     TooManyAuthFailures,
-    /// `Received disconnect from A[ port P]:[ ]C: R`,
-    /// `Disconnected from [(authenticating|invalid) ]user U A port P`, `Disconnected from A port P`,
+    /// `Received disconnect from A: C: R`, `Received disconnect from A port P:[ ]C: R`,
+    /// `Disconnected from [(authenticating|invalid) ]user U A port P`, `Disconnected from A[ port P]`,
     /// `Disconnecting (authenticating|invalid) user U A port P: R`.
     Disconnect,
-    /// `Connection closed by [(authenticating|invalid) user U ]A[ port P]`,
-    /// `Connection reset by [(authenticating|invalid) user U ]A[ port P]`.
+    /// `Connection closed by [(authenticating|invalid) ]user U A port P`, `Connection closed by A[ port P]`,
+    /// and the same with `Connection reset by`.
     ConnectionClosed,
     /// `Timeout before authentication for A port P`.
     LoginTimeout,
@@ -92,7 +117,7 @@ pub enum Kind {
     /// `kex_exchange_identification: R` (no address).
     BadProtocol,
     /// `Unable to negotiate with A port P: R`,
-    /// `Unable to negotiate a key exchange method`, `no matching (mac|cipher) found: R` (no address).
+    /// `Unable to negotiate a key exchange method`, `no matching X found: R` (no address).
     KexFailed,
     /// `Read from socket failed: R` (no address),
     /// `ssh_dispatch_run_fatal: Connection from [(authenticating|invalid) user U ]A port P: R`.

@@ -1,9 +1,707 @@
 //! The regex classifier: the test oracle for [`super::scanner`].
-//! (Being written; see the module docs of [`super`].)
+//!
+//! Every message shape of [`super::Kind`] is stated here as a regular
+//! expression, written from the module docs of [`super`] rather than from the
+//! scanner's code, so that the corpus tests, the property tests and the fuzz
+//! target can hold the two implementations to identical [`Classified`] values.
+//! It is far too slow for the hot path (DESIGN.md measured 60 MB/s for regex
+//! captures), which never calls it.
+//!
+//! Where a shape has attacker text before its address, the regex for the
+//! fixed tail is tried at every candidate position (every `from ` that starts
+//! the user part or follows a space, every ` port `, every `' from `), and the
+//! valid readings are counted with [`Reading`] as the attribution rules ask.
+//! Address, host and port tokens are validated with the helpers of
+//! [`super::addr`]; a regex only says where a token is.
 
-use super::Classified;
+use std::sync::LazyLock;
+
+use regex::{Captures, Match, Regex};
+
+use super::addr::{host, ip, port, Reading};
+use super::{Classified, Kind};
+
+fn re(pattern: &str) -> Regex {
+    // The patterns are constants of this file, compiled by every test: a bad
+    // one is a programming error, not an input error.
+    Regex::new(pattern).expect("oracle regex compiles")
+}
+
+macro_rules! regex {
+    ($name:ident, $pattern:expr) => {
+        static $name: LazyLock<Regex> = LazyLock::new(|| re($pattern));
+    };
+}
+
+// The message proper and sshd's ` [preauth]` suffix, after trailing whitespace.
+regex!(
+    ENVELOPE,
+    r"(?s)\A(?P<m>.*?)(?P<preauth> \[preauth\])?[ \t\r\n]*\z"
+);
+
+// An address token as it can end a `from ` tail: address characters, ending
+// in a non-colon or in `::` (so `A: INFO` and an IPv6 address ending in `::`
+// split one way only). The token is validated with `addr::ip` afterwards.
+const ADDR: &str = r"[0-9A-Fa-f.:]*[0-9A-Fa-f.]|(?:[0-9A-Fa-f.:]*[0-9A-Fa-f.])?::";
+
+// --- Failed|Accepted|Postponed M for [invalid user ]U from A[ port P[ sshV]][: INFO]
+regex!(
+    AUTH,
+    r"(?s)\A(?P<verb>Failed|Accepted|Postponed) (?P<method>[^ ]*) for (?P<iu>invalid user )?(?P<body>(?P<iname><invalid username> )?.*)\z"
+);
+// A `from ` candidate: at the start of the user part or after a space.
+regex!(FROM_CANDIDATE, r"(?:\A| )from ");
+static AUTH_TAIL: LazyLock<Regex> = LazyLock::new(|| {
+    re(&format!(
+        r"(?s)\Afrom (?P<a>{ADDR})(?: port (?P<port>[0-9]{{1,5}})(?: (?P<proto>ssh[12]))?)?(?:: (?P<info>.*))?\z"
+    ))
+});
+// `: INFO` of a key method: its first two words are a key type and a fingerprint.
+regex!(KEY_INFO, r"(?s)\A[A-Za-z0-9@._-]+ [^ ,]+");
+// `: INFO` of `ssh1`: the remote user.
+regex!(SSH1_INFO, r"(?s)\Aruser(?: |\z)");
+// Methods whose `: INFO` is the client's GSSAPI name: free text.
+regex!(GSSAPI_METHOD, r"\Agssapi");
+regex!(
+    MAX_AUTH,
+    r"(?s)\Amaximum authentication attempts exceeded for (?P<iu>invalid user )?(?P<body>.*)\z"
+);
+
+// --- Invalid user U from A[ port P]; input_userauth_request: invalid user U
+regex!(INVALID_USER, r"(?s)\AInvalid user (?P<body>.*)\z");
+regex!(
+    FROM_ADDR_PORT_END,
+    r"(?s)\Afrom (?P<a>[^ ]+)(?: port (?P<port>[0-9]{1,5}))?\z"
+);
+regex!(
+    INPUT_USERAUTH,
+    r"(?s)\Ainput_userauth_request: invalid user (?P<user>.*)\z"
+);
+
+// --- Connection closed|reset by / Disconnected from: `[(authenticating|invalid) ]user U A port P` or `A[ port P]`
+regex!(
+    CLOSED,
+    r"(?s)\A(?:Connection closed by|Connection reset by|(?P<disconnected>Disconnected from)) (?P<rest>.*)\z"
+);
+regex!(
+    CLOSED_USER,
+    r"(?s)\A(?P<who>authenticating |invalid |)user (?P<user>.*) (?P<a>[^ ]+) port (?P<port>[0-9]{1,5})\z"
+);
+regex!(USER_PREFIX, r"\A(?:authenticating |invalid |)user ");
+regex!(
+    ADDR_PORT,
+    r"(?s)\A(?P<a>[^ ]+)(?: port (?P<port>[0-9]{1,5}))?\z"
+);
+
+// --- Disconnecting: Too many authentication failures[ for [invalid user ]U]
+regex!(
+    TOO_MANY,
+    r"(?s)\ADisconnecting: Too many authentication failures(?: for (?P<iu>invalid user )?(?P<user>.*))?\z"
+);
+
+// --- Disconnecting (authenticating|invalid) user U A port P: R
+// --- ssh_dispatch_run_fatal: Connection from [(authenticating|invalid) user U ]A port P: R
+regex!(
+    DISCONNECTING,
+    r"(?s)\ADisconnecting (?P<who>authenticating|invalid) user (?P<body>.*)\z"
+);
+regex!(
+    DISPATCH_FATAL,
+    r"(?s)\Assh_dispatch_run_fatal: Connection from (?:(?P<who>authenticating|invalid) user (?P<body>.*)|(?P<a>[^ ]+) port (?P<port>[0-9]{1,5}): .*)\z"
+);
+regex!(PORT_WORD, r" port ");
+regex!(USER_ADDR_END, r"(?s)\A(?P<user>.*) (?P<a>[^ ]+)\z");
+regex!(PORT_REASON, r"(?s)\A(?P<port>[0-9]{1,5}): (?P<reason>.*)\z");
+regex!(TOO_MANY_REASON, r"\AToo many authentication failures");
+
+// --- Received disconnect from A[ port P]:[ ]C: R (address at the head)
+regex!(
+    RECEIVED_DISCONNECT,
+    r"(?s)\AReceived disconnect from (?:(?P<a>[^ ]*) port (?P<port>[0-9]{1,5}): ?(?P<code>[0-9]{1,5}):|(?P<a2>.*?): (?P<code2>[0-9]{1,5}):)"
+);
+
+// --- Bad protocol version identification 'S' from A[ port P]
+regex!(
+    BAD_PROTOCOL,
+    r"(?s)\ABad protocol version identification '(?P<body>.*)\z"
+);
+regex!(QUOTE_FROM, r"' from ");
+regex!(
+    QUOTE_FROM_ADDR_PORT_END,
+    r"(?s)\A' from (?P<a>[^ ]+)(?: port (?P<port>[0-9]{1,5}))?\z"
+);
+
+// --- User U[ from H] not allowed because R
+regex!(
+    NOT_ALLOWED,
+    r"(?s)\AUser (?P<head>.*) not allowed because .*\z"
+);
+regex!(SPACE_FROM, r" from ");
+regex!(FROM_HOST_END, r"(?s)\Afrom (?P<h>[^ ]+)\z");
+
+// --- PAM: ... for [illegal user ]U from H[ via A]
+regex!(
+    PAM,
+    r"(?s)\APAM: (?:[Aa]uthentication (?:failure|error)|User not known to the underlying authentication module) for (?P<iu>illegal user )?(?P<body>.*)\z"
+);
+regex!(
+    FROM_HOST_VIA_END,
+    r"(?s)\Afrom (?P<h>[^ ]+)(?: via (?P<via>[^ ]+))?\z"
+);
+
+// --- pam_unix(sshd:auth): authentication failure; ... ruser=R rhost=A[  user=U]
+regex!(
+    PAM_UNIX,
+    r"(?s)\Apam_unix\(sshd:auth\): authentication failure;(?P<rest>.*)\z"
+);
+regex!(RHOST, r" rhost=");
+regex!(
+    RHOST_ADDR_USER,
+    r"(?s)\A rhost=(?P<a>[^ ]*)(?:.*? user=(?P<user>.*))?"
+);
+
+// --- refused connect from X (A)
+regex!(
+    REFUSED_CONNECT,
+    r"(?s)\Arefused connect from .* \((?P<a>.*)\)\z"
+);
+
+// --- Address A maps to H, ... / reverse mapping checking getaddrinfo for H [A] failed ...
+regex!(REVERSE_MAPPING, r"(?s)\AAddress (?P<a>[^ ]*) maps to ");
+regex!(
+    REVERSE_MAPPING_BRACKETED,
+    r"(?s)\Areverse mapping checking getaddrinfo for .* \[(?P<a>.*)\] failed"
+);
+
+// --- Connection from A[ port P[ on L port Q[ rdomain "R"]]]
+regex!(
+    CONNECTION_FROM,
+    r"(?s)\AConnection from (?P<a>[^ ]*)(?: port (?P<port>[0-9]{1,5})(?: on .*)?)?\z"
+);
+// --- SSH: Server;Ltype: T;Remote: A-P;...
+regex!(
+    AUDIT,
+    r"(?s)\ASSH: Server;Ltype: .*?;Remote: (?P<field>[^;]*)"
+);
+regex!(AUDIT_REMOTE, r"(?s)\A(?P<a>.*)-(?P<port>[0-9]{1,5})\z");
+
+// --- drop connection #N from [A]:P on [L]:Q (penalty: R|past MaxStartups)
+regex!(
+    DROP_CONNECTION,
+    r"(?s)\Adrop connection #(?P<n>[0-9]{1,5}) from \[(?P<a>.*?)\]:(?P<port>.*?) on \[.*?\]:[^ ]* (?:(?P<penalty>penalty:.*)|(?P<maxstartups>(?i-u:past maxstartups)))\z"
+);
+
+// --- head-anchored A[ port P] and A port P: R
+regex!(
+    NO_IDENTIFICATION,
+    r"(?s)\ADid not receive identification string from (?P<rest>.*)\z"
+);
+regex!(
+    ROOT_LOGIN_REFUSED,
+    r"(?s)\AROOT LOGIN REFUSED FROM (?P<rest>.*)\z"
+);
+regex!(
+    LOGIN_TIMEOUT,
+    r"(?s)\ATimeout before authentication for (?P<rest>.*)\z"
+);
+regex!(
+    UNABLE_TO_NEGOTIATE_WITH,
+    r"(?s)\AUnable to negotiate with (?P<a>[^ ]*) port (?P<port>[0-9]{1,5}):"
+);
+regex!(
+    BANNER_EXCHANGE,
+    r"(?s)\Abanner exchange: Connection from (?P<a>[^ ]*) port (?P<port>[0-9]{1,5}):"
+);
+
+// --- shapes without an address
+regex!(KEX_IDENTIFICATION, r"\Akex_exchange_identification: ");
+regex!(READ_FROM_SOCKET, r"\ARead from socket failed: ");
+regex!(UNABLE_KEX, r"\AUnable to negotiate a key exchange method");
+regex!(NO_MATCHING, r"(?s)\Ano matching (?:.* )?found");
 
 /// Classifies one sshd message with regular expressions.
-pub fn classify(_message: &str) -> Option<Classified<'_>> {
-    None
+pub fn classify(message: &str) -> Option<Classified<'_>> {
+    let env = ENVELOPE.captures(message)?;
+    let m = env.name("m")?.as_str();
+    let preauth = env.name("preauth").is_some();
+    let shapes: [fn(&str) -> Option<Classified<'_>>; 24] = [
+        auth_attempt,
+        invalid_user,
+        input_userauth,
+        max_auth,
+        closed,
+        too_many,
+        disconnecting,
+        dispatch_fatal,
+        received_disconnect,
+        bad_protocol,
+        not_allowed,
+        pam,
+        pam_unix,
+        refused_connect,
+        reverse_mapping,
+        reverse_mapping_bracketed,
+        connection_from,
+        audit,
+        drop_connection,
+        no_identification,
+        root_login_refused,
+        login_timeout,
+        addr_port_reason,
+        addressless,
+    ];
+    // The shapes start with distinct server text, so at most one can match.
+    let mut c = shapes.iter().find_map(|shape| shape(m))?;
+    c.preauth = preauth;
+    Some(c)
+}
+
+fn text<'a>(caps: &Captures<'a>, name: &str) -> Option<&'a str> {
+    caps.name(name).map(|m| m.as_str())
+}
+
+/// Start positions of every match of `re` in `hay`, overlapping ones included.
+fn positions<'h>(re: &'static Regex, hay: &'h str) -> impl Iterator<Item = Match<'h>> + 'h {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        let found = re.find_at(hay, start)?;
+        // Matches of these needles start with an ASCII byte, so +1 is a char boundary.
+        start = found.start() + 1;
+        Some(found)
+    })
+}
+
+fn port_of(caps: &Captures<'_>, name: &str) -> Option<Option<u16>> {
+    match text(caps, name) {
+        None => Some(None),
+        Some(p) => port(p).map(Some),
+    }
+}
+
+fn attribute<'a>(
+    mut c: Classified<'a>,
+    reading: Reading<(&'a str, &'a str, Option<u16>)>,
+) -> Option<Classified<'a>> {
+    match reading {
+        Reading::None => return None,
+        Reading::One((user, source, port)) => {
+            c.user = Some(user);
+            c.source = Some(source);
+            c.port = port;
+        }
+        Reading::Many => c.ambiguous = true,
+    }
+    Some(c)
+}
+
+/// The readings of `USER from A[ port P[ sshV]][: INFO]`, best rank only
+/// (port and protocol > port > bare address).
+fn ranked_from_tail(
+    body: &str,
+    info_ok: impl Fn(&str, Option<&str>) -> bool,
+) -> Reading<(&str, &str, Option<u16>)> {
+    let mut best = Reading::None;
+    let mut best_rank = 0u8;
+    for cand in positions(&FROM_CANDIDATE, body) {
+        let at = cand.end() - "from ".len();
+        let Some(caps) = AUTH_TAIL.captures(&body[at..]) else {
+            continue;
+        };
+        let Some(source) = text(&caps, "a").and_then(ip) else {
+            continue;
+        };
+        let Some(port_no) = port_of(&caps, "port") else {
+            continue;
+        };
+        let proto = text(&caps, "proto");
+        if let Some(info) = text(&caps, "info") {
+            if !info_ok(info, proto) {
+                continue;
+            }
+        }
+        let rank = match (port_no, proto) {
+            (Some(_), Some(_)) => 2,
+            (Some(_), None) => 1,
+            (None, _) => 0,
+        };
+        let reading = (&body[..cand.start()], source, port_no);
+        if matches!(best, Reading::None) || rank > best_rank {
+            best = Reading::One(reading);
+            best_rank = rank;
+        } else if rank == best_rank {
+            best = Reading::Many;
+        }
+    }
+    best
+}
+
+fn auth_attempt(m: &str) -> Option<Classified<'_>> {
+    let caps = AUTH.captures(m)?;
+    let method = text(&caps, "method")?;
+    let key_method = method == "publickey" || method == "hostbased";
+    let kind = match (text(&caps, "verb")?, method) {
+        ("Failed", "publickey") => Kind::FailedPublickey,
+        ("Failed", "hostbased") => Kind::FailedHostbased,
+        ("Failed", _) => Kind::FailedPassword,
+        ("Accepted", _) => Kind::Accepted,
+        _ => Kind::Postponed,
+    };
+    let c = Classified {
+        invalid_user: caps.name("iu").is_some() || caps.name("iname").is_some(),
+        ..Classified::new(kind)
+    };
+    let gssapi = GSSAPI_METHOD.is_match(method);
+    let reading = ranked_from_tail(text(&caps, "body")?, |info, proto| {
+        if key_method {
+            KEY_INFO.is_match(info)
+        } else {
+            gssapi || (proto == Some("ssh1") && SSH1_INFO.is_match(info))
+        }
+    });
+    attribute(c, reading)
+}
+
+fn max_auth(m: &str) -> Option<Classified<'_>> {
+    let caps = MAX_AUTH.captures(m)?;
+    let c = Classified {
+        invalid_user: caps.name("iu").is_some(),
+        ..Classified::new(Kind::MaxAuthExceeded)
+    };
+    attribute(c, ranked_from_tail(text(&caps, "body")?, |_, _| false))
+}
+
+fn invalid_user(m: &str) -> Option<Classified<'_>> {
+    let body = text(&INVALID_USER.captures(m)?, "body")?;
+    let mut reading = Reading::None;
+    for cand in positions(&FROM_CANDIDATE, body) {
+        let at = cand.end() - "from ".len();
+        let Some(caps) = FROM_ADDR_PORT_END.captures(&body[at..]) else {
+            continue;
+        };
+        let (Some(source), Some(port_no)) = (text(&caps, "a").and_then(ip), port_of(&caps, "port"))
+        else {
+            continue;
+        };
+        reading.push((&body[..cand.start()], source, port_no));
+    }
+    let c = Classified {
+        invalid_user: true,
+        ..Classified::new(Kind::InvalidUser)
+    };
+    attribute(c, reading)
+}
+
+fn input_userauth(m: &str) -> Option<Classified<'_>> {
+    let caps = INPUT_USERAUTH.captures(m)?;
+    Some(Classified {
+        user: text(&caps, "user"),
+        invalid_user: true,
+        ..Classified::new(Kind::InvalidUser)
+    })
+}
+
+fn closed(m: &str) -> Option<Classified<'_>> {
+    let caps = CLOSED.captures(m)?;
+    let kind = if caps.name("disconnected").is_some() {
+        Kind::Disconnect
+    } else {
+        Kind::ConnectionClosed
+    };
+    let rest = text(&caps, "rest")?;
+    let mut c = Classified::new(kind);
+    if USER_PREFIX.is_match(rest) {
+        // Attacker text precedes the address: read ` A port P` at the end.
+        let caps = CLOSED_USER.captures(rest)?;
+        match text(&caps, "who")? {
+            "authenticating " => c.authenticating_user = true,
+            "invalid " => c.invalid_user = true,
+            _ => {}
+        }
+        c.user = text(&caps, "user");
+        c.source = Some(ip(text(&caps, "a")?)?);
+        c.port = Some(port(text(&caps, "port")?)?);
+    } else {
+        let caps = ADDR_PORT.captures(rest)?;
+        c.source = Some(ip(text(&caps, "a")?)?);
+        c.port = port_of(&caps, "port")?;
+    }
+    Some(c)
+}
+
+fn too_many(m: &str) -> Option<Classified<'_>> {
+    let caps = TOO_MANY.captures(m)?;
+    Some(Classified {
+        user: text(&caps, "user"),
+        invalid_user: caps.name("iu").is_some(),
+        ..Classified::new(Kind::TooManyAuthFailures)
+    })
+}
+
+/// `USER A port P: REASON` read at every ` port `; the rightmost valid
+/// reading decides whether the reason is `Too many authentication failures`.
+fn user_addr_port_reason<'a>(
+    mut c: Classified<'a>,
+    who: &str,
+    body: &'a str,
+) -> Option<Classified<'a>> {
+    match who {
+        "authenticating" => c.authenticating_user = true,
+        _ => c.invalid_user = true,
+    }
+    let mut reading = Reading::None;
+    let mut too_many = false;
+    for cand in positions(&PORT_WORD, body) {
+        let (Some(head), Some(tail)) = (
+            USER_ADDR_END.captures(&body[..cand.start()]),
+            PORT_REASON.captures(&body[cand.end()..]),
+        ) else {
+            continue;
+        };
+        let (Some(user), Some(source), Some(port_no)) = (
+            text(&head, "user"),
+            text(&head, "a").and_then(ip),
+            text(&tail, "port").and_then(port),
+        ) else {
+            continue;
+        };
+        reading.push((user, source, Some(port_no)));
+        too_many = text(&tail, "reason").is_some_and(|r| TOO_MANY_REASON.is_match(r));
+    }
+    if c.kind == Kind::Disconnect && too_many {
+        c.kind = Kind::TooManyAuthFailures;
+    }
+    attribute(c, reading)
+}
+
+fn disconnecting(m: &str) -> Option<Classified<'_>> {
+    let caps = DISCONNECTING.captures(m)?;
+    user_addr_port_reason(
+        Classified::new(Kind::Disconnect),
+        text(&caps, "who")?,
+        text(&caps, "body")?,
+    )
+}
+
+fn dispatch_fatal(m: &str) -> Option<Classified<'_>> {
+    let caps = DISPATCH_FATAL.captures(m)?;
+    let c = Classified::new(Kind::ProtocolError);
+    match (text(&caps, "who"), text(&caps, "body")) {
+        (Some(who), Some(body)) => user_addr_port_reason(c, who, body),
+        _ => Some(Classified {
+            source: Some(ip(text(&caps, "a")?)?),
+            port: Some(port(text(&caps, "port")?)?),
+            ..c
+        }),
+    }
+}
+
+fn received_disconnect(m: &str) -> Option<Classified<'_>> {
+    let caps = RECEIVED_DISCONNECT.captures(m)?;
+    let (a, port_no, code) = match text(&caps, "a") {
+        Some(a) => (a, Some(port(text(&caps, "port")?)?), text(&caps, "code")?),
+        None => (text(&caps, "a2")?, None, text(&caps, "code2")?),
+    };
+    Some(Classified {
+        source: Some(ip(a)?),
+        port: port_no,
+        disconnect_code: Some(port(code)?),
+        ..Classified::new(Kind::Disconnect)
+    })
+}
+
+fn bad_protocol(m: &str) -> Option<Classified<'_>> {
+    let body = text(&BAD_PROTOCOL.captures(m)?, "body")?;
+    let mut reading = Reading::None;
+    for cand in positions(&QUOTE_FROM, body) {
+        let Some(caps) = QUOTE_FROM_ADDR_PORT_END.captures(&body[cand.start()..]) else {
+            continue;
+        };
+        if let (Some(source), Some(port_no)) =
+            (text(&caps, "a").and_then(ip), port_of(&caps, "port"))
+        {
+            reading.push((source, port_no));
+        }
+    }
+    let mut c = Classified::new(Kind::BadProtocol);
+    match reading {
+        Reading::None => return None,
+        Reading::One((source, port_no)) => {
+            c.source = Some(source);
+            c.port = port_no;
+        }
+        Reading::Many => c.ambiguous = true,
+    }
+    Some(c)
+}
+
+fn not_allowed(m: &str) -> Option<Classified<'_>> {
+    let head = text(&NOT_ALLOWED.captures(m)?, "head")?;
+    let mut reading = Reading::None;
+    for cand in positions(&SPACE_FROM, head) {
+        let Some(caps) = FROM_HOST_END.captures(&head[cand.start() + 1..]) else {
+            continue;
+        };
+        if let Some(h) = text(&caps, "h").and_then(host) {
+            reading.push((&head[..cand.start()], h, None));
+        }
+    }
+    let c = Classified::new(Kind::NotAllowed);
+    match reading {
+        Reading::None => Some(Classified {
+            user: Some(head),
+            ..c
+        }),
+        reading => attribute(c, reading),
+    }
+}
+
+fn pam(m: &str) -> Option<Classified<'_>> {
+    let caps = PAM.captures(m)?;
+    let body = text(&caps, "body")?;
+    let mut reading = Reading::None;
+    for cand in positions(&FROM_CANDIDATE, body) {
+        let at = cand.end() - "from ".len();
+        let Some(tail) = FROM_HOST_VIA_END.captures(&body[at..]) else {
+            continue;
+        };
+        let via_ok = text(&tail, "via").is_none_or(|via| ip(via).is_some());
+        if let Some(h) = text(&tail, "h").and_then(host).filter(|_| via_ok) {
+            reading.push((&body[..cand.start()], h, None));
+        }
+    }
+    let c = Classified {
+        invalid_user: caps.name("iu").is_some(),
+        ..Classified::new(Kind::PamAuthFailure)
+    };
+    attribute(c, reading)
+}
+
+fn pam_unix(m: &str) -> Option<Classified<'_>> {
+    let rest = text(&PAM_UNIX.captures(m)?, "rest")?;
+    let mut reading = Reading::None;
+    for cand in positions(&RHOST, rest) {
+        let Some(caps) = RHOST_ADDR_USER.captures(&rest[cand.start()..]) else {
+            continue;
+        };
+        if let Some(source) = text(&caps, "a").and_then(ip) {
+            reading.push((source, text(&caps, "user")));
+        }
+    }
+    let mut c = Classified::new(Kind::PamUnixFailure);
+    match reading {
+        Reading::None => {}
+        Reading::One((source, user)) => {
+            c.source = Some(source);
+            c.user = user;
+        }
+        Reading::Many => c.ambiguous = true,
+    }
+    Some(c)
+}
+
+fn refused_connect(m: &str) -> Option<Classified<'_>> {
+    let caps = REFUSED_CONNECT.captures(m)?;
+    Some(Classified {
+        source: Some(ip(text(&caps, "a")?)?),
+        ..Classified::new(Kind::RefusedConnect)
+    })
+}
+
+fn reverse_mapping(m: &str) -> Option<Classified<'_>> {
+    let caps = REVERSE_MAPPING.captures(m)?;
+    Some(Classified {
+        source: Some(ip(text(&caps, "a")?)?),
+        ..Classified::new(Kind::ReverseMappingFailed)
+    })
+}
+
+fn reverse_mapping_bracketed(m: &str) -> Option<Classified<'_>> {
+    let caps = REVERSE_MAPPING_BRACKETED.captures(m)?;
+    Some(Classified {
+        source: Some(ip(text(&caps, "a")?)?),
+        ..Classified::new(Kind::ReverseMappingFailed)
+    })
+}
+
+fn connection_from(m: &str) -> Option<Classified<'_>> {
+    let caps = CONNECTION_FROM.captures(m)?;
+    Some(Classified {
+        source: Some(ip(text(&caps, "a")?)?),
+        port: port_of(&caps, "port")?,
+        ..Classified::new(Kind::ConnectionFrom)
+    })
+}
+
+fn audit(m: &str) -> Option<Classified<'_>> {
+    let field = text(&AUDIT.captures(m)?, "field")?;
+    let caps = AUDIT_REMOTE.captures(field)?;
+    Some(Classified {
+        source: Some(ip(text(&caps, "a")?)?),
+        port: Some(port(text(&caps, "port")?)?),
+        ..Classified::new(Kind::ConnectionFrom)
+    })
+}
+
+fn drop_connection(m: &str) -> Option<Classified<'_>> {
+    let caps = DROP_CONNECTION.captures(m)?;
+    port(text(&caps, "n")?)?;
+    let kind = if caps.name("penalty").is_some() {
+        Kind::Penalty
+    } else {
+        Kind::MaxStartupsDrop
+    };
+    Some(Classified {
+        source: Some(ip(text(&caps, "a")?)?),
+        port: Some(port(text(&caps, "port")?)?),
+        ..Classified::new(kind)
+    })
+}
+
+fn head_addr_port<'a>(kind: Kind, shape: &Regex, m: &'a str) -> Option<Classified<'a>> {
+    let rest = text(&shape.captures(m)?, "rest")?;
+    let caps = ADDR_PORT.captures(rest)?;
+    Some(Classified {
+        source: Some(ip(text(&caps, "a")?)?),
+        port: port_of(&caps, "port")?,
+        ..Classified::new(kind)
+    })
+}
+
+fn no_identification(m: &str) -> Option<Classified<'_>> {
+    head_addr_port(Kind::NoIdentification, &NO_IDENTIFICATION, m)
+}
+
+fn root_login_refused(m: &str) -> Option<Classified<'_>> {
+    head_addr_port(Kind::RootLoginRefused, &ROOT_LOGIN_REFUSED, m)
+}
+
+fn login_timeout(m: &str) -> Option<Classified<'_>> {
+    head_addr_port(Kind::LoginTimeout, &LOGIN_TIMEOUT, m)
+}
+
+/// `Unable to negotiate with A port P: R` and `banner exchange: Connection from A port P: R`.
+fn addr_port_reason(m: &str) -> Option<Classified<'_>> {
+    let (kind, caps) = if let Some(caps) = UNABLE_TO_NEGOTIATE_WITH.captures(m) {
+        (Kind::KexFailed, caps)
+    } else {
+        (Kind::BadProtocol, BANNER_EXCHANGE.captures(m)?)
+    };
+    Some(Classified {
+        source: Some(ip(text(&caps, "a")?)?),
+        port: Some(port(text(&caps, "port")?)?),
+        ..Classified::new(kind)
+    })
+}
+
+fn addressless(m: &str) -> Option<Classified<'_>> {
+    let kind = if KEX_IDENTIFICATION.is_match(m) {
+        Kind::BadProtocol
+    } else if READ_FROM_SOCKET.is_match(m) {
+        Kind::ProtocolError
+    } else if UNABLE_KEX.is_match(m) || NO_MATCHING.is_match(m) {
+        Kind::KexFailed
+    } else {
+        return None;
+    };
+    Some(Classified::new(kind))
 }

@@ -46,7 +46,9 @@ pub fn classify(message: &str) -> Option<Classified<'_>> {
                 with_addr_port(Kind::NoIdentification, r)
             } else if let Some(r) = m.strip_prefix("Disconnected from ") {
                 closed(Kind::Disconnect, r)
-            } else if let Some(r) = m.strip_prefix("Disconnecting: Too many authentication failures") {
+            } else if let Some(r) =
+                m.strip_prefix("Disconnecting: Too many authentication failures")
+            {
                 too_many_failures(r)
             } else if let Some(r) = m.strip_prefix("Disconnecting ") {
                 user_addr_port_reason(r, Kind::Disconnect)
@@ -96,7 +98,9 @@ pub fn classify(message: &str) -> Option<Classified<'_>> {
         b'b' => m
             .strip_prefix("banner exchange: Connection from ")
             .and_then(|r| addr_port_colon(Kind::BadProtocol, r)),
-        b'd' => m.strip_prefix("drop connection #").and_then(drop_connection),
+        b'd' => m
+            .strip_prefix("drop connection #")
+            .and_then(drop_connection),
         b'i' => m
             .strip_prefix("input_userauth_request: invalid user ")
             .map(|user| Classified {
@@ -186,11 +190,17 @@ fn auth_attempt(base: Kind, s: &str) -> Option<Classified<'_>> {
         invalid_user: invalid,
         ..Classified::new(kind)
     };
+    // sshd appends `: INFO` only for methods that record some: keys, and
+    // gssapi's client name (free text, so any INFO is one).
+    let gssapi = method.starts_with("gssapi");
     match best_auth_tail(rest, |info, proto| {
         if key_method {
             key_info(info)
+        } else if gssapi {
+            true
         } else {
-            proto == Some("ssh1") && info.starts_with("ruser ")
+            // `ruser ` with an empty remote user loses its trailing space to the trim.
+            proto == Some("ssh1") && (info == "ruser" || info.starts_with("ruser "))
         }
     }) {
         Reading::None => return None,
@@ -232,13 +242,19 @@ fn auth_tail_at<'a>(
     info_ok: &impl Fn(&str, Option<&str>) -> bool,
 ) -> Option<AuthTail<'a>> {
     let tail = &s[p + 5..];
-    let addr_end = tail.find([' ', ',']).unwrap_or(tail.len());
-    let addr_end = match tail[..addr_end].strip_suffix(':') {
-        // `from ADDR: INFO` is never printed, but an IPv6 address ends in a colon-free group.
-        Some(_) => return None,
-        None => addr_end,
+    let token_end = tail.find(' ').unwrap_or(tail.len());
+    let token = &tail[..token_end];
+    // The address ends at a space, or one byte earlier when `: INFO` follows a
+    // bare address. At most one of the two is an address: an IPv6 address
+    // that ends in a colon ends in `::` (`2001:db8::`), and one colon less
+    // than that is never an address.
+    let (source, addr_end) = match ip(token) {
+        Some(a) => (a, token_end),
+        None => {
+            let bare = token.strip_suffix(':').filter(|_| token_end < tail.len())?;
+            (ip(bare)?, token_end - 1)
+        }
     };
-    let source = ip(&tail[..addr_end])?;
     let mut rest = &tail[addr_end..];
     let mut port_no = None;
     let mut proto = None;
@@ -274,25 +290,22 @@ fn auth_tail_at<'a>(
     })
 }
 
-/// `KEYTYPE FINGERPRINT` then the end, a certificate's ` ID ...`, or
-/// hostbased's `, client user "...", client host "..."`.
+/// `KEYTYPE FINGERPRINT...`: the first two words are a key type and a
+/// fingerprint. What follows is not checked: it varies by version and method
+/// (`ID ... CA ...` for certificates, `, client user "..."` for hostbased,
+/// `, signature count = N` for security keys; before OpenSSH 7.8 certificates
+/// were `TYPE-CERT ID ...` with no fingerprint), and a real tail failing the
+/// check would leave an injected tail as the only reading.
 fn key_info(info: &str) -> bool {
     let Some((key_type, rest)) = info.split_once(' ') else {
         return false;
     };
-    if key_type.is_empty()
-        || !key_type
+    !key_type.is_empty()
+        && key_type
             .bytes()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'@' | b'.' | b'_'))
-    {
-        return false;
-    }
-    let fp_end = rest.find([' ', ',']).unwrap_or(rest.len());
-    if fp_end == 0 {
-        return false;
-    }
-    let after = &rest[fp_end..];
-    after.is_empty() || after.starts_with(" ID ") || after.starts_with(", client user \"")
+        && !rest.starts_with([' ', ','])
+        && !rest.is_empty()
 }
 
 /// `USER from ADDR[ port N]` anchored at the end.
@@ -553,16 +566,29 @@ fn pam(s: &str) -> Option<Classified<'_>> {
     Some(c)
 }
 
-/// ` logname= uid=0 euid=0 tty=ssh ruser= rhost=ADDR[  user=USER]`.
+/// ` logname= uid=0 euid=0 tty=ssh ruser=RUSER rhost=ADDR[  user=USER]`.
+/// Attacker text can stand on both sides of the address (some distributions
+/// put the attempted user name in `ruser=`), so every ` rhost=` followed by
+/// an address is a reading.
 fn pam_unix(s: &str) -> Classified<'_> {
     let mut c = Classified::new(Kind::PamUnixFailure);
-    if let Some(i) = memchr::memmem::find(s.as_bytes(), b" rhost=") {
+    let mut reading = Reading::None;
+    for i in memchr::memmem::find_iter(s.as_bytes(), b" rhost=") {
         let r = &s[i + 7..];
         let end = r.find(' ').unwrap_or(r.len());
-        c.source = host(&r[..end]);
-        if let Some(j) = memchr::memmem::find(r[end..].as_bytes(), b" user=") {
-            c.user = Some(&r[end + j + 6..]);
+        if let Some(source) = ip(&r[..end]) {
+            let user =
+                memchr::memmem::find(&r.as_bytes()[end..], b" user=").map(|j| &r[end + j + 6..]);
+            reading.push((source, user));
         }
+    }
+    match reading {
+        Reading::None => {}
+        Reading::One((source, user)) => {
+            c.source = Some(source);
+            c.user = user;
+        }
+        Reading::Many => c.ambiguous = true,
     }
     c
 }
@@ -572,7 +598,7 @@ fn refused_connect(s: &str) -> Option<Classified<'_>> {
     let inner = s.strip_suffix(')')?;
     let open = inner.rfind(" (")?;
     Some(Classified {
-        source: Some(host(&inner[open + 2..])?),
+        source: Some(ip(&inner[open + 2..])?),
         ..Classified::new(Kind::RefusedConnect)
     })
 }
@@ -589,10 +615,11 @@ fn reverse_mapping(s: &str) -> Option<Classified<'_>> {
     })
 }
 
-/// `HOST [ADDR] failed - POSSIBLE BREAK-IN ATTEMPT!`.
+/// `HOST [ADDR] failed[.| - POSSIBLE BREAK-IN ATTEMPT!]`. HOST comes from the
+/// peer's reverse DNS, so the address is read from the end.
 fn reverse_mapping_bracketed(s: &str) -> Option<Classified<'_>> {
-    let (_, rest) = s.split_once(" [")?;
-    let (a, _) = rest.split_once("] failed")?;
+    let (head, _) = s.rsplit_once("] failed")?;
+    let (_, a) = head.rsplit_once(" [")?;
     Some(Classified {
         source: Some(ip(a)?),
         ..Classified::new(Kind::ReverseMappingFailed)
