@@ -221,6 +221,15 @@ impl Engine {
         LineVerdict::Classified(self.core.tracker.observe(host, l.pid, &c))
     }
 
+    /// A caught-up shard with nothing new: lets processing time stand in for
+    /// event time so idle windows still close (and the checkpoint moves).
+    /// Conservative: the watermark only reaches `now` minus twice the
+    /// allowed lateness.
+    pub fn observe_idle(&mut self, now_ms: i64) {
+        let lateness = self.core.config.window.allowed_lateness_ms;
+        self.core.windows.advance(now_ms - lateness);
+    }
+
     /// Closes every open window (end of an offline input).
     pub fn finish(&mut self) {
         self.core.windows.close_all();
@@ -327,9 +336,11 @@ impl Core {
                 return;
             }
         }
+        // Ids are only promised unique within a log stream: key them by both.
         let event_id = input.event_id.filter(|id| !id.is_empty()).map(|id| {
-            u128::from(self.id_hasher.0.hash_one(id)) << 64
-                | u128::from(self.id_hasher.1.hash_one(id))
+            let key = (instance, id);
+            u128::from(self.id_hasher.0.hash_one(key)) << 64
+                | u128::from(self.id_hasher.1.hash_one(key))
         });
         let admit = self.windows.observe(
             &Observation {
