@@ -3,7 +3,10 @@
 mod classify_cmd;
 mod config;
 mod input;
+mod metrics;
+mod run;
 mod scan;
+mod sink;
 
 use std::io::{BufWriter, Write};
 use std::process::ExitCode;
@@ -26,21 +29,25 @@ enum Command {
     Scan(scan::ScanArgs),
     /// Print one JSON verdict per input line.
     Classify(classify_cmd::ClassifyArgs),
+    /// The service: consume a Kinesis stream with shard leases in DynamoDB.
+    Run(run::RunArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let stdout = std::io::stdout();
-    let mut out = BufWriter::new(stdout.lock());
     let result = match &cli.command {
-        Command::Scan(args) => cli
+        // The stdout sink writes from many tasks: stdout must not stay locked here.
+        Command::Run(args) => cli
             .config
             .engine_config()
-            .and_then(|c| scan::run(args, c, &mut out).map(|_| ())),
-        Command::Classify(args) => classify_cmd::run(args, &mut out),
+            .and_then(|c| run_service(args.clone(), c)),
+        Command::Scan(args) => with_stdout(|out| {
+            let config = cli.config.engine_config()?;
+            scan::run(args, config, out).map(|_| ())
+        }),
+        Command::Classify(args) => with_stdout(|out| classify_cmd::run(args, out)),
     };
-    let flushed = out.flush();
-    match result.and(flushed.map_err(Into::into)) {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
@@ -48,6 +55,39 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs `f` with a buffered, locked stdout and flushes it.
+fn with_stdout(f: impl FnOnce(&mut dyn Write) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let result = f(&mut out);
+    let flushed = out.flush();
+    result.and(flushed.map_err(Into::into))
+}
+
+/// An AWS SDK error with its whole chain of causes, for anyhow.
+pub(crate) fn aws_error<E: std::error::Error + Send + Sync + 'static>(e: E) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{}",
+        aws_smithy_types::error::display::DisplayErrorContext(&e)
+    )
+}
+
+/// Logs go to stderr as JSON lines (stdout carries the stdout sink's commands).
+fn run_service(args: run::RunArgs, config: sshwarden_pipeline::EngineConfig) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .json()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SSHWARDEN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run::run(args, config))
 }
 
 /// `sshwarden classify big.log | head` is not an error.

@@ -1,0 +1,348 @@
+//! The lease table in DynamoDB, with the Kinesis Client Library's schema:
+//! `leaseKey` (shard id), `leaseOwner`, `leaseCounter`, `checkpoint`,
+//! `checkpointSubSequenceNumber`, `ownerSwitchesSinceCheckpoint`,
+//! `parentShardId` (a string set). Every change is a conditional write, so
+//! two workers can never both believe they own a shard past one renewal.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use aws_sdk_dynamodb::error::ProvideErrorMetadata;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
+    ScalarAttributeType, TableStatus,
+};
+use aws_sdk_dynamodb::Client;
+
+use super::plan::LeaseView;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub key: String,
+    pub owner: Option<String>,
+    pub counter: u64,
+    pub checkpoint: String,
+    pub owner_switches: u64,
+    pub parents: Vec<String>,
+}
+
+impl Lease {
+    pub fn view(&self) -> LeaseView {
+        LeaseView {
+            key: self.key.clone(),
+            owner: self.owner.clone(),
+            counter: self.counter,
+            checkpoint: self.checkpoint.clone(),
+            parents: self.parents.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct LeaseTable {
+    client: Client,
+    table: String,
+}
+
+/// The outcome of a conditional write.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Cas<T> {
+    Done(T),
+    /// The condition failed: someone else changed the lease.
+    Lost,
+}
+
+fn s(v: &str) -> AttributeValue {
+    AttributeValue::S(v.to_owned())
+}
+
+fn n(v: u64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn is_condition_failure<E: ProvideErrorMetadata>(e: &E) -> bool {
+    matches!(
+        e.code(),
+        Some("ConditionalCheckFailedException") | Some("TransactionCanceledException")
+    )
+}
+
+macro_rules! cas {
+    ($call:expr) => {
+        match $call {
+            Ok(out) => Ok(Cas::Done(out)),
+            Err(e) if e.as_service_error().is_some_and(is_condition_failure) => Ok(Cas::Lost),
+            Err(e) => Err(crate::aws_error(e)),
+        }
+    };
+}
+
+impl LeaseTable {
+    pub fn new(client: Client, table: String) -> Self {
+        LeaseTable { client, table }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.table
+    }
+
+    /// Creates the table (on-demand billing) when it is absent and waits for it.
+    pub async fn ensure(&self) -> anyhow::Result<()> {
+        let described = self
+            .client
+            .describe_table()
+            .table_name(&self.table)
+            .send()
+            .await;
+        match described {
+            Ok(_) => {}
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_resource_not_found_exception()) =>
+            {
+                let created = self
+                    .client
+                    .create_table()
+                    .table_name(&self.table)
+                    .attribute_definitions(
+                        AttributeDefinition::builder()
+                            .attribute_name("leaseKey")
+                            .attribute_type(ScalarAttributeType::S)
+                            .build()?,
+                    )
+                    .key_schema(
+                        KeySchemaElement::builder()
+                            .attribute_name("leaseKey")
+                            .key_type(KeyType::Hash)
+                            .build()?,
+                    )
+                    .billing_mode(BillingMode::PayPerRequest)
+                    .send()
+                    .await;
+                if let Err(e) = created {
+                    // Another worker may have created it in the meantime.
+                    if !e
+                        .as_service_error()
+                        .is_some_and(|e| e.is_resource_in_use_exception())
+                    {
+                        return Err(crate::aws_error(e))
+                            .with_context(|| format!("cannot create lease table {}", self.table));
+                    }
+                }
+            }
+            Err(e) => {
+                return Err(crate::aws_error(e))
+                    .with_context(|| format!("cannot describe lease table {}", self.table))
+            }
+        }
+        for _ in 0..120 {
+            let d = self
+                .client
+                .describe_table()
+                .table_name(&self.table)
+                .send()
+                .await;
+            if let Ok(d) = d {
+                if d.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        bail!(
+            "lease table {} did not become ACTIVE within 60 s",
+            self.table
+        )
+    }
+
+    /// Every lease, read consistently.
+    pub async fn scan(&self) -> anyhow::Result<Vec<Lease>> {
+        let mut out = Vec::new();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            let page = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(crate::aws_error)
+                .with_context(|| format!("cannot scan lease table {}", self.table))?;
+            for item in page.items() {
+                match parse(item) {
+                    Some(l) => out.push(l),
+                    None => eprintln!(
+                        "sshwarden: lease table {}: skipping malformed item {item:?}",
+                        self.table
+                    ),
+                }
+            }
+            match page.last_evaluated_key() {
+                Some(k) if !k.is_empty() => start = Some(k.clone()),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// Creates a lease for a new shard unless one exists.
+    pub async fn create(
+        &self,
+        key: &str,
+        checkpoint: &str,
+        parents: &[String],
+    ) -> anyhow::Result<Cas<()>> {
+        let mut put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("leaseKey", s(key))
+            .item("leaseCounter", n(0))
+            .item("checkpoint", s(checkpoint))
+            .item("checkpointSubSequenceNumber", n(0))
+            .item("ownerSwitchesSinceCheckpoint", n(0))
+            .condition_expression("attribute_not_exists(leaseKey)");
+        if !parents.is_empty() {
+            put = put.item("parentShardId", AttributeValue::Ss(parents.to_vec()));
+        }
+        cas!(put.send().await).map(|c| match c {
+            Cas::Done(_) => Cas::Done(()),
+            Cas::Lost => Cas::Lost,
+        })
+    }
+
+    /// Bumps the counter of a lease we hold; `Lost` when someone took it.
+    pub async fn renew(&self, key: &str, me: &str, counter: u64) -> anyhow::Result<Cas<u64>> {
+        let r = cas!(
+            self.client
+                .update_item()
+                .table_name(&self.table)
+                .key("leaseKey", s(key))
+                .update_expression("SET leaseCounter = :next")
+                .condition_expression("leaseOwner = :me AND leaseCounter = :c")
+                .expression_attribute_values(":me", s(me))
+                .expression_attribute_values(":c", n(counter))
+                .expression_attribute_values(":next", n(counter + 1))
+                .send()
+                .await
+        )?;
+        Ok(match r {
+            Cas::Done(_) => Cas::Done(counter + 1),
+            Cas::Lost => Cas::Lost,
+        })
+    }
+
+    /// Takes (or steals) a lease last seen with `counter` and `owner`.
+    pub async fn take(&self, lease: &Lease, me: &str) -> anyhow::Result<Cas<Lease>> {
+        let mut update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("leaseKey", s(&lease.key))
+            .update_expression(
+                "SET leaseOwner = :me, leaseCounter = :next, ownerSwitchesSinceCheckpoint = ownerSwitchesSinceCheckpoint + :one",
+            )
+            .expression_attribute_values(":me", s(me))
+            .expression_attribute_values(":c", n(lease.counter))
+            .expression_attribute_values(":next", n(lease.counter + 1))
+            .expression_attribute_values(":one", n(1))
+            .return_values(ReturnValue::AllNew);
+        update = match &lease.owner {
+            Some(owner) => update
+                .condition_expression("leaseCounter = :c AND leaseOwner = :owner")
+                .expression_attribute_values(":owner", s(owner)),
+            None => update
+                .condition_expression("leaseCounter = :c AND attribute_not_exists(leaseOwner)"),
+        };
+        Ok(match cas!(update.send().await)? {
+            Cas::Done(out) => match out.attributes().and_then(parse) {
+                Some(l) => Cas::Done(l),
+                None => bail!("lease {} came back malformed after taking it", lease.key),
+            },
+            Cas::Lost => Cas::Lost,
+        })
+    }
+
+    /// Records progress; only the owner may.
+    pub async fn checkpoint(&self, key: &str, me: &str, sequence: &str) -> anyhow::Result<Cas<()>> {
+        let r = cas!(self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("leaseKey", s(key))
+            .update_expression(
+                "SET checkpoint = :seq, checkpointSubSequenceNumber = :zero, ownerSwitchesSinceCheckpoint = :zero",
+            )
+            .condition_expression("leaseOwner = :me")
+            .expression_attribute_values(":me", s(me))
+            .expression_attribute_values(":seq", s(sequence))
+            .expression_attribute_values(":zero", n(0))
+            .send()
+            .await)?;
+        Ok(match r {
+            Cas::Done(_) => Cas::Done(()),
+            Cas::Lost => Cas::Lost,
+        })
+    }
+
+    /// Gives a lease up (shutdown), so another worker takes it at once.
+    pub async fn release(&self, key: &str, me: &str) -> anyhow::Result<Cas<()>> {
+        let r = cas!(
+            self.client
+                .update_item()
+                .table_name(&self.table)
+                .key("leaseKey", s(key))
+                .update_expression("REMOVE leaseOwner SET leaseCounter = leaseCounter + :one")
+                .condition_expression("leaseOwner = :me")
+                .expression_attribute_values(":me", s(me))
+                .expression_attribute_values(":one", n(1))
+                .send()
+                .await
+        )?;
+        Ok(match r {
+            Cas::Done(_) => Cas::Done(()),
+            Cas::Lost => Cas::Lost,
+        })
+    }
+
+    /// Deletes a finished lease (its children have started).
+    pub async fn delete_finished(&self, key: &str) -> anyhow::Result<Cas<()>> {
+        let r = cas!(
+            self.client
+                .delete_item()
+                .table_name(&self.table)
+                .key("leaseKey", s(key))
+                .condition_expression("checkpoint = :end")
+                .expression_attribute_values(":end", s(super::plan::SHARD_END))
+                .send()
+                .await
+        )?;
+        Ok(match r {
+            Cas::Done(_) => Cas::Done(()),
+            Cas::Lost => Cas::Lost,
+        })
+    }
+}
+
+fn parse(item: &HashMap<String, AttributeValue>) -> Option<Lease> {
+    let str_of = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
+    let num_of = |k: &str| {
+        item.get(k)
+            .and_then(|v| v.as_n().ok())
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    Some(Lease {
+        key: str_of("leaseKey")?,
+        owner: str_of("leaseOwner").filter(|o| !o.is_empty()),
+        counter: num_of("leaseCounter").unwrap_or(0),
+        checkpoint: str_of("checkpoint")?,
+        owner_switches: num_of("ownerSwitchesSinceCheckpoint").unwrap_or(0),
+        parents: item
+            .get("parentShardId")
+            .and_then(|v| v.as_ss().ok())
+            .cloned()
+            .unwrap_or_default(),
+    })
+}

@@ -1,0 +1,440 @@
+//! `sshwarden run`: the ECS service. Consumes a Kinesis stream of CloudWatch
+//! Logs subscription payloads with shard leases in DynamoDB (the Kinesis
+//! Client Library's model), one reader task per owned shard, and delivers
+//! commands to the configured sink.
+//!
+//! The coordinator loop renews held leases, re-reads the lease table, plans
+//! (see [`plan`]), takes and steals leases, syncs new shards from ListShards,
+//! and cleans up finished parents. On SIGTERM/SIGINT the readers drain and
+//! checkpoint, and the leases are released so other workers take them at once.
+
+pub mod checkpoint;
+pub mod lease;
+pub mod plan;
+pub mod shard;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use aws_sdk_kinesis::error::DisplayErrorContext;
+use sshwarden_pipeline::EngineConfig;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::metrics::{self, Metrics};
+use crate::sink::{Sink, SinkKind, StdoutSink};
+use lease::{Cas, Lease, LeaseTable};
+use shard::{Outcome, Reader, ReaderConfig};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// The Kinesis stream to consume.
+    #[arg(long, env = "SSHWARDEN_STREAM")]
+    pub stream: String,
+    /// DynamoDB lease table (created if absent, on-demand billing).
+    #[arg(
+        long,
+        env = "SSHWARDEN_LEASE_TABLE",
+        default_value = "sshwarden-leases"
+    )]
+    pub lease_table: String,
+    /// This worker's id in the lease table [default: host name + random suffix].
+    #[arg(long, env = "SSHWARDEN_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// Where commands go.
+    #[arg(long, env = "SSHWARDEN_SINK", value_enum, default_value = "stdout")]
+    pub sink: SinkKind,
+    /// Where a shard without a checkpoint starts: trim-horizon, latest, or at-timestamp:RFC3339.
+    #[arg(long, env = "SSHWARDEN_START_POSITION", default_value = "trim-horizon")]
+    pub start_position: String,
+    /// Use enhanced fan-out (SubscribeToShard) with this consumer name.
+    #[arg(long, env = "SSHWARDEN_ENHANCED_FAN_OUT")]
+    pub enhanced_fan_out: Option<String>,
+    /// A lease whose counter has not moved for this long is taken over.
+    #[arg(long, env = "SSHWARDEN_FAILOVER_MS", default_value_t = 10_000)]
+    pub failover_ms: u64,
+    /// How often the shard list is re-read.
+    #[arg(long, env = "SSHWARDEN_SHARD_SYNC_MS", default_value_t = 30_000)]
+    pub shard_sync_ms: u64,
+    /// How often a shard writes its checkpoint.
+    #[arg(long, env = "SSHWARDEN_CHECKPOINT_MS", default_value_t = 5_000)]
+    pub checkpoint_ms: u64,
+    /// Pause between GetRecords calls on a caught-up shard.
+    #[arg(long, env = "SSHWARDEN_IDLE_POLL_MS", default_value_t = 1_000)]
+    pub idle_poll_ms: u64,
+    /// On SIGTERM, drain, checkpoint and release within this many seconds (ECS gives 30).
+    #[arg(long, env = "SSHWARDEN_SHUTDOWN_SECS", default_value_t = 25)]
+    pub shutdown_secs: u64,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "SSHWARDEN_METRICS_ADDR", default_value = "127.0.0.1:9464")]
+    pub metrics_addr: SocketAddr,
+}
+
+/// `trim-horizon`, `latest`, `at-timestamp:RFC3339` as the lease table stores it.
+pub fn initial_checkpoint(arg: &str) -> anyhow::Result<String> {
+    match arg {
+        "trim-horizon" | "TRIM_HORIZON" => Ok("TRIM_HORIZON".into()),
+        "latest" | "LATEST" => Ok("LATEST".into()),
+        other => {
+            let ts = other
+                .strip_prefix("at-timestamp:")
+                .with_context(|| format!("--start-position {other:?}: expected trim-horizon, latest or at-timestamp:RFC3339"))?;
+            let ms = sshwarden_pipeline::time::parse_rfc3339_ms(ts)
+                .with_context(|| format!("--start-position: {ts:?} is not an RFC 3339 time"))?;
+            Ok(format!("AT_TIMESTAMP:{ms}"))
+        }
+    }
+}
+
+fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into());
+    format!("{host}-{:08x}", rand::random::<u32>())
+}
+
+struct Held {
+    lease: Lease,
+    lost: CancellationToken,
+    task: JoinHandle<Outcome>,
+}
+
+pub async fn run(args: RunArgs, engine_config: EngineConfig) -> anyhow::Result<()> {
+    let start_checkpoint = initial_checkpoint(&args.start_position)?;
+    if args.failover_ms < 1_000 {
+        bail!("--failover-ms must be at least 1000");
+    }
+    let me = args.worker_id.clone().unwrap_or_else(default_worker_id);
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .operation_attempt_timeout(Duration::from_secs(10))
+                .build(),
+        )
+        .load()
+        .await;
+    let kinesis = aws_sdk_kinesis::Client::new(&sdk);
+    let table = LeaseTable::new(
+        aws_sdk_dynamodb::Client::new(&sdk),
+        args.lease_table.clone(),
+    );
+    let sink = Arc::new(match args.sink {
+        SinkKind::Stdout => Sink::Stdout(StdoutSink),
+        other => bail!("sink {other:?} is not built yet; use --sink stdout"),
+    });
+    let metrics = Arc::new(Metrics::default());
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(metrics::serve(
+        args.metrics_addr,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    spawn_signal_handler(shutdown.clone());
+
+    table.ensure().await?;
+    let consumer_arn = match &args.enhanced_fan_out {
+        Some(name) => Some(register_consumer(&kinesis, &args.stream, name).await?),
+        None => None,
+    };
+    metrics.set_ready(true);
+    info!(worker = %me, stream = %args.stream, table = %table.name(), "worker started");
+
+    let reader_config = ReaderConfig {
+        stream: args.stream.clone(),
+        me: me.clone(),
+        idle_poll: Duration::from_millis(args.idle_poll_ms),
+        checkpoint_every: Duration::from_millis(args.checkpoint_ms),
+        consumer_arn,
+    };
+    let failover = Duration::from_millis(args.failover_ms);
+    let tick = failover / 3;
+    let mut held: HashMap<String, Held> = HashMap::new();
+    let mut seen: HashMap<String, (u64, Instant)> = HashMap::new();
+    let mut last_sync: Option<Instant> = None;
+
+    while !shutdown.is_cancelled() {
+        let round_started = Instant::now();
+        // 1. renew what we hold; a failed renewal means someone else has it
+        let keys: Vec<String> = held.keys().cloned().collect();
+        for key in keys {
+            let Some(h) = held.get_mut(&key) else {
+                continue;
+            };
+            if h.task.is_finished() {
+                continue;
+            }
+            match table.renew(&key, &me, h.lease.counter).await {
+                Ok(Cas::Done(c)) => h.lease.counter = c,
+                Ok(Cas::Lost) => {
+                    warn!(shard = %key, "lease lost to another worker");
+                    h.lost.cancel();
+                }
+                Err(e) => warn!(shard = %key, error = %format!("{e:#}"), "lease renewal failed"),
+            }
+        }
+        // 2. reap readers that finished
+        let finished: Vec<String> = held
+            .iter()
+            .filter(|(_, h)| h.task.is_finished())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in finished {
+            if let Some(h) = held.remove(&key) {
+                let outcome = h.task.await.unwrap_or(Outcome::Stopped);
+                info!(shard = %key, ?outcome, "shard released by its reader");
+                if outcome == Outcome::Stopped && !shutdown.is_cancelled() {
+                    let _ = table.release(&key, &me).await;
+                }
+            }
+        }
+        // 3. new shards
+        if last_sync.is_none_or(|t| t.elapsed() >= Duration::from_millis(args.shard_sync_ms)) {
+            match sync_shards(&kinesis, &table, &args.stream, &start_checkpoint).await {
+                Ok(n) if n > 0 => info!(created = n, "leases created for new shards"),
+                Ok(_) => {}
+                Err(e) => warn!(error = %format!("{e:#}"), "shard sync failed"),
+            }
+            last_sync = Some(Instant::now());
+        }
+        // 4. plan against the table
+        match table.scan().await {
+            Ok(leases) => {
+                let now = Instant::now();
+                let mut expired = HashSet::new();
+                seen.retain(|k, _| leases.iter().any(|l| &l.key == k));
+                for l in &leases {
+                    let entry = seen.entry(l.key.clone()).or_insert((l.counter, now));
+                    if entry.0 != l.counter {
+                        *entry = (l.counter, now);
+                    } else if l.owner.as_deref() != Some(me.as_str())
+                        && now.duration_since(entry.1) >= failover
+                    {
+                        expired.insert(l.key.clone());
+                    }
+                }
+                let views: Vec<_> = leases.iter().map(Lease::view).collect();
+                let p = plan::plan(&me, &views, &expired);
+                let mut wanted: Vec<String> = p.take.clone();
+                wanted.extend(p.steal.clone());
+                for key in wanted {
+                    if held.contains_key(&key) {
+                        continue;
+                    }
+                    let Some(lease) = leases.iter().find(|l| l.key == key) else {
+                        continue;
+                    };
+                    match table.take(lease, &me).await {
+                        Ok(Cas::Done(lease)) => {
+                            let stolen = p.steal.as_deref() == Some(key.as_str());
+                            info!(shard = %key, from = ?lease_prev_owner(&leases, &key), stolen, "lease taken");
+                            let lost = CancellationToken::new();
+                            let reader = Reader {
+                                kinesis: kinesis.clone(),
+                                table: table.clone(),
+                                sink: sink.clone(),
+                                metrics: metrics.clone(),
+                                config: reader_config.clone(),
+                                engine_config: engine_config.clone(),
+                                lease: lease.clone(),
+                                shutdown: shutdown.clone(),
+                                lost: lost.clone(),
+                            };
+                            let task = tokio::spawn(reader.run());
+                            held.insert(key, Held { lease, lost, task });
+                        }
+                        Ok(Cas::Lost) => {}
+                        Err(e) => {
+                            warn!(shard = %key, error = %format!("{e:#}"), "taking lease failed")
+                        }
+                    }
+                }
+                for key in p.cleanup {
+                    if let Ok(Cas::Done(())) = table.delete_finished(&key).await {
+                        info!(shard = %key, "finished parent lease deleted");
+                    }
+                }
+            }
+            Err(e) => warn!(error = %format!("{e:#}"), "cannot read the lease table"),
+        }
+        metrics.leases_held.set(held.len() as i64);
+        let rest = tick.saturating_sub(round_started.elapsed());
+        tokio::select! {
+            _ = tokio::time::sleep(rest) => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
+
+    // Drain: readers checkpoint and return; then leases are released.
+    metrics.set_ready(false);
+    info!(leases = held.len(), "shutting down: draining shard readers");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.shutdown_secs);
+    for (key, h) in held.drain() {
+        let renew_lost = h.lost.clone();
+        match tokio::time::timeout_at(deadline, h.task).await {
+            Ok(Ok(Outcome::Ended)) => {}
+            Ok(Ok(_)) if !renew_lost.is_cancelled() => match table.release(&key, &me).await {
+                Ok(_) => info!(shard = %key, "lease released"),
+                Err(e) => warn!(shard = %key, error = %format!("{e:#}"), "lease release failed"),
+            },
+            Ok(_) => {}
+            Err(_) => error!(shard = %key, "reader did not stop before the shutdown deadline"),
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    info!("worker stopped");
+    Ok(())
+}
+
+fn lease_prev_owner(leases: &[Lease], key: &str) -> Option<String> {
+    leases
+        .iter()
+        .find(|l| l.key == key)
+        .and_then(|l| l.owner.clone())
+}
+
+fn spawn_signal_handler(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+        }
+        shutdown.cancel();
+    });
+}
+
+/// Creates leases for shards that have none, unless a descendant already has
+/// one (a closed parent whose children are being read must not be re-read).
+/// A child of a known shard starts at TRIM_HORIZON so nothing is skipped.
+async fn sync_shards(
+    kinesis: &aws_sdk_kinesis::Client,
+    table: &LeaseTable,
+    stream: &str,
+    start_checkpoint: &str,
+) -> anyhow::Result<usize> {
+    let mut shards = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let req = match &token {
+            Some(t) => kinesis.list_shards().next_token(t),
+            None => kinesis.list_shards().stream_name(stream),
+        };
+        let out = req
+            .send()
+            .await
+            .map_err(crate::aws_error)
+            .context("ListShards")?;
+        shards.extend(out.shards().iter().cloned());
+        match out.next_token() {
+            Some(t) => token = Some(t.to_owned()),
+            None => break,
+        }
+    }
+    let leases = table.scan().await?;
+    let has_lease: HashSet<&str> = leases.iter().map(|l| l.key.as_str()).collect();
+    let parents_of = |s: &aws_sdk_kinesis::types::Shard| -> Vec<String> {
+        s.parent_shard_id()
+            .into_iter()
+            .chain(s.adjacent_parent_shard_id())
+            .map(str::to_owned)
+            .collect()
+    };
+    let known: HashSet<&str> = shards.iter().map(|s| s.shard_id()).collect();
+    // descendants with leases, transitively
+    let mut covered: HashSet<String> = HashSet::new();
+    let mut changed = true;
+    while changed {
+        changed = false;
+        for s in &shards {
+            if has_lease.contains(s.shard_id()) || covered.contains(s.shard_id()) {
+                for p in parents_of(s) {
+                    changed |= covered.insert(p);
+                }
+            }
+        }
+    }
+    let mut created = 0;
+    for s in &shards {
+        let id = s.shard_id();
+        if has_lease.contains(id) || covered.contains(id) {
+            continue;
+        }
+        let parents: Vec<String> = parents_of(s);
+        let checkpoint = if parents
+            .iter()
+            .any(|p| known.contains(p.as_str()) || has_lease.contains(p.as_str()))
+        {
+            "TRIM_HORIZON"
+        } else {
+            start_checkpoint
+        };
+        if let Cas::Done(()) = table.create(id, checkpoint, &parents).await? {
+            created += 1;
+        }
+    }
+    Ok(created)
+}
+
+/// Registers (or finds) the enhanced fan-out consumer and waits for ACTIVE.
+async fn register_consumer(
+    kinesis: &aws_sdk_kinesis::Client,
+    stream: &str,
+    name: &str,
+) -> anyhow::Result<String> {
+    let desc = kinesis
+        .describe_stream_summary()
+        .stream_name(stream)
+        .send()
+        .await
+        .map_err(crate::aws_error)
+        .with_context(|| format!("cannot describe stream {stream}"))?;
+    let stream_arn = desc
+        .stream_description_summary()
+        .map(|s| s.stream_arn().to_owned())
+        .context("stream has no ARN")?;
+    let registered = kinesis
+        .register_stream_consumer()
+        .stream_arn(&stream_arn)
+        .consumer_name(name)
+        .send()
+        .await;
+    if let Err(e) = &registered {
+        if !e
+            .as_service_error()
+            .is_some_and(|e| e.is_resource_in_use_exception())
+        {
+            return Err(anyhow::anyhow!("{}", DisplayErrorContext(e)))
+                .context("RegisterStreamConsumer");
+        }
+    }
+    for _ in 0..120 {
+        let d = kinesis
+            .describe_stream_consumer()
+            .stream_arn(&stream_arn)
+            .consumer_name(name)
+            .send()
+            .await
+            .map_err(crate::aws_error)
+            .context("DescribeStreamConsumer")?;
+        if let Some(c) = d.consumer_description() {
+            if c.consumer_status() == &aws_sdk_kinesis::types::ConsumerStatus::Active {
+                return Ok(c.consumer_arn().to_owned());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    bail!("consumer {name} did not become ACTIVE within 60 s")
+}

@@ -1,0 +1,546 @@
+//! One shard's reader: reads records (GetRecords polling within the
+//! per-shard limits, or enhanced fan-out), runs them through the shard's
+//! engine, delivers the commands, and checkpoints under the checkpoint rule.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use aws_sdk_kinesis::error::DisplayErrorContext;
+use aws_sdk_kinesis::primitives::DateTime;
+use aws_sdk_kinesis::types::{ShardIteratorType, StartingPosition, SubscribeToShardEventStream};
+use sshwarden_pipeline::policy::Decision;
+use sshwarden_pipeline::{Engine, EngineConfig};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::checkpoint::CheckpointTracker;
+use super::lease::{Cas, Lease, LeaseTable};
+use super::plan::{is_initial_position, SHARD_END};
+use crate::metrics::{ActionLabel, Metrics, ShardLabel};
+use crate::sink::{Delivered, Sink};
+
+/// Kinesis allows 5 GetRecords calls per second per shard.
+const MIN_POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+#[derive(Debug, Clone)]
+pub struct ReaderConfig {
+    pub stream: String,
+    pub me: String,
+    pub idle_poll: Duration,
+    pub checkpoint_every: Duration,
+    /// The consumer ARN for enhanced fan-out, when used.
+    pub consumer_arn: Option<String>,
+}
+
+pub struct Reader {
+    pub kinesis: aws_sdk_kinesis::Client,
+    pub table: LeaseTable,
+    pub sink: Arc<Sink>,
+    pub metrics: Arc<Metrics>,
+    pub config: ReaderConfig,
+    pub engine_config: EngineConfig,
+    pub lease: Lease,
+    /// Fires on shutdown: drain, checkpoint, return.
+    pub shutdown: CancellationToken,
+    /// Fires when the coordinator lost the lease: stop at once, no checkpoint.
+    pub lost: CancellationToken,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Read to SHARD_END and checkpointed it.
+    Ended,
+    /// Stopped on shutdown after a final checkpoint.
+    Stopped,
+    /// The lease was lost (stolen or expired).
+    Lost,
+}
+
+struct State {
+    engine: Engine,
+    tracker: CheckpointTracker,
+    position: u64,
+    last_checkpoint: Instant,
+    decisions: Vec<Decision>,
+    shard: ShardLabel,
+}
+
+impl Reader {
+    pub async fn run(self) -> Outcome {
+        let shard = self.lease.key.clone();
+        let engine = match Engine::new(self.engine_config.clone()) {
+            Ok(e) => e,
+            Err(e) => {
+                error!(shard, error = %e, "invalid engine configuration");
+                return Outcome::Stopped;
+            }
+        };
+        let mut st = State {
+            engine,
+            tracker: CheckpointTracker::new(Some(self.lease.checkpoint.clone())),
+            position: 0,
+            last_checkpoint: Instant::now(),
+            decisions: Vec::new(),
+            shard: ShardLabel {
+                shard: shard.clone(),
+            },
+        };
+        info!(shard, checkpoint = %self.lease.checkpoint, "reading shard");
+        let outcome = if self.config.consumer_arn.is_some() {
+            self.subscribe_loop(&mut st).await
+        } else {
+            self.poll_loop(&mut st).await
+        };
+        info!(shard, ?outcome, "shard reader finished");
+        outcome
+    }
+
+    async fn poll_loop(&self, st: &mut State) -> Outcome {
+        let shard = self.lease.key.as_str();
+        let mut iterator = None;
+        let mut backoff = Backoff::new();
+        let mut last_call = Instant::now() - MIN_POLL_INTERVAL;
+        loop {
+            if self.lost.is_cancelled() {
+                return Outcome::Lost;
+            }
+            if self.shutdown.is_cancelled() {
+                return self.final_checkpoint(st).await;
+            }
+            let it = match iterator.take() {
+                Some(it) => it,
+                None => match self.iterator(st).await {
+                    Ok(it) => it,
+                    Err(e) => {
+                        warn!(shard, error = %format!("{e:#}"), "cannot get a shard iterator");
+                        self.metrics.error(shard, "get_shard_iterator");
+                        self.pause(backoff.next()).await;
+                        continue;
+                    }
+                },
+            };
+            let since = last_call.elapsed();
+            if since < MIN_POLL_INTERVAL {
+                self.pause(MIN_POLL_INTERVAL - since).await;
+            }
+            last_call = Instant::now();
+            let out = match self
+                .kinesis
+                .get_records()
+                .shard_iterator(&it)
+                .limit(10_000)
+                .send()
+                .await
+            {
+                Ok(out) => out,
+                Err(e) => {
+                    let svc = e.as_service_error();
+                    if svc.is_some_and(|e| e.is_expired_iterator_exception()) {
+                        debug!(
+                            shard,
+                            "iterator expired; re-acquiring after the last record read"
+                        );
+                        self.metrics.error(shard, "expired_iterator");
+                    } else if svc.is_some_and(|e| e.is_provisioned_throughput_exceeded_exception())
+                    {
+                        self.metrics.error(shard, "throughput_exceeded");
+                        iterator = Some(it);
+                        self.pause(backoff.next()).await;
+                    } else {
+                        warn!(shard, error = %DisplayErrorContext(&e), "GetRecords failed");
+                        self.metrics.error(shard, "get_records");
+                        iterator = Some(it);
+                        self.pause(backoff.next()).await;
+                    }
+                    continue;
+                }
+            };
+            backoff.reset();
+            let behind = out.millis_behind_latest().unwrap_or(0);
+            self.metrics
+                .millis_behind_latest
+                .get_or_create(&st.shard)
+                .set(behind);
+            let records = out.records();
+            for r in records {
+                if !self
+                    .process(st, r.data().as_ref(), r.sequence_number())
+                    .await
+                {
+                    return if self.lost.is_cancelled() {
+                        Outcome::Lost
+                    } else {
+                        self.final_checkpoint(st).await
+                    };
+                }
+            }
+            if records.is_empty() && behind == 0 {
+                st.engine.observe_idle(now_ms());
+            }
+            match out.next_shard_iterator() {
+                Some(next) => iterator = Some(next.to_owned()),
+                None => return self.shard_end(st).await,
+            }
+            if let Some(o) = self.maybe_checkpoint(st, false).await {
+                return o;
+            }
+            if records.is_empty() {
+                self.pause(self.config.idle_poll).await;
+            }
+        }
+    }
+
+    async fn subscribe_loop(&self, st: &mut State) -> Outcome {
+        let shard = self.lease.key.as_str();
+        let Some(arn) = self.config.consumer_arn.clone() else {
+            return Outcome::Stopped;
+        };
+        let mut backoff = Backoff::new();
+        loop {
+            if self.lost.is_cancelled() {
+                return Outcome::Lost;
+            }
+            if self.shutdown.is_cancelled() {
+                return self.final_checkpoint(st).await;
+            }
+            let start = match self.starting_position(st) {
+                Ok(s) => s,
+                Err(e) => {
+                    error!(shard, error = %format!("{e:#}"), "bad starting position");
+                    return Outcome::Stopped;
+                }
+            };
+            let sub = self
+                .kinesis
+                .subscribe_to_shard()
+                .consumer_arn(&arn)
+                .shard_id(shard)
+                .starting_position(start)
+                .send()
+                .await;
+            let mut stream = match sub {
+                Ok(out) => out.event_stream,
+                Err(e) => {
+                    warn!(shard, error = %DisplayErrorContext(&e), "SubscribeToShard failed");
+                    self.metrics.error(shard, "subscribe");
+                    self.pause(backoff.next()).await;
+                    continue;
+                }
+            };
+            // A subscription lasts five minutes; renew it a little before the end.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(290);
+            loop {
+                let event = tokio::select! {
+                    e = stream.recv() => e,
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    _ = self.shutdown.cancelled() => return self.final_checkpoint(st).await,
+                    _ = self.lost.cancelled() => return Outcome::Lost,
+                };
+                match event {
+                    Ok(Some(SubscribeToShardEventStream::SubscribeToShardEvent(ev))) => {
+                        backoff.reset();
+                        let behind = ev.millis_behind_latest();
+                        self.metrics
+                            .millis_behind_latest
+                            .get_or_create(&st.shard)
+                            .set(behind);
+                        for r in ev.records() {
+                            if !self
+                                .process(st, r.data().as_ref(), r.sequence_number())
+                                .await
+                            {
+                                return if self.lost.is_cancelled() {
+                                    Outcome::Lost
+                                } else {
+                                    self.final_checkpoint(st).await
+                                };
+                            }
+                        }
+                        if ev.records().is_empty() && behind == 0 {
+                            st.engine.observe_idle(now_ms());
+                        }
+                        if !ev.child_shards().is_empty()
+                            || ev.continuation_sequence_number().is_empty()
+                        {
+                            return self.shard_end(st).await;
+                        }
+                        if let Some(o) = self.maybe_checkpoint(st, false).await {
+                            return o;
+                        }
+                    }
+                    Ok(Some(other)) => {
+                        debug!(shard, event = ?other, "unexpected subscription event")
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        warn!(shard, error = %DisplayErrorContext(&e), "subscription failed");
+                        self.metrics.error(shard, "subscription");
+                        self.pause(backoff.next()).await;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs one record through the engine and delivers its commands. False
+    /// when delivery was interrupted by shutdown or a lost lease (the record
+    /// then stays unrecorded, so the checkpoint stays before it).
+    async fn process(&self, st: &mut State, data: &[u8], sequence: &str) -> bool {
+        st.position += 1;
+        self.metrics.records.get_or_create(&st.shard).inc();
+        self.metrics
+            .bytes
+            .get_or_create(&st.shard)
+            .inc_by(data.len() as u64);
+        st.decisions.clear();
+        match st
+            .engine
+            .process_record(data, "", st.position, Some(now_ms()), &mut st.decisions)
+        {
+            Ok(sshwarden_pipeline::engine::RecordKind::Data { events }) => {
+                self.metrics
+                    .events
+                    .get_or_create(&st.shard)
+                    .inc_by(events as u64);
+            }
+            Ok(sshwarden_pipeline::engine::RecordKind::Control) => {
+                debug!(shard = %st.shard.shard, sequence, "control message skipped");
+            }
+            Err(e) => {
+                warn!(shard = %st.shard.shard, sequence, error = %e, "record skipped");
+                self.metrics.error(&st.shard.shard, "decode");
+            }
+        }
+        let decisions = std::mem::take(&mut st.decisions);
+        for d in &decisions {
+            match d {
+                Decision::Command(c) => {
+                    if !self.deliver(c).await {
+                        st.decisions = decisions;
+                        return false;
+                    }
+                }
+                Decision::Suppressed {
+                    rule,
+                    subject,
+                    reason,
+                    ..
+                } => {
+                    info!(shard = %st.shard.shard, rule, ?subject, ?reason, "rule fired, command suppressed");
+                }
+            }
+        }
+        st.decisions = decisions;
+        st.tracker.record(st.position, sequence.to_owned());
+        true
+    }
+
+    /// Delivers with exponential backoff and jitter until it succeeds, or
+    /// until shutdown or a lost lease interrupts (false).
+    async fn deliver(&self, c: &sshwarden_pipeline::command::Command) -> bool {
+        let mut backoff = Backoff::new();
+        self.metrics.commands_pending.inc();
+        let ok = loop {
+            match self.sink.deliver(c).await {
+                Ok(d) => {
+                    let action = serde_json::to_value(c.action)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default();
+                    self.metrics
+                        .commands
+                        .get_or_create(&ActionLabel { action })
+                        .inc();
+                    info!(id = %c.id, rule = %c.rule, already_handled = (d == Delivered::AlreadyHandled), "command delivered");
+                    break true;
+                }
+                Err(e) => {
+                    self.metrics.command_failures.inc();
+                    warn!(id = %c.id, error = %e, "command delivery failed; retrying, checkpoint held");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff.next()) => {}
+                _ = self.shutdown.cancelled() => break false,
+                _ = self.lost.cancelled() => break false,
+            }
+        };
+        self.metrics.commands_pending.dec();
+        ok
+    }
+
+    async fn maybe_checkpoint(&self, st: &mut State, force: bool) -> Option<Outcome> {
+        if !force && st.last_checkpoint.elapsed() < self.config.checkpoint_every {
+            return None;
+        }
+        st.last_checkpoint = Instant::now();
+        let low = st.engine.low_water_position();
+        let seq = st.tracker.advance(low).map(str::to_owned)?;
+        match self.write_checkpoint(st, seq).await {
+            Written::Yes | Written::Failed => None,
+            Written::Lost => Some(Outcome::Lost),
+        }
+    }
+
+    async fn write_checkpoint(&self, st: &mut State, seq: String) -> Written {
+        let shard = self.lease.key.as_str();
+        match self.table.checkpoint(shard, &self.config.me, &seq).await {
+            Ok(Cas::Done(())) => {
+                debug!(shard, sequence = %seq, "checkpointed");
+                self.metrics.checkpoints.get_or_create(&st.shard).inc();
+                st.tracker.written(seq);
+                Written::Yes
+            }
+            Ok(Cas::Lost) => {
+                warn!(shard, "lease lost while checkpointing");
+                self.lost.cancel();
+                Written::Lost
+            }
+            Err(e) => {
+                warn!(shard, error = %format!("{e:#}"), "checkpoint failed; will retry");
+                self.metrics.error(shard, "checkpoint");
+                Written::Failed
+            }
+        }
+    }
+
+    /// On shutdown: the checkpoint the checkpoint rule allows (open windows
+    /// hold it back; the next owner rebuilds them by replaying).
+    async fn final_checkpoint(&self, st: &mut State) -> Outcome {
+        match self.maybe_checkpoint(st, true).await {
+            Some(o) => o,
+            None => Outcome::Stopped,
+        }
+    }
+
+    /// Every record of the shard is read: windows close (a reshard splits
+    /// the windows that straddle it), and the shard is marked finished so its
+    /// children may start.
+    async fn shard_end(&self, st: &mut State) -> Outcome {
+        st.engine.finish();
+        let mut backoff = Backoff::new();
+        for _ in 0..20 {
+            match self.write_checkpoint(st, SHARD_END.to_owned()).await {
+                Written::Yes => {
+                    info!(shard = %self.lease.key, "reached SHARD_END");
+                    return Outcome::Ended;
+                }
+                Written::Lost => return Outcome::Lost,
+                Written::Failed => self.pause(backoff.next()).await,
+            }
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+        }
+        Outcome::Stopped
+    }
+
+    fn starting_position(&self, st: &State) -> anyhow::Result<StartingPosition> {
+        let b = StartingPosition::builder();
+        let b = match st.tracker.last_read() {
+            Some(cp) if !is_initial_position(cp) => b
+                .r#type(ShardIteratorType::AfterSequenceNumber)
+                .sequence_number(cp),
+            Some(cp) => match parse_initial(cp)? {
+                Initial::TrimHorizon => b.r#type(ShardIteratorType::TrimHorizon),
+                Initial::Latest => b.r#type(ShardIteratorType::Latest),
+                Initial::AtTimestamp(ms) => b
+                    .r#type(ShardIteratorType::AtTimestamp)
+                    .timestamp(DateTime::from_millis(ms)),
+            },
+            None => b.r#type(ShardIteratorType::TrimHorizon),
+        };
+        Ok(b.build()?)
+    }
+
+    async fn iterator(&self, st: &State) -> anyhow::Result<String> {
+        let req = self
+            .kinesis
+            .get_shard_iterator()
+            .stream_name(&self.config.stream)
+            .shard_id(&self.lease.key);
+        let req = match st.tracker.last_read() {
+            Some(cp) if !is_initial_position(cp) => req
+                .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
+                .starting_sequence_number(cp),
+            Some(cp) => match parse_initial(cp)? {
+                Initial::TrimHorizon => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
+                Initial::Latest => req.shard_iterator_type(ShardIteratorType::Latest),
+                Initial::AtTimestamp(ms) => req
+                    .shard_iterator_type(ShardIteratorType::AtTimestamp)
+                    .timestamp(DateTime::from_millis(ms)),
+            },
+            None => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
+        };
+        let out = req
+            .send()
+            .await
+            .map_err(crate::aws_error)
+            .context("GetShardIterator")?;
+        out.shard_iterator()
+            .map(str::to_owned)
+            .context("GetShardIterator returned no iterator")
+    }
+
+    async fn pause(&self, d: Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = self.shutdown.cancelled() => {}
+            _ = self.lost.cancelled() => {}
+        }
+    }
+}
+
+enum Written {
+    Yes,
+    Failed,
+    Lost,
+}
+
+pub enum Initial {
+    TrimHorizon,
+    Latest,
+    AtTimestamp(i64),
+}
+
+/// `TRIM_HORIZON`, `LATEST` or `AT_TIMESTAMP:<epoch ms>` as stored in a lease.
+pub fn parse_initial(cp: &str) -> anyhow::Result<Initial> {
+    match cp {
+        "TRIM_HORIZON" => Ok(Initial::TrimHorizon),
+        "LATEST" => Ok(Initial::Latest),
+        other => other
+            .strip_prefix("AT_TIMESTAMP:")
+            .and_then(|ms| ms.parse().ok())
+            .map(Initial::AtTimestamp)
+            .with_context(|| format!("unknown initial position {other:?} in the lease table")),
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Exponential backoff with full jitter, 100 ms to 10 s.
+pub struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new() -> Self {
+        Backoff { attempt: 0 }
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    pub fn next(&mut self) -> Duration {
+        let cap = 100u64.saturating_mul(1 << self.attempt.min(7)).min(10_000);
+        self.attempt += 1;
+        Duration::from_millis(cap / 2 + rand::random_range(0..=cap / 2))
+    }
+}
