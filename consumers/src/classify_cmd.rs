@@ -61,7 +61,11 @@ pub fn run(args: &ClassifyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             LineVerdict::Classified(v) => {
                 o.kind = Some(v.kind);
                 o.attack = v.is_attack();
-                o.ip = v.source.as_ref().map(ToString::to_string);
+                o.ip = v
+                    .source
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .or(v.logged_source.map(str::to_owned));
                 o.user = v.user;
                 o.port = v.port;
                 o.signal = v.signal;

@@ -28,6 +28,9 @@ pub struct Verdict<'a> {
     pub user: Option<&'a str>,
     /// The peer the evidence is attributed to (None: unknown or ambiguous).
     pub source: Option<Source>,
+    /// The address the line itself names (unless ambiguous), as logged: also
+    /// for lines that are not evidence.
+    pub logged_source: Option<&'a str>,
     pub port: Option<u16>,
     /// Where the address came from.
     pub attribution: Attribution,
@@ -109,62 +112,78 @@ impl ConnectionTracker {
     /// syslog host); `pid` is sshd's, without which there is no connection.
     pub fn observe<'a>(&mut self, host: u64, pid: Option<u32>, c: &Classified<'a>) -> Verdict<'a> {
         let own_signal = c.signal();
-        let own_source = if c.ambiguous {
-            None
-        } else {
-            c.source.and_then(Source::parse)
-        };
+        let text = if c.ambiguous { None } else { c.source };
         let mut v = Verdict {
             kind: c.kind,
             signal: own_signal,
             user: if c.ambiguous { None } else { c.user },
             source: None,
+            logged_source: text,
             port: c.port,
             attribution: Attribution::None,
             counts_for_instance: own_signal.is_some(),
             ambiguous: c.ambiguous,
         };
-        let Some(pid) = pid else {
-            if let Some(s) = own_source {
-                v.source = Some(s);
+        // Parsing the address is only worth it where it is used: evidence, and
+        // what the connection context keeps (benign logins are most lines).
+        let parse = || text.and_then(Source::parse);
+        let attribute_own = |v: &mut Verdict<'a>, source: Option<Source>| {
+            if source.is_some() {
+                v.source = source;
                 v.attribution = Attribution::Line;
+            }
+        };
+        let Some(pid) = pid else {
+            if own_signal.is_some() {
+                attribute_own(&mut v, parse());
             }
             return v;
         };
         let key = ConnKey { host, pid };
-        match own_source {
-            Some(source) => {
-                let state = self.entry(key);
-                let pending = state.pending.take();
-                state.source = Some(source.clone());
-                state.port = c.port;
-                v.source = Some(source);
-                v.attribution = Attribution::Line;
-                if own_signal.is_none() && closes_connection(c.kind) {
-                    if let Some(signal) = pending {
+        if text.is_some() && closes_connection(c.kind) {
+            // The connection is over: it may carry the address of evidence
+            // logged without one; a later line of this pid is a new
+            // connection, so forget it (keeps the map small and warm).
+            let pending = self.conns.remove(&key).and_then(|s| s.pending);
+            match (own_signal, pending) {
+                (None, Some(signal)) => {
+                    v.source = parse();
+                    if v.source.is_some() {
                         v.signal = Some(signal);
-                        v.attribution = Attribution::Connection;
                         v.counts_for_instance = false;
-                    }
-                }
-            }
-            None if own_signal.is_some() => {
-                let state = self.entry(key);
-                match &state.source {
-                    Some(source) => {
-                        v.source = Some(source.clone());
-                        v.port = v.port.or(state.port);
                         v.attribution = Attribution::Connection;
                     }
-                    None => state.pending = own_signal,
                 }
+                (Some(_), _) => attribute_own(&mut v, parse()),
+                (None, None) => {}
             }
-            None => {}
+        } else if text.is_some() && (own_signal.is_some() || remembers_peer(c.kind)) {
+            let source = parse();
+            let state = self.entry(key);
+            state.pending = None;
+            state.source = source.clone();
+            state.port = c.port;
+            attribute_own(&mut v, source);
+        } else if text.is_none() && own_signal.is_some() {
+            let state = self.entry(key);
+            match &state.source {
+                Some(source) => {
+                    v.source = Some(source.clone());
+                    v.port = v.port.or(state.port);
+                    v.attribution = Attribution::Connection;
+                }
+                None => state.pending = own_signal,
+            }
         }
         v
     }
 
     fn entry(&mut self, key: ConnKey) -> &mut ConnState {
+        if self.order.len() >= 2 * self.cap {
+            // Closed connections leave stale keys in the queue: keep it bounded.
+            let conns = &self.conns;
+            self.order.retain(|k| conns.contains_key(k));
+        }
         // One hash lookup on the common path; the membership test is only
         // needed when an insert could have to evict.
         if self.conns.len() >= self.cap && !self.conns.contains_key(&key) {
@@ -185,6 +204,15 @@ impl ConnectionTracker {
             }
         }
     }
+}
+
+/// Benign lines worth remembering the peer of: what may precede evidence
+/// logged without an address. Accepted logins and PAM echoes are not.
+fn remembers_peer(kind: Kind) -> bool {
+    !matches!(
+        kind,
+        Kind::Accepted | Kind::Postponed | Kind::PamUnixFailure | Kind::ReverseMappingFailed
+    )
 }
 
 /// Lines that end a connection and so may carry the address of evidence

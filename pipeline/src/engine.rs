@@ -107,6 +107,10 @@ struct Core {
     signal_counts: [u64; Signal::COUNT],
     fired: Vec<Fired>,
     last_time_ms: Option<i64>,
+    /// The year of the newest complete timestamp seen: syslog lines without a
+    /// year mixed with ISO ones (or following them) take it.
+    year_hint: Option<i64>,
+    sshd_finder: memchr::memmem::Finder<'static>,
     totals: Option<Totals>,
     id_hasher: (foldhash::fast::FixedState, foldhash::fast::FixedState),
 }
@@ -131,6 +135,8 @@ impl Engine {
                 signal_counts: [0; Signal::COUNT],
                 fired: Vec::new(),
                 last_time_ms: None,
+                year_hint: None,
+                sshd_finder: memchr::memmem::Finder::new("sshd"),
                 totals: config.keep_totals.then(Totals::default),
                 id_hasher: (
                     foldhash::fast::FixedState::with_seed(0x1d5),
@@ -286,16 +292,29 @@ pub enum LineVerdict<'a> {
 }
 
 impl Core {
+    fn resolve(&mut self, t: LineTime) -> i64 {
+        match t {
+            LineTime::Absolute(ms) => {
+                self.year_hint = Some(crate::time::civil_from_days(ms.div_euclid(86_400_000)).0);
+                ms
+            }
+            no_year => no_year.resolve(self.year_hint.unwrap_or(self.config.default_year)),
+        }
+    }
+
     fn process_line(&mut self, input: &LineInput<'_>, origin: &Origin, out: &mut Vec<Decision>) {
         self.stats.events += 1;
+        // Most lines of a host's log are not sshd's: a SIMD search for the
+        // process name rejects them before any parsing. Their time is not
+        // needed; sshd's own lines move the watermark.
+        if input.time_ms.is_none() && self.sshd_finder.find(input.line.as_bytes()).is_none() {
+            self.stats.non_sshd_lines += 1;
+            return;
+        }
         let parsed = prefix::parse_line(input.line);
         let time_ms = input
             .time_ms
-            .or_else(|| {
-                parsed
-                    .and_then(|l| l.time)
-                    .map(|t: LineTime| t.resolve(self.config.default_year))
-            })
+            .or_else(|| parsed.and_then(|l| l.time).map(|t| self.resolve(t)))
             .or(self.last_time_ms)
             .unwrap_or(0);
         self.last_time_ms = Some(time_ms);
@@ -361,7 +380,14 @@ impl Core {
         self.signal_counts[signal.index()] += 1;
         if let Some(t) = &mut self.totals {
             if v.counts_for_instance {
-                t.instances.entry(instance.to_owned()).or_default()[signal.index()] += 1;
+                match t.instances.get_mut(instance) {
+                    Some(counts) => counts[signal.index()] += 1,
+                    None => {
+                        let mut counts = [0; Signal::COUNT];
+                        counts[signal.index()] = 1;
+                        t.instances.insert(instance.to_owned(), counts);
+                    }
+                }
             }
             if let Some(src) = v.source {
                 t.sources.entry(src).or_default()[signal.index()] += 1;

@@ -168,7 +168,10 @@ impl Decoder {
         if self.buf.len() < claimed {
             self.buf.resize(claimed, 0);
         }
-        match self.decompressor.gzip_decompress(record, &mut self.buf[..claimed]) {
+        match self
+            .decompressor
+            .gzip_decompress(record, &mut self.buf[..claimed])
+        {
             Ok(n) if n == claimed => Ok(n),
             Ok(n) => Err(DecodeError::Gzip(format!(
                 "inflated {n} bytes but the trailer says {claimed}"
@@ -215,8 +218,14 @@ mod tests {
     fn a_reused_buffer_never_leaks_the_previous_record() {
         let mut d = Decoder::default();
         let big = SAMPLE.replace("i-0abc", &"i".repeat(5000));
-        assert_eq!(d.decode(&gz(big.as_bytes())).unwrap().log_stream.len(), 5000);
-        assert_eq!(d.decode(&gz(SAMPLE.as_bytes())).unwrap().log_stream, "i-0abc");
+        assert_eq!(
+            d.decode(&gz(big.as_bytes())).unwrap().log_stream.len(),
+            5000
+        );
+        assert_eq!(
+            d.decode(&gz(SAMPLE.as_bytes())).unwrap().log_stream,
+            "i-0abc"
+        );
     }
 
     #[test]

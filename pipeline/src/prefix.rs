@@ -75,7 +75,7 @@ pub fn parse_line(line: &str) -> Option<SshdLine<'_>> {
         (Some(first).filter(|h| !h.is_empty()), pid, message)
     };
     Some(SshdLine {
-        time,
+        time: time.resolve(),
         host,
         pid,
         message: strip_decorations(message),
@@ -112,18 +112,34 @@ const MONTHS: [&[u8; 3]; 12] = [
 ];
 
 /// Parses a leading timestamp, returning it (if any) and the rest of the line.
-fn parse_time(s: &str) -> (Option<LineTime>, &str) {
+fn parse_time(s: &str) -> (Time<'_>, &str) {
     let b = s.as_bytes();
     if b.len() >= 19 && b[..4].iter().all(u8::is_ascii_digit) && b[4] == b'-' {
         let end = memchr::memchr(b' ', b).unwrap_or(b.len());
-        if let Some(ms) = parse_rfc3339_ms(&s[..end]) {
-            return (Some(LineTime::Absolute(ms)), &s[end..]);
-        }
-        return (None, s);
+        return (Time::Iso(&s[..end]), &s[end..]);
     }
     match parse_bsd_time(b) {
-        Some((time, used)) => (Some(time), &s[used..]),
-        None => (None, s),
+        Some((time, used)) => (Time::Parsed(time), &s[used..]),
+        None => (Time::None, s),
+    }
+}
+
+/// An ISO 8601 timestamp is only converted once the line proved to be
+/// sshd's: most lines of a host's log are not, and the calendar arithmetic
+/// is the costliest part of the prefix.
+enum Time<'a> {
+    None,
+    Iso(&'a str),
+    Parsed(LineTime),
+}
+
+impl Time<'_> {
+    fn resolve(self) -> Option<LineTime> {
+        match self {
+            Time::None => None,
+            Time::Iso(text) => parse_rfc3339_ms(text).map(LineTime::Absolute),
+            Time::Parsed(t) => Some(t),
+        }
     }
 }
 

@@ -15,8 +15,8 @@ impl Source {
     /// read as decimal (`192.030.0.6` is 192.30.0.6), as sshd prints what
     /// the resolver accepted; IPv4-mapped IPv6 becomes IPv4.
     pub fn parse(text: &str) -> Option<Source> {
-        if let Some(v4) = lenient_ipv4(text) {
-            return Some(Source::Ip(IpAddr::V4(v4)));
+        if let Some(v4) = crate::classify::addr::parse_ipv4(text) {
+            return Some(Source::Ip(IpAddr::V4(Ipv4Addr::from(v4))));
         }
         if let Ok(v6) = text.parse::<Ipv6Addr>() {
             return Some(Source::Ip(match v6.to_ipv4_mapped() {
@@ -51,36 +51,6 @@ impl serde::Serialize for Source {
     }
 }
 
-/// One pass over the bytes: this runs for nearly every evidence line.
-fn lenient_ipv4(text: &str) -> Option<Ipv4Addr> {
-    let b = text.as_bytes();
-    if b.len() < 7 || b.len() > 15 {
-        return None;
-    }
-    let mut octets = [0u8; 4];
-    let (mut i, mut value, mut digits) = (0usize, 0u32, 0u32);
-    for &c in b {
-        match c {
-            b'0'..=b'9' if digits < 3 => {
-                value = value * 10 + u32::from(c - b'0');
-                digits += 1;
-            }
-            b'.' if digits > 0 && i < 3 => {
-                octets[i] = u8::try_from(value).ok()?;
-                i += 1;
-                value = 0;
-                digits = 0;
-            }
-            _ => return None,
-        }
-    }
-    if i != 3 || digits == 0 {
-        return None;
-    }
-    octets[3] = u8::try_from(value).ok()?;
-    Some(Ipv4Addr::from(octets))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,7 +78,15 @@ mod tests {
         assert_eq!(Source::parse("1.2.3.256"), None);
         assert_eq!(Source::parse("from"), Some(Source::Name("from".into())));
         assert_eq!(Source::parse("a b"), None);
-        for bad in ["1.2.3", "1.2.3.4.5", "1..2.3", "1.2.3.", ".1.2.3", "1.2.3.1000", "300.1.1.1"] {
+        for bad in [
+            "1.2.3",
+            "1.2.3.4.5",
+            "1..2.3",
+            "1.2.3.",
+            ".1.2.3",
+            "1.2.3.1000",
+            "300.1.1.1",
+        ] {
             assert!(!matches!(Source::parse(bad), Some(Source::Ip(_))), "{bad}");
         }
     }

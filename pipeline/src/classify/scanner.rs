@@ -7,7 +7,10 @@
 //! as described in [`crate::classify`]. [`super::oracle`] states the same
 //! shapes as regular expressions and is held equal to this on every input.
 
-use super::addr::{before, host, ip, port, word_positions, Reading};
+use super::addr::{
+    before, find_byte, find_either, from_positions, host, ip, port, rsplit_port, rsplit_space,
+    split_space, Reading,
+};
 use super::{Classified, Kind};
 
 /// Classifies one sshd message (already stripped of its syslog prefix).
@@ -139,7 +142,7 @@ pub fn classify(message: &str) -> Option<Classified<'_>> {
 
 /// `ADDR` or `ADDR port N`, the whole of `s`.
 fn addr_port_exact(s: &str) -> Option<(&str, Option<u16>)> {
-    match s.split_once(' ') {
+    match split_space(s) {
         None => Some((ip(s)?, None)),
         Some((a, rest)) => Some((ip(a)?, Some(port(rest.strip_prefix("port ")?)?))),
     }
@@ -174,7 +177,7 @@ struct AuthTail<'a> {
 
 /// `Failed|Accepted|Postponed METHOD for [invalid user ]USER from ADDR[ port N[ sshV]][: INFO]`.
 fn auth_attempt(base: Kind, s: &str) -> Option<Classified<'_>> {
-    let (method, rest) = s.split_once(' ')?;
+    let (method, rest) = split_space(s)?;
     let rest = rest.strip_prefix("for ")?;
     let kind = match (base, method) {
         (Kind::FailedPassword, "publickey") => Kind::FailedPublickey,
@@ -222,7 +225,7 @@ fn best_auth_tail<'a>(
 ) -> Reading<AuthTail<'a>> {
     let mut best = Reading::None;
     let mut best_rank = 0;
-    for p in word_positions(s, "from ") {
+    for p in from_positions(s) {
         let Some(t) = auth_tail_at(s, p, &info_ok) else {
             continue;
         };
@@ -242,7 +245,7 @@ fn auth_tail_at<'a>(
     info_ok: &impl Fn(&str, Option<&str>) -> bool,
 ) -> Option<AuthTail<'a>> {
     let tail = &s[p + 5..];
-    let token_end = tail.find(' ').unwrap_or(tail.len());
+    let token_end = find_byte(tail, b' ').unwrap_or(tail.len());
     let token = &tail[..token_end];
     // The address ends at a space, or one byte earlier when `: INFO` follows a
     // bare address. At most one of the two is an address: an IPv6 address
@@ -259,11 +262,11 @@ fn auth_tail_at<'a>(
     let mut port_no = None;
     let mut proto = None;
     if let Some(r) = rest.strip_prefix(" port ") {
-        let end = r.find([' ', ':']).unwrap_or(r.len());
+        let end = find_either(r, b' ', b':').unwrap_or(r.len());
         port_no = Some(port(&r[..end])?);
         rest = &r[end..];
         if let Some(r) = rest.strip_prefix(' ') {
-            let end = r.find(':').unwrap_or(r.len());
+            let end = find_byte(r, b':').unwrap_or(r.len());
             if &r[..end] != "ssh1" && &r[..end] != "ssh2" {
                 return None;
             }
@@ -297,7 +300,7 @@ fn auth_tail_at<'a>(
 /// were `TYPE-CERT ID ...` with no fingerprint), and a real tail failing the
 /// check would leave an injected tail as the only reading.
 fn key_info(info: &str) -> bool {
-    let Some((key_type, rest)) = info.split_once(' ') else {
+    let Some((key_type, rest)) = split_space(info) else {
         return false;
     };
     !key_type.is_empty()
@@ -315,7 +318,7 @@ fn invalid_user(s: &str) -> Option<Classified<'_>> {
         ..Classified::new(Kind::InvalidUser)
     };
     let mut reading = Reading::None;
-    for p in word_positions(s, "from ") {
+    for p in from_positions(s) {
         if let Some((source, port)) = addr_port_exact(&s[p + 5..]) {
             reading.push((before(s, p), source, port));
         }
@@ -372,8 +375,8 @@ fn closed(kind: Kind, s: &str) -> Option<Classified<'_>> {
         c.port = port;
         return Some(c);
     };
-    let (head, port_text) = rest.rsplit_once(" port ")?;
-    let (user, addr) = head.rsplit_once(' ')?;
+    let (head, port_text) = rsplit_port(rest)?;
+    let (user, addr) = rsplit_space(head)?;
     c.user = Some(user);
     c.source = Some(ip(addr)?);
     c.port = Some(port(port_text)?);
@@ -429,7 +432,7 @@ fn user_addr_port_reason(s: &str, base: Kind) -> Option<Classified<'_>> {
         let Some(port_no) = port(port_text) else {
             continue;
         };
-        let Some((user, addr)) = head.rsplit_once(' ') else {
+        let Some((user, addr)) = rsplit_space(head) else {
             continue;
         };
         let Some(source) = ip(addr) else {
@@ -463,7 +466,7 @@ fn addr_port_colon_parts(s: &str) -> Option<(&str, u16)> {
 fn received_disconnect(s: &str) -> Option<Classified<'_>> {
     let mut c = Classified::new(Kind::Disconnect);
     let after_code_sep;
-    let space_end = s.find(' ').unwrap_or(s.len());
+    let space_end = find_byte(s, b' ').unwrap_or(s.len());
     if s[space_end..].starts_with(" port ") {
         c.source = Some(ip(&s[..space_end])?);
         let r = &s[space_end + 6..];
@@ -506,7 +509,7 @@ fn not_allowed(s: &str) -> Option<Classified<'_>> {
     let head = &s[..idx];
     let mut c = Classified::new(Kind::NotAllowed);
     let mut reading = Reading::None;
-    for p in word_positions(head, "from ") {
+    for p in from_positions(head) {
         if p == 0 {
             continue;
         }
@@ -545,7 +548,7 @@ fn pam(s: &str) -> Option<Classified<'_>> {
         None => rest,
     };
     let mut reading = Reading::None;
-    for p in word_positions(rest, "from ") {
+    for p in from_positions(rest) {
         let tail = &rest[p + 5..];
         let h = match tail.split_once(" via ") {
             Some((h, via)) => ip(via).and(host(h)),
@@ -575,7 +578,7 @@ fn pam_unix(s: &str) -> Classified<'_> {
     let mut reading = Reading::None;
     for i in memchr::memmem::find_iter(s.as_bytes(), b" rhost=") {
         let r = &s[i + 7..];
-        let end = r.find(' ').unwrap_or(r.len());
+        let end = find_byte(r, b' ').unwrap_or(r.len());
         if let Some(source) = ip(&r[..end]) {
             let user =
                 memchr::memmem::find(&r.as_bytes()[end..], b" user=").map(|j| &r[end + j + 6..]);
@@ -605,7 +608,7 @@ fn refused_connect(s: &str) -> Option<Classified<'_>> {
 
 /// `ADDR maps to HOST, but this does not map back to the address - POSSIBLE BREAK-IN ATTEMPT[!]`.
 fn reverse_mapping(s: &str) -> Option<Classified<'_>> {
-    let (a, rest) = s.split_once(' ')?;
+    let (a, rest) = split_space(s)?;
     if !rest.starts_with("maps to ") {
         return None;
     }
@@ -628,7 +631,7 @@ fn reverse_mapping_bracketed(s: &str) -> Option<Classified<'_>> {
 
 /// `ADDR[ port N[ on LADDR port M[ rdomain "R"]]]`.
 fn connection_from(s: &str) -> Option<Classified<'_>> {
-    let (a, rest) = match s.split_once(' ') {
+    let (a, rest) = match split_space(s) {
         Some((a, r)) => (a, Some(r)),
         None => (s, None),
     };
@@ -638,7 +641,7 @@ fn connection_from(s: &str) -> Option<Classified<'_>> {
     };
     if let Some(r) = rest {
         let r = r.strip_prefix("port ")?;
-        let end = r.find(' ').unwrap_or(r.len());
+        let end = find_byte(r, b' ').unwrap_or(r.len());
         c.port = Some(port(&r[..end])?);
         let tail = &r[end..];
         if !tail.is_empty() && !tail.starts_with(" on ") {
@@ -668,7 +671,7 @@ fn drop_connection(s: &str) -> Option<Classified<'_>> {
     let (a, rest) = rest.split_once("]:")?;
     let (p, rest) = rest.split_once(" on [")?;
     let (_, rest) = rest.split_once("]:")?;
-    let (_, reason) = rest.split_once(' ')?;
+    let (_, reason) = split_space(rest)?;
     let kind = if reason.starts_with("penalty:") {
         Kind::Penalty
     } else if reason.eq_ignore_ascii_case("past MaxStartups") {
