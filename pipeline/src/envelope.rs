@@ -214,6 +214,30 @@ mod tests {
         assert_eq!(env.log_events[1].message, "client user \"dan\"");
     }
 
+    proptest::proptest! {
+        /// The fuzz target's property on stable: arbitrary bytes, and valid
+        /// records with bytes flipped, truncated or appended, decode to a
+        /// result or a typed error, never a panic.
+        #[test]
+        fn never_panics(
+            junk in proptest::collection::vec(proptest::num::u8::ANY, 0..256),
+            flips in proptest::collection::vec((0usize..4096, 1u8..=255), 0..4),
+            cut in 0usize..4096,
+        ) {
+            let mut d = Decoder::new(1 << 16);
+            let _ = d.decode(&junk);
+            let mut rec = gz(SAMPLE.as_bytes());
+            for (at, x) in flips {
+                let n = rec.len();
+                rec[at % n] ^= x;
+            }
+            let _ = d.decode(&rec);
+            let _ = d.decode(&rec[..cut.min(rec.len())]);
+            rec.extend_from_slice(&junk);
+            let _ = d.decode(&rec);
+        }
+    }
+
     #[test]
     fn a_reused_buffer_never_leaks_the_previous_record() {
         let mut d = Decoder::default();
