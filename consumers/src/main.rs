@@ -2,6 +2,7 @@
 
 mod classify_cmd;
 mod config;
+mod demo;
 mod input;
 mod metrics;
 mod run;
@@ -25,6 +26,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The whole pipeline on a simulated fleet under attack, no cloud needed.
+    Demo(demo::DemoArgs),
     /// Analyse auth logs, journal exports or captured subscription payloads offline.
     Scan(scan::ScanArgs),
     /// Print one JSON verdict per input line.
@@ -46,6 +49,11 @@ fn main() -> ExitCode {
             scan::run(args, config, out).map(|_| ())
         }),
         Command::Classify(args) => with_stdout(|out| classify_cmd::run(args, out)),
+        Command::Demo(args) => with_stdout(|out| {
+            let mut config = cli.config.engine_config()?;
+            config.keep_totals = true;
+            demo::run(args, config, out).map(|_| ())
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -269,3 +269,39 @@ fn errors_are_clear() {
         "a truncated gzip input must fail, not pass quietly"
     );
 }
+
+#[test]
+fn demo_detects_exactly_the_ground_truth() {
+    let out = sshwarden(
+        &[
+            "demo",
+            "--json",
+            "--minutes",
+            "6",
+            "--seconds",
+            "1",
+            "--instances",
+            "12",
+        ],
+        None,
+    );
+    let lines = json_lines(&out);
+    let report = lines.last().unwrap();
+    let commands = &lines[..lines.len() - 1];
+    assert!(!commands.is_empty());
+    assert!(commands
+        .iter()
+        .all(|c| c["version"] == 1 && c["id"].as_str().unwrap().starts_with("sw1-")));
+    let d = &report["detections"];
+    assert!(d["expected"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(
+        (d["precision"].as_f64(), d["recall"].as_f64()),
+        (Some(1.0), Some(1.0)),
+        "{report}"
+    );
+    assert_eq!(report["decoys_counted"], 0);
+    assert_eq!(
+        report["commands"].as_u64().unwrap() as usize,
+        commands.len()
+    );
+}
