@@ -273,3 +273,191 @@ pub fn is_ec2_instance_id(s: &str) -> bool {
                 .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::window::Window;
+
+    const I1: &str = "i-0123456789abcdef0";
+    const I2: &str = "i-0fedcba9876543210";
+
+    fn fired(instance: &str, threshold: usize, at: i64) -> Fired {
+        Fired {
+            threshold,
+            subject: Subject::Instance(instance.into()),
+            window: test_window(at),
+            window_end_ms: at - at.rem_euclid(60_000) + 60_000,
+            detected_at_ms: at,
+        }
+    }
+
+    fn test_window(at: i64) -> Window {
+        let mut fired = Vec::new();
+        let mut store = crate::window::WindowStore::new(
+            crate::window::WindowConfig::default(),
+            vec![Threshold {
+                subject: SubjectKind::Instance,
+                signals: vec![Signal::InvalidUser],
+                count: 1,
+            }],
+        );
+        store.observe(
+            &crate::window::Observation {
+                instance: "x",
+                source: None,
+                signal: Signal::InvalidUser,
+                counts_for_instance: true,
+                time_ms: at,
+                position: 1,
+                line: "l",
+            },
+            None,
+            &mut fired,
+        );
+        fired.remove(0).window
+    }
+
+    fn action(d: &Decision) -> Option<(Action, bool)> {
+        match d {
+            Decision::Command(c) => Some((c.action, c.held)),
+            Decision::Suppressed { .. } => None,
+        }
+    }
+
+    #[test]
+    fn quarantines_an_instance_with_a_stable_id() {
+        let mut p = Policy::new(PolicyConfig::default());
+        let d = p.decide(&fired(I1, 0, 1_000), &Origin::default());
+        let Decision::Command(c) = &d else {
+            panic!("{d:?}")
+        };
+        assert_eq!(
+            (c.action, c.held, c.rule.as_str()),
+            (Action::Quarantine, false, "invalid-user")
+        );
+        assert_eq!(c.id, format!("sw1-i-{I1}-invalid-user-0"));
+        assert_eq!(c.execution_name(), c.id);
+    }
+
+    #[test]
+    fn an_allowlisted_instance_is_never_remediated() {
+        let mut p = Policy::new(PolicyConfig {
+            allow_instances: vec![I1.into()],
+            ..PolicyConfig::default()
+        });
+        let d = p.decide(&fired(I1, 0, 1_000), &Origin::default());
+        assert!(
+            matches!(
+                d,
+                Decision::Suppressed {
+                    reason: Suppression::AllowlistedInstance,
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
+        assert!(action(&p.decide(&fired(I2, 0, 1_000), &Origin::default())).is_some());
+    }
+
+    #[test]
+    fn an_allowlisted_source_is_not_counted() {
+        let p = Policy::new(PolicyConfig {
+            allow_sources: vec![
+                "10.0.0.0/8".parse().unwrap(),
+                "2001:db8::/32".parse().unwrap(),
+            ],
+            ..PolicyConfig::default()
+        });
+        assert!(!p.source_allowed(&Source::parse("10.1.2.3").unwrap()));
+        assert!(!p.source_allowed(&Source::parse("::ffff:10.1.2.3").unwrap()));
+        assert!(!p.source_allowed(&Source::parse("2001:db8::7").unwrap()));
+        assert!(p.source_allowed(&Source::parse("11.1.2.3").unwrap()));
+        assert!(p.source_allowed(&Source::parse("example.com").unwrap()));
+    }
+
+    #[test]
+    fn cooldown_per_instance() {
+        let mut p = Policy::new(PolicyConfig::default());
+        let o = Origin::default();
+        assert!(action(&p.decide(&fired(I1, 0, 0), &o)).is_some());
+        let d = p.decide(&fired(I1, 1, 60_000), &o);
+        assert!(
+            matches!(
+                d,
+                Decision::Suppressed {
+                    reason: Suppression::Cooldown,
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
+        assert!(
+            action(&p.decide(&fired(I2, 1, 60_000), &o)).is_some(),
+            "other instances are not held back"
+        );
+        assert!(
+            action(&p.decide(&fired(I1, 0, 15 * 60_000), &o)).is_some(),
+            "after the cooldown"
+        );
+    }
+
+    #[test]
+    fn blast_radius_holds_quarantines_past_the_limit() {
+        let mut p = Policy::new(PolicyConfig {
+            blast_radius: Some(BlastRadius {
+                max_quarantines: 2,
+                period_ms: 3_600_000,
+            }),
+            ..PolicyConfig::default()
+        });
+        let o = Origin::default();
+        let ids: Vec<String> = (0..4).map(|i| format!("i-{i:017x}")).collect();
+        let got: Vec<_> = ids
+            .iter()
+            .map(|i| action(&p.decide(&fired(i, 0, 1_000), &o)))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                Some((Action::Quarantine, false)),
+                Some((Action::Quarantine, false)),
+                Some((Action::Notify, true)),
+                Some((Action::Notify, true))
+            ]
+        );
+        // an hour later the budget is back
+        let later = action(&p.decide(&fired("i-00000000000000009", 0, 3_700_000), &o));
+        assert_eq!(later, Some((Action::Quarantine, false)));
+    }
+
+    #[test]
+    fn never_quarantines_what_is_not_an_instance_id() {
+        let mut p = Policy::new(PolicyConfig::default());
+        for subject in [
+            "ip-10-0-0-1",
+            "i-xyz",
+            "i-0123456789ABCDEF0",
+            "../i-0123456789abcdef0",
+        ] {
+            let d = p.decide(&fired(subject, 0, 1_000), &Origin::default());
+            assert_eq!(action(&d), Some((Action::Notify, true)), "{subject}");
+        }
+        assert!(is_ec2_instance_id("i-0123abcd"));
+        assert!(is_ec2_instance_id(I1));
+    }
+
+    #[test]
+    fn invalid_configs_are_refused() {
+        let mut c = PolicyConfig::default();
+        c.rules[0].threshold = 0;
+        assert!(c.validate().unwrap_err().contains("threshold 0"));
+        let mut c = PolicyConfig::default();
+        c.rules[1].name = c.rules[0].name.clone();
+        assert!(c.validate().unwrap_err().contains("appears twice"));
+        let mut c = PolicyConfig::default();
+        c.rules[0].name = "a b".into();
+        assert!(c.validate().is_err());
+        assert!(PolicyConfig::default().validate().is_ok());
+    }
+}
