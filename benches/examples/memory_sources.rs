@@ -1,0 +1,76 @@
+//! Resident memory as the number of distinct source addresses grows: one
+//! instance's log with N attackers, each one `Invalid user` line, all inside
+//! one window (the worst case: nothing closes). Prints N, the live source
+//! keys, the evictions and the peak RSS; run once per N so each peak is its
+//! own (`scripts/bench-memory` loops over 1k to 1M).
+//!
+//! `cargo run --release -p sshwarden-benches --example memory_sources -- N [MAX_SOURCES]`
+
+use sshwarden_pipeline::policy::Origin;
+use sshwarden_pipeline::window::WindowConfig;
+use sshwarden_pipeline::{Engine, EngineConfig, LineInput};
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let n: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(1_000);
+    let cap: Option<usize> = args.next().and_then(|a| a.parse().ok());
+    let mut config = EngineConfig::default();
+    if let Some(cap) = cap {
+        config.window = WindowConfig {
+            max_sources: cap,
+            ..config.window
+        };
+    }
+    let cap = config.window.max_sources;
+    let mut engine = match Engine::new(config) {
+        Ok(e) => e,
+        Err(e) => panic!("{e}"),
+    };
+    let base_rss = peak_rss_kb();
+    let mut out = Vec::new();
+    let origin = Origin::default();
+    let mut line = String::new();
+    for i in 0..n {
+        let ip = std::net::Ipv4Addr::from(0x0b00_0000 + i);
+        line.clear();
+        line.push_str(&format!(
+            "2026-11-29T10:00:{:02}.000+00:00 ip-10-0-0-1 sshd[{}]: Invalid user u{i} from {ip} port {}",
+            (i / 20_000) % 60,
+            1000 + i % 30_000,
+            1024 + i % 60_000
+        ));
+        engine.process_line(
+            &LineInput {
+                instance: "i-0123456789abcdef0",
+                instance_from_host: false,
+                event_id: None,
+                time_ms: Some(1_795_946_400_000 + i64::from(i % 50_000)),
+                position: u64::from(i),
+                line: &line,
+            },
+            &origin,
+            &mut out,
+        );
+        out.clear();
+    }
+    let (instances, sources) = engine.windows().live_keys();
+    let stats = engine.stats();
+    println!(
+        "distinct_sources={n} max_sources={cap} live_source_keys={sources} live_instance_keys={instances} \
+         evicted_sources={} peak_rss_kb={} baseline_rss_kb={base_rss}",
+        stats.windows.evicted_sources,
+        peak_rss_kb()
+    );
+}
+
+fn peak_rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
