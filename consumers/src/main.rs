@@ -5,6 +5,7 @@ mod config;
 mod demo;
 mod input;
 mod metrics;
+mod release;
 mod run;
 mod scan;
 mod sink;
@@ -34,6 +35,8 @@ enum Command {
     Classify(classify_cmd::ClassifyArgs),
     /// The service: consume a Kinesis stream with shard leases in DynamoDB.
     Run(run::RunArgs),
+    /// Start the release state machine for a quarantined instance.
+    Release(release::ReleaseArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
             .config
             .engine_config()
             .and_then(|c| run_service(args.clone(), c)),
+        Command::Release(args) => release::run(args),
         Command::Scan(args) => with_stdout(|out| {
             let config = cli.config.engine_config()?;
             scan::run(args, config, out).map(|_| ())

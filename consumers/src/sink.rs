@@ -30,12 +30,62 @@ pub struct DeliveryError(pub String);
 
 pub enum Sink {
     Stdout(StdoutSink),
+    Sfn(SfnSink),
 }
 
 impl Sink {
     pub async fn deliver(&self, command: &Command) -> Result<Delivered, DeliveryError> {
         match self {
             Sink::Stdout(s) => s.deliver(command),
+            Sink::Sfn(s) => s.deliver(command).await,
+        }
+    }
+}
+
+/// Starts the quarantine state machine with the command as input. The
+/// execution name is the command id, so a replayed command finds its
+/// execution: Standard workflows return the running execution for the same
+/// name and input, or `ExecutionAlreadyExists`; both mean "already handled".
+pub struct SfnSink {
+    client: aws_sdk_sfn::Client,
+    state_machine_arn: String,
+}
+
+impl SfnSink {
+    pub fn new(client: aws_sdk_sfn::Client, state_machine_arn: String) -> Self {
+        SfnSink {
+            client,
+            state_machine_arn,
+        }
+    }
+
+    async fn deliver(&self, command: &Command) -> Result<Delivered, DeliveryError> {
+        let input = serde_json::to_string(command).map_err(|e| DeliveryError(e.to_string()))?;
+        match self
+            .client
+            .start_execution()
+            .state_machine_arn(&self.state_machine_arn)
+            .name(command.execution_name())
+            .input(input)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(Delivered::New),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_execution_already_exists()) =>
+            {
+                Ok(Delivered::AlreadyHandled)
+            }
+            // Throttling and 5xx are retried by the SDK first, then by the
+            // caller with backoff; anything else (a wrong ARN, missing
+            // permissions) is retried too and shows in logs and metrics: a
+            // command is held, never dropped.
+            Err(e) => Err(DeliveryError(format!(
+                "StartExecution {}: {}",
+                command.execution_name(),
+                crate::aws_error(e)
+            ))),
         }
     }
 }

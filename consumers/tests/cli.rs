@@ -262,6 +262,19 @@ fn errors_are_clear() {
     );
     let out = sshwarden(&["scan", "--allow-sources", "10.0.0.0/99", "-"], None);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a CIDR"));
+    let out = sshwarden(
+        &[
+            "release",
+            "i-xyz",
+            "--release-state-machine-arn",
+            "arn:aws:states:us-east-1:1:stateMachine:r",
+        ],
+        None,
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not an EC2 instance id"));
+    let out = sshwarden(&["run", "--stream", "s", "--sink", "sfn"], None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--sink sfn needs --state-machine-arn"));
     let gz = gzip(b"Nov 29 10:00:00 h sshd[1]: Invalid user a from 203.0.113.9 port 1\n");
     let out = sshwarden(&["scan", "-"], Some(&gz[..gz.len() / 2]));
     assert!(

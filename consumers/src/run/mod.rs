@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::metrics::{self, Metrics};
-use crate::sink::{Sink, SinkKind, StdoutSink};
+use crate::sink::{SfnSink, Sink, SinkKind, StdoutSink};
 use lease::{Cas, Lease, LeaseTable};
 use shard::{Outcome, Reader, ReaderConfig};
 
@@ -48,6 +48,9 @@ pub struct RunArgs {
     /// Where commands go.
     #[arg(long, env = "SSHWARDEN_SINK", value_enum, default_value = "stdout")]
     pub sink: SinkKind,
+    /// The quarantine state machine (with `--sink sfn`).
+    #[arg(long, env = "SSHWARDEN_STATE_MACHINE_ARN")]
+    pub state_machine_arn: Option<String>,
     /// Where a shard without a checkpoint starts: trim-horizon, latest, or at-timestamp:RFC3339.
     #[arg(long, env = "SSHWARDEN_START_POSITION", default_value = "trim-horizon")]
     pub start_position: String,
@@ -126,7 +129,15 @@ pub async fn run(args: RunArgs, engine_config: EngineConfig) -> anyhow::Result<(
     );
     let sink = Arc::new(match args.sink {
         SinkKind::Stdout => Sink::Stdout(StdoutSink),
-        other => bail!("sink {other:?} is not built yet; use --sink stdout"),
+        SinkKind::Sfn => {
+            let arn = args
+                .state_machine_arn
+                .clone()
+                .filter(|a| a.starts_with("arn:"))
+                .context("--sink sfn needs --state-machine-arn (SSHWARDEN_STATE_MACHINE_ARN) with the quarantine state machine's ARN")?;
+            Sink::Sfn(SfnSink::new(aws_sdk_sfn::Client::new(&sdk), arn))
+        }
+        SinkKind::Direct => bail!("the direct sink (EC2 + SNS from the worker) is not built yet; use --sink sfn or stdout"),
     });
     let metrics = Arc::new(Metrics::default());
     let shutdown = CancellationToken::new();

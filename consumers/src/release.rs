@@ -1,0 +1,104 @@
+//! `sshwarden release INSTANCE_ID`: starts the release state machine, which
+//! restores the security groups the quarantine saved in tags and removes its
+//! tags, and (with `--wait`) reports how the execution ended.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use sshwarden_pipeline::policy::is_ec2_instance_id;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReleaseArgs {
+    /// The quarantined instance.
+    pub instance_id: String,
+    /// The release state machine.
+    #[arg(long, env = "SSHWARDEN_RELEASE_STATE_MACHINE_ARN")]
+    pub release_state_machine_arn: String,
+    /// Who asked, recorded in the execution input.
+    #[arg(long, env = "USER", default_value = "unknown")]
+    pub requested_by: String,
+    /// Wait for the execution to end (at most this many seconds) and exit
+    /// non-zero unless it succeeded.
+    #[arg(long)]
+    pub wait: Option<u64>,
+}
+
+pub fn run(args: &ReleaseArgs) -> anyhow::Result<()> {
+    if !is_ec2_instance_id(&args.instance_id) {
+        bail!(
+            "{:?} is not an EC2 instance id (i- and 8 or 17 hex digits)",
+            args.instance_id
+        );
+    }
+    if !args.release_state_machine_arn.starts_with("arn:") {
+        bail!(
+            "--release-state-machine-arn {:?} is not an ARN",
+            args.release_state_machine_arn
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(release(args))
+}
+
+async fn release(args: &ReleaseArgs) -> anyhow::Result<()> {
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await;
+    let sfn = aws_sdk_sfn::Client::new(&sdk);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let name = format!("sw1-release-{}-{now}", args.instance_id);
+    let input = serde_json::json!({
+        "version": 1,
+        "action": "release",
+        "instance_id": args.instance_id,
+        "requested_by": args.requested_by,
+    });
+    let started = sfn
+        .start_execution()
+        .state_machine_arn(&args.release_state_machine_arn)
+        .name(&name)
+        .input(input.to_string())
+        .send()
+        .await
+        .map_err(crate::aws_error)
+        .context("cannot start the release execution")?;
+    let arn = started.execution_arn().to_owned();
+    println!("{arn}");
+    let Some(wait) = args.wait else {
+        return Ok(());
+    };
+    let deadline = Instant::now() + Duration::from_secs(wait);
+    loop {
+        let d = sfn
+            .describe_execution()
+            .execution_arn(&arn)
+            .send()
+            .await
+            .map_err(crate::aws_error)
+            .context("cannot describe the release execution")?;
+        match d.status().as_str() {
+            "RUNNING" | "PENDING_REDRIVE" => {}
+            "SUCCEEDED" => {
+                eprintln!("sshwarden: {} released", args.instance_id);
+                return Ok(());
+            }
+            other => bail!(
+                "release of {} ended {other}: {} {}",
+                args.instance_id,
+                d.error().unwrap_or(""),
+                d.cause().unwrap_or("")
+            ),
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "release of {} still running after {wait} s: {arn}",
+                args.instance_id
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
