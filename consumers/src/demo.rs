@@ -176,32 +176,7 @@ pub fn run(
                         serde_json::to_writer(&mut *out, &c)?;
                         writeln!(out)?;
                     } else {
-                        let subject = c
-                            .instance_id
-                            .as_deref()
-                            .or(c.source_ip.as_deref())
-                            .unwrap_or("");
-                        let top: Vec<String> = c
-                            .top_sources
-                            .iter()
-                            .map(|s| format!("{}x{}", s.source, s.count))
-                            .collect();
-                        writeln!(
-                            out,
-                            "  {:<10} {subject} rule={} window={} counts={:?} top={}{}",
-                            if c.held {
-                                "notify*"
-                            } else if c.action == sshwarden_pipeline::policy::Action::Quarantine {
-                                "QUARANTINE"
-                            } else {
-                                "notify"
-                            },
-                            c.rule,
-                            c.window_start,
-                            c.counts,
-                            top.join(","),
-                            if c.held { " (held: blast radius)" } else { "" }
-                        )?;
+                        writeln!(out, "  {}", c.summary())?;
                     }
                 }
                 Decision::Suppressed {

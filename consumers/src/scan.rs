@@ -305,28 +305,7 @@ fn print_table(r: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
     writeln!(out)?;
     writeln!(out, "commands that would be issued: {}", r.commands.len())?;
     for c in &r.commands {
-        let subject = c
-            .instance_id
-            .as_deref()
-            .or(c.source_ip.as_deref())
-            .unwrap_or("");
-        let action = serde_json::to_value(c.action)?;
-        let action = action.as_str().unwrap_or("");
-        let held = if c.held { " (held)" } else { "" };
-        let top: Vec<String> = c
-            .top_sources
-            .iter()
-            .map(|s| format!("{}x{}", s.source, s.count))
-            .collect();
-        writeln!(
-            out,
-            "  {action}{held} {subject} rule={} window={} counts={:?} top={} id={}",
-            c.rule,
-            c.window_start,
-            c.counts,
-            top.join(","),
-            c.id
-        )?;
+        writeln!(out, "  {}", c.summary())?;
     }
     for s in &r.suppressed {
         writeln!(

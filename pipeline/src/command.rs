@@ -103,6 +103,47 @@ impl Command {
     pub fn execution_name(&self) -> &str {
         &self.id
     }
+
+    /// The instance id or the source address the command is about.
+    pub fn subject(&self) -> &str {
+        self.instance_id
+            .as_deref()
+            .or(self.source_ip.as_deref())
+            .unwrap_or("")
+    }
+
+    /// One line for people: action, subject, rule, window, counts, top sources.
+    pub fn summary(&self) -> String {
+        let action = match (self.action, self.held) {
+            (_, true) => "notify (held)",
+            (Action::Quarantine, false) => "QUARANTINE",
+            (Action::Notify, false) => "notify",
+        };
+        let counts: Vec<String> = self
+            .counts
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let top: Vec<String> = self
+            .top_sources
+            .iter()
+            .map(|s| format!("{}x{}", s.source, s.count))
+            .collect();
+        let reason = self
+            .reason
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default();
+        format!(
+            "{action} {} rule={} window={} counts[{}] top[{}] id={}{reason}",
+            self.subject(),
+            self.rule,
+            self.window_start,
+            counts.join(" "),
+            top.join(" "),
+            self.id
+        )
+    }
 }
 
 /// `sw1-<i|s>-<subject>-<rule>-<window start seconds>`, characters outside
