@@ -46,6 +46,10 @@ impl Sink {
 /// execution name is the command id, so a replayed command finds its
 /// execution: Standard workflows return the running execution for the same
 /// name and input, or `ExecutionAlreadyExists`; both mean "already handled".
+///
+/// The first case is a success response like a new start, told apart only by
+/// its `startDate`: that of the execution started earlier. A start date more
+/// than [`EARLIER_START_MS`] before this request was sent marks a replay.
 pub struct SfnSink {
     client: aws_sdk_sfn::Client,
     state_machine_arn: String,
@@ -61,6 +65,7 @@ impl SfnSink {
 
     async fn deliver(&self, command: &Command) -> Result<Delivered, DeliveryError> {
         let input = serde_json::to_string(command).map_err(|e| DeliveryError(e.to_string()))?;
+        let sent_ms = unix_ms(std::time::SystemTime::now());
         match self
             .client
             .start_execution()
@@ -70,7 +75,10 @@ impl SfnSink {
             .send()
             .await
         {
-            Ok(_) => Ok(Delivered::New),
+            Ok(out) => Ok(match out.start_date().to_millis() {
+                Ok(started_ms) if started_earlier(started_ms, sent_ms) => Delivered::AlreadyHandled,
+                _ => Delivered::New,
+            }),
             Err(e)
                 if e.as_service_error()
                     .is_some_and(|e| e.is_execution_already_exists()) =>
@@ -90,6 +98,23 @@ impl SfnSink {
     }
 }
 
+/// How much older than the request a returned execution's start date must be
+/// to count as started earlier. A replay reaches a running execution only
+/// after a restart or a lease takeover (seconds to tens of seconds later);
+/// the margin covers the request's own latency and ordinary clock skew, so a
+/// new execution is never reported as a replay. A duplicate within the margin
+/// is reported as new, which is harmless: it still started nothing.
+const EARLIER_START_MS: i64 = 5_000;
+
+fn started_earlier(started_ms: i64, sent_ms: i64) -> bool {
+    started_ms < sent_ms - EARLIER_START_MS
+}
+
+fn unix_ms(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 pub struct StdoutSink;
 
 impl StdoutSink {
@@ -102,5 +127,22 @@ impl StdoutSink {
             .and_then(|()| out.flush())
             .map_err(|e| DeliveryError(format!("stdout: {e}")))?;
         Ok(Delivered::New)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_running_execution_returned_for_a_replay_is_already_handled() {
+        let sent = 1_795_964_040_000;
+        // StartExecution returned the execution a previous owner started.
+        assert!(started_earlier(sent - 12_000, sent));
+        // Started by this request: its start date is around the send time,
+        // a little before it with skew, or after it.
+        assert!(!started_earlier(sent + 300, sent));
+        assert!(!started_earlier(sent - 1_500, sent));
+        assert!(!started_earlier(sent - EARLIER_START_MS, sent));
     }
 }
