@@ -47,6 +47,12 @@ impl CheckpointTracker {
         }
     }
 
+    /// The newest sequence number that may be checkpointed (or the initial
+    /// position when no record may be yet).
+    pub fn safe(&self) -> Option<&str> {
+        self.safe.as_deref()
+    }
+
     /// The table now holds `sequence`.
     pub fn written(&mut self, sequence: String) {
         self.written = Some(sequence);

@@ -3,6 +3,10 @@
 //! `checkpointSubSequenceNumber`, `ownerSwitchesSinceCheckpoint`,
 //! `parentShardId` (a string set). Every change is a conditional write, so
 //! two workers can never both believe they own a shard past one renewal.
+//!
+//! One attribute of our own: `sshwardenReplay` on a finished lease (JSON, see
+//! [`ReplayFrom`]) says which records its children must re-read to rebuild
+//! the windows that were still open when it reached SHARD_END.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -25,7 +29,20 @@ pub struct Lease {
     pub checkpoint: String,
     pub owner_switches: u64,
     pub parents: Vec<String>,
+    /// On a finished lease: what to replay to rebuild its open windows.
+    pub replay: Vec<ReplayFrom>,
 }
+
+/// A stretch of a closed shard to re-read: the records after `after` (a
+/// sequence number, or an initial position such as `TRIM_HORIZON`) up to
+/// the shard's end.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReplayFrom {
+    pub shard: String,
+    pub after: String,
+}
+
+const REPLAY: &str = "sshwardenReplay";
 
 impl Lease {
     pub fn view(&self) -> LeaseView {
@@ -287,6 +304,48 @@ impl LeaseTable {
         })
     }
 
+    /// Marks a lease finished (SHARD_END), with what its children must
+    /// replay to rebuild the windows still open at its end; only the owner may.
+    pub async fn end(&self, key: &str, me: &str, replay: &[ReplayFrom]) -> anyhow::Result<Cas<()>> {
+        let set = "SET checkpoint = :end, checkpointSubSequenceNumber = :zero, ownerSwitchesSinceCheckpoint = :zero";
+        let mut update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("leaseKey", s(key))
+            .condition_expression("leaseOwner = :me")
+            .expression_attribute_values(":me", s(me))
+            .expression_attribute_values(":end", s(super::plan::SHARD_END))
+            .expression_attribute_values(":zero", n(0));
+        update = if replay.is_empty() {
+            update.update_expression(format!("{set} REMOVE {REPLAY}"))
+        } else {
+            update
+                .update_expression(format!("{set}, {REPLAY} = :replay"))
+                .expression_attribute_values(":replay", s(&serde_json::to_string(replay)?))
+        };
+        let r = cas!(update.send().await)?;
+        Ok(match r {
+            Cas::Done(_) => Cas::Done(()),
+            Cas::Lost => Cas::Lost,
+        })
+    }
+
+    /// One lease, read consistently; `None` when it does not exist.
+    pub async fn get(&self, key: &str) -> anyhow::Result<Option<Lease>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("leaseKey", s(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(crate::aws_error)
+            .with_context(|| format!("cannot read lease {key} from {}", self.table))?;
+        Ok(out.item().and_then(parse))
+    }
+
     /// Gives a lease up (shutdown), so another worker takes it at once.
     pub async fn release(&self, key: &str, me: &str) -> anyhow::Result<Cas<()>> {
         let r = cas!(
@@ -344,5 +403,42 @@ fn parse(item: &HashMap<String, AttributeValue>) -> Option<Lease> {
             .and_then(|v| v.as_ss().ok())
             .cloned()
             .unwrap_or_default(),
+        replay: str_of(REPLAY)
+            .and_then(|j| serde_json::from_str(&j).ok())
+            .unwrap_or_default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_finished_lease_carries_what_its_children_replay() {
+        let replay = vec![
+            ReplayFrom {
+                shard: "shardId-000000000000".into(),
+                after: "49590338271490256608559692538361571095921575989136588898".into(),
+            },
+            ReplayFrom {
+                shard: "shardId-000000000003".into(),
+                after: "TRIM_HORIZON".into(),
+            },
+        ];
+        let item: HashMap<String, AttributeValue> = [
+            ("leaseKey", s("shardId-000000000003")),
+            ("leaseCounter", n(7)),
+            ("checkpoint", s(super::super::plan::SHARD_END)),
+            (REPLAY, s(&serde_json::to_string(&replay).unwrap())),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let lease = parse(&item).unwrap();
+        assert_eq!(lease.replay, replay);
+        assert_eq!(lease.owner, None);
+        let mut plain = item.clone();
+        plain.remove(REPLAY);
+        assert!(parse(&plain).unwrap().replay.is_empty());
+    }
 }

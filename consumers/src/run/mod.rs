@@ -223,9 +223,10 @@ pub async fn run(args: RunArgs, engine_config: EngineConfig) -> anyhow::Result<(
                     let entry = seen.entry(l.key.clone()).or_insert((l.counter, now));
                     if entry.0 != l.counter {
                         *entry = (l.counter, now);
-                    } else if l.owner.as_deref() != Some(me.as_str())
-                        && now.duration_since(entry.1) >= failover
+                    } else if !held.contains_key(&l.key) && now.duration_since(entry.1) >= failover
                     {
+                        // Ours in the table but not held here is a previous
+                        // run of this worker id (killed): it expires too.
                         expired.insert(l.key.clone());
                     }
                 }

@@ -58,7 +58,9 @@ pub fn plan(me: &str, leases: &[LeaseView], expired: &HashSet<String>) -> Plan {
     load.entry(me).or_default();
     for l in &eligible {
         if let Some(owner) = &l.owner {
-            if !available(l) || owner == me {
+            // An expired lease counts for nobody, even when it names `me`
+            // (a previous run of this worker id that was killed).
+            if !available(l) {
                 load.entry(owner.as_str()).or_default().push(&l.key);
             }
         }
@@ -69,7 +71,7 @@ pub fn plan(me: &str, leases: &[LeaseView], expired: &HashSet<String>) -> Plan {
 
     let mut take: Vec<String> = eligible
         .iter()
-        .filter(|l| available(l) && l.owner.as_deref() != Some(me))
+        .filter(|l| available(l))
         .map(|l| l.key.clone())
         .collect();
     take.sort();
@@ -187,6 +189,19 @@ mod tests {
         let p = plan("a", &leases, &expired);
         assert_eq!(p.workers, 1, "b stopped renewing");
         assert_eq!(p.take.len(), 4);
+    }
+
+    #[test]
+    fn a_restarted_worker_takes_back_its_expired_leases() {
+        // `a` was killed and restarted under the same id: the table still
+        // names it, but it holds nothing and the counters stopped.
+        let leases = shards(4, |i| Some(if i < 2 { "a" } else { "b" }));
+        let p = plan("a", &leases, &HashSet::new());
+        assert!(p.take.is_empty(), "not before they expire: {p:?}");
+        let expired: HashSet<String> = leases[..2].iter().map(|l| l.key.clone()).collect();
+        let p = plan("a", &leases, &expired);
+        assert_eq!(p.take, vec![leases[0].key.clone(), leases[1].key.clone()]);
+        assert_eq!((p.workers, p.fair_share, p.steal), (2, 2, None));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! One shard's reader: reads records (GetRecords polling within the
 //! per-shard limits, or enhanced fan-out), runs them through the shard's
 //! engine, delivers the commands, and checkpoints under the checkpoint rule.
+//! A child of a reshard first replays what its parents left in open windows
+//! (see [`ReplayFrom`]), so no count is lost across a split or a merge.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::checkpoint::CheckpointTracker;
-use super::lease::{Cas, Lease, LeaseTable};
+use super::lease::{Cas, Lease, LeaseTable, ReplayFrom};
 use super::plan::{is_initial_position, SHARD_END};
 use crate::metrics::{ActionLabel, Metrics, ShardLabel};
 use crate::sink::{Delivered, Sink};
@@ -64,6 +66,10 @@ struct State {
     last_checkpoint: Instant,
     decisions: Vec<Decision>,
     shard: ShardLabel,
+    /// What was replayed from the parents before this shard's own records,
+    /// and the position of the last record replayed (0: none).
+    replayed: Vec<ReplayFrom>,
+    replayed_through: u64,
 }
 
 impl Reader {
@@ -85,8 +91,19 @@ impl Reader {
             shard: ShardLabel {
                 shard: shard.clone(),
             },
+            replayed: Vec::new(),
+            replayed_through: 0,
         };
         info!(shard, checkpoint = %self.lease.checkpoint, "reading shard");
+        // A child that has not checkpointed yet first rebuilds the windows its
+        // parents left open at their end, so a window that straddles the
+        // reshard keeps its whole count (DESIGN.md: nothing counted is lost).
+        if is_initial_position(&self.lease.checkpoint) && !self.lease.parents.is_empty() {
+            if let Some(outcome) = self.replay_parents(&mut st).await {
+                info!(shard, ?outcome, "shard reader finished");
+                return outcome;
+            }
+        }
         let outcome = if self.config.consumer_arn.is_some() {
             self.subscribe_loop(&mut st).await
         } else {
@@ -165,7 +182,7 @@ impl Reader {
             let records = out.records();
             for r in records {
                 if !self
-                    .process(st, r.data().as_ref(), r.sequence_number())
+                    .process(st, r.data().as_ref(), r.sequence_number(), false)
                     .await
                 {
                     return if self.lost.is_cancelled() {
@@ -247,7 +264,7 @@ impl Reader {
                             .set(behind);
                         for r in ev.records() {
                             if !self
-                                .process(st, r.data().as_ref(), r.sequence_number())
+                                .process(st, r.data().as_ref(), r.sequence_number(), false)
                                 .await
                             {
                                 return if self.lost.is_cancelled() {
@@ -286,8 +303,10 @@ impl Reader {
 
     /// Runs one record through the engine and delivers its commands. False
     /// when delivery was interrupted by shutdown or a lost lease (the record
-    /// then stays unrecorded, so the checkpoint stays before it).
-    async fn process(&self, st: &mut State, data: &[u8], sequence: &str) -> bool {
+    /// then stays unrecorded, so the checkpoint stays before it). A record
+    /// replayed from a parent shard is never recorded: this shard's
+    /// checkpoint only names its own records.
+    async fn process(&self, st: &mut State, data: &[u8], sequence: &str, replay: bool) -> bool {
         st.position += 1;
         self.metrics.records.get_or_create(&st.shard).inc();
         self.metrics
@@ -333,7 +352,9 @@ impl Reader {
             }
         }
         st.decisions = decisions;
-        st.tracker.record(st.position, sequence.to_owned());
+        if !replay {
+            st.tracker.record(st.position, sequence.to_owned());
+        }
         true
     }
 
@@ -415,26 +436,221 @@ impl Reader {
         }
     }
 
-    /// Every record of the shard is read: windows close (a reshard splits
-    /// the windows that straddle it), and the shard is marked finished so its
-    /// children may start.
+    /// Every record of the shard is read: the shard is marked finished so its
+    /// children may start, with what they must replay to rebuild the windows
+    /// still open here (a window that straddles the reshard is then counted
+    /// whole by the child, not split between parent and child).
     async fn shard_end(&self, st: &mut State) -> Outcome {
+        let replay = self.replay_for_children(st);
         st.engine.finish();
+        let shard = self.lease.key.as_str();
         let mut backoff = Backoff::new();
         for _ in 0..20 {
-            match self.write_checkpoint(st, SHARD_END.to_owned()).await {
-                Written::Yes => {
-                    info!(shard = %self.lease.key, "reached SHARD_END");
+            match self.table.end(shard, &self.config.me, &replay).await {
+                Ok(Cas::Done(())) => {
+                    self.metrics.checkpoints.get_or_create(&st.shard).inc();
+                    st.tracker.written(SHARD_END.to_owned());
+                    info!(shard, replay = ?replay, "reached SHARD_END");
                     return Outcome::Ended;
                 }
-                Written::Lost => return Outcome::Lost,
-                Written::Failed => self.pause(backoff.next()).await,
+                Ok(Cas::Lost) => {
+                    warn!(shard, "lease lost while checkpointing SHARD_END");
+                    self.lost.cancel();
+                    return Outcome::Lost;
+                }
+                Err(e) => {
+                    warn!(shard, error = %format!("{e:#}"), "checkpoint failed; will retry");
+                    self.metrics.error(shard, "checkpoint");
+                    self.pause(backoff.next()).await;
+                }
             }
             if self.shutdown.is_cancelled() {
                 break;
             }
         }
         Outcome::Stopped
+    }
+
+    /// What the children must re-read to rebuild the windows still open at
+    /// this shard's end: nothing when none is; this shard's records after
+    /// the checkpoint the checkpoint rule allows; or, when a window still
+    /// holds records replayed from the parents, all that was replayed and
+    /// this shard from its start.
+    fn replay_for_children(&self, st: &mut State) -> Vec<ReplayFrom> {
+        let shard = self.lease.key.clone();
+        match st.engine.low_water_position() {
+            None => Vec::new(),
+            Some(low) if low <= st.replayed_through => {
+                let mut r = st.replayed.clone();
+                r.push(ReplayFrom {
+                    shard,
+                    after: self.lease.checkpoint.clone(),
+                });
+                r
+            }
+            Some(low) => {
+                st.tracker.advance(Some(low));
+                vec![ReplayFrom {
+                    shard,
+                    after: st
+                        .tracker
+                        .safe()
+                        .unwrap_or(&self.lease.checkpoint)
+                        .to_owned(),
+                }]
+            }
+        }
+    }
+
+    /// Re-reads what the finished parents left in open windows. `Some` when
+    /// shutdown or a lost lease interrupted it.
+    async fn replay_parents(&self, st: &mut State) -> Option<Outcome> {
+        let shard = self.lease.key.as_str();
+        let mut parents = self.lease.parents.clone();
+        parents.sort();
+        let mut replay = Vec::new();
+        for p in &parents {
+            let mut backoff = Backoff::new();
+            loop {
+                if self.lost.is_cancelled() {
+                    return Some(Outcome::Lost);
+                }
+                if self.shutdown.is_cancelled() {
+                    return Some(Outcome::Stopped);
+                }
+                match self.table.get(p).await {
+                    // A parent lease is deleted only once all its children
+                    // checkpointed, which a child does after its replay.
+                    Ok(lease) => {
+                        replay.extend(lease.map(|l| l.replay).unwrap_or_default());
+                        break;
+                    }
+                    Err(e) => {
+                        warn!(shard, parent = %p, error = %format!("{e:#}"), "cannot read the parent lease");
+                        self.pause(backoff.next()).await;
+                    }
+                }
+            }
+        }
+        if replay.is_empty() {
+            return None;
+        }
+        info!(shard, replay = ?replay, "replaying the parents' open windows");
+        for r in &replay {
+            if !self.replay_shard(st, r).await {
+                return Some(if self.lost.is_cancelled() {
+                    Outcome::Lost
+                } else {
+                    Outcome::Stopped
+                });
+            }
+        }
+        st.replayed = replay;
+        st.replayed_through = st.position;
+        None
+    }
+
+    /// Reads a closed shard from `r.after` to its end through this shard's
+    /// engine. False when shutdown or a lost lease interrupted it.
+    async fn replay_shard(&self, st: &mut State, r: &ReplayFrom) -> bool {
+        let shard = self.lease.key.as_str();
+        let mut last: Option<String> = None;
+        let mut iterator: Option<String> = None;
+        let mut backoff = Backoff::new();
+        let mut failures = 0;
+        let mut last_call = Instant::now() - MIN_POLL_INTERVAL;
+        loop {
+            if self.lost.is_cancelled() || self.shutdown.is_cancelled() {
+                return false;
+            }
+            if failures >= 20 {
+                error!(shard, replay = %r.shard, "giving up replaying a parent shard; windows that straddle the reshard may be undercounted");
+                return true;
+            }
+            let it = match iterator.take() {
+                Some(it) => it,
+                None => {
+                    let req = self
+                        .kinesis
+                        .get_shard_iterator()
+                        .stream_name(&self.config.stream)
+                        .shard_id(&r.shard);
+                    let after = last.as_deref().unwrap_or(&r.after);
+                    let req = if is_initial_position(after) {
+                        match parse_initial(after) {
+                            Ok(Initial::AtTimestamp(ms)) => req
+                                .shard_iterator_type(ShardIteratorType::AtTimestamp)
+                                .timestamp(DateTime::from_millis(ms)),
+                            // LATEST of a closed shard is its end: read it all.
+                            _ => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
+                        }
+                    } else {
+                        req.shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
+                            .starting_sequence_number(after)
+                    };
+                    match req.send().await {
+                        Ok(out) => match out.shard_iterator() {
+                            Some(it) => it.to_owned(),
+                            None => return true,
+                        },
+                        Err(e) => {
+                            warn!(shard, replay = %r.shard, error = %DisplayErrorContext(&e), "cannot get a shard iterator to replay");
+                            self.metrics.error(shard, "get_shard_iterator");
+                            failures += 1;
+                            self.pause(backoff.next()).await;
+                            continue;
+                        }
+                    }
+                }
+            };
+            let since = last_call.elapsed();
+            if since < MIN_POLL_INTERVAL {
+                self.pause(MIN_POLL_INTERVAL - since).await;
+            }
+            last_call = Instant::now();
+            let out = match self
+                .kinesis
+                .get_records()
+                .shard_iterator(&it)
+                .limit(10_000)
+                .send()
+                .await
+            {
+                Ok(out) => out,
+                Err(e) => {
+                    let svc = e.as_service_error();
+                    if svc.is_some_and(|e| e.is_expired_iterator_exception()) {
+                        self.metrics.error(shard, "expired_iterator");
+                    } else {
+                        if svc.is_some_and(|e| e.is_provisioned_throughput_exceeded_exception()) {
+                            self.metrics.error(shard, "throughput_exceeded");
+                        } else {
+                            warn!(shard, replay = %r.shard, error = %DisplayErrorContext(&e), "GetRecords failed while replaying");
+                            self.metrics.error(shard, "get_records");
+                            failures += 1;
+                        }
+                        iterator = Some(it);
+                        self.pause(backoff.next()).await;
+                    }
+                    continue;
+                }
+            };
+            backoff.reset();
+            failures = 0;
+            for rec in out.records() {
+                if !self
+                    .process(st, rec.data().as_ref(), rec.sequence_number(), true)
+                    .await
+                {
+                    return false;
+                }
+                last = Some(rec.sequence_number().to_owned());
+            }
+            match out.next_shard_iterator() {
+                Some(next) => iterator = Some(next.to_owned()),
+                None => return true,
+            }
+        }
     }
 
     fn starting_position(&self, st: &State) -> anyhow::Result<StartingPosition> {

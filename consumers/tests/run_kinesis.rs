@@ -1,0 +1,1636 @@
+//! `sshwarden run` against the real local emulators, over HTTP: Kinesis on
+//! kinesis-local, the lease table on moto (DynamoDB). Each test creates its
+//! own stream and lease table, writes seeded fleet traffic with ground truth
+//! (loadgen) from here, runs separate `sshwarden run` processes with the
+//! stdout sink, and checks their commands (stdout), logs (stderr), metrics
+//! and the lease table.
+//!
+//! Scenarios: leases balance across two and three workers and every shard is
+//! read once; `kill -9` of a worker mid-stream (the survivor takes over and
+//! no window count is lost); a restart under the same worker id; a split and
+//! a merge mid-stream (parents read before children, nothing lost); corrupt,
+//! truncated, oversize and control records (skipped and counted); SIGTERM
+//! (clean exit, leases released, taken over at once).
+//!
+//! Start the emulators first: `scripts/emulators up`. A test fails (never
+//! skips) when one is not reachable. Endpoints: SSHWARDEN_MOTO_ENDPOINT
+//! [http://127.0.0.1:5000] and SSHWARDEN_KINESIS_ENDPOINT [http://127.0.0.1:4567].
+//!
+//! Every wait is bounded; every worker process is killed when its test ends,
+//! and the stream and lease table are deleted, pass or fail. On failure the
+//! tails of every worker's stdout and stderr are printed.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::{PutRecordsRequestEntry, StreamStatus};
+use serde_json::Value;
+use sshwarden_loadgen::{
+    encode_records, Fleet, FleetConfig, RecordOptions, Scenario, SubscriptionRecord, TruthRules,
+};
+use sshwarden_pipeline::command::command_id;
+use sshwarden_pipeline::time::format_rfc3339_ms;
+use sshwarden_pipeline::window::SubjectKind;
+
+/// The worker timings every test uses unless it says otherwise.
+const FAILOVER_MS: u64 = 3_000;
+const TIMINGS: &[&str] = &[
+    "--checkpoint-ms",
+    "500",
+    "--idle-poll-ms",
+    "200",
+    "--shard-sync-ms",
+    "1000",
+];
+/// No wait in these tests is longer.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+// ------------------------------------------------------------------ emulators
+
+#[derive(Clone)]
+struct Endpoints {
+    moto: String,
+    kinesis: String,
+}
+
+/// The emulators' endpoints; fails the test when one does not answer.
+fn emulators() -> Endpoints {
+    let e = Endpoints {
+        moto: std::env::var("SSHWARDEN_MOTO_ENDPOINT")
+            .unwrap_or_else(|_| "http://127.0.0.1:5000".into()),
+        kinesis: std::env::var("SSHWARDEN_KINESIS_ENDPOINT")
+            .unwrap_or_else(|_| "http://127.0.0.1:4567".into()),
+    };
+    for (name, var, url, probe) in [
+        ("moto", "SSHWARDEN_MOTO_ENDPOINT", &e.moto, "/moto-api/"),
+        (
+            "kinesis-local",
+            "SSHWARDEN_KINESIS_ENDPOINT",
+            &e.kinesis,
+            "/healthcheck",
+        ),
+    ] {
+        if let Err(err) = http_get(&format!("{url}{probe}")) {
+            panic!(
+                "{name} is not reachable at {url} ({err}). These tests need the local \
+                 emulators: run `scripts/emulators up` (or set {var} to where {name} listens)."
+            );
+        }
+    }
+    e
+}
+
+/// A minimal HTTP/1.1 GET over plain TCP: (status, body).
+fn http_get(url: &str) -> std::io::Result<(u16, String)> {
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_owned());
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| bad("only http:// URLs are supported"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&if authority.contains(':') {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    })?
+    .next()
+    .ok_or_else(|| bad("no address"))?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| bad("not an HTTP response"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    Ok((status, body))
+}
+
+async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_kinesis::config::Credentials::new(
+            "testing", "testing", None, None, "test",
+        ))
+        .endpoint_url(endpoint)
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .operation_attempt_timeout(Duration::from_secs(10))
+                .build(),
+        )
+        .load()
+        .await
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// The window size of the default rules.
+const WINDOW_MS: i64 = 60_000;
+
+/// A start time for traffic at `offset_ms` into a (60 s, epoch-aligned)
+/// window, at most `lag_ms` and less than `lag_ms` + 60 s before now. The
+/// same seed then yields the same events relative to the windows, so what a
+/// test exercises does not depend on the time it runs.
+fn traffic_start(offset_ms: i64, lag_ms: i64) -> i64 {
+    let t = now_ms() - lag_ms;
+    let start = t.div_euclid(WINDOW_MS) * WINDOW_MS + offset_ms;
+    if start > t {
+        start - WINDOW_MS
+    } else {
+        start
+    }
+}
+
+/// A bounded wait: `check` panics with `what` and a detail once it is over.
+struct Deadline {
+    what: String,
+    start: Instant,
+    limit: Duration,
+}
+
+impl Deadline {
+    fn new(what: impl Into<String>, limit: Duration) -> Self {
+        assert!(limit <= MAX_WAIT);
+        Deadline {
+            what: what.into(),
+            start: Instant::now(),
+            limit,
+        }
+    }
+
+    fn check(&self, detail: impl FnOnce() -> String) {
+        if self.start.elapsed() > self.limit {
+            panic!(
+                "timed out after {:?} waiting for {}: {}",
+                self.limit,
+                self.what,
+                detail()
+            );
+        }
+    }
+}
+
+async fn pause(ms: u64) {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+// ------------------------------------------------------------------ traffic
+
+/// A command the ground truth says must be issued, with what it must carry.
+#[derive(Debug, Clone)]
+struct Expected {
+    id: String,
+    instance: String,
+    window_start_ms: i64,
+    /// Event time of the event that crossed the threshold.
+    crossing_ms: i64,
+    /// `detected_at`: the event time of the event that crossed the threshold.
+    detected_at: String,
+    /// Counts per signal in the window when the threshold was crossed (all
+    /// of the window's evidence up to and including the crossing event).
+    counts: BTreeMap<String, u64>,
+}
+
+/// Seeded fleet traffic: records (one instance each, in time order) and the
+/// commands they must yield under the default rules without cooldown or
+/// blast radius.
+struct Traffic {
+    records: Vec<SubscriptionRecord>,
+    expected: Vec<Expected>,
+}
+
+impl Traffic {
+    /// Every instance under a brute force of `per_second` attempts for the
+    /// whole `[start_ms, start_ms + duration_ms)`, plus benign traffic and
+    /// background scanning.
+    fn brute_force(seed: u64, instances: usize, start_ms: i64, duration_ms: i64) -> Traffic {
+        let per_second = 0.5;
+        let config = FleetConfig {
+            instances,
+            seed,
+            start_ms,
+            duration_ms,
+            benign_events_per_instance_per_min: 12.0,
+            scan_probes_per_instance_per_min: 1.0,
+            scenarios: (0..instances)
+                .map(|i| Scenario::FastBruteForce {
+                    instance: i,
+                    offset_ms: 0,
+                    attempts: (duration_ms as f64 / 1000.0 * per_second) as u32,
+                    per_second,
+                })
+                .collect(),
+        };
+        let fleet = Fleet::generate(&config).expect("fleet config");
+        let opts = RecordOptions {
+            events_per_record: 25,
+            max_span_ms: 5_000,
+            ..RecordOptions::default()
+        };
+        let records = encode_records(fleet.events(), &opts);
+        let rules = TruthRules::default();
+        let truth = fleet.ground_truth();
+        let expected = truth
+            .expected
+            .iter()
+            .map(|d| {
+                let rule = rules.rules.iter().find(|r| r.name == d.rule).unwrap();
+                // The window's evidence in processing order (events are sorted
+                // by time, and one instance's records are read in that order).
+                let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+                let mut hits = 0;
+                for e in fleet.events() {
+                    let Some(signal) = e.signal else { continue };
+                    if e.instance != d.instance
+                        || e.time_ms.div_euclid(truth.window_ms) * truth.window_ms
+                            != d.window_start_ms
+                    {
+                        continue;
+                    }
+                    *counts.entry(signal.as_str().to_owned()).or_default() += 1;
+                    if rule.signals.contains(&signal) {
+                        hits += 1;
+                        if hits == rule.threshold {
+                            assert_eq!(e.time_ms, d.crossing_time_ms);
+                            break;
+                        }
+                    }
+                }
+                Expected {
+                    id: command_id(
+                        SubjectKind::Instance,
+                        &d.instance,
+                        &d.rule,
+                        d.window_start_ms,
+                    ),
+                    instance: d.instance.clone(),
+                    window_start_ms: d.window_start_ms,
+                    crossing_ms: d.crossing_time_ms,
+                    detected_at: format_rfc3339_ms(d.crossing_time_ms),
+                    counts,
+                }
+            })
+            .collect();
+        Traffic { records, expected }
+    }
+
+    /// Records whose last event is before `time_ms`, and the rest.
+    fn split_at(&self, time_ms: i64) -> (&[SubscriptionRecord], &[SubscriptionRecord]) {
+        let i = self.records.partition_point(|r| r.last_time_ms < time_ms);
+        self.records.split_at(i)
+    }
+}
+
+/// What the workers' commands say against what was expected.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Command id -> how many times each worker issued it.
+    by_id: BTreeMap<String, Vec<usize>>,
+    /// Command id -> how many of those copies carry the truth's content
+    /// (`detected_at` and the counts at the crossing).
+    correct: BTreeMap<String, Vec<usize>>,
+    /// Commands that no rule should have issued.
+    unexpected: Vec<String>,
+    /// Copies with other content than the truth: (worker, id, what differs).
+    partial: Vec<(usize, String, String)>,
+}
+
+impl Tally {
+    fn new(expected: &[Expected], outputs: &[Vec<Value>]) -> Tally {
+        let want: HashMap<&str, &Expected> = expected.iter().map(|e| (e.id.as_str(), e)).collect();
+        let mut t = Tally::default();
+        for (w, commands) in outputs.iter().enumerate() {
+            for c in commands {
+                let id = c["id"].as_str().unwrap_or_default().to_owned();
+                t.by_id
+                    .entry(id.clone())
+                    .or_insert_with(|| vec![0; outputs.len()])[w] += 1;
+                let Some(e) = want.get(id.as_str()) else {
+                    t.unexpected
+                        .push(format!("unexpected command from worker {w}: {c}"));
+                    continue;
+                };
+                let counts: BTreeMap<String, u64> = c["counts"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if c["instance_id"] == e.instance.as_str()
+                    && c["detected_at"] == e.detected_at.as_str()
+                    && counts == e.counts
+                {
+                    t.correct
+                        .entry(id)
+                        .or_insert_with(|| vec![0; outputs.len()])[w] += 1;
+                } else {
+                    t.partial.push((
+                        w,
+                        id,
+                        format!(
+                            "detected_at {} counts {counts:?}, expected {} {:?}",
+                            c["detected_at"], e.detected_at, e.counts
+                        ),
+                    ));
+                }
+            }
+        }
+        t
+    }
+
+    fn missing<'a>(&self, expected: &'a [Expected]) -> Vec<&'a str> {
+        expected
+            .iter()
+            .filter(|e| !self.by_id.contains_key(&e.id))
+            .map(|e| e.id.as_str())
+            .collect()
+    }
+
+    fn total(&self, id: &str) -> usize {
+        self.by_id.get(id).map_or(0, |v| v.iter().sum())
+    }
+
+    fn correct_from(&self, id: &str, worker: usize) -> usize {
+        self.correct.get(id).map_or(0, |v| v[worker])
+    }
+
+    /// Nothing unexpected, every expected command issued at least once with
+    /// the truth's counts, and every copy with other counts allowed by
+    /// `repeat_ok(worker, id)`.
+    ///
+    /// A new owner replays a shard from its checkpoint, which the checkpoint
+    /// rule keeps before every window still open; but the records after it
+    /// also carry the tail of windows that had already closed (a record ends
+    /// in one window and starts in the one before). Those tails are counted
+    /// again as if they were whole windows: a command the previous owner
+    /// already delivered can come again, with the same id and smaller
+    /// counts. The sink deduplicates it by name; what is checked here is
+    /// that such a copy only ever repeats a command delivered in full.
+    fn assert_content(&self, expected: &[Expected], repeat_ok: impl Fn(usize, &str) -> bool) {
+        assert!(
+            self.unexpected.is_empty(),
+            "unexpected commands: {:#?}",
+            self.unexpected
+        );
+        let never_whole: Vec<&str> = expected
+            .iter()
+            .filter(|e| {
+                self.correct
+                    .get(&e.id)
+                    .is_none_or(|v| v.iter().sum::<usize>() == 0)
+            })
+            .map(|e| e.id.as_str())
+            .collect();
+        assert!(
+            never_whole.is_empty(),
+            "issued only with other counts than the truth (counts lost): {never_whole:?}\n{:#?}",
+            self.partial
+        );
+        let bad: Vec<_> = self
+            .partial
+            .iter()
+            .filter(|(w, id, _)| !repeat_ok(*w, id))
+            .collect();
+        assert!(bad.is_empty(), "commands with wrong counts: {bad:#?}");
+    }
+}
+
+// ------------------------------------------------------------------ workers
+
+/// A free port on 127.0.0.1 (bound, then released for the worker).
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// One `sshwarden run` process; killed when dropped.
+struct Worker {
+    id: String,
+    child: Child,
+    status: Option<ExitStatus>,
+    stdout: PathBuf,
+    stderr: PathBuf,
+    metrics: SocketAddr,
+    started: Instant,
+}
+
+impl Worker {
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// The JSON commands printed so far (a torn last line is left out).
+    fn commands(&self) -> Vec<Value> {
+        read_json_lines(&self.stdout)
+    }
+
+    fn logs(&self) -> Vec<Value> {
+        read_json_lines(&self.stderr)
+    }
+
+    /// Log lines with this message, in order.
+    fn logs_with(&self, message: &str) -> Vec<Value> {
+        self.logs()
+            .into_iter()
+            .filter(|l| l["fields"]["message"] == message)
+            .collect()
+    }
+
+    fn metrics(&self) -> String {
+        let (status, body) = http_get(&format!("http://{}/metrics", self.metrics))
+            .unwrap_or_else(|e| panic!("GET /metrics of {}: {e}", self.id));
+        assert_eq!(status, 200, "/metrics of {}: {body}", self.id);
+        body
+    }
+
+    fn kill9(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.status = Some(self.child.wait().expect("wait"));
+    }
+
+    fn sigterm(&self) {
+        // SAFETY: kill(2) on the pid of a child we have not reaped yet.
+        let rc = unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill -TERM {}", self.pid());
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                self.status = Some(s);
+                return Some(s);
+            }
+            pause(50).await;
+        }
+        None
+    }
+
+    fn tails(&self, lines: usize) -> String {
+        let tail = |p: &PathBuf, n: usize| {
+            let text = std::fs::read_to_string(p).unwrap_or_default();
+            let all: Vec<String> = text
+                .lines()
+                .map(|l| match l.char_indices().nth(400) {
+                    Some((i, _)) => format!("{}...", &l[..i]),
+                    None => l.to_owned(),
+                })
+                .collect();
+            all[all.len().saturating_sub(n)..].join("\n")
+        };
+        format!(
+            "----- worker {} (pid {}, {:?}, up {:.1?}) stdout {}:\n{}\n----- stderr {}:\n{}\n",
+            self.id,
+            self.pid(),
+            self.status,
+            self.started.elapsed(),
+            self.stdout.display(),
+            tail(&self.stdout, lines / 4),
+            self.stderr.display(),
+            tail(&self.stderr, lines),
+        )
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn read_json_lines(path: &PathBuf) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// How to start a worker, beyond the defaults.
+#[derive(Default)]
+struct Spawn<'a> {
+    failover_ms: Option<u64>,
+    /// More flags for `sshwarden run` (global ones included).
+    args: &'a [&'a str],
+    /// SSHWARDEN_LOG [info].
+    log: Option<&'a str>,
+}
+
+// ------------------------------------------------------------------ harness
+
+/// A lease as the test reads it from the table.
+#[derive(Debug, Clone)]
+struct LeaseRow {
+    key: String,
+    owner: Option<String>,
+    checkpoint: String,
+}
+
+/// Deletes the stream and the lease table when dropped (from a thread of its
+/// own: drop may run inside the test's runtime, or while it unwinds).
+struct Cleanup {
+    env: Endpoints,
+    stream: String,
+    table: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let (env, stream, table) = (self.env.clone(), self.stream.clone(), self.table.clone());
+        let done = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let kinesis = aws_sdk_kinesis::Client::new(&sdk_config(&env.kinesis).await);
+                let dynamo = aws_sdk_dynamodb::Client::new(&sdk_config(&env.moto).await);
+                let _ = kinesis
+                    .delete_stream()
+                    .stream_name(&stream)
+                    .enforce_consumer_deletion(true)
+                    .send()
+                    .await;
+                let _ = dynamo.delete_table().table_name(&table).send().await;
+            });
+        });
+        let _ = done.join();
+    }
+}
+
+/// One test's stream, lease table, workers and scratch directory.
+struct Harness {
+    label: String,
+    env: Endpoints,
+    dir: tempfile::TempDir,
+    stream: String,
+    table: String,
+    kinesis: aws_sdk_kinesis::Client,
+    dynamo: aws_sdk_dynamodb::Client,
+    started: Instant,
+    // Dropped in this order: workers are killed before the stream goes.
+    workers: Vec<Worker>,
+    _cleanup: Cleanup,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "===== {} failed after {:.1?}; stream {}, lease table {}, files in {}",
+                self.label,
+                self.started.elapsed(),
+                self.stream,
+                self.table,
+                self.dir.path().display()
+            );
+            for w in &self.workers {
+                eprintln!("{}", w.tails(40));
+            }
+            // Keep the files for a look.
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+            let _ = dir.keep();
+        } else {
+            self.log("passed");
+        }
+    }
+}
+
+static UNIQUE: AtomicU32 = AtomicU32::new(0);
+
+impl Harness {
+    /// A new stream of `shards` shards (ACTIVE) and a lease table name.
+    async fn new(label: &str, shards: i32) -> Harness {
+        let env = emulators();
+        let unique = format!(
+            "{label}-{}-{}-{}",
+            std::process::id(),
+            now_ms() % 1_000_000_000,
+            UNIQUE.fetch_add(1, Ordering::Relaxed)
+        );
+        let stream = format!("sshwarden-it-{unique}");
+        let table = format!("sshwarden-it-leases-{unique}");
+        let kinesis = aws_sdk_kinesis::Client::new(&sdk_config(&env.kinesis).await);
+        let dynamo = aws_sdk_dynamodb::Client::new(&sdk_config(&env.moto).await);
+        let cleanup = Cleanup {
+            env: env.clone(),
+            stream: stream.clone(),
+            table: table.clone(),
+        };
+        // Kinesis (and kinesis-local) limit how many streams are CREATING at
+        // once: tests running in parallel wait their turn.
+        let d = Deadline::new(format!("CreateStream {stream}"), MAX_WAIT);
+        loop {
+            let Err(e) = kinesis
+                .create_stream()
+                .stream_name(&stream)
+                .shard_count(shards)
+                .send()
+                .await
+            else {
+                break;
+            };
+            let text = aws_sdk_kinesis::error::DisplayErrorContext(&e).to_string();
+            if !text.contains("concurrently") {
+                panic!(
+                    "CreateStream {stream} ({shards} shards) on kinesis-local at {}: {text}\n\
+                     (kinesis-local allows SHARD_LIMIT open shards in all, 50 by default: \
+                     streams left by other runs count)",
+                    env.kinesis
+                );
+            }
+            d.check(|| text.clone());
+            pause(250).await;
+        }
+        let h = Harness {
+            label: label.to_owned(),
+            dir: tempfile::Builder::new()
+                .prefix(&format!("sshwarden-it-{label}-"))
+                .tempdir()
+                .unwrap(),
+            env,
+            stream,
+            table,
+            kinesis,
+            dynamo,
+            started: Instant::now(),
+            workers: Vec::new(),
+            _cleanup: cleanup,
+        };
+        h.wait_stream_active().await;
+        h
+    }
+
+    async fn wait_stream_active(&self) {
+        let d = Deadline::new(format!("stream {} to be ACTIVE", self.stream), MAX_WAIT);
+        loop {
+            let out = self
+                .kinesis
+                .describe_stream_summary()
+                .stream_name(&self.stream)
+                .send()
+                .await;
+            let status = out
+                .as_ref()
+                .ok()
+                .and_then(|o| o.stream_description_summary())
+                .map(|s| s.stream_status().clone());
+            if status == Some(StreamStatus::Active) {
+                return;
+            }
+            d.check(|| format!("status {status:?}"));
+            pause(100).await;
+        }
+    }
+
+    fn log(&self, what: impl std::fmt::Display) {
+        eprintln!(
+            "[{} +{:>6.2}s] {what}",
+            self.label,
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+
+    /// Starts `sshwarden run` as `worker_id` with the default timings, no
+    /// cooldown and no blast radius.
+    fn spawn(&mut self, worker_id: &str) -> usize {
+        self.spawn_with(worker_id, &Spawn::default())
+    }
+
+    fn spawn_with(&mut self, worker_id: &str, opts: &Spawn) -> usize {
+        let metrics = free_addr();
+        // Numbered: a worker id may be started again.
+        let n = self.workers.len();
+        let stdout = self
+            .dir
+            .path()
+            .join(format!("{n}-{worker_id}.stdout.jsonl"));
+        let stderr = self
+            .dir
+            .path()
+            .join(format!("{n}-{worker_id}.stderr.jsonl"));
+        let failover = opts.failover_ms.unwrap_or(FAILOVER_MS).to_string();
+        let metrics_arg = metrics.to_string();
+        let mut args: Vec<&str> = vec![
+            "--blast-radius-max",
+            "0",
+            "--cooldown-secs",
+            "0",
+            "run",
+            "--stream",
+            &self.stream,
+            "--lease-table",
+            &self.table,
+            "--worker-id",
+            worker_id,
+            "--sink",
+            "stdout",
+            "--failover-ms",
+            &failover,
+            "--shutdown-secs",
+            "10",
+            "--metrics-addr",
+            &metrics_arg,
+        ];
+        args.extend_from_slice(TIMINGS);
+        args.extend_from_slice(opts.args);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sshwarden"));
+        cmd.args(&args)
+            .env_clear()
+            .env("AWS_ENDPOINT_URL", &self.env.moto)
+            .env("AWS_ENDPOINT_URL_KINESIS", &self.env.kinesis)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("SSHWARDEN_LOG", opts.log.unwrap_or("info"))
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout).unwrap())
+            .stderr(File::create(&stderr).unwrap());
+        if let Ok(path) = std::env::var("PATH") {
+            cmd.env("PATH", path);
+        }
+        let child = cmd.spawn().expect("spawn sshwarden run");
+        self.log(format_args!(
+            "started worker {worker_id} (pid {}), metrics on {metrics}",
+            child.id()
+        ));
+        self.workers.push(Worker {
+            id: worker_id.to_owned(),
+            child,
+            status: None,
+            stdout,
+            stderr,
+            metrics,
+            started: Instant::now(),
+        });
+        self.workers.len() - 1
+    }
+
+    /// Every worker's commands, by worker index.
+    fn outputs(&self) -> Vec<Vec<Value>> {
+        self.workers.iter().map(Worker::commands).collect()
+    }
+
+    fn check_running(&mut self) {
+        for w in &mut self.workers {
+            if w.status.is_none() {
+                if let Some(s) = w.child.try_wait().unwrap() {
+                    w.status = Some(s);
+                    panic!("worker {} exited unexpectedly: {s}", w.id);
+                }
+            }
+        }
+    }
+
+    /// Writes records with PutRecords (partition key: the instance id, in
+    /// order, failed entries retried); returns the shard each landed in.
+    async fn put(&self, records: &[SubscriptionRecord]) -> Vec<String> {
+        let raw: Vec<(String, Vec<u8>)> = records
+            .iter()
+            .map(|r| (r.log_stream.clone(), r.data.clone()))
+            .collect();
+        self.put_raw(&raw).await
+    }
+
+    async fn put_raw(&self, records: &[(String, Vec<u8>)]) -> Vec<String> {
+        let mut shards = vec![String::new(); records.len()];
+        for (chunk_no, chunk) in records.chunks(100).enumerate() {
+            let mut pending: Vec<usize> = (0..chunk.len()).collect();
+            let d = Deadline::new("PutRecords to succeed", Duration::from_secs(30));
+            while !pending.is_empty() {
+                let entries = pending
+                    .iter()
+                    .map(|&i| {
+                        PutRecordsRequestEntry::builder()
+                            .partition_key(&chunk[i].0)
+                            .data(Blob::new(chunk[i].1.clone()))
+                            .build()
+                            .unwrap()
+                    })
+                    .collect();
+                match self
+                    .kinesis
+                    .put_records()
+                    .stream_name(&self.stream)
+                    .set_records(Some(entries))
+                    .send()
+                    .await
+                {
+                    Ok(out) => {
+                        let mut failed = Vec::new();
+                        for (&i, r) in pending.iter().zip(out.records()) {
+                            match r.shard_id() {
+                                Some(s) if r.error_code().is_none() => {
+                                    shards[chunk_no * 100 + i] = s.to_owned()
+                                }
+                                _ => failed.push(i),
+                            }
+                        }
+                        pending = failed;
+                    }
+                    Err(e) => {
+                        d.check(|| aws_sdk_kinesis::error::DisplayErrorContext(&e).to_string())
+                    }
+                }
+                if !pending.is_empty() {
+                    d.check(|| format!("{} records keep failing", pending.len()));
+                    pause(200).await;
+                }
+            }
+        }
+        shards
+    }
+
+    /// The lease table (empty until a worker created it).
+    async fn leases(&self) -> Vec<LeaseRow> {
+        let Ok(out) = self
+            .dynamo
+            .scan()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .send()
+            .await
+        else {
+            return Vec::new();
+        };
+        let s = |item: &HashMap<String, AttributeValue>, k: &str| {
+            item.get(k).and_then(|v| v.as_s().ok()).cloned()
+        };
+        let mut rows: Vec<LeaseRow> = out
+            .items()
+            .iter()
+            .map(|item| LeaseRow {
+                key: s(item, "leaseKey").unwrap_or_default(),
+                owner: s(item, "leaseOwner"),
+                checkpoint: s(item, "checkpoint").unwrap_or_default(),
+            })
+            .collect();
+        rows.sort_by(|a, b| a.key.cmp(&b.key));
+        rows
+    }
+
+    /// Leases held per worker id (unowned leases under "").
+    async fn holdings(&self) -> BTreeMap<String, Vec<String>> {
+        let mut by: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for l in self.leases().await {
+            by.entry(l.owner.unwrap_or_default())
+                .or_default()
+                .push(l.key);
+        }
+        by
+    }
+
+    /// Waits until `leases` leases exist and the workers hold them in the
+    /// given numbers (any order), steadily for a second; returns the holdings.
+    async fn wait_balanced(
+        &mut self,
+        leases: usize,
+        shares: &[usize],
+    ) -> BTreeMap<String, Vec<String>> {
+        let mut want = shares.to_vec();
+        want.sort_unstable();
+        let d = Deadline::new(format!("leases to balance as {shares:?}"), MAX_WAIT);
+        let mut steady_since: Option<(Instant, BTreeMap<String, Vec<String>>)> = None;
+        loop {
+            self.check_running();
+            let h = self.holdings().await;
+            let mut got: Vec<usize> = h
+                .iter()
+                .filter(|(owner, _)| !owner.is_empty())
+                .map(|(_, v)| v.len())
+                .collect();
+            got.sort_unstable();
+            let total: usize = h.values().map(Vec::len).sum();
+            if got == want && total == leases && !h.contains_key("") {
+                match &steady_since {
+                    Some((t, prev)) if *prev == h => {
+                        if t.elapsed() >= Duration::from_millis(1_200) {
+                            return h;
+                        }
+                    }
+                    _ => steady_since = Some((Instant::now(), h.clone())),
+                }
+            } else {
+                steady_since = None;
+            }
+            d.check(|| format!("holdings {h:?}"));
+            pause(200).await;
+        }
+    }
+
+    /// Waits until every expected command was issued by some worker.
+    async fn wait_for_commands(&mut self, expected: &[Expected]) -> Tally {
+        let d = Deadline::new(format!("{} expected commands", expected.len()), MAX_WAIT);
+        loop {
+            self.check_running();
+            let t = Tally::new(expected, &self.outputs());
+            let missing = t.missing(expected);
+            if missing.is_empty() {
+                return t;
+            }
+            d.check(|| {
+                format!(
+                    "{} of {} missing, e.g. {:?}",
+                    missing.len(),
+                    expected.len(),
+                    &missing[..missing.len().min(5)]
+                )
+            });
+            pause(250).await;
+        }
+    }
+
+    async fn list_shards(&self) -> Vec<aws_sdk_kinesis::types::Shard> {
+        self.kinesis
+            .list_shards()
+            .stream_name(&self.stream)
+            .send()
+            .await
+            .expect("ListShards")
+            .shards()
+            .to_vec()
+    }
+}
+
+/// Asserts that each of `shards` received at least one of the records.
+fn assert_covers(landed: &[String], shards: usize) {
+    let hit: BTreeSet<&String> = landed.iter().collect();
+    assert_eq!(
+        hit.len(),
+        shards,
+        "the traffic must reach every shard (change the seed or the instance count): {hit:?}"
+    );
+}
+
+// ------------------------------------------------------------------ tests
+
+/// Two or three workers on an 8-shard stream: the leases balance (4+4 or
+/// 3+3+2), and every shard is read by exactly one of them: every expected
+/// command appears exactly once across the outputs, with the ground truth's
+/// counts.
+async fn balance_and_read_once(label: &str, seed: u64, shares: &[usize]) {
+    let mut h = Harness::new(label, 8).await;
+    for i in 0..shares.len() {
+        h.spawn(&format!("w{i}"));
+    }
+    let holdings = h.wait_balanced(8, shares).await;
+    h.log(format_args!("balanced: {holdings:?}"));
+
+    let start = traffic_start(20_000, 30_000);
+    let traffic = Traffic::brute_force(seed, 24, start, 75_000);
+    let landed = h.put(&traffic.records).await;
+    assert_covers(&landed, 8);
+    h.log(format_args!(
+        "wrote {} records; {} commands expected",
+        traffic.records.len(),
+        traffic.expected.len()
+    ));
+    h.wait_for_commands(&traffic.expected).await;
+    h.log("every expected command issued");
+    // Anything read twice would show up by now.
+    pause(1_500).await;
+    let t = Tally::new(&traffic.expected, &h.outputs());
+    t.assert_content(&traffic.expected, |_, _| false);
+    let repeated: Vec<_> = t
+        .by_id
+        .iter()
+        .filter(|(_, n)| n.iter().sum::<usize>() != 1)
+        .collect();
+    assert!(repeated.is_empty(), "issued more than once: {repeated:?}");
+    for (i, w) in h.workers.iter().enumerate() {
+        assert!(
+            !w.commands().is_empty(),
+            "worker {i} issued nothing: its shards were not read"
+        );
+    }
+    assert_eq!(h.holdings().await, holdings, "leases moved after balancing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_balance_eight_shards_and_read_each_once() {
+    balance_and_read_once("balance2", 11, &[4, 4]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_balance_eight_shards_and_read_each_once() {
+    balance_and_read_once("balance3", 12, &[3, 3, 2]).await;
+}
+
+/// `kill -9` of one of two workers mid-stream: the survivor takes its leases
+/// within about twice the failover time, replays from their checkpoints and
+/// issues every expected command with the full window counts; only commands
+/// the killed worker had issued are repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_nine_survivor_takes_over_without_losing_counts() {
+    let mut h = Harness::new("kill9", 4).await;
+    let survivor = h.spawn("survivor");
+    let victim = h.spawn("victim");
+    let holdings = h.wait_balanced(4, &[2, 2]).await;
+    h.log(format_args!("balanced: {holdings:?}"));
+
+    // 150 s of traffic; the kill comes after 100 s of it, 12 s into a
+    // window: the victim has closed and checkpointed its first windows, and
+    // counted the first part of the one the kill falls in.
+    let start = traffic_start(32_000, 60_000);
+    let boundary = start + 100_000;
+    assert_eq!(boundary.rem_euclid(WINDOW_MS), 12_000);
+    let traffic = Traffic::brute_force(21, 16, start, 150_000);
+    let (before, after) = traffic.split_at(boundary);
+    let landed = h.put(before).await;
+    assert_covers(&landed, 4);
+    let shard_of: HashMap<&str, &str> = before
+        .iter()
+        .zip(&landed)
+        .map(|(r, s)| (r.log_stream.as_str(), s.as_str()))
+        .collect();
+    let on_victim = |e: &&Expected| {
+        holdings["victim"]
+            .iter()
+            .any(|k| shard_of.get(e.instance.as_str()) == Some(&k.as_str()))
+    };
+    // Per instance, the event time up to which the records before the kill go.
+    let mut written_to: HashMap<&str, i64> = HashMap::new();
+    for r in before {
+        let t = written_to.entry(r.log_stream.as_str()).or_insert(i64::MIN);
+        *t = (*t).max(r.last_time_ms);
+    }
+    let before_kill = |e: &Expected| {
+        written_to
+            .get(e.instance.as_str())
+            .is_some_and(|&t| e.crossing_ms <= t)
+    };
+    h.log(format_args!("wrote {} records", before.len()));
+
+    // Wait until the victim issued every command of the records before the
+    // kill, so it dies holding counts of the window the kill falls in.
+    let victim_before: Vec<&Expected> = traffic
+        .expected
+        .iter()
+        .filter(on_victim)
+        .filter(|e| before_kill(e))
+        .collect();
+    let d = Deadline::new("the victim to issue its first commands", MAX_WAIT);
+    loop {
+        h.check_running();
+        let issued: BTreeSet<String> = h.workers[victim]
+            .commands()
+            .iter()
+            .map(|c| c["id"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        let missing = victim_before
+            .iter()
+            .filter(|e| !issued.contains(&e.id))
+            .count();
+        let leases = h.leases().await;
+        let initial: Vec<&LeaseRow> = leases
+            .iter()
+            .filter(|l| holdings["victim"].contains(&l.key) && l.checkpoint == "TRIM_HORIZON")
+            .collect();
+        if missing == 0 && initial.is_empty() {
+            break;
+        }
+        d.check(|| {
+            format!(
+                "{missing} of {} not issued; not checkpointed: {initial:?}",
+                victim_before.len()
+            )
+        });
+        pause(100).await;
+    }
+    // The commands that need the counts from before the kill: the
+    // threshold of a window the kill falls in, crossed after it.
+    let straddling: Vec<&Expected> = traffic
+        .expected
+        .iter()
+        .filter(on_victim)
+        .filter(|e| e.window_start_ms < boundary && !before_kill(e))
+        .collect();
+    assert!(
+        !straddling.is_empty(),
+        "the traffic must cross a threshold after the kill in a window the victim started counting"
+    );
+    let victim_leases = holdings["victim"].clone();
+    let checkpoints_at_kill = h.leases().await;
+    h.workers[victim].kill9();
+    let killed_at = Instant::now();
+    h.log(format_args!(
+        "killed the victim after {} commands; checkpoints: {:?}",
+        h.workers[victim].commands().len(),
+        checkpoints_at_kill
+            .iter()
+            .map(|l| (&l.key, &l.checkpoint))
+            .collect::<Vec<_>>()
+    ));
+
+    // The rest of the traffic, written while the survivor takes over.
+    let landed = h.put(after).await;
+    assert_covers(&landed, 4);
+    let d = Deadline::new("the survivor to take every lease", MAX_WAIT);
+    loop {
+        let held = h.holdings().await;
+        if held.len() == 1 && held.get("survivor").is_some_and(|v| v.len() == 4) {
+            break;
+        }
+        h.check_running();
+        d.check(|| format!("holdings {held:?}"));
+        pause(100).await;
+    }
+    let takeover = killed_at.elapsed();
+    h.log(format_args!(
+        "survivor holds every lease {takeover:.2?} after the kill"
+    ));
+    assert!(
+        takeover <= Duration::from_millis(2 * FAILOVER_MS),
+        "takeover took {takeover:?}, more than twice the failover time ({FAILOVER_MS} ms)"
+    );
+    let taken = h.workers[survivor].logs_with("lease taken");
+    for key in &victim_leases {
+        assert!(
+            taken.iter().any(|l| l["fields"]["shard"] == key.as_str()),
+            "the survivor never logged taking {key}"
+        );
+    }
+
+    let t = h.wait_for_commands(&traffic.expected).await;
+    h.log(format_args!(
+        "every expected command issued ({})",
+        t.by_id.len()
+    ));
+    pause(1_000).await;
+    let t = Tally::new(&traffic.expected, &h.outputs());
+    // Full counts: a window open at the checkpoint is rebuilt by the replay
+    // and crosses its threshold at the same event with the same counts as
+    // the truth. Other counts only on a repeat of what the victim delivered.
+    t.assert_content(&traffic.expected, |w, id| {
+        w == survivor && t.correct_from(id, victim) == 1
+    });
+    let victim_ids: BTreeSet<String> = h.workers[victim]
+        .commands()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let mut repeats = 0;
+    for (id, n) in &t.by_id {
+        assert!(
+            n[survivor] <= 1,
+            "the survivor issued {id} {} times",
+            n[survivor]
+        );
+        assert!(n[victim] <= 1, "the victim issued {id} {} times", n[victim]);
+        if t.total(id) > 1 {
+            assert!(
+                victim_ids.contains(id),
+                "{id} repeated but the victim never issued it"
+            );
+            repeats += 1;
+        }
+    }
+    for e in &straddling {
+        assert_eq!(
+            t.correct_from(&e.id, survivor),
+            1,
+            "{} not issued by the survivor with the window's full counts",
+            e.id
+        );
+    }
+    h.log(format_args!(
+        "victim issued {}, {repeats} of them repeated by the survivor ({} with a closed window's tail only); {} thresholds crossed after the kill in windows the victim had started, with full counts",
+        victim_ids.len(),
+        t.partial.len(),
+        straddling.len()
+    ));
+}
+
+/// A split, then a merge, mid-stream on kinesis-local, with records written
+/// before and after each: nothing is skipped (every expected command is
+/// issued), and each child starts only after its parents reached SHARD_END.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_and_merge_read_parents_before_children() {
+    let mut h = Harness::new("reshard", 2).await;
+    let w = h.spawn("w0");
+    h.wait_balanced(2, &[2]).await;
+
+    // The split and the merge both fall inside one window (at 15 s and 40 s).
+    let start = traffic_start(50_000, 20_000);
+    let traffic = Traffic::brute_force(31, 12, start, 80_000);
+    let (first, rest) = traffic.split_at(start + 25_000);
+    let cut = rest.partition_point(|r| r.last_time_ms < start + 50_000);
+    let (second, third) = rest.split_at(cut);
+
+    h.put(first).await;
+    h.log(format_args!("wrote {} records; splitting", first.len()));
+    let shards = h.list_shards().await;
+    let parent = shards[0].clone();
+    let range = parent.hash_key_range().unwrap();
+    let lo: u128 = range.starting_hash_key().parse().unwrap();
+    let hi: u128 = range.ending_hash_key().parse().unwrap();
+    h.kinesis
+        .split_shard()
+        .stream_name(&h.stream)
+        .shard_to_split(parent.shard_id())
+        .new_starting_hash_key((lo + (hi - lo) / 2).to_string())
+        .send()
+        .await
+        .expect("SplitShard");
+    h.wait_stream_active().await;
+    let landed = h.put(second).await;
+    h.log(format_args!(
+        "split {}; wrote {} records to {:?}",
+        parent.shard_id(),
+        second.len(),
+        landed.iter().collect::<BTreeSet<_>>()
+    ));
+
+    // Merge two adjacent open shards, a child of the split and an original.
+    let open: Vec<_> = h
+        .list_shards()
+        .await
+        .into_iter()
+        .filter(|s| {
+            s.sequence_number_range()
+                .is_some_and(|r| r.ending_sequence_number().is_none())
+        })
+        .collect();
+    let bounds = |s: &aws_sdk_kinesis::types::Shard| {
+        let r = s.hash_key_range().unwrap();
+        (
+            r.starting_hash_key().parse::<u128>().unwrap(),
+            r.ending_hash_key().parse::<u128>().unwrap(),
+        )
+    };
+    let (a, b) = open
+        .iter()
+        .flat_map(|a| open.iter().map(move |b| (a, b)))
+        .find(|(a, b)| {
+            bounds(a).1.checked_add(1) == Some(bounds(b).0)
+                && a.parent_shard_id().is_some() != b.parent_shard_id().is_some()
+        })
+        .expect("two adjacent open shards");
+    h.kinesis
+        .merge_shards()
+        .stream_name(&h.stream)
+        .shard_to_merge(a.shard_id())
+        .adjacent_shard_to_merge(b.shard_id())
+        .send()
+        .await
+        .expect("MergeShards");
+    h.wait_stream_active().await;
+    let landed = h.put(third).await;
+    h.log(format_args!(
+        "merged {} and {}; wrote {} records to {:?}",
+        a.shard_id(),
+        b.shard_id(),
+        third.len(),
+        landed.iter().collect::<BTreeSet<_>>()
+    ));
+
+    h.wait_for_commands(&traffic.expected).await;
+    pause(500).await;
+    let t = Tally::new(&traffic.expected, &h.outputs());
+    // A window that straddles a reshard keeps its whole count: the children
+    // rebuild their parents' open windows before reading their own records,
+    // so every command is issued once with the truth's counts. Re-derived
+    // copies may follow (both children of a split replay the parent).
+    t.assert_content(&traffic.expected, |_, _| true);
+    h.log(format_args!(
+        "every expected command issued ({}); {} more than once (re-derived by a child), {} copies with a closed window's tail only",
+        t.by_id.len(),
+        t.by_id.values().filter(|n| n[w] > 1).count(),
+        t.partial.len()
+    ));
+
+    // Parents before children, from the worker's log. Every shard of the
+    // stream is read, and every closed one to its end.
+    let logs = h.workers[w].logs();
+    let index_of = |message: &str, shard: &str| {
+        logs.iter()
+            .position(|l| l["fields"]["message"] == message && l["fields"]["shard"] == shard)
+    };
+    let all = h.list_shards().await;
+    assert_eq!(
+        all.len(),
+        5,
+        "2 shards, 2 children of the split, 1 of the merge"
+    );
+    for s in &all {
+        let id = s.shard_id();
+        let read = index_of("reading shard", id).unwrap_or_else(|| panic!("{id} never read"));
+        let closed = s
+            .sequence_number_range()
+            .is_some_and(|r| r.ending_sequence_number().is_some());
+        if closed {
+            assert!(
+                index_of("reached SHARD_END", id).is_some(),
+                "{id} never reached SHARD_END"
+            );
+        }
+        for p in s
+            .parent_shard_id()
+            .into_iter()
+            .chain(s.adjacent_parent_shard_id())
+        {
+            let ended = index_of("reached SHARD_END", p)
+                .unwrap_or_else(|| panic!("parent {p} of {id} never reached SHARD_END"));
+            assert!(
+                ended < read,
+                "{id} was read before its parent {p} reached SHARD_END"
+            );
+        }
+    }
+}
+
+/// Corrupt, truncated, oversize (gzip bomb) and CONTROL_MESSAGE records mixed
+/// into the stream: each bad one is logged as skipped and counted as a decode
+/// error, and the shard keeps moving (every command of the good records).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_records_are_skipped_and_counted() {
+    use flate2::{write::GzEncoder, Compression};
+    let gzip = |data: &[u8]| {
+        let mut e = GzEncoder::new(Vec::new(), Compression::best());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    };
+    let mut h = Harness::new("badrecords", 1).await;
+    let w = h.spawn_with(
+        "w0",
+        &Spawn {
+            args: &["--max-decompressed-bytes", "1048576"],
+            log: Some("info,sshwarden::run::shard=debug"),
+            ..Spawn::default()
+        },
+    );
+    h.wait_balanced(1, &[1]).await;
+
+    let start = traffic_start(0, 30_000);
+    let traffic = Traffic::brute_force(41, 6, start, 60_000);
+    let good = &traffic.records;
+    let mut rng_state = 0x2545_f491_4f6c_dd1du64;
+    let mut random_bytes = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                rng_state ^= rng_state << 13;
+                rng_state ^= rng_state >> 7;
+                rng_state ^= rng_state << 17;
+                rng_state as u8
+            })
+            .collect()
+    };
+    let mut bad: Vec<(&str, Vec<u8>)> = Vec::new();
+    bad.push(("random", random_bytes(300)));
+    let mut gzip_garbage = vec![0x1f, 0x8b, 0x08, 0x00];
+    gzip_garbage.extend(random_bytes(500));
+    bad.push(("random after a gzip header", gzip_garbage));
+    let whole = &good[good.len() / 2].data;
+    bad.push(("truncated gzip", whole[..whole.len() / 2].to_vec()));
+    bad.push((
+        "truncated gzip, no trailer",
+        whole[..whole.len() - 8].to_vec(),
+    ));
+    // 4 MiB of a valid-looking envelope: decompresses past the 1 MiB cap.
+    let mut bomb = br#"{"messageType":"DATA_MESSAGE","owner":"1","logGroup":"g","logStream":"i-0","subscriptionFilters":[],"logEvents":[{"id":"1","timestamp":1,"message":""#.to_vec();
+    bomb.extend(std::iter::repeat_n(b'A', 4 << 20));
+    bomb.extend_from_slice(br#""}]}"#);
+    let bomb = gzip(&bomb);
+    assert!(bomb.len() < 64 << 10, "a bomb is small: {}", bomb.len());
+    bad.push(("gzip bomb", bomb.clone()));
+    // The same bomb with a trailer that lies about its size.
+    let mut liar = bomb;
+    let n = liar.len();
+    liar[n - 4..].copy_from_slice(&1000u32.to_le_bytes());
+    bad.push(("gzip bomb with a lying trailer", liar));
+    let control = sshwarden_loadgen::encode::control_message();
+
+    // Interleave: bad records and control messages between the good ones.
+    let mut mixed: Vec<(String, Vec<u8>)> = Vec::new();
+    let step = good.len() / (bad.len() + 1);
+    let mut bad_iter = bad.iter();
+    for (i, r) in good.iter().enumerate() {
+        if i % step == step / 2 {
+            if let Some((_, b)) = bad_iter.next() {
+                mixed.push(("bad".into(), b.clone()));
+            }
+            mixed.push(("control".into(), control.clone()));
+        }
+        mixed.push((r.log_stream.clone(), r.data.clone()));
+    }
+    assert!(bad_iter.next().is_none());
+    let controls = mixed.iter().filter(|(k, _)| k == "control").count();
+    h.put_raw(&mixed).await;
+    h.log(format_args!(
+        "wrote {} good, {} bad and {controls} control records",
+        good.len(),
+        bad.len()
+    ));
+
+    let t = h.wait_for_commands(&traffic.expected).await;
+    t.assert_content(&traffic.expected, |_, _| false);
+    let d = Deadline::new("every record to be accounted for", Duration::from_secs(20));
+    loop {
+        let skipped = h.workers[w].logs_with("record skipped").len();
+        let controls_seen = h.workers[w].logs_with("control message skipped").len();
+        if skipped >= bad.len() && controls_seen >= controls {
+            assert_eq!(skipped, bad.len(), "each bad record is skipped once");
+            assert_eq!(controls_seen, controls);
+            break;
+        }
+        d.check(|| {
+            format!(
+                "{skipped} skipped of {}, {controls_seen} control messages of {controls}",
+                bad.len()
+            )
+        });
+        pause(200).await;
+    }
+    let metrics = h.workers[w].metrics();
+    let decode_errors: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("sshwarden_errors_total{") && l.contains(r#"kind="decode""#))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(
+        decode_errors,
+        bad.len() as f64,
+        "sshwarden_errors_total{{kind=\"decode\"}} in:\n{metrics}"
+    );
+    let records: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("sshwarden_records_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(records, mixed.len() as f64, "every record read once");
+}
+
+/// SIGTERM: the worker drains, exits 0 within --shutdown-secs, and releases
+/// its leases; a worker started afterwards takes them at once (well within
+/// the failover time) and, replaying from the checkpoints, issues every
+/// command the first one did not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_releases_leases_for_an_immediate_takeover() {
+    const SLOW_FAILOVER: u64 = 10_000;
+    let slow = Spawn {
+        failover_ms: Some(SLOW_FAILOVER),
+        ..Spawn::default()
+    };
+    let mut h = Harness::new("sigterm", 2).await;
+    let first = h.spawn_with("first", &slow);
+    h.wait_balanced(2, &[2]).await;
+
+    let start = traffic_start(0, 30_000);
+    let traffic = Traffic::brute_force(51, 8, start, 60_000);
+    let (before, after) = traffic.split_at(start + 30_000);
+    h.put(before).await;
+    let d = Deadline::new("the first worker to issue commands", MAX_WAIT);
+    while h.workers[first].commands().len() < 5 {
+        h.check_running();
+        d.check(|| "fewer than 5".into());
+        pause(100).await;
+    }
+
+    h.workers[first].sigterm();
+    let termed = Instant::now();
+    let status = h.workers[first].wait_exit(Duration::from_secs(12)).await;
+    let exit_time = termed.elapsed();
+    h.log(format_args!(
+        "SIGTERM: exited {status:?} after {exit_time:.2?}"
+    ));
+    let status = status.expect("the worker did not exit within --shutdown-secs 10 (+2 s)");
+    assert!(status.success(), "exit status {status}");
+    let leases = h.leases().await;
+    assert_eq!(leases.len(), 2);
+    for l in &leases {
+        assert_eq!(l.owner, None, "lease {} still owned after SIGTERM", l.key);
+    }
+    assert_eq!(
+        h.workers[first].logs_with("lease released").len(),
+        2,
+        "each lease released"
+    );
+
+    h.put(after).await;
+    let second = h.spawn_with("second", &slow);
+    let spawned = Instant::now();
+    let d = Deadline::new("the second worker to take the leases", MAX_WAIT);
+    loop {
+        let held = h.holdings().await;
+        if held.len() == 1 && held.get("second").is_some_and(|v| v.len() == 2) {
+            break;
+        }
+        h.check_running();
+        d.check(|| format!("holdings {held:?}"));
+        pause(50).await;
+    }
+    let took = spawned.elapsed();
+    h.log(format_args!(
+        "the second worker took both leases {took:.2?} after it started"
+    ));
+    assert!(
+        took < Duration::from_millis(SLOW_FAILOVER / 2),
+        "taking released leases took {took:?}: as long as a failover"
+    );
+
+    let t = h.wait_for_commands(&traffic.expected).await;
+    pause(500).await;
+    let t2 = Tally::new(&traffic.expected, &h.outputs());
+    t2.assert_content(&traffic.expected, |w, id| {
+        w == second && t2.correct_from(id, first) == 1
+    });
+    for (id, n) in &t2.by_id {
+        assert!(n[first] <= 1 && n[second] <= 1, "{id} issued {n:?}");
+    }
+    h.log(format_args!(
+        "every expected command issued ({}), {} by both",
+        t.by_id.len(),
+        t2.by_id
+            .values()
+            .filter(|n| n[first] + n[second] > 1)
+            .count()
+    ));
+}
+
+/// `kill -9`, then a restart under the same --worker-id (a fixed id in the
+/// task definition): the table still names the worker for its leases, but the
+/// new process holds none; it takes them back once their counters have not
+/// moved for the failover time, and replays from the checkpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_under_the_same_worker_id_resumes_its_shards() {
+    let mut h = Harness::new("sameid", 2).await;
+    let first = h.spawn("w0");
+    h.wait_balanced(2, &[2]).await;
+
+    let start = traffic_start(0, 30_000);
+    let traffic = Traffic::brute_force(61, 8, start, 60_000);
+    let (before, after) = traffic.split_at(start + 30_000);
+    h.put(before).await;
+    let d = Deadline::new("the first run to issue commands", MAX_WAIT);
+    while h.workers[first].commands().len() < 5 {
+        h.check_running();
+        d.check(|| "fewer than 5".into());
+        pause(100).await;
+    }
+    h.workers[first].kill9();
+    let again = h.spawn("w0");
+    let restarted = Instant::now();
+    h.put(after).await;
+
+    let d = Deadline::new("the restarted worker to read its shards", MAX_WAIT);
+    loop {
+        let reading = h.workers[again].logs_with("reading shard").len();
+        if reading == 2 {
+            break;
+        }
+        h.check_running();
+        d.check(|| format!("it reads {reading} of 2"));
+        pause(100).await;
+    }
+    let took = restarted.elapsed();
+    h.log(format_args!(
+        "the restarted worker reads both shards {took:.2?} after it started"
+    ));
+    assert!(
+        took <= Duration::from_millis(2 * FAILOVER_MS + 2_000),
+        "took {took:?} (failover {FAILOVER_MS} ms)"
+    );
+
+    h.wait_for_commands(&traffic.expected).await;
+    pause(500).await;
+    let t = Tally::new(&traffic.expected, &h.outputs());
+    t.assert_content(&traffic.expected, |w, id| {
+        w == again && t.correct_from(id, first) == 1
+    });
+    for (id, n) in &t.by_id {
+        assert!(n[first] <= 1 && n[again] <= 1, "{id} issued {n:?}");
+    }
+}
