@@ -2,6 +2,7 @@
 //! environment variables, overridden by flags (clap reads both). The
 //! documented example is `sshwarden.example.toml` at the repository root.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -11,6 +12,9 @@ use sshwarden_pipeline::classify::Signal;
 use sshwarden_pipeline::policy::{Action, BlastRadius, PolicyConfig, Rule};
 use sshwarden_pipeline::window::{SubjectKind, WindowConfig};
 use sshwarden_pipeline::EngineConfig;
+
+use crate::run::RunArgs;
+use crate::sink::SinkKind;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,6 +26,72 @@ struct FileConfig {
     rules: Option<Vec<RuleSection>>,
     #[serde(default)]
     input: InputSection,
+    #[serde(default)]
+    run: RunSection,
+}
+
+/// `[run]`: the service's settings; flags and `SSHWARDEN_*` win over these.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunSection {
+    stream: Option<String>,
+    lease_table: Option<String>,
+    worker_id: Option<String>,
+    sink: Option<SinkKind>,
+    state_machine_arn: Option<String>,
+    start_position: Option<String>,
+    enhanced_fan_out: Option<String>,
+    failover_ms: Option<u64>,
+    shard_sync_ms: Option<u64>,
+    checkpoint_ms: Option<u64>,
+    idle_poll_ms: Option<u64>,
+    shutdown_secs: Option<u64>,
+    metrics_addr: Option<SocketAddr>,
+}
+
+/// `sshwarden run`'s flags; each also reads its `SSHWARDEN_*` variable and
+/// falls back to the `[run]` section of the config file, then the default.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct RunFlags {
+    /// The Kinesis stream to consume (required here, in SSHWARDEN_STREAM or in [run]).
+    #[arg(long, env = "SSHWARDEN_STREAM")]
+    pub stream: Option<String>,
+    /// DynamoDB lease table, created if absent (on-demand billing) [default: sshwarden-leases].
+    #[arg(long, env = "SSHWARDEN_LEASE_TABLE")]
+    pub lease_table: Option<String>,
+    /// This worker's id in the lease table [default: host name + random suffix].
+    #[arg(long, env = "SSHWARDEN_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// Where commands go [default: stdout].
+    #[arg(long, env = "SSHWARDEN_SINK", value_enum)]
+    pub sink: Option<SinkKind>,
+    /// The quarantine state machine (with `--sink sfn`).
+    #[arg(long, env = "SSHWARDEN_STATE_MACHINE_ARN")]
+    pub state_machine_arn: Option<String>,
+    /// Where a shard without a checkpoint starts: trim-horizon, latest or at-timestamp:RFC3339 [default: trim-horizon].
+    #[arg(long, env = "SSHWARDEN_START_POSITION")]
+    pub start_position: Option<String>,
+    /// Use enhanced fan-out (SubscribeToShard) with this consumer name.
+    #[arg(long, env = "SSHWARDEN_ENHANCED_FAN_OUT")]
+    pub enhanced_fan_out: Option<String>,
+    /// A lease whose counter has not moved for this long is taken over [default: 10000].
+    #[arg(long, env = "SSHWARDEN_FAILOVER_MS")]
+    pub failover_ms: Option<u64>,
+    /// How often the shard list is re-read [default: 30000].
+    #[arg(long, env = "SSHWARDEN_SHARD_SYNC_MS")]
+    pub shard_sync_ms: Option<u64>,
+    /// How often a shard writes its checkpoint [default: 5000].
+    #[arg(long, env = "SSHWARDEN_CHECKPOINT_MS")]
+    pub checkpoint_ms: Option<u64>,
+    /// Pause between GetRecords calls on a caught-up shard [default: 1000].
+    #[arg(long, env = "SSHWARDEN_IDLE_POLL_MS")]
+    pub idle_poll_ms: Option<u64>,
+    /// On SIGTERM, drain, checkpoint and release within this many seconds (ECS gives 30) [default: 25].
+    #[arg(long, env = "SSHWARDEN_SHUTDOWN_SECS")]
+    pub shutdown_secs: Option<u64>,
+    /// Address of /metrics, /healthz and /readyz [default: 127.0.0.1:9464].
+    #[arg(long, env = "SSHWARDEN_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -132,10 +202,24 @@ pub struct ConfigArgs {
 impl ConfigArgs {
     /// The engine configuration: defaults, then the file, then env and flags.
     pub fn engine_config(&self) -> anyhow::Result<EngineConfig> {
-        let file = match &self.config {
-            Some(path) => read_file(path)?,
-            None => FileConfig::default(),
-        };
+        self.engine_config_from(self.file()?)
+    }
+
+    /// The engine configuration and the service's settings, from one read of the file.
+    pub fn run_config(&self, flags: &RunFlags) -> anyhow::Result<(EngineConfig, RunArgs)> {
+        let mut file = self.file()?;
+        let run = std::mem::take(&mut file.run);
+        Ok((self.engine_config_from(file)?, resolve_run(flags, run)?))
+    }
+
+    fn file(&self) -> anyhow::Result<FileConfig> {
+        match &self.config {
+            Some(path) => read_file(path),
+            None => Ok(FileConfig::default()),
+        }
+    }
+
+    fn engine_config_from(&self, file: FileConfig) -> anyhow::Result<EngineConfig> {
         let mut c = EngineConfig::default();
         apply_file(&mut c, file)?;
         self.apply_overrides(&mut c)?;
@@ -192,6 +276,43 @@ impl ConfigArgs {
         }
         Ok(())
     }
+}
+
+fn resolve_run(f: &RunFlags, r: RunSection) -> anyhow::Result<RunArgs> {
+    let stream = f
+        .stream
+        .clone()
+        .or(r.stream)
+        .filter(|s| !s.is_empty())
+        .context(
+            "no stream to consume: give --stream, SSHWARDEN_STREAM or stream in the [run] section",
+        )?;
+    Ok(RunArgs {
+        stream,
+        lease_table: f
+            .lease_table
+            .clone()
+            .or(r.lease_table)
+            .unwrap_or_else(|| "sshwarden-leases".into()),
+        worker_id: f.worker_id.clone().or(r.worker_id),
+        sink: f.sink.or(r.sink).unwrap_or(SinkKind::Stdout),
+        state_machine_arn: f.state_machine_arn.clone().or(r.state_machine_arn),
+        start_position: f
+            .start_position
+            .clone()
+            .or(r.start_position)
+            .unwrap_or_else(|| "trim-horizon".into()),
+        enhanced_fan_out: f.enhanced_fan_out.clone().or(r.enhanced_fan_out),
+        failover_ms: f.failover_ms.or(r.failover_ms).unwrap_or(10_000),
+        shard_sync_ms: f.shard_sync_ms.or(r.shard_sync_ms).unwrap_or(30_000),
+        checkpoint_ms: f.checkpoint_ms.or(r.checkpoint_ms).unwrap_or(5_000),
+        idle_poll_ms: f.idle_poll_ms.or(r.idle_poll_ms).unwrap_or(1_000),
+        shutdown_secs: f.shutdown_secs.or(r.shutdown_secs).unwrap_or(25),
+        metrics_addr: f
+            .metrics_addr
+            .or(r.metrics_addr)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9464))),
+    })
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -349,6 +470,28 @@ mod tests {
         .contains("use action \"notify\""));
         assert!(err("[policy]\nallow_sources=['10.0.0.0/33']").contains("not a CIDR"));
         assert!(err("[window]\nsize_secs = 999999999").contains("more than a year"));
+    }
+
+    #[test]
+    fn run_settings_flags_then_file_then_defaults() {
+        let file: FileConfig = toml::from_str(
+            "[run]\nstream = \"from-file\"\nsink = \"sfn\"\nfailover_ms = 3000\nmetrics_addr = \"127.0.0.1:9999\"",
+        )
+        .unwrap();
+        let flags = RunFlags {
+            failover_ms: Some(4000),
+            ..RunFlags::default()
+        };
+        let r = resolve_run(&flags, file.run).unwrap();
+        assert_eq!(r.stream, "from-file");
+        assert_eq!(r.sink, SinkKind::Sfn);
+        assert_eq!(r.failover_ms, 4000, "the flag wins");
+        assert_eq!(r.metrics_addr.port(), 9999);
+        assert_eq!(r.lease_table, "sshwarden-leases");
+        assert_eq!(r.checkpoint_ms, 5000);
+        let err = resolve_run(&RunFlags::default(), RunSection::default()).unwrap_err();
+        assert!(err.to_string().contains("no stream to consume"));
+        assert!(toml::from_str::<FileConfig>("[run]\nstreem = \"x\"").is_err());
     }
 
     #[test]

@@ -34,7 +34,7 @@ enum Command {
     /// Print one JSON verdict per input line.
     Classify(classify_cmd::ClassifyArgs),
     /// The service: consume a Kinesis stream with shard leases in DynamoDB.
-    Run(run::RunArgs),
+    Run(config::RunFlags),
     /// Start the release state machine for a quarantined instance.
     Release(release::ReleaseArgs),
 }
@@ -43,10 +43,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         // The stdout sink writes from many tasks: stdout must not stay locked here.
-        Command::Run(args) => cli
+        Command::Run(flags) => cli
             .config
-            .engine_config()
-            .and_then(|c| run_service(args.clone(), c)),
+            .run_config(flags)
+            .and_then(|(config, args)| run_service(args, config)),
         Command::Release(args) => release::run(args),
         Command::Scan(args) => with_stdout(|out| {
             let config = cli.config.engine_config()?;

@@ -30,50 +30,35 @@ use crate::sink::{SfnSink, Sink, SinkKind, StdoutSink};
 use lease::{Cas, Lease, LeaseTable};
 use shard::{Outcome, Reader, ReaderConfig};
 
-#[derive(Debug, Clone, clap::Args)]
+/// The service's settings, resolved from flags, environment and the
+/// `[run]` section of the config file (see [`crate::config::RunFlags`]).
+#[derive(Debug, Clone)]
 pub struct RunArgs {
     /// The Kinesis stream to consume.
-    #[arg(long, env = "SSHWARDEN_STREAM")]
     pub stream: String,
     /// DynamoDB lease table (created if absent, on-demand billing).
-    #[arg(
-        long,
-        env = "SSHWARDEN_LEASE_TABLE",
-        default_value = "sshwarden-leases"
-    )]
     pub lease_table: String,
     /// This worker's id in the lease table [default: host name + random suffix].
-    #[arg(long, env = "SSHWARDEN_WORKER_ID")]
     pub worker_id: Option<String>,
     /// Where commands go.
-    #[arg(long, env = "SSHWARDEN_SINK", value_enum, default_value = "stdout")]
     pub sink: SinkKind,
     /// The quarantine state machine (with `--sink sfn`).
-    #[arg(long, env = "SSHWARDEN_STATE_MACHINE_ARN")]
     pub state_machine_arn: Option<String>,
     /// Where a shard without a checkpoint starts: trim-horizon, latest, or at-timestamp:RFC3339.
-    #[arg(long, env = "SSHWARDEN_START_POSITION", default_value = "trim-horizon")]
     pub start_position: String,
     /// Use enhanced fan-out (SubscribeToShard) with this consumer name.
-    #[arg(long, env = "SSHWARDEN_ENHANCED_FAN_OUT")]
     pub enhanced_fan_out: Option<String>,
     /// A lease whose counter has not moved for this long is taken over.
-    #[arg(long, env = "SSHWARDEN_FAILOVER_MS", default_value_t = 10_000)]
     pub failover_ms: u64,
     /// How often the shard list is re-read.
-    #[arg(long, env = "SSHWARDEN_SHARD_SYNC_MS", default_value_t = 30_000)]
     pub shard_sync_ms: u64,
     /// How often a shard writes its checkpoint.
-    #[arg(long, env = "SSHWARDEN_CHECKPOINT_MS", default_value_t = 5_000)]
     pub checkpoint_ms: u64,
     /// Pause between GetRecords calls on a caught-up shard.
-    #[arg(long, env = "SSHWARDEN_IDLE_POLL_MS", default_value_t = 1_000)]
     pub idle_poll_ms: u64,
     /// On SIGTERM, drain, checkpoint and release within this many seconds (ECS gives 30).
-    #[arg(long, env = "SSHWARDEN_SHUTDOWN_SECS", default_value_t = 25)]
     pub shutdown_secs: u64,
     /// Address of /metrics, /healthz and /readyz.
-    #[arg(long, env = "SSHWARDEN_METRICS_ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_addr: SocketAddr,
 }
 
