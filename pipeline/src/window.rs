@@ -278,6 +278,11 @@ impl WindowStore {
             .map(|t| t - self.config.allowed_lateness_ms)
     }
 
+    /// The largest event time seen (what the watermark follows).
+    pub fn max_event_time(&self) -> Option<i64> {
+        self.max_event_ms
+    }
+
     pub fn window_start(&self, time_ms: i64) -> i64 {
         time_ms.div_euclid(self.config.size_ms) * self.config.size_ms
     }
