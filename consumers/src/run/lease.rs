@@ -31,6 +31,8 @@ pub struct Lease {
     pub parents: Vec<String>,
     /// On a finished lease: what to replay to rebuild its open windows.
     pub replay: Vec<ReplayFrom>,
+    /// The shard engine's event time at the checkpoint.
+    pub event_time_ms: Option<i64>,
 }
 
 /// A stretch of a closed shard to re-read: the records after `after` (a
@@ -43,6 +45,7 @@ pub struct ReplayFrom {
 }
 
 const REPLAY: &str = "sshwardenReplay";
+const EVENT_TIME: &str = "sshwardenEventTime";
 
 impl Lease {
     pub fn view(&self) -> LeaseView {
@@ -283,21 +286,33 @@ impl LeaseTable {
     }
 
     /// Records progress; only the owner may.
-    pub async fn checkpoint(&self, key: &str, me: &str, sequence: &str) -> anyhow::Result<Cas<()>> {
-        let r = cas!(self
+    /// `event_time_ms` is the shard engine's event time when the checkpoint
+    /// was taken (`sshwardenEventTime`): the next owner resumes from it so
+    /// windows closed before the checkpoint stay closed.
+    pub async fn checkpoint(
+        &self,
+        key: &str,
+        me: &str,
+        sequence: &str,
+        event_time_ms: Option<i64>,
+    ) -> anyhow::Result<Cas<()>> {
+        let set = "SET checkpoint = :seq, checkpointSubSequenceNumber = :zero, ownerSwitchesSinceCheckpoint = :zero";
+        let mut update = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("leaseKey", s(key))
-            .update_expression(
-                "SET checkpoint = :seq, checkpointSubSequenceNumber = :zero, ownerSwitchesSinceCheckpoint = :zero",
-            )
             .condition_expression("leaseOwner = :me")
             .expression_attribute_values(":me", s(me))
             .expression_attribute_values(":seq", s(sequence))
-            .expression_attribute_values(":zero", n(0))
-            .send()
-            .await)?;
+            .expression_attribute_values(":zero", n(0));
+        update = match event_time_ms {
+            Some(t) => update
+                .update_expression(format!("{set}, {EVENT_TIME} = :t"))
+                .expression_attribute_values(":t", AttributeValue::N(t.to_string())),
+            None => update.update_expression(set),
+        };
+        let r = cas!(update.send().await)?;
         Ok(match r {
             Cas::Done(_) => Cas::Done(()),
             Cas::Lost => Cas::Lost,
@@ -403,6 +418,10 @@ fn parse(item: &HashMap<String, AttributeValue>) -> Option<Lease> {
             .and_then(|v| v.as_ss().ok())
             .cloned()
             .unwrap_or_default(),
+        event_time_ms: item
+            .get(EVENT_TIME)
+            .and_then(|v| v.as_n().ok())
+            .and_then(|n| n.parse().ok()),
         replay: str_of(REPLAY)
             .and_then(|j| serde_json::from_str(&j).ok())
             .unwrap_or_default(),

@@ -95,6 +95,12 @@ impl Reader {
             replayed_through: 0,
         };
         info!(shard, checkpoint = %self.lease.checkpoint, "reading shard");
+        // Windows that had closed when the checkpoint was written were
+        // delivered by the previous owner: records after the checkpoint that
+        // still carry their tail must not re-fire them with partial counts.
+        if let Some(t) = self.lease.event_time_ms {
+            st.engine.resume_from(t);
+        }
         // A child that has not checkpointed yet first rebuilds the windows its
         // parents left open at their end, so a window that straddles the
         // reshard keeps its whole count (DESIGN.md: nothing counted is lost).
@@ -407,7 +413,12 @@ impl Reader {
 
     async fn write_checkpoint(&self, st: &mut State, seq: String) -> Written {
         let shard = self.lease.key.as_str();
-        match self.table.checkpoint(shard, &self.config.me, &seq).await {
+        let event_time = st.engine.event_time();
+        match self
+            .table
+            .checkpoint(shard, &self.config.me, &seq, event_time)
+            .await
+        {
             Ok(Cas::Done(())) => {
                 debug!(shard, sequence = %seq, "checkpointed");
                 self.metrics.checkpoints.get_or_create(&st.shard).inc();
