@@ -73,6 +73,15 @@ pub enum Cas<T> {
     Lost,
 }
 
+impl<T> Cas<T> {
+    fn map<U>(self, f: impl FnOnce(T) -> U) -> Cas<U> {
+        match self {
+            Cas::Done(t) => Cas::Done(f(t)),
+            Cas::Lost => Cas::Lost,
+        }
+    }
+}
+
 fn s(v: &str) -> AttributeValue {
     AttributeValue::S(v.to_owned())
 }
@@ -227,10 +236,7 @@ impl LeaseTable {
         if !parents.is_empty() {
             put = put.item("parentShardId", AttributeValue::Ss(parents.to_vec()));
         }
-        cas!(put.send().await).map(|c| match c {
-            Cas::Done(_) => Cas::Done(()),
-            Cas::Lost => Cas::Lost,
-        })
+        Ok(cas!(put.send().await)?.map(drop))
     }
 
     /// Bumps the counter of a lease we hold; `Lost` when someone took it.
@@ -248,10 +254,7 @@ impl LeaseTable {
                 .send()
                 .await
         )?;
-        Ok(match r {
-            Cas::Done(_) => Cas::Done(counter + 1),
-            Cas::Lost => Cas::Lost,
-        })
+        Ok(r.map(|_| counter + 1))
     }
 
     /// Takes (or steals) a lease last seen with `counter` and `owner`.
@@ -313,10 +316,7 @@ impl LeaseTable {
             None => update.update_expression(set),
         };
         let r = cas!(update.send().await)?;
-        Ok(match r {
-            Cas::Done(_) => Cas::Done(()),
-            Cas::Lost => Cas::Lost,
-        })
+        Ok(r.map(drop))
     }
 
     /// Marks a lease finished (SHARD_END), with what its children must
@@ -340,10 +340,7 @@ impl LeaseTable {
                 .expression_attribute_values(":replay", s(&serde_json::to_string(replay)?))
         };
         let r = cas!(update.send().await)?;
-        Ok(match r {
-            Cas::Done(_) => Cas::Done(()),
-            Cas::Lost => Cas::Lost,
-        })
+        Ok(r.map(drop))
     }
 
     /// One lease, read consistently; `None` when it does not exist.
@@ -375,10 +372,7 @@ impl LeaseTable {
                 .send()
                 .await
         )?;
-        Ok(match r {
-            Cas::Done(_) => Cas::Done(()),
-            Cas::Lost => Cas::Lost,
-        })
+        Ok(r.map(drop))
     }
 
     /// Deletes a finished lease (its children have started).
@@ -393,10 +387,7 @@ impl LeaseTable {
                 .send()
                 .await
         )?;
-        Ok(match r {
-            Cas::Done(_) => Cas::Done(()),
-            Cas::Lost => Cas::Lost,
-        })
+        Ok(r.map(drop))
     }
 }
 
