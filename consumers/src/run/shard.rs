@@ -143,39 +143,11 @@ impl Reader {
                     }
                 },
             };
-            let since = last_call.elapsed();
-            if since < MIN_POLL_INTERVAL {
-                self.pause(MIN_POLL_INTERVAL - since).await;
-            }
-            last_call = Instant::now();
-            let out = match self
-                .kinesis
-                .get_records()
-                .shard_iterator(&it)
-                .limit(10_000)
-                .send()
-                .await
-            {
-                Ok(out) => out,
-                Err(e) => {
-                    let svc = e.as_service_error();
-                    if svc.is_some_and(|e| e.is_expired_iterator_exception()) {
-                        debug!(
-                            shard,
-                            "iterator expired; re-acquiring after the last record read"
-                        );
-                        self.metrics.error(shard, "expired_iterator");
-                    } else if svc.is_some_and(|e| e.is_provisioned_throughput_exceeded_exception())
-                    {
-                        self.metrics.error(shard, "throughput_exceeded");
-                        iterator = Some(it);
-                        self.pause(backoff.next()).await;
-                    } else {
-                        warn!(shard, error = %DisplayErrorContext(&e), "GetRecords failed");
-                        self.metrics.error(shard, "get_records");
-                        iterator = Some(it);
-                        self.pause(backoff.next()).await;
-                    }
+            let out = match self.fetch(&it, &mut last_call, &mut backoff, None).await {
+                Fetch::Records(out) => out,
+                Fetch::Expired => continue,
+                Fetch::Failed { .. } => {
+                    iterator = Some(it);
                     continue;
                 }
             };
@@ -614,35 +586,15 @@ impl Reader {
                     }
                 }
             };
-            let since = last_call.elapsed();
-            if since < MIN_POLL_INTERVAL {
-                self.pause(MIN_POLL_INTERVAL - since).await;
-            }
-            last_call = Instant::now();
             let out = match self
-                .kinesis
-                .get_records()
-                .shard_iterator(&it)
-                .limit(10_000)
-                .send()
+                .fetch(&it, &mut last_call, &mut backoff, Some(&r.shard))
                 .await
             {
-                Ok(out) => out,
-                Err(e) => {
-                    let svc = e.as_service_error();
-                    if svc.is_some_and(|e| e.is_expired_iterator_exception()) {
-                        self.metrics.error(shard, "expired_iterator");
-                    } else {
-                        if svc.is_some_and(|e| e.is_provisioned_throughput_exceeded_exception()) {
-                            self.metrics.error(shard, "throughput_exceeded");
-                        } else {
-                            warn!(shard, replay = %r.shard, error = %DisplayErrorContext(&e), "GetRecords failed while replaying");
-                            self.metrics.error(shard, "get_records");
-                            failures += 1;
-                        }
-                        iterator = Some(it);
-                        self.pause(backoff.next()).await;
-                    }
+                Fetch::Records(out) => out,
+                Fetch::Expired => continue,
+                Fetch::Failed { throttled } => {
+                    failures += u32::from(!throttled);
+                    iterator = Some(it);
                     continue;
                 }
             };
@@ -660,6 +612,57 @@ impl Reader {
             match out.next_shard_iterator() {
                 Some(next) => iterator = Some(next.to_owned()),
                 None => return true,
+            }
+        }
+    }
+
+    /// One GetRecords call, paced to the per-shard limit (5 calls/s), with
+    /// its errors classified and counted; throttling and other failures
+    /// back off before returning. `replaying` names the parent shard being
+    /// replayed, for the logs.
+    async fn fetch(
+        &self,
+        iterator: &str,
+        last_call: &mut Instant,
+        backoff: &mut Backoff,
+        replaying: Option<&str>,
+    ) -> Fetch {
+        let shard = self.lease.key.as_str();
+        let since = last_call.elapsed();
+        if since < MIN_POLL_INTERVAL {
+            self.pause(MIN_POLL_INTERVAL - since).await;
+        }
+        *last_call = Instant::now();
+        match self
+            .kinesis
+            .get_records()
+            .shard_iterator(iterator)
+            .limit(10_000)
+            .send()
+            .await
+        {
+            Ok(out) => Fetch::Records(out),
+            Err(e) => {
+                let svc = e.as_service_error();
+                if svc.is_some_and(|e| e.is_expired_iterator_exception()) {
+                    debug!(
+                        shard,
+                        ?replaying,
+                        "iterator expired; re-acquiring after the last record read"
+                    );
+                    self.metrics.error(shard, "expired_iterator");
+                    return Fetch::Expired;
+                }
+                let throttled =
+                    svc.is_some_and(|e| e.is_provisioned_throughput_exceeded_exception());
+                if throttled {
+                    self.metrics.error(shard, "throughput_exceeded");
+                } else {
+                    warn!(shard, ?replaying, error = %DisplayErrorContext(&e), "GetRecords failed");
+                    self.metrics.error(shard, "get_records");
+                }
+                self.pause(backoff.next()).await;
+                Fetch::Failed { throttled }
             }
         }
     }
@@ -718,6 +721,16 @@ impl Reader {
             _ = self.lost.cancelled() => {}
         }
     }
+}
+
+enum Fetch {
+    Records(aws_sdk_kinesis::operation::get_records::GetRecordsOutput),
+    /// The iterator expired: get a new one after the last record read.
+    Expired,
+    /// Throttled or failed; already backed off: retry with the same iterator.
+    Failed {
+        throttled: bool,
+    },
 }
 
 enum Written {
