@@ -152,26 +152,10 @@ impl Reader {
                 }
             };
             backoff.reset();
-            let behind = out.millis_behind_latest().unwrap_or(0);
-            self.metrics
-                .millis_behind_latest
-                .get_or_create(&st.shard)
-                .set(behind);
             let records = out.records();
-            for r in records {
-                if !self
-                    .process(st, r.data().as_ref(), r.sequence_number(), false)
-                    .await
-                {
-                    return if self.lost.is_cancelled() {
-                        Outcome::Lost
-                    } else {
-                        self.final_checkpoint(st).await
-                    };
-                }
-            }
-            if records.is_empty() && behind == 0 {
-                st.engine.observe_idle(now_ms());
+            let behind = out.millis_behind_latest().unwrap_or(0);
+            if let Some(o) = self.process_batch(st, behind, records).await {
+                return o;
             }
             match out.next_shard_iterator() {
                 Some(next) => iterator = Some(next.to_owned()),
@@ -235,25 +219,11 @@ impl Reader {
                 match event {
                     Ok(Some(SubscribeToShardEventStream::SubscribeToShardEvent(ev))) => {
                         backoff.reset();
-                        let behind = ev.millis_behind_latest();
-                        self.metrics
-                            .millis_behind_latest
-                            .get_or_create(&st.shard)
-                            .set(behind);
-                        for r in ev.records() {
-                            if !self
-                                .process(st, r.data().as_ref(), r.sequence_number(), false)
-                                .await
-                            {
-                                return if self.lost.is_cancelled() {
-                                    Outcome::Lost
-                                } else {
-                                    self.final_checkpoint(st).await
-                                };
-                            }
-                        }
-                        if ev.records().is_empty() && behind == 0 {
-                            st.engine.observe_idle(now_ms());
+                        if let Some(o) = self
+                            .process_batch(st, ev.millis_behind_latest(), ev.records())
+                            .await
+                        {
+                            return o;
                         }
                         if !ev.child_shards().is_empty()
                             || ev.continuation_sequence_number().is_empty()
@@ -277,6 +247,37 @@ impl Reader {
                 }
             }
         }
+    }
+
+    /// One batch, from GetRecords or a fan-out event: the lag metric, each
+    /// record, and on a caught-up empty batch the idle watermark. `Some` when
+    /// delivery was interrupted (shutdown or a lost lease).
+    async fn process_batch(
+        &self,
+        st: &mut State,
+        behind: i64,
+        records: &[aws_sdk_kinesis::types::Record],
+    ) -> Option<Outcome> {
+        self.metrics
+            .millis_behind_latest
+            .get_or_create(&st.shard)
+            .set(behind);
+        for r in records {
+            if !self
+                .process(st, r.data().as_ref(), r.sequence_number(), false)
+                .await
+            {
+                return Some(if self.lost.is_cancelled() {
+                    Outcome::Lost
+                } else {
+                    self.final_checkpoint(st).await
+                });
+            }
+        }
+        if records.is_empty() && behind == 0 {
+            st.engine.observe_idle(now_ms());
+        }
+        None
     }
 
     /// Runs one record through the engine and delivers its commands. False
