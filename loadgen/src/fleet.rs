@@ -1049,6 +1049,17 @@ impl<'c> Gen<'c> {
         }
     }
 
+    /// A guessing attempt: `root` with probability `root_share`, else a
+    /// made-up user name.
+    fn guess(&mut self, rng: &mut StdRng, c: &mut Conn, root_share: f64) {
+        if rng.random_bool(root_share) {
+            self.attempt(rng, c, "root", true, None);
+        } else {
+            let user = *pick(rng, INVALID_USERS);
+            self.attempt(rng, c, user, false, None);
+        }
+    }
+
     /// One authentication attempt on an open connection and its close, in the
     /// style of the instance (password or key-only). `force_password`
     /// overrides the instance's setting.
@@ -1149,12 +1160,7 @@ impl<'c> Gen<'c> {
                 for i in 0..attempts {
                     let t = nth(t0, i, per_second);
                     let mut c = self.open(rng, instance, peer, t, sc);
-                    if rng.random_bool(0.2) {
-                        self.attempt(rng, &mut c, "root", true, None);
-                    } else {
-                        let user = *pick(rng, INVALID_USERS);
-                        self.attempt(rng, &mut c, user, false, None);
-                    }
+                    self.guess(rng, &mut c, 0.2);
                 }
             }
             Scenario::SlowBruteForce {
@@ -1233,12 +1239,7 @@ impl<'c> Gen<'c> {
                         let host = *pick(rng, &order);
                         let t = t0 + rng.random_range(0..duration_ms.max(1));
                         let mut c = self.open(rng, host, peer, t, sc);
-                        if rng.random_bool(0.25) {
-                            self.attempt(rng, &mut c, "root", true, None);
-                        } else {
-                            let user = *pick(rng, INVALID_USERS);
-                            self.attempt(rng, &mut c, user, false, None);
-                        }
+                        self.guess(rng, &mut c, 0.25);
                     }
                 }
             }
