@@ -37,6 +37,21 @@ enum Command {
     Run(config::RunFlags),
     /// Start the release state machine for a quarantined instance.
     Release(release::ReleaseArgs),
+    /// Ask a running worker's /healthz (or /readyz); exit 0 if it answers 200 (container health check).
+    Health(HealthArgs),
+}
+
+#[derive(clap::Args)]
+struct HealthArgs {
+    /// Ask /readyz (a lease held, the sink reachable) instead of /healthz (the process serves).
+    #[arg(long)]
+    ready: bool,
+    /// The worker's --metrics-addr; an unspecified address (0.0.0.0) is asked on loopback [default: 127.0.0.1:9464].
+    #[arg(long, env = "SSHWARDEN_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// Give up after this many milliseconds [default: 2000].
+    #[arg(long, env = "SSHWARDEN_HEALTH_TIMEOUT_MS", default_value_t = 2000)]
+    timeout_ms: u64,
 }
 
 fn main() -> ExitCode {
@@ -48,6 +63,7 @@ fn main() -> ExitCode {
             .run_config(flags)
             .and_then(|(config, args)| run_service(args, config)),
         Command::Release(args) => release::run(args),
+        Command::Health(args) => health(args, &cli.config),
         Command::Scan(args) => with_stdout(|out| {
             let config = cli.config.engine_config()?;
             scan::run(args, config, out).map(|_| ())
@@ -100,6 +116,19 @@ fn run_service(args: run::RunArgs, config: sshwarden_pipeline::EngineConfig) -> 
         .enable_all()
         .build()?;
     runtime.block_on(run::run(args, config))
+}
+
+/// `sshwarden health`: one GET to the worker's endpoint, quiet on success.
+fn health(args: &HealthArgs, config: &config::ConfigArgs) -> anyhow::Result<()> {
+    let addr = metrics::local_target(config.metrics_addr(args.metrics_addr)?);
+    let path = if args.ready { "/readyz" } else { "/healthz" };
+    let timeout = std::time::Duration::from_millis(args.timeout_ms.max(1));
+    let (status, body) = metrics::get(addr, path, timeout)?;
+    if status == 200 {
+        Ok(())
+    } else {
+        anyhow::bail!("{path} on {addr} answered {status}: {}", body.trim())
+    }
 }
 
 /// `sshwarden classify big.log | head` is not an error.
