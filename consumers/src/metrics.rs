@@ -361,3 +361,57 @@ mod tests {
         server.await.unwrap().unwrap();
     }
 }
+
+/// Every metric is documented in the README and the dashboard asks only for
+/// metrics that exist. Families without samples are not encoded, so the
+/// names come from the `register` calls in this file.
+#[cfg(test)]
+mod documented {
+    fn registered() -> Vec<String> {
+        let source = include_str!("metrics.rs");
+        let names: Vec<String> = source
+            .split("r.register(")
+            .skip(1)
+            .filter_map(|rest| rest.trim_start().strip_prefix('"'))
+            .filter_map(|rest| rest.split('"').next())
+            .filter(|name| {
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+            })
+            .map(|name| format!("sshwarden_{name}"))
+            .collect();
+        assert!(names.len() >= 10, "{names:?}");
+        names
+    }
+
+    #[test]
+    fn every_metric_is_in_the_readme() {
+        let readme = include_str!("../../README.md");
+        for name in registered() {
+            assert!(
+                readme.contains(&format!("`{name}`"))
+                    || readme.contains(&format!("`{name}_total`")),
+                "README.md does not document {name} (Observability)"
+            );
+        }
+    }
+
+    #[test]
+    fn the_dashboard_asks_for_existing_metrics() {
+        let dashboard = include_str!("../../infra/grafana-dashboard.json");
+        let names = registered();
+        let mut asked = 0;
+        for (i, _) in dashboard.match_indices("sshwarden_") {
+            let name: String = dashboard[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            let family = name.strip_suffix("_total").unwrap_or(&name);
+            assert!(
+                names.iter().any(|n| n == family),
+                "the dashboard asks for {name}, which is not registered"
+            );
+            asked += 1;
+        }
+        assert!(asked >= 10, "only {asked} queries");
+    }
+}

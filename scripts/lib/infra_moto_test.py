@@ -129,6 +129,7 @@ class Test:
     def outputs(self) -> str:
         want = {"StreamName", "StreamArn", "LeaseTableName", "AlertTopicArn", "QuarantineGroupId",
                 "QuarantineStateMachineArn", "ReleaseStateMachineArn", "ClusterName", "WorkerLogGroupName",
+                "InstanceLogPolicyArn",
                 "TestSendFailedLogins", "TestWatchWorkers", "TestListExecutions", "TestNotifyOnly", "TestRelease",
                 "TestLag"}
         check(want <= set(self.out), f"outputs lack {sorted(want - set(self.out))}")
