@@ -17,7 +17,10 @@ run` against what it created; run by `scripts/check-infra --moto`.
    `sshwarden health` before and after start and `health --ready`, sends six
    invalid-user lines through the log group, and waits for the quarantine
    state machine (from the stack) to isolate the instance.
-5. Stops the worker by PID, deletes the stack and what it made by hand.
+5. Stops the worker by PID (SIGTERM: exit 0, leases released, log lines in
+   the shard span); runs `sshwarden run --sink stdout` over the same stream
+   with a lease table of its own and checks the same command (same id) comes
+   out on stdout; deletes the stack and what it made by hand.
 
 Usage: infra_moto_test.py --bin PATH [--moto URL] [--template FILE] [--keep]
 Last line: `infra-moto: N passed, M failed`.
@@ -281,6 +284,7 @@ class Test:
         d = wait_for("a finished quarantine execution for the instance", finished, timeout=90)
         command = json.loads(d["input"])
         check(command.get("action") == "quarantine" and command.get("version") == 1, f"command {command}")
+        self.command_id = command["id"]
         check(d["status"] == "SUCCEEDED", f"execution {d['status']}: {d.get('error')} {d.get('cause')}")
         enis = self.ec2.describe_instances(InstanceIds=[self.instance])["Reservations"][0]["Instances"][0]["NetworkInterfaces"]
         groups = {g["GroupId"] for g in enis[0]["Groups"]}
@@ -297,6 +301,29 @@ class Test:
         owners = [i.get("leaseOwner", {}).get("S") for i in items]
         check(len(items) == 2 and not any(owners), f"leases after drain: {owners}")
         return f"exit 0; {len(spans)} log lines in a shard span; both leases released"
+
+    def dry_run(self) -> str:
+        """`--sink stdout` on the same stream from TRIM_HORIZON with a lease
+        table of its own (created by the worker): the same command, same id,
+        on stdout."""
+        table = f"{STACK}-dry-run"
+        self.cleanup.append(lambda: self.ddb.delete_table(TableName=table))
+        env = dict(self.worker_env, SSHWARDEN_SINK="stdout", SSHWARDEN_LEASE_TABLE=table,
+                   SSHWARDEN_WORKER_ID=f"{STACK}-dry", SSHWARDEN_METRICS_ADDR=f"127.0.0.1:{free_port()}")
+        self.worker = Worker("dry-run", [self.args.bin, "run"], env, self.workdir, None)
+        self.worker.start()
+
+        def printed() -> list[dict] | None:
+            check(self.worker is not None and self.worker.alive(), "the stdout worker exited")
+            lines = self.worker.out_path.read_text().splitlines()
+            commands = [json.loads(line) for line in lines if line.strip()]
+            return [c for c in commands if c.get("instance_id") == self.instance] or None
+
+        (command,) = wait_for("a command on stdout", printed, timeout=60)
+        check(command["id"] == self.command_id, f"stdout command {command['id']} vs execution {self.command_id}")
+        code = self.worker.stop(grace=40)
+        check(code == 0, f"stdout worker exit {code}")
+        return f"--sink stdout printed {command['id']} ({command['action']}, {command['rule']}): the execution's id"
 
     def delete_stack(self) -> None:
         self.cfn.delete_stack(StackName=STACK)
@@ -327,7 +354,8 @@ def main() -> int:
     t = Test(args)
     passed = failed = 0
     steps = [t.world, t.deploy, t.resources, t.outputs, t.stream_and_table, t.state_machines, t.quarantine_group,
-             t.task_definition, t.subscription, t.start_worker, t.attack, t.quarantined, t.drain, t.deleted]
+             t.task_definition, t.subscription, t.start_worker, t.attack, t.quarantined, t.drain, t.dry_run,
+             t.deleted]
     try:
         for step in steps:
             started = time.monotonic()
@@ -340,7 +368,10 @@ def main() -> int:
             except Exception as e:  # noqa: BLE001 (an emulator error is a failure, reported)
                 failed += 1
                 print(f"FAIL {step.__name__}: {type(e).__name__}: {e}", flush=True)
-                traceback.print_exc()
+                if "Could not connect" in str(e):
+                    print(f"  no moto at {args.moto}: start it with scripts/emulators up moto", flush=True)
+                else:
+                    traceback.print_exc()
                 break
             passed += 1
             print(f"ok   {step.__name__} ({time.monotonic() - started:.1f} s): {note}", flush=True)
