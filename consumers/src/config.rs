@@ -212,6 +212,19 @@ impl ConfigArgs {
         Ok((self.engine_config_from(file)?, resolve_run(flags, run)?))
     }
 
+    /// The worker's metrics address for `sshwarden health`: the flag or
+    /// `SSHWARDEN_METRICS_ADDR`, else `[run] metrics_addr`, else the default.
+    pub fn metrics_addr(&self, flag: Option<SocketAddr>) -> anyhow::Result<SocketAddr> {
+        Ok(match flag {
+            Some(addr) => addr,
+            None => self
+                .file()?
+                .run
+                .metrics_addr
+                .unwrap_or(DEFAULT_METRICS_ADDR),
+        })
+    }
+
     fn file(&self) -> anyhow::Result<FileConfig> {
         match &self.config {
             Some(path) => read_file(path),
@@ -278,6 +291,10 @@ impl ConfigArgs {
     }
 }
 
+/// Where `/metrics`, `/healthz` and `/readyz` listen unless configured.
+pub const DEFAULT_METRICS_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);
+
 fn resolve_run(f: &RunFlags, r: RunSection) -> anyhow::Result<RunArgs> {
     let stream = f
         .stream
@@ -311,7 +328,7 @@ fn resolve_run(f: &RunFlags, r: RunSection) -> anyhow::Result<RunArgs> {
         metrics_addr: f
             .metrics_addr
             .or(r.metrics_addr)
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9464))),
+            .unwrap_or(DEFAULT_METRICS_ADDR),
     })
 }
 

@@ -132,6 +132,7 @@ pub async fn run(args: RunArgs, engine_config: EngineConfig) -> anyhow::Result<(
         shutdown.clone(),
     ));
     spawn_signal_handler(shutdown.clone());
+    metrics::watch_sink(sink_probe(&args, &sdk), metrics.clone(), shutdown.clone());
 
     table.ensure().await?;
     let consumer_arn = match &args.enhanced_fan_out {
@@ -242,7 +243,9 @@ pub async fn run(args: RunArgs, engine_config: EngineConfig) -> anyhow::Result<(
                                 shutdown: shutdown.clone(),
                                 lost: lost.clone(),
                             };
-                            let task = tokio::spawn(reader.run());
+                            let span = tracing::info_span!("shard", shard = %key);
+                            let task =
+                                tokio::spawn(tracing::Instrument::instrument(reader.run(), span));
                             held.insert(key, Held { lease, lost, task });
                         }
                         Ok(Cas::Lost) => {}
@@ -286,6 +289,17 @@ pub async fn run(args: RunArgs, engine_config: EngineConfig) -> anyhow::Result<(
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     info!("worker stopped");
     Ok(())
+}
+
+/// What `/readyz` probes: the state machine for the sfn sink.
+fn sink_probe(args: &RunArgs, sdk: &aws_config::SdkConfig) -> metrics::SinkProbe {
+    match (&args.sink, &args.state_machine_arn) {
+        (SinkKind::Sfn, Some(arn)) => metrics::SinkProbe::Sfn {
+            client: aws_sdk_sfn::Client::new(sdk),
+            state_machine_arn: arn.clone(),
+        },
+        _ => metrics::SinkProbe::Stdout,
+    }
 }
 
 fn lease_prev_owner(leases: &[Lease], key: &str) -> Option<String> {

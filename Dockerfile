@@ -1,0 +1,35 @@
+# syntax=docker/dockerfile:1
+# The sshwarden worker image: `sshwarden run` on ECS Fargate (infra/template.yaml)
+# or in the LocalStack dev loop (infra/localstack/docker-compose.yml).
+#
+#   docker build -t sshwarden .
+#   docker run --rm sshwarden --help
+#
+# Stage 1 builds the release binary; stage 2 is distroless (glibc, CA
+# certificates, no shell, no package manager), running as the non-root user
+# 65532. The container health check is `sshwarden health` (GET /healthz on
+# the metrics port), since the image has no curl.
+
+ARG RUST_VERSION=1.95
+
+FROM rust:${RUST_VERSION}-slim-bookworm AS build
+WORKDIR /src
+COPY . .
+# Cache mounts keep the crates.io index and compiled dependencies between
+# builds; the binary is copied out of the cached target directory.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p sshwarden-consumers --bin sshwarden \
+    && install -D -m 0755 target/release/sshwarden /out/sshwarden
+
+FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
+COPY --from=build /out/sshwarden /usr/local/bin/sshwarden
+USER 65532:65532
+# /metrics, /healthz, /readyz (set SSHWARDEN_METRICS_ADDR=0.0.0.0:9464 to reach them from outside).
+EXPOSE 9464
+ENV SSHWARDEN_METRICS_ADDR=0.0.0.0:9464 \
+    SSHWARDEN_LOG=info
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["/usr/local/bin/sshwarden", "health"]
+ENTRYPOINT ["/usr/local/bin/sshwarden"]
+CMD ["run"]

@@ -1,0 +1,189 @@
+#!/usr/bin/env python3
+"""Static checks of infra/ that no linter does; run by `scripts/check-infra`.
+
+    infra_check.py write      regenerate the state machine definitions in
+                              infra/template.yaml from infra/statemachines/*.asl.json
+    infra_check.py check      fail when the template and the ASL files diverge, when
+                              the quarantine group differs from infra/quarantine-sg.yaml,
+                              or when the other infra files do not parse
+
+The ASL files are the single source of the definitions. The template embeds
+each one, minified, as `DefinitionString: !Sub |-` between BEGIN/END marker
+comments, with the ASL placeholders mapped to template expressions
+(PLACEHOLDERS). Fn::Sub rather than DefinitionSubstitutions: moto's
+CloudFormation ignores DefinitionSubstitutions (and `Definition`), and its
+Fn::Sub with a variable map runs Python's string.Template, which turns the
+ASL's `$$.` context paths into `$.`; plain Fn::Sub with resource references
+works on both AWS and moto.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+sys.dont_write_bytecode = True
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "infra" / "template.yaml"
+QUARANTINE_SG = ROOT / "infra" / "quarantine-sg.yaml"
+STATE_MACHINES = ROOT / "infra" / "statemachines"
+
+# ASL placeholder -> what the template substitutes (Fn::Sub syntax).
+PLACEHOLDERS = {
+    "QuarantineGroupId": "${QuarantineSecurityGroup.GroupId}",
+    "TopicArn": "${AlertTopic}",
+}
+
+BLOCK = re.compile(
+    r"^(?P<indent>[ ]*)# BEGIN generated from infra/statemachines/(?P<file>[a-z0-9-]+\.asl\.json)"
+    r"(?P<rest>[^\n]*)\n.*?^(?P=indent)# END generated[^\n]*\n",
+    re.M | re.S,
+)
+
+
+class Failed(Exception):
+    pass
+
+
+def embedded(asl_file: Path) -> str:
+    """The definition as the template carries it: minified, placeholders mapped."""
+    text = asl_file.read_text()
+    definition = json.loads(text)
+    minified = json.dumps(definition, separators=(",", ":"), ensure_ascii=False)
+    for name in sorted(set(re.findall(r"\$\{([^}]*)\}", minified))):
+        if name not in PLACEHOLDERS:
+            raise Failed(f"{asl_file.name}: placeholder ${{{name}}} has no template expression in PLACEHOLDERS")
+        minified = minified.replace("${" + name + "}", PLACEHOLDERS[name])
+    return minified
+
+
+def generated(template_text: str) -> tuple[str, list[str]]:
+    files: list[str] = []
+
+    def block(m: re.Match[str]) -> str:
+        indent, name = m.group("indent"), m.group("file")
+        files.append(name)
+        body = embedded(STATE_MACHINES / name)
+        return (
+            f"{indent}# BEGIN generated from infra/statemachines/{name}{m.group('rest')}\n"
+            f"{indent}DefinitionString: !Sub |-\n"
+            f"{indent}  {body}\n"
+            f"{indent}# END generated\n"
+        )
+
+    return BLOCK.sub(block, template_text), files
+
+
+class CfnLoader(yaml.SafeLoader):
+    """YAML with CloudFormation's short forms (!Ref, !Sub, ...) as {"Fn::X": ...}."""
+
+
+def _cfn_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
+    name = "Ref" if suffix == "Ref" else f"Fn::{suffix}"
+    if isinstance(node, yaml.ScalarNode):
+        value: Any = loader.construct_scalar(node)
+        if suffix == "GetAtt" and isinstance(value, str):
+            value = value.split(".", 1)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    return {name: value}
+
+
+CfnLoader.add_multi_constructor("!", _cfn_tag)
+
+
+def load_cfn(path: Path) -> dict[str, Any]:
+    return yaml.load(path.read_text(), Loader=CfnLoader)  # noqa: S506 (SafeLoader subclass)
+
+
+def check_definitions(files: list[str]) -> None:
+    """Semantic check on top of the text comparison: each embedded string,
+    placeholders mapped back, is the ASL file's JSON."""
+    template = load_cfn(TEMPLATE)
+    found = {}
+    for name, res in template["Resources"].items():
+        if res["Type"] == "AWS::StepFunctions::StateMachine":
+            sub = res["Properties"]["DefinitionString"]["Fn::Sub"]
+            for placeholder, expr in PLACEHOLDERS.items():
+                sub = sub.replace(expr, "${" + placeholder + "}")
+            found[name] = json.loads(sub)
+    wanted = {json.dumps(json.loads((STATE_MACHINES / f).read_text()), sort_keys=True) for f in files}
+    have = {json.dumps(d, sort_keys=True) for d in found.values()}
+    if wanted != have:
+        raise Failed("the state machines in infra/template.yaml are not the ASL files'")
+    on_disk = sorted(p.name for p in STATE_MACHINES.glob("*.asl.json"))
+    if sorted(files) != on_disk:
+        raise Failed(f"template embeds {sorted(files)}, infra/statemachines has {on_disk}")
+    print(f"ok the template's {len(found)} state machines are infra/statemachines/*.asl.json")
+
+
+def check_quarantine_group() -> None:
+    standalone = load_cfn(QUARANTINE_SG)["Resources"]["QuarantineSecurityGroup"]
+    in_template = load_cfn(TEMPLATE)["Resources"]["QuarantineSecurityGroup"]
+    if standalone != in_template:
+        raise Failed("QuarantineSecurityGroup differs between infra/template.yaml and infra/quarantine-sg.yaml")
+    print("ok the template's quarantine group is infra/quarantine-sg.yaml's")
+
+
+def check_parses() -> None:
+    compose = yaml.safe_load((ROOT / "infra" / "localstack" / "docker-compose.yml").read_text())
+    services = set(compose.get("services", {}))
+    want = {"localstack", "bootstrap", "worker"}
+    if not want <= services:
+        raise Failed(f"docker-compose.yml: services {sorted(services)} lack {sorted(want - services)}")
+    for svc in compose["services"].values():
+        if "ports" in svc:
+            for p in svc["ports"]:
+                if not str(p).startswith("127.0.0.1:"):
+                    raise Failed(f"docker-compose.yml: port {p} is published beyond loopback")
+    for path in sorted((ROOT / "infra" / "cloudwatch-agent").glob("*.json")):
+        json.loads(path.read_text())
+    dashboard = ROOT / "infra" / "grafana-dashboard.json"
+    json.loads(dashboard.read_text())
+    print("ok docker-compose.yml, the CloudWatch agent configs and the dashboard parse")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1 or argv[0] not in ("write", "check"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    text = TEMPLATE.read_text()
+    try:
+        new, files = generated(text)
+        if not files:
+            raise Failed("no '# BEGIN generated from infra/statemachines/...' block in infra/template.yaml")
+        if argv[0] == "write":
+            if new != text:
+                TEMPLATE.write_text(new)
+                print(f"infra/template.yaml: regenerated {', '.join(files)}")
+            else:
+                print("infra/template.yaml: up to date")
+            return 0
+        if new != text:
+            raise Failed(
+                "infra/template.yaml does not carry the current infra/statemachines/*.asl.json: "
+                "run scripts/check-infra --write"
+            )
+        print(f"ok infra/template.yaml embeds the current {', '.join(files)}")
+        check_definitions(files)
+        check_quarantine_group()
+        check_parses()
+        size = len(new.encode())
+        # A template above 51,200 bytes must go through S3 (aws cloudformation deploy --s3-bucket).
+        print(f"ok infra/template.yaml is {size} bytes ({'fits' if size <= 51200 else 'needs --s3-bucket'} for a direct upload)")
+    except (Failed, OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as e:
+        print(f"FAIL {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
