@@ -39,6 +39,10 @@ pub struct Metrics {
     pub commands_pending: Gauge,
     pub leases_held: Gauge,
     pub checkpoints: Family<ShardLabel, Counter>,
+    /// Kafka source: messages between a partition reader's position and the partition's end.
+    pub kafka_lag: Family<ShardLabel, Gauge>,
+    /// Kafka source: partitions assigned to this worker by the consumer group.
+    pub partitions_assigned: Gauge,
     pub ready: AtomicBool,
 }
 
@@ -78,6 +82,16 @@ impl Metrics {
             "checkpoints",
             "Checkpoints written",
             self.checkpoints.clone(),
+        );
+        r.register(
+            "kafka_consumer_lag",
+            "Kafka: messages between the partition reader's position and the end of the partition",
+            self.kafka_lag.clone(),
+        );
+        r.register(
+            "kafka_partitions_assigned",
+            "Kafka: partitions assigned to this worker by the consumer group",
+            self.partitions_assigned.clone(),
         );
         r
     }
