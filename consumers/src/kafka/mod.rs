@@ -100,6 +100,11 @@ pub async fn run(args: KafkaArgs, engine_config: EngineConfig) -> anyhow::Result
         // The end of a partition tells a reader it is caught up (idle windows may close).
         .set("enable.partition.eof", "true")
         .set("statistics.interval.ms", "1000")
+        // A dead worker's partitions move after 10 s (the Kinesis source's
+        // default failover), not Kafka's 45 s; tansu also waits about half
+        // of it before the first assignment.
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
         // What a paused partition may still hold in librdkafka's queue.
         .set("queued.max.messages.kbytes", "16384");
     for (k, v) in &args.options {
