@@ -132,25 +132,37 @@ pub async fn run(args: KafkaArgs, engine_config: EngineConfig) -> anyhow::Result
     metrics.set_ready(true);
     info!(worker = %client_id, brokers = %args.brokers, topic = %args.topic, group = %args.group, format = ?args.format, "worker started");
 
+    // librdkafka's poll blocks: the loop gets a thread of its own.
     let poll_shutdown = shutdown.clone();
-    let poller = std::thread::Builder::new()
-        .name("kafka-poll".into())
-        .spawn(move || poll_loop(consumer, group, poll_shutdown))
-        .context("cannot start the Kafka poll thread")?;
-    shutdown.cancelled().await;
+    let mut poller = tokio::task::spawn_blocking(move || poll_loop(consumer, group, poll_shutdown));
+    let early = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        ended = &mut poller => Some(ended),
+    };
     metrics.set_ready(false);
-    info!("shutting down: draining partition readers");
-    // The poll thread drains, commits and leaves the group; it is bounded
-    // by the drain deadline plus the group's leave.
-    let joined = tokio::task::spawn_blocking(move || poller.join());
-    match tokio::time::timeout(drain + Duration::from_secs(5), joined).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(_) => error!("the Kafka poll thread failed"),
-        Err(_) => error!("the Kafka poll thread did not stop before the shutdown deadline"),
-    }
+    let result = match early {
+        // Nothing is consumed any more: exit non-zero so the task is replaced.
+        Some(ended) => {
+            shutdown.cancel();
+            Err(anyhow::anyhow!(
+                "the Kafka poll loop ended unexpectedly: {ended:?}"
+            ))
+        }
+        None => {
+            info!("shutting down: draining partition readers");
+            // The poll loop drains, commits and leaves the group; it is
+            // bounded by the drain deadline plus the group's leave.
+            match tokio::time::timeout(drain + Duration::from_secs(5), poller).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => error!(error = %e, "the Kafka poll loop failed"),
+                Err(_) => error!("the Kafka poll loop did not stop before the shutdown deadline"),
+            }
+            Ok(())
+        }
+    };
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     info!("worker stopped");
-    Ok(())
+    result
 }
 
 fn default_worker_id() -> String {
