@@ -43,6 +43,8 @@ pub struct Metrics {
     pub kafka_lag: Family<ShardLabel, Gauge>,
     /// Kafka source: partitions assigned to this worker by the consumer group.
     pub partitions_assigned: Gauge,
+    /// Kafka source: times a partition was paused because its reader was behind.
+    pub kafka_pauses: Family<ShardLabel, Counter>,
     pub ready: AtomicBool,
 }
 
@@ -92,6 +94,11 @@ impl Metrics {
             "kafka_partitions_assigned",
             "Kafka: partitions assigned to this worker by the consumer group",
             self.partitions_assigned.clone(),
+        );
+        r.register(
+            "kafka_pauses",
+            "Kafka: times a partition was paused because its reader was behind (backpressure)",
+            self.kafka_pauses.clone(),
         );
         r
     }

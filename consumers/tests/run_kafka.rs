@@ -621,9 +621,13 @@ impl Harness {
         committed(&self.brokers, &self.group, &self.topic, self.partitions)
     }
 
-    /// Starts a worker: stdout sink, no cooldown, no blast radius, short
+    /// Starts a worker: stdout sink (the default), no cooldown, no blast radius, short
     /// commit and idle intervals, a short session timeout.
     fn spawn(&mut self, id: &str, extra: &[&str]) -> usize {
+        self.spawn_env(id, extra, &[])
+    }
+
+    fn spawn_env(&mut self, id: &str, extra: &[&str], env: &[(&str, &str)]) -> usize {
         let metrics = free_addr();
         let n = self.workers.len();
         let stdout = self.dir.path().join(format!("{n}-{id}.stdout.jsonl"));
@@ -645,8 +649,6 @@ impl Harness {
             &self.group,
             "--worker-id",
             id,
-            "--sink",
-            "stdout",
             "--checkpoint-ms",
             "300",
             "--idle-poll-ms",
@@ -671,6 +673,7 @@ impl Harness {
         cmd.args(&args)
             .env_clear()
             .env("SSHWARDEN_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(File::create(&stdout).unwrap())
             .stderr(File::create(&stderr).unwrap());
@@ -1081,4 +1084,104 @@ fn poison_messages_are_counted_and_skipped() {
     }
     let ids: BTreeSet<&String> = t.by_id.keys().collect();
     assert_eq!(ids.len(), traffic.expected.len());
+}
+
+/// Step Functions unreachable: the first command's delivery is retried
+/// (with backoff) and holds its partition. The reader's queue fills, the
+/// partition is paused (backpressure), the worker stays in the group past
+/// the session timeout (the poll thread keeps polling), and the commit never
+/// passes the message whose command is undelivered. SIGTERM abandons the
+/// retry and exits cleanly; the next worker re-derives the command (same
+/// id) with its full counts: nothing is lost.
+#[test]
+fn a_sink_outage_holds_the_commit_and_pauses_the_partition() {
+    let mut h = Harness::new("outage", 1);
+    let traffic = Traffic::brute_force(55, 2, traffic_start(10_000, 60_000), 150_000);
+    let messages = traffic.lines();
+    let first = traffic
+        .expected
+        .iter()
+        .min_by_key(|e| e.crossing_ms)
+        .expect("an expected command");
+    let crossing = messages
+        .iter()
+        .position(|m| m.key == first.instance && m.timestamp_ms == first.crossing_ms)
+        .expect("the crossing line") as i64;
+    assert!(
+        messages.len() as i64 - crossing > 2 * 256,
+        "enough messages after the first command to fill the reader's queue"
+    );
+    h.write(&messages);
+    let stuck = h.spawn_env(
+        "stuck",
+        &[
+            "--kafka-format",
+            "lines",
+            "--sink",
+            "sfn",
+            "--state-machine-arn",
+            "arn:aws:states:us-east-1:123456789012:stateMachine:sshwarden-quarantine",
+        ],
+        &[
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:1"),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ],
+    );
+    let d = Deadline::new("failed deliveries and a paused partition", MAX_WAIT);
+    loop {
+        h.check_running();
+        let w = &h.workers[stuck];
+        let (failures, pauses) = (
+            w.metric("sshwarden_command_failures_total"),
+            w.metric("sshwarden_kafka_pauses_total"),
+        );
+        if failures >= 2.0 && pauses >= 1.0 {
+            break;
+        }
+        d.check(|| format!("failures {failures}, pauses {pauses}"));
+        pause(100);
+    }
+    // Longer than the session timeout (6 s): still a member, still held.
+    pause(7_000);
+    h.check_running();
+    let w = &h.workers[stuck];
+    assert_eq!(w.metric("sshwarden_kafka_partitions_assigned"), 1.0);
+    assert!(
+        w.logs_with("partitions revoked").is_empty(),
+        "left the group"
+    );
+    assert_eq!(w.metric("sshwarden_commands_pending"), 1.0);
+    assert_eq!(w.metric("sshwarden_commands_total"), 0.0);
+    let read = h.records(stuck);
+    assert!(
+        read <= crossing as u64 + 1 + 256,
+        "read {read}: more than the undelivered message and a queue behind it"
+    );
+    let held = h.committed()[0];
+    assert!(
+        held <= crossing,
+        "committed {held}, past the message at {crossing} whose command is undelivered"
+    );
+    h.workers[stuck].sigterm();
+    let status = h.workers[stuck].wait_exit(Duration::from_secs(20));
+    assert!(status.is_some_and(|s| s.success()), "stuck: {status:?}");
+    let after_stop = h.committed()[0];
+    assert!(
+        after_stop <= crossing,
+        "final commit {after_stop} past {crossing}"
+    );
+    h.log(format_args!(
+        "stuck worker read {read} of {} messages, paused, committed {after_stop} (command at {crossing})",
+        messages.len()
+    ));
+
+    let next = h.spawn("next", &["--kafka-format", "lines"]);
+    h.wait_for_commands(&traffic.expected);
+    pause(500);
+    let t = Tally::new(&traffic.expected, &h.outputs());
+    t.assert_content(&traffic.expected, |_, _| false);
+    assert_eq!(t.correct_from(&first.id, next), 1, "{} lost", first.id);
 }

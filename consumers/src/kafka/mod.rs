@@ -295,6 +295,7 @@ impl Group {
             if let Err(e) = consumer.pause(&self.tpl(&[p])) {
                 warn!(partition = %a.label.shard, error = %e, "cannot pause the partition");
             }
+            self.metrics.kafka_pauses.get_or_create(&a.label).inc();
             debug!(partition = %a.label.shard, "reader behind: partition paused");
         }
     }
