@@ -1185,3 +1185,60 @@ fn a_sink_outage_holds_the_commit_and_pauses_the_partition() {
     t.assert_content(&traffic.expected, |_, _| false);
     assert_eq!(t.correct_from(&first.id, next), 1, "{} lost", first.id);
 }
+
+/// Two workers share four partitions; one is killed with SIGKILL (no final
+/// commit, no leave): after the session timeout the survivor is assigned
+/// all four, resumes the victim's partitions from their last periodic
+/// commits, and every command comes out with its full counts.
+#[test]
+fn kill_nine_the_survivor_takes_over_without_losing_a_window() {
+    let mut h = Harness::new("kill9", 4);
+    let start = traffic_start(32_000, 60_000);
+    let boundary = start + 100_000;
+    let traffic = Traffic::brute_force(66, 8, start, 150_000);
+    let messages = traffic.payloads();
+    let (before, after) = split_at(&messages, boundary);
+    let survivor = h.spawn("survivor", &[]);
+    let victim = h.spawn("victim", &[]);
+    h.wait_assigned(&[survivor, victim], &[2, 2]);
+    h.write(before);
+    let d = Deadline::new("both workers to read the first part", MAX_WAIT);
+    loop {
+        h.check_running();
+        let read = h.records(survivor) + h.records(victim);
+        let committed = h.committed();
+        if read >= before.len() as u64 && committed.iter().all(|&c| c > 0) {
+            break;
+        }
+        d.check(|| format!("read {read} of {}, committed {committed:?}", before.len()));
+        pause(100);
+    }
+    let at_kill = h.committed();
+    let w = &mut h.workers[victim];
+    w.child.kill().expect("SIGKILL");
+    w.status = Some(w.child.wait().expect("wait"));
+    let killed = Instant::now();
+    h.log(format_args!("killed the victim; committed {at_kill:?}"));
+    h.write(after);
+    h.wait_assigned(&[survivor], &[4]);
+    h.log(format_args!(
+        "the survivor holds all four partitions {:.1?} after the kill",
+        killed.elapsed()
+    ));
+    h.wait_for_commands(&traffic.expected);
+    pause(1_000);
+    let t = Tally::new(&traffic.expected, &h.outputs());
+    t.assert_content(&traffic.expected, |_, id| {
+        t.correct
+            .get(id)
+            .is_some_and(|v| v.iter().sum::<usize>() >= 1)
+    });
+    for (id, n) in &t.by_id {
+        assert!(n[victim] <= 1, "the victim issued {id} {} times", n[victim]);
+    }
+    h.log(format_args!(
+        "{} commands, {} copies with a closed window's tail (same id as a whole one)",
+        t.by_id.len(),
+        t.partial.len()
+    ));
+}
