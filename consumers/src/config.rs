@@ -47,6 +47,12 @@ struct RunSection {
     idle_poll_ms: Option<u64>,
     shutdown_secs: Option<u64>,
     metrics_addr: Option<SocketAddr>,
+    source: Option<Source>,
+    brokers: Option<String>,
+    topic: Option<String>,
+    group: Option<String>,
+    kafka_format: Option<KafkaFormat>,
+    kafka_options: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// `sshwarden run`'s flags; each also reads its `SSHWARDEN_*` variable and
@@ -92,6 +98,84 @@ pub struct RunFlags {
     /// Address of /metrics, /healthz and /readyz [default: 127.0.0.1:9464].
     #[arg(long, env = "SSHWARDEN_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the logs come from [default: kinesis]; kafka needs a build with `--features kafka`.
+    #[arg(long, env = "SSHWARDEN_SOURCE", value_enum)]
+    pub source: Option<Source>,
+    /// Kafka bootstrap servers, HOST:PORT[,HOST:PORT...] (with `--source kafka`).
+    #[arg(long, env = "SSHWARDEN_BROKERS")]
+    pub brokers: Option<String>,
+    /// The Kafka topic to consume (with `--source kafka`).
+    #[arg(long, env = "SSHWARDEN_TOPIC")]
+    pub topic: Option<String>,
+    /// The Kafka consumer group; its committed offsets are the checkpoints [default: sshwarden].
+    #[arg(long, env = "SSHWARDEN_GROUP")]
+    pub group: Option<String>,
+    /// What Kafka messages carry: payloads (CloudWatch subscription, gzip or JSON), lines (raw sshd lines, key = instance id) or auto (per message) [default: auto].
+    #[arg(long, env = "SSHWARDEN_KAFKA_FORMAT", value_enum)]
+    pub kafka_format: Option<KafkaFormat>,
+    /// A librdkafka setting, KEY=VALUE (repeatable; e.g. security.protocol=ssl, session.timeout.ms=10000).
+    #[arg(
+        long = "kafka-option",
+        env = "SSHWARDEN_KAFKA_OPTIONS",
+        value_delimiter = ','
+    )]
+    pub kafka_options: Option<Vec<String>>,
+}
+
+/// Where `sshwarden run` reads logs from.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// A Kinesis stream with shard leases in DynamoDB.
+    #[default]
+    Kinesis,
+    /// A Kafka (or MSK) topic read by a consumer group.
+    Kafka,
+}
+
+/// What a Kafka message holds.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KafkaFormat {
+    /// Decided per message: gzip or a JSON object is a subscription payload, anything else lines.
+    #[default]
+    Auto,
+    /// CloudWatch Logs subscription payloads (gzip JSON, as delivered to Kinesis).
+    Payloads,
+    /// Raw log lines (one or more per message, newline-separated); the key is the instance id.
+    Lines,
+}
+
+/// The Kafka source's settings (`sshwarden run --source kafka`). Resolved
+/// in every build, so that a build without the source says so clearly.
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "kafka"), allow(dead_code))]
+pub struct KafkaArgs {
+    pub brokers: String,
+    pub topic: String,
+    pub group: String,
+    pub format: KafkaFormat,
+    /// librdkafka settings passed through (after sshwarden's own, so they win).
+    pub options: Vec<(String, String)>,
+    /// The consumer's client.id [default: host name + random suffix].
+    pub worker_id: Option<String>,
+    pub sink: SinkKind,
+    pub state_machine_arn: Option<String>,
+    /// Where a partition without a committed offset starts: trim-horizon (earliest) or latest.
+    pub start_position: String,
+    /// How often committed offsets move (each partition: the checkpoint rule's offset).
+    pub checkpoint_ms: u64,
+    /// A caught-up partition with nothing new for this long lets windows close on processing time.
+    pub idle_poll_ms: u64,
+    pub shutdown_secs: u64,
+    pub metrics_addr: SocketAddr,
+}
+
+/// The service `sshwarden run` starts, with its settings.
+#[derive(Debug, Clone)]
+pub enum Service {
+    Kinesis(RunArgs),
+    Kafka(KafkaArgs),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -206,10 +290,14 @@ impl ConfigArgs {
     }
 
     /// The engine configuration and the service's settings, from one read of the file.
-    pub fn run_config(&self, flags: &RunFlags) -> anyhow::Result<(EngineConfig, RunArgs)> {
+    pub fn run_config(&self, flags: &RunFlags) -> anyhow::Result<(EngineConfig, Service)> {
         let mut file = self.file()?;
         let run = std::mem::take(&mut file.run);
-        Ok((self.engine_config_from(file)?, resolve_run(flags, run)?))
+        let service = match flags.source.or(run.source).unwrap_or_default() {
+            Source::Kinesis => Service::Kinesis(resolve_run(flags, run)?),
+            Source::Kafka => Service::Kafka(resolve_kafka(flags, run)?),
+        };
+        Ok((self.engine_config_from(file)?, service))
     }
 
     /// The worker's metrics address for `sshwarden health`: the flag or
@@ -329,6 +417,59 @@ fn resolve_run(f: &RunFlags, r: RunSection) -> anyhow::Result<RunArgs> {
             .metrics_addr
             .or(r.metrics_addr)
             .unwrap_or(DEFAULT_METRICS_ADDR),
+    })
+}
+
+fn resolve_kafka(f: &RunFlags, r: RunSection) -> anyhow::Result<KafkaArgs> {
+    let need = |flag: Option<String>, file: Option<String>, what: &str| {
+        flag.or(file)
+            .filter(|s| !s.trim().is_empty())
+            .with_context(|| {
+                format!(
+                    "--source kafka needs --{what} (SSHWARDEN_{} or {} in the [run] section)",
+                    what.to_uppercase(),
+                    what
+                )
+            })
+    };
+    let mut options: Vec<(String, String)> =
+        r.kafka_options.unwrap_or_default().into_iter().collect();
+    for kv in f.kafka_options.iter().flatten() {
+        let kv = kv.trim();
+        if kv.is_empty() {
+            continue;
+        }
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--kafka-option {kv:?}: expected KEY=VALUE"))?;
+        options.push((k.trim().to_owned(), v.trim().to_owned()));
+    }
+    Ok(KafkaArgs {
+        brokers: need(f.brokers.clone(), r.brokers, "brokers")?,
+        topic: need(f.topic.clone(), r.topic, "topic")?,
+        group: f
+            .group
+            .clone()
+            .or(r.group)
+            .filter(|g| !g.is_empty())
+            .unwrap_or_else(|| "sshwarden".into()),
+        format: f.kafka_format.or(r.kafka_format).unwrap_or_default(),
+        options,
+        worker_id: f.worker_id.clone().or(r.worker_id),
+        sink: f.sink.or(r.sink).unwrap_or(SinkKind::Stdout),
+        state_machine_arn: f.state_machine_arn.clone().or(r.state_machine_arn),
+        start_position: f
+            .start_position
+            .clone()
+            .or(r.start_position)
+            .unwrap_or_else(|| "trim-horizon".into()),
+        checkpoint_ms: f.checkpoint_ms.or(r.checkpoint_ms).unwrap_or(5_000),
+        idle_poll_ms: f.idle_poll_ms.or(r.idle_poll_ms).unwrap_or(1_000),
+        shutdown_secs: f.shutdown_secs.or(r.shutdown_secs).unwrap_or(25),
+        metrics_addr: f
+            .metrics_addr
+            .or(r.metrics_addr)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9464))),
     })
 }
 
@@ -509,6 +650,46 @@ mod tests {
         let err = resolve_run(&RunFlags::default(), RunSection::default()).unwrap_err();
         assert!(err.to_string().contains("no stream to consume"));
         assert!(toml::from_str::<FileConfig>("[run]\nstreem = \"x\"").is_err());
+    }
+
+    #[test]
+    fn kafka_settings_flags_then_file_then_defaults() {
+        let file: FileConfig = toml::from_str(
+            "[run]\nsource = \"kafka\"\nbrokers = \"127.0.0.1:9092\"\ntopic = \"t\"\nkafka_format = \"lines\"\n\
+             kafka_options = { \"session.timeout.ms\" = \"6000\" }",
+        )
+        .unwrap();
+        assert_eq!(file.run.source, Some(Source::Kafka));
+        let flags = RunFlags {
+            topic: Some("from-flag".into()),
+            kafka_options: Some(vec!["fetch.wait.max.ms=50".into()]),
+            ..RunFlags::default()
+        };
+        let k = resolve_kafka(&flags, file.run).unwrap();
+        assert_eq!(k.topic, "from-flag", "the flag wins");
+        assert_eq!(k.brokers, "127.0.0.1:9092");
+        assert_eq!(k.group, "sshwarden");
+        assert_eq!(k.format, KafkaFormat::Lines);
+        assert_eq!(
+            k.options,
+            vec![
+                ("session.timeout.ms".to_owned(), "6000".to_owned()),
+                ("fetch.wait.max.ms".to_owned(), "50".to_owned())
+            ]
+        );
+        let err = resolve_kafka(&RunFlags::default(), RunSection::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("--source kafka needs --brokers"),
+            "{err}"
+        );
+        let bad = RunFlags {
+            brokers: Some("b".into()),
+            topic: Some("t".into()),
+            kafka_options: Some(vec!["novalue".into()]),
+            ..RunFlags::default()
+        };
+        let err = resolve_kafka(&bad, RunSection::default()).unwrap_err();
+        assert!(err.to_string().contains("expected KEY=VALUE"), "{err}");
     }
 
     #[test]

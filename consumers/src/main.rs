@@ -4,6 +4,8 @@ mod classify_cmd;
 mod config;
 mod demo;
 mod input;
+#[cfg(feature = "kafka")]
+mod kafka;
 mod metrics;
 mod release;
 mod run;
@@ -25,6 +27,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the `run` variant's flags does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// The whole pipeline on a simulated fleet under attack, no cloud needed.
@@ -33,7 +37,7 @@ enum Command {
     Scan(scan::ScanArgs),
     /// Print one JSON verdict per input line.
     Classify(classify_cmd::ClassifyArgs),
-    /// The service: consume a Kinesis stream with shard leases in DynamoDB.
+    /// The service: consume a Kinesis stream with shard leases in DynamoDB (or a Kafka topic).
     Run(config::RunFlags),
     /// Start the release state machine for a quarantined instance.
     Release(release::ReleaseArgs),
@@ -103,7 +107,10 @@ pub(crate) fn aws_error<E: std::error::Error + Send + Sync + 'static>(e: E) -> a
 }
 
 /// Logs go to stderr as JSON lines (stdout carries the stdout sink's commands).
-fn run_service(args: run::RunArgs, config: sshwarden_pipeline::EngineConfig) -> anyhow::Result<()> {
+fn run_service(
+    service: config::Service,
+    config: sshwarden_pipeline::EngineConfig,
+) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .json()
         .with_writer(std::io::stderr)
@@ -115,7 +122,31 @@ fn run_service(args: run::RunArgs, config: sshwarden_pipeline::EngineConfig) -> 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(run::run(args, config))
+    match service {
+        config::Service::Kinesis(args) => runtime.block_on(run::run(args, config)),
+        config::Service::Kafka(args) => run_kafka(&runtime, args, config),
+    }
+}
+
+#[cfg(feature = "kafka")]
+fn run_kafka(
+    runtime: &tokio::runtime::Runtime,
+    args: config::KafkaArgs,
+    config: sshwarden_pipeline::EngineConfig,
+) -> anyhow::Result<()> {
+    runtime.block_on(kafka::run(args, config))
+}
+
+#[cfg(not(feature = "kafka"))]
+fn run_kafka(
+    _: &tokio::runtime::Runtime,
+    _: config::KafkaArgs,
+    _: sshwarden_pipeline::EngineConfig,
+) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "--source kafka: this sshwarden was built without the Kafka source; \
+         rebuild with `cargo build --release --features kafka`"
+    )
 }
 
 /// `sshwarden health`: one GET to the worker's endpoint, quiet on success.

@@ -49,6 +49,12 @@ pub struct Metrics {
     pub checkpoints: Family<ShardLabel, Counter>,
     /// 1 while the sink answered its last probe (stdout: always).
     pub sink_up: Gauge,
+    /// Kafka source: messages between a partition reader's position and the partition's end.
+    pub kafka_lag: Family<ShardLabel, Gauge>,
+    /// Kafka source: partitions assigned to this worker by the consumer group.
+    pub partitions_assigned: Gauge,
+    /// Kafka source: times a partition was paused because its reader was behind.
+    pub kafka_pauses: Family<ShardLabel, Counter>,
     /// Started (lease table reachable) and not draining.
     pub ready: AtomicBool,
 }
@@ -94,6 +100,21 @@ impl Metrics {
             "sink_up",
             "1 if the sink answered its last probe, else 0",
             self.sink_up.clone(),
+        );
+        r.register(
+            "kafka_consumer_lag",
+            "Kafka: messages between the partition reader's position and the end of the partition",
+            self.kafka_lag.clone(),
+        );
+        r.register(
+            "kafka_partitions_assigned",
+            "Kafka: partitions assigned to this worker by the consumer group",
+            self.partitions_assigned.clone(),
+        );
+        r.register(
+            "kafka_pauses",
+            "Kafka: times a partition was paused because its reader was behind (backpressure)",
+            self.kafka_pauses.clone(),
         );
         r
     }

@@ -14,6 +14,8 @@
 
 pub mod encode;
 pub mod fleet;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod sshd;
 pub mod truth;
 

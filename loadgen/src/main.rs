@@ -62,6 +62,9 @@ enum Command {
     },
     /// The ground truth: expected detections, decoys, compromises.
     Truth,
+    /// Writes the traffic to a Kafka topic, keyed by instance id.
+    #[cfg(feature = "kafka")]
+    Kafka(sshwarden_loadgen::kafka::KafkaArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -111,6 +114,11 @@ fn main() -> anyhow::Result<()> {
                 out.write_all(&r.json)?;
                 out.write_all(b"\n")?;
             }
+        }
+        #[cfg(feature = "kafka")]
+        Command::Kafka(args) => {
+            let summary = sshwarden_loadgen::kafka::run(&fleet, &args)?;
+            writeln!(out, "{summary}")?;
         }
         Command::Truth => {
             serde_json::to_writer_pretty(&mut out, fleet.ground_truth())?;

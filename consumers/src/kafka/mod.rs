@@ -1,0 +1,606 @@
+//! `sshwarden run --source kafka`: the service on a Kafka (or MSK) topic,
+//! with the same semantics as the Kinesis source. A consumer group spreads
+//! the partitions over the workers; each assigned partition gets its own
+//! reader and engine ([`reader`]); the group's committed offsets are the
+//! checkpoints, and they only move under DESIGN.md's checkpoint rule
+//! ([`offsets`]): past a message once its commands are delivered and every
+//! window it counted in has closed. The commit's metadata carries the
+//! engine's event time, so the next owner does not re-fire closed windows.
+//!
+//! One thread polls the consumer (librdkafka's callbacks run there): it
+//! forwards messages to the partition readers over bounded channels, pauses
+//! a partition whose reader is behind (backpressure without blocking the
+//! other partitions or the group's liveness) and resumes it, commits what the
+//! readers allow every `checkpoint_ms`, and on a revoke (rebalance) or
+//! SIGTERM stops the affected readers and commits their final offsets
+//! synchronously before the partitions move. Per-partition lag comes from
+//! librdkafka's statistics.
+
+pub mod offsets;
+pub mod reader;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::Message as _;
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext};
+use sshwarden_pipeline::{Engine, EngineConfig};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::config::{KafkaArgs, KafkaFormat};
+use crate::metrics::{self, Metrics, ShardLabel};
+use crate::sink::{SfnSink, Sink, SinkKind, StdoutSink};
+use reader::{Final, Input, Message, Reader, Shared};
+
+/// Messages buffered per partition between the poll thread and its reader;
+/// past it the partition is paused.
+const READER_QUEUE: usize = 256;
+
+pub async fn run(args: KafkaArgs, engine_config: EngineConfig) -> anyhow::Result<()> {
+    Engine::new(engine_config.clone()).map_err(anyhow::Error::msg)?;
+    let reset = match args.start_position.as_str() {
+        "trim-horizon" | "TRIM_HORIZON" | "earliest" => "earliest",
+        "latest" | "LATEST" => "latest",
+        other => bail!(
+            "--start-position {other:?}: the Kafka source starts a partition without a committed \
+             offset at trim-horizon (earliest) or latest"
+        ),
+    };
+    if args.topic.contains('\0') || args.group.contains('\0') {
+        bail!("--topic and --group must not contain NUL");
+    }
+    let sink = Arc::new(match args.sink {
+        SinkKind::Stdout => Sink::Stdout(StdoutSink),
+        SinkKind::Sfn => {
+            let arn = args
+                .state_machine_arn
+                .clone()
+                .filter(|a| a.starts_with("arn:"))
+                .context("--sink sfn needs --state-machine-arn (SSHWARDEN_STATE_MACHINE_ARN) with the quarantine state machine's ARN")?;
+            let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .timeout_config(
+                    aws_config::timeout::TimeoutConfig::builder()
+                        .operation_attempt_timeout(Duration::from_secs(10))
+                        .build(),
+                )
+                .load()
+                .await;
+            Sink::Sfn(SfnSink::new(aws_sdk_sfn::Client::new(&sdk), arn))
+        }
+        SinkKind::Direct => bail!("the direct sink (EC2 + SNS from the worker) is not built yet; use --sink sfn or stdout"),
+    });
+    let metrics = Arc::new(Metrics::default());
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(metrics::serve(
+        args.metrics_addr,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    spawn_signal_handler(shutdown.clone());
+
+    let client_id = args.worker_id.clone().unwrap_or_else(default_worker_id);
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &args.brokers)
+        .set("group.id", &args.group)
+        .set("client.id", &client_id)
+        // Offsets move only under the checkpoint rule, from this code.
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", reset)
+        // The end of a partition tells a reader it is caught up (idle windows may close).
+        .set("enable.partition.eof", "true")
+        .set("statistics.interval.ms", "1000")
+        // A dead worker's partitions move after 10 s (the Kinesis source's
+        // default failover), not Kafka's 45 s; tansu also waits about half
+        // of it before the first assignment.
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        // What a paused partition may still hold in librdkafka's queue.
+        .set("queued.max.messages.kbytes", "16384");
+    for (k, v) in &args.options {
+        config.set(k, v);
+    }
+    let drain = Duration::from_secs(args.shutdown_secs);
+    let group = Arc::new(Group {
+        topic: args.topic.clone(),
+        format: args.format,
+        engine_config,
+        sink,
+        metrics: metrics.clone(),
+        runtime: tokio::runtime::Handle::current(),
+        checkpoint_every: Duration::from_millis(args.checkpoint_ms.max(100)),
+        idle: Duration::from_millis(args.idle_poll_ms.max(10)),
+        drain,
+        readers: Mutex::new(HashMap::new()),
+    });
+    let consumer: BaseConsumer<GroupContext> = config
+        .create_with_context(GroupContext(group.clone()))
+        .context("cannot create the Kafka consumer")?;
+    consumer
+        .subscribe(&[&args.topic])
+        .with_context(|| format!("cannot subscribe to {}", args.topic))?;
+    metrics.set_ready(true);
+    info!(worker = %client_id, brokers = %args.brokers, topic = %args.topic, group = %args.group, format = ?args.format, "worker started");
+
+    // librdkafka's poll blocks: the loop gets a thread of its own.
+    let poll_shutdown = shutdown.clone();
+    let mut poller = tokio::task::spawn_blocking(move || poll_loop(consumer, group, poll_shutdown));
+    let early = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        ended = &mut poller => Some(ended),
+    };
+    metrics.set_ready(false);
+    let result = match early {
+        // Nothing is consumed any more: exit non-zero so the task is replaced.
+        Some(ended) => {
+            shutdown.cancel();
+            Err(anyhow::anyhow!(
+                "the Kafka poll loop ended unexpectedly: {ended:?}"
+            ))
+        }
+        None => {
+            info!("shutting down: draining partition readers");
+            // The poll loop drains, commits and leaves the group; it is
+            // bounded by the drain deadline plus the group's leave.
+            match tokio::time::timeout(drain + Duration::from_secs(5), poller).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => error!(error = %e, "the Kafka poll loop failed"),
+                Err(_) => error!("the Kafka poll loop did not stop before the shutdown deadline"),
+            }
+            Ok(())
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    info!("worker stopped");
+    result
+}
+
+fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into());
+    format!("{host}-{:08x}", rand::random::<u32>())
+}
+
+fn spawn_signal_handler(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+        }
+        shutdown.cancel();
+    });
+}
+
+/// The poll thread: forwards, resumes, commits; on shutdown drains every
+/// reader, commits, and closes the consumer (which leaves the group, so the
+/// partitions move at once).
+fn poll_loop(consumer: BaseConsumer<GroupContext>, group: Arc<Group>, shutdown: CancellationToken) {
+    let mut last_commit = Instant::now();
+    while !shutdown.is_cancelled() {
+        group.resume_ready(&consumer);
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Ok(m)) => group.forward(&consumer, &m),
+            Some(Err(KafkaError::PartitionEOF(p))) => group.end_of_partition(p),
+            Some(Err(e)) => {
+                warn!(error = %e, "Kafka consumer error");
+                group.metrics.error(&group.topic, "consume");
+            }
+        }
+        if last_commit.elapsed() >= group.checkpoint_every {
+            group.commit_published(&consumer);
+            last_commit = Instant::now();
+        }
+    }
+    let all: Vec<i32> = group.lock().keys().copied().collect();
+    group.revoke(&consumer, &all, true);
+    drop(consumer);
+    info!("left the consumer group");
+}
+
+/// One assigned partition, as the poll thread sees it.
+struct Assigned {
+    input: mpsc::Sender<Input>,
+    /// What arrived while the reader's queue was full (the partition is
+    /// paused until it is empty again).
+    overflow: VecDeque<Input>,
+    paused: bool,
+    stop: CancellationToken,
+    shared: Arc<Shared>,
+    done: std::sync::mpsc::Receiver<Final>,
+    label: ShardLabel,
+}
+
+/// The consumer group's state on this worker; lives in librdkafka's client
+/// context so the rebalance callbacks reach it.
+struct Group {
+    topic: String,
+    format: KafkaFormat,
+    engine_config: EngineConfig,
+    sink: Arc<Sink>,
+    metrics: Arc<Metrics>,
+    runtime: tokio::runtime::Handle,
+    checkpoint_every: Duration,
+    idle: Duration,
+    /// How long a revoke waits for the readers' final offsets.
+    drain: Duration,
+    readers: Mutex<HashMap<i32, Assigned>>,
+}
+
+impl Group {
+    fn lock(&self) -> MutexGuard<'_, HashMap<i32, Assigned>> {
+        // Only the poll thread locks it; a poisoned lock still holds valid state.
+        self.readers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn tpl(&self, partitions: &[i32]) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions {
+            tpl.add_partition(&self.topic, *p);
+        }
+        tpl
+    }
+
+    /// A message to its partition's reader; a full queue pauses the partition.
+    fn forward(
+        &self,
+        consumer: &BaseConsumer<GroupContext>,
+        m: &rdkafka::message::BorrowedMessage<'_>,
+    ) {
+        let p = m.partition();
+        let mut readers = self.lock();
+        let Some(a) = readers.get_mut(&p) else {
+            // Buffered before its partition was revoked: the new owner reads it.
+            debug!(
+                partition = p,
+                offset = m.offset(),
+                "message of a partition not held, dropped"
+            );
+            return;
+        };
+        let input = Input::Message(Message {
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            timestamp_ms: m.timestamp().to_millis(),
+        });
+        if a.paused {
+            a.overflow.push_back(input);
+            return;
+        }
+        if let Err(mpsc::error::TrySendError::Full(input)) = a.input.try_send(input) {
+            a.overflow.push_back(input);
+            a.paused = true;
+            if let Err(e) = consumer.pause(&self.tpl(&[p])) {
+                warn!(partition = %a.label.shard, error = %e, "cannot pause the partition");
+            }
+            self.metrics.kafka_pauses.get_or_create(&a.label).inc();
+            debug!(partition = %a.label.shard, "reader behind: partition paused");
+        }
+    }
+
+    fn end_of_partition(&self, p: i32) {
+        if let Some(a) = self.lock().get_mut(&p) {
+            if a.paused {
+                a.overflow.push_back(Input::End);
+            } else {
+                let _ = a.input.try_send(Input::End);
+            }
+        }
+    }
+
+    /// Moves held-back messages into readers that caught up; resumes their partitions.
+    fn resume_ready(&self, consumer: &BaseConsumer<GroupContext>) {
+        let mut resume = Vec::new();
+        for (p, a) in self.lock().iter_mut().filter(|(_, a)| a.paused) {
+            while let Some(input) = a.overflow.pop_front() {
+                match a.input.try_send(input) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(input)) => {
+                        a.overflow.push_front(input);
+                        break;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        a.overflow.clear();
+                        break;
+                    }
+                }
+            }
+            if a.overflow.is_empty() {
+                a.paused = false;
+                resume.push(*p);
+            }
+        }
+        if !resume.is_empty() {
+            if let Err(e) = consumer.resume(&self.tpl(&resume)) {
+                warn!(error = %e, "cannot resume partitions");
+            }
+        }
+    }
+
+    /// Commits (asynchronously) what the readers published.
+    fn commit_published(&self, consumer: &BaseConsumer<GroupContext>) {
+        let mut tpl = TopicPartitionList::new();
+        for (p, a) in self.lock().iter() {
+            let taken = a.shared.commit.lock().ok().and_then(|mut c| c.take());
+            if let Some((offset, meta)) = taken {
+                add_commit(&mut tpl, &self.topic, *p, offset, &meta);
+            }
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+                warn!(error = %e, "offset commit failed; the next one carries it");
+                self.metrics.error(&self.topic, "commit");
+            }
+        }
+    }
+
+    /// New partitions: each gets a reader that resumes from the group's
+    /// committed offset and the event time committed with it.
+    fn assign(&self, consumer: &BaseConsumer<GroupContext>, partitions: &[i32]) {
+        let committed = match consumer
+            .committed_offsets(self.tpl(partitions), Duration::from_secs(10))
+        {
+            Ok(tpl) => tpl,
+            Err(e) => {
+                warn!(error = %e, "cannot read the committed offsets; resuming without their event time");
+                TopicPartitionList::new()
+            }
+        };
+        let mut readers = self.lock();
+        for &p in partitions {
+            let (offset, event_time) = match committed.find_partition(&self.topic, p) {
+                Some(elem) => (
+                    match elem.offset() {
+                        Offset::Offset(o) => Some(o),
+                        _ => None,
+                    },
+                    offsets::parse_commit_metadata(&metadata_of(&elem)),
+                ),
+                None => (None, None),
+            };
+            let mut engine = match Engine::new(self.engine_config.clone()) {
+                Ok(e) => e,
+                Err(e) => {
+                    error!(error = %e, "invalid engine configuration");
+                    continue;
+                }
+            };
+            if let Some(t) = event_time {
+                engine.resume_from(t);
+            }
+            let label = ShardLabel {
+                shard: format!("{}/{p}", self.topic),
+            };
+            let (tx, rx) = mpsc::channel(READER_QUEUE);
+            let (done_tx, done_rx) = std::sync::mpsc::channel();
+            let stop = CancellationToken::new();
+            let shared = Arc::new(Shared::default());
+            let reader = Reader {
+                topic: self.topic.clone(),
+                partition: p,
+                format: self.format,
+                engine,
+                tracker: offsets::CommitTracker::new(offset),
+                sink: self.sink.clone(),
+                metrics: self.metrics.clone(),
+                input: rx,
+                shared: shared.clone(),
+                stop: stop.clone(),
+                checkpoint_every: self.checkpoint_every,
+                idle: self.idle,
+                max_future_skew_ms: self.engine_config.max_future_skew_ms,
+                done: done_tx,
+            };
+            self.runtime.spawn(reader.run());
+            info!(partition = %label.shard, committed = ?offset, event_time = ?event_time, "partition assigned");
+            readers.insert(
+                p,
+                Assigned {
+                    input: tx,
+                    overflow: VecDeque::new(),
+                    paused: false,
+                    stop,
+                    shared,
+                    done: done_rx,
+                    label,
+                },
+            );
+        }
+        self.metrics.partitions_assigned.set(readers.len() as i64);
+    }
+
+    /// Partitions leave this worker (rebalance or shutdown): their readers
+    /// stop, and unless the assignment was lost (another member may own them
+    /// already) their final offsets are committed synchronously first.
+    fn revoke(&self, consumer: &BaseConsumer<GroupContext>, partitions: &[i32], commit: bool) {
+        let leaving: Vec<(i32, Assigned)> = {
+            let mut readers = self.lock();
+            let l = partitions
+                .iter()
+                .filter_map(|p| readers.remove(p).map(|a| (*p, a)))
+                .collect();
+            self.metrics.partitions_assigned.set(readers.len() as i64);
+            l
+        };
+        if leaving.is_empty() {
+            return;
+        }
+        for (_, a) in &leaving {
+            a.stop.cancel();
+        }
+        let deadline = Instant::now() + self.drain;
+        let mut tpl = TopicPartitionList::new();
+        for (p, a) in leaving {
+            self.metrics.kafka_lag.remove(&a.label);
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match a.done.recv_timeout(wait) {
+                Ok(Final {
+                    commit: Some((offset, meta)),
+                }) => add_commit(&mut tpl, &self.topic, p, offset, &meta),
+                Ok(Final { commit: None }) => {}
+                Err(_) => {
+                    error!(partition = %a.label.shard, "reader did not stop in time; its offset is not committed")
+                }
+            }
+        }
+        if !commit {
+            warn!(partitions = ?partitions, "assignment lost: nothing committed");
+            return;
+        }
+        if tpl.count() > 0 {
+            match consumer.commit(&tpl, CommitMode::Sync) {
+                // The commit callback counts it in the metrics.
+                Ok(()) => info!(offsets = ?offsets_of(&tpl), "final offsets committed"),
+                Err(e) => {
+                    error!(error = %e, "final offset commit failed");
+                    self.metrics.error(&self.topic, "commit");
+                }
+            }
+        }
+    }
+
+    /// Per-partition lag from librdkafka's statistics: the partition's end
+    /// (high watermark) minus the reader's position.
+    fn lag(&self, stats: &Statistics) {
+        let Some(topic) = stats.topics.get(&self.topic) else {
+            return;
+        };
+        for (p, a) in self.lock().iter() {
+            let Some(part) = topic.partitions.get(p) else {
+                continue;
+            };
+            let position = a.shared.position.load(std::sync::atomic::Ordering::Relaxed);
+            if part.hi_offset < 0 || position < 0 {
+                continue;
+            }
+            self.metrics
+                .kafka_lag
+                .get_or_create(&a.label)
+                .set((part.hi_offset - position).max(0));
+        }
+    }
+}
+
+fn add_commit(tpl: &mut TopicPartitionList, topic: &str, p: i32, offset: i64, meta: &str) {
+    let mut elem = tpl.add_partition(topic, p);
+    if let Err(e) = elem.set_offset(Offset::Offset(offset)) {
+        warn!(partition = p, error = %e, "cannot set the offset to commit");
+    }
+    elem.set_metadata(meta);
+}
+
+fn offsets_of(tpl: &TopicPartitionList) -> Vec<(i32, Option<i64>)> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.partition(), e.offset().to_raw()))
+        .collect()
+}
+
+/// A committed offset's metadata. rdkafka panics on metadata that is not
+/// UTF-8 (another tool may have committed anything): read it as none then.
+fn metadata_of(elem: &rdkafka::topic_partition_list::TopicPartitionListElem<'_>) -> String {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| elem.metadata().to_owned()))
+        .unwrap_or_default()
+}
+
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<i32> {
+    tpl.elements().iter().map(|e| e.partition()).collect()
+}
+
+/// librdkafka's client context: logs into tracing, lag from statistics,
+/// and the rebalance callbacks (run on the poll thread).
+struct GroupContext(Arc<Group>);
+
+impl ClientContext for GroupContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => error!(facility = fac, "librdkafka: {message}"),
+            RDKafkaLogLevel::Warning => warn!(facility = fac, "librdkafka: {message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                info!(facility = fac, "librdkafka: {message}")
+            }
+            RDKafkaLogLevel::Debug => debug!(facility = fac, "librdkafka: {message}"),
+        }
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        self.0.lag(&statistics);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        warn!(error = %error, reason, "Kafka client error");
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                let partitions = partitions_of(tpl);
+                info!(partitions = ?partitions, "partitions revoked");
+                self.0
+                    .revoke(consumer, &partitions, !consumer.assignment_lost());
+            }
+            Rebalance::Assign(_) => {}
+            Rebalance::Error(e) => warn!(error = %e, "rebalance error"),
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let partitions: Vec<i32> = tpl
+                .elements()
+                .iter()
+                .filter(|e| e.topic() == self.0.topic)
+                .map(|e| e.partition())
+                .collect();
+            self.0.assign(consumer, &partitions);
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => {
+                for e in offsets.elements() {
+                    self.0
+                        .metrics
+                        .checkpoints
+                        .get_or_create(&ShardLabel {
+                            shard: format!("{}/{}", e.topic(), e.partition()),
+                        })
+                        .inc();
+                }
+                debug!(offsets = ?offsets_of(offsets), "offsets committed");
+            }
+            Err(e) => {
+                warn!(error = %e, "offset commit failed; the next one carries it");
+                self.0.metrics.error(&self.0.topic, "commit");
+            }
+        }
+    }
+}

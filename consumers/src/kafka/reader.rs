@@ -1,0 +1,297 @@
+//! One partition's reader: a tokio task with its own engine. It takes the
+//! messages the consumer's poll thread forwards (a bounded channel: a slow
+//! reader pauses its partition, see [`super::Group`]), runs them through the
+//! engine, delivers the commands with backoff, and publishes the offset the
+//! checkpoint rule allows. On revoke or shutdown it stops at once (a command
+//! being retried is abandoned, its message stays uncommitted) and hands back
+//! its final offset, which the poll thread commits before the partition
+//! moves.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sshwarden_pipeline::engine::RecordKind;
+use sshwarden_pipeline::policy::{Decision, Origin};
+use sshwarden_pipeline::{Engine, LineInput};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::offsets::{self, CommitTracker, Content};
+use crate::config::KafkaFormat;
+use crate::metrics::{ActionLabel, Metrics, ShardLabel};
+use crate::run::shard::{now_ms, Backoff};
+use crate::sink::{Delivered, Sink};
+
+/// A message, copied out of librdkafka's buffer by the poll thread.
+#[derive(Debug)]
+pub struct Message {
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    /// The message's timestamp (create or log-append time), epoch ms.
+    pub timestamp_ms: Option<i64>,
+}
+
+#[derive(Debug)]
+pub enum Input {
+    Message(Message),
+    /// The reader reached the end of the partition (nothing more buffered).
+    End,
+}
+
+/// What the poll thread and the reader share.
+#[derive(Debug)]
+pub struct Shared {
+    /// An offset (and its metadata) the reader wants committed; the poll
+    /// thread takes it on its next commit round.
+    pub commit: Mutex<Option<(i64, String)>>,
+    /// The offset after the last message processed (-1: none yet).
+    pub position: AtomicI64,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            commit: Mutex::new(None),
+            position: AtomicI64::new(-1),
+        }
+    }
+}
+
+/// The offset to commit when the partition is revoked (`None`: nothing was
+/// delivered since the assignment).
+#[derive(Debug)]
+pub struct Final {
+    pub commit: Option<(i64, String)>,
+}
+
+pub struct Reader {
+    pub topic: String,
+    pub partition: i32,
+    pub format: KafkaFormat,
+    pub engine: Engine,
+    pub tracker: CommitTracker,
+    pub sink: Arc<Sink>,
+    pub metrics: Arc<Metrics>,
+    pub input: mpsc::Receiver<Input>,
+    pub shared: Arc<Shared>,
+    /// Fires on revoke or shutdown.
+    pub stop: CancellationToken,
+    pub checkpoint_every: Duration,
+    pub idle: Duration,
+    pub max_future_skew_ms: i64,
+    pub done: std::sync::mpsc::Sender<Final>,
+}
+
+impl Reader {
+    pub async fn run(mut self) {
+        let label = ShardLabel {
+            shard: format!("{}/{}", self.topic, self.partition),
+        };
+        let mut decisions = Vec::new();
+        let mut checkpoint = tokio::time::interval(self.checkpoint_every);
+        checkpoint.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Set while the partition is caught up: past it, processing time
+        // stands in for event time so idle windows close (as a caught-up
+        // Kinesis shard does).
+        let mut idle_at: Option<Instant> = None;
+        loop {
+            let idle_sleep = async {
+                match idle_at {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => break,
+                input = self.input.recv() => match input {
+                    None => break,
+                    Some(Input::Message(m)) => {
+                        idle_at = None;
+                        if !self.process(&label, m, &mut decisions).await {
+                            break;
+                        }
+                    }
+                    Some(Input::End) => idle_at = Some(Instant::now() + self.idle),
+                },
+                _ = idle_sleep => {
+                    self.engine.observe_idle(now_ms());
+                    idle_at = Some(Instant::now() + self.idle);
+                }
+                _ = checkpoint.tick() => self.publish(),
+            }
+        }
+        let low = self.engine.low_water_position();
+        let commit = self
+            .tracker
+            .commit_point(low)
+            .map(|o| (o, offsets::commit_metadata(self.engine.event_time())));
+        info!(partition = %label.shard, commit = ?commit.as_ref().map(|c| c.0), "partition reader stopped");
+        // The poll thread may have given up waiting (its deadline passed).
+        let _ = self.done.send(Final { commit });
+    }
+
+    /// Offers the offset the checkpoint rule allows to the poll thread.
+    fn publish(&mut self) {
+        let low = self.engine.low_water_position();
+        if let Some(offset) = self.tracker.to_commit(low) {
+            let meta = offsets::commit_metadata(self.engine.event_time());
+            if let Ok(mut slot) = self.shared.commit.lock() {
+                *slot = Some((offset, meta));
+                self.tracker.committed(offset);
+            }
+        }
+    }
+
+    /// One message through the engine, its commands delivered. False when
+    /// delivery was interrupted by a revoke or shutdown (the message then
+    /// stays undelivered, so no commit passes it).
+    async fn process(
+        &mut self,
+        label: &ShardLabel,
+        m: Message,
+        decisions: &mut Vec<Decision>,
+    ) -> bool {
+        let position = offsets::position(m.offset);
+        self.metrics.records.get_or_create(label).inc();
+        self.metrics
+            .bytes
+            .get_or_create(label)
+            .inc_by(m.payload.len() as u64);
+        decisions.clear();
+        let now = now_ms();
+        match offsets::content(self.format, &m.payload) {
+            Content::Payload => {
+                match self
+                    .engine
+                    .process_record(&m.payload, "", position, Some(now), decisions)
+                {
+                    Ok(RecordKind::Data { events }) => {
+                        self.metrics
+                            .events
+                            .get_or_create(label)
+                            .inc_by(events as u64);
+                    }
+                    Ok(RecordKind::Control) => {
+                        debug!(partition = %label.shard, offset = m.offset, "control message skipped");
+                    }
+                    Err(e) => {
+                        warn!(partition = %label.shard, offset = m.offset, error = %e, "message skipped");
+                        self.metrics.error(&label.shard, "decode");
+                    }
+                }
+            }
+            Content::Lines => {
+                let events = self.process_lines(&m, position, now, decisions);
+                self.metrics.events.get_or_create(label).inc_by(events);
+            }
+        }
+        for d in decisions.iter() {
+            match d {
+                Decision::Command(c) => {
+                    if !self.deliver(c).await {
+                        return false;
+                    }
+                }
+                Decision::Suppressed {
+                    rule,
+                    subject,
+                    reason,
+                    ..
+                } => {
+                    info!(partition = %label.shard, rule, ?subject, ?reason, "rule fired, command suppressed");
+                }
+            }
+        }
+        self.tracker.delivered(m.offset);
+        self.shared.position.store(m.offset + 1, Ordering::Relaxed);
+        true
+    }
+
+    /// Raw sshd lines: the key names the instance (else each line's syslog
+    /// host does, and a host name is never quarantined); the message's
+    /// timestamp is the event time, as CloudWatch's is for a payload's
+    /// events; ids are topic/partition/offset(/line), for deduplication.
+    fn process_lines(
+        &mut self,
+        m: &Message,
+        position: u64,
+        now: i64,
+        decisions: &mut Vec<Decision>,
+    ) -> u64 {
+        let text = String::from_utf8_lossy(&m.payload);
+        let instance = offsets::instance_from_key(m.key.as_deref());
+        let time_ms = m
+            .timestamp_ms
+            .filter(|t| *t > 0)
+            .map(|t| t.min(now + self.max_future_skew_ms));
+        let origin = Origin {
+            account: String::new(),
+            log_group: format!("kafka:{}", self.topic),
+            log_stream: instance.unwrap_or_default().to_owned(),
+        };
+        let mut events = 0;
+        for (i, line) in text.split('\n').enumerate() {
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            if line.trim().is_empty() {
+                continue;
+            }
+            let id = if i == 0 {
+                format!("{}/{}/{}", self.topic, self.partition, m.offset)
+            } else {
+                format!("{}/{}/{}/{i}", self.topic, self.partition, m.offset)
+            };
+            self.engine.process_line(
+                &LineInput {
+                    instance: instance.unwrap_or_default(),
+                    instance_from_host: instance.is_none(),
+                    event_id: Some(&id),
+                    time_ms,
+                    position,
+                    line,
+                },
+                &origin,
+                decisions,
+            );
+            events += 1;
+        }
+        events
+    }
+
+    /// Delivers with exponential backoff until it succeeds, or until a
+    /// revoke or shutdown interrupts (false).
+    async fn deliver(&self, c: &sshwarden_pipeline::command::Command) -> bool {
+        let mut backoff = Backoff::new();
+        self.metrics.commands_pending.inc();
+        let ok = loop {
+            match self.sink.deliver(c).await {
+                Ok(d) => {
+                    let action = serde_json::to_value(c.action)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default();
+                    self.metrics
+                        .commands
+                        .get_or_create(&ActionLabel { action })
+                        .inc();
+                    info!(id = %c.id, rule = %c.rule, already_handled = (d == Delivered::AlreadyHandled), "command delivered");
+                    break true;
+                }
+                Err(e) => {
+                    self.metrics.command_failures.inc();
+                    warn!(id = %c.id, error = %e, "command delivery failed; retrying, commit held");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff.next()) => {}
+                _ = self.stop.cancelled() => break false,
+            }
+        };
+        self.metrics.commands_pending.dec();
+        ok
+    }
+}

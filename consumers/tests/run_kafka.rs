@@ -1,0 +1,1244 @@
+//! `sshwarden run --source kafka` against a real Kafka-protocol broker on
+//! 127.0.0.1 (tansu, started by `scripts/emulators up kafka`). Each test
+//! creates its own topic and consumer group, writes seeded fleet traffic
+//! with ground truth through the load generator's Kafka writer, runs
+//! separate `sshwarden run` processes with the stdout sink, and checks their
+//! commands (stdout), logs (stderr), metrics and the group's committed
+//! offsets.
+//!
+//! Scenarios: attacks detected end to end (subscription payloads, and raw
+//! sshd lines keyed by instance id); a restart resumes from the committed
+//! offsets without losing a window; a rebalance between two workers; poison
+//! messages skipped and counted.
+//!
+//! The broker: SSHWARDEN_KAFKA_BROKERS [127.0.0.1:9092]; the binary:
+//! SSHWARDEN_BIN [the one cargo built for the test]. A test fails (never
+//! skips) when it does not answer. Every wait is bounded; every worker is
+//! killed when its test ends; on failure the tails of every worker's stdout
+//! and stderr are printed.
+
+#![cfg(feature = "kafka")]
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
+use serde_json::Value;
+use sshwarden_loadgen::kafka::{line_messages, payload_messages, produce, Outgoing};
+use sshwarden_loadgen::{encode_records, Fleet, FleetConfig, RecordOptions, Scenario};
+use sshwarden_pipeline::command::command_id;
+use sshwarden_pipeline::time::format_rfc3339_ms;
+use sshwarden_pipeline::window::SubjectKind;
+
+/// No wait in these tests is longer.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+const WINDOW_MS: i64 = 60_000;
+
+// ------------------------------------------------------------------ broker
+
+/// The broker's address; fails the test when nothing answers there.
+fn broker() -> String {
+    let brokers =
+        std::env::var("SSHWARDEN_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let first = brokers.split(',').next().unwrap_or_default().to_owned();
+    let reachable = std::net::ToSocketAddrs::to_socket_addrs(&first)
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok());
+    assert!(
+        reachable,
+        "no Kafka broker answers at {brokers}. These tests need one: run \
+         `scripts/emulators up kafka` (or set SSHWARDEN_KAFKA_BROKERS to where a broker listens)."
+    );
+    brokers
+}
+
+fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let results = rt
+        .block_on(admin.create_topics(
+            [&new],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        ))
+        .unwrap_or_else(|e| panic!("CreateTopics {topic}: {e}"));
+    for r in results {
+        if let Err((t, e)) = r {
+            panic!("CreateTopics {t}: {e}");
+        }
+    }
+}
+
+/// The group's committed offsets, per partition (-1: none).
+fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_range(topic, 0, partitions - 1);
+    let got = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("OffsetFetch {group}: {e}"));
+    (0..partitions)
+        .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => -1,
+        })
+        .collect()
+}
+
+fn write(brokers: &str, topic: &str, messages: &[Outgoing]) {
+    produce(brokers, topic, &[], messages, None, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("producing to {topic}: {e:#}"));
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// A start time at `offset_ms` into a (60 s, epoch-aligned) window, at most
+/// `lag_ms` and less than `lag_ms` + 60 s before now: the same seed yields
+/// the same events relative to the windows whenever the test runs.
+fn traffic_start(offset_ms: i64, lag_ms: i64) -> i64 {
+    let t = now_ms() - lag_ms;
+    let start = t.div_euclid(WINDOW_MS) * WINDOW_MS + offset_ms;
+    if start > t {
+        start - WINDOW_MS
+    } else {
+        start
+    }
+}
+
+struct Deadline {
+    what: String,
+    start: Instant,
+    limit: Duration,
+}
+
+impl Deadline {
+    fn new(what: impl Into<String>, limit: Duration) -> Self {
+        assert!(limit <= MAX_WAIT);
+        Deadline {
+            what: what.into(),
+            start: Instant::now(),
+            limit,
+        }
+    }
+
+    fn check(&self, detail: impl FnOnce() -> String) {
+        if self.start.elapsed() > self.limit {
+            panic!(
+                "timed out after {:?} waiting for {}: {}",
+                self.limit,
+                self.what,
+                detail()
+            );
+        }
+    }
+}
+
+fn pause(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+// ------------------------------------------------------------------ traffic
+
+/// A command the ground truth says must be issued.
+#[derive(Debug, Clone)]
+struct Expected {
+    id: String,
+    instance: String,
+    window_start_ms: i64,
+    crossing_ms: i64,
+    detected_at: String,
+    /// Counts per signal in the window when the threshold was crossed.
+    counts: BTreeMap<String, u64>,
+}
+
+struct Traffic {
+    fleet: Fleet,
+    expected: Vec<Expected>,
+}
+
+impl Traffic {
+    /// Every instance under a brute force for the whole duration, plus
+    /// benign traffic and background scanning.
+    fn brute_force(seed: u64, instances: usize, start_ms: i64, duration_ms: i64) -> Traffic {
+        let per_second = 0.5;
+        let config = FleetConfig {
+            instances,
+            seed,
+            start_ms,
+            duration_ms,
+            benign_events_per_instance_per_min: 12.0,
+            scan_probes_per_instance_per_min: 1.0,
+            scenarios: (0..instances)
+                .map(|i| Scenario::FastBruteForce {
+                    instance: i,
+                    offset_ms: 0,
+                    attempts: (duration_ms as f64 / 1000.0 * per_second) as u32,
+                    per_second,
+                })
+                .collect(),
+        };
+        let fleet = Fleet::generate(&config).expect("fleet config");
+        let rules = sshwarden_loadgen::TruthRules::default();
+        let truth = fleet.ground_truth();
+        let expected = truth
+            .expected
+            .iter()
+            .map(|d| {
+                let rule = rules.rules.iter().find(|r| r.name == d.rule).unwrap();
+                let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+                let mut hits = 0;
+                for e in fleet.events() {
+                    let Some(signal) = e.signal else { continue };
+                    if e.instance != d.instance
+                        || e.time_ms.div_euclid(truth.window_ms) * truth.window_ms
+                            != d.window_start_ms
+                    {
+                        continue;
+                    }
+                    *counts.entry(signal.as_str().to_owned()).or_default() += 1;
+                    if rule.signals.contains(&signal) {
+                        hits += 1;
+                        if hits == rule.threshold {
+                            break;
+                        }
+                    }
+                }
+                Expected {
+                    id: command_id(
+                        SubjectKind::Instance,
+                        &d.instance,
+                        &d.rule,
+                        d.window_start_ms,
+                    ),
+                    instance: d.instance.clone(),
+                    window_start_ms: d.window_start_ms,
+                    crossing_ms: d.crossing_time_ms,
+                    detected_at: format_rfc3339_ms(d.crossing_time_ms),
+                    counts,
+                }
+            })
+            .collect();
+        Traffic { fleet, expected }
+    }
+
+    /// One message per subscription payload (25 events, 5 s at most).
+    fn payloads(&self) -> Vec<Outgoing> {
+        let opts = RecordOptions {
+            events_per_record: 25,
+            max_span_ms: 5_000,
+            ..RecordOptions::default()
+        };
+        payload_messages(&encode_records(self.fleet.events(), &opts))
+    }
+
+    fn lines(&self) -> Vec<Outgoing> {
+        line_messages(self.fleet.events())
+    }
+}
+
+/// Messages whose (last) event is before `time_ms`, and the rest.
+fn split_at(messages: &[Outgoing], time_ms: i64) -> (&[Outgoing], &[Outgoing]) {
+    let i = messages.partition_point(|m| m.timestamp_ms < time_ms);
+    messages.split_at(i)
+}
+
+/// What the workers' commands say against the truth.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Command id -> copies per worker.
+    by_id: BTreeMap<String, Vec<usize>>,
+    /// Command id -> copies per worker with the truth's content.
+    correct: BTreeMap<String, Vec<usize>>,
+    unexpected: Vec<String>,
+    /// Copies with other content: (worker, id, what differs).
+    partial: Vec<(usize, String, String)>,
+}
+
+impl Tally {
+    fn new(expected: &[Expected], outputs: &[Vec<Value>]) -> Tally {
+        let want: HashMap<&str, &Expected> = expected.iter().map(|e| (e.id.as_str(), e)).collect();
+        let mut t = Tally::default();
+        for (w, commands) in outputs.iter().enumerate() {
+            for c in commands {
+                let id = c["id"].as_str().unwrap_or_default().to_owned();
+                t.by_id
+                    .entry(id.clone())
+                    .or_insert_with(|| vec![0; outputs.len()])[w] += 1;
+                let Some(e) = want.get(id.as_str()) else {
+                    t.unexpected
+                        .push(format!("unexpected command from worker {w}: {c}"));
+                    continue;
+                };
+                let counts: BTreeMap<String, u64> = c["counts"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if c["instance_id"] == e.instance.as_str()
+                    && c["detected_at"] == e.detected_at.as_str()
+                    && counts == e.counts
+                {
+                    t.correct
+                        .entry(id)
+                        .or_insert_with(|| vec![0; outputs.len()])[w] += 1;
+                } else {
+                    t.partial.push((
+                        w,
+                        id,
+                        format!(
+                            "detected_at {} counts {counts:?}, expected {} {:?}",
+                            c["detected_at"], e.detected_at, e.counts
+                        ),
+                    ));
+                }
+            }
+        }
+        t
+    }
+
+    fn missing<'a>(&self, expected: &'a [Expected]) -> Vec<&'a str> {
+        expected
+            .iter()
+            .filter(|e| !self.by_id.contains_key(&e.id))
+            .map(|e| e.id.as_str())
+            .collect()
+    }
+
+    fn correct_from(&self, id: &str, worker: usize) -> usize {
+        self.correct.get(id).map_or(0, |v| v[worker])
+    }
+
+    /// Nothing unexpected, every expected command issued at least once with
+    /// the truth's counts, and copies with other counts only where
+    /// `repeat_ok(worker, id)`: a new owner re-reads from the committed
+    /// offset, and messages after it can carry the tail of a window that had
+    /// closed; such a copy repeats (same id) a command delivered in full.
+    fn assert_content(&self, expected: &[Expected], repeat_ok: impl Fn(usize, &str) -> bool) {
+        assert!(
+            self.unexpected.is_empty(),
+            "unexpected commands: {:#?}",
+            self.unexpected
+        );
+        let never_whole: Vec<&str> = expected
+            .iter()
+            .filter(|e| {
+                self.correct
+                    .get(&e.id)
+                    .is_none_or(|v| v.iter().sum::<usize>() == 0)
+            })
+            .map(|e| e.id.as_str())
+            .collect();
+        assert!(
+            never_whole.is_empty(),
+            "issued only with other counts than the truth (counts lost): {never_whole:?}\n{:#?}",
+            self.partial
+        );
+        let bad: Vec<_> = self
+            .partial
+            .iter()
+            .filter(|(w, id, _)| !repeat_ok(*w, id))
+            .collect();
+        assert!(bad.is_empty(), "commands with wrong counts: {bad:#?}");
+    }
+}
+
+// ------------------------------------------------------------------ workers
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    Ok(raw
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_owned()))
+}
+
+/// One `sshwarden run --source kafka` process; killed when dropped.
+struct Worker {
+    id: String,
+    child: Child,
+    status: Option<ExitStatus>,
+    stdout: PathBuf,
+    stderr: PathBuf,
+    metrics: SocketAddr,
+}
+
+impl Worker {
+    fn commands(&self) -> Vec<Value> {
+        read_json_lines(&self.stdout)
+    }
+
+    fn logs_with(&self, message: &str) -> Vec<Value> {
+        read_json_lines(&self.stderr)
+            .into_iter()
+            .filter(|l| l["fields"]["message"] == message)
+            .collect()
+    }
+
+    /// The sum of a metric's samples (0 when absent or unreachable).
+    fn metric(&self, name: &str) -> f64 {
+        self.metric_where(name, "")
+    }
+
+    /// The sum of a metric's samples whose labels contain `label`.
+    fn metric_where(&self, name: &str, label: &str) -> f64 {
+        let body = http_get(self.metrics, "/metrics").unwrap_or_default();
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| {
+                l.split([' ', '{']).next() == Some(name) && (label.is_empty() || l.contains(label))
+            })
+            .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+            .sum()
+    }
+
+    fn sigterm(&self) {
+        // SAFETY: kill(2) on the pid of a child we have not reaped yet.
+        let rc = unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill -TERM {}", self.child.id());
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                self.status = Some(s);
+                return Some(s);
+            }
+            pause(50);
+        }
+        None
+    }
+
+    fn running(&mut self) -> bool {
+        if self.status.is_some() {
+            return false;
+        }
+        match self.child.try_wait() {
+            Ok(Some(s)) => {
+                self.status = Some(s);
+                false
+            }
+            _ => true,
+        }
+    }
+
+    fn tails(&self, lines: usize) -> String {
+        let tail = |p: &PathBuf, n: usize| {
+            let text = std::fs::read_to_string(p).unwrap_or_default();
+            let all: Vec<String> = text
+                .lines()
+                .map(|l| match l.char_indices().nth(400) {
+                    Some((i, _)) => format!("{}...", &l[..i]),
+                    None => l.to_owned(),
+                })
+                .collect();
+            all[all.len().saturating_sub(n)..].join("\n")
+        };
+        format!(
+            "----- worker {} ({:?}) stdout {}:\n{}\n----- stderr {}:\n{}\n",
+            self.id,
+            self.status,
+            self.stdout.display(),
+            tail(&self.stdout, lines / 4),
+            self.stderr.display(),
+            tail(&self.stderr, lines),
+        )
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn read_json_lines(path: &PathBuf) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+static UNIQUE: AtomicU32 = AtomicU32::new(0);
+
+/// One test's topic, group, workers and scratch directory.
+struct Harness {
+    label: String,
+    brokers: String,
+    topic: String,
+    group: String,
+    partitions: i32,
+    dir: tempfile::TempDir,
+    started: Instant,
+    workers: Vec<Worker>,
+    /// librdkafka's mock cluster, when the test runs on it (dropped last:
+    /// the workers are killed first).
+    _mock: Option<MockCluster<'static, DefaultProducerContext>>,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "===== {} failed after {:.1?}; topic {}, group {}, files in {}",
+                self.label,
+                self.started.elapsed(),
+                self.topic,
+                self.group,
+                self.dir.path().display()
+            );
+            for w in &self.workers {
+                eprintln!("{}", w.tails(40));
+            }
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+            let _ = dir.keep();
+        } else {
+            self.log("passed");
+        }
+    }
+}
+
+impl Harness {
+    /// A topic on the broker (tansu).
+    fn new(label: &str, partitions: i32) -> Harness {
+        Harness::on(label, partitions, None)
+    }
+
+    /// A topic on a mock cluster of librdkafka's, in this process but
+    /// listening on 127.0.0.1: the workers still talk the Kafka protocol
+    /// to it over TCP.
+    fn on_mock(label: &str, partitions: i32) -> Harness {
+        Harness::on(
+            label,
+            partitions,
+            Some(MockCluster::new(1).expect("librdkafka mock cluster")),
+        )
+    }
+
+    fn on(
+        label: &str,
+        partitions: i32,
+        mock: Option<MockCluster<'static, DefaultProducerContext>>,
+    ) -> Harness {
+        let unique = format!(
+            "{label}-{}-{}-{}",
+            std::process::id(),
+            now_ms() % 1_000_000_000,
+            UNIQUE.fetch_add(1, Ordering::Relaxed)
+        );
+        let topic = format!("sshwarden-it-{unique}");
+        let brokers = match &mock {
+            Some(m) => {
+                m.create_topic(&topic, partitions, 1)
+                    .unwrap_or_else(|e| panic!("mock CreateTopic {topic}: {e}"));
+                m.bootstrap_servers()
+            }
+            None => {
+                let b = broker();
+                create_topic(&b, &topic, partitions);
+                b
+            }
+        };
+        Harness {
+            _mock: mock,
+            label: label.to_owned(),
+            brokers,
+            group: format!("sshwarden-it-group-{unique}"),
+            topic,
+            partitions,
+            dir: tempfile::Builder::new()
+                .prefix(&format!("sshwarden-it-kafka-{label}-"))
+                .tempdir()
+                .unwrap(),
+            started: Instant::now(),
+            workers: Vec::new(),
+        }
+    }
+
+    fn log(&self, what: impl std::fmt::Display) {
+        eprintln!(
+            "[{} +{:>6.2}s] {what}",
+            self.label,
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+
+    fn write(&self, messages: &[Outgoing]) {
+        write(&self.brokers, &self.topic, messages);
+        self.log(format_args!("wrote {} messages", messages.len()));
+    }
+
+    fn committed(&self) -> Vec<i64> {
+        committed(&self.brokers, &self.group, &self.topic, self.partitions)
+    }
+
+    /// Starts a worker: stdout sink (the default), no cooldown, no blast radius, short
+    /// commit and idle intervals, a short session timeout.
+    fn spawn(&mut self, id: &str, extra: &[&str]) -> usize {
+        self.spawn_env(id, extra, &[])
+    }
+
+    fn spawn_env(&mut self, id: &str, extra: &[&str], env: &[(&str, &str)]) -> usize {
+        let metrics = free_addr();
+        let n = self.workers.len();
+        let stdout = self.dir.path().join(format!("{n}-{id}.stdout.jsonl"));
+        let stderr = self.dir.path().join(format!("{n}-{id}.stderr.jsonl"));
+        let metrics_arg = metrics.to_string();
+        let mut args: Vec<&str> = vec![
+            "--blast-radius-max",
+            "0",
+            "--cooldown-secs",
+            "0",
+            "run",
+            "--source",
+            "kafka",
+            "--brokers",
+            &self.brokers,
+            "--topic",
+            &self.topic,
+            "--group",
+            &self.group,
+            "--worker-id",
+            id,
+            "--checkpoint-ms",
+            "300",
+            "--idle-poll-ms",
+            "300",
+            "--shutdown-secs",
+            "10",
+            "--metrics-addr",
+            &metrics_arg,
+            "--kafka-option",
+            "session.timeout.ms=6000",
+            "--kafka-option",
+            "heartbeat.interval.ms=500",
+            "--kafka-option",
+            "fetch.wait.max.ms=100",
+        ];
+        args.extend_from_slice(extra);
+        // SSHWARDEN_BIN: another build of the binary (a release build, or a
+        // copy when other builds share the target directory).
+        let bin = std::env::var("SSHWARDEN_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_sshwarden").to_owned());
+        let mut cmd = Command::new(bin);
+        cmd.args(&args)
+            .env_clear()
+            .env("SSHWARDEN_LOG", "info")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout).unwrap())
+            .stderr(File::create(&stderr).unwrap());
+        let child = cmd.spawn().expect("spawn sshwarden run");
+        self.log(format_args!("started worker {id} (pid {})", child.id()));
+        self.workers.push(Worker {
+            id: id.to_owned(),
+            child,
+            status: None,
+            stdout,
+            stderr,
+            metrics,
+        });
+        n
+    }
+
+    fn check_running(&mut self) {
+        for w in &mut self.workers {
+            if w.status.is_none() && !w.running() {
+                panic!("worker {} exited early: {:?}", w.id, w.status);
+            }
+        }
+    }
+
+    /// Waits until the workers hold `shares` partitions each (as their
+    /// metrics say), every partition once.
+    fn wait_assigned(&mut self, workers: &[usize], shares: &[usize]) {
+        let d = Deadline::new(format!("partitions assigned as {shares:?}"), MAX_WAIT);
+        loop {
+            self.check_running();
+            let held: Vec<usize> = workers
+                .iter()
+                .map(|&w| self.workers[w].metric("sshwarden_kafka_partitions_assigned") as usize)
+                .collect();
+            let mut sorted = held.clone();
+            sorted.sort_unstable();
+            let mut want = shares.to_vec();
+            want.sort_unstable();
+            if sorted == want {
+                self.log(format_args!("assigned: {held:?}"));
+                return;
+            }
+            d.check(|| format!("assigned {held:?}"));
+            pause(100);
+        }
+    }
+
+    fn outputs(&self) -> Vec<Vec<Value>> {
+        self.workers.iter().map(Worker::commands).collect()
+    }
+
+    /// Waits until every expected command was issued by some worker.
+    fn wait_for_commands(&mut self, expected: &[Expected]) -> Tally {
+        let d = Deadline::new("every expected command", MAX_WAIT);
+        loop {
+            self.check_running();
+            let t = Tally::new(expected, &self.outputs());
+            let missing = t.missing(expected);
+            if missing.is_empty() {
+                return t;
+            }
+            d.check(|| {
+                format!(
+                    "{} of {} missing: {missing:?}",
+                    missing.len(),
+                    expected.len()
+                )
+            });
+            pause(200);
+        }
+    }
+
+    /// Messages read by all workers (their `sshwarden_records_total`).
+    fn records(&self, worker: usize) -> u64 {
+        self.workers[worker].metric("sshwarden_records_total") as u64
+    }
+}
+
+// ------------------------------------------------------------------ tests
+
+/// Subscription payloads (gzip JSON, as CloudWatch delivers them to
+/// Kinesis) on a 3-partition topic, one worker, format detected per
+/// message: every command of the ground truth with its counts, nothing else,
+/// and every message read once.
+#[test]
+fn attacks_in_payloads_are_detected_end_to_end() {
+    let mut h = Harness::new("payloads", 3);
+    let traffic = Traffic::brute_force(7, 6, traffic_start(10_000, 60_000), 150_000);
+    let messages = traffic.payloads();
+    h.write(&messages);
+    let w = h.spawn("solo", &[]);
+    h.wait_assigned(&[w], &[3]);
+    let t = h.wait_for_commands(&traffic.expected);
+    pause(500);
+    let t2 = Tally::new(&traffic.expected, &h.outputs());
+    t2.assert_content(&traffic.expected, |_, _| false);
+    for (id, n) in &t2.by_id {
+        assert_eq!(n[w], 1, "{id} issued {} times by one worker", n[w]);
+    }
+    let d = Deadline::new("every message read", Duration::from_secs(20));
+    while h.records(w) < messages.len() as u64 {
+        d.check(|| format!("{} of {} read", h.records(w), messages.len()));
+        pause(100);
+    }
+    assert_eq!(h.records(w), messages.len() as u64, "a message read twice");
+    let events = h.workers[w].metric("sshwarden_events_total") as usize;
+    assert_eq!(events, traffic.fleet.events().len());
+    assert_eq!(
+        h.workers[w].metric_where("sshwarden_errors_total", "decode"),
+        0.0
+    );
+    h.log(format_args!(
+        "{} commands for {} messages, {} events (first pass {} ids)",
+        t2.by_id.len(),
+        messages.len(),
+        events,
+        t.by_id.len()
+    ));
+}
+
+/// Raw sshd lines, one per message, keyed by instance id, with the event
+/// time as the message timestamp (`--kafka-format lines`): the same
+/// commands as the payloads carry.
+#[test]
+fn attacks_in_raw_lines_keyed_by_instance_are_detected() {
+    let mut h = Harness::new("lines", 2);
+    let traffic = Traffic::brute_force(8, 4, traffic_start(10_000, 60_000), 150_000);
+    let messages = traffic.lines();
+    h.write(&messages);
+    let w = h.spawn("solo", &["--kafka-format", "lines"]);
+    h.wait_for_commands(&traffic.expected);
+    pause(500);
+    let t = Tally::new(&traffic.expected, &h.outputs());
+    t.assert_content(&traffic.expected, |_, _| false);
+    for c in h.workers[w].commands() {
+        assert_eq!(c["log_group"], format!("kafka:{}", h.topic).as_str(), "{c}");
+        assert_eq!(c["log_stream"], c["instance_id"], "{c}");
+        assert_eq!(
+            c["held"], false,
+            "an instance id from the key is quarantined: {c}"
+        );
+    }
+    let d = Deadline::new("every line read", Duration::from_secs(20));
+    while h.records(w) < messages.len() as u64 {
+        d.check(|| format!("{} of {} read", h.records(w), messages.len()));
+        pause(100);
+    }
+    h.log(format_args!(
+        "{} commands from {} lines",
+        t.by_id.len(),
+        messages.len()
+    ));
+}
+
+/// A worker stops (SIGTERM) 12 s into a window, after committing; a new
+/// worker in the same group resumes from the committed offsets: it reads
+/// exactly the messages after them (none twice, none skipped), and the
+/// thresholds crossed after the restart in windows that straddle it carry the
+/// window's full counts (the window was rebuilt from the committed offset).
+#[test]
+fn a_restart_resumes_from_committed_offsets_without_losing_a_window() {
+    restart(Harness::new("restart", 2), false);
+}
+
+/// The same on librdkafka's mock cluster, which keeps the metadata of an
+/// offset commit (tansu 0.6 drops it): the event time committed with the
+/// offsets reaches the next worker, which then leaves the windows the first
+/// one had closed closed (no copy of a command with a closed window's tail).
+#[test]
+fn a_restart_carries_the_event_time_in_the_commit_metadata() {
+    restart(Harness::on_mock("restart-mock", 2), true);
+}
+
+fn restart(mut h: Harness, broker_keeps_metadata: bool) {
+    let start = traffic_start(32_000, 60_000);
+    let boundary = start + 100_000;
+    assert_eq!(boundary.rem_euclid(WINDOW_MS), 12_000);
+    let traffic = Traffic::brute_force(21, 6, start, 150_000);
+    let messages = traffic.payloads();
+    let (before, after) = split_at(&messages, boundary);
+    h.write(before);
+    let first = h.spawn("first", &[]);
+    // Every command of the messages before the stop.
+    let mut written_to: HashMap<&str, i64> = HashMap::new();
+    for m in before {
+        let t = written_to.entry(m.key.as_str()).or_insert(i64::MIN);
+        *t = (*t).max(m.timestamp_ms);
+    }
+    let before_stop = |e: &Expected| {
+        written_to
+            .get(e.instance.as_str())
+            .is_some_and(|&t| e.crossing_ms <= t)
+    };
+    let early: Vec<Expected> = traffic
+        .expected
+        .iter()
+        .filter(|e| before_stop(e))
+        .cloned()
+        .collect();
+    h.wait_for_commands(&early);
+    let d = Deadline::new("the first worker to read and commit", MAX_WAIT);
+    loop {
+        h.check_running();
+        let read = h.records(first);
+        let c = h.committed();
+        if read == before.len() as u64 && c.iter().all(|&o| o > 0) {
+            break;
+        }
+        d.check(|| format!("read {read} of {}, committed {c:?}", before.len()));
+        pause(100);
+    }
+    h.workers[first].sigterm();
+    let status = h.workers[first].wait_exit(Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the first worker did not exit cleanly on SIGTERM: {status:?}"
+    );
+    assert_eq!(
+        h.workers[first].logs_with("final offsets committed").len(),
+        1,
+        "no final commit on SIGTERM"
+    );
+    let at_stop = h.committed();
+    let resume_from: i64 = at_stop.iter().sum();
+    h.log(format_args!(
+        "first worker stopped after {} commands; committed {at_stop:?} of {} messages",
+        h.workers[first].commands().len(),
+        before.len()
+    ));
+    assert!(
+        (resume_from as usize) < before.len(),
+        "windows open at the stop must hold the commit back, committed {at_stop:?}"
+    );
+    let straddling: Vec<&Expected> = traffic
+        .expected
+        .iter()
+        .filter(|e| e.window_start_ms < boundary && !before_stop(e))
+        .collect();
+    assert!(
+        !straddling.is_empty(),
+        "the traffic must cross a threshold after the stop in a window counted before it"
+    );
+
+    h.write(after);
+    let second = h.spawn("second", &[]);
+    h.wait_for_commands(&traffic.expected);
+    let assigned = h.workers[second].logs_with("partition assigned");
+    assert_eq!(assigned.len(), 2, "{assigned:?}");
+    if broker_keeps_metadata {
+        // The commits' metadata came back through the broker: the second
+        // worker knows which windows the first one had closed.
+        for l in &assigned {
+            assert!(
+                l["fields"]["event_time"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("Some(")),
+                "no event time in the committed metadata: {l}"
+            );
+        }
+    }
+    let total = messages.len() as u64;
+    let expect_read = total - resume_from as u64;
+    let d = Deadline::new("the second worker to read the rest", MAX_WAIT);
+    while h.records(second) < expect_read {
+        h.check_running();
+        d.check(|| format!("read {} of {expect_read}", h.records(second)));
+        pause(100);
+    }
+    pause(500);
+    assert_eq!(
+        h.records(second),
+        expect_read,
+        "the second worker must read exactly the messages from the committed offsets on"
+    );
+    let t = Tally::new(&traffic.expected, &h.outputs());
+    t.assert_content(&traffic.expected, |w, id| {
+        !broker_keeps_metadata && w == second && t.correct_from(id, first) == 1
+    });
+    for e in &straddling {
+        assert_eq!(
+            t.correct_from(&e.id, second),
+            1,
+            "{} not issued after the restart with the window's full counts",
+            e.id
+        );
+    }
+    h.log(format_args!(
+        "second worker read {expect_read} messages from {at_stop:?}; {} thresholds after the restart with full counts; {} repeats of closed windows",
+        straddling.len(),
+        t.partial.len()
+    ));
+}
+
+/// Two workers in one group on a 4-partition topic: the second one's
+/// arrival rebalances the partitions 2 + 2, each reader resumes from the
+/// committed offsets, and every command comes out with its full counts;
+/// when the second leaves (SIGTERM) the first takes all four back.
+#[test]
+fn a_rebalance_between_two_workers_loses_no_window() {
+    let mut h = Harness::new("rebalance", 4);
+    let start = traffic_start(32_000, 60_000);
+    let boundary = start + 100_000;
+    let traffic = Traffic::brute_force(33, 8, start, 150_000);
+    let messages = traffic.payloads();
+    let (before, after) = split_at(&messages, boundary);
+    let a = h.spawn("a", &[]);
+    h.wait_assigned(&[a], &[4]);
+    h.write(before);
+    let d = Deadline::new("worker a to read the first part", MAX_WAIT);
+    while h.records(a) < before.len() as u64 {
+        h.check_running();
+        d.check(|| format!("read {} of {}", h.records(a), before.len()));
+        pause(100);
+    }
+    let b = h.spawn("b", &[]);
+    h.wait_assigned(&[a, b], &[2, 2]);
+    h.write(after);
+    h.wait_for_commands(&traffic.expected);
+    pause(1_000);
+    let t = Tally::new(&traffic.expected, &h.outputs());
+    // A copy with a closed window's tail only repeats a command already delivered in full.
+    t.assert_content(&traffic.expected, |_, id| {
+        t.correct
+            .get(id)
+            .is_some_and(|v| v.iter().sum::<usize>() >= 1)
+    });
+    let assigned_b = h.workers[b].logs_with("partition assigned").len();
+    assert!(assigned_b >= 2, "b logged {assigned_b} assignments");
+    let revoked_a = h.workers[a].logs_with("partitions revoked").len();
+    assert!(revoked_a >= 1, "a never gave partitions up");
+
+    h.workers[b].sigterm();
+    let status = h.workers[b].wait_exit(Duration::from_secs(20));
+    assert!(status.is_some_and(|s| s.success()), "b: {status:?}");
+    h.wait_assigned(&[a], &[4]);
+    h.log(format_args!(
+        "{} commands; a and b shared 2 + 2, then a took all 4 back; {} repeats",
+        t.by_id.len(),
+        t.partial.len()
+    ));
+}
+
+/// Corrupt messages among good ones (a truncated gzip member, gzip of
+/// non-JSON, a JSON object that is no envelope, empty bytes with the gzip
+/// magic): each is counted and skipped, the good ones around them are
+/// counted whole, and the committed offset moves past them.
+#[test]
+fn poison_messages_are_counted_and_skipped() {
+    let mut h = Harness::new("poison", 1);
+    let traffic = Traffic::brute_force(44, 3, traffic_start(10_000, 90_000), 120_000);
+    let mut messages = traffic.payloads();
+    let truncated = {
+        let good = &messages[0].payload;
+        good[..good.len() / 2].to_vec()
+    };
+    let gzip_text = {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(b"not json at all").unwrap();
+        enc.finish().unwrap()
+    };
+    let poison: Vec<Vec<u8>> = vec![
+        truncated,
+        gzip_text,
+        b"{\"hello\": \"world\"}".to_vec(),
+        vec![0x1f, 0x8b],
+    ];
+    let n_poison = poison.len();
+    // Spread over the first third, each keyed like the traffic.
+    let stride = messages.len() / 3 / n_poison;
+    for (i, p) in poison.into_iter().enumerate() {
+        let at = 1 + i * (stride + 1);
+        let m = Outgoing {
+            key: messages[at].key.clone(),
+            payload: p,
+            timestamp_ms: messages[at].timestamp_ms,
+        };
+        messages.insert(at, m);
+    }
+    h.write(&messages);
+    let w = h.spawn("solo", &[]);
+    h.wait_for_commands(&traffic.expected);
+    pause(500);
+    let t = Tally::new(&traffic.expected, &h.outputs());
+    t.assert_content(&traffic.expected, |_, _| false);
+    let d = Deadline::new("every message read", Duration::from_secs(20));
+    while h.records(w) < messages.len() as u64 {
+        d.check(|| format!("{} of {} read", h.records(w), messages.len()));
+        pause(100);
+    }
+    let errors = h.workers[w].metric_where("sshwarden_errors_total", "kind=\"decode\"");
+    assert_eq!(errors as usize, n_poison, "decode errors counted");
+    let skipped = h.workers[w].logs_with("message skipped").len();
+    assert_eq!(skipped, n_poison, "each poison message logged once");
+    let last_poison = 1 + (n_poison - 1) * (stride + 1);
+    let d = Deadline::new("the commit to pass the poison messages", MAX_WAIT);
+    loop {
+        let c = h.committed();
+        if c[0] > last_poison as i64 {
+            h.log(format_args!(
+                "{n_poison} poison messages skipped; committed {c:?} of {}",
+                messages.len()
+            ));
+            break;
+        }
+        h.check_running();
+        d.check(|| format!("committed {c:?}, last poison at offset {last_poison}"));
+        pause(200);
+    }
+    let ids: BTreeSet<&String> = t.by_id.keys().collect();
+    assert_eq!(ids.len(), traffic.expected.len());
+}
+
+/// Step Functions unreachable: the first command's delivery is retried
+/// (with backoff) and holds its partition. The reader's queue fills, the
+/// partition is paused (backpressure), the worker stays in the group past
+/// the session timeout (the poll thread keeps polling), and the commit never
+/// passes the message whose command is undelivered. SIGTERM abandons the
+/// retry and exits cleanly; the next worker re-derives the command (same
+/// id) with its full counts: nothing is lost.
+#[test]
+fn a_sink_outage_holds_the_commit_and_pauses_the_partition() {
+    let mut h = Harness::new("outage", 1);
+    let traffic = Traffic::brute_force(55, 2, traffic_start(10_000, 60_000), 150_000);
+    let messages = traffic.lines();
+    let first = traffic
+        .expected
+        .iter()
+        .min_by_key(|e| e.crossing_ms)
+        .expect("an expected command");
+    let crossing = messages
+        .iter()
+        .position(|m| m.key == first.instance && m.timestamp_ms == first.crossing_ms)
+        .expect("the crossing line") as i64;
+    assert!(
+        messages.len() as i64 - crossing > 2 * 256,
+        "enough messages after the first command to fill the reader's queue"
+    );
+    h.write(&messages);
+    let stuck = h.spawn_env(
+        "stuck",
+        &[
+            "--kafka-format",
+            "lines",
+            "--sink",
+            "sfn",
+            "--state-machine-arn",
+            "arn:aws:states:us-east-1:123456789012:stateMachine:sshwarden-quarantine",
+        ],
+        &[
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:1"),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ],
+    );
+    let d = Deadline::new("failed deliveries and a paused partition", MAX_WAIT);
+    loop {
+        h.check_running();
+        let w = &h.workers[stuck];
+        let (failures, pauses) = (
+            w.metric("sshwarden_command_failures_total"),
+            w.metric("sshwarden_kafka_pauses_total"),
+        );
+        if failures >= 2.0 && pauses >= 1.0 {
+            break;
+        }
+        d.check(|| format!("failures {failures}, pauses {pauses}"));
+        pause(100);
+    }
+    // Longer than the session timeout (6 s): still a member, still held.
+    pause(7_000);
+    h.check_running();
+    let w = &h.workers[stuck];
+    assert_eq!(w.metric("sshwarden_kafka_partitions_assigned"), 1.0);
+    assert!(
+        w.logs_with("partitions revoked").is_empty(),
+        "left the group"
+    );
+    assert_eq!(w.metric("sshwarden_commands_pending"), 1.0);
+    assert_eq!(w.metric("sshwarden_commands_total"), 0.0);
+    let read = h.records(stuck);
+    assert!(
+        read <= crossing as u64 + 1 + 256,
+        "read {read}: more than the undelivered message and a queue behind it"
+    );
+    let held = h.committed()[0];
+    assert!(
+        held <= crossing,
+        "committed {held}, past the message at {crossing} whose command is undelivered"
+    );
+    h.workers[stuck].sigterm();
+    let status = h.workers[stuck].wait_exit(Duration::from_secs(20));
+    assert!(status.is_some_and(|s| s.success()), "stuck: {status:?}");
+    let after_stop = h.committed()[0];
+    assert!(
+        after_stop <= crossing,
+        "final commit {after_stop} past {crossing}"
+    );
+    h.log(format_args!(
+        "stuck worker read {read} of {} messages, paused, committed {after_stop} (command at {crossing})",
+        messages.len()
+    ));
+
+    let next = h.spawn("next", &["--kafka-format", "lines"]);
+    h.wait_for_commands(&traffic.expected);
+    pause(500);
+    let t = Tally::new(&traffic.expected, &h.outputs());
+    t.assert_content(&traffic.expected, |_, _| false);
+    assert_eq!(t.correct_from(&first.id, next), 1, "{} lost", first.id);
+}
+
+/// Two workers share four partitions; one is killed with SIGKILL (no final
+/// commit, no leave): after the session timeout the survivor is assigned
+/// all four, resumes the victim's partitions from their last periodic
+/// commits, and every command comes out with its full counts.
+#[test]
+fn kill_nine_the_survivor_takes_over_without_losing_a_window() {
+    let mut h = Harness::new("kill9", 4);
+    let start = traffic_start(32_000, 60_000);
+    let boundary = start + 100_000;
+    let traffic = Traffic::brute_force(66, 8, start, 150_000);
+    let messages = traffic.payloads();
+    let (before, after) = split_at(&messages, boundary);
+    let survivor = h.spawn("survivor", &[]);
+    let victim = h.spawn("victim", &[]);
+    h.wait_assigned(&[survivor, victim], &[2, 2]);
+    h.write(before);
+    let d = Deadline::new("both workers to read the first part", MAX_WAIT);
+    loop {
+        h.check_running();
+        let read = h.records(survivor) + h.records(victim);
+        let committed = h.committed();
+        if read >= before.len() as u64 && committed.iter().all(|&c| c > 0) {
+            break;
+        }
+        d.check(|| format!("read {read} of {}, committed {committed:?}", before.len()));
+        pause(100);
+    }
+    let at_kill = h.committed();
+    let w = &mut h.workers[victim];
+    w.child.kill().expect("SIGKILL");
+    w.status = Some(w.child.wait().expect("wait"));
+    let killed = Instant::now();
+    h.log(format_args!("killed the victim; committed {at_kill:?}"));
+    h.write(after);
+    h.wait_assigned(&[survivor], &[4]);
+    h.log(format_args!(
+        "the survivor holds all four partitions {:.1?} after the kill",
+        killed.elapsed()
+    ));
+    h.wait_for_commands(&traffic.expected);
+    pause(1_000);
+    let t = Tally::new(&traffic.expected, &h.outputs());
+    t.assert_content(&traffic.expected, |_, id| {
+        t.correct
+            .get(id)
+            .is_some_and(|v| v.iter().sum::<usize>() >= 1)
+    });
+    for (id, n) in &t.by_id {
+        assert!(n[victim] <= 1, "the victim issued {id} {} times", n[victim]);
+    }
+    h.log(format_args!(
+        "{} commands, {} copies with a closed window's tail (same id as a whole one)",
+        t.by_id.len(),
+        t.partial.len()
+    ));
+}
