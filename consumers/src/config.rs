@@ -14,7 +14,7 @@ use sshwarden_pipeline::window::{SubjectKind, WindowConfig};
 use sshwarden_pipeline::EngineConfig;
 
 use crate::run::RunArgs;
-use crate::sink::SinkKind;
+use crate::sink::{BlastRadiusScope, SinkKind};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,6 +39,10 @@ struct RunSection {
     worker_id: Option<String>,
     sink: Option<SinkKind>,
     state_machine_arn: Option<String>,
+    quarantine_group_id: Option<String>,
+    topic_arn: Option<String>,
+    blast_radius_scope: Option<BlastRadiusScope>,
+    blast_radius_table: Option<String>,
     start_position: Option<String>,
     enhanced_fan_out: Option<String>,
     failover_ms: Option<u64>,
@@ -68,6 +72,18 @@ pub struct RunFlags {
     /// The quarantine state machine (with `--sink sfn`).
     #[arg(long, env = "SSHWARDEN_STATE_MACHINE_ARN")]
     pub state_machine_arn: Option<String>,
+    /// The quarantine security group (with `--sink direct`; infra/quarantine-sg.yaml).
+    #[arg(long, env = "SSHWARDEN_QUARANTINE_GROUP_ID")]
+    pub quarantine_group_id: Option<String>,
+    /// The SNS topic for notifications (with `--sink direct`).
+    #[arg(long, env = "SSHWARDEN_TOPIC_ARN")]
+    pub topic_arn: Option<String>,
+    /// Where the blast-radius limit holds: fleet (every worker, counters in DynamoDB; with --sink sfn or direct) or shard [default: fleet].
+    #[arg(long, env = "SSHWARDEN_BLAST_RADIUS_SCOPE", value_enum)]
+    pub blast_radius_scope: Option<BlastRadiusScope>,
+    /// DynamoDB table of the fleet-wide blast-radius counters, created if absent [default: <lease table>-blast-radius].
+    #[arg(long, env = "SSHWARDEN_BLAST_RADIUS_TABLE")]
+    pub blast_radius_table: Option<String>,
     /// Where a shard without a checkpoint starts: trim-horizon, latest or at-timestamp:RFC3339 [default: trim-horizon].
     #[arg(long, env = "SSHWARDEN_START_POSITION")]
     pub start_position: Option<String>,
@@ -297,6 +313,13 @@ fn resolve_run(f: &RunFlags, r: RunSection) -> anyhow::Result<RunArgs> {
         worker_id: f.worker_id.clone().or(r.worker_id),
         sink: f.sink.or(r.sink).unwrap_or(SinkKind::Stdout),
         state_machine_arn: f.state_machine_arn.clone().or(r.state_machine_arn),
+        quarantine_group_id: f.quarantine_group_id.clone().or(r.quarantine_group_id),
+        topic_arn: f.topic_arn.clone().or(r.topic_arn),
+        blast_radius_scope: f
+            .blast_radius_scope
+            .or(r.blast_radius_scope)
+            .unwrap_or_default(),
+        blast_radius_table: f.blast_radius_table.clone().or(r.blast_radius_table),
         start_position: f
             .start_position
             .clone()
@@ -489,6 +512,28 @@ mod tests {
         assert_eq!(r.metrics_addr.port(), 9999);
         assert_eq!(r.lease_table, "sshwarden-leases");
         assert_eq!(r.checkpoint_ms, 5000);
+        assert_eq!(
+            r.blast_radius_scope,
+            BlastRadiusScope::Fleet,
+            "fleet-wide by default"
+        );
+        assert_eq!(r.blast_radius_table, None);
+        let file: FileConfig = toml::from_str(
+            "[run]\nstream = \"s\"\nsink = \"direct\"\nquarantine_group_id = \"sg-0123456789abcdef0\"\ntopic_arn = \"arn:aws:sns:us-east-1:123456789012:t\"\nblast_radius_scope = \"shard\"\nblast_radius_table = \"counters\"",
+        )
+        .unwrap();
+        let r = resolve_run(&RunFlags::default(), file.run).unwrap();
+        assert_eq!(r.sink, SinkKind::Direct);
+        assert_eq!(
+            r.quarantine_group_id.as_deref(),
+            Some("sg-0123456789abcdef0")
+        );
+        assert_eq!(
+            r.topic_arn.as_deref(),
+            Some("arn:aws:sns:us-east-1:123456789012:t")
+        );
+        assert_eq!(r.blast_radius_scope, BlastRadiusScope::Shard);
+        assert_eq!(r.blast_radius_table.as_deref(), Some("counters"));
         let err = resolve_run(&RunFlags::default(), RunSection::default()).unwrap_err();
         assert!(err.to_string().contains("no stream to consume"));
         assert!(toml::from_str::<FileConfig>("[run]\nstreem = \"x\"").is_err());

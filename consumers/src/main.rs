@@ -1,5 +1,6 @@
 //! The `sshwarden` binary: subcommands over the pipeline core.
 
+mod blast_radius;
 mod classify_cmd;
 mod config;
 mod demo;
@@ -35,7 +36,7 @@ enum Command {
     Classify(classify_cmd::ClassifyArgs),
     /// The service: consume a Kinesis stream with shard leases in DynamoDB.
     Run(config::RunFlags),
-    /// Start the release state machine for a quarantined instance.
+    /// Release a quarantined instance: start the release state machine, or restore directly.
     Release(release::ReleaseArgs),
 }
 

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::metrics::{self, Metrics};
-use crate::sink::{SfnSink, Sink, SinkKind, StdoutSink};
+use crate::sink::SinkKind;
 use lease::{Cas, Lease, LeaseTable};
 use shard::{Outcome, Reader, ReaderConfig};
 
@@ -44,6 +44,14 @@ pub struct RunArgs {
     pub sink: SinkKind,
     /// The quarantine state machine (with `--sink sfn`).
     pub state_machine_arn: Option<String>,
+    /// The quarantine security group (with `--sink direct`).
+    pub quarantine_group_id: Option<String>,
+    /// The SNS topic for notifications (with `--sink direct`).
+    pub topic_arn: Option<String>,
+    /// Where the blast-radius limit is counted: fleet-wide in DynamoDB or per shard only.
+    pub blast_radius_scope: crate::sink::BlastRadiusScope,
+    /// DynamoDB table of the fleet-wide counters [default: <lease table>-blast-radius].
+    pub blast_radius_table: Option<String>,
     /// Where a shard without a checkpoint starts: trim-horizon, latest, or at-timestamp:RFC3339.
     pub start_position: String,
     /// Use enhanced fan-out (SubscribeToShard) with this consumer name.
@@ -112,18 +120,7 @@ pub async fn run(args: RunArgs, engine_config: EngineConfig) -> anyhow::Result<(
         aws_sdk_dynamodb::Client::new(&sdk),
         args.lease_table.clone(),
     );
-    let sink = Arc::new(match args.sink {
-        SinkKind::Stdout => Sink::Stdout(StdoutSink),
-        SinkKind::Sfn => {
-            let arn = args
-                .state_machine_arn
-                .clone()
-                .filter(|a| a.starts_with("arn:"))
-                .context("--sink sfn needs --state-machine-arn (SSHWARDEN_STATE_MACHINE_ARN) with the quarantine state machine's ARN")?;
-            Sink::Sfn(SfnSink::new(aws_sdk_sfn::Client::new(&sdk), arn))
-        }
-        SinkKind::Direct => bail!("the direct sink (EC2 + SNS from the worker) is not built yet; use --sink sfn or stdout"),
-    });
+    let sink = Arc::new(crate::sink::build(&args, &sdk, engine_config.policy.blast_radius).await?);
     let metrics = Arc::new(Metrics::default());
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(metrics::serve(
