@@ -35,7 +35,7 @@ enum Command {
     /// Print one JSON verdict per input line.
     Classify(classify_cmd::ClassifyArgs),
     /// The service: consume a Kinesis stream with shard leases in DynamoDB.
-    Run(config::RunFlags),
+    Run(Box<config::RunFlags>),
     /// Release a quarantined instance: start the release state machine, or restore directly.
     Release(release::ReleaseArgs),
 }

@@ -887,16 +887,16 @@ def direct_case(w: E2E, case: Callable[..., bool]) -> None:
     sink_flags = ["--sink", "direct", "--quarantine-group-id", q, "--topic-arn", w.topic,
                   "--blast-radius-table", blast_table]
 
-    def run_worker(label: str) -> tuple[Worker, list[dict]]:
-        wk = w.worker(label, stream=name, table=f"{PREFIX}-leases-{label}", global_flags=[],
-                      sink_flags=sink_flags, blast_radius_max=limit)
+    def run_worker(label: str, stream: str = name, n: int = 3, blast_max: int = limit) -> tuple[Worker, list[dict]]:
+        wk = w.worker(label, stream=stream, table=f"{PREFIX}-leases-{label}", global_flags=[],
+                      sink_flags=sink_flags, blast_radius_max=blast_max)
         try:
             def delivered() -> list[dict] | None:
                 check(wk.alive(), f"{wk.name} exited with {wk.proc.returncode if wk.proc else '?'}")
                 got = wk.events("command delivered")
-                return got if len(got) >= 3 else None
+                return got if len(got) >= n else None
 
-            got = wait_for(f"{label}: 3 commands delivered", delivered, w.args.wait)
+            got = wait_for(f"{label}: {n} commands delivered", delivered, w.args.wait)
         finally:
             rc = wk.stop()
         check(rc == 0, f"{label} exit code {rc}")
@@ -1025,6 +1025,38 @@ def direct_case(w: E2E, case: Callable[..., bool]) -> None:
                     "'released' notification")
 
     case("direct: sshwarden release --direct restores the saved groups", release_direct, show=[])
+
+    def unknown_instance() -> Note:
+        # A log stream named like an instance that does not exist: the
+        # quarantine cannot succeed on retry, so it is notified as failed and
+        # the command counts as handled (the shard is not stalled).
+        ghost = "i-0dead00000000beef"
+        gname, ggroup = f"{PREFIX}-direct-ghost", f"/{PREFIX}/direct-ghost"
+        arn = w.stream(gname, 1)
+        w.logs.create_log_group(logGroupName=ggroup)
+        w.cleanup.append(lambda: w.logs.delete_log_group(logGroupName=ggroup))
+        w.logs.create_log_stream(logGroupName=ggroup, logStreamName=ghost)
+        w.logs.put_subscription_filter(logGroupName=ggroup, filterName="sshwarden", filterPattern="",
+                                       destinationArn=arn, roleArn=FILTER_ROLE, distribution="ByLogStream")
+        w.host[ghost] = "ip-10-77-9-99"
+        t0 = in_one_window(60_000, 8 * 100, back_ms=3_000)
+        w.logs.put_log_events(logGroupName=ggroup, logStreamName=ghost, logEvents=[
+            {"timestamp": t, "message": m} for t, m in w.attack_lines(ghost, t0, step_ms=100)])
+        want = f"sw1-i-{ghost}-invalid-user-{window_start(t0, 60_000) // 1000}"
+        wk, got = run_worker("d4", stream=gname, n=1, blast_max=0)
+        check([g.get("id") for g in got] == [want], f"delivered {got}")
+        failed = [e for e in wk.logs() if "cannot succeed on retry" in str(e.get("fields", {}).get("message"))]
+        check(len(failed) == 1, f"'quarantine failed' log entries: {failed}")
+        msgs = take(lambda m: m.get("command", {}).get("id") == want, 1, 10)
+        check(len(msgs) == 1, "no notification for the unknown instance")
+        m = msgs[0]
+        check(m["parsed"].get("event") == "failed" and m.get("Subject") == "sshwarden: quarantine FAILED", f"{m['parsed']}")
+        err = m["parsed"].get("error", {})
+        check("NotFound" in err.get("Error", "") or "NotFound" in err.get("Cause", ""), f"error {err}")
+        return Note(f"'failed' notification (error {err.get('Error')}), command handled once, no retry loop")
+
+    case("direct: an unknown instance → 'failed' notification, the command is not retried forever",
+         unknown_instance, show=[])
 
 
 def outage_case(w: E2E, state: dict, case: Callable[..., bool]) -> None:
