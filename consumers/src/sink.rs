@@ -36,6 +36,7 @@ pub enum Delivered {
     /// Handled, but it failed in a way retrying cannot fix (the direct sink:
     /// unknown instance, tag limit, access denied); a `failed` notification
     /// went out, as the state machine's failure branch sends one.
+    #[cfg_attr(not(feature = "direct"), allow(dead_code))]
     Failed,
 }
 
@@ -141,7 +142,11 @@ pub async fn build(
                 .context("--sink sfn needs --state-machine-arn (SSHWARDEN_STATE_MACHINE_ARN) with the quarantine state machine's ARN")?;
             Target::Sfn(SfnSink::new(aws_sdk_sfn::Client::new(sdk), arn))
         }
-        SinkKind::Direct => direct_target(args, sdk)?,
+        SinkKind::Direct => direct_target(
+            sdk,
+            args.quarantine_group_id.clone(),
+            args.topic_arn.clone(),
+        )?,
     };
     let fleet_limit = match (args.blast_radius_scope, limit, args.sink) {
         (BlastRadiusScope::Fleet, Some(b), SinkKind::Sfn | SinkKind::Direct) => {
@@ -166,24 +171,25 @@ pub async fn build(
 
 #[cfg(feature = "direct")]
 fn direct_target(
-    args: &crate::run::RunArgs,
     sdk: &aws_config::SdkConfig,
+    group: Option<String>,
+    topic: Option<String>,
 ) -> anyhow::Result<Target> {
     use anyhow::Context;
-    let group = args.quarantine_group_id.clone().context(
+    let group = group.context(
         "--sink direct needs --quarantine-group-id (SSHWARDEN_QUARANTINE_GROUP_ID) with the quarantine security group",
     )?;
-    let topic = args
-        .topic_arn
-        .clone()
-        .context("--sink direct needs --topic-arn (SSHWARDEN_TOPIC_ARN) with the SNS topic for notifications")?;
+    let topic = topic.context(
+        "--sink direct needs --topic-arn (SSHWARDEN_TOPIC_ARN) with the SNS topic for notifications",
+    )?;
     Ok(Target::Direct(direct::DirectSink::new(sdk, group, topic)?))
 }
 
 #[cfg(not(feature = "direct"))]
 fn direct_target(
-    _args: &crate::run::RunArgs,
     _sdk: &aws_config::SdkConfig,
+    _group: Option<String>,
+    _topic: Option<String>,
 ) -> anyhow::Result<Target> {
     anyhow::bail!(
         "this sshwarden was built without the direct sink: rebuild with `cargo build --release --features direct` (or use --sink sfn)"
