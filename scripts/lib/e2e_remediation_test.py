@@ -13,7 +13,12 @@ then a replay from TRIM_HORIZON with a fresh lease table (no second
 execution), `sshwarden release`, a replay that reaches the first execution
 while it still runs (a machine that only waits), and (unless --skip-outage)
 Step Functions down for a while: the command is held with the checkpoint,
-then delivered.
+then delivered. Then (unless --skip-direct; --only-direct runs just this)
+`sshwarden run --sink direct` with the fleet-wide blast radius: quarantine,
+exempt, held past the limit, a replay after a simulated crash between the
+swap and the quarantined tag (moto's appended groups make it the hard case:
+the saved groups must not be rewritten), a plain replay, `sshwarden release
+--direct`, an unknown instance notified as failed.
 
 Everything runs on the moto URL (127.0.0.1). The worker gets
 AWS_ENDPOINT_URL=<moto> and no AWS_ENDPOINT_URL_KINESIS: moto's subscription
@@ -929,7 +934,7 @@ def direct_case(w: E2E, case: Callable[..., bool]) -> None:
             if after[eni] != [q]:
                 check(q in after[eni], f"{eni}: no quarantine group: {after[eni]}")
                 deviation("ModifyNetworkInterfaceAttribute on an instance launched with SecurityGroupIds: "
-                          "moto shows the quarantine group appended to the old groups")
+                          "the interface shows the quarantine group plus the launch groups")
                 notes.append(f"{eni} shows {[w.sg_names.get(g, g) for g in after[eni]]} (moto append)")
         check(tags.get(f"{SW}command-id") == ids["d-attacked"] and tags.get(f"{SW}reason") == "invalid-user", f"{tags}")
         check(tags.get(f"{SW}quarantined", "").startswith("20"), f"quarantined tag {tags}")
