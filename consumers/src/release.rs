@@ -21,8 +21,10 @@ pub struct ReleaseArgs {
     /// (needs a build with `--features direct`).
     #[arg(long, conflicts_with_all = ["release_state_machine_arn", "wait"])]
     pub direct: bool,
-    /// With --direct: where the `released` notification goes (none without it).
-    #[arg(long, env = "SSHWARDEN_TOPIC_ARN", requires = "direct")]
+    /// With --direct: where the `released` notification goes (none without
+    /// it). The release state machine publishes to its own topic, so this is
+    /// unused without --direct.
+    #[arg(long, env = "SSHWARDEN_TOPIC_ARN")]
     pub topic_arn: Option<String>,
     /// Who asked, recorded in the execution input.
     #[arg(long, env = "USER", default_value = "unknown")]
