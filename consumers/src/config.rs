@@ -14,7 +14,7 @@ use sshwarden_pipeline::window::{SubjectKind, WindowConfig};
 use sshwarden_pipeline::EngineConfig;
 
 use crate::run::RunArgs;
-use crate::sink::SinkKind;
+use crate::sink::{BlastRadiusScope, SinkKind, SinkSettings};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,6 +39,10 @@ struct RunSection {
     worker_id: Option<String>,
     sink: Option<SinkKind>,
     state_machine_arn: Option<String>,
+    quarantine_group_id: Option<String>,
+    topic_arn: Option<String>,
+    blast_radius_scope: Option<BlastRadiusScope>,
+    blast_radius_table: Option<String>,
     start_position: Option<String>,
     enhanced_fan_out: Option<String>,
     failover_ms: Option<u64>,
@@ -74,6 +78,18 @@ pub struct RunFlags {
     /// The quarantine state machine (with `--sink sfn`).
     #[arg(long, env = "SSHWARDEN_STATE_MACHINE_ARN")]
     pub state_machine_arn: Option<String>,
+    /// The quarantine security group (with `--sink direct`; infra/quarantine-sg.yaml).
+    #[arg(long, env = "SSHWARDEN_QUARANTINE_GROUP_ID")]
+    pub quarantine_group_id: Option<String>,
+    /// The SNS topic for notifications (with `--sink direct`).
+    #[arg(long, env = "SSHWARDEN_TOPIC_ARN")]
+    pub topic_arn: Option<String>,
+    /// Where the blast-radius limit holds: fleet (every worker, counters in DynamoDB; with --sink sfn or direct) or shard [default: fleet].
+    #[arg(long, env = "SSHWARDEN_BLAST_RADIUS_SCOPE", value_enum)]
+    pub blast_radius_scope: Option<BlastRadiusScope>,
+    /// DynamoDB table of the fleet-wide blast-radius counters, created if absent [default: <lease table>-blast-radius].
+    #[arg(long, env = "SSHWARDEN_BLAST_RADIUS_TABLE")]
+    pub blast_radius_table: Option<String>,
     /// Where a shard without a checkpoint starts: trim-horizon, latest or at-timestamp:RFC3339 [default: trim-horizon].
     #[arg(long, env = "SSHWARDEN_START_POSITION")]
     pub start_position: Option<String>,
@@ -159,8 +175,8 @@ pub struct KafkaArgs {
     pub options: Vec<(String, String)>,
     /// The consumer's client.id [default: host name + random suffix].
     pub worker_id: Option<String>,
-    pub sink: SinkKind,
-    pub state_machine_arn: Option<String>,
+    /// Where commands go, and the fleet-wide blast-radius gate in front of them.
+    pub sink: SinkSettings,
     /// Where a partition without a committed offset starts: trim-horizon (earliest) or latest.
     pub start_position: String,
     /// How often committed offsets move (each partition: the checkpoint rule's offset).
@@ -384,6 +400,12 @@ pub const DEFAULT_METRICS_ADDR: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);
 
 fn resolve_run(f: &RunFlags, r: RunSection) -> anyhow::Result<RunArgs> {
+    let lease_table = f
+        .lease_table
+        .clone()
+        .or(r.lease_table.clone())
+        .unwrap_or_else(|| "sshwarden-leases".into());
+    let sink = resolve_sink(f, &r, &format!("{lease_table}-blast-radius"));
     let stream = f
         .stream
         .clone()
@@ -393,15 +415,10 @@ fn resolve_run(f: &RunFlags, r: RunSection) -> anyhow::Result<RunArgs> {
             "no stream to consume: give --stream, SSHWARDEN_STREAM or stream in the [run] section",
         )?;
     Ok(RunArgs {
+        sink,
         stream,
-        lease_table: f
-            .lease_table
-            .clone()
-            .or(r.lease_table)
-            .unwrap_or_else(|| "sshwarden-leases".into()),
+        lease_table,
         worker_id: f.worker_id.clone().or(r.worker_id),
-        sink: f.sink.or(r.sink).unwrap_or(SinkKind::Stdout),
-        state_machine_arn: f.state_machine_arn.clone().or(r.state_machine_arn),
         start_position: f
             .start_position
             .clone()
@@ -420,7 +437,40 @@ fn resolve_run(f: &RunFlags, r: RunSection) -> anyhow::Result<RunArgs> {
     })
 }
 
+/// The sink settings shared by both sources; `default_table` names the
+/// fleet-wide blast-radius table when none is configured.
+fn resolve_sink(f: &RunFlags, r: &RunSection, default_table: &str) -> SinkSettings {
+    SinkSettings {
+        kind: f.sink.or(r.sink).unwrap_or(SinkKind::Stdout),
+        state_machine_arn: f
+            .state_machine_arn
+            .clone()
+            .or_else(|| r.state_machine_arn.clone()),
+        quarantine_group_id: f
+            .quarantine_group_id
+            .clone()
+            .or_else(|| r.quarantine_group_id.clone()),
+        topic_arn: f.topic_arn.clone().or_else(|| r.topic_arn.clone()),
+        blast_radius_scope: f
+            .blast_radius_scope
+            .or(r.blast_radius_scope)
+            .unwrap_or_default(),
+        blast_radius_table: f
+            .blast_radius_table
+            .clone()
+            .or_else(|| r.blast_radius_table.clone())
+            .unwrap_or_else(|| default_table.to_owned()),
+    }
+}
+
 fn resolve_kafka(f: &RunFlags, r: RunSection) -> anyhow::Result<KafkaArgs> {
+    let group = f
+        .group
+        .clone()
+        .or(r.group.clone())
+        .filter(|g| !g.is_empty())
+        .unwrap_or_else(|| "sshwarden".into());
+    let sink = resolve_sink(f, &r, &format!("{group}-blast-radius"));
     let need = |flag: Option<String>, file: Option<String>, what: &str| {
         flag.or(file)
             .filter(|s| !s.trim().is_empty())
@@ -445,19 +495,13 @@ fn resolve_kafka(f: &RunFlags, r: RunSection) -> anyhow::Result<KafkaArgs> {
         options.push((k.trim().to_owned(), v.trim().to_owned()));
     }
     Ok(KafkaArgs {
+        sink,
         brokers: need(f.brokers.clone(), r.brokers, "brokers")?,
         topic: need(f.topic.clone(), r.topic, "topic")?,
-        group: f
-            .group
-            .clone()
-            .or(r.group)
-            .filter(|g| !g.is_empty())
-            .unwrap_or_else(|| "sshwarden".into()),
+        group,
         format: f.kafka_format.or(r.kafka_format).unwrap_or_default(),
         options,
         worker_id: f.worker_id.clone().or(r.worker_id),
-        sink: f.sink.or(r.sink).unwrap_or(SinkKind::Stdout),
-        state_machine_arn: f.state_machine_arn.clone().or(r.state_machine_arn),
         start_position: f
             .start_position
             .clone()
@@ -469,7 +513,7 @@ fn resolve_kafka(f: &RunFlags, r: RunSection) -> anyhow::Result<KafkaArgs> {
         metrics_addr: f
             .metrics_addr
             .or(r.metrics_addr)
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9464))),
+            .unwrap_or(DEFAULT_METRICS_ADDR),
     })
 }
 
@@ -642,11 +686,33 @@ mod tests {
         };
         let r = resolve_run(&flags, file.run).unwrap();
         assert_eq!(r.stream, "from-file");
-        assert_eq!(r.sink, SinkKind::Sfn);
+        assert_eq!(r.sink.kind, SinkKind::Sfn);
         assert_eq!(r.failover_ms, 4000, "the flag wins");
         assert_eq!(r.metrics_addr.port(), 9999);
         assert_eq!(r.lease_table, "sshwarden-leases");
         assert_eq!(r.checkpoint_ms, 5000);
+        assert_eq!(
+            r.sink.blast_radius_scope,
+            BlastRadiusScope::Fleet,
+            "fleet-wide by default"
+        );
+        assert_eq!(r.sink.blast_radius_table, "sshwarden-leases-blast-radius");
+        let file: FileConfig = toml::from_str(
+            "[run]\nstream = \"s\"\nsink = \"direct\"\nquarantine_group_id = \"sg-0123456789abcdef0\"\ntopic_arn = \"arn:aws:sns:us-east-1:123456789012:t\"\nblast_radius_scope = \"shard\"\nblast_radius_table = \"counters\"",
+        )
+        .unwrap();
+        let r = resolve_run(&RunFlags::default(), file.run).unwrap();
+        assert_eq!(r.sink.kind, SinkKind::Direct);
+        assert_eq!(
+            r.sink.quarantine_group_id.as_deref(),
+            Some("sg-0123456789abcdef0")
+        );
+        assert_eq!(
+            r.sink.topic_arn.as_deref(),
+            Some("arn:aws:sns:us-east-1:123456789012:t")
+        );
+        assert_eq!(r.sink.blast_radius_scope, BlastRadiusScope::Shard);
+        assert_eq!(r.sink.blast_radius_table, "counters");
         let err = resolve_run(&RunFlags::default(), RunSection::default()).unwrap_err();
         assert!(err.to_string().contains("no stream to consume"));
         assert!(toml::from_str::<FileConfig>("[run]\nstreem = \"x\"").is_err());

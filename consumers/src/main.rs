@@ -1,5 +1,6 @@
 //! The `sshwarden` binary: subcommands over the pipeline core.
 
+mod blast_radius;
 mod classify_cmd;
 mod config;
 mod demo;
@@ -38,8 +39,8 @@ enum Command {
     /// Print one JSON verdict per input line.
     Classify(classify_cmd::ClassifyArgs),
     /// The service: consume a Kinesis stream with shard leases in DynamoDB (or a Kafka topic).
-    Run(config::RunFlags),
-    /// Start the release state machine for a quarantined instance.
+    Run(Box<config::RunFlags>),
+    /// Release a quarantined instance: start the release state machine, or restore directly.
     Release(release::ReleaseArgs),
     /// Ask a running worker's /healthz (or /readyz); exit 0 if it answers 200 (container health check).
     Health(HealthArgs),

@@ -125,8 +125,10 @@ impl Metrics {
         if !self.ready.load(Ordering::Relaxed) {
             reasons.push("not started or draining");
         }
-        if self.leases_held.get() < 1 {
-            reasons.push("no shard lease held");
+        // A Kinesis worker reads what it leases, a Kafka worker what the
+        // consumer group assigned it; either way, holding nothing means a standby.
+        if self.leases_held.get() < 1 && self.partitions_assigned.get() < 1 {
+            reasons.push("no shard lease or partition held");
         }
         if self.sink_up.get() < 1 {
             reasons.push("sink unreachable");
@@ -209,6 +211,13 @@ pub enum SinkProbe {
         client: aws_sdk_sfn::Client,
         state_machine_arn: String,
     },
+    /// GetTopicAttributes on the notification topic (the direct sink): the
+    /// endpoint answers, the credentials work and the topic exists.
+    #[cfg(feature = "direct")]
+    Direct {
+        client: aws_sdk_sns::Client,
+        topic_arn: String,
+    },
 }
 
 impl SinkProbe {
@@ -221,6 +230,14 @@ impl SinkProbe {
             } => client
                 .describe_state_machine()
                 .state_machine_arn(state_machine_arn)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| crate::aws_error(e).to_string()),
+            #[cfg(feature = "direct")]
+            SinkProbe::Direct { client, topic_arn } => client
+                .get_topic_attributes()
+                .topic_arn(topic_arn)
                 .send()
                 .await
                 .map(|_| ())
@@ -316,7 +333,7 @@ mod tests {
             reasons,
             [
                 "not started or draining",
-                "no shard lease held",
+                "no shard lease or partition held",
                 "sink unreachable"
             ]
         );
@@ -367,7 +384,7 @@ mod tests {
         assert_eq!((status, body.as_str()), (200, "ok\n"));
         let (status, body) = fetch("/readyz").await.unwrap().unwrap();
         assert_eq!(status, 503);
-        assert!(body.contains("no shard lease held"), "{body}");
+        assert!(body.contains("no shard lease or partition held"), "{body}");
         metrics.set_ready(true);
         metrics.leases_held.set(1);
         metrics.sink_up.set(1);

@@ -1,6 +1,9 @@
 //! `sshwarden release INSTANCE_ID`: starts the release state machine, which
 //! restores the security groups the quarantine saved in tags and removes its
-//! tags, and (with `--wait`) reports how the execution ended.
+//! tags, and (with `--wait`) reports how the execution ended. With
+//! `--direct` (built with the `direct` feature) it does the same steps
+//! itself through EC2 (and SNS, given `--topic-arn`); either way works on an
+//! instance quarantined by either sink, since both write the same tags.
 
 use std::time::{Duration, Instant};
 
@@ -11,9 +14,18 @@ use sshwarden_pipeline::policy::is_ec2_instance_id;
 pub struct ReleaseArgs {
     /// The quarantined instance.
     pub instance_id: String,
-    /// The release state machine.
+    /// The release state machine (unless --direct).
     #[arg(long, env = "SSHWARDEN_RELEASE_STATE_MACHINE_ARN")]
-    pub release_state_machine_arn: String,
+    pub release_state_machine_arn: Option<String>,
+    /// Restore the saved groups through EC2 from here, without Step Functions
+    /// (needs a build with `--features direct`).
+    #[arg(long, conflicts_with_all = ["release_state_machine_arn", "wait"])]
+    pub direct: bool,
+    /// With --direct: where the `released` notification goes (none without
+    /// it). The release state machine publishes to its own topic, so this is
+    /// unused without --direct.
+    #[arg(long, env = "SSHWARDEN_TOPIC_ARN")]
+    pub topic_arn: Option<String>,
     /// Who asked, recorded in the execution input.
     #[arg(long, env = "USER", default_value = "unknown")]
     pub requested_by: String,
@@ -30,19 +42,46 @@ pub fn run(args: &ReleaseArgs) -> anyhow::Result<()> {
             args.instance_id
         );
     }
-    if !args.release_state_machine_arn.starts_with("arn:") {
-        bail!(
-            "--release-state-machine-arn {:?} is not an ARN",
-            args.release_state_machine_arn
-        );
-    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(release(args))
+    if args.direct {
+        return runtime.block_on(release_direct(args));
+    }
+    let Some(arn) = args.release_state_machine_arn.as_deref() else {
+        bail!("give --release-state-machine-arn (SSHWARDEN_RELEASE_STATE_MACHINE_ARN), or --direct to restore without Step Functions");
+    };
+    if !arn.starts_with("arn:") {
+        bail!("--release-state-machine-arn {arn:?} is not an ARN");
+    }
+    runtime.block_on(release(args, arn))
 }
 
-async fn release(args: &ReleaseArgs) -> anyhow::Result<()> {
+#[cfg(feature = "direct")]
+async fn release_direct(args: &ReleaseArgs) -> anyhow::Result<()> {
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await;
+    let r = crate::sink::direct::release(
+        &sdk,
+        &args.instance_id,
+        &args.requested_by,
+        args.topic_arn.as_deref(),
+    )
+    .await?;
+    for (interface, groups) in &r.interfaces {
+        println!("{interface} {}", groups.join(","));
+    }
+    eprintln!("sshwarden: {} {}", args.instance_id, r.event);
+    Ok(())
+}
+
+#[cfg(not(feature = "direct"))]
+async fn release_direct(_args: &ReleaseArgs) -> anyhow::Result<()> {
+    bail!("this sshwarden was built without the direct sink: rebuild with `cargo build --release --features direct`, or give --release-state-machine-arn")
+}
+
+async fn release(args: &ReleaseArgs, state_machine_arn: &str) -> anyhow::Result<()> {
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .load()
         .await;
@@ -59,7 +98,7 @@ async fn release(args: &ReleaseArgs) -> anyhow::Result<()> {
     });
     let started = sfn
         .start_execution()
-        .state_machine_arn(&args.release_state_machine_arn)
+        .state_machine_arn(state_machine_arn)
         .name(&name)
         .input(input.to_string())
         .send()

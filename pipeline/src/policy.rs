@@ -4,7 +4,9 @@
 //! an allowlisted source CIDR are not counted at all, see [`Policy::source_allowed`]).
 //! A per-subject cooldown stops one incident from issuing a command per rule and
 //! per window. The blast-radius limit caps quarantines per period across what
-//! this policy sees; past it a quarantine becomes a held notification. All
+//! this policy sees (one shard's engine); past it a quarantine becomes a held
+//! notification. The same limit across the fleet is a second gate in the
+//! service (`consumers`, a counter per period in DynamoDB). All
 //! times are event times, so a replay decides the same way.
 
 use std::collections::{HashMap, HashSet, VecDeque};

@@ -13,7 +13,12 @@ then a replay from TRIM_HORIZON with a fresh lease table (no second
 execution), `sshwarden release`, a replay that reaches the first execution
 while it still runs (a machine that only waits), and (unless --skip-outage)
 Step Functions down for a while: the command is held with the checkpoint,
-then delivered.
+then delivered. Then (unless --skip-direct; --only-direct runs just this)
+`sshwarden run --sink direct` with the fleet-wide blast radius: quarantine,
+exempt, held past the limit, a replay after a simulated crash between the
+swap and the quarantined tag (moto's appended groups make it the hard case:
+the saved groups must not be rewritten), a plain replay, `sshwarden release
+--direct`, an unknown instance notified as failed.
 
 Everything runs on the moto URL (127.0.0.1). The worker gets
 AWS_ENDPOINT_URL=<moto> and no AWS_ENDPOINT_URL_KINESIS: moto's subscription
@@ -346,12 +351,13 @@ class E2E(smt.World):
 
     def worker(self, name: str, *, stream: str, table: str, global_flags: list[str],
                run_flags: list[str] | None = None, sfn_endpoint: str | None = None,
-               machine_arn: str | None = None) -> Worker:
+               machine_arn: str | None = None, sink_flags: list[str] | None = None,
+               blast_radius_max: int = 0) -> Worker:
         port = free_port()
+        sink = sink_flags or ["--sink", "sfn", "--state-machine-arn", machine_arn or self.machine["quarantine"]]
         argv = [
-            self.bin, "--cooldown-secs", "0", "--blast-radius-max", "0", *global_flags,
-            "run", "--stream", stream, "--lease-table", table, "--sink", "sfn",
-            "--state-machine-arn", machine_arn or self.machine["quarantine"], "--worker-id", f"e2e-{name}",
+            self.bin, "--cooldown-secs", "0", "--blast-radius-max", str(blast_radius_max), *global_flags,
+            "run", "--stream", stream, "--lease-table", table, *sink, "--worker-id", f"e2e-{name}",
             "--metrics-addr", f"127.0.0.1:{port}", "--idle-poll-ms", "200", "--shutdown-secs", "5",
             *(run_flags or []),
         ]
@@ -446,6 +452,14 @@ def run_cases(w: E2E) -> None:
             for wk in show if show is not None else w.workers:
                 print(f"--- last lines of {wk.name} stderr ({wk.err_path}):\n{wk.tail()}", flush=True)
         return ok
+
+    if w.args.only_direct:
+        direct_case(w, case)
+        stray = [(m["parsed"].get("event"), m["parsed"].get("instance_id")) for m in w.pending_messages + w.drain_queue(2)]
+        case("every notification belongs to exactly one checked command",
+             lambda: Note("queue empty") if not stray else check(False, f"notifications no case expected: {stray}"),
+             show=[])
+        return
 
     # -------------------------------------------------- moto delivers gzip into Kinesis
 
@@ -740,6 +754,9 @@ def run_cases(w: E2E) -> None:
     if not w.args.skip_outage:
         outage_case(w, state, case)
 
+    if not w.args.skip_direct:
+        direct_case(w, case)
+
     def no_stray_notifications() -> Note:
         # Every notification was claimed by the case of its execution: none
         # came from a second (replayed) quarantine or from an untouched instance.
@@ -802,6 +819,249 @@ def running_replay_case(w: E2E, case: Callable[..., bool]) -> None:
                     "table) logged already_handled=true; 1 execution")
 
     case("replay while the first execution still runs: StartExecution succeeds, reported already handled", run)
+
+
+def direct_case(w: E2E, case: Callable[..., bool]) -> None:
+    """`sshwarden run --sink direct`: the quarantine machine's steps from the
+    worker (EC2 + SNS), with the fleet-wide blast-radius gate. A stream of its
+    own with four instances: attacked (SecurityGroupIds at launch plus a
+    second interface attached later), exempt (tag), over (attacked after the
+    fleet-wide limit is used up: one slot was taken by "another worker"
+    before the run), benign. Then a replay after a simulated crash between
+    the swap and the quarantined tag, a plain replay, and `sshwarden release
+    --direct`."""
+    q = w.quarantine
+    name = f"{PREFIX}-direct"
+    group = f"/{PREFIX}/direct"
+    blast_table = f"{PREFIX}-blast"
+    limit = 3
+    st: dict[str, Any] = {}
+    roles = ("d-attacked", "d-exempt", "d-over", "d-benign")
+
+    def take(pred: Callable[[dict], bool], n: int, wait: float) -> list[dict]:
+        """Up to n notifications matching pred, waiting at most `wait` s;
+        others stay pending for their own case."""
+        got: list[dict] = []
+        deadline = time.monotonic() + wait
+        while True:
+            for env in list(w.pending_messages):
+                if len(got) < n and pred(env["parsed"]):
+                    w.pending_messages.remove(env)
+                    got.append(env)
+            if len(got) >= n or time.monotonic() > deadline:
+                return got
+            w.pending_messages.extend(w.drain_queue(1))
+
+    def ours(msg: dict) -> bool:
+        return msg.get("command_id") in st["ids"].values() or msg.get("instance_id") in st["iids"].values()
+
+    def setup() -> Note:
+        iid = w.launch("d-attacked", groups=[w.web, w.admin])
+        eni = w.ec2.create_network_interface(SubnetId=w.subnet, Groups=[w.db])["NetworkInterface"]["NetworkInterfaceId"]
+        w.cleanup.append(lambda: w.ec2.delete_network_interface(NetworkInterfaceId=eni))
+        w.ec2.attach_network_interface(NetworkInterfaceId=eni, InstanceId=iid, DeviceIndex=1)
+        w.original[iid] = w.interface_groups(iid)
+        check(len(w.original[iid]) == 2, f"d-attacked interfaces {w.original[iid]}")
+        w.launch("d-exempt", interfaces=[[w.web]], tags={f"{SW}exempt": "true"})
+        w.launch("d-over", interfaces=[[w.web, w.db]])
+        w.launch("d-benign", interfaces=[[w.web]])
+        for role in roles:
+            w.host[role] = f"ip-10-77-9-{roles.index(role) + 10}"
+        st["iids"] = {r: w.instances[r] for r in roles}
+        arn = w.stream(name, 1)
+        w.log_group(group, arn, list(roles))
+        st["t0"] = in_one_window(60_000, 8 * 100, back_ms=3_000)
+        ws = window_start(st["t0"], 60_000)
+        st["ids"] = {r: f"sw1-i-{w.instances[r]}-invalid-user-{ws // 1000}" for r in ("d-attacked", "d-exempt", "d-over")}
+        st["period"] = f"blast#{ws - ws % 3_600_000}"
+        # The counter table as the worker creates it, with one slot of this
+        # period already taken by another worker.
+        w.ddb.create_table(TableName=blast_table, BillingMode="PAY_PER_REQUEST",
+                           AttributeDefinitions=[{"AttributeName": "periodKey", "AttributeType": "S"}],
+                           KeySchema=[{"AttributeName": "periodKey", "KeyType": "HASH"}])
+        w.cleanup.append(lambda: w.ddb.delete_table(TableName=blast_table))
+        w.ddb.update_item(TableName=blast_table, Key={"periodKey": {"S": st["period"]}},
+                          UpdateExpression="ADD claimed :one, ids :ids",
+                          ExpressionAttributeValues={":one": {"N": "1"}, ":ids": {"SS": ["sw1-i-i-0another0worker0-x-1"]}})
+        return Note(f"stream {name} (1 shard); {', '.join(f'{r} {i}' for r, i in st['iids'].items())}; "
+                    f"d-attacked interfaces {list(w.original[iid])}; {blast_table}: 1 of {limit} slots taken")
+
+    if not case("direct: a stream, four instances, a blast-radius table with one slot taken", setup, show=[]):
+        return
+
+    sink_flags = ["--sink", "direct", "--quarantine-group-id", q, "--topic-arn", w.topic,
+                  "--blast-radius-table", blast_table]
+
+    def run_worker(label: str, stream: str = name, n: int = 3, blast_max: int = limit) -> tuple[Worker, list[dict]]:
+        wk = w.worker(label, stream=stream, table=f"{PREFIX}-leases-{label}", global_flags=[],
+                      sink_flags=sink_flags, blast_radius_max=blast_max)
+        try:
+            def delivered() -> list[dict] | None:
+                check(wk.alive(), f"{wk.name} exited with {wk.proc.returncode if wk.proc else '?'}")
+                got = wk.events("command delivered")
+                return got if len(got) >= n else None
+
+            got = wait_for(f"{label}: {n} commands delivered", delivered, w.args.wait)
+        finally:
+            rc = wk.stop()
+        check(rc == 0, f"{label} exit code {rc}")
+        return wk, got
+
+    def blast_item() -> dict:
+        item = w.ddb.get_item(TableName=blast_table, Key={"periodKey": {"S": st["period"]}}, ConsistentRead=True)["Item"]
+        return {"claimed": int(item["claimed"]["N"]), "ids": set(item["ids"]["SS"])}
+
+    def by_id(got: list[dict]) -> dict[str, dict]:
+        return {g.get("id"): g for g in got}
+
+    def first_pass() -> Note:
+        for role in roles:
+            w.put_lines(group, role, w.attack_lines(role, st["t0"], step_ms=100) if role != "d-benign" else [
+                (st["t0"], syslog_line(st["t0"], w.host[role], 2201,
+                                       "Accepted publickey for ec2-user from 198.51.100.20 port 50122 ssh2"))])
+        wk, got = run_worker("d1")
+        ids = st["ids"]
+        seen = by_id(got)
+        check(set(seen) == set(ids.values()), f"delivered {sorted(seen)}, want {sorted(ids.values())}")
+        check(all(g.get("already_handled") is False for g in got), f"{got}")
+        attacked = w.instances["d-attacked"]
+        after = w.interface_groups(attacked)
+        tags = w.sw_tags(attacked)
+        notes = []
+        for eni, orig in w.original[attacked].items():
+            saved = tags.get(f"{SW}saved-groups:{eni}")
+            check(saved is not None and json.loads(saved) == orig, f"{eni}: saved {saved!r}, launched with {orig}")
+            if after[eni] != [q]:
+                check(q in after[eni], f"{eni}: no quarantine group: {after[eni]}")
+                deviation("ModifyNetworkInterfaceAttribute on an instance launched with SecurityGroupIds: "
+                          "the interface shows the quarantine group plus the launch groups")
+                notes.append(f"{eni} shows {[w.sg_names.get(g, g) for g in after[eni]]} (moto append)")
+        check(tags.get(f"{SW}command-id") == ids["d-attacked"] and tags.get(f"{SW}reason") == "invalid-user", f"{tags}")
+        check(tags.get(f"{SW}quarantined", "").startswith("20"), f"quarantined tag {tags}")
+        st["saved"] = {k: v for k, v in tags.items() if k.startswith(f"{SW}saved-groups:")}
+        for role in ("d-exempt", "d-over", "d-benign"):
+            iid = w.instances[role]
+            check(w.interface_groups(iid) == w.original[iid], f"{role} changed: {w.interface_groups(iid)}")
+            check(not w.sw_tags(iid), f"{role} has sshwarden tags {w.sw_tags(iid)}")
+        msgs = take(ours, 3, 15)
+        events = {m["parsed"].get("command_id"): m for m in msgs}
+        want = {ids["d-attacked"]: "quarantined", ids["d-exempt"]: "exempt", ids["d-over"]: "held"}
+        check({k: m["parsed"].get("event") for k, m in events.items()} == want,
+              f"notifications {[(m['parsed'].get('event'), m['parsed'].get('command_id')) for m in msgs]}")
+        for cid, m in events.items():
+            attr = m.get("MessageAttributes", {}).get("event", {}).get("Value")
+            check(attr == want[cid], f"message attribute event={attr!r} for {cid}")
+        qm = events[ids["d-attacked"]]["parsed"]
+        check(qm["instance_id"] == attacked and qm["quarantine_group"] == q and qm["execution"] == "sshwarden-direct",
+              f"{qm}")
+        check({i["interface_id"] for i in qm["interfaces"]} == set(w.original[attacked]), f"{qm['interfaces']}")
+        # The rule fires early, at the fifth line of the window.
+        check(qm["command"]["counts"] == {"invalid_user": 5}, f"counts {qm['command'].get('counts')}")
+        held = events[ids["d-over"]]["parsed"]["command"]
+        check(held["action"] == "notify" and held["held"] is True and "fleet-wide" in held.get("reason", ""), f"{held}")
+        b = blast_item()
+        check(b["claimed"] == limit and b["ids"] == {"sw1-i-i-0another0worker0-x-1", ids["d-attacked"], ids["d-exempt"]},
+              f"blast-radius item {b}")
+        return Note(f"3 commands; d-attacked isolated on {len(after)} interfaces, originals in saved-groups tags"
+                    f"{'; ' + '; '.join(notes) if notes else ''}; exempt/over/benign untouched; notifications "
+                    f"quarantined, exempt, held (fleet-wide); {blast_table}: {b['claimed']} claimed")
+
+    if not case("direct: quarantine, exempt, fleet-wide limit → held, benign untouched; notifications in SQS",
+                first_pass, show=[]):
+        return
+
+    def crash_replay() -> Note:
+        attacked = w.instances["d-attacked"]
+        # As if the worker died after the swap, before the quarantined tag.
+        w.ec2.delete_tags(Resources=[attacked], Tags=[{"Key": f"{SW}quarantined"}])
+        groups_before = w.interface_groups(attacked)
+        wk, got = run_worker("d2")
+        seen = by_id(got)
+        check(seen[st["ids"]["d-attacked"]].get("already_handled") is False, f"{seen}")
+        tags = w.sw_tags(attacked)
+        saved = {k: v for k, v in tags.items() if k.startswith(f"{SW}saved-groups:")}
+        check(saved == st["saved"], f"saved groups rewritten: {saved}, was {st['saved']}")
+        check(f"{SW}quarantined" in tags, f"quarantined tag not written again: {tags}")
+        check(w.interface_groups(attacked) == groups_before, f"groups {w.interface_groups(attacked)}, were {groups_before}")
+        msgs = take(ours, 3, 15)
+        evs = sorted(m["parsed"].get("event") for m in msgs)
+        check(evs == ["exempt", "held", "quarantined"], f"notifications {evs}")
+        b = blast_item()
+        check(b["claimed"] == limit, f"replays took slots: {b}")
+        return Note(f"saved-groups tags kept although moto shows {[len(g) for g in groups_before.values()]} groups per "
+                    "interface; quarantined tag written again; notified again (at least once); 3 slots still claimed")
+
+    case("direct: replay after a crash between the swap and the quarantined tag keeps the saved groups",
+         crash_replay, show=[])
+
+    def plain_replay() -> Note:
+        wk, got = run_worker("d3")
+        seen = by_id(got)
+        check(seen[st["ids"]["d-attacked"]].get("already_handled") is True, f"{seen}")
+        msgs = take(ours, 3, 5)
+        evs = sorted(m["parsed"].get("event") for m in msgs)
+        check("quarantined" not in evs, f"a second 'quarantined' notification: {evs}")
+        check(blast_item()["claimed"] == limit, "replays took slots")
+        check({k: v for k, v in w.sw_tags(w.instances["d-attacked"]).items() if k.startswith(f"{SW}saved-groups:")}
+              == st["saved"], "saved groups changed")
+        return Note(f"d-attacked already handled (tag command-id = this id): nothing changed, no 'quarantined' "
+                    f"notification; exempt/held notified again: {evs}")
+
+    case("direct: a plain replay quarantines nothing twice and takes no slot", plain_replay, show=[])
+
+    def release_direct() -> Note:
+        attacked = w.instances["d-attacked"]
+        p = subprocess.run([w.bin, "release", attacked, "--direct", "--topic-arn", w.topic, "--requested-by", "e2e"],
+                           env=w.worker_env(), capture_output=True, text=True, timeout=90)
+        check(p.returncode == 0, f"release --direct exit {p.returncode}: {p.stderr.strip()[-800:]}")
+        after = w.interface_groups(attacked)
+        notes = []
+        for eni, orig in w.original[attacked].items():
+            if sorted(after[eni]) == sorted(orig):
+                continue
+            check(set(orig) <= set(after[eni]) and q not in after[eni], f"{eni}: {after[eni]}, want {orig}")
+            notes.append(f"{eni} shows {[w.sg_names.get(g, g) for g in after[eni]]} (moto adds launch groups)")
+        check(not w.sw_tags(attacked), f"sshwarden tags left: {w.sw_tags(attacked)}")
+        msgs = take(lambda m: m.get("instance_id") == attacked and m.get("event") == "released", 1, 10)
+        check(len(msgs) == 1, "no 'released' notification")
+        req = msgs[0]["parsed"].get("request", {})
+        check(req.get("requested_by") == "e2e", f"request {req}")
+        return Note(f"exit 0; {'; '.join(notes) or 'every interface back in its saved groups'}; tags removed; "
+                    "'released' notification")
+
+    case("direct: sshwarden release --direct restores the saved groups", release_direct, show=[])
+
+    def unknown_instance() -> Note:
+        # A log stream named like an instance that does not exist: the
+        # quarantine cannot succeed on retry, so it is notified as failed and
+        # the command counts as handled (the shard is not stalled).
+        ghost = "i-0dead00000000beef"
+        gname, ggroup = f"{PREFIX}-direct-ghost", f"/{PREFIX}/direct-ghost"
+        arn = w.stream(gname, 1)
+        w.logs.create_log_group(logGroupName=ggroup)
+        w.cleanup.append(lambda: w.logs.delete_log_group(logGroupName=ggroup))
+        w.logs.create_log_stream(logGroupName=ggroup, logStreamName=ghost)
+        w.logs.put_subscription_filter(logGroupName=ggroup, filterName="sshwarden", filterPattern="",
+                                       destinationArn=arn, roleArn=FILTER_ROLE, distribution="ByLogStream")
+        w.host[ghost] = "ip-10-77-9-99"
+        t0 = in_one_window(60_000, 8 * 100, back_ms=3_000)
+        w.logs.put_log_events(logGroupName=ggroup, logStreamName=ghost, logEvents=[
+            {"timestamp": t, "message": m} for t, m in w.attack_lines(ghost, t0, step_ms=100)])
+        want = f"sw1-i-{ghost}-invalid-user-{window_start(t0, 60_000) // 1000}"
+        wk, got = run_worker("d4", stream=gname, n=1, blast_max=0)
+        check([g.get("id") for g in got] == [want], f"delivered {got}")
+        failed = [e for e in wk.logs() if "cannot succeed on retry" in str(e.get("fields", {}).get("message"))]
+        check(len(failed) == 1, f"'quarantine failed' log entries: {failed}")
+        msgs = take(lambda m: m.get("command", {}).get("id") == want, 1, 10)
+        check(len(msgs) == 1, "no notification for the unknown instance")
+        m = msgs[0]
+        check(m["parsed"].get("event") == "failed" and m.get("Subject") == "sshwarden: quarantine FAILED", f"{m['parsed']}")
+        err = m["parsed"].get("error", {})
+        check("NotFound" in err.get("Error", "") or "NotFound" in err.get("Cause", ""), f"error {err}")
+        return Note(f"'failed' notification (error {err.get('Error')}), command handled once, no retry loop")
+
+    case("direct: an unknown instance → 'failed' notification, the command is not retried forever",
+         unknown_instance, show=[])
 
 
 def outage_case(w: E2E, state: dict, case: Callable[..., bool]) -> None:
@@ -943,6 +1203,9 @@ def main() -> int:
                     help="worker logs [a fresh directory under /tmp, removed after a run without failures]")
     ap.add_argument("--wait", type=float, default=90.0, help="bound on each wait for the worker (s), at most 90")
     ap.add_argument("--skip-outage", action="store_true", help="skip the Step Functions outage case")
+    ap.add_argument("--only-direct", action="store_true", help="run only the --sink direct pass")
+    ap.add_argument("--skip-direct", action="store_true",
+                    help="skip the --sink direct pass (for a binary built without --features direct)")
     ap.add_argument("--keep", action="store_true", help="leave the resources in moto")
     ap.add_argument("--summary", default=None, help="write 'N M' (passed, failed) to this file")
     args = ap.parse_args()

@@ -38,7 +38,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{KafkaArgs, KafkaFormat};
 use crate::metrics::{self, Metrics, ShardLabel};
-use crate::sink::{SfnSink, Sink, SinkKind, StdoutSink};
+use crate::sink::Sink;
 use reader::{Final, Input, Message, Reader, Shared};
 
 /// Messages buffered per partition between the poll thread and its reader;
@@ -58,26 +58,18 @@ pub async fn run(args: KafkaArgs, engine_config: EngineConfig) -> anyhow::Result
     if args.topic.contains('\0') || args.group.contains('\0') {
         bail!("--topic and --group must not contain NUL");
     }
-    let sink = Arc::new(match args.sink {
-        SinkKind::Stdout => Sink::Stdout(StdoutSink),
-        SinkKind::Sfn => {
-            let arn = args
-                .state_machine_arn
-                .clone()
-                .filter(|a| a.starts_with("arn:"))
-                .context("--sink sfn needs --state-machine-arn (SSHWARDEN_STATE_MACHINE_ARN) with the quarantine state machine's ARN")?;
-            let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                .timeout_config(
-                    aws_config::timeout::TimeoutConfig::builder()
-                        .operation_attempt_timeout(Duration::from_secs(10))
-                        .build(),
-                )
-                .load()
-                .await;
-            Sink::Sfn(SfnSink::new(aws_sdk_sfn::Client::new(&sdk), arn))
-        }
-        SinkKind::Direct => bail!("the direct sink (EC2 + SNS from the worker) is not built yet; use --sink sfn or stdout"),
-    });
+    // The sink's AWS clients (sfn, direct, the fleet-wide blast radius) use
+    // the SDK's own chain, as the Kinesis source does.
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .operation_attempt_timeout(Duration::from_secs(10))
+                .build(),
+        )
+        .load()
+        .await;
+    let sink =
+        Arc::new(crate::sink::build(&args.sink, &sdk, engine_config.policy.blast_radius).await?);
     let metrics = Arc::new(Metrics::default());
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(metrics::serve(
@@ -86,6 +78,11 @@ pub async fn run(args: KafkaArgs, engine_config: EngineConfig) -> anyhow::Result
         shutdown.clone(),
     ));
     spawn_signal_handler(shutdown.clone());
+    metrics::watch_sink(
+        crate::sink::probe(&args.sink, &sdk),
+        metrics.clone(),
+        shutdown.clone(),
+    );
 
     let client_id = args.worker_id.clone().unwrap_or_else(default_worker_id);
     let mut config = ClientConfig::new();

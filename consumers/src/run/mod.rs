@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::metrics::{self, Metrics};
-use crate::sink::{SfnSink, Sink, SinkKind, StdoutSink};
+use crate::sink::SinkSettings;
 use lease::{Cas, Lease, LeaseTable};
 use shard::{Outcome, Reader, ReaderConfig};
 
@@ -40,10 +40,8 @@ pub struct RunArgs {
     pub lease_table: String,
     /// This worker's id in the lease table [default: host name + random suffix].
     pub worker_id: Option<String>,
-    /// Where commands go.
-    pub sink: SinkKind,
-    /// The quarantine state machine (with `--sink sfn`).
-    pub state_machine_arn: Option<String>,
+    /// Where commands go, and the fleet-wide blast-radius gate in front of them.
+    pub sink: SinkSettings,
     /// Where a shard without a checkpoint starts: trim-horizon, latest, or at-timestamp:RFC3339.
     pub start_position: String,
     /// Use enhanced fan-out (SubscribeToShard) with this consumer name.
@@ -112,18 +110,8 @@ pub async fn run(args: RunArgs, engine_config: EngineConfig) -> anyhow::Result<(
         aws_sdk_dynamodb::Client::new(&sdk),
         args.lease_table.clone(),
     );
-    let sink = Arc::new(match args.sink {
-        SinkKind::Stdout => Sink::Stdout(StdoutSink),
-        SinkKind::Sfn => {
-            let arn = args
-                .state_machine_arn
-                .clone()
-                .filter(|a| a.starts_with("arn:"))
-                .context("--sink sfn needs --state-machine-arn (SSHWARDEN_STATE_MACHINE_ARN) with the quarantine state machine's ARN")?;
-            Sink::Sfn(SfnSink::new(aws_sdk_sfn::Client::new(&sdk), arn))
-        }
-        SinkKind::Direct => bail!("the direct sink (EC2 + SNS from the worker) is not built yet; use --sink sfn or stdout"),
-    });
+    let sink =
+        Arc::new(crate::sink::build(&args.sink, &sdk, engine_config.policy.blast_radius).await?);
     let metrics = Arc::new(Metrics::default());
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(metrics::serve(
@@ -132,7 +120,11 @@ pub async fn run(args: RunArgs, engine_config: EngineConfig) -> anyhow::Result<(
         shutdown.clone(),
     ));
     spawn_signal_handler(shutdown.clone());
-    metrics::watch_sink(sink_probe(&args, &sdk), metrics.clone(), shutdown.clone());
+    metrics::watch_sink(
+        crate::sink::probe(&args.sink, &sdk),
+        metrics.clone(),
+        shutdown.clone(),
+    );
 
     table.ensure().await?;
     let consumer_arn = match &args.enhanced_fan_out {
@@ -289,17 +281,6 @@ pub async fn run(args: RunArgs, engine_config: EngineConfig) -> anyhow::Result<(
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     info!("worker stopped");
     Ok(())
-}
-
-/// What `/readyz` probes: the state machine for the sfn sink.
-fn sink_probe(args: &RunArgs, sdk: &aws_config::SdkConfig) -> metrics::SinkProbe {
-    match (&args.sink, &args.state_machine_arn) {
-        (SinkKind::Sfn, Some(arn)) => metrics::SinkProbe::Sfn {
-            client: aws_sdk_sfn::Client::new(sdk),
-            state_machine_arn: arn.clone(),
-        },
-        _ => metrics::SinkProbe::Stdout,
-    }
 }
 
 fn lease_prev_owner(leases: &[Lease], key: &str) -> Option<String> {
