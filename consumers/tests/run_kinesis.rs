@@ -425,6 +425,16 @@ impl Tally {
 
 // ------------------------------------------------------------------ workers
 
+/// The `sshwarden` binary under test: SSHWARDEN_TEST_BIN when set (a copy
+/// taken right after the build, where several checkouts share one cargo
+/// target directory and overwrite each other's `target/debug/sshwarden`),
+/// else the one cargo built for this test.
+fn sshwarden_bin() -> PathBuf {
+    std::env::var_os("SSHWARDEN_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sshwarden")))
+}
+
 /// A free port on 127.0.0.1 (bound, then released for the worker).
 fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -547,6 +557,10 @@ struct Spawn<'a> {
     args: &'a [&'a str],
     /// SSHWARDEN_LOG [info].
     log: Option<&'a str>,
+    /// `--sink` [stdout].
+    sink: Option<&'a str>,
+    /// Where the worker reaches Kinesis [the emulator]; a fault proxy.
+    kinesis: Option<&'a str>,
 }
 
 // ------------------------------------------------------------------ harness
@@ -757,7 +771,7 @@ impl Harness {
             "--worker-id",
             worker_id,
             "--sink",
-            "stdout",
+            opts.sink.unwrap_or("stdout"),
             "--failover-ms",
             &failover,
             "--shutdown-secs",
@@ -767,11 +781,14 @@ impl Harness {
         ];
         args.extend_from_slice(TIMINGS);
         args.extend_from_slice(opts.args);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sshwarden"));
+        let mut cmd = Command::new(sshwarden_bin());
         cmd.args(&args)
             .env_clear()
             .env("AWS_ENDPOINT_URL", &self.env.moto)
-            .env("AWS_ENDPOINT_URL_KINESIS", &self.env.kinesis)
+            .env(
+                "AWS_ENDPOINT_URL_KINESIS",
+                opts.kinesis.unwrap_or(&self.env.kinesis),
+            )
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
             .env("AWS_REGION", "us-east-1")
@@ -1748,4 +1765,353 @@ async fn enhanced_fan_out_reads_every_shard() {
         traffic.records.len() as f64,
         "every record read once"
     );
+}
+
+// ------------------------------------------------------------------ faults
+
+/// `scripts/lib/kinesis_fault_proxy.py` in front of kinesis-local: answers
+/// the GetRecords calls its script names with faults (throttling, expired
+/// iterators, 5xx, resets) and forwards everything else; logs every Kinesis
+/// call. Started here on an ephemeral loopback port, bounded in time, and
+/// killed by PID when dropped.
+struct FaultProxy {
+    child: Child,
+    endpoint: String,
+    log: PathBuf,
+}
+
+/// One Kinesis call as the proxy saw it.
+#[derive(Debug, Clone, serde::Deserialize)]
+struct ProxyCall {
+    t: f64,
+    target: Option<String>,
+    shard: Option<String>,
+    fault: Option<String>,
+    last_sequence: Option<String>,
+    #[serde(rename = "type")]
+    iterator_type: Option<String>,
+    after: Option<String>,
+}
+
+impl FaultProxy {
+    fn start(h: &Harness, script: &Value) -> FaultProxy {
+        let python = std::env::var("HOME")
+            .ok()
+            .map(|home| PathBuf::from(home).join(".cache/sshwarden/venv/bin/python"))
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from("python3"));
+        let script_path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../scripts/lib/kinesis_fault_proxy.py"
+        );
+        let log = h.dir.path().join("kinesis-proxy.jsonl");
+        let mut child = Command::new(&python)
+            .arg(script_path)
+            .args(["--upstream", &h.env.kinesis, "--max-seconds", "300"])
+            .arg("--script")
+            .arg(script.to_string())
+            .arg("--log")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(File::create(h.dir.path().join("kinesis-proxy.stderr")).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {} {script_path}: {e}", python.display()));
+        let mut first = String::new();
+        let stdout = child.stdout.take().expect("proxy stdout");
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut first)
+            .expect("read the proxy's port");
+        let port = serde_json::from_str::<Value>(&first)
+            .ok()
+            .and_then(|v| v["port"].as_u64())
+            .unwrap_or_else(|| {
+                let _ = child.kill();
+                panic!("the fault proxy did not report its port: {first:?}")
+            });
+        let endpoint = format!("http://127.0.0.1:{port}");
+        h.log(format_args!(
+            "fault proxy (pid {}) on {endpoint}, script {script}",
+            child.id()
+        ));
+        FaultProxy {
+            child,
+            endpoint,
+            log,
+        }
+    }
+
+    fn calls(&self) -> Vec<ProxyCall> {
+        read_json_lines(&self.log)
+            .into_iter()
+            .filter_map(|v| serde_json::from_value(v).ok())
+            .collect()
+    }
+
+    /// GetRecords and GetShardIterator calls per shard, in order.
+    fn by_shard(&self) -> BTreeMap<String, Vec<ProxyCall>> {
+        let mut by: BTreeMap<String, Vec<ProxyCall>> = BTreeMap::new();
+        for c in self.calls() {
+            if let Some(shard) = c.shard.clone() {
+                by.entry(shard).or_default().push(c);
+            }
+        }
+        by
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `sshwarden_<name>` samples of a worker's /metrics whose labels include
+/// every `label="value"` of `with`, by their `shard` label.
+fn metric_by_shard(w: &Worker, name: &str, with: &[&str]) -> BTreeMap<String, f64> {
+    let prefix = format!("sshwarden_{name}{{");
+    let mut out = BTreeMap::new();
+    for line in w.metrics().lines() {
+        let Some(rest) = line.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        if !with.iter().all(|l| labels.split(',').any(|x| x == *l)) {
+            continue;
+        }
+        let shard = labels
+            .split(',')
+            .find_map(|x| x.strip_prefix("shard=\""))
+            .map(|s| s.trim_end_matches('"').to_owned())
+            .unwrap_or_default();
+        *out.entry(shard).or_default() += value.parse::<f64>().unwrap_or(f64::NAN);
+    }
+    out
+}
+
+/// Writes `records` in `chunks` PutRecords batches `gap_ms` apart, so a
+/// reader reads them over many calls.
+async fn put_paced(h: &Harness, records: &[SubscriptionRecord], chunks: usize, gap_ms: u64) {
+    let size = records.len().div_ceil(chunks).max(1);
+    for (i, chunk) in records.chunks(size).enumerate() {
+        if i > 0 {
+            pause(gap_ms).await;
+        }
+        h.put(chunk).await;
+    }
+}
+
+/// Every expected command exactly once with the truth's counts, and the
+/// worker's records_total equal to the records written: nothing read twice,
+/// nothing skipped.
+async fn assert_read_exactly_once(h: &mut Harness, w: usize, traffic: &Traffic) {
+    h.wait_for_commands(&traffic.expected).await;
+    let d = Deadline::new("every record to be read", MAX_WAIT);
+    loop {
+        h.check_running();
+        let read: f64 = metric_by_shard(&h.workers[w], "records_total", &[])
+            .values()
+            .sum();
+        if read >= traffic.records.len() as f64 {
+            break;
+        }
+        d.check(|| format!("{read} of {} records read", traffic.records.len()));
+        pause(200).await;
+    }
+    // Anything read twice would show up by now.
+    pause(1_500).await;
+    let t = Tally::new(&traffic.expected, &h.outputs());
+    t.assert_content(&traffic.expected, |_, _| false);
+    let repeated: Vec<_> = t.by_id.iter().filter(|(_, n)| n[w] != 1).collect();
+    assert!(repeated.is_empty(), "issued more than once: {repeated:?}");
+    let read: f64 = metric_by_shard(&h.workers[w], "records_total", &[])
+        .values()
+        .sum();
+    assert_eq!(
+        read,
+        traffic.records.len() as f64,
+        "records_total: every record read exactly once"
+    );
+}
+
+/// GetRecords answered with ProvisionedThroughputExceeded (six in a row on
+/// each shard, then every tenth call), a 500 and a connection reset, through
+/// the fault proxy: the reader backs off (six throttles in a row take the
+/// exponential backoff's minimum, 3.4 s, not the 1.2 s of the plain 5/s
+/// pacing), never calls a shard more than 5 times a second, counts each
+/// fault once in errors_total (the SDK does not retry GetRecords behind its
+/// back), and still reads every record exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_reads_back_off_and_read_every_record_once() {
+    let mut h = Harness::new("throttle", 2).await;
+    let proxy = FaultProxy::start(
+        &h,
+        &serde_json::json!([
+            {"calls": [3, 8], "fault": "throughput"},
+            {"calls": [12, 12], "fault": "internal"},
+            {"calls": [15, 15], "fault": "reset"},
+            {"every": 10, "after": 15, "fault": "throughput"},
+        ]),
+    );
+    let start = traffic_start(20_000, 30_000);
+    let traffic = Traffic::brute_force(81, 10, start, 75_000);
+    let w = h.spawn_with(
+        "w0",
+        &Spawn {
+            kinesis: Some(&proxy.endpoint),
+            ..Spawn::default()
+        },
+    );
+    h.wait_balanced(2, &[2]).await;
+    put_paced(&h, &traffic.records, 8, 1_000).await;
+    h.log(format_args!(
+        "wrote {} records in 8 batches; {} commands expected",
+        traffic.records.len(),
+        traffic.expected.len()
+    ));
+    assert_read_exactly_once(&mut h, w, &traffic).await;
+
+    let throttled = metric_by_shard(
+        &h.workers[w],
+        "errors_total",
+        &["kind=\"throughput_exceeded\""],
+    );
+    let failed = metric_by_shard(&h.workers[w], "errors_total", &["kind=\"get_records\""]);
+    let by_shard = proxy.by_shard();
+    assert_eq!(
+        by_shard.len(),
+        2,
+        "calls on both shards: {:?}",
+        by_shard.keys()
+    );
+    for (shard, calls) in &by_shard {
+        let reads: Vec<&ProxyCall> = calls
+            .iter()
+            .filter(|c| c.target.as_deref() == Some("GetRecords"))
+            .collect();
+        let count = |f: &str| {
+            reads
+                .iter()
+                .filter(|c| c.fault.as_deref() == Some(f))
+                .count()
+        };
+        let (throttles, faults) = (count("throughput"), count("internal") + count("reset"));
+        h.log(format_args!(
+            "{shard}: {} GetRecords calls, {throttles} throttled, {faults} 5xx/reset",
+            reads.len()
+        ));
+        assert!(
+            reads.len() >= 15,
+            "{shard}: only {} calls, the script was not played",
+            reads.len()
+        );
+        assert_eq!(
+            throttled.get(shard).copied().unwrap_or(0.0),
+            throttles as f64,
+            "{shard}: errors_total{{kind=throughput_exceeded}} against the throttles injected"
+        );
+        assert_eq!(
+            failed.get(shard).copied().unwrap_or(0.0),
+            faults as f64,
+            "{shard}: errors_total{{kind=get_records}} against the 5xx and resets injected"
+        );
+        // Backoff: calls 3..=8 were throttled; call 9 comes after six
+        // backoffs of at least 200, 200, 200, 400, 800 and 1600 ms.
+        let span = reads[8].t - reads[2].t;
+        assert!(
+            span >= 3.0,
+            "{shard}: six throttles in a row took only {span:.2} s: no backoff"
+        );
+        // At most 5 calls a second: any six consecutive calls span a second
+        // (less 50 ms for the jitter of the arrival times at the proxy).
+        for six in reads.windows(6) {
+            let span = six[5].t - six[0].t;
+            assert!(
+                span >= 0.95,
+                "{shard}: 6 GetRecords calls within {span:.3} s (calls {:?})",
+                six.iter().map(|c| c.t).collect::<Vec<_>>()
+            );
+        }
+    }
+}
+
+/// Every third GetRecords call of each shard answered ExpiredIterator while
+/// records arrive: each time the reader gets a new iterator
+/// AFTER_SEQUENCE_NUMBER of the last record it read (not its checkpoint,
+/// which open windows hold back), so no record is skipped and none is read
+/// twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_iterators_resume_after_the_last_record_read() {
+    let mut h = Harness::new("expired", 2).await;
+    let proxy = FaultProxy::start(&h, &serde_json::json!([{"every": 3, "fault": "expired"}]));
+    let start = traffic_start(20_000, 30_000);
+    let traffic = Traffic::brute_force(82, 10, start, 75_000);
+    let w = h.spawn_with(
+        "w0",
+        &Spawn {
+            kinesis: Some(&proxy.endpoint),
+            ..Spawn::default()
+        },
+    );
+    h.wait_balanced(2, &[2]).await;
+    put_paced(&h, &traffic.records, 8, 700).await;
+    h.log(format_args!(
+        "wrote {} records in 8 batches; {} commands expected",
+        traffic.records.len(),
+        traffic.expected.len()
+    ));
+    assert_read_exactly_once(&mut h, w, &traffic).await;
+
+    let expired = metric_by_shard(
+        &h.workers[w],
+        "errors_total",
+        &["kind=\"expired_iterator\""],
+    );
+    for (shard, calls) in &proxy.by_shard() {
+        let mut last_read: Option<String> = None;
+        let mut after_records = 0;
+        let mut injected = 0;
+        for (i, c) in calls.iter().enumerate() {
+            if c.target.as_deref() != Some("GetRecords") {
+                continue;
+            }
+            if c.fault.as_deref() == Some("expired") {
+                injected += 1;
+                // The next call on this shard asks for a new iterator right
+                // after the last record read.
+                let Some(next) = calls.get(i + 1) else {
+                    continue; // the last call logged
+                };
+                let next = Some(next);
+                assert!(
+                    next.is_some_and(|n| n.target.as_deref() == Some("GetShardIterator")),
+                    "{shard}: after an expired iterator: {next:?}"
+                );
+                if let (Some(last), Some(next)) = (&last_read, next) {
+                    after_records += 1;
+                    assert_eq!(
+                        (next.iterator_type.as_deref(), next.after.as_ref()),
+                        (Some("AFTER_SEQUENCE_NUMBER"), Some(last)),
+                        "{shard}: re-acquired at the wrong place"
+                    );
+                }
+            } else if let Some(seq) = &c.last_sequence {
+                last_read = Some(seq.clone());
+            }
+        }
+        h.log(format_args!(
+            "{shard}: {injected} expired iterators, {after_records} of them after records were read"
+        ));
+        assert!(
+            after_records >= 2,
+            "{shard}: only {after_records} expirations after records were read"
+        );
+        assert_eq!(
+            expired.get(shard).copied().unwrap_or(0.0),
+            injected as f64,
+            "{shard}: errors_total{{kind=expired_iterator}}"
+        );
+    }
 }

@@ -24,7 +24,9 @@ matches a call wins.
 
 Every Kinesis call is logged as one JSON line to --log:
 {"t": epoch seconds, "target": "GetRecords", "shard": "shardId-...",
-"call": n, "fault": null | name, "status": http status | null}.
+"call": n, "fault": null | name, "status": http status | null, "records": n,
+"last_sequence": the last record's sequence number}; a GetShardIterator
+line has "shard", "type" and "after" (StartingSequenceNumber).
 
 Listens on 127.0.0.1 only, on an ephemeral port written to stdout as
 {"port": N}; exits after --max-seconds (bounded, whatever the test does).
@@ -201,7 +203,11 @@ def make_handler(state, upstream):
                     self.send_fault(fault)
                     return
             elif target == "GetShardIterator":
-                entry["shard"] = request.get("ShardId")
+                entry.update(
+                    shard=request.get("ShardId"),
+                    type=request.get("ShardIteratorType"),
+                    after=request.get("StartingSequenceNumber"),
+                )
             headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
             headers["Content-Length"] = str(len(body))
             try:
@@ -231,7 +237,10 @@ def make_handler(state, upstream):
                     state.learn(answer.get("ShardIterator"), request.get("ShardId"))
                 else:
                     state.learn(answer.get("NextShardIterator"), entry.get("shard"))
-                    entry["records"] = len(answer.get("Records") or [])
+                    records = answer.get("Records") or []
+                    entry["records"] = len(records)
+                    if records:
+                        entry["last_sequence"] = records[-1].get("SequenceNumber")
                 self.relay_head(resp, len(data))
                 self.wfile.write(data)
             elif not streamed:
