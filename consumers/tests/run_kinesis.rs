@@ -2115,3 +2115,70 @@ async fn expired_iterators_resume_after_the_last_record_read() {
         );
     }
 }
+
+/// Enhanced fan-out with the subscription renewed every 3 s
+/// (`--subscription-renew-ms`) while records arrive for 16 s: each shard is
+/// resubscribed several times, each time right after the last record read,
+/// and every record is read exactly once (records_total, and every expected
+/// command once with the truth's counts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enhanced_fan_out_renewals_read_every_record_once() {
+    let mut h = Harness::new("efo-renew", 2).await;
+    let start = traffic_start(20_000, 30_000);
+    let traffic = Traffic::brute_force(83, 10, start, 75_000);
+    let consumer = format!(
+        "efo-{}",
+        h.stream.strip_prefix("sshwarden-it-").unwrap_or(&h.stream)
+    );
+    let w = h.spawn_with(
+        "w0",
+        &Spawn {
+            args: &[
+                "--enhanced-fan-out",
+                &consumer,
+                "--subscription-renew-ms",
+                "3000",
+            ],
+            ..Spawn::default()
+        },
+    );
+    h.wait_balanced(2, &[2]).await;
+    put_paced(&h, &traffic.records, 8, 2_000).await;
+    h.log(format_args!(
+        "wrote {} records in 8 batches over 14 s; {} commands expected",
+        traffic.records.len(),
+        traffic.expected.len()
+    ));
+    assert_read_exactly_once(&mut h, w, &traffic).await;
+
+    let renewals = h.workers[w].logs_with("renewing the subscription");
+    let in_use = metric_by_shard(
+        &h.workers[w],
+        "errors_total",
+        &["kind=\"subscription_in_use\""],
+    );
+    let failed = metric_by_shard(&h.workers[w], "errors_total", &["kind=\"subscription\""]);
+    for shard in ["shardId-000000000000", "shardId-000000000001"] {
+        let n = renewals
+            .iter()
+            .filter(|l| l["fields"]["shard"] == shard)
+            .count();
+        h.log(format_args!(
+            "{shard}: {n} renewals, {} ResourceInUse answers, {} other subscription failures",
+            in_use.get(shard).copied().unwrap_or(0.0),
+            failed.get(shard).copied().unwrap_or(0.0)
+        ));
+        assert!(n >= 3, "{shard}: only {n} subscription renewals");
+    }
+    // kinesis-local keeps a subscription registered for a moment after its
+    // client went away, and answers a new SubscribeToShard for the same
+    // consumer and shard with ResourceInUseException meanwhile (real Kinesis
+    // does so within 5 s of the last subscribe): the renewals above went
+    // through the resubscribe-after-ResourceInUse path.
+    let in_use_total: f64 = in_use.values().sum();
+    assert!(
+        in_use_total >= 1.0,
+        "no renewal met ResourceInUseException: the resubscribe path was not exercised \
+         (did kinesis-local change how it releases subscriptions?)"
+    );
+}
