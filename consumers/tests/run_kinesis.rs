@@ -2182,3 +2182,264 @@ async fn enhanced_fan_out_renewals_read_every_record_once() {
          (did kinesis-local change how it releases subscriptions?)"
     );
 }
+
+// ------------------------------------------------------------------ sfn sink
+
+/// A state machine on moto that does nothing (one Pass state); deleted when
+/// dropped. Executions need not run: what is checked is which were started.
+struct PassStateMachine {
+    env: Endpoints,
+    arn: String,
+}
+
+impl PassStateMachine {
+    async fn create(h: &Harness) -> PassStateMachine {
+        let sfn = aws_sdk_sfn::Client::new(&sdk_config(&h.env.moto).await);
+        let name = format!(
+            "sshwarden-it-{}",
+            h.table
+                .strip_prefix("sshwarden-it-leases-")
+                .unwrap_or(&h.table)
+        );
+        let out = sfn
+            .create_state_machine()
+            .name(&name)
+            .definition(r#"{"StartAt":"Noop","States":{"Noop":{"Type":"Pass","End":true}}}"#)
+            .role_arn("arn:aws:iam::123456789012:role/sshwarden-it")
+            .send()
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "CreateStateMachine {name} on moto: {}",
+                    aws_sdk_sfn::error::DisplayErrorContext(&e)
+                )
+            });
+        PassStateMachine {
+            env: h.env.clone(),
+            arn: out.state_machine_arn().to_owned(),
+        }
+    }
+
+    /// Every execution: name -> the inputs it was started with.
+    async fn executions(&self) -> BTreeMap<String, Vec<String>> {
+        let sfn = aws_sdk_sfn::Client::new(&sdk_config(&self.env.moto).await);
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = sfn
+                .list_executions()
+                .state_machine_arn(&self.arn)
+                .set_next_token(token.take())
+                .send()
+                .await
+                .expect("ListExecutions");
+            for e in page.executions() {
+                let input = sfn
+                    .describe_execution()
+                    .execution_arn(e.execution_arn())
+                    .send()
+                    .await
+                    .expect("DescribeExecution")
+                    .input()
+                    .unwrap_or_default()
+                    .to_owned();
+                out.entry(e.name().to_owned()).or_default().push(input);
+            }
+            match page.next_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_owned()),
+                _ => return out,
+            }
+        }
+    }
+
+    /// The execution names only (cheap: no DescribeExecution).
+    async fn names(&self) -> Vec<String> {
+        let sfn = aws_sdk_sfn::Client::new(&sdk_config(&self.env.moto).await);
+        let mut names = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = sfn
+                .list_executions()
+                .state_machine_arn(&self.arn)
+                .set_next_token(token.take())
+                .send()
+                .await
+                .expect("ListExecutions");
+            names.extend(page.executions().iter().map(|e| e.name().to_owned()));
+            match page.next_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_owned()),
+                _ => return names,
+            }
+        }
+    }
+}
+
+impl Drop for PassStateMachine {
+    fn drop(&mut self) {
+        let (env, arn) = (self.env.clone(), self.arn.clone());
+        let done = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let sfn = aws_sdk_sfn::Client::new(&sdk_config(&env.moto).await);
+                let _ = sfn
+                    .delete_state_machine()
+                    .state_machine_arn(&arn)
+                    .send()
+                    .await;
+            });
+        });
+        let _ = done.join();
+    }
+}
+
+/// Two workers with `--sink sfn` (Step Functions on moto); `kill -9` of one
+/// mid-stream, after it started executions and while it holds counts of
+/// open windows. The survivor takes over and replays from the checkpoints;
+/// afterwards every expected command has exactly one execution (named by its
+/// id), none is missing, none unexpected, and each was started with the
+/// window's full counts (a replayed copy with a closed window's tail only
+/// finds the execution already there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_nine_with_the_sfn_sink_starts_one_execution_per_command() {
+    let mut h = Harness::new("sfn-kill9", 4).await;
+    let sm = PassStateMachine::create(&h).await;
+    let opts = Spawn {
+        sink: Some("sfn"),
+        args: &["--state-machine-arn", &sm.arn],
+        ..Spawn::default()
+    };
+    let survivor = h.spawn_with("survivor", &opts);
+    let victim = h.spawn_with("victim", &opts);
+    let holdings = h.wait_balanced(4, &[2, 2]).await;
+    h.log(format_args!(
+        "balanced: {holdings:?}; state machine {}",
+        sm.arn
+    ));
+
+    let start = traffic_start(32_000, 60_000);
+    let boundary = start + 100_000;
+    let traffic = Traffic::brute_force(22, 16, start, 150_000);
+    let (before, after) = traffic.split_at(boundary);
+    let landed = h.put(before).await;
+    assert_covers(&landed, 4);
+    let shard_of: HashMap<&str, &str> = before
+        .iter()
+        .zip(&landed)
+        .map(|(r, s)| (r.log_stream.as_str(), s.as_str()))
+        .collect();
+    let mut written_to: HashMap<&str, i64> = HashMap::new();
+    for r in before {
+        let t = written_to.entry(r.log_stream.as_str()).or_insert(i64::MIN);
+        *t = (*t).max(r.last_time_ms);
+    }
+    let victim_before: Vec<&Expected> = traffic
+        .expected
+        .iter()
+        .filter(|e| {
+            holdings["victim"]
+                .iter()
+                .any(|k| shard_of.get(e.instance.as_str()) == Some(&k.as_str()))
+        })
+        .filter(|e| {
+            written_to
+                .get(e.instance.as_str())
+                .is_some_and(|&t| e.crossing_ms <= t)
+        })
+        .collect();
+    assert!(
+        !victim_before.is_empty(),
+        "the victim must deliver before the kill"
+    );
+    // Kill once the victim delivered what the records before the kill make
+    // it issue, and checkpointed its shards.
+    let d = Deadline::new("the victim to start its executions", MAX_WAIT);
+    loop {
+        h.check_running();
+        let delivered: BTreeSet<String> = h.workers[victim]
+            .logs_with("command delivered")
+            .iter()
+            .filter_map(|l| l["fields"]["id"].as_str().map(str::to_owned))
+            .collect();
+        let missing = victim_before
+            .iter()
+            .filter(|e| !delivered.contains(&e.id))
+            .count();
+        let initial = h
+            .leases()
+            .await
+            .iter()
+            .filter(|l| holdings["victim"].contains(&l.key) && l.checkpoint == "TRIM_HORIZON")
+            .count();
+        if missing == 0 && initial == 0 {
+            break;
+        }
+        d.check(|| format!("{missing} not delivered, {initial} shards not checkpointed"));
+        pause(100).await;
+    }
+    h.workers[victim].kill9();
+    h.log(format_args!(
+        "killed the victim after {} deliveries",
+        h.workers[victim].logs_with("command delivered").len()
+    ));
+    let landed = h.put(after).await;
+    assert_covers(&landed, 4);
+
+    let want: BTreeSet<&str> = traffic.expected.iter().map(|e| e.id.as_str()).collect();
+    let d = Deadline::new(format!("{} executions", traffic.expected.len()), MAX_WAIT);
+    loop {
+        h.check_running();
+        let names = sm.names().await;
+        let missing: Vec<&&str> = want
+            .iter()
+            .filter(|id| !names.iter().any(|n| n == **id))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        d.check(|| {
+            format!(
+                "{} of {} missing, e.g. {:?}",
+                missing.len(),
+                want.len(),
+                &missing[..missing.len().min(5)]
+            )
+        });
+        pause(500).await;
+    }
+    // Late duplicates would show up by now.
+    pause(2_000).await;
+    let executions = sm.executions().await;
+    let more_than_once: Vec<_> = executions.iter().filter(|(_, v)| v.len() != 1).collect();
+    assert!(
+        more_than_once.is_empty(),
+        "more than one execution: {more_than_once:?}"
+    );
+    let unexpected: Vec<&String> = executions
+        .keys()
+        .filter(|n| !want.contains(n.as_str()))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "executions no rule should start: {unexpected:?}"
+    );
+    assert_eq!(executions.len(), want.len());
+    let inputs: Vec<Value> = executions
+        .values()
+        .flatten()
+        .map(|i| serde_json::from_str(i).expect("execution input is the command JSON"))
+        .collect();
+    let t = Tally::new(&traffic.expected, &[inputs]);
+    t.assert_content(&traffic.expected, |_, _| false);
+    let replayed = h.workers[survivor]
+        .logs_with("command delivered")
+        .iter()
+        .filter(|l| l["fields"]["already_handled"] == true)
+        .count();
+    h.log(format_args!(
+        "{} executions, one per expected command; the survivor found {replayed} already started",
+        executions.len()
+    ));
+}
