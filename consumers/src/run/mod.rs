@@ -176,7 +176,7 @@ pub async fn run(args: RunArgs, engine_config: EngineConfig) -> anyhow::Result<(
                 let outcome = h.task.await.unwrap_or(Outcome::Stopped);
                 info!(shard = %key, ?outcome, "shard released by its reader");
                 if outcome == Outcome::Stopped && !shutdown.is_cancelled() {
-                    let _ = table.release(&key, &me).await;
+                    let _ = table.release(&h.lease, &me).await;
                 }
             }
         }
@@ -266,7 +266,7 @@ pub async fn run(args: RunArgs, engine_config: EngineConfig) -> anyhow::Result<(
         let renew_lost = h.lost.clone();
         match tokio::time::timeout_at(deadline, h.task).await {
             Ok(Ok(Outcome::Ended)) => {}
-            Ok(Ok(_)) if !renew_lost.is_cancelled() => match table.release(&key, &me).await {
+            Ok(Ok(_)) if !renew_lost.is_cancelled() => match table.release(&h.lease, &me).await {
                 Ok(_) => info!(shard = %key, "lease released"),
                 Err(e) => warn!(shard = %key, error = %format!("{e:#}"), "lease release failed"),
             },

@@ -446,7 +446,7 @@ impl Reader {
         let event_time = st.engine.event_time();
         match self
             .table
-            .checkpoint(shard, &self.config.me, &seq, event_time)
+            .checkpoint(&self.lease, &self.config.me, &seq, event_time)
             .await
         {
             Ok(Cas::Done(())) => {
@@ -487,7 +487,7 @@ impl Reader {
         let shard = self.lease.key.as_str();
         let mut backoff = Backoff::new();
         for _ in 0..20 {
-            match self.table.end(shard, &self.config.me, &replay).await {
+            match self.table.end(&self.lease, &self.config.me, &replay).await {
                 Ok(Cas::Done(())) => {
                     self.metrics.checkpoints.get_or_create(&st.shard).inc();
                     st.tracker.written(SHARD_END.to_owned());
