@@ -11,7 +11,16 @@
 //! a merge mid-stream (parents read before children, nothing lost); corrupt,
 //! truncated, oversize and control records (skipped and counted); SIGTERM
 //! (clean exit, leases released, taken over at once); enhanced fan-out
-//! (SubscribeToShard on every shard, each record read once).
+//! (SubscribeToShard on every shard, each record read once), with
+//! subscriptions renewed every 3 s mid-stream (meeting ResourceInUse) and
+//! from LATEST on an idle stream (resuming at the continuation); throttling,
+//! 5xx, connection resets and expired iterators injected by a fault proxy
+//! (`scripts/lib/kinesis_fault_proxy.py`) between the worker and
+//! kinesis-local; `kill -9` with the Step Functions sink (moto): one
+//! execution per command.
+//!
+//! SSHWARDEN_TEST_BIN names the `sshwarden` binary to run instead of the
+//! one cargo built (for checkouts sharing one target directory).
 //!
 //! Start the emulators first: `scripts/emulators up`. A test fails (never
 //! skips) when one is not reachable. Endpoints: SSHWARDEN_MOTO_ENDPOINT
@@ -2442,4 +2451,82 @@ async fn kill_nine_with_the_sfn_sink_starts_one_execution_per_command() {
         "{} executions, one per expected command; the survivor found {replayed} already started",
         executions.len()
     ));
+}
+
+/// Enhanced fan-out from LATEST on an idle stream, renewed every 3 s: the
+/// renewals before the first record resume at the last event's
+/// continuation sequence number (resubscribing at LATEST would skip what
+/// arrives between two subscriptions); records written after two idle
+/// renewals, and across later ones, are each read exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enhanced_fan_out_idle_renewals_resume_at_the_continuation() {
+    let mut h = Harness::new("efo-idle", 2).await;
+    let start = traffic_start(20_000, 30_000);
+    let traffic = Traffic::brute_force(84, 10, start, 75_000);
+    let consumer = format!(
+        "efo-{}",
+        h.stream.strip_prefix("sshwarden-it-").unwrap_or(&h.stream)
+    );
+    let w = h.spawn_with(
+        "w0",
+        &Spawn {
+            args: &[
+                "--enhanced-fan-out",
+                &consumer,
+                "--subscription-renew-ms",
+                "3000",
+                "--start-position",
+                "latest",
+            ],
+            log: Some("info,sshwarden::run::shard=debug"),
+            ..Spawn::default()
+        },
+    );
+    h.wait_balanced(2, &[2]).await;
+    let d = Deadline::new("two idle renewals on each shard", MAX_WAIT);
+    loop {
+        h.check_running();
+        let renewals = h.workers[w].logs_with("renewing the subscription");
+        let per_shard = |s: &str| {
+            renewals
+                .iter()
+                .filter(|l| l["fields"]["shard"] == s)
+                .count()
+        };
+        let (a, b) = (
+            per_shard("shardId-000000000000"),
+            per_shard("shardId-000000000001"),
+        );
+        if a >= 2 && b >= 2 {
+            break;
+        }
+        d.check(|| format!("renewals {a} and {b}"));
+        pause(200).await;
+    }
+    // Before any record, the first subscription starts at LATEST and the
+    // renewals after the continuation sequence number of the last event.
+    for shard in ["shardId-000000000000", "shardId-000000000001"] {
+        let from: Vec<String> = h.workers[w]
+            .logs_with("subscribing")
+            .iter()
+            .filter(|l| l["fields"]["shard"] == shard)
+            .map(|l| l["fields"]["from"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(
+            from.first().map(String::as_str),
+            Some("LATEST"),
+            "{shard}: {from:?}"
+        );
+        assert!(
+            from.len() >= 3 && from[1..].iter().all(|f| f == "AFTER_SEQUENCE_NUMBER"),
+            "{shard}: idle renewals must resume at the continuation: {from:?}"
+        );
+    }
+    put_paced(&h, &traffic.records, 6, 1_500).await;
+    h.log(format_args!(
+        "wrote {} records after the idle renewals; {} commands expected",
+        traffic.records.len(),
+        traffic.expected.len()
+    ));
+    assert_read_exactly_once(&mut h, w, &traffic).await;
 }

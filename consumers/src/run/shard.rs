@@ -204,6 +204,12 @@ impl Reader {
                     return Outcome::Stopped;
                 }
             };
+            debug!(
+                shard,
+                from = start.r#type().as_str(),
+                sequence = start.sequence_number(),
+                "subscribing"
+            );
             let sub = self
                 .kinesis
                 .subscribe_to_shard()
