@@ -49,6 +49,7 @@ struct RunSection {
     shard_sync_ms: Option<u64>,
     checkpoint_ms: Option<u64>,
     idle_poll_ms: Option<u64>,
+    subscription_renew_ms: Option<u64>,
     shutdown_secs: Option<u64>,
     metrics_addr: Option<SocketAddr>,
     source: Option<Source>,
@@ -108,6 +109,9 @@ pub struct RunFlags {
     /// Pause between GetRecords calls on a caught-up shard [default: 1000].
     #[arg(long, env = "SSHWARDEN_IDLE_POLL_MS")]
     pub idle_poll_ms: Option<u64>,
+    /// Advanced: with enhanced fan-out, renew each shard's subscription after this long; Kinesis ends them after 5 minutes [default: 290000].
+    #[arg(long, env = "SSHWARDEN_SUBSCRIPTION_RENEW_MS")]
+    pub subscription_renew_ms: Option<u64>,
     /// On SIGTERM, drain, checkpoint and release within this many seconds (ECS gives 30) [default: 25].
     #[arg(long, env = "SSHWARDEN_SHUTDOWN_SECS")]
     pub shutdown_secs: Option<u64>,
@@ -429,6 +433,10 @@ fn resolve_run(f: &RunFlags, r: RunSection) -> anyhow::Result<RunArgs> {
         shard_sync_ms: f.shard_sync_ms.or(r.shard_sync_ms).unwrap_or(30_000),
         checkpoint_ms: f.checkpoint_ms.or(r.checkpoint_ms).unwrap_or(5_000),
         idle_poll_ms: f.idle_poll_ms.or(r.idle_poll_ms).unwrap_or(1_000),
+        subscription_renew_ms: f
+            .subscription_renew_ms
+            .or(r.subscription_renew_ms)
+            .unwrap_or(290_000),
         shutdown_secs: f.shutdown_secs.or(r.shutdown_secs).unwrap_or(25),
         metrics_addr: f
             .metrics_addr
@@ -713,6 +721,15 @@ mod tests {
         );
         assert_eq!(r.sink.blast_radius_scope, BlastRadiusScope::Shard);
         assert_eq!(r.sink.blast_radius_table, "counters");
+        assert_eq!(r.subscription_renew_ms, 290_000);
+        let file: FileConfig =
+            toml::from_str("[run]\nstream = \"s\"\nsubscription_renew_ms = 3000").unwrap();
+        assert_eq!(
+            resolve_run(&RunFlags::default(), file.run)
+                .unwrap()
+                .subscription_renew_ms,
+            3000
+        );
         let err = resolve_run(&RunFlags::default(), RunSection::default()).unwrap_err();
         assert!(err.to_string().contains("no stream to consume"));
         assert!(toml::from_str::<FileConfig>("[run]\nstreem = \"x\"").is_err());

@@ -11,7 +11,16 @@
 //! a merge mid-stream (parents read before children, nothing lost); corrupt,
 //! truncated, oversize and control records (skipped and counted); SIGTERM
 //! (clean exit, leases released, taken over at once); enhanced fan-out
-//! (SubscribeToShard on every shard, each record read once).
+//! (SubscribeToShard on every shard, each record read once), with
+//! subscriptions renewed every 3 s mid-stream (meeting ResourceInUse) and
+//! from LATEST on an idle stream (resuming at the continuation); throttling,
+//! 5xx, connection resets and expired iterators injected by a fault proxy
+//! (`scripts/lib/kinesis_fault_proxy.py`) between the worker and
+//! kinesis-local; `kill -9` with the Step Functions sink (moto): one
+//! execution per command.
+//!
+//! SSHWARDEN_TEST_BIN names the `sshwarden` binary to run instead of the
+//! one cargo built (for checkouts sharing one target directory).
 //!
 //! Start the emulators first: `scripts/emulators up`. A test fails (never
 //! skips) when one is not reachable. Endpoints: SSHWARDEN_MOTO_ENDPOINT
@@ -425,6 +434,16 @@ impl Tally {
 
 // ------------------------------------------------------------------ workers
 
+/// The `sshwarden` binary under test: SSHWARDEN_TEST_BIN when set (a copy
+/// taken right after the build, where several checkouts share one cargo
+/// target directory and overwrite each other's `target/debug/sshwarden`),
+/// else the one cargo built for this test.
+fn sshwarden_bin() -> PathBuf {
+    std::env::var_os("SSHWARDEN_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sshwarden")))
+}
+
 /// A free port on 127.0.0.1 (bound, then released for the worker).
 fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -547,6 +566,10 @@ struct Spawn<'a> {
     args: &'a [&'a str],
     /// SSHWARDEN_LOG [info].
     log: Option<&'a str>,
+    /// `--sink` [stdout].
+    sink: Option<&'a str>,
+    /// Where the worker reaches Kinesis [the emulator]; a fault proxy.
+    kinesis: Option<&'a str>,
 }
 
 // ------------------------------------------------------------------ harness
@@ -757,7 +780,7 @@ impl Harness {
             "--worker-id",
             worker_id,
             "--sink",
-            "stdout",
+            opts.sink.unwrap_or("stdout"),
             "--failover-ms",
             &failover,
             "--shutdown-secs",
@@ -767,11 +790,14 @@ impl Harness {
         ];
         args.extend_from_slice(TIMINGS);
         args.extend_from_slice(opts.args);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sshwarden"));
+        let mut cmd = Command::new(sshwarden_bin());
         cmd.args(&args)
             .env_clear()
             .env("AWS_ENDPOINT_URL", &self.env.moto)
-            .env("AWS_ENDPOINT_URL_KINESIS", &self.env.kinesis)
+            .env(
+                "AWS_ENDPOINT_URL_KINESIS",
+                opts.kinesis.unwrap_or(&self.env.kinesis),
+            )
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
             .env("AWS_REGION", "us-east-1")
@@ -1748,4 +1774,782 @@ async fn enhanced_fan_out_reads_every_shard() {
         traffic.records.len() as f64,
         "every record read once"
     );
+}
+
+// ------------------------------------------------------------------ faults
+
+/// `scripts/lib/kinesis_fault_proxy.py` in front of kinesis-local: answers
+/// the GetRecords calls its script names with faults (throttling, expired
+/// iterators, 5xx, resets) and forwards everything else; logs every Kinesis
+/// call. Started here on an ephemeral loopback port, bounded in time, and
+/// killed by PID when dropped.
+struct FaultProxy {
+    child: Child,
+    endpoint: String,
+    log: PathBuf,
+}
+
+/// One Kinesis call as the proxy saw it.
+#[derive(Debug, Clone, serde::Deserialize)]
+struct ProxyCall {
+    t: f64,
+    target: Option<String>,
+    shard: Option<String>,
+    fault: Option<String>,
+    last_sequence: Option<String>,
+    #[serde(rename = "type")]
+    iterator_type: Option<String>,
+    after: Option<String>,
+}
+
+impl FaultProxy {
+    fn start(h: &Harness, script: &Value) -> FaultProxy {
+        let python = std::env::var("HOME")
+            .ok()
+            .map(|home| PathBuf::from(home).join(".cache/sshwarden/venv/bin/python"))
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from("python3"));
+        let script_path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../scripts/lib/kinesis_fault_proxy.py"
+        );
+        let log = h.dir.path().join("kinesis-proxy.jsonl");
+        let mut child = Command::new(&python)
+            .arg(script_path)
+            .args(["--upstream", &h.env.kinesis, "--max-seconds", "300"])
+            .arg("--script")
+            .arg(script.to_string())
+            .arg("--log")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(File::create(h.dir.path().join("kinesis-proxy.stderr")).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {} {script_path}: {e}", python.display()));
+        let mut first = String::new();
+        let stdout = child.stdout.take().expect("proxy stdout");
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut first)
+            .expect("read the proxy's port");
+        let port = serde_json::from_str::<Value>(&first)
+            .ok()
+            .and_then(|v| v["port"].as_u64())
+            .unwrap_or_else(|| {
+                let _ = child.kill();
+                panic!("the fault proxy did not report its port: {first:?}")
+            });
+        let endpoint = format!("http://127.0.0.1:{port}");
+        h.log(format_args!(
+            "fault proxy (pid {}) on {endpoint}, script {script}",
+            child.id()
+        ));
+        FaultProxy {
+            child,
+            endpoint,
+            log,
+        }
+    }
+
+    fn calls(&self) -> Vec<ProxyCall> {
+        read_json_lines(&self.log)
+            .into_iter()
+            .filter_map(|v| serde_json::from_value(v).ok())
+            .collect()
+    }
+
+    /// GetRecords and GetShardIterator calls per shard, in order.
+    fn by_shard(&self) -> BTreeMap<String, Vec<ProxyCall>> {
+        let mut by: BTreeMap<String, Vec<ProxyCall>> = BTreeMap::new();
+        for c in self.calls() {
+            if let Some(shard) = c.shard.clone() {
+                by.entry(shard).or_default().push(c);
+            }
+        }
+        by
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `sshwarden_<name>` samples of a worker's /metrics whose labels include
+/// every `label="value"` of `with`, by their `shard` label.
+fn metric_by_shard(w: &Worker, name: &str, with: &[&str]) -> BTreeMap<String, f64> {
+    let prefix = format!("sshwarden_{name}{{");
+    let mut out = BTreeMap::new();
+    for line in w.metrics().lines() {
+        let Some(rest) = line.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        if !with.iter().all(|l| labels.split(',').any(|x| x == *l)) {
+            continue;
+        }
+        let shard = labels
+            .split(',')
+            .find_map(|x| x.strip_prefix("shard=\""))
+            .map(|s| s.trim_end_matches('"').to_owned())
+            .unwrap_or_default();
+        *out.entry(shard).or_default() += value.parse::<f64>().unwrap_or(f64::NAN);
+    }
+    out
+}
+
+/// GetRecords calls per shard that the proxy answered with one of `faults`.
+fn injected(proxy: &FaultProxy, faults: &[&str]) -> BTreeMap<String, usize> {
+    proxy
+        .by_shard()
+        .into_iter()
+        .map(|(shard, calls)| {
+            let n = calls
+                .iter()
+                .filter(|c| c.target.as_deref() == Some("GetRecords"))
+                .filter(|c| c.fault.as_deref().is_some_and(|f| faults.contains(&f)))
+                .count();
+            (shard, n)
+        })
+        .collect()
+}
+
+/// Asserts that the worker's errors_total{kind} counts each fault of
+/// `faults` the proxy injected exactly once. The worker keeps polling (and
+/// the script keeps injecting) meanwhile, so the metric is read between two
+/// looks at the proxy's log: the proxy logs a fault before it answers, and
+/// the worker counts it once the answer arrived (well within the pause).
+async fn assert_each_fault_counted_once(
+    h: &Harness,
+    w: usize,
+    proxy: &FaultProxy,
+    kind: &str,
+    faults: &[&str],
+) {
+    let before = injected(proxy, faults);
+    pause(500).await;
+    let counted = metric_by_shard(
+        &h.workers[w],
+        "errors_total",
+        &[&format!("kind=\"{kind}\"")],
+    );
+    let after = injected(proxy, faults);
+    for (shard, &n) in &after {
+        let m = counted.get(shard).copied().unwrap_or(0.0);
+        let b = before.get(shard).copied().unwrap_or(0);
+        assert!(
+            n > 0 && b as f64 <= m && m <= n as f64,
+            "{shard}: errors_total{{kind={kind}}} is {m}; the proxy injected {b} before and {n} after reading it ({faults:?})"
+        );
+    }
+}
+
+/// Writes `records` in `chunks` PutRecords batches `gap_ms` apart, so a
+/// reader reads them over many calls.
+async fn put_paced(h: &Harness, records: &[SubscriptionRecord], chunks: usize, gap_ms: u64) {
+    let size = records.len().div_ceil(chunks).max(1);
+    for (i, chunk) in records.chunks(size).enumerate() {
+        if i > 0 {
+            pause(gap_ms).await;
+        }
+        h.put(chunk).await;
+    }
+}
+
+/// Every expected command exactly once with the truth's counts, and the
+/// worker's records_total equal to the records written: nothing read twice,
+/// nothing skipped.
+async fn assert_read_exactly_once(h: &mut Harness, w: usize, traffic: &Traffic) {
+    h.wait_for_commands(&traffic.expected).await;
+    let d = Deadline::new("every record to be read", MAX_WAIT);
+    loop {
+        h.check_running();
+        let read: f64 = metric_by_shard(&h.workers[w], "records_total", &[])
+            .values()
+            .sum();
+        if read >= traffic.records.len() as f64 {
+            break;
+        }
+        d.check(|| format!("{read} of {} records read", traffic.records.len()));
+        pause(200).await;
+    }
+    // Anything read twice would show up by now.
+    pause(1_500).await;
+    let t = Tally::new(&traffic.expected, &h.outputs());
+    t.assert_content(&traffic.expected, |_, _| false);
+    let repeated: Vec<_> = t.by_id.iter().filter(|(_, n)| n[w] != 1).collect();
+    assert!(repeated.is_empty(), "issued more than once: {repeated:?}");
+    let read: f64 = metric_by_shard(&h.workers[w], "records_total", &[])
+        .values()
+        .sum();
+    assert_eq!(
+        read,
+        traffic.records.len() as f64,
+        "records_total: every record read exactly once"
+    );
+}
+
+/// GetRecords answered with ProvisionedThroughputExceeded (six in a row on
+/// each shard, then every tenth call), a 500 and a connection reset, through
+/// the fault proxy: the reader backs off (six throttles in a row take the
+/// exponential backoff's minimum, 3.4 s, not the 1.2 s of the plain 5/s
+/// pacing), never calls a shard more than 5 times a second, counts each
+/// fault once in errors_total (the SDK does not retry GetRecords behind its
+/// back), and still reads every record exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_reads_back_off_and_read_every_record_once() {
+    let mut h = Harness::new("throttle", 2).await;
+    let proxy = FaultProxy::start(
+        &h,
+        &serde_json::json!([
+            {"calls": [3, 8], "fault": "throughput"},
+            {"calls": [12, 12], "fault": "internal"},
+            {"calls": [15, 15], "fault": "reset"},
+            {"every": 10, "after": 15, "fault": "throughput"},
+        ]),
+    );
+    let start = traffic_start(20_000, 30_000);
+    let traffic = Traffic::brute_force(81, 10, start, 75_000);
+    let w = h.spawn_with(
+        "w0",
+        &Spawn {
+            kinesis: Some(&proxy.endpoint),
+            ..Spawn::default()
+        },
+    );
+    h.wait_balanced(2, &[2]).await;
+    put_paced(&h, &traffic.records, 8, 1_000).await;
+    h.log(format_args!(
+        "wrote {} records in 8 batches; {} commands expected",
+        traffic.records.len(),
+        traffic.expected.len()
+    ));
+    assert_read_exactly_once(&mut h, w, &traffic).await;
+
+    assert_each_fault_counted_once(&h, w, &proxy, "throughput_exceeded", &["throughput"]).await;
+    assert_each_fault_counted_once(&h, w, &proxy, "get_records", &["internal", "reset"]).await;
+    let by_shard = proxy.by_shard();
+    assert_eq!(
+        by_shard.len(),
+        2,
+        "calls on both shards: {:?}",
+        by_shard.keys()
+    );
+    for (shard, calls) in &by_shard {
+        let reads: Vec<&ProxyCall> = calls
+            .iter()
+            .filter(|c| c.target.as_deref() == Some("GetRecords"))
+            .collect();
+        let count = |f: &str| {
+            reads
+                .iter()
+                .filter(|c| c.fault.as_deref() == Some(f))
+                .count()
+        };
+        let (throttles, faults) = (count("throughput"), count("internal") + count("reset"));
+        h.log(format_args!(
+            "{shard}: {} GetRecords calls, {throttles} throttled, {faults} 5xx/reset",
+            reads.len()
+        ));
+        assert!(
+            reads.len() >= 15,
+            "{shard}: only {} calls, the script was not played",
+            reads.len()
+        );
+        // Backoff: calls 3..=8 were throttled; call 9 comes after six
+        // backoffs of at least 200, 200, 200, 400, 800 and 1600 ms.
+        let span = reads[8].t - reads[2].t;
+        assert!(
+            span >= 3.0,
+            "{shard}: six throttles in a row took only {span:.2} s: no backoff"
+        );
+        // At most 5 calls a second: any six consecutive calls span a second
+        // (less 50 ms for the jitter of the arrival times at the proxy).
+        for six in reads.windows(6) {
+            let span = six[5].t - six[0].t;
+            assert!(
+                span >= 0.95,
+                "{shard}: 6 GetRecords calls within {span:.3} s (calls {:?})",
+                six.iter().map(|c| c.t).collect::<Vec<_>>()
+            );
+        }
+    }
+}
+
+/// Every third GetRecords call of each shard answered ExpiredIterator while
+/// records arrive: each time the reader gets a new iterator
+/// AFTER_SEQUENCE_NUMBER of the last record it read (not its checkpoint,
+/// which open windows hold back), so no record is skipped and none is read
+/// twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_iterators_resume_after_the_last_record_read() {
+    let mut h = Harness::new("expired", 2).await;
+    let proxy = FaultProxy::start(&h, &serde_json::json!([{"every": 3, "fault": "expired"}]));
+    let start = traffic_start(20_000, 30_000);
+    let traffic = Traffic::brute_force(82, 10, start, 75_000);
+    let w = h.spawn_with(
+        "w0",
+        &Spawn {
+            kinesis: Some(&proxy.endpoint),
+            ..Spawn::default()
+        },
+    );
+    h.wait_balanced(2, &[2]).await;
+    put_paced(&h, &traffic.records, 8, 700).await;
+    h.log(format_args!(
+        "wrote {} records in 8 batches; {} commands expected",
+        traffic.records.len(),
+        traffic.expected.len()
+    ));
+    assert_read_exactly_once(&mut h, w, &traffic).await;
+
+    assert_each_fault_counted_once(&h, w, &proxy, "expired_iterator", &["expired"]).await;
+    for (shard, calls) in &proxy.by_shard() {
+        let mut last_read: Option<String> = None;
+        let mut after_records = 0;
+        let mut injected = 0;
+        for (i, c) in calls.iter().enumerate() {
+            if c.target.as_deref() != Some("GetRecords") {
+                continue;
+            }
+            if c.fault.as_deref() == Some("expired") {
+                injected += 1;
+                // The next call on this shard asks for a new iterator right
+                // after the last record read.
+                let Some(next) = calls.get(i + 1) else {
+                    continue; // the last call logged
+                };
+                let next = Some(next);
+                assert!(
+                    next.is_some_and(|n| n.target.as_deref() == Some("GetShardIterator")),
+                    "{shard}: after an expired iterator: {next:?}"
+                );
+                if let (Some(last), Some(next)) = (&last_read, next) {
+                    after_records += 1;
+                    assert_eq!(
+                        (next.iterator_type.as_deref(), next.after.as_ref()),
+                        (Some("AFTER_SEQUENCE_NUMBER"), Some(last)),
+                        "{shard}: re-acquired at the wrong place"
+                    );
+                }
+            } else if let Some(seq) = &c.last_sequence {
+                last_read = Some(seq.clone());
+            }
+        }
+        h.log(format_args!(
+            "{shard}: {injected} expired iterators, {after_records} of them after records were read"
+        ));
+        assert!(
+            after_records >= 2,
+            "{shard}: only {after_records} expirations after records were read"
+        );
+    }
+}
+
+/// Enhanced fan-out with the subscription renewed every 3 s
+/// (`--subscription-renew-ms`) while records arrive for 16 s: each shard is
+/// resubscribed several times, each time right after the last record read,
+/// and every record is read exactly once (records_total, and every expected
+/// command once with the truth's counts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enhanced_fan_out_renewals_read_every_record_once() {
+    let mut h = Harness::new("efo-renew", 2).await;
+    let start = traffic_start(20_000, 30_000);
+    let traffic = Traffic::brute_force(83, 10, start, 75_000);
+    let consumer = format!(
+        "efo-{}",
+        h.stream.strip_prefix("sshwarden-it-").unwrap_or(&h.stream)
+    );
+    let w = h.spawn_with(
+        "w0",
+        &Spawn {
+            args: &[
+                "--enhanced-fan-out",
+                &consumer,
+                "--subscription-renew-ms",
+                "3000",
+            ],
+            ..Spawn::default()
+        },
+    );
+    h.wait_balanced(2, &[2]).await;
+    put_paced(&h, &traffic.records, 8, 2_000).await;
+    h.log(format_args!(
+        "wrote {} records in 8 batches over 14 s; {} commands expected",
+        traffic.records.len(),
+        traffic.expected.len()
+    ));
+    assert_read_exactly_once(&mut h, w, &traffic).await;
+
+    let renewals = h.workers[w].logs_with("renewing the subscription");
+    let in_use = metric_by_shard(
+        &h.workers[w],
+        "errors_total",
+        &["kind=\"subscription_in_use\""],
+    );
+    let failed = metric_by_shard(&h.workers[w], "errors_total", &["kind=\"subscription\""]);
+    for shard in ["shardId-000000000000", "shardId-000000000001"] {
+        let n = renewals
+            .iter()
+            .filter(|l| l["fields"]["shard"] == shard)
+            .count();
+        h.log(format_args!(
+            "{shard}: {n} renewals, {} ResourceInUse answers, {} other subscription failures",
+            in_use.get(shard).copied().unwrap_or(0.0),
+            failed.get(shard).copied().unwrap_or(0.0)
+        ));
+        assert!(n >= 3, "{shard}: only {n} subscription renewals");
+    }
+    // kinesis-local keeps a subscription registered for a moment after its
+    // client went away, and answers a new SubscribeToShard for the same
+    // consumer and shard with ResourceInUseException meanwhile (real Kinesis
+    // does so within 5 s of the last subscribe): the renewals above went
+    // through the resubscribe-after-ResourceInUse path.
+    let in_use_total: f64 = in_use.values().sum();
+    assert!(
+        in_use_total >= 1.0,
+        "no renewal met ResourceInUseException: the resubscribe path was not exercised \
+         (did kinesis-local change how it releases subscriptions?)"
+    );
+}
+
+// ------------------------------------------------------------------ sfn sink
+
+/// A state machine on moto that does nothing (one Pass state); deleted when
+/// dropped. Executions need not run: what is checked is which were started.
+struct PassStateMachine {
+    env: Endpoints,
+    arn: String,
+}
+
+impl PassStateMachine {
+    async fn create(h: &Harness) -> PassStateMachine {
+        let sfn = aws_sdk_sfn::Client::new(&sdk_config(&h.env.moto).await);
+        let name = format!(
+            "sshwarden-it-{}",
+            h.table
+                .strip_prefix("sshwarden-it-leases-")
+                .unwrap_or(&h.table)
+        );
+        let out = sfn
+            .create_state_machine()
+            .name(&name)
+            .definition(r#"{"StartAt":"Noop","States":{"Noop":{"Type":"Pass","End":true}}}"#)
+            .role_arn("arn:aws:iam::123456789012:role/sshwarden-it")
+            .send()
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "CreateStateMachine {name} on moto: {}",
+                    aws_sdk_sfn::error::DisplayErrorContext(&e)
+                )
+            });
+        PassStateMachine {
+            env: h.env.clone(),
+            arn: out.state_machine_arn().to_owned(),
+        }
+    }
+
+    /// Every execution: name -> the inputs it was started with.
+    async fn executions(&self) -> BTreeMap<String, Vec<String>> {
+        let sfn = aws_sdk_sfn::Client::new(&sdk_config(&self.env.moto).await);
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = sfn
+                .list_executions()
+                .state_machine_arn(&self.arn)
+                .set_next_token(token.take())
+                .send()
+                .await
+                .expect("ListExecutions");
+            for e in page.executions() {
+                let input = sfn
+                    .describe_execution()
+                    .execution_arn(e.execution_arn())
+                    .send()
+                    .await
+                    .expect("DescribeExecution")
+                    .input()
+                    .unwrap_or_default()
+                    .to_owned();
+                out.entry(e.name().to_owned()).or_default().push(input);
+            }
+            match page.next_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_owned()),
+                _ => return out,
+            }
+        }
+    }
+
+    /// The execution names only (cheap: no DescribeExecution).
+    async fn names(&self) -> Vec<String> {
+        let sfn = aws_sdk_sfn::Client::new(&sdk_config(&self.env.moto).await);
+        let mut names = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = sfn
+                .list_executions()
+                .state_machine_arn(&self.arn)
+                .set_next_token(token.take())
+                .send()
+                .await
+                .expect("ListExecutions");
+            names.extend(page.executions().iter().map(|e| e.name().to_owned()));
+            match page.next_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_owned()),
+                _ => return names,
+            }
+        }
+    }
+}
+
+impl Drop for PassStateMachine {
+    fn drop(&mut self) {
+        let (env, arn) = (self.env.clone(), self.arn.clone());
+        let done = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let sfn = aws_sdk_sfn::Client::new(&sdk_config(&env.moto).await);
+                let _ = sfn
+                    .delete_state_machine()
+                    .state_machine_arn(&arn)
+                    .send()
+                    .await;
+            });
+        });
+        let _ = done.join();
+    }
+}
+
+/// Two workers with `--sink sfn` (Step Functions on moto); `kill -9` of one
+/// mid-stream, after it started executions and while it holds counts of
+/// open windows. The survivor takes over and replays from the checkpoints;
+/// afterwards every expected command has exactly one execution (named by its
+/// id), none is missing, none unexpected, and each was started with the
+/// window's full counts (a replayed copy with a closed window's tail only
+/// finds the execution already there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_nine_with_the_sfn_sink_starts_one_execution_per_command() {
+    let mut h = Harness::new("sfn-kill9", 4).await;
+    let sm = PassStateMachine::create(&h).await;
+    let opts = Spawn {
+        sink: Some("sfn"),
+        args: &["--state-machine-arn", &sm.arn],
+        ..Spawn::default()
+    };
+    let survivor = h.spawn_with("survivor", &opts);
+    let victim = h.spawn_with("victim", &opts);
+    let holdings = h.wait_balanced(4, &[2, 2]).await;
+    h.log(format_args!(
+        "balanced: {holdings:?}; state machine {}",
+        sm.arn
+    ));
+
+    let start = traffic_start(32_000, 60_000);
+    let boundary = start + 100_000;
+    let traffic = Traffic::brute_force(22, 16, start, 150_000);
+    let (before, after) = traffic.split_at(boundary);
+    let landed = h.put(before).await;
+    assert_covers(&landed, 4);
+    let shard_of: HashMap<&str, &str> = before
+        .iter()
+        .zip(&landed)
+        .map(|(r, s)| (r.log_stream.as_str(), s.as_str()))
+        .collect();
+    let mut written_to: HashMap<&str, i64> = HashMap::new();
+    for r in before {
+        let t = written_to.entry(r.log_stream.as_str()).or_insert(i64::MIN);
+        *t = (*t).max(r.last_time_ms);
+    }
+    let victim_before: Vec<&Expected> = traffic
+        .expected
+        .iter()
+        .filter(|e| {
+            holdings["victim"]
+                .iter()
+                .any(|k| shard_of.get(e.instance.as_str()) == Some(&k.as_str()))
+        })
+        .filter(|e| {
+            written_to
+                .get(e.instance.as_str())
+                .is_some_and(|&t| e.crossing_ms <= t)
+        })
+        .collect();
+    assert!(
+        !victim_before.is_empty(),
+        "the victim must deliver before the kill"
+    );
+    // Kill once the victim delivered what the records before the kill make
+    // it issue, and checkpointed its shards.
+    let d = Deadline::new("the victim to start its executions", MAX_WAIT);
+    loop {
+        h.check_running();
+        let delivered: BTreeSet<String> = h.workers[victim]
+            .logs_with("command delivered")
+            .iter()
+            .filter_map(|l| l["fields"]["id"].as_str().map(str::to_owned))
+            .collect();
+        let missing = victim_before
+            .iter()
+            .filter(|e| !delivered.contains(&e.id))
+            .count();
+        let initial = h
+            .leases()
+            .await
+            .iter()
+            .filter(|l| holdings["victim"].contains(&l.key) && l.checkpoint == "TRIM_HORIZON")
+            .count();
+        if missing == 0 && initial == 0 {
+            break;
+        }
+        d.check(|| format!("{missing} not delivered, {initial} shards not checkpointed"));
+        pause(100).await;
+    }
+    h.workers[victim].kill9();
+    h.log(format_args!(
+        "killed the victim after {} deliveries",
+        h.workers[victim].logs_with("command delivered").len()
+    ));
+    let landed = h.put(after).await;
+    assert_covers(&landed, 4);
+
+    let want: BTreeSet<&str> = traffic.expected.iter().map(|e| e.id.as_str()).collect();
+    let d = Deadline::new(format!("{} executions", traffic.expected.len()), MAX_WAIT);
+    loop {
+        h.check_running();
+        let names = sm.names().await;
+        let missing: Vec<&&str> = want
+            .iter()
+            .filter(|id| !names.iter().any(|n| n == **id))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        d.check(|| {
+            format!(
+                "{} of {} missing, e.g. {:?}",
+                missing.len(),
+                want.len(),
+                &missing[..missing.len().min(5)]
+            )
+        });
+        pause(500).await;
+    }
+    // Late duplicates would show up by now.
+    pause(2_000).await;
+    let executions = sm.executions().await;
+    let more_than_once: Vec<_> = executions.iter().filter(|(_, v)| v.len() != 1).collect();
+    assert!(
+        more_than_once.is_empty(),
+        "more than one execution: {more_than_once:?}"
+    );
+    let unexpected: Vec<&String> = executions
+        .keys()
+        .filter(|n| !want.contains(n.as_str()))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "executions no rule should start: {unexpected:?}"
+    );
+    assert_eq!(executions.len(), want.len());
+    let inputs: Vec<Value> = executions
+        .values()
+        .flatten()
+        .map(|i| serde_json::from_str(i).expect("execution input is the command JSON"))
+        .collect();
+    let t = Tally::new(&traffic.expected, &[inputs]);
+    t.assert_content(&traffic.expected, |_, _| false);
+    let replayed = h.workers[survivor]
+        .logs_with("command delivered")
+        .iter()
+        .filter(|l| l["fields"]["already_handled"] == true)
+        .count();
+    h.log(format_args!(
+        "{} executions, one per expected command; the survivor found {replayed} already started",
+        executions.len()
+    ));
+}
+
+/// Enhanced fan-out from LATEST on an idle stream, renewed every 3 s: the
+/// renewals before the first record resume at the last event's
+/// continuation sequence number (resubscribing at LATEST would skip what
+/// arrives between two subscriptions); records written after two idle
+/// renewals, and across later ones, are each read exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enhanced_fan_out_idle_renewals_resume_at_the_continuation() {
+    let mut h = Harness::new("efo-idle", 2).await;
+    let start = traffic_start(20_000, 30_000);
+    let traffic = Traffic::brute_force(84, 10, start, 75_000);
+    let consumer = format!(
+        "efo-{}",
+        h.stream.strip_prefix("sshwarden-it-").unwrap_or(&h.stream)
+    );
+    let w = h.spawn_with(
+        "w0",
+        &Spawn {
+            args: &[
+                "--enhanced-fan-out",
+                &consumer,
+                "--subscription-renew-ms",
+                "3000",
+                "--start-position",
+                "latest",
+            ],
+            log: Some("info,sshwarden::run::shard=debug"),
+            ..Spawn::default()
+        },
+    );
+    h.wait_balanced(2, &[2]).await;
+    let d = Deadline::new("two idle renewals on each shard", MAX_WAIT);
+    loop {
+        h.check_running();
+        let renewals = h.workers[w].logs_with("renewing the subscription");
+        let per_shard = |s: &str| {
+            renewals
+                .iter()
+                .filter(|l| l["fields"]["shard"] == s)
+                .count()
+        };
+        let (a, b) = (
+            per_shard("shardId-000000000000"),
+            per_shard("shardId-000000000001"),
+        );
+        if a >= 2 && b >= 2 {
+            break;
+        }
+        d.check(|| format!("renewals {a} and {b}"));
+        pause(200).await;
+    }
+    // Before any record, the first subscription starts at LATEST and the
+    // renewals after the continuation sequence number of the last event.
+    for shard in ["shardId-000000000000", "shardId-000000000001"] {
+        let from: Vec<String> = h.workers[w]
+            .logs_with("subscribing")
+            .iter()
+            .filter(|l| l["fields"]["shard"] == shard)
+            .map(|l| l["fields"]["from"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(
+            from.first().map(String::as_str),
+            Some("LATEST"),
+            "{shard}: {from:?}"
+        );
+        assert!(
+            from.len() >= 3 && from[1..].iter().all(|f| f == "AFTER_SEQUENCE_NUMBER"),
+            "{shard}: idle renewals must resume at the continuation: {from:?}"
+        );
+    }
+    put_paced(&h, &traffic.records, 6, 1_500).await;
+    h.log(format_args!(
+        "wrote {} records after the idle renewals; {} commands expected",
+        traffic.records.len(),
+        traffic.expected.len()
+    ));
+    assert_read_exactly_once(&mut h, w, &traffic).await;
 }

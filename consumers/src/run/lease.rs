@@ -4,9 +4,23 @@
 //! `parentShardId` (a string set). Every change is a conditional write, so
 //! two workers can never both believe they own a shard past one renewal.
 //!
-//! One attribute of our own: `sshwardenReplay` on a finished lease (JSON, see
+//! Attributes of our own: `sshwardenReplay` on a finished lease (JSON, see
 //! [`ReplayFrom`]) says which records its children must re-read to rebuild
-//! the windows that were still open when it reached SHARD_END.
+//! the windows that were still open when it reached SHARD_END;
+//! `sshwardenEventTime` is the engine's event time at the checkpoint; and
+//! `sshwardenTake`, a random token written by every take, fences the writes
+//! of a reader (checkpoint, SHARD_END, release) to the take that started it.
+//!
+//! Why a token and not the owner alone, nor the counter: renewals are
+//! conditional on owner and counter, and every take bumps the counter, so a
+//! stale renewal always fails. A checkpoint conditional on the owner alone
+//! also fails once another worker took the lease, but not when the same
+//! worker id took it again: a process restarted under a fixed worker id
+//! while its predecessor hangs (paused, partitioned) would let the
+//! predecessor's reader overwrite the new reader's checkpoint when it wakes.
+//! The counter cannot fence that either: the owner's own renewals move it
+//! every tick, so a reader would race its coordinator. The take token moves
+//! only on a take.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -33,6 +47,9 @@ pub struct Lease {
     pub replay: Vec<ReplayFrom>,
     /// The shard engine's event time at the checkpoint.
     pub event_time_ms: Option<i64>,
+    /// Written by the take that gave the lease to its owner (`None` on a
+    /// lease never taken by this version).
+    pub take_token: Option<String>,
 }
 
 /// A stretch of a closed shard to re-read: the records after `after` (a
@@ -46,6 +63,7 @@ pub struct ReplayFrom {
 
 const REPLAY: &str = "sshwardenReplay";
 const EVENT_TIME: &str = "sshwardenEventTime";
+const TAKE: &str = "sshwardenTake";
 
 impl Lease {
     pub fn view(&self) -> LeaseView {
@@ -95,6 +113,22 @@ fn is_condition_failure<E: ProvideErrorMetadata>(e: &E) -> bool {
         e.code(),
         Some("ConditionalCheckFailedException") | Some("TransactionCanceledException")
     )
+}
+
+/// Conditions a write on this worker holding the lease under the take that
+/// wrote `take_token` (the owner alone for a lease taken without one).
+fn fenced(
+    update: aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder,
+    me: &str,
+    take_token: Option<&str>,
+) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+    let update = update.expression_attribute_values(":me", s(me));
+    match take_token {
+        Some(t) => update
+            .condition_expression(format!("leaseOwner = :me AND {TAKE} = :take"))
+            .expression_attribute_values(":take", s(t)),
+        None => update.condition_expression("leaseOwner = :me"),
+    }
 }
 
 macro_rules! cas {
@@ -264,10 +298,11 @@ impl LeaseTable {
             .update_item()
             .table_name(&self.table)
             .key("leaseKey", s(&lease.key))
-            .update_expression(
-                "SET leaseOwner = :me, leaseCounter = :next, ownerSwitchesSinceCheckpoint = ownerSwitchesSinceCheckpoint + :one",
-            )
+            .update_expression(format!(
+                "SET leaseOwner = :me, leaseCounter = :next, ownerSwitchesSinceCheckpoint = ownerSwitchesSinceCheckpoint + :one, {TAKE} = :take"
+            ))
             .expression_attribute_values(":me", s(me))
+            .expression_attribute_values(":take", s(&format!("{:016x}", rand::random::<u64>())))
             .expression_attribute_values(":c", n(lease.counter))
             .expression_attribute_values(":next", n(lease.counter + 1))
             .expression_attribute_values(":one", n(1))
@@ -288,25 +323,25 @@ impl LeaseTable {
         })
     }
 
-    /// Records progress; only the owner may.
+    /// Records progress; only the owner may, under the take that started
+    /// the reader (`lease.take_token`).
     /// `event_time_ms` is the shard engine's event time when the checkpoint
     /// was taken (`sshwardenEventTime`): the next owner resumes from it so
     /// windows closed before the checkpoint stay closed.
     pub async fn checkpoint(
         &self,
-        key: &str,
+        lease: &Lease,
         me: &str,
         sequence: &str,
         event_time_ms: Option<i64>,
     ) -> anyhow::Result<Cas<()>> {
         let set = "SET checkpoint = :seq, checkpointSubSequenceNumber = :zero, ownerSwitchesSinceCheckpoint = :zero";
-        let mut update = self
+        let update = self
             .client
             .update_item()
             .table_name(&self.table)
-            .key("leaseKey", s(key))
-            .condition_expression("leaseOwner = :me")
-            .expression_attribute_values(":me", s(me))
+            .key("leaseKey", s(&lease.key));
+        let mut update = fenced(update, me, lease.take_token.as_deref())
             .expression_attribute_values(":seq", s(sequence))
             .expression_attribute_values(":zero", n(0));
         update = match event_time_ms {
@@ -320,16 +355,21 @@ impl LeaseTable {
     }
 
     /// Marks a lease finished (SHARD_END), with what its children must
-    /// replay to rebuild the windows still open at its end; only the owner may.
-    pub async fn end(&self, key: &str, me: &str, replay: &[ReplayFrom]) -> anyhow::Result<Cas<()>> {
+    /// replay to rebuild the windows still open at its end; only the owner
+    /// may, under the take that started the reader.
+    pub async fn end(
+        &self,
+        lease: &Lease,
+        me: &str,
+        replay: &[ReplayFrom],
+    ) -> anyhow::Result<Cas<()>> {
         let set = "SET checkpoint = :end, checkpointSubSequenceNumber = :zero, ownerSwitchesSinceCheckpoint = :zero";
-        let mut update = self
+        let update = self
             .client
             .update_item()
             .table_name(&self.table)
-            .key("leaseKey", s(key))
-            .condition_expression("leaseOwner = :me")
-            .expression_attribute_values(":me", s(me))
+            .key("leaseKey", s(&lease.key));
+        let mut update = fenced(update, me, lease.take_token.as_deref())
             .expression_attribute_values(":end", s(super::plan::SHARD_END))
             .expression_attribute_values(":zero", n(0));
         update = if replay.is_empty() {
@@ -358,20 +398,19 @@ impl LeaseTable {
         Ok(out.item().and_then(parse))
     }
 
-    /// Gives a lease up (shutdown), so another worker takes it at once.
-    pub async fn release(&self, key: &str, me: &str) -> anyhow::Result<Cas<()>> {
-        let r = cas!(
-            self.client
-                .update_item()
-                .table_name(&self.table)
-                .key("leaseKey", s(key))
-                .update_expression("REMOVE leaseOwner SET leaseCounter = leaseCounter + :one")
-                .condition_expression("leaseOwner = :me")
-                .expression_attribute_values(":me", s(me))
-                .expression_attribute_values(":one", n(1))
-                .send()
-                .await
-        )?;
+    /// Gives a lease up (shutdown), so another worker takes it at once;
+    /// only under the take that gave it to us.
+    pub async fn release(&self, lease: &Lease, me: &str) -> anyhow::Result<Cas<()>> {
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("leaseKey", s(&lease.key))
+            .update_expression(format!(
+                "REMOVE leaseOwner, {TAKE} SET leaseCounter = leaseCounter + :one"
+            ))
+            .expression_attribute_values(":one", n(1));
+        let r = cas!(fenced(update, me, lease.take_token.as_deref()).send().await)?;
         Ok(r.map(drop))
     }
 
@@ -416,6 +455,7 @@ fn parse(item: &HashMap<String, AttributeValue>) -> Option<Lease> {
         replay: str_of(REPLAY)
             .and_then(|j| serde_json::from_str(&j).ok())
             .unwrap_or_default(),
+        take_token: str_of(TAKE),
     })
 }
 
@@ -450,5 +490,102 @@ mod tests {
         let mut plain = item.clone();
         plain.remove(REPLAY);
         assert!(parse(&plain).unwrap().replay.is_empty());
+    }
+
+    /// A lease table on moto (SSHWARDEN_MOTO_ENDPOINT, default
+    /// http://127.0.0.1:5000); fails with how to start it when unreachable.
+    async fn moto_table(label: &str) -> LeaseTable {
+        let endpoint = std::env::var("SSHWARDEN_MOTO_ENDPOINT")
+            .unwrap_or_else(|_| "http://127.0.0.1:5000".into());
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+                "testing", "testing", None, None, "test",
+            ))
+            .endpoint_url(&endpoint)
+            .load()
+            .await;
+        let name = format!(
+            "sshwarden-unit-{label}-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        let table = LeaseTable::new(Client::new(&sdk), name);
+        if let Err(e) = table.ensure().await {
+            panic!(
+                "moto (DynamoDB) is not reachable at {endpoint} ({e:#}): start the local \
+                 emulators with `scripts/emulators up` (or set SSHWARDEN_MOTO_ENDPOINT)"
+            );
+        }
+        table
+    }
+
+    /// The same worker id takes a lease again (a process restarted under a
+    /// fixed worker id while its predecessor hangs): the predecessor's
+    /// reader can no longer checkpoint, end or release it, though the owner
+    /// is still its id; the new take's reader can. Its own renewals, which
+    /// move the counter, do not get in the way.
+    #[tokio::test]
+    async fn only_the_latest_take_writes_checkpoints() {
+        let table = moto_table("fence").await;
+        let key = "shardId-000000000000";
+        assert_eq!(
+            table.create(key, "TRIM_HORIZON", &[]).await.unwrap(),
+            Cas::Done(())
+        );
+        let fresh = table.get(key).await.unwrap().unwrap();
+        let Cas::Done(first) = table.take(&fresh, "w").await.unwrap() else {
+            panic!("first take failed");
+        };
+        assert_eq!(
+            table.checkpoint(&first, "w", "1", None).await.unwrap(),
+            Cas::Done(())
+        );
+        // Renewals between checkpoints keep the take valid.
+        let Cas::Done(counter) = table.renew(key, "w", first.counter).await.unwrap() else {
+            panic!("renewal failed");
+        };
+        assert_eq!(
+            table.checkpoint(&first, "w", "2", Some(7)).await.unwrap(),
+            Cas::Done(())
+        );
+        // The predecessor stopped renewing; the same id takes it again.
+        let seen = table.get(key).await.unwrap().unwrap();
+        assert_eq!(seen.counter, counter);
+        let Cas::Done(second) = table.take(&seen, "w").await.unwrap() else {
+            panic!("second take failed");
+        };
+        assert_eq!(second.owner.as_deref(), Some("w"));
+        assert_ne!(second.take_token, first.take_token);
+        assert!(second.take_token.is_some());
+        // The stale reader is fenced off everywhere...
+        assert_eq!(
+            table.checkpoint(&first, "w", "9", None).await.unwrap(),
+            Cas::Lost
+        );
+        assert_eq!(table.end(&first, "w", &[]).await.unwrap(), Cas::Lost);
+        assert_eq!(table.release(&first, "w").await.unwrap(), Cas::Lost);
+        // ...another worker too, and its stale renewal fails on the counter.
+        assert_eq!(
+            table.checkpoint(&second, "v", "9", None).await.unwrap(),
+            Cas::Lost
+        );
+        assert_eq!(table.renew(key, "w", counter).await.unwrap(), Cas::Lost);
+        assert_eq!(table.get(key).await.unwrap().unwrap().checkpoint, "2");
+        // The new take's reader writes.
+        assert_eq!(
+            table.checkpoint(&second, "w", "3", None).await.unwrap(),
+            Cas::Done(())
+        );
+        assert_eq!(table.release(&second, "w").await.unwrap(), Cas::Done(()));
+        let released = table.get(key).await.unwrap().unwrap();
+        assert_eq!((released.owner, released.take_token), (None, None));
+        assert_eq!(released.checkpoint, "3");
+        let _ = table
+            .client
+            .delete_table()
+            .table_name(table.name())
+            .send()
+            .await;
     }
 }

@@ -54,6 +54,9 @@ pub struct RunArgs {
     pub checkpoint_ms: u64,
     /// Pause between GetRecords calls on a caught-up shard.
     pub idle_poll_ms: u64,
+    /// With enhanced fan-out, each subscription is renewed after this long
+    /// (Kinesis ends them after 5 minutes; tests renew every few seconds).
+    pub subscription_renew_ms: u64,
     /// On SIGTERM, drain, checkpoint and release within this many seconds (ECS gives 30).
     pub shutdown_secs: u64,
     /// Address of /metrics, /healthz and /readyz.
@@ -95,6 +98,9 @@ pub async fn run(args: RunArgs, engine_config: EngineConfig) -> anyhow::Result<(
     let start_checkpoint = initial_checkpoint(&args.start_position)?;
     if args.failover_ms < 1_000 {
         bail!("--failover-ms must be at least 1000");
+    }
+    if !(1_000..=300_000).contains(&args.subscription_renew_ms) {
+        bail!("--subscription-renew-ms must be between 1000 and 300000 (Kinesis ends a subscription after 5 minutes)");
     }
     let me = args.worker_id.clone().unwrap_or_else(default_worker_id);
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
@@ -140,6 +146,7 @@ pub async fn run(args: RunArgs, engine_config: EngineConfig) -> anyhow::Result<(
         idle_poll: Duration::from_millis(args.idle_poll_ms),
         checkpoint_every: Duration::from_millis(args.checkpoint_ms),
         consumer_arn,
+        subscription_renew: Duration::from_millis(args.subscription_renew_ms),
     };
     let failover = Duration::from_millis(args.failover_ms);
     let tick = failover / 3;
@@ -150,23 +157,7 @@ pub async fn run(args: RunArgs, engine_config: EngineConfig) -> anyhow::Result<(
     while !shutdown.is_cancelled() {
         let round_started = Instant::now();
         // 1. renew what we hold; a failed renewal means someone else has it
-        let keys: Vec<String> = held.keys().cloned().collect();
-        for key in keys {
-            let Some(h) = held.get_mut(&key) else {
-                continue;
-            };
-            if h.task.is_finished() {
-                continue;
-            }
-            match table.renew(&key, &me, h.lease.counter).await {
-                Ok(Cas::Done(c)) => h.lease.counter = c,
-                Ok(Cas::Lost) => {
-                    warn!(shard = %key, "lease lost to another worker");
-                    h.lost.cancel();
-                }
-                Err(e) => warn!(shard = %key, error = %format!("{e:#}"), "lease renewal failed"),
-            }
-        }
+        renew_all(&table, &me, &mut held).await;
         // 2. reap readers that finished
         let finished: Vec<String> = held
             .iter()
@@ -178,7 +169,7 @@ pub async fn run(args: RunArgs, engine_config: EngineConfig) -> anyhow::Result<(
                 let outcome = h.task.await.unwrap_or(Outcome::Stopped);
                 info!(shard = %key, ?outcome, "shard released by its reader");
                 if outcome == Outcome::Stopped && !shutdown.is_cancelled() {
-                    let _ = table.release(&key, &me).await;
+                    let _ = table.release(&h.lease, &me).await;
                 }
             }
         }
@@ -270,7 +261,7 @@ pub async fn run(args: RunArgs, engine_config: EngineConfig) -> anyhow::Result<(
         let renew_lost = h.lost.clone();
         match tokio::time::timeout_at(deadline, h.task).await {
             Ok(Ok(Outcome::Ended)) => {}
-            Ok(Ok(_)) if !renew_lost.is_cancelled() => match table.release(&key, &me).await {
+            Ok(Ok(_)) if !renew_lost.is_cancelled() => match table.release(&h.lease, &me).await {
                 Ok(_) => info!(shard = %key, "lease released"),
                 Err(e) => warn!(shard = %key, error = %format!("{e:#}"), "lease release failed"),
             },
@@ -281,6 +272,56 @@ pub async fn run(args: RunArgs, engine_config: EngineConfig) -> anyhow::Result<(
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     info!("worker stopped");
     Ok(())
+}
+
+/// How many lease renewals are in flight at once: a worker holding hundreds
+/// of shards renews them all within a small part of the failover time,
+/// without a burst of hundreds of requests.
+const RENEW_FAN_OUT: usize = 32;
+
+/// Renews every lease whose reader still runs, [`RENEW_FAN_OUT`] at a time.
+/// A lease someone else took cancels its reader.
+async fn renew_all(table: &LeaseTable, me: &str, held: &mut HashMap<String, Held>) {
+    let mut pending = held
+        .iter()
+        .filter(|(_, h)| !h.task.is_finished())
+        .map(|(key, h)| (key.clone(), h.lease.counter))
+        .collect::<Vec<_>>()
+        .into_iter();
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        while running.len() < RENEW_FAN_OUT {
+            let Some((key, counter)) = pending.next() else {
+                break;
+            };
+            let (table, me) = (table.clone(), me.to_owned());
+            running.spawn(async move {
+                let r = table.renew(&key, &me, counter).await;
+                (key, r)
+            });
+        }
+        let Some(done) = running.join_next().await else {
+            return;
+        };
+        let (key, renewed) = match done {
+            Ok(done) => done,
+            Err(e) => {
+                error!(error = %e, "lease renewal task failed");
+                continue;
+            }
+        };
+        let Some(h) = held.get_mut(&key) else {
+            continue;
+        };
+        match renewed {
+            Ok(Cas::Done(c)) => h.lease.counter = c,
+            Ok(Cas::Lost) => {
+                warn!(shard = %key, "lease lost to another worker");
+                h.lost.cancel();
+            }
+            Err(e) => warn!(shard = %key, error = %format!("{e:#}"), "lease renewal failed"),
+        }
+    }
 }
 
 fn lease_prev_owner(leases: &[Lease], key: &str) -> Option<String> {

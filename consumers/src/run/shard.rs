@@ -25,6 +25,11 @@ use crate::sink::{Delivered, Sink};
 /// Kinesis allows 5 GetRecords calls per second per shard.
 const MIN_POLL_INTERVAL: Duration = Duration::from_millis(200);
 
+/// Kinesis refuses a second SubscribeToShard for the same consumer and
+/// shard within 5 seconds of the last (ResourceInUseException): the first
+/// retry after one waits at least this long.
+const IN_USE_RETRY: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone)]
 pub struct ReaderConfig {
     pub stream: String,
@@ -33,6 +38,9 @@ pub struct ReaderConfig {
     pub checkpoint_every: Duration,
     /// The consumer ARN for enhanced fan-out, when used.
     pub consumer_arn: Option<String>,
+    /// A fan-out subscription is renewed after this long (Kinesis ends
+    /// each one after 5 minutes).
+    pub subscription_renew: Duration,
 }
 
 pub struct Reader {
@@ -70,6 +78,11 @@ struct State {
     /// and the position of the last record replayed (0: none).
     replayed: Vec<ReplayFrom>,
     replayed_through: u64,
+    /// The last fan-out event's continuation sequence number: where a
+    /// renewed subscription resumes when no record has been read yet (a
+    /// shard started at LATEST that stayed idle would otherwise skip what
+    /// arrived between two subscriptions).
+    continuation: Option<String>,
 }
 
 impl Reader {
@@ -93,6 +106,7 @@ impl Reader {
             },
             replayed: Vec::new(),
             replayed_through: 0,
+            continuation: None,
         };
         info!(shard, checkpoint = %self.lease.checkpoint, "reading shard");
         // Windows that had closed when the checkpoint was written were
@@ -190,6 +204,12 @@ impl Reader {
                     return Outcome::Stopped;
                 }
             };
+            debug!(
+                shard,
+                from = start.r#type().as_str(),
+                sequence = start.sequence_number(),
+                "subscribing"
+            );
             let sub = self
                 .kinesis
                 .subscribe_to_shard()
@@ -201,24 +221,37 @@ impl Reader {
             let mut stream = match sub {
                 Ok(out) => out.event_stream,
                 Err(e) => {
-                    warn!(shard, error = %DisplayErrorContext(&e), "SubscribeToShard failed");
-                    self.metrics.error(shard, "subscribe");
-                    self.pause(backoff.next()).await;
+                    let in_use = e
+                        .as_service_error()
+                        .is_some_and(|e| e.is_resource_in_use_exception());
+                    self.subscription_failed(
+                        shard,
+                        in_use,
+                        DisplayErrorContext(&e).to_string(),
+                        &mut backoff,
+                    )
+                    .await;
                     continue;
                 }
             };
             // A subscription lasts five minutes; renew it a little before the end.
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(290);
+            let deadline = tokio::time::Instant::now() + self.config.subscription_renew;
             loop {
                 let event = tokio::select! {
                     e = stream.recv() => e,
-                    _ = tokio::time::sleep_until(deadline) => break,
+                    _ = tokio::time::sleep_until(deadline) => {
+                        info!(shard, "renewing the subscription");
+                        break;
+                    }
                     _ = self.shutdown.cancelled() => return self.final_checkpoint(st).await,
                     _ = self.lost.cancelled() => return Outcome::Lost,
                 };
                 match event {
                     Ok(Some(SubscribeToShardEventStream::SubscribeToShardEvent(ev))) => {
                         backoff.reset();
+                        if !ev.continuation_sequence_number().is_empty() {
+                            st.continuation = Some(ev.continuation_sequence_number().to_owned());
+                        }
                         if let Some(o) = self
                             .process_batch(st, ev.millis_behind_latest(), ev.records())
                             .await
@@ -239,13 +272,43 @@ impl Reader {
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        warn!(shard, error = %DisplayErrorContext(&e), "subscription failed");
-                        self.metrics.error(shard, "subscription");
-                        self.pause(backoff.next()).await;
+                        let in_use = e
+                            .as_service_error()
+                            .is_some_and(|e| e.is_resource_in_use_exception());
+                        self.subscription_failed(
+                            shard,
+                            in_use,
+                            DisplayErrorContext(&e).to_string(),
+                            &mut backoff,
+                        )
+                        .await;
                         break;
                     }
                 }
             }
+        }
+    }
+
+    /// A subscription could not start or broke off: counted, then backed
+    /// off. ResourceInUse (another subscription of this consumer to this
+    /// shard is still active, or the last one started under 5 seconds ago)
+    /// is expected right after a renewal and waits at least [`IN_USE_RETRY`].
+    async fn subscription_failed(
+        &self,
+        shard: &str,
+        in_use: bool,
+        error: String,
+        backoff: &mut Backoff,
+    ) {
+        let wait = backoff.next();
+        if in_use {
+            info!(shard, error = %error, "subscription still in use; resubscribing");
+            self.metrics.error(shard, "subscription_in_use");
+            self.pause(wait.max(IN_USE_RETRY)).await;
+        } else {
+            warn!(shard, error = %error, "subscription failed");
+            self.metrics.error(shard, "subscription");
+            self.pause(wait).await;
         }
     }
 
@@ -389,7 +452,7 @@ impl Reader {
         let event_time = st.engine.event_time();
         match self
             .table
-            .checkpoint(shard, &self.config.me, &seq, event_time)
+            .checkpoint(&self.lease, &self.config.me, &seq, event_time)
             .await
         {
             Ok(Cas::Done(())) => {
@@ -430,7 +493,7 @@ impl Reader {
         let shard = self.lease.key.as_str();
         let mut backoff = Backoff::new();
         for _ in 0..20 {
-            match self.table.end(shard, &self.config.me, &replay).await {
+            match self.table.end(&self.lease, &self.config.me, &replay).await {
                 Ok(Cas::Done(())) => {
                     self.metrics.checkpoints.get_or_create(&st.shard).inc();
                     st.tracker.written(SHARD_END.to_owned());
@@ -634,11 +697,19 @@ impl Reader {
             self.pause(MIN_POLL_INTERVAL - since).await;
         }
         *last_call = Instant::now();
+        // The SDK's own retries would add calls this pacing does not see
+        // (and retry throttling on their own schedule): this loop is the
+        // one retry policy for reads.
         match self
             .kinesis
             .get_records()
             .shard_iterator(iterator)
             .limit(10_000)
+            .customize()
+            .config_override(
+                aws_sdk_kinesis::config::Builder::default()
+                    .retry_config(aws_sdk_kinesis::config::retry::RetryConfig::disabled()),
+            )
             .send()
             .await
         {
@@ -670,7 +741,11 @@ impl Reader {
 
     fn starting_position(&self, st: &State) -> anyhow::Result<StartingPosition> {
         let b = StartingPosition::builder();
-        let b = match st.tracker.last_read() {
+        let resume = match (st.tracker.last_read(), &st.continuation) {
+            (Some(cp), Some(c)) if is_initial_position(cp) => Some(c.as_str()),
+            (last, _) => last,
+        };
+        let b = match resume {
             Some(cp) if !is_initial_position(cp) => b
                 .r#type(ShardIteratorType::AfterSequenceNumber)
                 .sequence_number(cp),
