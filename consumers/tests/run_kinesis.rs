@@ -19,7 +19,7 @@
 //! kinesis-local; `kill -9` with the Step Functions sink (moto): one
 //! execution per command.
 //!
-//! SSHWARDEN_TEST_BIN names the `sshwarden` binary to run instead of the
+//! SSHWARDEN_BIN names the `sshwarden` binary to run instead of the
 //! one cargo built (for checkouts sharing one target directory).
 //!
 //! Start the emulators first: `scripts/emulators up`. A test fails (never
@@ -434,12 +434,12 @@ impl Tally {
 
 // ------------------------------------------------------------------ workers
 
-/// The `sshwarden` binary under test: SSHWARDEN_TEST_BIN when set (a copy
+/// The `sshwarden` binary under test: SSHWARDEN_BIN when set (a copy
 /// taken right after the build, where several checkouts share one cargo
 /// target directory and overwrite each other's `target/debug/sshwarden`),
 /// else the one cargo built for this test.
 fn sshwarden_bin() -> PathBuf {
-    std::env::var_os("SSHWARDEN_TEST_BIN")
+    std::env::var_os("SSHWARDEN_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sshwarden")))
 }
