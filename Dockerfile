@@ -3,6 +3,7 @@
 # or in the LocalStack dev loop (infra/localstack/docker-compose.yml).
 #
 #   docker build -t sshwarden .
+#   docker build --build-arg FEATURES=direct -t sshwarden .   (the direct sink)
 #   docker run --rm sshwarden --help
 #
 # Stage 1 builds the release binary; stage 2 is distroless (glibc, CA
@@ -13,13 +14,16 @@
 ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-slim-bookworm AS build
+# Optional cargo features: `direct` (the EC2 + SNS sink, a longer build),
+# `kafka` (needs cmake and a C++ compiler in this stage: add them first).
+ARG FEATURES=""
 WORKDIR /src
 COPY . .
 # Cache mounts keep the crates.io index and compiled dependencies between
 # builds; the binary is copied out of the cached target directory.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p sshwarden-consumers --bin sshwarden \
+    cargo build --release --locked -p sshwarden-consumers --bin sshwarden --features "${FEATURES}" \
     && install -D -m 0755 target/release/sshwarden /out/sshwarden
 
 FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
