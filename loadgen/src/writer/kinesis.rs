@@ -19,11 +19,14 @@
 //! shard under its own limit; a batch holds at most one second of any
 //! shard's limit.
 //!
-//! Up to `concurrency` calls are in flight. Records of one partition key can
-//! land out of order when a retried record is overtaken by a later one, as
-//! with any PutRecords producer; the detector's allowed lateness absorbs it.
+//! Records are queued per shard and each shard has one call in flight at a
+//! time (up to `concurrency` calls in all), so a shard receives its records
+//! in the order given: two calls racing for one shard would let a later
+//! call land first, and a backlog minutes long then arrives later than the
+//! detector's allowed lateness. Within a call, a retried record can be
+//! overtaken by the rest of its call, by seconds (the backoff).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -283,8 +286,11 @@ impl KinesisWriter {
         self.stats.clone()
     }
 
-    /// Puts every item, in batches, within the limits; returns when all are
-    /// written, or the first error (with how many were not written).
+    /// Puts every item within the limits and returns when all are written,
+    /// or at the first error (with how many were not written). Items are
+    /// routed to their shard's queue; a shard has one call in flight at a
+    /// time, so its records arrive in the order given (a retried record can
+    /// still be overtaken by the rest of its own call).
     pub async fn write(
         &self,
         items: impl IntoIterator<Item = KinesisItem>,
@@ -292,12 +298,12 @@ impl KinesisWriter {
     ) -> Result<WriteReport, WriteError> {
         let started = Instant::now();
         let (records, bytes) = self.config.rate.buckets();
+        let shards = self.ranges.len();
         let limits = Arc::new(Mutex::new(Limits {
             records,
             bytes,
             shards: if self.config.per_shard_limits {
-                self.ranges
-                    .iter()
+                (0..shards)
                     .map(|_| {
                         (
                             TokenBucket::new(SHARD_RECORDS_PER_SEC, SHARD_RECORDS_PER_SEC),
@@ -309,97 +315,106 @@ impl KinesisWriter {
                 Vec::new()
             },
         }));
+        let mut queues: Vec<VecDeque<KinesisItem>> = (0..shards).map(|_| VecDeque::new()).collect();
+        let mut busy = vec![false; shards];
+        let mut queued = 0usize;
+        // Read ahead at most two calls per shard.
+        let read_ahead = MAX_RECORDS_PER_CALL * shards * 2;
+        let mut in_flight: JoinSet<(usize, Result<(), WriteError>)> = JoinSet::new();
         let mut items = items.into_iter().peekable();
-        let mut in_flight: JoinSet<Result<(), WriteError>> = JoinSet::new();
-        let mut not_sent = 0u64;
-        let result: Result<(), WriteError> = async {
-            while let Some(first) = items.next() {
-                wait_until(first.due_ms).await;
-                let mut batch = vec![first];
-                let mut batch_bytes = 0usize;
-                let mut per_shard: HashMap<usize, (usize, usize)> = HashMap::new();
-                let mut sizes = Vec::new();
-                while let Some(item) = batch.last() {
-                    let size = item.size();
-                    if size > MAX_RECORD_BYTES {
-                        return Err(WriteError::new(
-                            format!(
-                                "a record of {} is {size} bytes with its key, over Kinesis's {MAX_RECORD_BYTES}-byte limit: it can never be written",
-                                item.partition_key
-                            ),
-                            0,
-                        ));
+        let mut error: Option<WriteError> = None;
+        loop {
+            while error.is_none() && queued < read_ahead {
+                let due = match items.peek() {
+                    Some(i) => i.due_ms.is_none_or(|d| d <= super::now_unix_ms()),
+                    None => false,
+                };
+                let Some(item) = due.then(|| items.next()).flatten() else {
+                    break;
+                };
+                if item.size() > MAX_RECORD_BYTES {
+                    error = Some(WriteError::new(
+                        format!(
+                            "a record of {} is {} bytes with its key, over Kinesis's {MAX_RECORD_BYTES}-byte limit: it can never be written",
+                            item.partition_key,
+                            item.size()
+                        ),
+                        1,
+                    ));
+                    break;
+                }
+                queues[shard_index(&self.ranges, &item.partition_key)].push_back(item);
+                queued += 1;
+            }
+            if error.is_none() {
+                for shard in 0..shards {
+                    if busy[shard]
+                        || queues[shard].is_empty()
+                        || in_flight.len() >= self.config.concurrency.max(1)
+                    {
+                        continue;
                     }
-                    let shard = shard_index(&self.ranges, &item.partition_key);
-                    batch_bytes += size;
-                    let e = per_shard.entry(shard).or_default();
-                    e.0 += 1;
-                    e.1 += size;
-                    sizes.push((shard, size));
-                    if batch.len() >= MAX_RECORDS_PER_CALL {
-                        break;
-                    }
-                    let Some(next) = items.peek() else { break };
-                    if next.due_ms.is_some_and(|d| d > super::now_unix_ms()) {
-                        break;
-                    }
-                    let n = next.size();
-                    if batch_bytes + n > MAX_BYTES_PER_CALL {
-                        break;
-                    }
-                    if self.config.per_shard_limits {
-                        let s = per_shard
-                            .get(&shard_index(&self.ranges, &next.partition_key))
-                            .copied()
-                            .unwrap_or_default();
-                        if s.0 + 1 > SHARD_RECORDS_PER_SEC as usize
-                            || s.1 + n > SHARD_BYTES_PER_SEC as usize
-                        {
-                            break;
+                    let batch = next_batch(&mut queues[shard], self.config.per_shard_limits);
+                    queued -= batch.len();
+                    let sizes: Vec<(usize, usize)> =
+                        batch.iter().map(|i| (shard, i.size())).collect();
+                    let wait = limits
+                        .lock()
+                        .map(|mut l| l.take(&sizes))
+                        .unwrap_or_default();
+                    busy[shard] = true;
+                    let task = put_batch(
+                        self.client.clone(),
+                        self.config.stream.clone(),
+                        batch,
+                        self.stats.clone(),
+                        limits.clone(),
+                        shard,
+                        self.config.give_up_after,
+                        on_written.clone(),
+                    );
+                    in_flight.spawn(async move {
+                        tokio::time::sleep(wait).await;
+                        (shard, task.await)
+                    });
+                }
+            }
+            if in_flight.is_empty() {
+                if error.is_some() || (queued == 0 && items.peek().is_none()) {
+                    break;
+                }
+                if queued == 0 {
+                    wait_until(items.peek().and_then(|i| i.due_ms)).await;
+                }
+                continue;
+            }
+            let next_due = items
+                .peek()
+                .and_then(|i| i.due_ms)
+                .filter(|_| queued < read_ahead && error.is_none());
+            tokio::select! {
+                Some(done) = in_flight.join_next() => {
+                    match done {
+                        Ok((shard, result)) => {
+                            busy[shard] = false;
+                            if let Err(e) = result {
+                                match &mut error {
+                                    Some(f) => f.unwritten += e.unwritten,
+                                    None => error = Some(e),
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            error.get_or_insert_with(|| WriteError::new(format!("a PutRecords task failed: {e}"), 0));
                         }
                     }
-                    if let Some(next) = items.next() {
-                        batch.push(next);
-                    }
                 }
-                let wait = limits.lock().map(|mut l| l.take(&sizes)).unwrap_or_default();
-                if !wait.is_zero() {
-                    tokio::time::sleep(wait).await;
-                }
-                while in_flight.len() >= self.config.concurrency.max(1) {
-                    if let Some(done) = in_flight.join_next().await {
-                        flatten(done)?;
-                    }
-                }
-                in_flight.spawn(put_batch(
-                    self.client.clone(),
-                    self.config.stream.clone(),
-                    batch,
-                    self.stats.clone(),
-                    limits.clone(),
-                    self.ranges.clone(),
-                    self.config.give_up_after,
-                    on_written.clone(),
-                ));
-            }
-            Ok(())
-        }
-        .await;
-        if result.is_err() {
-            not_sent = items.count() as u64;
-        }
-        let mut first_error = result.err();
-        while let Some(done) = in_flight.join_next().await {
-            if let Err(e) = flatten(done) {
-                match &mut first_error {
-                    Some(f) => f.unwritten += e.unwritten,
-                    None => first_error = Some(e),
-                }
+                _ = wait_until(next_due), if next_due.is_some() => {}
             }
         }
-        match first_error {
+        match error {
             Some(mut e) => {
-                e.unwritten += not_sent;
+                e.unwritten += queued as u64 + items.count() as u64;
                 Err(e)
             }
             None => Ok(self.stats.report("kinesis", started.elapsed())),
@@ -407,8 +422,28 @@ impl KinesisWriter {
     }
 }
 
-fn flatten(done: Result<Result<(), WriteError>, tokio::task::JoinError>) -> Result<(), WriteError> {
-    done.map_err(|e| WriteError::new(format!("a PutRecords task failed: {e}"), 0))?
+/// The next call for one shard: at most 500 records, 5 MiB, and (with the
+/// per-shard limits) one second of the shard's byte limit.
+fn next_batch(queue: &mut VecDeque<KinesisItem>, per_shard_limits: bool) -> Vec<KinesisItem> {
+    let max_bytes = if per_shard_limits {
+        MAX_BYTES_PER_CALL.min(SHARD_BYTES_PER_SEC as usize)
+    } else {
+        MAX_BYTES_PER_CALL
+    };
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    while let Some(next) = queue.front() {
+        if batch.len() >= MAX_RECORDS_PER_CALL
+            || (!batch.is_empty() && bytes + next.size() > max_bytes)
+        {
+            break;
+        }
+        bytes += next.size();
+        if let Some(item) = queue.pop_front() {
+            batch.push(item);
+        }
+    }
+    batch
 }
 
 /// Puts one batch until every record is written or `give_up_after` passed.
@@ -419,7 +454,7 @@ async fn put_batch(
     mut pending: Vec<KinesisItem>,
     stats: Arc<WriterStats>,
     limits: Arc<Mutex<Limits>>,
-    ranges: Vec<HashRange>,
+    shard: usize,
     give_up_after: Duration,
     on_written: Option<OnWritten>,
 ) -> Result<(), WriteError> {
@@ -511,10 +546,7 @@ async fn put_batch(
                 pending.len() as u64,
             ));
         }
-        let sizes: Vec<(usize, usize)> = pending
-            .iter()
-            .map(|i| (shard_index(&ranges, &i.partition_key), i.size()))
-            .collect();
+        let sizes: Vec<(usize, usize)> = pending.iter().map(|i| (shard, i.size())).collect();
         let wait = limits
             .lock()
             .map(|mut l| l.take(&sizes))

@@ -11,7 +11,7 @@
 //! rejects (too old, too new, past retention: `rejectedLogEventsInfo`) can
 //! never be written: that is an error naming how many.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -232,9 +232,32 @@ impl LogsWriter {
         let started = Instant::now();
         let (mut events_bucket, mut bytes_bucket): (Option<TokenBucket>, Option<TokenBucket>) =
             self.config.rate.buckets();
-        let mut in_flight: JoinSet<Result<(), WriteError>> = JoinSet::new();
+        let mut in_flight: JoinSet<(String, Result<(), WriteError>)> = JoinSet::new();
+        // One call in flight per log stream, so a stream's events arrive in order.
+        let mut busy: HashSet<String> = HashSet::new();
         let mut first_error: Option<WriteError> = None;
         let mut not_sent = 0u64;
+        let settle =
+            |done: Result<(String, Result<(), WriteError>), tokio::task::JoinError>,
+             busy: &mut HashSet<String>,
+             first_error: &mut Option<WriteError>| {
+                let result = match done {
+                    Ok((stream, result)) => {
+                        busy.remove(&stream);
+                        result
+                    }
+                    Err(e) => Err(WriteError::new(
+                        format!("a PutLogEvents task failed: {e}"),
+                        0,
+                    )),
+                };
+                if let Err(e) = result {
+                    match first_error {
+                        Some(f) => f.unwritten += e.unwritten,
+                        None => *first_error = Some(e),
+                    }
+                }
+            };
         for batch in batches {
             if first_error.is_some() {
                 not_sent += batch.events.len() as u64;
@@ -242,21 +265,23 @@ impl LogsWriter {
             }
             wait_until(batch.due_ms).await;
             for call in split_for_put_log_events(batch.events) {
-                let bytes: usize = call.iter().map(LogEvent::size).sum();
                 if let Some(e) = call.iter().find(|e| e.size() > MAX_BYTES_PER_CALL) {
-                    first_error = Some(WriteError::new(
-                        format!(
-                            "an event of {} is {} bytes, over PutLogEvents's limit: it can never be written",
-                            batch.log_stream,
-                            e.size()
-                        ),
-                        0,
-                    ));
+                    first_error.get_or_insert_with(|| {
+                        WriteError::new(
+                            format!(
+                                "an event of {} is {} bytes, over PutLogEvents's limit: it can never be written",
+                                batch.log_stream,
+                                e.size()
+                            ),
+                            0,
+                        )
+                    });
                 }
                 if first_error.is_some() {
                     not_sent += call.len() as u64;
                     continue;
                 }
+                let bytes: usize = call.iter().map(LogEvent::size).sum();
                 let now = Instant::now();
                 let mut wait = Duration::ZERO;
                 if let Some(b) = &mut events_bucket {
@@ -268,14 +293,17 @@ impl LogsWriter {
                 if !wait.is_zero() {
                     tokio::time::sleep(wait).await;
                 }
-                while in_flight.len() >= self.config.concurrency.max(1) {
-                    if let Some(done) = in_flight.join_next().await {
-                        if let Err(e) = flatten(done) {
-                            first_error.get_or_insert(e);
-                        }
+                while busy.contains(&batch.log_stream)
+                    || in_flight.len() >= self.config.concurrency.max(1)
+                {
+                    match in_flight.join_next().await {
+                        Some(done) => settle(done, &mut busy, &mut first_error),
+                        None => break,
                     }
                 }
-                in_flight.spawn(put_events(
+                busy.insert(batch.log_stream.clone());
+                let stream = batch.log_stream.clone();
+                let task = put_events(
                     self.client.clone(),
                     group.clone(),
                     batch.log_stream.clone(),
@@ -283,16 +311,12 @@ impl LogsWriter {
                     self.stats.clone(),
                     self.config.give_up_after,
                     on_written.clone(),
-                ));
+                );
+                in_flight.spawn(async move { (stream, task.await) });
             }
         }
         while let Some(done) = in_flight.join_next().await {
-            if let Err(e) = flatten(done) {
-                match &mut first_error {
-                    Some(f) => f.unwritten += e.unwritten,
-                    None => first_error = Some(e),
-                }
-            }
+            settle(done, &mut busy, &mut first_error);
         }
         match first_error {
             Some(mut e) => {
@@ -302,10 +326,6 @@ impl LogsWriter {
             None => Ok(self.stats.report("logs", started.elapsed())),
         }
     }
-}
-
-fn flatten(done: Result<Result<(), WriteError>, tokio::task::JoinError>) -> Result<(), WriteError> {
-    done.map_err(|e| WriteError::new(format!("a PutLogEvents task failed: {e}"), 0))?
 }
 
 /// One PutLogEvents call, retried until written or `give_up_after`.
