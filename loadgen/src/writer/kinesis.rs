@@ -323,8 +323,11 @@ impl KinesisWriter {
         let mut in_flight: JoinSet<(usize, Result<(), WriteError>)> = JoinSet::new();
         let mut items = items.into_iter().peekable();
         let mut error: Option<WriteError> = None;
+        // A record that can never be written: what came before it is still
+        // written, then the write stops.
+        let mut oversize: Option<WriteError> = None;
         loop {
-            while error.is_none() && queued < read_ahead {
+            while error.is_none() && oversize.is_none() && queued < read_ahead {
                 let due = match items.peek() {
                     Some(i) => i.due_ms.is_none_or(|d| d <= super::now_unix_ms()),
                     None => false,
@@ -333,7 +336,7 @@ impl KinesisWriter {
                     break;
                 };
                 if item.size() > MAX_RECORD_BYTES {
-                    error = Some(WriteError::new(
+                    oversize = Some(WriteError::new(
                         format!(
                             "a record of {} is {} bytes with its key, over Kinesis's {MAX_RECORD_BYTES}-byte limit: it can never be written",
                             item.partition_key,
@@ -380,7 +383,9 @@ impl KinesisWriter {
                 }
             }
             if in_flight.is_empty() {
-                if error.is_some() || (queued == 0 && items.peek().is_none()) {
+                if error.is_some()
+                    || (queued == 0 && (items.peek().is_none() || oversize.is_some()))
+                {
                     break;
                 }
                 if queued == 0 {
@@ -391,7 +396,7 @@ impl KinesisWriter {
             let next_due = items
                 .peek()
                 .and_then(|i| i.due_ms)
-                .filter(|_| queued < read_ahead && error.is_none());
+                .filter(|_| queued < read_ahead && error.is_none() && oversize.is_none());
             tokio::select! {
                 Some(done) = in_flight.join_next() => {
                     match done {
@@ -412,7 +417,7 @@ impl KinesisWriter {
                 _ = wait_until(next_due), if next_due.is_some() => {}
             }
         }
-        match error {
+        match error.or(oversize) {
             Some(mut e) => {
                 e.unwritten += queued as u64 + items.count() as u64;
                 Err(e)

@@ -237,27 +237,26 @@ impl LogsWriter {
         let mut busy: HashSet<String> = HashSet::new();
         let mut first_error: Option<WriteError> = None;
         let mut not_sent = 0u64;
-        let settle =
-            |done: Result<(String, Result<(), WriteError>), tokio::task::JoinError>,
-             busy: &mut HashSet<String>,
-             first_error: &mut Option<WriteError>| {
-                let result = match done {
-                    Ok((stream, result)) => {
-                        busy.remove(&stream);
-                        result
-                    }
-                    Err(e) => Err(WriteError::new(
-                        format!("a PutLogEvents task failed: {e}"),
-                        0,
-                    )),
-                };
-                if let Err(e) = result {
-                    match first_error {
-                        Some(f) => f.unwritten += e.unwritten,
-                        None => *first_error = Some(e),
-                    }
+        let settle = |done: Result<(String, Result<(), WriteError>), tokio::task::JoinError>,
+                      busy: &mut HashSet<String>,
+                      first_error: &mut Option<WriteError>| {
+            let result = match done {
+                Ok((stream, result)) => {
+                    busy.remove(&stream);
+                    result
                 }
+                Err(e) => Err(WriteError::new(
+                    format!("a PutLogEvents task failed: {e}"),
+                    0,
+                )),
             };
+            if let Err(e) = result {
+                match first_error {
+                    Some(f) => f.unwritten += e.unwritten,
+                    None => *first_error = Some(e),
+                }
+            }
+        };
         for batch in batches {
             if first_error.is_some() {
                 not_sent += batch.events.len() as u64;
