@@ -18,7 +18,9 @@ use sshwarden_loadgen::writer::kinesis::{
 use sshwarden_loadgen::writer::logs::{
     ensure_log_group, ensure_subscription, LogBatch, LogEvent, LogsWriter, LogsWriterConfig,
 };
-use sshwarden_loadgen::writer::{now_unix_ms, spawn_progress, OnWritten, RateTarget, WriteReport};
+use sshwarden_loadgen::writer::{
+    now_unix_ms, spawn_progress, OnWritten, RateTarget, WriteError, WriteReport, WriterStats,
+};
 use sshwarden_loadgen::{Fleet, GeneratedEvent, RecordOptions, WrittenMark};
 
 use crate::{fleet_config, output, FleetArgs};
@@ -186,6 +188,22 @@ async fn sdk_config() -> aws_config::SdkConfig {
     aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
 }
 
+/// Runs a write with progress lines on stderr every `--progress-secs`.
+async fn with_progress(
+    what: &'static str,
+    stats: Arc<WriterStats>,
+    w: &WriteArgs,
+    write: impl std::future::Future<Output = Result<WriteReport, WriteError>>,
+) -> anyhow::Result<WriteReport> {
+    let progress = (w.progress_secs > 0.0)
+        .then(|| spawn_progress(what, stats, Duration::from_secs_f64(w.progress_secs)));
+    let result = write.await;
+    if let Some(h) = progress {
+        h.abort();
+    }
+    result.map_err(anyhow::Error::from)
+}
+
 fn finish(f: &FleetArgs, w: &WriteArgs, report: &WriteReport) -> anyhow::Result<()> {
     let mut out = output(f)?;
     if w.json {
@@ -249,18 +267,13 @@ pub fn kinesis(f: &FleetArgs, args: &KinesisArgs) -> anyhow::Result<()> {
             writer.shards(),
             if w.live { ", live" } else { "" }
         );
-        let progress = (w.progress_secs > 0.0).then(|| {
-            spawn_progress(
-                "kinesis",
-                writer.stats(),
-                Duration::from_secs_f64(w.progress_secs),
-            )
-        });
-        let result = writer.write(items, p.on_written.clone()).await;
-        if let Some(h) = progress {
-            h.abort();
-        }
-        result.map_err(anyhow::Error::from)
+        with_progress(
+            "kinesis",
+            writer.stats(),
+            w,
+            writer.write(items, p.on_written.clone()),
+        )
+        .await
     })?;
     finish(f, w, &report)
 }
@@ -326,18 +339,13 @@ pub fn logs(f: &FleetArgs, args: &LogsArgs) -> anyhow::Result<()> {
             args.log_group,
             if w.live { ", live" } else { "" }
         );
-        let progress = (w.progress_secs > 0.0).then(|| {
-            spawn_progress(
-                "logs",
-                writer.stats(),
-                Duration::from_secs_f64(w.progress_secs),
-            )
-        });
-        let result = writer.write(log_batches, p.on_written.clone()).await;
-        if let Some(h) = progress {
-            h.abort();
-        }
-        result.map_err(anyhow::Error::from)
+        with_progress(
+            "logs",
+            writer.stats(),
+            w,
+            writer.write(log_batches, p.on_written.clone()),
+        )
+        .await
     })?;
     finish(f, w, &report)
 }
