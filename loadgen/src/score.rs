@@ -269,7 +269,8 @@ fn ratio(n: usize, d: usize) -> f64 {
 /// Recall per scenario from the expected detections it contributed to;
 /// precision from those found and the false positives in windows it touched.
 /// Windows only background scanning touched are the `background` row.
-fn per_scenario(truth: &GroundTruth, score: &Score) -> Vec<ScenarioScore> {
+/// Names come from `truth.scenario_names`.
+pub fn per_scenario(truth: &GroundTruth, score: &Score) -> Vec<ScenarioScore> {
     const BACKGROUND: usize = usize::MAX;
     let missed: std::collections::BTreeSet<&DetectionKey> = score.missed.iter().collect();
     // (expected, true positives, false positives) per scenario.
