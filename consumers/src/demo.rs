@@ -6,7 +6,6 @@
 //! the dry-run sink (stdout). It ends with a report: achieved rate,
 //! record-to-command latency, and detections against the ground truth.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -14,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use hdrhistogram::Histogram;
 use serde::Serialize;
+use sshwarden_loadgen::score::ScenarioScore;
 use sshwarden_loadgen::{
     encode_records, DetectionKey, Fleet, FleetConfig, GroundTruth, RecordOptions, Scenario, Score,
     TruthRules,
@@ -60,7 +60,7 @@ pub struct DemoReport {
     /// Record handed to the stream → command at the sink, microseconds.
     pub latency_us: Latency,
     pub detections: Score,
-    pub per_scenario: BTreeMap<String, ScenarioScore>,
+    pub per_scenario: Vec<ScenarioScore>,
     pub decoys_counted: usize,
 }
 
@@ -70,12 +70,6 @@ pub struct Latency {
     pub p99: u64,
     pub p999: u64,
     pub max: u64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ScenarioScore {
-    pub expected: usize,
-    pub detected: usize,
 }
 
 pub fn run(
@@ -102,10 +96,11 @@ pub fn run(
         ..FleetConfig::default()
     };
     let fleet = Fleet::generate(&fleet_config).map_err(|e| anyhow::anyhow!("{}", e.0))?;
-    let truth = GroundTruth::compute(
+    let mut truth = GroundTruth::compute(
         fleet.events(),
         &TruthRules::from_policy(&config.policy, &config.window),
     );
+    truth.scenario_names = fleet.ground_truth().scenario_names.clone();
     let records = encode_records(fleet.events(), &RecordOptions::default());
     let json_bytes: usize = records.iter().map(|r| r.json_len).sum();
     let events: usize = records.iter().map(|r| r.events).sum();
@@ -212,22 +207,7 @@ pub fn run(
         })
         .unwrap_or(0);
     let score = truth.score(detected.iter().cloned());
-    let mut per_scenario = BTreeMap::new();
-    for (i, s) in fleet_config.scenarios.iter().enumerate() {
-        let expected: Vec<DetectionKey> = truth
-            .expected_for_scenario(i)
-            .iter()
-            .map(|e| e.key())
-            .collect();
-        let hit = expected.iter().filter(|k| detected.contains(k)).count();
-        per_scenario.insert(
-            format!("{i}:{}", s.name()),
-            ScenarioScore {
-                expected: expected.len(),
-                detected: hit,
-            },
-        );
-    }
+    let per_scenario = sshwarden_loadgen::score::per_scenario(&truth, &score);
     let report = DemoReport {
         instances: args.instances,
         simulated_minutes: args.minutes,
@@ -281,11 +261,11 @@ fn print_report(r: &DemoReport, out: &mut dyn Write) -> anyhow::Result<()> {
         s.missed.len(),
         s.false_positives.len()
     )?;
-    for (name, sc) in &r.per_scenario {
+    for sc in &r.per_scenario {
         writeln!(
             out,
-            "  scenario {name:<28} {}/{} expected detections",
-            sc.detected, sc.expected
+            "  scenario {:<28} {}/{} expected detections, {} false: precision {:.3}, recall {:.3}",
+            sc.name, sc.true_positives, sc.expected, sc.false_positives, sc.precision, sc.recall
         )?;
     }
     writeln!(

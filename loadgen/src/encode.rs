@@ -95,7 +95,20 @@ pub fn subscription_records(events: &[GeneratedEvent], events_per_record: usize)
 
 /// Cuts `events` into per-instance records (see the module docs) and encodes them.
 pub fn encode_records(events: &[GeneratedEvent], opts: &RecordOptions) -> Vec<SubscriptionRecord> {
-    let per_record = opts.events_per_record.max(1);
+    batches(events, opts.events_per_record, opts.max_span_ms)
+        .iter()
+        .map(|b| {
+            let batch: Vec<&GeneratedEvent> = b.iter().map(|&i| &events[i]).collect();
+            encode_batch(&batch, opts)
+        })
+        .collect()
+}
+
+/// How a log agent cuts `events` into per-instance batches (indexes into
+/// `events`, in time order within a batch): at most `per_batch` events
+/// spanning at most `max_span_ms`, in the order of their last event.
+pub fn batches(events: &[GeneratedEvent], per_batch: usize, max_span_ms: i64) -> Vec<Vec<usize>> {
+    let per_record = per_batch.max(1);
     let mut order: Vec<usize> = (0..events.len()).collect();
     order.sort_by_key(|&i| events[i].time_ms);
     let mut open: HashMap<&str, Vec<usize>> = HashMap::new();
@@ -104,7 +117,7 @@ pub fn encode_records(events: &[GeneratedEvent], opts: &RecordOptions) -> Vec<Su
         let e = &events[i];
         let buf = open.entry(&e.instance).or_default();
         if let Some(&first) = buf.first() {
-            if e.time_ms - events[first].time_ms > opts.max_span_ms {
+            if e.time_ms - events[first].time_ms > max_span_ms {
                 batches.push(std::mem::take(buf));
             }
         }
@@ -119,12 +132,6 @@ pub fn encode_records(events: &[GeneratedEvent], opts: &RecordOptions) -> Vec<Su
     // Stable: batches flushed earlier stay earlier among equal last times.
     batches.sort_by_key(|b| b.last().map_or(i64::MIN, |&i| events[i].time_ms));
     batches
-        .iter()
-        .map(|b| {
-            let batch: Vec<&GeneratedEvent> = b.iter().map(|&i| &events[i]).collect();
-            encode_batch(&batch, opts)
-        })
-        .collect()
 }
 
 /// The JSON envelope of one batch of events of one log stream.
@@ -148,7 +155,8 @@ pub fn subscription_json(batch: &[&GeneratedEvent], opts: &RecordOptions) -> Vec
     serde_json::to_vec(&payload).expect("a subscription payload serializes")
 }
 
-fn encode_batch(batch: &[&GeneratedEvent], opts: &RecordOptions) -> SubscriptionRecord {
+/// One batch of one instance's events as a subscription record.
+pub fn encode_batch(batch: &[&GeneratedEvent], opts: &RecordOptions) -> SubscriptionRecord {
     let json = subscription_json(batch, opts);
     let data = gzip(&json, opts.compression);
     SubscriptionRecord {

@@ -430,6 +430,12 @@ impl Fleet {
         truth.decoy_addresses.sort();
         truth.decoy_addresses.dedup();
         truth.compromises = compromises;
+        truth.scenario_names = config
+            .scenarios
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("{i}:{}", s.name()))
+            .collect();
         Ok(Fleet {
             config: config.clone(),
             instances,

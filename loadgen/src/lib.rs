@@ -8,7 +8,10 @@
 //! which instance in which window, which addresses must never be counted.
 //! [`encode`] turns the events into gzip-compressed CloudWatch Logs
 //! subscription payloads (what Kinesis delivers) or raw `auth.log` text.
-//! [`sshd`] holds the message shapes.
+//! [`sshd`] holds the message shapes. [`score`] scores a detector's command
+//! output against the truth, with end-to-end detection latency. With the
+//! `aws` feature (default), [`writer`] puts the traffic into Kinesis
+//! (PutRecords) or CloudWatch Logs (PutLogEvents) within their limits.
 //!
 //! Used by the benchmarks, the `demo` subcommand and the end-to-end tests.
 
@@ -16,8 +19,11 @@ pub mod encode;
 pub mod fleet;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod score;
 pub mod sshd;
 pub mod truth;
+#[cfg(feature = "aws")]
+pub mod writer;
 
 #[cfg(test)]
 mod tests;
@@ -26,4 +32,5 @@ pub use encode::{
     auth_log, encode_records, subscription_records, RecordOptions, SubscriptionRecord,
 };
 pub use fleet::{ConfigError, Fleet, FleetConfig, GeneratedEvent, InstanceInfo, Scenario};
+pub use score::{CommandScorer, DetectionReport, LatencySummary, WrittenLog, WrittenMark};
 pub use truth::{DetectionKey, ExpectedDetection, GroundTruth, Score, TruthRules};

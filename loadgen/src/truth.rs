@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sshwarden_pipeline::classify::Signal;
 use sshwarden_pipeline::policy::PolicyConfig;
 use sshwarden_pipeline::window::{SubjectKind, WindowConfig};
@@ -62,7 +62,7 @@ impl TruthRules {
 }
 
 /// The identity of a detection: a rule fired for an instance in a window.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct DetectionKey {
     pub instance: String,
     pub rule: String,
@@ -70,7 +70,7 @@ pub struct DetectionKey {
 }
 
 /// A rule that must fire.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExpectedDetection {
     pub instance: String,
     pub rule: String,
@@ -80,6 +80,9 @@ pub struct ExpectedDetection {
     /// Event time of the event that reaches the threshold (in time order):
     /// the earliest a detector can fire.
     pub crossing_time_ms: i64,
+    /// Id of that event: a writer reports when it wrote it, so a scorer can
+    /// measure write-to-command latency.
+    pub crossing_event_id: String,
     /// Scenarios that contributed events to the window (sorted); empty when
     /// only background scanning did.
     pub scenarios: Vec<usize>,
@@ -96,16 +99,18 @@ impl ExpectedDetection {
 }
 
 /// Signal counts of one instance window (only windows with evidence).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WindowCount {
     pub instance: String,
     pub window_start_ms: i64,
     /// Indexed by `Signal::index()`.
     pub counts: [u32; Signal::COUNT],
+    /// Scenarios that contributed evidence to the window (sorted).
+    pub scenarios: Vec<usize>,
 }
 
 /// A successful login by an attacker.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Compromise {
     pub instance: String,
     pub source: IpAddr,
@@ -115,9 +120,13 @@ pub struct Compromise {
 }
 
 /// What a correct detector must report for a set of events.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroundTruth {
     pub window_ms: i64,
+    /// Scenario names, indexed like `ExpectedDetection::scenarios` (the
+    /// generator fills them in).
+    #[serde(default)]
+    pub scenario_names: Vec<String>,
     /// Sorted by (window start, instance, rule).
     pub expected: Vec<ExpectedDetection>,
     /// Sorted by (instance, window start).
@@ -132,7 +141,7 @@ pub struct GroundTruth {
 }
 
 /// How a detector's output compares with the truth.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Score {
     pub expected: usize,
     pub detected: usize,
@@ -145,7 +154,8 @@ pub struct Score {
     pub recall: f64,
 }
 
-type Hits = Vec<(i64, Option<usize>)>;
+/// (event time, scenario, index into the events) of each signal event.
+type Hits = Vec<(i64, Option<usize>, usize)>;
 
 impl GroundTruth {
     /// Counts `events` per instance window and signal and applies `rules`.
@@ -154,14 +164,14 @@ impl GroundTruth {
         let size = rules.window_ms.max(1);
         let mut windows: BTreeMap<(&str, i64), [Hits; Signal::COUNT]> = BTreeMap::new();
         let mut evidence = 0;
-        for e in events {
+        for (index, e) in events.iter().enumerate() {
             let Some(signal) = e.signal else {
                 continue;
             };
             evidence += 1;
             let start = e.time_ms.div_euclid(size) * size;
             windows.entry((&e.instance, start)).or_default()[signal.index()]
-                .push((e.time_ms, e.scenario));
+                .push((e.time_ms, e.scenario, index));
         }
         let mut expected = Vec::new();
         let mut instance_windows = Vec::with_capacity(windows.len());
@@ -170,6 +180,13 @@ impl GroundTruth {
                 instance: (*instance).to_owned(),
                 window_start_ms: *start,
                 counts: std::array::from_fn(|i| hits[i].len() as u32),
+                scenarios: hits
+                    .iter()
+                    .flatten()
+                    .filter_map(|h| h.1)
+                    .collect::<BTreeSet<usize>>()
+                    .into_iter()
+                    .collect(),
             });
             for rule in &rules.rules {
                 let mut all: Hits = rule
@@ -181,7 +198,7 @@ impl GroundTruth {
                 if all.len() < threshold {
                     continue;
                 }
-                all.sort_by_key(|h| h.0);
+                all.sort_by_key(|h| (h.0, h.2));
                 let scenarios: BTreeSet<usize> = all.iter().filter_map(|h| h.1).collect();
                 expected.push(ExpectedDetection {
                     instance: (*instance).to_owned(),
@@ -189,6 +206,7 @@ impl GroundTruth {
                     window_start_ms: *start,
                     count: all.len() as u32,
                     crossing_time_ms: all[threshold - 1].0,
+                    crossing_event_id: events[all[threshold - 1].2].id.clone(),
                     scenarios: scenarios.into_iter().collect(),
                 });
             }
@@ -202,6 +220,7 @@ impl GroundTruth {
         });
         GroundTruth {
             window_ms: size,
+            scenario_names: Vec::new(),
             expected,
             instance_windows,
             decoy_addresses: Vec::new(),

@@ -1,0 +1,287 @@
+"""Benchmarks of the load generator, `sshwarden run` and the scorer on the
+local emulators (kinesis-local for Kinesis, moto for the lease table). Run
+through scripts/bench-e2e and scripts/bench-scaleout; see BENCHMARKS.md.
+
+  e2e       1. the loadgen's Kinesis writer puts a backlog (peer: a bare boto3
+               PutRecords loop putting the same records);
+            2. one worker drains it (peer: a bare boto3 GetRecords loop);
+            3. live traffic into a fresh stream, the worker caught up: the
+               scorer reads the worker's stdout; precision/recall and
+               event -> command and write -> command latency.
+  scaleout  a fixed backlog on an 8-shard stream; 1, 2 and 3 workers, each
+            round with a fresh lease table: time until every record is read,
+            records/s, CPU per worker; peer: bare GetRecords loops (1 and 3
+            threads) over the same shards.
+
+Every wait is bounded; workers are killed by PID; streams and tables are
+deleted at the end.
+"""
+import argparse, json, os, subprocess, sys, threading, time, urllib.request
+import boto3
+
+MOTO = os.environ.get("SSHWARDEN_MOTO_ENDPOINT", "http://127.0.0.1:5000")
+KIN = os.environ.get("SSHWARDEN_KINESIS_ENDPOINT", "http://127.0.0.1:4567")
+CREDS = dict(region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing")
+kin = boto3.client("kinesis", endpoint_url=KIN, **CREDS)
+ddb = boto3.client("dynamodb", endpoint_url=MOTO, **CREDS)
+TICK = os.sysconf("SC_CLK_TCK")
+TAG = f"{os.getpid()}-{int(time.time())}"
+ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "AWS_ENDPOINT_URL": MOTO,
+       "AWS_ENDPOINT_URL_KINESIS": KIN, "AWS_ACCESS_KEY_ID": "testing",
+       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+       "AWS_EC2_METADATA_DISABLED": "true", "SSHWARDEN_LOG": "warn"}
+streams, tables, procs = [], [], []
+
+
+def say(*a):
+    print(*a, flush=True)
+
+
+def bounded(what, limit, cond, every=0.05):
+    end = time.monotonic() + limit
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > end:
+            raise SystemExit(f"bench: timed out after {limit} s waiting for {what}")
+        time.sleep(every)
+
+
+def cpu_s(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def load():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def new_stream(name, shards):
+    kin.create_stream(StreamName=name, ShardCount=shards)
+    streams.append(name)
+    bounded(f"stream {name}", 60, lambda: kin.describe_stream_summary(StreamName=name)
+            ["StreamDescriptionSummary"]["StreamStatus"] == "ACTIVE", 0.2)
+
+
+def loadgen_write(loadgen, fleet, stream, *extra, timeout=600):
+    out = subprocess.run([loadgen, *fleet, "kinesis", "--stream", stream, "--json",
+                          "--progress-secs", "0", *extra],
+                         env=ENV, check=True, capture_output=True, timeout=timeout)
+    return json.loads(out.stdout)
+
+
+def read_back(stream, threads=1, want=None, limit_s=600):
+    """A bare GetRecords loop over every shard (no processing): (records, seconds, calls)."""
+    shards = [s["ShardId"] for s in kin.list_shards(StreamName=stream)["Shards"]]
+    got, calls, lock = [], [0], threading.Lock()
+    t0 = time.monotonic()
+
+    def one(ids):
+        c = boto3.client("kinesis", endpoint_url=KIN, **CREDS)
+        for sid in ids:
+            it = c.get_shard_iterator(StreamName=stream, ShardId=sid,
+                                      ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+            empty = 0
+            while it and empty < 1:
+                if time.monotonic() - t0 > limit_s:
+                    raise SystemExit(f"bench: reading {stream} took over {limit_s} s")
+                out = c.get_records(ShardIterator=it, Limit=10000)
+                with lock:
+                    calls[0] += 1
+                    got.extend((r["PartitionKey"], r["Data"]) for r in out["Records"])
+                empty = 0 if out["Records"] else empty + 1
+                it = out.get("NextShardIterator")
+                if out.get("MillisBehindLatest", 1) == 0 and not out["Records"]:
+                    break
+    groups = [shards[i::threads] for i in range(threads)]
+    ts = [threading.Thread(target=one, args=(g,)) for g in groups]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return got, time.monotonic() - t0, calls[0]
+
+
+def boto3_put(stream, records):
+    """The peer writer: PutRecords in 500s, one call at a time, failures retried."""
+    t0 = time.monotonic()
+    for i in range(0, len(records), 500):
+        pending = [{"PartitionKey": k, "Data": d} for k, d in records[i:i + 500]]
+        end = time.monotonic() + 120
+        while pending:
+            out = kin.put_records(StreamName=stream, Records=pending)
+            pending = [p for p, r in zip(pending, out["Records"]) if "ErrorCode" in r]
+            if pending:
+                if time.monotonic() > end:
+                    raise SystemExit("bench: PutRecords keeps failing")
+                time.sleep(0.2)
+    return time.monotonic() - t0
+
+
+def spawn_worker(sshwarden, stream, table, wid, port, stdout):
+    cmd = [sshwarden, "--blast-radius-max", "0", "--cooldown-secs", "0", "run", "--stream", stream,
+           "--lease-table", table, "--worker-id", wid, "--sink", "stdout",
+           "--metrics-addr", f"127.0.0.1:{port}"]
+    p = subprocess.Popen(cmd, env=ENV, stdin=subprocess.DEVNULL, stdout=stdout,
+                         stderr=open(f"/tmp/bench-{stream}-{wid}.stderr", "w"))
+    procs.append(p)
+    return p, cmd
+
+
+def records_read(p, port):
+    if p.poll() is not None:
+        raise SystemExit(f"bench: worker on :{port} exited {p.returncode}; see /tmp/bench-*.stderr")
+    try:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return 0
+    return sum(float(l.rsplit(" ", 1)[1]) for l in body.splitlines()
+               if l.startswith("sshwarden_records_total{"))
+
+
+def ready(p, port):
+    records_read(p, port)  # fails if the worker exited
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200
+    except OSError:
+        return False
+
+
+def stop(p):
+    if p.poll() is None:
+        p.kill()
+        p.wait(timeout=10)
+
+
+def e2e(a):
+    fleet = ["--instances", str(a.instances), "--minutes", str(a.minutes)]
+    # 1. the writer, and the same records by a bare boto3 loop
+    s1 = f"bench-e2e-{TAG}"
+    new_stream(s1, a.shards)
+    w = loadgen_write(a.loadgen, fleet, s1, "--concurrency", str(a.shards))
+    say(f"load {load()}; loadgen kinesis writer, {a.shards} shards: {w['records']} records, "
+        f"{w['bytes'] / 1e6:.2f} MB in {w['seconds']:.2f} s = {w['records_per_sec']:.0f} records/s, "
+        f"{w['mb_per_sec']:.2f} MB/s; {w['calls']} calls (max {w['max_per_call']} records), "
+        f"{w['retried']} retried, {w['throttled']} throttled")
+    recs, read_s, calls = read_back(s1)
+    if len(recs) != w["records"]:
+        raise SystemExit(f"bench: read back {len(recs)} records, the writer wrote {w['records']}")
+    say(f"peer read: bare GetRecords loop (boto3, 1 thread): {len(recs)} records in {read_s:.2f} s, {calls} calls")
+    s2 = f"bench-e2e-peer-{TAG}"
+    new_stream(s2, a.shards)
+    put_s = boto3_put(s2, recs)
+    say(f"peer write: bare boto3 PutRecords loop (500 per call, 1 in flight), same records: "
+        f"{put_s:.2f} s = {len(recs) / put_s:.0f} records/s")
+    # 2. one worker drains the backlog
+    table = f"bench-e2e-leases-{TAG}"
+    tables.append(table)
+    t0 = time.monotonic()
+    p, cmd = spawn_worker(a.sshwarden, s1, table, "drain", 19481, subprocess.DEVNULL)
+    bounded("the worker to read the backlog", 600, lambda: records_read(p, 19481) >= len(recs), 0.02)
+    wall, cpu = time.monotonic() - t0, cpu_s(p.pid)
+    stop(p)
+    say(f"worker drained {len(recs)} records in {wall:.2f} s wall ({len(recs) / wall:.0f} records/s), "
+        f"{cpu:.2f} s CPU; the bare GetRecords loop took {read_s / wall * 100:.0f}% of that")
+    # 3. live traffic, worker caught up, scorer on its stdout
+    s3 = f"bench-e2e-live-{TAG}"
+    new_stream(s3, a.shards)
+    table3 = f"bench-e2e-live-leases-{TAG}"
+    tables.append(table3)
+    truth, written = f"/tmp/{s3}.truth.json", f"/tmp/{s3}.written.jsonl"
+    p, cmd = spawn_worker(a.sshwarden, s3, table3, "live", 19482, subprocess.PIPE)
+    score = subprocess.Popen([a.loadgen, "score", "--truth", truth, "--written-log", written,
+                              "--until-complete", "--grace-secs", "3", "--timeout-secs",
+                              str(int(a.live_minutes * 60 + 120)), "--json"],
+                             stdin=p.stdout, stdout=subprocess.PIPE, env=ENV)
+    procs.append(score)
+    p.stdout.close()
+    bounded("the live worker to be ready", 60, lambda: ready(p, 19482), 0.2)
+    time.sleep(3)  # leases taken, shards polled
+    say("worker: " + " ".join(cmd))
+    lw = loadgen_write(a.loadgen, ["--instances", str(a.live_instances), "--minutes", str(a.live_minutes)],
+                       s3, "--live", "--truth-out", truth, "--written-log", written,
+                       timeout=a.live_minutes * 60 + 300)
+    say(f"load {load()}; live writer: {lw['records']} records over {lw['seconds']:.0f} s "
+        f"({a.live_instances} instances, {a.live_minutes} min, agent flush 5 s), {lw['retried']} retried")
+    out, _ = score.communicate(timeout=a.live_minutes * 60 + 200)
+    stop(p)
+    r = json.loads(out)
+    s = r["score"]
+    say(f"scorer: {r['commands']} commands; precision {s['precision']:.3f}, recall {s['recall']:.3f} "
+        f"({s['expected']} expected, {len(s['missed'])} missed, {len(s['false_positives'])} false)")
+    for row in r["per_scenario"]:
+        say(f"  {row['name']:<28} {row['true_positives']}/{row['expected']} precision {row['precision']:.3f} recall {row['recall']:.3f}")
+    for k, what in (("event_to_command", "event time -> command"), ("write_to_command", "write -> command")):
+        l = r.get(k)
+        if l:
+            say(f"{what}: p50 {l['p50_ms']:.0f} ms, p99 {l['p99_ms']:.0f} ms, p99.9 {l['p999_ms']:.0f} ms, "
+                f"max {l['max_ms']:.0f} ms over {l['samples']} detections (min {l['min_ms']:.0f})")
+
+
+def scaleout(a):
+    fleet = ["--instances", str(a.instances), "--minutes", str(a.minutes)]
+    s = f"bench-scaleout-{TAG}"
+    new_stream(s, 8)
+    w = loadgen_write(a.loadgen, fleet, s, "--concurrency", "8")
+    n = w["records"]
+    say(f"load {load()}; backlog: {n} records, {w['bytes'] / 1e6:.2f} MB on 8 shards "
+        f"(loadgen writer {w['records_per_sec']:.0f} records/s)")
+    for threads in (1, 3):
+        recs, secs, calls = read_back(s, threads)
+        say(f"peer: bare GetRecords loop, {threads} thread(s): {len(recs)} records in {secs:.2f} s "
+            f"= {len(recs) / secs:.0f} records/s")
+    for k in a.workers:
+        table = f"bench-scaleout-leases-{k}-{TAG}"
+        tables.append(table)
+        ports = [19490 + i for i in range(k)]
+        t0 = time.monotonic()
+        ws = [spawn_worker(a.sshwarden, s, table, f"w{i}", ports[i], subprocess.DEVNULL)[0] for i in range(k)]
+        bounded(f"{k} workers to read {n} records", a.round_limit,
+                lambda: sum(records_read(p, port) for p, port in zip(ws, ports)) >= n, 0.02)
+        wall = time.monotonic() - t0
+        per = [(records_read(p, port), cpu_s(p.pid)) for p, port in zip(ws, ports)]
+        for p in ws:
+            stop(p)
+        say(f"load {load()}; {k} worker(s): {n} records in {wall:.2f} s = {n / wall:.0f} records/s; "
+            + "; ".join(f"w{i} read {r:.0f}, CPU {c:.2f} s" for i, (r, c) in enumerate(per)))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("mode", choices=["e2e", "scaleout"])
+    ap.add_argument("--sshwarden", required=True)
+    ap.add_argument("--loadgen", required=True)
+    ap.add_argument("--instances", type=int, default=200)
+    ap.add_argument("--minutes", type=float, default=10)
+    ap.add_argument("--shards", type=int, default=4)
+    ap.add_argument("--live-instances", type=int, default=100)
+    ap.add_argument("--live-minutes", type=float, default=2)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--round-limit", type=float, default=300)
+    a = ap.parse_args()
+    say(f"machine: {os.cpu_count()} CPUs, load average {load()} at start")
+    try:
+        (e2e if a.mode == "e2e" else scaleout)(a)
+    finally:
+        for p in procs:
+            try:
+                stop(p)
+            except Exception:
+                pass
+        for name in streams:
+            try:
+                kin.delete_stream(StreamName=name, EnforceConsumerDeletion=True)
+            except Exception:
+                pass
+        for t in tables:
+            try:
+                ddb.delete_table(TableName=t)
+            except Exception:
+                pass
+
+
+if __name__ == "__main__":
+    main()
