@@ -245,7 +245,9 @@ pub async fn run(args: RunArgs, engine_config: EngineConfig) -> anyhow::Result<(
             }
             Err(e) => warn!(error = %format!("{e:#}"), "cannot read the lease table"),
         }
-        metrics.leases_held.set(held.len() as i64);
+        metrics
+            .leases_held
+            .set(held.values().filter(|h| !h.lost.is_cancelled()).count() as i64);
         let rest = tick.saturating_sub(round_started.elapsed());
         tokio::select! {
             _ = tokio::time::sleep(rest) => {}
@@ -284,7 +286,10 @@ const RENEW_FAN_OUT: usize = 32;
 async fn renew_all(table: &LeaseTable, me: &str, held: &mut HashMap<String, Held>) {
     let mut pending = held
         .iter()
-        .filter(|(_, h)| !h.task.is_finished())
+        // A lease already lost stays in `held` until its reader returns (a
+        // GetRecords call in flight can take seconds on a busy stream);
+        // renewing it again would only fail and warn again.
+        .filter(|(_, h)| !h.task.is_finished() && !h.lost.is_cancelled())
         .map(|(key, h)| (key.clone(), h.lease.counter))
         .collect::<Vec<_>>()
         .into_iter();
