@@ -249,9 +249,10 @@ pub struct WriterStats {
     pub max_per_call: AtomicU64,
     /// Largest payload of one call, bytes.
     pub max_bytes_per_call: AtomicU64,
-    /// Records or events sent again after a failure.
+    /// Records or events sent again after a failure (a failure the writer
+    /// gives up on is not counted: nothing was sent again).
     pub retried: AtomicU64,
-    /// Of those, failures that were throttling.
+    /// Of those, the ones whose failure was throttling.
     pub throttled: AtomicU64,
     /// Calls that failed as a whole.
     pub failed_calls: AtomicU64,
