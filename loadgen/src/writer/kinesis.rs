@@ -6,7 +6,10 @@
 //! `ProvisionedThroughputExceededException`, `InternalFailure`) and whole
 //! calls that failed with throttling or a transient error are retried with
 //! exponential backoff and full jitter until `give_up_after`; then the write
-//! fails and says how many records were left. Nothing is dropped.
+//! fails and says how many records were left. Nothing is dropped. The
+//! writer does all retrying itself (the SDK's retries are off on its
+//! client), so its report counts every throttle and retry; the tests in
+//! loadgen/tests/writer_faults.rs check the counts against a fault proxy.
 //!
 //! Rate limits: the user's target (records/s, bytes/s) and Kinesis's
 //! per-shard write limits (1,000 records/s and 1 MiB/s). The shard of a
@@ -37,8 +40,8 @@ use md5::{Digest, Md5};
 use tokio::task::JoinSet;
 
 use super::{
-    classify, classify_code, describe, mark_written, unix_us, wait_until, Backoff, Failure,
-    OnWritten, RateTarget, TokenBucket, WriteError, WriteReport, WriterStats,
+    classify, classify_code, describe, mark_written, summary, unix_us, wait_until, Backoff,
+    Failure, OnWritten, RateTarget, TokenBucket, WriteError, WriteReport, WriterStats,
 };
 
 /// Kinesis's limits.
@@ -562,7 +565,7 @@ async fn put_batch(
                 } else {
                     0
                 };
-                (describe(&e), throttled)
+                (summary(&e), throttled)
             }
         };
         if started.elapsed() > give_up_after {

@@ -143,6 +143,23 @@ where
     format!("{}", aws_sdk_kinesis::error::DisplayErrorContext(e))
 }
 
+/// A short form for retry messages: a service error's code and message
+/// (the full chain with the raw response is [`describe`]'s).
+pub(crate) fn summary<E, R>(e: &aws_sdk_kinesis::error::SdkError<E, R>) -> String
+where
+    E: aws_sdk_kinesis::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: fmt::Debug,
+{
+    match e.as_service_error() {
+        Some(s) => format!(
+            "{}: {}",
+            s.code().unwrap_or("an error without a code"),
+            s.message().unwrap_or("")
+        ),
+        None => describe(e),
+    }
+}
+
 /// A token bucket that may go into debt: `take` deducts at once and says how
 /// long to wait until the debt is paid, so callers pace at `rate` on average
 /// with bursts of at most `burst`.
