@@ -252,14 +252,7 @@ def make_handler(state, upstream):
 
         def send_fault(self, fault):
             status, kind, message = FAULTS[fault]
-            body = json.dumps({"__type": kind, "message": message}).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/x-amz-json-1.1")
-            self.send_header("x-amzn-RequestId", "fault-proxy-%d" % time.monotonic_ns())
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-            self.wfile.flush()
+            self.send_json(status, {"__type": kind, "message": message})
 
         def reset(self):
             # RST instead of FIN: SO_LINGER with a zero timeout.
