@@ -9,10 +9,14 @@
 //! Start the emulators first: `scripts/emulators up`. The test fails (never
 //! skips) when one is not reachable. Endpoints: SSHWARDEN_MOTO_ENDPOINT
 //! [http://127.0.0.1:5000] and SSHWARDEN_KINESIS_ENDPOINT [http://127.0.0.1:4567].
+//! SSHWARDEN_BIN names the `sshwarden` binary to run [the one cargo built].
+
+// The emulator endpoints and SDK configuration of the loadgen's own tests.
+#[path = "../../loadgen/tests/common/mod.rs"]
+mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read};
-use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -26,31 +30,7 @@ use sshwarden_loadgen::{
     CommandScorer, Fleet, FleetConfig, GeneratedEvent, RecordOptions, Scenario, WrittenLog,
 };
 
-fn endpoint(var: &str, default: &str, name: &str) -> String {
-    let url = std::env::var(var).unwrap_or_else(|_| default.to_owned());
-    let authority = url.trim_start_matches("http://").trim_end_matches('/');
-    let reachable = std::net::ToSocketAddrs::to_socket_addrs(authority)
-        .ok()
-        .and_then(|mut a| a.next())
-        .is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok());
-    assert!(
-        reachable,
-        "{name} is not reachable at {url}. This test needs the local emulators: run \
-         `scripts/emulators up` (or set {var} to where {name} listens)."
-    );
-    url
-}
-
-async fn sdk(endpoint: &str) -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_kinesis::config::Credentials::new(
-            "testing", "testing", None, None, "test",
-        ))
-        .endpoint_url(endpoint)
-        .load()
-        .await
-}
+use common::{kinesis_endpoint, moto_endpoint, sdk};
 
 fn now_us() -> i64 {
     SystemTime::now()
@@ -98,12 +78,8 @@ impl Drop for Cleanup {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadgen_writer_worker_and_scorer_agree_with_the_ground_truth() {
-    let kinesis_url = endpoint(
-        "SSHWARDEN_KINESIS_ENDPOINT",
-        "http://127.0.0.1:4567",
-        "kinesis-local",
-    );
-    let moto_url = endpoint("SSHWARDEN_MOTO_ENDPOINT", "http://127.0.0.1:5000", "moto");
+    let kinesis_url = kinesis_endpoint();
+    let moto_url = moto_endpoint();
     let kinesis = aws_sdk_kinesis::Client::new(&sdk(&kinesis_url).await);
     let dynamodb = aws_sdk_dynamodb::Client::new(&sdk(&moto_url).await);
     let tag = format!("{}-{}", std::process::id(), now_us() % 1_000_000_000);
@@ -168,7 +144,12 @@ async fn loadgen_writer_worker_and_scorer_agree_with_the_ground_truth() {
 
     // The worker first, so write → command latency is the pipeline's.
     let stderr_path = std::env::temp_dir().join(format!("{stream}.stderr"));
-    let mut worker = Command::new(env!("CARGO_BIN_EXE_sshwarden"))
+    // SSHWARDEN_BIN: a copy of the binary taken right after the build, where
+    // checkouts sharing one cargo target directory overwrite each other's.
+    let bin = std::env::var_os("SSHWARDEN_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_sshwarden").into());
+    let mut worker = Command::new(bin)
         .args([
             "--blast-radius-max",
             "0",

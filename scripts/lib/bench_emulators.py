@@ -1,6 +1,7 @@
 """Benchmarks of the load generator, `sshwarden run` and the scorer on the
 local emulators (kinesis-local for Kinesis, moto for the lease table). Run
-through scripts/bench-e2e and scripts/bench-scaleout; see BENCHMARKS.md.
+through scripts/bench-e2e, scripts/bench-scaleout and scripts/bench-worker;
+see BENCHMARKS.md.
 
   e2e       1. the loadgen's Kinesis writer puts a backlog (peer: a bare boto3
                PutRecords loop putting the same records);
@@ -12,11 +13,15 @@ through scripts/bench-e2e and scripts/bench-scaleout; see BENCHMARKS.md.
             round with a fresh lease table: time until every record is read,
             records/s, CPU per worker; peer: bare GetRecords loops (1 and 3
             threads) over the same shards.
+  worker    one worker (stdout sink) on a 1-shard backlog of the loadgen's
+            payloads: CPU per MB of stream data, beside the bare GetRecords
+            loop over the same records; then put -> command latency on the
+            caught-up worker, one record at a time.
 
 Every wait is bounded; workers are killed by PID; streams and tables are
 deleted at the end.
 """
-import argparse, json, os, subprocess, sys, threading, time, urllib.request
+import argparse, gzip, json, os, queue, random, subprocess, sys, threading, time, urllib.request
 import boto3
 
 MOTO = os.environ.get("SSHWARDEN_MOTO_ENDPOINT", "http://127.0.0.1:5000")
@@ -121,8 +126,9 @@ def boto3_put(stream, records):
     return time.monotonic() - t0
 
 
-def spawn_worker(sshwarden, stream, table, wid, port, stdout):
-    cmd = [sshwarden, "--blast-radius-max", "0", "--cooldown-secs", "0", "run", "--stream", stream,
+def spawn_worker(sshwarden, stream, table, wid, port, stdout, flags=()):
+    """`sshwarden [flags] run` on `stream` with the stdout sink, metrics on `port`."""
+    cmd = [sshwarden, "--blast-radius-max", "0", "--cooldown-secs", "0", *flags, "run", "--stream", stream,
            "--lease-table", table, "--worker-id", wid, "--sink", "stdout",
            "--metrics-addr", f"127.0.0.1:{port}"]
     p = subprocess.Popen(cmd, env=ENV, stdin=subprocess.DEVNULL, stdout=stdout,
@@ -249,9 +255,88 @@ def scaleout(a):
             + "; ".join(f"w{i} read {r:.0f}, CPU {c:.2f} s" for i, (r, c) in enumerate(per)))
 
 
+def worker(a):
+    # ---- a backlog of the loadgen's payloads, one gzipped envelope per record
+    stream = f"sshwarden-bench-{TAG}"
+    new_stream(stream, 1)
+    lines = subprocess.run([a.loadgen, "--instances", str(a.instances), "--minutes", str(a.minutes),
+                            "payloads"], check=True, capture_output=True, timeout=120).stdout.splitlines()
+    blobs = [gzip.compress(l, 6) for l in lines]
+    raw_mb = sum(len(l) for l in lines) / 1e6
+    gz_mb = sum(len(b) for b in blobs) / 1e6
+    n = len(blobs)
+    put_s = boto3_put(stream, [("k%d" % i, b) for i, b in enumerate(blobs)])
+    say(f"stream {stream}: {n} records written in {put_s:.1f} s; "
+        f"{raw_mb:.1f} MB of JSON, {gz_mb:.2f} MB gzipped (instances {a.instances}, minutes {a.minutes})")
+
+    # ---- the emulator's ceiling: a bare GetRecords loop, no processing
+    recs, ceiling, calls = read_back(stream, limit_s=300)
+    if len(recs) != n:
+        raise SystemExit(f"bench: GetRecords loop read {len(recs)} of {n}")
+    say(f"bare GetRecords loop (boto3, limit 10000): {len(recs)} records in {calls} calls, {ceiling:.2f} s")
+
+    # ---- one worker from start until it has read every record
+    table = f"sshwarden-bench-leases-{TAG}"
+    tables.append(table)
+    port = 19465
+    arrivals = queue.Queue()
+    commands = [0]
+    t_start = time.monotonic()
+    p, cmd = spawn_worker(a.sshwarden, stream, table, "bench", port, subprocess.PIPE,
+                          flags=("--threshold", "1"))
+    say("worker: " + " ".join(cmd))
+
+    def reader():
+        for line in p.stdout:
+            t = time.monotonic()
+            commands[0] += 1
+            if b'"i-lat' in line:
+                arrivals.put((t, json.loads(line)["instance_id"]))
+    threading.Thread(target=reader, daemon=True).start()
+    bounded("the worker to read every record", 300, lambda: records_read(p, port) >= n, 0.02)
+    wall = time.monotonic() - t_start
+    cpu = cpu_s(p.pid)
+    say(f"worker read {n} records in {wall:.2f} s wall, {cpu:.2f} s CPU (user+sys), "
+        f"{commands[0]} commands; {cpu * 1000 / raw_mb:.1f} CPU ms per MB of JSON, "
+        f"{cpu * 1000 / gz_mb:.1f} per MB gzipped; {raw_mb / cpu:.0f} MB of JSON per CPU second")
+    say(f"ceiling: the bare GetRecords loop took {ceiling:.2f} s, {ceiling / wall * 100:.0f}% of the worker's wall time")
+
+    # ---- latency: one record at a time, each a new instance crossing --threshold 1
+    time.sleep(3)  # caught up and idle
+    lat = []
+    for k in range(a.latency_samples):
+        inst = "i-lat%013x" % k
+        now = time.time()
+        msg = (time.strftime("%b %e %H:%M:%S", time.gmtime(now)) +
+               f" ip-10-9-0-{k % 250} sshd[{4000 + k}]: Invalid user admin from 198.51.100.{k % 250} port {40000 + k}")
+        env_ = {"messageType": "DATA_MESSAGE", "owner": "123456789012", "logGroup": "/ec2/sshd",
+                "logStream": inst, "subscriptionFilters": ["sshwarden"],
+                "logEvents": [{"id": str(k), "timestamp": int(now * 1000), "message": msg}]}
+        data = gzip.compress(json.dumps(env_).encode())
+        t0 = time.monotonic()
+        kin.put_record(StreamName=stream, Data=data, PartitionKey=inst)
+        while True:
+            try:
+                t, got_inst = arrivals.get(timeout=10)
+            except queue.Empty:
+                raise SystemExit(f"bench: no command for {inst} within 10 s")
+            if got_inst == inst:
+                break
+        lat.append((t - t0) * 1000)
+        while not arrivals.empty():  # other rules firing on the same line
+            arrivals.get_nowait()
+        # A random pause, so the puts do not lock onto the worker's poll cycle.
+        time.sleep(random.uniform(0.1, 1.3))
+    if lat:
+        lat.sort()
+        q = lambda f: lat[min(len(lat) - 1, int(f * len(lat)))]
+        say(f"put->command latency over {len(lat)} commands: p50 {q(0.50):.0f} ms, p90 {q(0.90):.0f} ms, "
+            f"p99 {q(0.99):.0f} ms, min {lat[0]:.0f}, max {lat[-1]:.0f} (idle poll 1000 ms, the default)")
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["e2e", "scaleout"])
+    ap.add_argument("mode", choices=["e2e", "scaleout", "worker"])
     ap.add_argument("--sshwarden", required=True)
     ap.add_argument("--loadgen", required=True)
     ap.add_argument("--instances", type=int, default=200)
@@ -261,10 +346,11 @@ def main():
     ap.add_argument("--live-minutes", type=float, default=2)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--round-limit", type=float, default=300)
+    ap.add_argument("--latency-samples", type=int, default=50)
     a = ap.parse_args()
     say(f"machine: {os.cpu_count()} CPUs, load average {load()} at start")
     try:
-        (e2e if a.mode == "e2e" else scaleout)(a)
+        {"e2e": e2e, "scaleout": scaleout, "worker": worker}[a.mode](a)
     finally:
         for p in procs:
             try:

@@ -6,7 +6,10 @@
 //! `ProvisionedThroughputExceededException`, `InternalFailure`) and whole
 //! calls that failed with throttling or a transient error are retried with
 //! exponential backoff and full jitter until `give_up_after`; then the write
-//! fails and says how many records were left. Nothing is dropped.
+//! fails and says how many records were left. Nothing is dropped. The
+//! writer does all retrying itself (the SDK's retries are off on its
+//! client), so its report counts every throttle and retry; the tests in
+//! loadgen/tests/writer_faults.rs check the counts against a fault proxy.
 //!
 //! Rate limits: the user's target (records/s, bytes/s) and Kinesis's
 //! per-shard write limits (1,000 records/s and 1 MiB/s). The shard of a
@@ -37,8 +40,8 @@ use md5::{Digest, Md5};
 use tokio::task::JoinSet;
 
 use super::{
-    classify, describe, mark_written, unix_us, wait_until, Backoff, Failure, OnWritten, RateTarget,
-    TokenBucket, WriteError, WriteReport, WriterStats,
+    classify, classify_code, describe, mark_written, summary, unix_us, wait_until, Backoff,
+    Failure, OnWritten, RateTarget, TokenBucket, WriteError, WriteReport, WriterStats,
 };
 
 /// Kinesis's limits.
@@ -267,9 +270,20 @@ pub async fn hash_ranges(client: &Client, stream: &str) -> Result<Vec<HashRange>
 }
 
 impl KinesisWriter {
-    /// Reads the stream's shards (for the per-shard limits).
+    /// Reads the stream's shards (for the per-shard limits). The SDK's own
+    /// retries are then turned off on (a copy of) `client`: the writer retries
+    /// itself, per record, and counts every throttle; the SDK's retries
+    /// would hide throttles from the report and retry a call the writer is
+    /// about to retry anyway.
     pub async fn new(client: Client, config: KinesisWriterConfig) -> Result<Self, WriteError> {
         let ranges = hash_ranges(&client, &config.stream).await?;
+        let client = Client::from_conf(
+            client
+                .config()
+                .to_builder()
+                .retry_config(aws_sdk_kinesis::config::retry::RetryConfig::disabled())
+                .build(),
+        );
         Ok(KinesisWriter {
             client,
             config,
@@ -452,6 +466,10 @@ fn next_batch(queue: &mut VecDeque<KinesisItem>, per_shard_limits: bool) -> Vec<
 }
 
 /// Puts one batch until every record is written or `give_up_after` passed.
+///
+/// Counting: `retried` is the records sent again (so a failure the writer
+/// gives up on is not a retry), `throttled` those of them refused with
+/// throttling, `failed_calls` the calls refused as a whole (each time).
 #[allow(clippy::too_many_arguments)]
 async fn put_batch(
     client: Client,
@@ -482,7 +500,8 @@ async fn put_batch(
         }
         stats.call(pending.len() as u64, call_bytes);
         let sent_us = unix_us(SystemTime::now());
-        let last_error = match client
+        // What failed this time: the last error and how many were throttled.
+        let (last_error, throttled) = match client
             .put_records()
             .stream_name(&stream)
             .set_records(Some(entries))
@@ -503,6 +522,7 @@ async fn put_batch(
                 }
                 let mut retry = Vec::new();
                 let mut last = String::new();
+                let mut throttled = 0u64;
                 for (item, r) in pending.into_iter().zip(results) {
                     match r.error_code() {
                         None => {
@@ -511,21 +531,25 @@ async fn put_batch(
                             mark_written(&on_written, &item.marks, sent_us);
                         }
                         Some(code) => {
-                            WriterStats::add(&stats.retried, 1);
-                            if code == "ProvisionedThroughputExceededException" {
-                                WriterStats::add(&stats.throttled, 1);
+                            if classify_code(Some(code)) == Failure::Throttled {
+                                throttled += 1;
                             }
                             last = format!("{code}: {}", r.error_message().unwrap_or(""));
                             retry.push(item);
                         }
                     }
                 }
+                let progressed = retry.len() < results.len();
                 pending = retry;
                 if pending.is_empty() {
                     return Ok(());
                 }
-                backoff.reset();
-                last
+                // Some went through: the shard takes records again. None
+                // did: back off further, as after a refused call.
+                if progressed {
+                    backoff.reset();
+                }
+                (last, throttled)
             }
             Err(e) => {
                 WriterStats::add(&stats.failed_calls, 1);
@@ -536,21 +560,25 @@ async fn put_batch(
                         pending.len() as u64,
                     ));
                 }
-                WriterStats::add(&stats.retried, pending.len() as u64);
-                if failure == Failure::Throttled {
-                    WriterStats::add(&stats.throttled, pending.len() as u64);
-                }
-                describe(&e)
+                let throttled = if failure == Failure::Throttled {
+                    pending.len() as u64
+                } else {
+                    0
+                };
+                (summary(&e), throttled)
             }
         };
         if started.elapsed() > give_up_after {
             return Err(WriteError::new(
                 format!(
-                    "PutRecords {stream}: records still failing after {give_up_after:?}; last error: {last_error}"
+                    "PutRecords {stream}: gave up after {:.1} s of retries (limit {give_up_after:?}); last error: {last_error}",
+                    started.elapsed().as_secs_f64()
                 ),
                 pending.len() as u64,
             ));
         }
+        WriterStats::add(&stats.retried, pending.len() as u64);
+        WriterStats::add(&stats.throttled, throttled);
         let sizes: Vec<(usize, usize)> = pending.iter().map(|i| (shard, i.size())).collect();
         let wait = limits
             .lock()

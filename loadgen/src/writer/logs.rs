@@ -206,7 +206,17 @@ pub struct LogsWriter {
 }
 
 impl LogsWriter {
+    /// The SDK's own retries are turned off on (a copy of) `client`: the
+    /// writer retries itself and counts every throttle (as the Kinesis
+    /// writer does).
     pub fn new(client: Client, config: LogsWriterConfig) -> Self {
+        let client = Client::from_conf(
+            client
+                .config()
+                .to_builder()
+                .retry_config(aws_sdk_cloudwatchlogs::config::retry::RetryConfig::disabled())
+                .build(),
+        );
         LogsWriter {
             client,
             config,

@@ -143,6 +143,23 @@ where
     format!("{}", aws_sdk_kinesis::error::DisplayErrorContext(e))
 }
 
+/// A short form for retry messages: a service error's code and message
+/// (the full chain with the raw response is [`describe`]'s).
+pub(crate) fn summary<E, R>(e: &aws_sdk_kinesis::error::SdkError<E, R>) -> String
+where
+    E: aws_sdk_kinesis::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: fmt::Debug,
+{
+    match e.as_service_error() {
+        Some(s) => format!(
+            "{}: {}",
+            s.code().unwrap_or("an error without a code"),
+            s.message().unwrap_or("")
+        ),
+        None => describe(e),
+    }
+}
+
 /// A token bucket that may go into debt: `take` deducts at once and says how
 /// long to wait until the debt is paid, so callers pace at `rate` on average
 /// with bursts of at most `burst`.
@@ -249,9 +266,10 @@ pub struct WriterStats {
     pub max_per_call: AtomicU64,
     /// Largest payload of one call, bytes.
     pub max_bytes_per_call: AtomicU64,
-    /// Records or events sent again after a failure.
+    /// Records or events sent again after a failure (a failure the writer
+    /// gives up on is not counted: nothing was sent again).
     pub retried: AtomicU64,
-    /// Of those, failures that were throttling.
+    /// Of those, the ones whose failure was throttling.
     pub throttled: AtomicU64,
     /// Calls that failed as a whole.
     pub failed_calls: AtomicU64,
