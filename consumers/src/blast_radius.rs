@@ -19,13 +19,8 @@
 //! Items carry `expiresAt` (epoch seconds, two periods after their end) for
 //! DynamoDB's TTL.
 
-use std::time::Duration;
-
 use anyhow::{bail, Context};
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType, TableStatus, TimeToLiveSpecification,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, TimeToLiveSpecification};
 use aws_sdk_dynamodb::Client;
 
 /// What a claim found.
@@ -80,52 +75,16 @@ impl FleetBlastRadius {
     /// Creates the table (on-demand billing, TTL on `expiresAt`) when it is
     /// absent and waits until it is active.
     pub async fn ensure(&self) -> anyhow::Result<()> {
-        let described = self
-            .client
-            .describe_table()
-            .table_name(&self.table)
-            .send()
-            .await;
-        match described {
-            Ok(_) => return self.wait_active().await,
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_resource_not_found_exception()) => {}
-            Err(e) => {
-                return Err(crate::aws_error(e))
-                    .with_context(|| format!("cannot describe blast-radius table {}", self.table))
-            }
+        let created = crate::run::lease::ensure_table(
+            &self.client,
+            &self.table,
+            "periodKey",
+            "blast-radius table",
+        )
+        .await?;
+        if !created {
+            return Ok(());
         }
-        let created = self
-            .client
-            .create_table()
-            .table_name(&self.table)
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name("periodKey")
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()?,
-            )
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name("periodKey")
-                    .key_type(KeyType::Hash)
-                    .build()?,
-            )
-            .billing_mode(BillingMode::PayPerRequest)
-            .send()
-            .await;
-        if let Err(e) = created {
-            // Another worker may have created it in the meantime.
-            if !e
-                .as_service_error()
-                .is_some_and(|e| e.is_resource_in_use_exception())
-            {
-                return Err(crate::aws_error(e))
-                    .with_context(|| format!("cannot create blast-radius table {}", self.table));
-            }
-        }
-        self.wait_active().await?;
         // Old periods only need to go away eventually; a table whose TTL
         // cannot be set still counts correctly.
         if let Err(e) = self
@@ -144,27 +103,6 @@ impl FleetBlastRadius {
             tracing::warn!(table = %self.table, error = %crate::aws_error(e), "cannot enable TTL on the blast-radius table; old periods stay");
         }
         Ok(())
-    }
-
-    async fn wait_active(&self) -> anyhow::Result<()> {
-        for _ in 0..120 {
-            let d = self
-                .client
-                .describe_table()
-                .table_name(&self.table)
-                .send()
-                .await;
-            if let Ok(d) = d {
-                if d.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
-                    return Ok(());
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        bail!(
-            "blast-radius table {} did not become ACTIVE within 60 s",
-            self.table
-        )
     }
 
     /// Takes a slot for `command_id` in the period holding `at_ms`, or says

@@ -38,6 +38,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{KafkaArgs, KafkaFormat};
 use crate::metrics::{self, Metrics, ShardLabel};
+use crate::run::{default_worker_id, spawn_signal_handler};
 use crate::sink::Sink;
 use reader::{Final, Input, Message, Reader, Shared};
 
@@ -160,33 +161,6 @@ pub async fn run(args: KafkaArgs, engine_config: EngineConfig) -> anyhow::Result
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     info!("worker stopped");
     result
-}
-
-fn default_worker_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "worker".into());
-    format!("{host}-{:08x}", rand::random::<u32>())
-}
-
-fn spawn_signal_handler(shutdown: CancellationToken) {
-    tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    error!(error = %e, "cannot listen for SIGTERM");
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = term.recv() => info!("SIGTERM received"),
-            _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
-        }
-        shutdown.cancel();
-    });
 }
 
 /// The poll thread: forwards, resumes, commits; on shutdown drains every

@@ -21,9 +21,9 @@ use tracing::{debug, info, warn};
 
 use super::offsets::{self, CommitTracker, Content};
 use crate::config::KafkaFormat;
-use crate::metrics::{ActionLabel, Metrics, ShardLabel};
-use crate::run::shard::{now_ms, Backoff};
-use crate::sink::{Delivered, Sink};
+use crate::metrics::{Metrics, ShardLabel};
+use crate::run::shard::now_ms;
+use crate::sink::Sink;
 
 /// A message, copied out of librdkafka's buffer by the poll thread.
 #[derive(Debug)]
@@ -262,36 +262,16 @@ impl Reader {
         events
     }
 
-    /// Delivers with exponential backoff until it succeeds, or until a
-    /// revoke or shutdown interrupts (false).
+    /// Delivers until the sink takes the command, or until a revoke or
+    /// shutdown interrupts (false).
     async fn deliver(&self, c: &sshwarden_pipeline::command::Command) -> bool {
-        let mut backoff = Backoff::new();
-        self.metrics.commands_pending.inc();
-        let ok = loop {
-            match self.sink.deliver(c).await {
-                Ok(d) => {
-                    let action = serde_json::to_value(c.action)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default();
-                    self.metrics
-                        .commands
-                        .get_or_create(&ActionLabel { action })
-                        .inc();
-                    info!(id = %c.id, rule = %c.rule, already_handled = (d == Delivered::AlreadyHandled), "command delivered");
-                    break true;
-                }
-                Err(e) => {
-                    self.metrics.command_failures.inc();
-                    warn!(id = %c.id, error = %e, "command delivery failed; retrying, commit held");
-                }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(backoff.next()) => {}
-                _ = self.stop.cancelled() => break false,
-            }
-        };
-        self.metrics.commands_pending.dec();
-        ok
+        crate::sink::deliver_until(
+            &self.sink,
+            &self.metrics,
+            c,
+            "commit",
+            self.stop.cancelled(),
+        )
+        .await
     }
 }

@@ -141,6 +141,68 @@ macro_rules! cas {
     };
 }
 
+/// Creates a table keyed by the string `hash_key` (on-demand billing) when it
+/// is absent, and waits until it is ACTIVE. True when this call created it.
+/// Several workers may start at once: a table created in the meantime by
+/// another one is fine.
+pub(crate) async fn ensure_table(
+    client: &Client,
+    table: &str,
+    hash_key: &str,
+    what: &str,
+) -> anyhow::Result<bool> {
+    let mut created = false;
+    match client.describe_table().table_name(table).send().await {
+        Ok(_) => {}
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|e| e.is_resource_not_found_exception()) =>
+        {
+            let create = client
+                .create_table()
+                .table_name(table)
+                .attribute_definitions(
+                    AttributeDefinition::builder()
+                        .attribute_name(hash_key)
+                        .attribute_type(ScalarAttributeType::S)
+                        .build()?,
+                )
+                .key_schema(
+                    KeySchemaElement::builder()
+                        .attribute_name(hash_key)
+                        .key_type(KeyType::Hash)
+                        .build()?,
+                )
+                .billing_mode(BillingMode::PayPerRequest)
+                .send()
+                .await;
+            match create {
+                Ok(_) => created = true,
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|e| e.is_resource_in_use_exception()) => {}
+                Err(e) => {
+                    return Err(crate::aws_error(e))
+                        .with_context(|| format!("cannot create {what} {table}"))
+                }
+            }
+        }
+        Err(e) => {
+            return Err(crate::aws_error(e))
+                .with_context(|| format!("cannot describe {what} {table}"))
+        }
+    }
+    for _ in 0..120 {
+        if let Ok(d) = client.describe_table().table_name(table).send().await {
+            if d.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
+                return Ok(created);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    bail!("{what} {table} did not become ACTIVE within 60 s")
+}
+
 impl LeaseTable {
     pub fn new(client: Client, table: String) -> Self {
         LeaseTable { client, table }
@@ -152,71 +214,9 @@ impl LeaseTable {
 
     /// Creates the table (on-demand billing) when it is absent and waits for it.
     pub async fn ensure(&self) -> anyhow::Result<()> {
-        let described = self
-            .client
-            .describe_table()
-            .table_name(&self.table)
-            .send()
-            .await;
-        match described {
-            Ok(_) => {}
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_resource_not_found_exception()) =>
-            {
-                let created = self
-                    .client
-                    .create_table()
-                    .table_name(&self.table)
-                    .attribute_definitions(
-                        AttributeDefinition::builder()
-                            .attribute_name("leaseKey")
-                            .attribute_type(ScalarAttributeType::S)
-                            .build()?,
-                    )
-                    .key_schema(
-                        KeySchemaElement::builder()
-                            .attribute_name("leaseKey")
-                            .key_type(KeyType::Hash)
-                            .build()?,
-                    )
-                    .billing_mode(BillingMode::PayPerRequest)
-                    .send()
-                    .await;
-                if let Err(e) = created {
-                    // Another worker may have created it in the meantime.
-                    if !e
-                        .as_service_error()
-                        .is_some_and(|e| e.is_resource_in_use_exception())
-                    {
-                        return Err(crate::aws_error(e))
-                            .with_context(|| format!("cannot create lease table {}", self.table));
-                    }
-                }
-            }
-            Err(e) => {
-                return Err(crate::aws_error(e))
-                    .with_context(|| format!("cannot describe lease table {}", self.table))
-            }
-        }
-        for _ in 0..120 {
-            let d = self
-                .client
-                .describe_table()
-                .table_name(&self.table)
-                .send()
-                .await;
-            if let Ok(d) = d {
-                if d.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
-                    return Ok(());
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        bail!(
-            "lease table {} did not become ACTIVE within 60 s",
-            self.table
-        )
+        ensure_table(&self.client, &self.table, "leaseKey", "lease table")
+            .await
+            .map(drop)
     }
 
     /// Every lease, read consistently.

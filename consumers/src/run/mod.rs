@@ -79,7 +79,7 @@ pub fn initial_checkpoint(arg: &str) -> anyhow::Result<String> {
     }
 }
 
-fn default_worker_id() -> String {
+pub(crate) fn default_worker_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_owned())
@@ -336,7 +336,8 @@ fn lease_prev_owner(leases: &[Lease], key: &str) -> Option<String> {
         .and_then(|l| l.owner.clone())
 }
 
-fn spawn_signal_handler(shutdown: CancellationToken) {
+/// SIGTERM (ECS stopping the task) or SIGINT cancels `shutdown`: the source drains.
+pub(crate) fn spawn_signal_handler(shutdown: CancellationToken) {
     tokio::spawn(async move {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

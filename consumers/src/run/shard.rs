@@ -19,8 +19,8 @@ use tracing::{debug, error, info, warn};
 use super::checkpoint::CheckpointTracker;
 use super::lease::{Cas, Lease, LeaseTable, ReplayFrom};
 use super::plan::{is_initial_position, SHARD_END};
-use crate::metrics::{ActionLabel, Metrics, ShardLabel};
-use crate::sink::{Delivered, Sink};
+use crate::metrics::{Metrics, ShardLabel};
+use crate::sink::Sink;
 
 /// Kinesis allows 5 GetRecords calls per second per shard.
 const MIN_POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -400,38 +400,16 @@ impl Reader {
         true
     }
 
-    /// Delivers with exponential backoff and jitter until it succeeds, or
-    /// until shutdown or a lost lease interrupts (false).
+    /// Delivers until the sink takes the command, or until shutdown or a
+    /// lost lease interrupts (false).
     async fn deliver(&self, c: &sshwarden_pipeline::command::Command) -> bool {
-        let mut backoff = Backoff::new();
-        self.metrics.commands_pending.inc();
-        let ok = loop {
-            match self.sink.deliver(c).await {
-                Ok(d) => {
-                    let action = serde_json::to_value(c.action)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default();
-                    self.metrics
-                        .commands
-                        .get_or_create(&ActionLabel { action })
-                        .inc();
-                    info!(id = %c.id, rule = %c.rule, already_handled = (d == Delivered::AlreadyHandled), "command delivered");
-                    break true;
-                }
-                Err(e) => {
-                    self.metrics.command_failures.inc();
-                    warn!(id = %c.id, error = %e, "command delivery failed; retrying, checkpoint held");
-                }
-            }
+        let interrupted = async {
             tokio::select! {
-                _ = tokio::time::sleep(backoff.next()) => {}
-                _ = self.shutdown.cancelled() => break false,
-                _ = self.lost.cancelled() => break false,
+                _ = self.shutdown.cancelled() => {}
+                _ = self.lost.cancelled() => {}
             }
         };
-        self.metrics.commands_pending.dec();
-        ok
+        crate::sink::deliver_until(&self.sink, &self.metrics, c, "checkpoint", interrupted).await
     }
 
     async fn maybe_checkpoint(&self, st: &mut State, force: bool) -> Option<Outcome> {
