@@ -130,7 +130,7 @@ class Test:
         return f"{len(created)} created; skipped by moto (not implemented): {', '.join(sorted(missing))}"
 
     def outputs(self) -> str:
-        want = {"StreamName", "StreamArn", "LeaseTableName", "AlertTopicArn", "QuarantineGroupId",
+        want = {"StreamName", "StreamArn", "LeaseTableName", "BlastRadiusTableName", "AlertTopicArn", "QuarantineGroupId",
                 "QuarantineStateMachineArn", "ReleaseStateMachineArn", "ClusterName", "WorkerLogGroupName",
                 "InstanceLogPolicyArn",
                 "TestSendFailedLogins", "TestWatchWorkers", "TestListExecutions", "TestNotifyOnly", "TestRelease",
@@ -147,7 +147,10 @@ class Test:
         check(len(s["Shards"]) == 2, f"{len(s['Shards'])} shards, want 2 (ShardCount)")
         t = self.ddb.describe_table(TableName=self.out["LeaseTableName"])["Table"]
         check(t["KeySchema"] == [{"AttributeName": "leaseKey", "KeyType": "HASH"}], f"lease table key {t['KeySchema']}")
-        return f"{self.out['StreamName']} (2 shards), {self.out['LeaseTableName']} (leaseKey)"
+        b = self.ddb.describe_table(TableName=self.out["BlastRadiusTableName"])["Table"]
+        check(b["KeySchema"] == [{"AttributeName": "periodKey", "KeyType": "HASH"}], f"blast-radius table key {b['KeySchema']}")
+        return (f"{self.out['StreamName']} (2 shards), {self.out['LeaseTableName']} (leaseKey), "
+                f"{self.out['BlastRadiusTableName']} (periodKey)")
 
     def state_machines(self) -> str:
         """Both definitions as deployed: the ASL files with the stack's group id
@@ -206,6 +209,7 @@ class Test:
         check(c.get("logConfiguration", {}).get("logDriver") == "awslogs", "awslogs driver")
         check(self.env.get("SSHWARDEN_STREAM") == self.out["StreamName"], "SSHWARDEN_STREAM is the stack's stream")
         check(self.env.get("SSHWARDEN_LEASE_TABLE") == self.out["LeaseTableName"], "SSHWARDEN_LEASE_TABLE")
+        check(self.env.get("SSHWARDEN_BLAST_RADIUS_TABLE") == self.out["BlastRadiusTableName"], "SSHWARDEN_BLAST_RADIUS_TABLE")
         check(self.env.get("SSHWARDEN_STATE_MACHINE_ARN") == self.out["QuarantineStateMachineArn"], "SSHWARDEN_STATE_MACHINE_ARN")
         dockerfile = (ROOT / "Dockerfile").read_text()
         check("/usr/local/bin/sshwarden" in dockerfile, "the Dockerfile installs /usr/local/bin/sshwarden")
@@ -289,7 +293,13 @@ class Test:
         enis = self.ec2.describe_instances(InstanceIds=[self.instance])["Reservations"][0]["Instances"][0]["NetworkInterfaces"]
         groups = {g["GroupId"] for g in enis[0]["Groups"]}
         check(groups == {self.out["QuarantineGroupId"]}, f"interface groups {groups}")
-        return f"command {command['id']} ({command['rule']}) -> {d['status']}; the interface is in {self.out['QuarantineGroupId']} alone"
+        # The fleet-wide limit counted it in the stack's table (the worker
+        # would create `<lease table>-blast-radius` if the setting were lost).
+        slots = self.ddb.scan(TableName=self.out["BlastRadiusTableName"], ConsistentRead=True)["Items"]
+        ids = {i for item in slots for i in item.get("ids", {}).get("SS", [])}
+        check(command["id"] in ids, f"the quarantine took no slot in {self.out['BlastRadiusTableName']}: {slots}")
+        return (f"command {command['id']} ({command['rule']}) -> {d['status']}; the interface is in "
+                f"{self.out['QuarantineGroupId']} alone; one fleet-wide blast-radius slot taken")
 
     def drain(self) -> str:
         assert self.worker is not None
