@@ -238,25 +238,14 @@ impl Worker {
     }
 
     fn tails(&self, lines: usize) -> String {
-        let tail = |p: &PathBuf, n: usize| {
-            let text = std::fs::read_to_string(p).unwrap_or_default();
-            let all: Vec<String> = text
-                .lines()
-                .map(|l| match l.char_indices().nth(400) {
-                    Some((i, _)) => format!("{}...", &l[..i]),
-                    None => l.to_owned(),
-                })
-                .collect();
-            all[all.len().saturating_sub(n)..].join("\n")
-        };
         format!(
             "----- worker {} ({:?}) stdout {}:\n{}\n----- stderr {}:\n{}\n",
             self.id,
             self.status,
             self.stdout.display(),
-            tail(&self.stdout, lines / 4),
+            tail_lines(&self.stdout, lines / 4),
             self.stderr.display(),
-            tail(&self.stderr, lines),
+            tail_lines(&self.stderr, lines),
         )
     }
 }
@@ -427,11 +416,7 @@ impl Harness {
             "fetch.wait.max.ms=100",
         ];
         args.extend_from_slice(extra);
-        // SSHWARDEN_BIN: another build of the binary (a release build, or a
-        // copy when other builds share the target directory).
-        let bin = std::env::var("SSHWARDEN_BIN")
-            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_sshwarden").to_owned());
-        let mut cmd = Command::new(bin);
+        let mut cmd = Command::new(sshwarden_bin());
         cmd.args(&args)
             .env_clear()
             .env("SSHWARDEN_LOG", "info")

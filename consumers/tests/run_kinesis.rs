@@ -59,6 +59,12 @@ const TIMINGS: &[&str] = &[
 mod common;
 use common::*;
 
+// The emulator helpers of the loadgen's tests (the SDK configuration, the
+// fault proxy).
+#[path = "../../loadgen/tests/common/mod.rs"]
+mod loadgen_common;
+use loadgen_common::{sdk_with_attempt_timeout, start_fault_proxy};
+
 // ------------------------------------------------------------------ emulators
 
 #[derive(Clone)]
@@ -132,20 +138,9 @@ fn http_get(url: &str) -> std::io::Result<(u16, String)> {
     Ok((status, body))
 }
 
+/// Test credentials, us-east-1; a call attempt times out after 10 s.
 async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_kinesis::config::Credentials::new(
-            "testing", "testing", None, None, "test",
-        ))
-        .endpoint_url(endpoint)
-        .timeout_config(
-            aws_config::timeout::TimeoutConfig::builder()
-                .operation_attempt_timeout(Duration::from_secs(10))
-                .build(),
-        )
-        .load()
-        .await
+    sdk_with_attempt_timeout(endpoint, Duration::from_secs(10)).await
 }
 
 async fn pause(ms: u64) {
@@ -186,16 +181,6 @@ impl Traffic {
 }
 
 // ------------------------------------------------------------------ workers
-
-/// The `sshwarden` binary under test: SSHWARDEN_BIN when set (a copy
-/// taken right after the build, where several checkouts share one cargo
-/// target directory and overwrite each other's `target/debug/sshwarden`),
-/// else the one cargo built for this test.
-fn sshwarden_bin() -> PathBuf {
-    std::env::var_os("SSHWARDEN_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sshwarden")))
-}
 
 /// One `sshwarden run` process; killed when dropped.
 struct Worker {
@@ -262,17 +247,6 @@ impl Worker {
     }
 
     fn tails(&self, lines: usize) -> String {
-        let tail = |p: &PathBuf, n: usize| {
-            let text = std::fs::read_to_string(p).unwrap_or_default();
-            let all: Vec<String> = text
-                .lines()
-                .map(|l| match l.char_indices().nth(400) {
-                    Some((i, _)) => format!("{}...", &l[..i]),
-                    None => l.to_owned(),
-                })
-                .collect();
-            all[all.len().saturating_sub(n)..].join("\n")
-        };
         format!(
             "----- worker {} (pid {}, {:?}, up {:.1?}) stdout {}:\n{}\n----- stderr {}:\n{}\n",
             self.id,
@@ -280,9 +254,9 @@ impl Worker {
             self.status,
             self.started.elapsed(),
             self.stdout.display(),
-            tail(&self.stdout, lines / 4),
+            tail_lines(&self.stdout, lines / 4),
             self.stderr.display(),
-            tail(&self.stderr, lines),
+            tail_lines(&self.stderr, lines),
         )
     }
 }
@@ -678,6 +652,21 @@ impl Harness {
         by
     }
 
+    /// Waits (at most MAX_WAIT, for `what`) until `worker` alone holds
+    /// all `leases` leases, looking every `poll_ms`.
+    async fn wait_sole_holder(&mut self, worker: &str, leases: usize, what: &str, poll_ms: u64) {
+        let d = Deadline::new(what, MAX_WAIT);
+        loop {
+            let held = self.holdings().await;
+            if held.len() == 1 && held.get(worker).is_some_and(|v| v.len() == leases) {
+                break;
+            }
+            self.check_running();
+            d.check(|| format!("holdings {held:?}"));
+            pause(poll_ms).await;
+        }
+    }
+
     /// Waits until `leases` leases exist and the workers hold them in the
     /// given numbers (any order), steadily for a second; returns the holdings.
     async fn wait_balanced(
@@ -923,16 +912,8 @@ async fn kill_nine_survivor_takes_over_without_losing_counts() {
     // The rest of the traffic, written while the survivor takes over.
     let landed = h.put(after).await;
     assert_covers(&landed, 4);
-    let d = Deadline::new("the survivor to take every lease", MAX_WAIT);
-    loop {
-        let held = h.holdings().await;
-        if held.len() == 1 && held.get("survivor").is_some_and(|v| v.len() == 4) {
-            break;
-        }
-        h.check_running();
-        d.check(|| format!("holdings {held:?}"));
-        pause(100).await;
-    }
+    h.wait_sole_holder("survivor", 4, "the survivor to take every lease", 100)
+        .await;
     let takeover = killed_at.elapsed();
     h.log(format_args!(
         "survivor holds every lease {takeover:.2?} after the kill"
@@ -1314,16 +1295,8 @@ async fn sigterm_releases_leases_for_an_immediate_takeover() {
     h.put(after).await;
     let second = h.spawn_with("second", &slow);
     let spawned = Instant::now();
-    let d = Deadline::new("the second worker to take the leases", MAX_WAIT);
-    loop {
-        let held = h.holdings().await;
-        if held.len() == 1 && held.get("second").is_some_and(|v| v.len() == 2) {
-            break;
-        }
-        h.check_running();
-        d.check(|| format!("holdings {held:?}"));
-        pause(50).await;
-    }
+    h.wait_sole_holder("second", 2, "the second worker to take the leases", 50)
+        .await;
     let took = spawned.elapsed();
     h.log(format_args!(
         "the second worker took both leases {took:.2?} after it started"
@@ -1542,40 +1515,9 @@ struct ProxyCall {
 
 impl FaultProxy {
     fn start(h: &Harness, script: &Value) -> FaultProxy {
-        let python = std::env::var("HOME")
-            .ok()
-            .map(|home| PathBuf::from(home).join(".cache/sshwarden/venv/bin/python"))
-            .filter(|p| p.exists())
-            .unwrap_or_else(|| PathBuf::from("python3"));
-        let script_path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../scripts/lib/kinesis_fault_proxy.py"
-        );
         let log = h.dir.path().join("kinesis-proxy.jsonl");
-        let mut child = Command::new(&python)
-            .arg(script_path)
-            .args(["--upstream", &h.env.kinesis, "--max-seconds", "300"])
-            .arg("--script")
-            .arg(script.to_string())
-            .arg("--log")
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(File::create(h.dir.path().join("kinesis-proxy.stderr")).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {} {script_path}: {e}", python.display()));
-        let mut first = String::new();
-        let stdout = child.stdout.take().expect("proxy stdout");
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut first)
-            .expect("read the proxy's port");
-        let port = serde_json::from_str::<Value>(&first)
-            .ok()
-            .and_then(|v| v["port"].as_u64())
-            .unwrap_or_else(|| {
-                let _ = child.kill();
-                panic!("the fault proxy did not report its port: {first:?}")
-            });
-        let endpoint = format!("http://127.0.0.1:{port}");
+        let stderr = File::create(h.dir.path().join("kinesis-proxy.stderr")).unwrap();
+        let (child, endpoint) = start_fault_proxy(&h.env.kinesis, script, &[], &log, stderr.into());
         h.log(format_args!(
             "fault proxy (pid {}) on {endpoint}, script {script}",
             child.id()
@@ -1696,6 +1638,28 @@ async fn put_paced(h: &Harness, records: &[SubscriptionRecord], chunks: usize, g
     }
 }
 
+/// Starts worker "w0" with `opts` on a two-shard stream, writes `traffic`
+/// in 8 batches `gap_ms` apart once it holds both leases, and checks that it
+/// reads every record exactly once (`assert_read_exactly_once`). Returns the
+/// worker's index.
+async fn one_worker_reads_paced_traffic_once(
+    h: &mut Harness,
+    opts: &Spawn<'_>,
+    traffic: &Traffic,
+    gap_ms: u64,
+) -> usize {
+    let w = h.spawn_with("w0", opts);
+    h.wait_balanced(2, &[2]).await;
+    put_paced(h, &traffic.records, 8, gap_ms).await;
+    h.log(format_args!(
+        "wrote {} records in 8 batches {gap_ms} ms apart; {} commands expected",
+        traffic.records.len(),
+        traffic.expected.len()
+    ));
+    assert_read_exactly_once(h, w, traffic).await;
+    w
+}
+
 /// Every expected command exactly once with the truth's counts, and the
 /// worker's records_total equal to the records written: nothing read twice,
 /// nothing skipped.
@@ -1750,21 +1714,11 @@ async fn throttled_reads_back_off_and_read_every_record_once() {
     );
     let start = traffic_start(20_000, 30_000);
     let traffic = Traffic::brute_force(81, 10, start, 75_000);
-    let w = h.spawn_with(
-        "w0",
-        &Spawn {
-            kinesis: Some(&proxy.endpoint),
-            ..Spawn::default()
-        },
-    );
-    h.wait_balanced(2, &[2]).await;
-    put_paced(&h, &traffic.records, 8, 1_000).await;
-    h.log(format_args!(
-        "wrote {} records in 8 batches; {} commands expected",
-        traffic.records.len(),
-        traffic.expected.len()
-    ));
-    assert_read_exactly_once(&mut h, w, &traffic).await;
+    let through_proxy = Spawn {
+        kinesis: Some(&proxy.endpoint),
+        ..Spawn::default()
+    };
+    let w = one_worker_reads_paced_traffic_once(&mut h, &through_proxy, &traffic, 1_000).await;
 
     assert_each_fault_counted_once(&h, w, &proxy, "throughput_exceeded", &["throughput"]).await;
     assert_each_fault_counted_once(&h, w, &proxy, "get_records", &["internal", "reset"]).await;
@@ -1827,21 +1781,11 @@ async fn expired_iterators_resume_after_the_last_record_read() {
     let proxy = FaultProxy::start(&h, &serde_json::json!([{"every": 3, "fault": "expired"}]));
     let start = traffic_start(20_000, 30_000);
     let traffic = Traffic::brute_force(82, 10, start, 75_000);
-    let w = h.spawn_with(
-        "w0",
-        &Spawn {
-            kinesis: Some(&proxy.endpoint),
-            ..Spawn::default()
-        },
-    );
-    h.wait_balanced(2, &[2]).await;
-    put_paced(&h, &traffic.records, 8, 700).await;
-    h.log(format_args!(
-        "wrote {} records in 8 batches; {} commands expected",
-        traffic.records.len(),
-        traffic.expected.len()
-    ));
-    assert_read_exactly_once(&mut h, w, &traffic).await;
+    let through_proxy = Spawn {
+        kinesis: Some(&proxy.endpoint),
+        ..Spawn::default()
+    };
+    let w = one_worker_reads_paced_traffic_once(&mut h, &through_proxy, &traffic, 700).await;
 
     assert_each_fault_counted_once(&h, w, &proxy, "expired_iterator", &["expired"]).await;
     for (shard, calls) in &proxy.by_shard() {
@@ -1900,26 +1844,16 @@ async fn enhanced_fan_out_renewals_read_every_record_once() {
         "efo-{}",
         h.stream.strip_prefix("sshwarden-it-").unwrap_or(&h.stream)
     );
-    let w = h.spawn_with(
-        "w0",
-        &Spawn {
-            args: &[
-                "--enhanced-fan-out",
-                &consumer,
-                "--subscription-renew-ms",
-                "3000",
-            ],
-            ..Spawn::default()
-        },
-    );
-    h.wait_balanced(2, &[2]).await;
-    put_paced(&h, &traffic.records, 8, 2_000).await;
-    h.log(format_args!(
-        "wrote {} records in 8 batches over 14 s; {} commands expected",
-        traffic.records.len(),
-        traffic.expected.len()
-    ));
-    assert_read_exactly_once(&mut h, w, &traffic).await;
+    let renewing = Spawn {
+        args: &[
+            "--enhanced-fan-out",
+            &consumer,
+            "--subscription-renew-ms",
+            "3000",
+        ],
+        ..Spawn::default()
+    };
+    let w = one_worker_reads_paced_traffic_once(&mut h, &renewing, &traffic, 2_000).await;
 
     let renewals = h.workers[w].logs_with("renewing the subscription");
     let in_use = metric_by_shard(

@@ -1,7 +1,7 @@
 //! Test support shared by the `sshwarden run` integration tests (Kinesis
-//! and Kafka sources): bounded waits, traffic windows, the commands the
-//! ground truth expects and the tally of what the workers issued against
-//! them.
+//! and Kafka sources, and the load generator end to end): the binary under
+//! test, bounded waits, traffic windows, the commands the ground truth
+//! expects and the tally of what the workers issued against them.
 
 // Each test binary includes this module with `mod common;` and uses only
 // part of it; what one binary leaves unused is not dead code.
@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
@@ -277,6 +277,16 @@ impl Tally {
     }
 }
 
+/// The `sshwarden` binary under test: SSHWARDEN_BIN when set (a copy
+/// taken right after the build, where several checkouts share one cargo
+/// target directory and overwrite each other's `target/debug/sshwarden`),
+/// else the one cargo built for this test.
+pub fn sshwarden_bin() -> PathBuf {
+    std::env::var_os("SSHWARDEN_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sshwarden")))
+}
+
 /// A free port on 127.0.0.1 (bound, then released for the worker).
 pub fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -291,4 +301,18 @@ pub fn read_json_lines(path: &Path) -> Vec<Value> {
     text.lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
+}
+
+/// The last `n` lines of a file, each cut at 400 characters: what a failed
+/// test prints of a worker's output.
+pub fn tail_lines(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<String> = text
+        .lines()
+        .map(|l| match l.char_indices().nth(400) {
+            Some((i, _)) => format!("{}...", &l[..i]),
+            None => l.to_owned(),
+        })
+        .collect();
+    all[all.len().saturating_sub(n)..].join("\n")
 }
