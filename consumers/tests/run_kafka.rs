@@ -279,19 +279,13 @@ struct Harness {
 impl Drop for Harness {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!(
-                "===== {} failed after {:.1?}; topic {}, group {}, files in {}",
-                self.label,
-                self.started.elapsed(),
-                self.topic,
-                self.group,
-                self.dir.path().display()
+            report_failure(
+                &self.label,
+                self.started,
+                &format!("topic {}, group {}", self.topic, self.group),
+                &mut self.dir,
+                self.workers.iter().map(|w| w.tails(40)),
             );
-            for w in &self.workers {
-                eprintln!("{}", w.tails(40));
-            }
-            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-            let _ = dir.keep();
         } else {
             self.log("passed");
         }

@@ -344,20 +344,13 @@ struct Harness {
 impl Drop for Harness {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!(
-                "===== {} failed after {:.1?}; stream {}, lease table {}, files in {}",
-                self.label,
-                self.started.elapsed(),
-                self.stream,
-                self.table,
-                self.dir.path().display()
+            report_failure(
+                &self.label,
+                self.started,
+                &format!("stream {}, lease table {}", self.stream, self.table),
+                &mut self.dir,
+                self.workers.iter().map(|w| w.tails(40)),
             );
-            for w in &self.workers {
-                eprintln!("{}", w.tails(40));
-            }
-            // Keep the files for a look.
-            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-            let _ = dir.keep();
         } else {
             self.log("passed");
         }
@@ -650,6 +643,17 @@ impl Harness {
                 .push(l.key);
         }
         by
+    }
+
+    /// Waits (at most MAX_WAIT, for `what`) until worker `w` has issued
+    /// `n` commands.
+    async fn wait_commands_from(&mut self, w: usize, n: usize, what: &str) {
+        let d = Deadline::new(what, MAX_WAIT);
+        while self.workers[w].commands().len() < n {
+            self.check_running();
+            d.check(|| format!("fewer than {n}"));
+            pause(100).await;
+        }
     }
 
     /// Waits (at most MAX_WAIT, for `what`) until `worker` alone holds
@@ -1265,12 +1269,8 @@ async fn sigterm_releases_leases_for_an_immediate_takeover() {
     let traffic = Traffic::brute_force(51, 8, start, 60_000);
     let (before, after) = traffic.split_at(start + 30_000);
     h.put(before).await;
-    let d = Deadline::new("the first worker to issue commands", MAX_WAIT);
-    while h.workers[first].commands().len() < 5 {
-        h.check_running();
-        d.check(|| "fewer than 5".into());
-        pause(100).await;
-    }
+    h.wait_commands_from(first, 5, "the first worker to issue commands")
+        .await;
 
     h.workers[first].sigterm();
     let termed = Instant::now();
@@ -1339,12 +1339,8 @@ async fn restart_under_the_same_worker_id_resumes_its_shards() {
     let traffic = Traffic::brute_force(61, 8, start, 60_000);
     let (before, after) = traffic.split_at(start + 30_000);
     h.put(before).await;
-    let d = Deadline::new("the first run to issue commands", MAX_WAIT);
-    while h.workers[first].commands().len() < 5 {
-        h.check_running();
-        d.check(|| "fewer than 5".into());
-        pause(100).await;
-    }
+    h.wait_commands_from(first, 5, "the first run to issue commands")
+        .await;
     h.workers[first].kill9();
     let again = h.spawn("w0");
     let restarted = Instant::now();

@@ -316,3 +316,25 @@ pub fn tail_lines(path: &Path, n: usize) -> String {
         .collect();
     all[all.len().saturating_sub(n)..].join("\n")
 }
+
+/// What a harness prints when its test fails: which test, after how long,
+/// its `resources` (stream, table, topic...) and where its files are, then
+/// each worker's `tails`; the scratch directory `dir` is kept for a look.
+pub fn report_failure(
+    label: &str,
+    started: Instant,
+    resources: &str,
+    dir: &mut tempfile::TempDir,
+    tails: impl Iterator<Item = String>,
+) {
+    eprintln!(
+        "===== {label} failed after {:.1?}; {resources}, files in {}",
+        started.elapsed(),
+        dir.path().display()
+    );
+    for t in tails {
+        eprintln!("{t}");
+    }
+    let kept = std::mem::replace(dir, tempfile::tempdir().unwrap());
+    let _ = kept.keep();
+}
