@@ -13,6 +13,8 @@
 
 // The emulator endpoints and SDK configuration of the loadgen's own tests.
 #[path = "../../loadgen/tests/common/mod.rs"]
+mod loadgen_common;
+// The binary under test, as the other `sshwarden run` tests find it.
 mod common;
 
 use std::collections::{HashMap, HashSet};
@@ -30,7 +32,8 @@ use sshwarden_loadgen::{
     CommandScorer, Fleet, FleetConfig, GeneratedEvent, RecordOptions, Scenario, WrittenLog,
 };
 
-use common::{kinesis_endpoint, moto_endpoint, sdk};
+use common::sshwarden_bin;
+use loadgen_common::{kinesis_endpoint, moto_endpoint, sdk};
 
 fn now_us() -> i64 {
     SystemTime::now()
@@ -144,12 +147,7 @@ async fn loadgen_writer_worker_and_scorer_agree_with_the_ground_truth() {
 
     // The worker first, so write → command latency is the pipeline's.
     let stderr_path = std::env::temp_dir().join(format!("{stream}.stderr"));
-    // SSHWARDEN_BIN: a copy of the binary taken right after the build, where
-    // checkouts sharing one cargo target directory overwrite each other's.
-    let bin = std::env::var_os("SSHWARDEN_BIN")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_sshwarden").into());
-    let mut worker = Command::new(bin)
+    let mut worker = Command::new(sshwarden_bin())
         .args([
             "--blast-radius-max",
             "0",

@@ -19,14 +19,14 @@
 
 #![cfg(feature = "kafka")]
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -37,14 +37,10 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientConfig;
 use serde_json::Value;
 use sshwarden_loadgen::kafka::{line_messages, payload_messages, produce, Outgoing};
-use sshwarden_loadgen::{encode_records, Fleet, FleetConfig, RecordOptions, Scenario};
-use sshwarden_pipeline::command::command_id;
-use sshwarden_pipeline::time::format_rfc3339_ms;
-use sshwarden_pipeline::window::SubjectKind;
+use sshwarden_loadgen::{encode_records, Fleet, RecordOptions};
 
-/// No wait in these tests is longer.
-const MAX_WAIT: Duration = Duration::from_secs(60);
-const WINDOW_MS: i64 = 60_000;
+mod common;
+use common::*;
 
 // ------------------------------------------------------------------ broker
 
@@ -114,71 +110,11 @@ fn write(brokers: &str, topic: &str, messages: &[Outgoing]) {
         .unwrap_or_else(|e| panic!("producing to {topic}: {e:#}"));
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-/// A start time at `offset_ms` into a (60 s, epoch-aligned) window, at most
-/// `lag_ms` and less than `lag_ms` + 60 s before now: the same seed yields
-/// the same events relative to the windows whenever the test runs.
-fn traffic_start(offset_ms: i64, lag_ms: i64) -> i64 {
-    let t = now_ms() - lag_ms;
-    let start = t.div_euclid(WINDOW_MS) * WINDOW_MS + offset_ms;
-    if start > t {
-        start - WINDOW_MS
-    } else {
-        start
-    }
-}
-
-struct Deadline {
-    what: String,
-    start: Instant,
-    limit: Duration,
-}
-
-impl Deadline {
-    fn new(what: impl Into<String>, limit: Duration) -> Self {
-        assert!(limit <= MAX_WAIT);
-        Deadline {
-            what: what.into(),
-            start: Instant::now(),
-            limit,
-        }
-    }
-
-    fn check(&self, detail: impl FnOnce() -> String) {
-        if self.start.elapsed() > self.limit {
-            panic!(
-                "timed out after {:?} waiting for {}: {}",
-                self.limit,
-                self.what,
-                detail()
-            );
-        }
-    }
-}
-
 fn pause(ms: u64) {
     std::thread::sleep(Duration::from_millis(ms));
 }
 
 // ------------------------------------------------------------------ traffic
-
-/// A command the ground truth says must be issued.
-#[derive(Debug, Clone)]
-struct Expected {
-    id: String,
-    instance: String,
-    window_start_ms: i64,
-    crossing_ms: i64,
-    detected_at: String,
-    /// Counts per signal in the window when the threshold was crossed.
-    counts: BTreeMap<String, u64>,
-}
 
 struct Traffic {
     fleet: Fleet,
@@ -189,64 +125,8 @@ impl Traffic {
     /// Every instance under a brute force for the whole duration, plus
     /// benign traffic and background scanning.
     fn brute_force(seed: u64, instances: usize, start_ms: i64, duration_ms: i64) -> Traffic {
-        let per_second = 0.5;
-        let config = FleetConfig {
-            instances,
-            seed,
-            start_ms,
-            duration_ms,
-            benign_events_per_instance_per_min: 12.0,
-            scan_probes_per_instance_per_min: 1.0,
-            scenarios: (0..instances)
-                .map(|i| Scenario::FastBruteForce {
-                    instance: i,
-                    offset_ms: 0,
-                    attempts: (duration_ms as f64 / 1000.0 * per_second) as u32,
-                    per_second,
-                })
-                .collect(),
-        };
-        let fleet = Fleet::generate(&config).expect("fleet config");
-        let rules = sshwarden_loadgen::TruthRules::default();
-        let truth = fleet.ground_truth();
-        let expected = truth
-            .expected
-            .iter()
-            .map(|d| {
-                let rule = rules.rules.iter().find(|r| r.name == d.rule).unwrap();
-                let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-                let mut hits = 0;
-                for e in fleet.events() {
-                    let Some(signal) = e.signal else { continue };
-                    if e.instance != d.instance
-                        || e.time_ms.div_euclid(truth.window_ms) * truth.window_ms
-                            != d.window_start_ms
-                    {
-                        continue;
-                    }
-                    *counts.entry(signal.as_str().to_owned()).or_default() += 1;
-                    if rule.signals.contains(&signal) {
-                        hits += 1;
-                        if hits == rule.threshold {
-                            break;
-                        }
-                    }
-                }
-                Expected {
-                    id: command_id(
-                        SubjectKind::Instance,
-                        &d.instance,
-                        &d.rule,
-                        d.window_start_ms,
-                    ),
-                    instance: d.instance.clone(),
-                    window_start_ms: d.window_start_ms,
-                    crossing_ms: d.crossing_time_ms,
-                    detected_at: format_rfc3339_ms(d.crossing_time_ms),
-                    counts,
-                }
-            })
-            .collect();
+        let fleet = brute_force_fleet(seed, instances, start_ms, duration_ms);
+        let expected = expected_commands(&fleet);
         Traffic { fleet, expected }
     }
 
@@ -271,117 +151,7 @@ fn split_at(messages: &[Outgoing], time_ms: i64) -> (&[Outgoing], &[Outgoing]) {
     messages.split_at(i)
 }
 
-/// What the workers' commands say against the truth.
-#[derive(Debug, Default)]
-struct Tally {
-    /// Command id -> copies per worker.
-    by_id: BTreeMap<String, Vec<usize>>,
-    /// Command id -> copies per worker with the truth's content.
-    correct: BTreeMap<String, Vec<usize>>,
-    unexpected: Vec<String>,
-    /// Copies with other content: (worker, id, what differs).
-    partial: Vec<(usize, String, String)>,
-}
-
-impl Tally {
-    fn new(expected: &[Expected], outputs: &[Vec<Value>]) -> Tally {
-        let want: HashMap<&str, &Expected> = expected.iter().map(|e| (e.id.as_str(), e)).collect();
-        let mut t = Tally::default();
-        for (w, commands) in outputs.iter().enumerate() {
-            for c in commands {
-                let id = c["id"].as_str().unwrap_or_default().to_owned();
-                t.by_id
-                    .entry(id.clone())
-                    .or_insert_with(|| vec![0; outputs.len()])[w] += 1;
-                let Some(e) = want.get(id.as_str()) else {
-                    t.unexpected
-                        .push(format!("unexpected command from worker {w}: {c}"));
-                    continue;
-                };
-                let counts: BTreeMap<String, u64> = c["counts"]
-                    .as_object()
-                    .map(|m| {
-                        m.iter()
-                            .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                if c["instance_id"] == e.instance.as_str()
-                    && c["detected_at"] == e.detected_at.as_str()
-                    && counts == e.counts
-                {
-                    t.correct
-                        .entry(id)
-                        .or_insert_with(|| vec![0; outputs.len()])[w] += 1;
-                } else {
-                    t.partial.push((
-                        w,
-                        id,
-                        format!(
-                            "detected_at {} counts {counts:?}, expected {} {:?}",
-                            c["detected_at"], e.detected_at, e.counts
-                        ),
-                    ));
-                }
-            }
-        }
-        t
-    }
-
-    fn missing<'a>(&self, expected: &'a [Expected]) -> Vec<&'a str> {
-        expected
-            .iter()
-            .filter(|e| !self.by_id.contains_key(&e.id))
-            .map(|e| e.id.as_str())
-            .collect()
-    }
-
-    fn correct_from(&self, id: &str, worker: usize) -> usize {
-        self.correct.get(id).map_or(0, |v| v[worker])
-    }
-
-    /// Nothing unexpected, every expected command issued at least once with
-    /// the truth's counts, and copies with other counts only where
-    /// `repeat_ok(worker, id)`: a new owner re-reads from the committed
-    /// offset, and messages after it can carry the tail of a window that had
-    /// closed; such a copy repeats (same id) a command delivered in full.
-    fn assert_content(&self, expected: &[Expected], repeat_ok: impl Fn(usize, &str) -> bool) {
-        assert!(
-            self.unexpected.is_empty(),
-            "unexpected commands: {:#?}",
-            self.unexpected
-        );
-        let never_whole: Vec<&str> = expected
-            .iter()
-            .filter(|e| {
-                self.correct
-                    .get(&e.id)
-                    .is_none_or(|v| v.iter().sum::<usize>() == 0)
-            })
-            .map(|e| e.id.as_str())
-            .collect();
-        assert!(
-            never_whole.is_empty(),
-            "issued only with other counts than the truth (counts lost): {never_whole:?}\n{:#?}",
-            self.partial
-        );
-        let bad: Vec<_> = self
-            .partial
-            .iter()
-            .filter(|(w, id, _)| !repeat_ok(*w, id))
-            .collect();
-        assert!(bad.is_empty(), "commands with wrong counts: {bad:#?}");
-    }
-}
-
 // ------------------------------------------------------------------ workers
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
@@ -468,25 +238,14 @@ impl Worker {
     }
 
     fn tails(&self, lines: usize) -> String {
-        let tail = |p: &PathBuf, n: usize| {
-            let text = std::fs::read_to_string(p).unwrap_or_default();
-            let all: Vec<String> = text
-                .lines()
-                .map(|l| match l.char_indices().nth(400) {
-                    Some((i, _)) => format!("{}...", &l[..i]),
-                    None => l.to_owned(),
-                })
-                .collect();
-            all[all.len().saturating_sub(n)..].join("\n")
-        };
         format!(
             "----- worker {} ({:?}) stdout {}:\n{}\n----- stderr {}:\n{}\n",
             self.id,
             self.status,
             self.stdout.display(),
-            tail(&self.stdout, lines / 4),
+            tail_lines(&self.stdout, lines / 4),
             self.stderr.display(),
-            tail(&self.stderr, lines),
+            tail_lines(&self.stderr, lines),
         )
     }
 }
@@ -498,14 +257,6 @@ impl Drop for Worker {
             let _ = self.child.wait();
         }
     }
-}
-
-fn read_json_lines(path: &PathBuf) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
 }
 
 static UNIQUE: AtomicU32 = AtomicU32::new(0);
@@ -528,19 +279,13 @@ struct Harness {
 impl Drop for Harness {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!(
-                "===== {} failed after {:.1?}; topic {}, group {}, files in {}",
-                self.label,
-                self.started.elapsed(),
-                self.topic,
-                self.group,
-                self.dir.path().display()
+            report_failure(
+                &self.label,
+                self.started,
+                &format!("topic {}, group {}", self.topic, self.group),
+                &mut self.dir,
+                self.workers.iter().map(|w| w.tails(40)),
             );
-            for w in &self.workers {
-                eprintln!("{}", w.tails(40));
-            }
-            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-            let _ = dir.keep();
         } else {
             self.log("passed");
         }
@@ -665,11 +410,7 @@ impl Harness {
             "fetch.wait.max.ms=100",
         ];
         args.extend_from_slice(extra);
-        // SSHWARDEN_BIN: another build of the binary (a release build, or a
-        // copy when other builds share the target directory).
-        let bin = std::env::var("SSHWARDEN_BIN")
-            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_sshwarden").to_owned());
-        let mut cmd = Command::new(bin);
+        let mut cmd = Command::new(sshwarden_bin());
         cmd.args(&args)
             .env_clear()
             .env("SSHWARDEN_LOG", "info")

@@ -37,18 +37,13 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, StreamStatus};
 use serde_json::Value;
-use sshwarden_loadgen::{
-    encode_records, Fleet, FleetConfig, RecordOptions, Scenario, SubscriptionRecord, TruthRules,
-};
-use sshwarden_pipeline::command::command_id;
-use sshwarden_pipeline::time::format_rfc3339_ms;
-use sshwarden_pipeline::window::SubjectKind;
+use sshwarden_loadgen::{encode_records, RecordOptions, SubscriptionRecord};
 
 /// The worker timings every test uses unless it says otherwise.
 const FAILOVER_MS: u64 = 3_000;
@@ -60,8 +55,15 @@ const TIMINGS: &[&str] = &[
     "--shard-sync-ms",
     "1000",
 ];
-/// No wait in these tests is longer.
-const MAX_WAIT: Duration = Duration::from_secs(60);
+
+mod common;
+use common::*;
+
+// The emulator helpers of the loadgen's tests (the SDK configuration, the
+// fault proxy).
+#[path = "../../loadgen/tests/common/mod.rs"]
+mod loadgen_common;
+use loadgen_common::{sdk_with_attempt_timeout, start_fault_proxy};
 
 // ------------------------------------------------------------------ emulators
 
@@ -136,73 +138,9 @@ fn http_get(url: &str) -> std::io::Result<(u16, String)> {
     Ok((status, body))
 }
 
+/// Test credentials, us-east-1; a call attempt times out after 10 s.
 async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_kinesis::config::Credentials::new(
-            "testing", "testing", None, None, "test",
-        ))
-        .endpoint_url(endpoint)
-        .timeout_config(
-            aws_config::timeout::TimeoutConfig::builder()
-                .operation_attempt_timeout(Duration::from_secs(10))
-                .build(),
-        )
-        .load()
-        .await
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-/// The window size of the default rules.
-const WINDOW_MS: i64 = 60_000;
-
-/// A start time for traffic at `offset_ms` into a (60 s, epoch-aligned)
-/// window, at most `lag_ms` and less than `lag_ms` + 60 s before now. The
-/// same seed then yields the same events relative to the windows, so what a
-/// test exercises does not depend on the time it runs.
-fn traffic_start(offset_ms: i64, lag_ms: i64) -> i64 {
-    let t = now_ms() - lag_ms;
-    let start = t.div_euclid(WINDOW_MS) * WINDOW_MS + offset_ms;
-    if start > t {
-        start - WINDOW_MS
-    } else {
-        start
-    }
-}
-
-/// A bounded wait: `check` panics with `what` and a detail once it is over.
-struct Deadline {
-    what: String,
-    start: Instant,
-    limit: Duration,
-}
-
-impl Deadline {
-    fn new(what: impl Into<String>, limit: Duration) -> Self {
-        assert!(limit <= MAX_WAIT);
-        Deadline {
-            what: what.into(),
-            start: Instant::now(),
-            limit,
-        }
-    }
-
-    fn check(&self, detail: impl FnOnce() -> String) {
-        if self.start.elapsed() > self.limit {
-            panic!(
-                "timed out after {:?} waiting for {}: {}",
-                self.limit,
-                self.what,
-                detail()
-            );
-        }
-    }
+    sdk_with_attempt_timeout(endpoint, Duration::from_secs(10)).await
 }
 
 async fn pause(ms: u64) {
@@ -210,21 +148,6 @@ async fn pause(ms: u64) {
 }
 
 // ------------------------------------------------------------------ traffic
-
-/// A command the ground truth says must be issued, with what it must carry.
-#[derive(Debug, Clone)]
-struct Expected {
-    id: String,
-    instance: String,
-    window_start_ms: i64,
-    /// Event time of the event that crossed the threshold.
-    crossing_ms: i64,
-    /// `detected_at`: the event time of the event that crossed the threshold.
-    detected_at: String,
-    /// Counts per signal in the window when the threshold was crossed (all
-    /// of the window's evidence up to and including the crossing event).
-    counts: BTreeMap<String, u64>,
-}
 
 /// Seeded fleet traffic: records (one instance each, in time order) and the
 /// commands they must yield under the default rules without cooldown or
@@ -239,73 +162,14 @@ impl Traffic {
     /// whole `[start_ms, start_ms + duration_ms)`, plus benign traffic and
     /// background scanning.
     fn brute_force(seed: u64, instances: usize, start_ms: i64, duration_ms: i64) -> Traffic {
-        let per_second = 0.5;
-        let config = FleetConfig {
-            instances,
-            seed,
-            start_ms,
-            duration_ms,
-            benign_events_per_instance_per_min: 12.0,
-            scan_probes_per_instance_per_min: 1.0,
-            scenarios: (0..instances)
-                .map(|i| Scenario::FastBruteForce {
-                    instance: i,
-                    offset_ms: 0,
-                    attempts: (duration_ms as f64 / 1000.0 * per_second) as u32,
-                    per_second,
-                })
-                .collect(),
-        };
-        let fleet = Fleet::generate(&config).expect("fleet config");
+        let fleet = brute_force_fleet(seed, instances, start_ms, duration_ms);
         let opts = RecordOptions {
             events_per_record: 25,
             max_span_ms: 5_000,
             ..RecordOptions::default()
         };
         let records = encode_records(fleet.events(), &opts);
-        let rules = TruthRules::default();
-        let truth = fleet.ground_truth();
-        let expected = truth
-            .expected
-            .iter()
-            .map(|d| {
-                let rule = rules.rules.iter().find(|r| r.name == d.rule).unwrap();
-                // The window's evidence in processing order (events are sorted
-                // by time, and one instance's records are read in that order).
-                let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-                let mut hits = 0;
-                for e in fleet.events() {
-                    let Some(signal) = e.signal else { continue };
-                    if e.instance != d.instance
-                        || e.time_ms.div_euclid(truth.window_ms) * truth.window_ms
-                            != d.window_start_ms
-                    {
-                        continue;
-                    }
-                    *counts.entry(signal.as_str().to_owned()).or_default() += 1;
-                    if rule.signals.contains(&signal) {
-                        hits += 1;
-                        if hits == rule.threshold {
-                            assert_eq!(e.time_ms, d.crossing_time_ms);
-                            break;
-                        }
-                    }
-                }
-                Expected {
-                    id: command_id(
-                        SubjectKind::Instance,
-                        &d.instance,
-                        &d.rule,
-                        d.window_start_ms,
-                    ),
-                    instance: d.instance.clone(),
-                    window_start_ms: d.window_start_ms,
-                    crossing_ms: d.crossing_time_ms,
-                    detected_at: format_rfc3339_ms(d.crossing_time_ms),
-                    counts,
-                }
-            })
-            .collect();
+        let expected = expected_commands(&fleet);
         Traffic { records, expected }
     }
 
@@ -316,141 +180,7 @@ impl Traffic {
     }
 }
 
-/// What the workers' commands say against what was expected.
-#[derive(Debug, Default)]
-struct Tally {
-    /// Command id -> how many times each worker issued it.
-    by_id: BTreeMap<String, Vec<usize>>,
-    /// Command id -> how many of those copies carry the truth's content
-    /// (`detected_at` and the counts at the crossing).
-    correct: BTreeMap<String, Vec<usize>>,
-    /// Commands that no rule should have issued.
-    unexpected: Vec<String>,
-    /// Copies with other content than the truth: (worker, id, what differs).
-    partial: Vec<(usize, String, String)>,
-}
-
-impl Tally {
-    fn new(expected: &[Expected], outputs: &[Vec<Value>]) -> Tally {
-        let want: HashMap<&str, &Expected> = expected.iter().map(|e| (e.id.as_str(), e)).collect();
-        let mut t = Tally::default();
-        for (w, commands) in outputs.iter().enumerate() {
-            for c in commands {
-                let id = c["id"].as_str().unwrap_or_default().to_owned();
-                t.by_id
-                    .entry(id.clone())
-                    .or_insert_with(|| vec![0; outputs.len()])[w] += 1;
-                let Some(e) = want.get(id.as_str()) else {
-                    t.unexpected
-                        .push(format!("unexpected command from worker {w}: {c}"));
-                    continue;
-                };
-                let counts: BTreeMap<String, u64> = c["counts"]
-                    .as_object()
-                    .map(|m| {
-                        m.iter()
-                            .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                if c["instance_id"] == e.instance.as_str()
-                    && c["detected_at"] == e.detected_at.as_str()
-                    && counts == e.counts
-                {
-                    t.correct
-                        .entry(id)
-                        .or_insert_with(|| vec![0; outputs.len()])[w] += 1;
-                } else {
-                    t.partial.push((
-                        w,
-                        id,
-                        format!(
-                            "detected_at {} counts {counts:?}, expected {} {:?}",
-                            c["detected_at"], e.detected_at, e.counts
-                        ),
-                    ));
-                }
-            }
-        }
-        t
-    }
-
-    fn missing<'a>(&self, expected: &'a [Expected]) -> Vec<&'a str> {
-        expected
-            .iter()
-            .filter(|e| !self.by_id.contains_key(&e.id))
-            .map(|e| e.id.as_str())
-            .collect()
-    }
-
-    fn total(&self, id: &str) -> usize {
-        self.by_id.get(id).map_or(0, |v| v.iter().sum())
-    }
-
-    fn correct_from(&self, id: &str, worker: usize) -> usize {
-        self.correct.get(id).map_or(0, |v| v[worker])
-    }
-
-    /// Nothing unexpected, every expected command issued at least once with
-    /// the truth's counts, and every copy with other counts allowed by
-    /// `repeat_ok(worker, id)`.
-    ///
-    /// A new owner replays a shard from its checkpoint, which the checkpoint
-    /// rule keeps before every window still open; but the records after it
-    /// also carry the tail of windows that had already closed (a record ends
-    /// in one window and starts in the one before). Those tails are counted
-    /// again as if they were whole windows: a command the previous owner
-    /// already delivered can come again, with the same id and smaller
-    /// counts. The sink deduplicates it by name; what is checked here is
-    /// that such a copy only ever repeats a command delivered in full.
-    fn assert_content(&self, expected: &[Expected], repeat_ok: impl Fn(usize, &str) -> bool) {
-        assert!(
-            self.unexpected.is_empty(),
-            "unexpected commands: {:#?}",
-            self.unexpected
-        );
-        let never_whole: Vec<&str> = expected
-            .iter()
-            .filter(|e| {
-                self.correct
-                    .get(&e.id)
-                    .is_none_or(|v| v.iter().sum::<usize>() == 0)
-            })
-            .map(|e| e.id.as_str())
-            .collect();
-        assert!(
-            never_whole.is_empty(),
-            "issued only with other counts than the truth (counts lost): {never_whole:?}\n{:#?}",
-            self.partial
-        );
-        let bad: Vec<_> = self
-            .partial
-            .iter()
-            .filter(|(w, id, _)| !repeat_ok(*w, id))
-            .collect();
-        assert!(bad.is_empty(), "commands with wrong counts: {bad:#?}");
-    }
-}
-
 // ------------------------------------------------------------------ workers
-
-/// The `sshwarden` binary under test: SSHWARDEN_BIN when set (a copy
-/// taken right after the build, where several checkouts share one cargo
-/// target directory and overwrite each other's `target/debug/sshwarden`),
-/// else the one cargo built for this test.
-fn sshwarden_bin() -> PathBuf {
-    std::env::var_os("SSHWARDEN_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sshwarden")))
-}
-
-/// A free port on 127.0.0.1 (bound, then released for the worker).
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 /// One `sshwarden run` process; killed when dropped.
 struct Worker {
@@ -517,17 +247,6 @@ impl Worker {
     }
 
     fn tails(&self, lines: usize) -> String {
-        let tail = |p: &PathBuf, n: usize| {
-            let text = std::fs::read_to_string(p).unwrap_or_default();
-            let all: Vec<String> = text
-                .lines()
-                .map(|l| match l.char_indices().nth(400) {
-                    Some((i, _)) => format!("{}...", &l[..i]),
-                    None => l.to_owned(),
-                })
-                .collect();
-            all[all.len().saturating_sub(n)..].join("\n")
-        };
         format!(
             "----- worker {} (pid {}, {:?}, up {:.1?}) stdout {}:\n{}\n----- stderr {}:\n{}\n",
             self.id,
@@ -535,9 +254,9 @@ impl Worker {
             self.status,
             self.started.elapsed(),
             self.stdout.display(),
-            tail(&self.stdout, lines / 4),
+            tail_lines(&self.stdout, lines / 4),
             self.stderr.display(),
-            tail(&self.stderr, lines),
+            tail_lines(&self.stderr, lines),
         )
     }
 }
@@ -549,13 +268,6 @@ impl Drop for Worker {
             let _ = self.child.wait();
         }
     }
-}
-
-fn read_json_lines(path: &PathBuf) -> Vec<Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
 }
 
 /// How to start a worker, beyond the defaults.
@@ -632,20 +344,13 @@ struct Harness {
 impl Drop for Harness {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!(
-                "===== {} failed after {:.1?}; stream {}, lease table {}, files in {}",
-                self.label,
-                self.started.elapsed(),
-                self.stream,
-                self.table,
-                self.dir.path().display()
+            report_failure(
+                &self.label,
+                self.started,
+                &format!("stream {}, lease table {}", self.stream, self.table),
+                &mut self.dir,
+                self.workers.iter().map(|w| w.tails(40)),
             );
-            for w in &self.workers {
-                eprintln!("{}", w.tails(40));
-            }
-            // Keep the files for a look.
-            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-            let _ = dir.keep();
         } else {
             self.log("passed");
         }
@@ -940,6 +645,32 @@ impl Harness {
         by
     }
 
+    /// Waits (at most MAX_WAIT, for `what`) until worker `w` has issued
+    /// `n` commands.
+    async fn wait_commands_from(&mut self, w: usize, n: usize, what: &str) {
+        let d = Deadline::new(what, MAX_WAIT);
+        while self.workers[w].commands().len() < n {
+            self.check_running();
+            d.check(|| format!("fewer than {n}"));
+            pause(100).await;
+        }
+    }
+
+    /// Waits (at most MAX_WAIT, for `what`) until `worker` alone holds
+    /// all `leases` leases, looking every `poll_ms`.
+    async fn wait_sole_holder(&mut self, worker: &str, leases: usize, what: &str, poll_ms: u64) {
+        let d = Deadline::new(what, MAX_WAIT);
+        loop {
+            let held = self.holdings().await;
+            if held.len() == 1 && held.get(worker).is_some_and(|v| v.len() == leases) {
+                break;
+            }
+            self.check_running();
+            d.check(|| format!("holdings {held:?}"));
+            pause(poll_ms).await;
+        }
+    }
+
     /// Waits until `leases` leases exist and the workers hold them in the
     /// given numbers (any order), steadily for a second; returns the holdings.
     async fn wait_balanced(
@@ -1185,16 +916,8 @@ async fn kill_nine_survivor_takes_over_without_losing_counts() {
     // The rest of the traffic, written while the survivor takes over.
     let landed = h.put(after).await;
     assert_covers(&landed, 4);
-    let d = Deadline::new("the survivor to take every lease", MAX_WAIT);
-    loop {
-        let held = h.holdings().await;
-        if held.len() == 1 && held.get("survivor").is_some_and(|v| v.len() == 4) {
-            break;
-        }
-        h.check_running();
-        d.check(|| format!("holdings {held:?}"));
-        pause(100).await;
-    }
+    h.wait_sole_holder("survivor", 4, "the survivor to take every lease", 100)
+        .await;
     let takeover = killed_at.elapsed();
     h.log(format_args!(
         "survivor holds every lease {takeover:.2?} after the kill"
@@ -1546,12 +1269,8 @@ async fn sigterm_releases_leases_for_an_immediate_takeover() {
     let traffic = Traffic::brute_force(51, 8, start, 60_000);
     let (before, after) = traffic.split_at(start + 30_000);
     h.put(before).await;
-    let d = Deadline::new("the first worker to issue commands", MAX_WAIT);
-    while h.workers[first].commands().len() < 5 {
-        h.check_running();
-        d.check(|| "fewer than 5".into());
-        pause(100).await;
-    }
+    h.wait_commands_from(first, 5, "the first worker to issue commands")
+        .await;
 
     h.workers[first].sigterm();
     let termed = Instant::now();
@@ -1576,16 +1295,8 @@ async fn sigterm_releases_leases_for_an_immediate_takeover() {
     h.put(after).await;
     let second = h.spawn_with("second", &slow);
     let spawned = Instant::now();
-    let d = Deadline::new("the second worker to take the leases", MAX_WAIT);
-    loop {
-        let held = h.holdings().await;
-        if held.len() == 1 && held.get("second").is_some_and(|v| v.len() == 2) {
-            break;
-        }
-        h.check_running();
-        d.check(|| format!("holdings {held:?}"));
-        pause(50).await;
-    }
+    h.wait_sole_holder("second", 2, "the second worker to take the leases", 50)
+        .await;
     let took = spawned.elapsed();
     h.log(format_args!(
         "the second worker took both leases {took:.2?} after it started"
@@ -1628,12 +1339,8 @@ async fn restart_under_the_same_worker_id_resumes_its_shards() {
     let traffic = Traffic::brute_force(61, 8, start, 60_000);
     let (before, after) = traffic.split_at(start + 30_000);
     h.put(before).await;
-    let d = Deadline::new("the first run to issue commands", MAX_WAIT);
-    while h.workers[first].commands().len() < 5 {
-        h.check_running();
-        d.check(|| "fewer than 5".into());
-        pause(100).await;
-    }
+    h.wait_commands_from(first, 5, "the first run to issue commands")
+        .await;
     h.workers[first].kill9();
     let again = h.spawn("w0");
     let restarted = Instant::now();
@@ -1804,40 +1511,9 @@ struct ProxyCall {
 
 impl FaultProxy {
     fn start(h: &Harness, script: &Value) -> FaultProxy {
-        let python = std::env::var("HOME")
-            .ok()
-            .map(|home| PathBuf::from(home).join(".cache/sshwarden/venv/bin/python"))
-            .filter(|p| p.exists())
-            .unwrap_or_else(|| PathBuf::from("python3"));
-        let script_path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../scripts/lib/kinesis_fault_proxy.py"
-        );
         let log = h.dir.path().join("kinesis-proxy.jsonl");
-        let mut child = Command::new(&python)
-            .arg(script_path)
-            .args(["--upstream", &h.env.kinesis, "--max-seconds", "300"])
-            .arg("--script")
-            .arg(script.to_string())
-            .arg("--log")
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(File::create(h.dir.path().join("kinesis-proxy.stderr")).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {} {script_path}: {e}", python.display()));
-        let mut first = String::new();
-        let stdout = child.stdout.take().expect("proxy stdout");
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut first)
-            .expect("read the proxy's port");
-        let port = serde_json::from_str::<Value>(&first)
-            .ok()
-            .and_then(|v| v["port"].as_u64())
-            .unwrap_or_else(|| {
-                let _ = child.kill();
-                panic!("the fault proxy did not report its port: {first:?}")
-            });
-        let endpoint = format!("http://127.0.0.1:{port}");
+        let stderr = File::create(h.dir.path().join("kinesis-proxy.stderr")).unwrap();
+        let (child, endpoint) = start_fault_proxy(&h.env.kinesis, script, &[], &log, stderr.into());
         h.log(format_args!(
             "fault proxy (pid {}) on {endpoint}, script {script}",
             child.id()
@@ -1958,6 +1634,28 @@ async fn put_paced(h: &Harness, records: &[SubscriptionRecord], chunks: usize, g
     }
 }
 
+/// Starts worker "w0" with `opts` on a two-shard stream, writes `traffic`
+/// in 8 batches `gap_ms` apart once it holds both leases, and checks that it
+/// reads every record exactly once (`assert_read_exactly_once`). Returns the
+/// worker's index.
+async fn one_worker_reads_paced_traffic_once(
+    h: &mut Harness,
+    opts: &Spawn<'_>,
+    traffic: &Traffic,
+    gap_ms: u64,
+) -> usize {
+    let w = h.spawn_with("w0", opts);
+    h.wait_balanced(2, &[2]).await;
+    put_paced(h, &traffic.records, 8, gap_ms).await;
+    h.log(format_args!(
+        "wrote {} records in 8 batches {gap_ms} ms apart; {} commands expected",
+        traffic.records.len(),
+        traffic.expected.len()
+    ));
+    assert_read_exactly_once(h, w, traffic).await;
+    w
+}
+
 /// Every expected command exactly once with the truth's counts, and the
 /// worker's records_total equal to the records written: nothing read twice,
 /// nothing skipped.
@@ -2012,21 +1710,11 @@ async fn throttled_reads_back_off_and_read_every_record_once() {
     );
     let start = traffic_start(20_000, 30_000);
     let traffic = Traffic::brute_force(81, 10, start, 75_000);
-    let w = h.spawn_with(
-        "w0",
-        &Spawn {
-            kinesis: Some(&proxy.endpoint),
-            ..Spawn::default()
-        },
-    );
-    h.wait_balanced(2, &[2]).await;
-    put_paced(&h, &traffic.records, 8, 1_000).await;
-    h.log(format_args!(
-        "wrote {} records in 8 batches; {} commands expected",
-        traffic.records.len(),
-        traffic.expected.len()
-    ));
-    assert_read_exactly_once(&mut h, w, &traffic).await;
+    let through_proxy = Spawn {
+        kinesis: Some(&proxy.endpoint),
+        ..Spawn::default()
+    };
+    let w = one_worker_reads_paced_traffic_once(&mut h, &through_proxy, &traffic, 1_000).await;
 
     assert_each_fault_counted_once(&h, w, &proxy, "throughput_exceeded", &["throughput"]).await;
     assert_each_fault_counted_once(&h, w, &proxy, "get_records", &["internal", "reset"]).await;
@@ -2089,21 +1777,11 @@ async fn expired_iterators_resume_after_the_last_record_read() {
     let proxy = FaultProxy::start(&h, &serde_json::json!([{"every": 3, "fault": "expired"}]));
     let start = traffic_start(20_000, 30_000);
     let traffic = Traffic::brute_force(82, 10, start, 75_000);
-    let w = h.spawn_with(
-        "w0",
-        &Spawn {
-            kinesis: Some(&proxy.endpoint),
-            ..Spawn::default()
-        },
-    );
-    h.wait_balanced(2, &[2]).await;
-    put_paced(&h, &traffic.records, 8, 700).await;
-    h.log(format_args!(
-        "wrote {} records in 8 batches; {} commands expected",
-        traffic.records.len(),
-        traffic.expected.len()
-    ));
-    assert_read_exactly_once(&mut h, w, &traffic).await;
+    let through_proxy = Spawn {
+        kinesis: Some(&proxy.endpoint),
+        ..Spawn::default()
+    };
+    let w = one_worker_reads_paced_traffic_once(&mut h, &through_proxy, &traffic, 700).await;
 
     assert_each_fault_counted_once(&h, w, &proxy, "expired_iterator", &["expired"]).await;
     for (shard, calls) in &proxy.by_shard() {
@@ -2162,26 +1840,16 @@ async fn enhanced_fan_out_renewals_read_every_record_once() {
         "efo-{}",
         h.stream.strip_prefix("sshwarden-it-").unwrap_or(&h.stream)
     );
-    let w = h.spawn_with(
-        "w0",
-        &Spawn {
-            args: &[
-                "--enhanced-fan-out",
-                &consumer,
-                "--subscription-renew-ms",
-                "3000",
-            ],
-            ..Spawn::default()
-        },
-    );
-    h.wait_balanced(2, &[2]).await;
-    put_paced(&h, &traffic.records, 8, 2_000).await;
-    h.log(format_args!(
-        "wrote {} records in 8 batches over 14 s; {} commands expected",
-        traffic.records.len(),
-        traffic.expected.len()
-    ));
-    assert_read_exactly_once(&mut h, w, &traffic).await;
+    let renewing = Spawn {
+        args: &[
+            "--enhanced-fan-out",
+            &consumer,
+            "--subscription-renew-ms",
+            "3000",
+        ],
+        ..Spawn::default()
+    };
+    let w = one_worker_reads_paced_traffic_once(&mut h, &renewing, &traffic, 2_000).await;
 
     let renewals = h.workers[w].logs_with("renewing the subscription");
     let in_use = metric_by_shard(

@@ -22,9 +22,8 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::io::BufRead;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,7 +34,7 @@ use sshwarden_loadgen::writer::kinesis::{
 };
 use sshwarden_loadgen::writer::OnWritten;
 
-use common::{kinesis_endpoint, read_all, sdk, suffix, StreamGuard};
+use common::{kinesis_endpoint, read_all, sdk, start_fault_proxy, suffix, StreamGuard};
 
 const PTEE: &str = "ProvisionedThroughputExceededException";
 
@@ -64,54 +63,17 @@ struct PutCall {
 impl FaultProxy {
     fn start(upstream: &str, script: &Value) -> FaultProxy {
         let dir = tempfile::tempdir().unwrap();
-        let python = std::env::var("HOME")
-            .ok()
-            .map(|home| PathBuf::from(home).join(".cache/sshwarden/venv/bin/python"))
-            .filter(|p| p.exists())
-            .unwrap_or_else(|| PathBuf::from("python3"));
-        let script_path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../scripts/lib/kinesis_fault_proxy.py"
-        );
         let log = dir.path().join("proxy.jsonl");
-        let mut child = Command::new(&python)
-            .arg(script_path)
-            .args([
-                "--upstream",
-                upstream,
-                "--max-seconds",
-                "300",
-                "--log-entries",
-            ])
-            .arg("--script")
-            .arg(script.to_string())
-            .arg("--log")
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {} {script_path}: {e}", python.display()));
-        let mut first = String::new();
-        let stdout = child.stdout.take().expect("proxy stdout");
-        std::io::BufReader::new(stdout)
-            .read_line(&mut first)
-            .expect("read the proxy's port");
-        let Some(port) = serde_json::from_str::<Value>(&first)
-            .ok()
-            .and_then(|v| v["port"].as_u64())
-        else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the fault proxy did not report its port: {first:?}");
-        };
+        let (child, endpoint) =
+            start_fault_proxy(upstream, script, &["--log-entries"], &log, Stdio::inherit());
         eprintln!(
-            "fault proxy (pid {}) on 127.0.0.1:{port}, script {script}",
-            child.id()
+            "fault proxy (pid {}) on {}, script {script}",
+            child.id(),
+            endpoint.trim_start_matches("http://")
         );
         FaultProxy {
             child,
-            endpoint: format!("http://127.0.0.1:{port}"),
+            endpoint,
             log,
             _dir: dir,
         }

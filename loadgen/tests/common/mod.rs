@@ -1,15 +1,21 @@
 //! Helpers shared by the tests that talk to the local emulators: endpoints
 //! that must be reachable (a test fails, never skips, naming
-//! `scripts/emulators up`) and an SDK configuration for them. Used by
-//! loadgen/tests/{emulators,writer_faults}.rs and, through `#[path]`, by
-//! consumers/tests/loadgen_e2e.rs; not every test uses every helper.
+//! `scripts/emulators up`), an SDK configuration for them and the Kinesis
+//! fault proxy. Used by loadgen/tests/{emulators,writer_faults}.rs and,
+//! through `#[path]`, by consumers/tests/{loadgen_e2e,run_kinesis}.rs.
+
+// Each test binary that includes this module uses only part of it; what one
+// leaves unused is not dead code.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_kinesis::types::ShardIteratorType;
+use serde_json::Value;
 
 /// The URL in `var` (or `default`); panics, saying how to start the
 /// emulators, when nothing listens there.
@@ -42,6 +48,15 @@ pub fn moto_endpoint() -> String {
 
 /// Test credentials, us-east-1, `endpoint`; a call attempt times out after 20 s.
 pub async fn sdk(endpoint: &str) -> aws_config::SdkConfig {
+    sdk_with_attempt_timeout(endpoint, Duration::from_secs(20)).await
+}
+
+/// Test credentials, us-east-1, `endpoint`; a call attempt times out after
+/// `attempt_timeout`.
+pub async fn sdk_with_attempt_timeout(
+    endpoint: &str,
+    attempt_timeout: Duration,
+) -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(aws_sdk_kinesis::config::Credentials::new(
@@ -50,7 +65,7 @@ pub async fn sdk(endpoint: &str) -> aws_config::SdkConfig {
         .endpoint_url(endpoint)
         .timeout_config(
             aws_config::timeout::TimeoutConfig::builder()
-                .operation_attempt_timeout(Duration::from_secs(20))
+                .operation_attempt_timeout(attempt_timeout)
                 .build(),
         )
         .load()
@@ -143,4 +158,55 @@ pub async fn read_all(
         out.insert(s.shard_id().to_owned(), got);
     }
     out
+}
+
+/// Starts `scripts/lib/kinesis_fault_proxy.py` (in the venv's Python when
+/// there is one) in front of `upstream` with the fault `script`, logging
+/// every Kinesis call to `log`, for 300 s at most: returns the process (the
+/// caller kills it by PID) and the proxy's endpoint on an ephemeral loopback
+/// port.
+pub fn start_fault_proxy(
+    upstream: &str,
+    script: &Value,
+    extra_args: &[&str],
+    log: &Path,
+    stderr: Stdio,
+) -> (Child, String) {
+    let python = std::env::var("HOME")
+        .ok()
+        .map(|home| PathBuf::from(home).join(".cache/sshwarden/venv/bin/python"))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("python3"));
+    // CARGO_MANIFEST_DIR is the including test's crate: loadgen or
+    // consumers, both one level below the workspace root.
+    let script_path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../scripts/lib/kinesis_fault_proxy.py"
+    );
+    let mut child = Command::new(&python)
+        .arg(script_path)
+        .args(["--upstream", upstream, "--max-seconds", "300"])
+        .args(extra_args)
+        .arg("--script")
+        .arg(script.to_string())
+        .arg("--log")
+        .arg(log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {} {script_path}: {e}", python.display()));
+    let mut first = String::new();
+    let stdout = child.stdout.take().expect("proxy stdout");
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut first)
+        .expect("read the proxy's port");
+    let Some(port) = serde_json::from_str::<Value>(&first)
+        .ok()
+        .and_then(|v| v["port"].as_u64())
+    else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the fault proxy did not report its port: {first:?}");
+    };
+    (child, format!("http://127.0.0.1:{port}"))
 }
