@@ -37,8 +37,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{KafkaArgs, KafkaFormat};
-use crate::metrics::{self, Metrics, ShardLabel};
-use crate::run::{default_worker_id, spawn_signal_handler};
+use crate::metrics::{Metrics, ShardLabel};
+use crate::run::{default_worker_id, Service};
 use crate::sink::Sink;
 use reader::{Final, Input, Message, Reader, Shared};
 
@@ -59,31 +59,13 @@ pub async fn run(args: KafkaArgs, engine_config: EngineConfig) -> anyhow::Result
     if args.topic.contains('\0') || args.group.contains('\0') {
         bail!("--topic and --group must not contain NUL");
     }
-    // The sink's AWS clients (sfn, direct, the fleet-wide blast radius) use
-    // the SDK's own chain, as the Kinesis source does.
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .timeout_config(
-            aws_config::timeout::TimeoutConfig::builder()
-                .operation_attempt_timeout(Duration::from_secs(10))
-                .build(),
-        )
-        .load()
-        .await;
-    let sink =
-        Arc::new(crate::sink::build(&args.sink, &sdk, engine_config.policy.blast_radius).await?);
-    let metrics = Arc::new(Metrics::default());
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(metrics::serve(
-        args.metrics_addr,
-        metrics.clone(),
-        shutdown.clone(),
-    ));
-    spawn_signal_handler(shutdown.clone());
-    metrics::watch_sink(
-        crate::sink::probe(&args.sink, &sdk),
-        metrics.clone(),
-        shutdown.clone(),
-    );
+    let Service {
+        sink,
+        metrics,
+        shutdown,
+        server,
+        ..
+    } = Service::start(&args.sink, args.metrics_addr, &engine_config).await?;
 
     let client_id = args.worker_id.clone().unwrap_or_else(default_worker_id);
     let mut config = ClientConfig::new();

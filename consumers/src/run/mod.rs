@@ -103,33 +103,17 @@ pub async fn run(args: RunArgs, engine_config: EngineConfig) -> anyhow::Result<(
         bail!("--subscription-renew-ms must be between 1000 and 300000 (Kinesis ends a subscription after 5 minutes)");
     }
     let me = args.worker_id.clone().unwrap_or_else(default_worker_id);
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .timeout_config(
-            aws_config::timeout::TimeoutConfig::builder()
-                .operation_attempt_timeout(Duration::from_secs(10))
-                .build(),
-        )
-        .load()
-        .await;
+    let Service {
+        sdk,
+        sink,
+        metrics,
+        shutdown,
+        server,
+    } = Service::start(&args.sink, args.metrics_addr, &engine_config).await?;
     let kinesis = aws_sdk_kinesis::Client::new(&sdk);
     let table = LeaseTable::new(
         aws_sdk_dynamodb::Client::new(&sdk),
         args.lease_table.clone(),
-    );
-    let sink =
-        Arc::new(crate::sink::build(&args.sink, &sdk, engine_config.policy.blast_radius).await?);
-    let metrics = Arc::new(Metrics::default());
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(metrics::serve(
-        args.metrics_addr,
-        metrics.clone(),
-        shutdown.clone(),
-    ));
-    spawn_signal_handler(shutdown.clone());
-    metrics::watch_sink(
-        crate::sink::probe(&args.sink, &sdk),
-        metrics.clone(),
-        shutdown.clone(),
     );
 
     table.ensure().await?;
@@ -336,8 +320,59 @@ fn lease_prev_owner(leases: &[Lease], key: &str) -> Option<String> {
         .and_then(|l| l.owner.clone())
 }
 
+/// What both sources (Kinesis, Kafka) start with: the AWS SDK's own chain
+/// (endpoints, credentials; 10-s attempts), the sink with its fleet-wide
+/// gate, `/metrics` `/healthz` `/readyz`, SIGTERM/SIGINT handling and the
+/// sink probe behind `/readyz`.
+pub(crate) struct Service {
+    pub sdk: aws_config::SdkConfig,
+    pub sink: Arc<crate::sink::Sink>,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: CancellationToken,
+    pub server: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Service {
+    pub(crate) async fn start(
+        sink: &SinkSettings,
+        metrics_addr: SocketAddr,
+        engine_config: &EngineConfig,
+    ) -> anyhow::Result<Service> {
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .operation_attempt_timeout(Duration::from_secs(10))
+                    .build(),
+            )
+            .load()
+            .await;
+        let built =
+            Arc::new(crate::sink::build(sink, &sdk, engine_config.policy.blast_radius).await?);
+        let metrics = Arc::new(Metrics::default());
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(metrics::serve(
+            metrics_addr,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+        spawn_signal_handler(shutdown.clone());
+        metrics::watch_sink(
+            crate::sink::probe(sink, &sdk),
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        Ok(Service {
+            sdk,
+            sink: built,
+            metrics,
+            shutdown,
+            server,
+        })
+    }
+}
+
 /// SIGTERM (ECS stopping the task) or SIGINT cancels `shutdown`: the source drains.
-pub(crate) fn spawn_signal_handler(shutdown: CancellationToken) {
+fn spawn_signal_handler(shutdown: CancellationToken) {
     tokio::spawn(async move {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
