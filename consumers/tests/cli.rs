@@ -45,8 +45,8 @@ fn json_lines(o: &Output) -> Vec<Value> {
 
 #[test]
 fn classify_one_object_per_line_in_order() {
-    let corpus = repo("../shared/corpora/fail2ban/sshd.log");
-    let text = std::fs::read_to_string(&corpus).expect("fail2ban corpus in shared/corpora");
+    let corpus = repo("pipeline/tests/corpus/fail2ban/sshd.log");
+    let text = std::fs::read_to_string(&corpus).expect("fail2ban corpus in pipeline/tests/corpus");
     let out = json_lines(&sshwarden(&["classify", &corpus], None));
     assert_eq!(out.len(), text.lines().count());
     for (i, v) in out.iter().enumerate() {

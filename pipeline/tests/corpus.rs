@@ -1,17 +1,19 @@
-//! Compatibility with fail2ban's sshd test logs (`shared/corpora/fail2ban`):
-//! every annotated line is replayed in file order (so connection context
-//! builds up as in production) and our verdict, "counted against address H",
-//! is compared with what fail2ban 1.0.2 answered in each of its modes.
+//! Compatibility with fail2ban's sshd test logs (`tests/corpus/fail2ban`):
+//! every line is replayed in file order (so connection context builds up as
+//! in production) and our verdict, "counted against address H", is compared
+//! with what the logs' own `failJSON` annotations say fail2ban 1.0.2 expects
+//! in each of its modes (read by `fail2ban::cases`, not kept here).
 //!
 //! The reference for a case is its broadest annotated mode (aggressive, else
 //! ddos/extra, else normal). The deliberate disagreements are listed below
 //! with the reason for each; any other disagreement fails the test, and so
 //! does a listed one that starts agreeing (keep the list honest).
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+mod fail2ban;
 
-use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+
+use fail2ban::{Case, Expected};
 use sshwarden_pipeline::engine::LineVerdict;
 use sshwarden_pipeline::source::Source;
 use sshwarden_pipeline::{Engine, EngineConfig};
@@ -32,19 +34,9 @@ const DELIBERATE: &[(&str, &str)] = &[
     ("sshd-journal.log:254", "as sshd.log:254"),
 ];
 
-fn corpus_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpora/fail2ban");
-    assert!(
-        dir.join("cases.jsonl").exists(),
-        "the fail2ban corpus is missing at {}: it ships in shared/corpora/ beside the repository",
-        dir.display()
-    );
-    dir
-}
-
 /// What we say of every line of a file, by 1-based line number.
-fn verdicts(path: &PathBuf) -> HashMap<usize, Option<String>> {
-    let text = std::fs::read_to_string(path).unwrap();
+fn verdicts(name: &str) -> HashMap<usize, Option<String>> {
+    let text = fail2ban::read(name);
     let mut engine = Engine::new(EngineConfig::default()).unwrap();
     let mut out = HashMap::new();
     for (i, line) in text.lines().enumerate() {
@@ -64,49 +56,40 @@ fn normalise(host: &str) -> String {
     Source::parse(host).map_or_else(|| host.to_owned(), |s| s.to_string())
 }
 
+/// Whether our verdict is what fail2ban expects.
+fn agrees(expected: &Expected, ours: &Option<String>) -> bool {
+    match expected {
+        Expected::NoMatch => ours.is_none(),
+        Expected::Host(h) => ours.as_deref() == Some(normalise(h).as_str()),
+        Expected::AnyHost => ours.is_some(),
+    }
+}
+
 #[test]
 fn fail2ban_corpus_agreement() {
-    let dir = corpus_dir();
-    let mut files = HashMap::new();
-    for f in ["sshd.log", "sshd-journal.log"] {
-        files.insert(f.to_owned(), verdicts(&dir.join(f)));
-    }
+    let files: HashMap<&str, _> = fail2ban::FILES.iter().map(|f| (*f, verdicts(f))).collect();
+    let cases: Vec<Case> = fail2ban::cases();
     let deliberate: BTreeMap<&str, &str> = DELIBERATE.iter().copied().collect();
     let mut per_mode: BTreeMap<String, (u32, u32)> = BTreeMap::new();
-    let (mut agree, mut total) = (0, 0);
+    let (mut agree, mut total, mut attacks) = (0, 0, 0);
     let mut unexpected = Vec::new();
     let mut now_agreeing = Vec::new();
-    for line in std::fs::read_to_string(dir.join("cases.jsonl"))
-        .unwrap()
-        .lines()
-    {
-        let case: Value = serde_json::from_str(line).unwrap();
-        let source = case["source"].as_str().unwrap();
-        let (file, n) = source.split_once(':').unwrap();
-        let ours = files[file][&n.parse::<usize>().unwrap()].clone();
-        let modes = case["fail2ban_result_by_mode"].as_object().unwrap();
-        let expected_in = |mode: &str| -> Option<Option<String>> {
-            let r = modes.get(mode)?;
-            Some(if r["match"].as_bool().unwrap() {
-                r["host"].as_str().map(normalise)
-            } else {
-                None
-            })
-        };
-        for mode in modes.keys() {
+    for case in &cases {
+        let ours = &files[case.file][&case.line_no];
+        for (mode, expected) in &case.by_mode {
             let e = per_mode.entry(mode.clone()).or_default();
             e.1 += 1;
-            if expected_in(mode) == Some(ours.clone()) {
+            if agrees(expected, ours) {
                 e.0 += 1;
             }
         }
-        let broadest = ["aggressive", "ddos", "extra", "normal"]
-            .iter()
-            .find_map(|m| expected_in(m))
-            .unwrap();
+        let broadest = case.broadest();
         total += 1;
-        let ok = broadest == ours;
-        if ok {
+        if *broadest != Expected::NoMatch {
+            attacks += 1;
+        }
+        let source = case.source.as_str();
+        if agrees(broadest, ours) {
             agree += 1;
             if deliberate.contains_key(source) {
                 now_agreeing.push(source.to_owned());
@@ -114,11 +97,11 @@ fn fail2ban_corpus_agreement() {
         } else if !deliberate.contains_key(source) {
             unexpected.push(format!(
                 "{source}: fail2ban {broadest:?}, sshwarden {ours:?}: {}",
-                case["line"].as_str().unwrap()
+                case.line
             ));
         }
     }
-    println!("agreement with fail2ban's broadest mode: {agree}/{total}");
+    println!("agreement with fail2ban's broadest mode: {agree}/{total} ({attacks} attacks)");
     for (mode, (a, t)) in &per_mode {
         println!(
             "  mode {mode:<10} {a}/{t} ({:.1}%)",
@@ -135,6 +118,65 @@ fn fail2ban_corpus_agreement() {
         now_agreeing.is_empty(),
         "listed as deliberate but now agreeing: {now_agreeing:?}"
     );
-    assert_eq!(total, 277, "the corpus has 277 cases");
+    let listed_but_not_a_case: Vec<_> = deliberate
+        .keys()
+        .filter(|s| !cases.iter().any(|c| c.source == **s))
+        .collect();
+    assert!(
+        listed_but_not_a_case.is_empty(),
+        "deliberate disagreements that are no annotated case: {listed_but_not_a_case:?}"
+    );
+    // A reader that finds no annotations would pass everything above.
+    assert!(total >= 250, "only {total} annotated cases read");
+    assert!(attacks >= 150, "only {attacks} annotated attacks read");
     assert_eq!(agree + DELIBERATE.len(), total);
+}
+
+// The annotation reader itself (fail2ban/mod.rs), on hand-written input.
+#[test]
+fn annotations_are_read_per_mode() {
+    let text = "\
+# filterOptions: [{}, {\"mode\": \"aggressive\"}]
+# failJSON: { \"match\": true, \"host\": \"192.0.2.1\" }
+a
+# failJSON: { \"constraint\": \"opts.get('mode') == 'aggressive'\", \"match\": true }
+b
+# failJSON: { \"match\": false }
+c
+d
+# filterOptions: {\"test.condition\": \"name=='sshd'\", \"mode\": \"ddos\"}
+# failJSON: { \"constraint\": \"opts.get('mode') != 'aggressive'\", \"match\": false }
+e
+";
+    let cases = fail2ban::cases_of("t", text);
+    let got: Vec<(String, Vec<(String, Expected)>)> =
+        cases.into_iter().map(|c| (c.source, c.by_mode)).collect();
+    let host = Expected::Host("192.0.2.1".into());
+    assert_eq!(
+        got,
+        vec![
+            (
+                "t:3".into(),
+                vec![("normal".into(), host.clone()), ("aggressive".into(), host)]
+            ),
+            ("t:5".into(), vec![("aggressive".into(), Expected::AnyHost)]),
+            (
+                "t:7".into(),
+                vec![
+                    ("normal".into(), Expected::NoMatch),
+                    ("aggressive".into(), Expected::NoMatch)
+                ]
+            ),
+            ("t:11".into(), vec![("ddos".into(), Expected::NoMatch)]),
+        ]
+    );
+}
+
+#[test]
+#[should_panic(expected = "not one this reader evaluates")]
+fn an_unknown_constraint_fails() {
+    fail2ban::cases_of(
+        "t",
+        "# failJSON: { \"constraint\": \"len(opts) > 1\", \"match\": false }\nx\n",
+    );
 }

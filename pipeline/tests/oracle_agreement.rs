@@ -3,31 +3,16 @@
 //! usernames (which must also be attributed to the right address, or to none),
 //! and on generated sshd-like messages.
 
-use std::path::PathBuf;
+mod fail2ban;
 
 use proptest::prelude::*;
 use sshwarden_pipeline::classify::{oracle, scanner, Classified, Kind};
 use sshwarden_pipeline::prefix::parse_line;
 
-fn corpus_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpora/fail2ban")
-}
-
-fn read_corpus(name: &str) -> String {
-    let path = corpus_dir().join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "corpus {} is missing ({e}): the fail2ban corpora live in shared/corpora/fail2ban, \
-             a sibling of the repository root",
-            path.display()
-        )
-    })
-}
-
 /// Runs both classifiers over every sshd line of a corpus file; returns
 /// (sshd lines, classified lines, disagreements).
 fn agree_on_corpus(name: &str) -> (usize, usize, Vec<String>) {
-    let text = read_corpus(name);
+    let text = fail2ban::read(name);
     let mut sshd_lines = 0;
     let mut classified = 0;
     let mut disagreements = Vec::new();
@@ -55,7 +40,7 @@ fn agree_on_corpus(name: &str) -> (usize, usize, Vec<String>) {
 #[test]
 fn corpora_agree() {
     let mut all = Vec::new();
-    for name in ["sshd.log", "sshd-journal.log"] {
+    for name in fail2ban::FILES {
         let (lines, classified, disagreements) = agree_on_corpus(name);
         println!(
             "{name}: {lines} sshd lines, {classified} classified, {} disagreements",
