@@ -8,7 +8,7 @@
 //! oldest key is evicted and counted, so a botnet of a million addresses
 //! cannot exhaust memory. Each window bucket remembers the smallest source
 //! position (e.g. record ordinal) that counted in it, which is what a
-//! checkpoint may not pass while the window is open (DESIGN.md, checkpoint rule).
+//! checkpoint may not pass while the window is open (docs/design.md, the checkpoint rule).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::Hash;

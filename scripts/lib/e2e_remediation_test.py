@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """End-to-end remediation on moto server; run by `scripts/e2e`.
 
-The whole path of DESIGN.md with nothing stubbed but AWS itself:
+The whole path of docs/design.md with nothing stubbed but AWS itself:
 
     PutLogEvents (one log stream per instance id)
       -> CloudWatch Logs subscription filter (ByLogStream) -> Kinesis (2 shards)

@@ -2,7 +2,7 @@
 //! with the same semantics as the Kinesis source. A consumer group spreads
 //! the partitions over the workers; each assigned partition gets its own
 //! reader and engine ([`reader`]); the group's committed offsets are the
-//! checkpoints, and they only move under DESIGN.md's checkpoint rule
+//! checkpoints, and they only move under the checkpoint rule (docs/design.md)
 //! ([`offsets`]): past a message once its commands are delivered and every
 //! window it counted in has closed. The commit's metadata carries the
 //! engine's event time, so the next owner does not re-fire closed windows.

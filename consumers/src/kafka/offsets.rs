@@ -1,5 +1,5 @@
 //! Pure pieces of the Kafka source: which offset a partition may commit
-//! (DESIGN.md, checkpoint rule), what the commit's metadata carries, and
+//! (docs/design.md, the checkpoint rule), what the commit's metadata carries, and
 //! what a message holds (a subscription payload or raw lines).
 //!
 //! A partition's engine numbers records by position = offset + 1 (position

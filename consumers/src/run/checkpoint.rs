@@ -1,5 +1,5 @@
 //! Which sequence number a shard may checkpoint: the last record before the
-//! oldest record still counted in an open window (DESIGN.md, checkpoint
+//! oldest record still counted in an open window (docs/design.md, the checkpoint
 //! rule). Records are numbered by position as they are read; the engine
 //! reports the smallest position that an open window still holds.
 

@@ -117,7 +117,7 @@ impl Reader {
         }
         // A child that has not checkpointed yet first rebuilds the windows its
         // parents left open at their end, so a window that straddles the
-        // reshard keeps its whole count (DESIGN.md: nothing counted is lost).
+        // reshard keeps its whole count (docs/design.md: nothing counted is lost).
         if is_initial_position(&self.lease.checkpoint) && !self.lease.parents.is_empty() {
             if let Some(outcome) = self.replay_parents(&mut st).await {
                 info!(shard, ?outcome, "shard reader finished");

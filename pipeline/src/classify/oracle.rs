@@ -4,7 +4,7 @@
 //! expression, written from the module docs of [`super`] rather than from the
 //! scanner's code, so that the corpus tests, the property tests and the fuzz
 //! target can hold the two implementations to identical [`Classified`] values.
-//! It is far too slow for the hot path (DESIGN.md measured 60 MB/s for regex
+//! It is far too slow for the hot path (docs/design.md measured 60 MB/s for regex
 //! captures), which never calls it.
 //!
 //! Where a shape has attacker text before its address, the regex for the

@@ -1,7 +1,7 @@
 //! The hot-path classifier: a hand-written scanner over the sshd message.
 //!
 //! Hand-written rather than a regex set because classification dominates the
-//! pipeline's cost (DESIGN.md measured 60 MB/s for regex captures against
+//! pipeline's cost (docs/design.md measured 60 MB/s for regex captures against
 //! 1,300 MB/s for a scanner): it dispatches on the first byte, compares fixed
 //! server text with `starts_with`, and reads addresses from the anchored tail
 //! as described in [`crate::classify`]. [`super::oracle`] states the same
