@@ -21,8 +21,8 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingMode, Throughput};
 use sshwarden_benches::{bench_fleet, corpus, Corpus};
 use sshwarden_pipeline::classify::{self, oracle};
+use sshwarden_pipeline::command::Origin;
 use sshwarden_pipeline::envelope::Decoder;
-use sshwarden_pipeline::policy::Origin;
 use sshwarden_pipeline::{Engine, EngineConfig, LineInput};
 
 fn group<'a>(

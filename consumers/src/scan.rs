@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use sshwarden_pipeline::classify::Signal;
-use sshwarden_pipeline::command::Command;
-use sshwarden_pipeline::policy::{Decision, Origin, Suppression};
+use sshwarden_pipeline::command::{Command, Origin};
+use sshwarden_pipeline::policy::{Decision, Suppression};
 use sshwarden_pipeline::time::format_rfc3339_ms;
 use sshwarden_pipeline::{Engine, EngineConfig, LineInput, Stats};
 

@@ -4,8 +4,9 @@ use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
 
 use sshwarden_pipeline::classify::classify;
+use sshwarden_pipeline::command::Origin;
 use sshwarden_pipeline::envelope::{Decoder, MessageType};
-use sshwarden_pipeline::policy::{Decision, Origin, PolicyConfig};
+use sshwarden_pipeline::policy::{Decision, PolicyConfig};
 use sshwarden_pipeline::prefix::parse_line;
 use sshwarden_pipeline::source::Source;
 use sshwarden_pipeline::{Engine, EngineConfig, LineInput};

@@ -8,9 +8,10 @@ use std::hash::BuildHasher;
 use serde::Serialize;
 
 use crate::classify::{self, Kind, Signal};
+use crate::command::{Action, Origin};
 use crate::context::{host_key, Attribution, ConnectionTracker, DEFAULT_MAX_CONNECTIONS};
 use crate::envelope::{DecodeError, Decoder, MessageType, DEFAULT_MAX_DECOMPRESSED};
-use crate::policy::{Action, Decision, Origin, Policy, PolicyConfig};
+use crate::policy::{Decision, Policy, PolicyConfig};
 use crate::prefix::{self, LineTime};
 use crate::source::Source;
 use crate::window::{Admit, Fired, Observation, WindowConfig, WindowStats, WindowStore};

@@ -15,16 +15,9 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::classify::Signal;
-use crate::command::Command;
+use crate::command::{Action, Command, Origin};
 use crate::source::Source;
 use crate::window::{Fired, Subject, SubjectKind, Threshold};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    Quarantine,
-    Notify,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
@@ -164,14 +157,6 @@ pub enum Decision {
         window_start_ms: i64,
         reason: Suppression,
     },
-}
-
-/// Where the evidence came from, for the command.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Origin {
-    pub account: String,
-    pub log_group: String,
-    pub log_stream: String,
 }
 
 pub struct Policy {

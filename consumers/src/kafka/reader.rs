@@ -11,8 +11,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use sshwarden_pipeline::command::Origin;
 use sshwarden_pipeline::engine::RecordKind;
-use sshwarden_pipeline::policy::{Decision, Origin};
+use sshwarden_pipeline::policy::Decision;
 use sshwarden_pipeline::{Engine, LineInput};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
