@@ -6,9 +6,9 @@ use std::net::IpAddr;
 use sshwarden_pipeline::classify::classify;
 use sshwarden_pipeline::command::Origin;
 use sshwarden_pipeline::envelope::{Decoder, MessageType};
+use sshwarden_pipeline::peer::Peer;
 use sshwarden_pipeline::policy::{Decision, PolicyConfig};
 use sshwarden_pipeline::prefix::parse_line;
-use sshwarden_pipeline::source::Source;
 use sshwarden_pipeline::{Engine, EngineConfig, LineInput};
 
 use crate::*;
@@ -137,8 +137,8 @@ fn every_line_classifies_as_the_generator_says() {
         if let (Some(c), Some(src)) = (c, e.source) {
             if let Some(text) = c.source {
                 assert_eq!(
-                    Source::parse(text),
-                    Some(Source::Ip(src)),
+                    Peer::parse(text),
+                    Some(Peer::Ip(src)),
                     "address of {}",
                     e.line
                 );
@@ -322,7 +322,7 @@ fn hostile_usernames_never_count_against_decoys() {
     }
     for a in &attackers {
         assert!(
-            totals.sources.contains_key(&Source::Ip(*a)),
+            totals.sources.contains_key(&Peer::Ip(*a)),
             "the real attacker {a} is counted"
         );
     }

@@ -11,9 +11,9 @@ use crate::classify::{self, Kind, Signal};
 use crate::command::{Action, Origin};
 use crate::context::{host_key, Attribution, ConnectionTracker, DEFAULT_MAX_CONNECTIONS};
 use crate::envelope::{DecodeError, Decoder, MessageType, DEFAULT_MAX_DECOMPRESSED};
+use crate::peer::Peer;
 use crate::policy::{Decision, Policy, PolicyConfig};
 use crate::prefix::{self, LineTime};
-use crate::source::Source;
 use crate::window::{Admit, Fired, Observation, WindowConfig, WindowStats, WindowStore};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,7 +90,7 @@ pub struct LineInput<'a> {
 #[derive(Debug, Default, Clone)]
 pub struct Totals {
     pub instances: HashMap<String, [u64; Signal::COUNT]>,
-    pub sources: HashMap<Source, [u64; Signal::COUNT]>,
+    pub sources: HashMap<Peer, [u64; Signal::COUNT]>,
 }
 
 pub struct Engine {

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::classify::Signal;
 use crate::command::{Action, Command, Origin};
-use crate::source::Source;
+use crate::peer::Peer;
 use crate::window::{Fired, Subject, SubjectKind, Threshold};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,7 +181,7 @@ impl Policy {
     }
 
     /// False for a source inside an allowlisted CIDR: its events are not counted.
-    pub fn source_allowed(&self, source: &Source) -> bool {
+    pub fn source_allowed(&self, source: &Peer) -> bool {
         match source.ip() {
             Some(ip) => !self
                 .config
@@ -356,11 +356,11 @@ mod tests {
             ],
             ..PolicyConfig::default()
         });
-        assert!(!p.source_allowed(&Source::parse("10.1.2.3").unwrap()));
-        assert!(!p.source_allowed(&Source::parse("::ffff:10.1.2.3").unwrap()));
-        assert!(!p.source_allowed(&Source::parse("2001:db8::7").unwrap()));
-        assert!(p.source_allowed(&Source::parse("11.1.2.3").unwrap()));
-        assert!(p.source_allowed(&Source::parse("example.com").unwrap()));
+        assert!(!p.source_allowed(&Peer::parse("10.1.2.3").unwrap()));
+        assert!(!p.source_allowed(&Peer::parse("::ffff:10.1.2.3").unwrap()));
+        assert!(!p.source_allowed(&Peer::parse("2001:db8::7").unwrap()));
+        assert!(p.source_allowed(&Peer::parse("11.1.2.3").unwrap()));
+        assert!(p.source_allowed(&Peer::parse("example.com").unwrap()));
     }
 
     #[test]
