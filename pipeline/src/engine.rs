@@ -12,7 +12,7 @@ use crate::command::{Action, Origin};
 use crate::context::{host_key, Attribution, ConnectionTracker, DEFAULT_MAX_CONNECTIONS};
 use crate::envelope::{DecodeError, Decoder, MessageType, DEFAULT_MAX_DECOMPRESSED};
 use crate::peer::Peer;
-use crate::policy::{Decision, Policy, PolicyConfig};
+use crate::policy::{Decision, Policy, PolicyConfig, PolicyError};
 use crate::prefix::{self, LineTime};
 use crate::window::{Admit, Fired, Observation, WindowConfig, WindowStats, WindowStore};
 
@@ -70,6 +70,17 @@ pub struct Stats {
     pub connection_evictions: u64,
 }
 
+/// An [`EngineConfig`] [`Engine::new`] refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineConfigError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("window size must be positive")]
+    WindowSize,
+    #[error("allowed lateness must not be negative")]
+    NegativeLateness,
+}
+
 /// One log line to process, with where it came from.
 #[derive(Debug, Clone, Copy)]
 pub struct LineInput<'a> {
@@ -117,13 +128,13 @@ struct Core {
 }
 
 impl Engine {
-    pub fn new(config: EngineConfig) -> Result<Engine, String> {
+    pub fn new(config: EngineConfig) -> Result<Engine, EngineConfigError> {
         config.policy.validate()?;
         if config.window.size_ms <= 0 {
-            return Err("window size must be positive".into());
+            return Err(EngineConfigError::WindowSize);
         }
         if config.window.allowed_lateness_ms < 0 {
-            return Err("allowed lateness must not be negative".into());
+            return Err(EngineConfigError::NegativeLateness);
         }
         Ok(Engine {
             decoder: Decoder::new(config.max_decompressed),
