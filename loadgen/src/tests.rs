@@ -9,7 +9,7 @@ use sshwarden_pipeline::envelope::{Decoder, MessageType};
 use sshwarden_pipeline::peer::Peer;
 use sshwarden_pipeline::policy::{Decision, PolicyConfig};
 use sshwarden_pipeline::prefix::parse_line;
-use sshwarden_pipeline::{Engine, EngineConfig, LineInput};
+use sshwarden_pipeline::{Engine, EngineConfig, LineInput, RecordInput};
 
 use crate::*;
 
@@ -44,7 +44,15 @@ fn run_records(engine: &mut Engine, records: &[Vec<u8>]) -> Vec<Decision> {
     let mut out = Vec::new();
     for (pos, r) in records.iter().enumerate() {
         engine
-            .process_record(r, "000000000000", pos as u64, None, &mut out)
+            .process_record(
+                &RecordInput {
+                    data: r,
+                    position: pos as u64,
+                    account_fallback: "000000000000",
+                    ..RecordInput::default()
+                },
+                &mut out,
+            )
             .unwrap();
     }
     engine.finish();
@@ -306,7 +314,14 @@ fn hostile_usernames_never_count_against_decoys() {
     let mut out = Vec::new();
     for (pos, r) in subscription_records(fleet.events(), 100).iter().enumerate() {
         engine
-            .process_record(r, "", pos as u64, None, &mut out)
+            .process_record(
+                &RecordInput {
+                    data: r,
+                    position: pos as u64,
+                    ..RecordInput::default()
+                },
+                &mut out,
+            )
             .unwrap();
         for (src, _) in engine.windows().source_windows() {
             assert!(

@@ -81,6 +81,24 @@ pub enum EngineConfigError {
     NegativeLateness,
 }
 
+/// One Kinesis or Kafka record to process: its bytes and where it stands.
+/// Build it with field names; the rarely needed fields default
+/// (`..RecordInput::default()`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RecordInput<'a> {
+    /// The record's data: a CloudWatch Logs subscription payload (gzip or JSON).
+    pub data: &'a [u8],
+    /// Opaque, increasing position of the record (for checkpoints).
+    pub position: u64,
+    /// Processing time, for a live source: event times further than
+    /// `max_future_skew_ms` past it are clamped to it. `None` (offline
+    /// inputs, replays) clamps nothing.
+    pub now_ms: Option<i64>,
+    /// The account named in commands when the payload's `owner` is empty
+    /// (CloudWatch always sets it; empty leaves it empty).
+    pub account_fallback: &'a str,
+}
+
 /// One log line to process, with where it came from.
 #[derive(Debug, Clone, Copy)]
 pub struct LineInput<'a> {
@@ -164,12 +182,15 @@ impl Engine {
     /// caller logs it and moves on.
     pub fn process_record(
         &mut self,
-        data: &[u8],
-        account_fallback: &str,
-        position: u64,
-        now_ms: Option<i64>,
+        record: &RecordInput<'_>,
         out: &mut Vec<Decision>,
     ) -> Result<RecordKind, DecodeError> {
+        let &RecordInput {
+            data,
+            position,
+            now_ms,
+            account_fallback,
+        } = record;
         self.core.stats.records += 1;
         let envelope = match self.decoder.decode(data) {
             Ok(e) => e,

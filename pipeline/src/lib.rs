@@ -29,4 +29,4 @@ pub mod source {
     pub use crate::peer::Peer as Source;
 }
 
-pub use engine::{Engine, EngineConfig, EngineConfigError, LineInput, Stats};
+pub use engine::{Engine, EngineConfig, EngineConfigError, LineInput, RecordInput, Stats};
