@@ -8,7 +8,11 @@
 //! lines that name nobody from earlier lines of the same connection,
 //! [`window`] counts signals in event-time tumbling windows and fires rules
 //! early, [`policy`] turns fired rules into [`command`]s. [`engine`] wires
-//! these together for one shard.
+//! these together for one shard. [`peer`] is the key a peer is counted by;
+//! [`time`] the calendar arithmetic of timestamps.
+//!
+//! Dependencies point one way: `command` knows nothing of `policy`, which
+//! builds commands; `classify` knows nothing of the modules after it.
 
 pub mod classify;
 pub mod command;

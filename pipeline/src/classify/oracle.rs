@@ -759,7 +759,9 @@ fn addressless(m: &str) -> Option<Classified<'_>> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::addr::tables;
+    use proptest::prelude::*;
+
+    use super::super::addr::{self, tables};
     use super::*;
 
     // The oracle's own address reading, held to the same hand-written
@@ -785,6 +787,27 @@ mod tests {
     fn port_table() {
         for &(text, want) in tables::PORT {
             assert_eq!(port(text), want, "port({text:?})");
+        }
+    }
+
+    proptest! {
+        // Beyond the tables: the two readers agree on address-like tokens.
+        #[test]
+        fn address_readers_agree(
+            tok in prop_oneof![
+                "[0-9]{1,4}(\\.[0-9]{1,4}){2,4}",
+                "(::(ffff|FFFF|Ffff):)?[0-9]{1,3}(\\.[0-9]{1,3}){2,4}",
+                "([0-9a-fA-F]{0,5}:){1,8}[0-9a-fA-F]{0,5}(%[a-z0-9]{1,4})?",
+                "[0-9A-Za-z._:%-]{0,12}",
+            ]
+        ) {
+            prop_assert_eq!(ip(&tok), addr::ip(&tok), "ip({:?})", tok);
+            prop_assert_eq!(host(&tok), addr::host(&tok), "host({:?})", tok);
+        }
+
+        #[test]
+        fn port_readers_agree(tok in "[0-9+ -]{0,7}") {
+            prop_assert_eq!(port(&tok), addr::port(&tok), "port({:?})", tok);
         }
     }
 }
