@@ -21,9 +21,9 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingMode, Throughput};
 use sshwarden_benches::{bench_fleet, corpus, Corpus};
 use sshwarden_pipeline::classify::{self, oracle};
+use sshwarden_pipeline::command::Origin;
 use sshwarden_pipeline::envelope::Decoder;
-use sshwarden_pipeline::policy::Origin;
-use sshwarden_pipeline::{Engine, EngineConfig, LineInput};
+use sshwarden_pipeline::{Engine, EngineConfig, LineInput, RecordInput};
 
 fn group<'a>(
     c: &'a mut Criterion,
@@ -143,7 +143,12 @@ fn benches(c: &mut Criterion) {
             |mut e| {
                 let mut out = Vec::new();
                 for (pos, r) in corpus.records.iter().enumerate() {
-                    let _ = e.process_record(r, "", pos as u64, None, &mut out);
+                    let record = RecordInput {
+                        data: r,
+                        position: pos as u64,
+                        ..RecordInput::default()
+                    };
+                    let _ = e.process_record(&record, &mut out);
                 }
                 black_box(out.len());
                 e

@@ -6,7 +6,7 @@
 //!
 //! `cargo run --release -p sshwarden-benches --example memory_sources -- N [MAX_SOURCES]`
 
-use sshwarden_pipeline::policy::Origin;
+use sshwarden_pipeline::command::Origin;
 use sshwarden_pipeline::window::WindowConfig;
 use sshwarden_pipeline::{Engine, EngineConfig, LineInput};
 

@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use sshwarden_benches::{bench_fleet, corpus};
-use sshwarden_pipeline::{Engine, EngineConfig};
+use sshwarden_pipeline::{Engine, EngineConfig, RecordInput};
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -31,7 +31,12 @@ fn main() {
         let mut out = Vec::new();
         let t = Instant::now();
         for (pos, r) in c.records.iter().enumerate() {
-            let _ = engine.process_record(r, "", pos as u64, None, &mut out);
+            let record = RecordInput {
+                data: r,
+                position: pos as u64,
+                ..RecordInput::default()
+            };
+            let _ = engine.process_record(&record, &mut out);
         }
         let secs = t.elapsed().as_secs_f64();
         println!(

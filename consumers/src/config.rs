@@ -9,7 +9,8 @@ use anyhow::{bail, Context};
 use ipnet::IpNet;
 use serde::Deserialize;
 use sshwarden_pipeline::classify::Signal;
-use sshwarden_pipeline::policy::{Action, BlastRadius, PolicyConfig, Rule};
+use sshwarden_pipeline::command::Action;
+use sshwarden_pipeline::policy::{BlastRadius, PolicyConfig, Rule};
 use sshwarden_pipeline::window::{SubjectKind, WindowConfig};
 use sshwarden_pipeline::EngineConfig;
 

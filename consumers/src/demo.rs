@@ -20,7 +20,7 @@ use sshwarden_loadgen::{
 };
 use sshwarden_pipeline::policy::Decision;
 use sshwarden_pipeline::window::Subject;
-use sshwarden_pipeline::{Engine, EngineConfig};
+use sshwarden_pipeline::{Engine, EngineConfig, RecordInput};
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -151,7 +151,12 @@ pub fn run(
     for sent in rx {
         n_records += 1;
         decisions.clear();
-        if let Err(e) = engine.process_record(&sent.data, "", n_records, None, &mut decisions) {
+        let record = RecordInput {
+            data: &sent.data,
+            position: n_records,
+            ..RecordInput::default()
+        };
+        if let Err(e) = engine.process_record(&record, &mut decisions) {
             eprintln!("sshwarden demo: record {n_records} skipped: {e}");
         }
         for d in decisions.drain(..) {

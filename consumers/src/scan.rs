@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use sshwarden_pipeline::classify::Signal;
-use sshwarden_pipeline::command::Command;
-use sshwarden_pipeline::policy::{Decision, Origin, Suppression};
+use sshwarden_pipeline::command::{Command, Origin};
+use sshwarden_pipeline::policy::{Decision, Suppression};
 use sshwarden_pipeline::time::format_rfc3339_ms;
-use sshwarden_pipeline::{Engine, EngineConfig, LineInput, Stats};
+use sshwarden_pipeline::{Engine, EngineConfig, LineInput, RecordInput, Stats};
 
 use crate::input::{self, Format, Payload};
 
@@ -88,9 +88,12 @@ pub fn run(
                 position += 1;
                 match p {
                     Payload::Record(bytes) => {
-                        if let Err(e) =
-                            engine.process_record(&bytes, "", position, None, &mut decisions)
-                        {
+                        let record = RecordInput {
+                            data: &bytes,
+                            position,
+                            ..RecordInput::default()
+                        };
+                        if let Err(e) = engine.process_record(&record, &mut decisions) {
                             eprintln!("sshwarden: {name}: payload {position} skipped: {e}");
                         }
                     }

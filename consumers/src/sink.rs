@@ -11,8 +11,7 @@ pub mod direct;
 
 use std::io::Write;
 
-use sshwarden_pipeline::command::Command;
-use sshwarden_pipeline::policy::Action;
+use sshwarden_pipeline::command::{Action, Command};
 use tracing::warn;
 
 use crate::blast_radius::{Claim, FleetBlastRadius};

@@ -7,7 +7,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use sshwarden_pipeline::envelope::Decoder;
-use sshwarden_pipeline::{Engine, EngineConfig};
+use sshwarden_pipeline::{Engine, EngineConfig, RecordInput};
 
 fuzz_target!(|data: &[u8]| {
     let mut decoder = Decoder::new(1 << 20);
@@ -24,6 +24,12 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => panic!("default config rejected: {e}"),
     };
     let mut out = Vec::new();
-    let _ = engine.process_record(data, "", 1, Some(1_700_000_000_000), &mut out);
+    let record = RecordInput {
+        data,
+        position: 1,
+        now_ms: Some(1_700_000_000_000),
+        ..RecordInput::default()
+    };
+    let _ = engine.process_record(&record, &mut out);
     engine.finish();
 });

@@ -4,11 +4,12 @@ use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
 
 use sshwarden_pipeline::classify::classify;
+use sshwarden_pipeline::command::Origin;
 use sshwarden_pipeline::envelope::{Decoder, MessageType};
-use sshwarden_pipeline::policy::{Decision, Origin, PolicyConfig};
+use sshwarden_pipeline::peer::Peer;
+use sshwarden_pipeline::policy::{Decision, PolicyConfig};
 use sshwarden_pipeline::prefix::parse_line;
-use sshwarden_pipeline::source::Source;
-use sshwarden_pipeline::{Engine, EngineConfig, LineInput};
+use sshwarden_pipeline::{Engine, EngineConfig, LineInput, RecordInput};
 
 use crate::*;
 
@@ -43,7 +44,15 @@ fn run_records(engine: &mut Engine, records: &[Vec<u8>]) -> Vec<Decision> {
     let mut out = Vec::new();
     for (pos, r) in records.iter().enumerate() {
         engine
-            .process_record(r, "000000000000", pos as u64, None, &mut out)
+            .process_record(
+                &RecordInput {
+                    data: r,
+                    position: pos as u64,
+                    account_fallback: "000000000000",
+                    ..RecordInput::default()
+                },
+                &mut out,
+            )
             .unwrap();
     }
     engine.finish();
@@ -136,8 +145,8 @@ fn every_line_classifies_as_the_generator_says() {
         if let (Some(c), Some(src)) = (c, e.source) {
             if let Some(text) = c.source {
                 assert_eq!(
-                    Source::parse(text),
-                    Some(Source::Ip(src)),
+                    Peer::parse(text),
+                    Some(Peer::Ip(src)),
                     "address of {}",
                     e.line
                 );
@@ -305,7 +314,14 @@ fn hostile_usernames_never_count_against_decoys() {
     let mut out = Vec::new();
     for (pos, r) in subscription_records(fleet.events(), 100).iter().enumerate() {
         engine
-            .process_record(r, "", pos as u64, None, &mut out)
+            .process_record(
+                &RecordInput {
+                    data: r,
+                    position: pos as u64,
+                    ..RecordInput::default()
+                },
+                &mut out,
+            )
             .unwrap();
         for (src, _) in engine.windows().source_windows() {
             assert!(
@@ -321,7 +337,7 @@ fn hostile_usernames_never_count_against_decoys() {
     }
     for a in &attackers {
         assert!(
-            totals.sources.contains_key(&Source::Ip(*a)),
+            totals.sources.contains_key(&Peer::Ip(*a)),
             "the real attacker {a} is counted"
         );
     }

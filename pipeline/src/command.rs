@@ -1,17 +1,35 @@
 //! The remediation command: versioned JSON a sink delivers, with an id that is
 //! a pure function of (subject, rule, window start) so a replay yields the
 //! same id and the Step Functions execution name deduplicates it.
+//!
+//! The command's own types ([`Action`], [`Origin`]) live here: [`crate::policy`]
+//! decides which command to build and imports this module, never the reverse.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use crate::classify::Signal;
-use crate::policy::{Action, Origin};
 use crate::time::format_rfc3339_ms;
 use crate::window::{Fired, Subject, SubjectKind};
 
 pub const COMMAND_VERSION: u32 = 1;
+
+/// What a command asks the sink to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Quarantine,
+    Notify,
+}
+
+/// Where the evidence came from, for the command.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    pub account: String,
+    pub log_group: String,
+    pub log_stream: String,
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Command {

@@ -14,7 +14,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use crate::classify::{Classified, Kind, Signal};
-use crate::source::Source;
+use crate::peer::Peer;
 
 /// Default number of connections whose context is kept.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 65_536;
@@ -27,7 +27,7 @@ pub struct Verdict<'a> {
     pub signal: Option<Signal>,
     pub user: Option<&'a str>,
     /// The peer the evidence is attributed to (None: unknown or ambiguous).
-    pub source: Option<Source>,
+    pub source: Option<Peer>,
     /// The address the line itself names (unless ambiguous), as logged: also
     /// for lines that are not evidence.
     pub logged_source: Option<&'a str>,
@@ -66,7 +66,7 @@ struct ConnKey {
 
 #[derive(Debug, Default)]
 struct ConnState {
-    source: Option<Source>,
+    source: Option<Peer>,
     port: Option<u16>,
     pending: Option<Signal>,
 }
@@ -126,8 +126,8 @@ impl ConnectionTracker {
         };
         // Parsing the address is only worth it where it is used: evidence, and
         // what the connection context keeps (benign logins are most lines).
-        let parse = || text.and_then(Source::parse);
-        let attribute_own = |v: &mut Verdict<'a>, source: Option<Source>| {
+        let parse = || text.and_then(Peer::parse);
+        let attribute_own = |v: &mut Verdict<'a>, source: Option<Peer>| {
             if source.is_some() {
                 v.source = source;
                 v.attribution = Attribution::Line;

@@ -8,11 +8,12 @@ use std::hash::BuildHasher;
 use serde::Serialize;
 
 use crate::classify::{self, Kind, Signal};
+use crate::command::{Action, Origin};
 use crate::context::{host_key, Attribution, ConnectionTracker, DEFAULT_MAX_CONNECTIONS};
 use crate::envelope::{DecodeError, Decoder, MessageType, DEFAULT_MAX_DECOMPRESSED};
-use crate::policy::{Action, Decision, Origin, Policy, PolicyConfig};
+use crate::peer::Peer;
+use crate::policy::{Decision, Policy, PolicyConfig, PolicyError};
 use crate::prefix::{self, LineTime};
-use crate::source::Source;
 use crate::window::{Admit, Fired, Observation, WindowConfig, WindowStats, WindowStore};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +70,35 @@ pub struct Stats {
     pub connection_evictions: u64,
 }
 
+/// An [`EngineConfig`] [`Engine::new`] refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineConfigError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("window size must be positive")]
+    WindowSize,
+    #[error("allowed lateness must not be negative")]
+    NegativeLateness,
+}
+
+/// One Kinesis or Kafka record to process: its bytes and where it stands.
+/// Build it with field names; the rarely needed fields default
+/// (`..RecordInput::default()`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RecordInput<'a> {
+    /// The record's data: a CloudWatch Logs subscription payload (gzip or JSON).
+    pub data: &'a [u8],
+    /// Opaque, increasing position of the record (for checkpoints).
+    pub position: u64,
+    /// Processing time, for a live source: event times further than
+    /// `max_future_skew_ms` past it are clamped to it. `None` (offline
+    /// inputs, replays) clamps nothing.
+    pub now_ms: Option<i64>,
+    /// The account named in commands when the payload's `owner` is empty
+    /// (CloudWatch always sets it; empty leaves it empty).
+    pub account_fallback: &'a str,
+}
+
 /// One log line to process, with where it came from.
 #[derive(Debug, Clone, Copy)]
 pub struct LineInput<'a> {
@@ -89,7 +119,7 @@ pub struct LineInput<'a> {
 #[derive(Debug, Default, Clone)]
 pub struct Totals {
     pub instances: HashMap<String, [u64; Signal::COUNT]>,
-    pub sources: HashMap<Source, [u64; Signal::COUNT]>,
+    pub sources: HashMap<Peer, [u64; Signal::COUNT]>,
 }
 
 pub struct Engine {
@@ -116,13 +146,13 @@ struct Core {
 }
 
 impl Engine {
-    pub fn new(config: EngineConfig) -> Result<Engine, String> {
+    pub fn new(config: EngineConfig) -> Result<Engine, EngineConfigError> {
         config.policy.validate()?;
         if config.window.size_ms <= 0 {
-            return Err("window size must be positive".into());
+            return Err(EngineConfigError::WindowSize);
         }
         if config.window.allowed_lateness_ms < 0 {
-            return Err("allowed lateness must not be negative".into());
+            return Err(EngineConfigError::NegativeLateness);
         }
         Ok(Engine {
             decoder: Decoder::new(config.max_decompressed),
@@ -152,12 +182,15 @@ impl Engine {
     /// caller logs it and moves on.
     pub fn process_record(
         &mut self,
-        data: &[u8],
-        account_fallback: &str,
-        position: u64,
-        now_ms: Option<i64>,
+        record: &RecordInput<'_>,
         out: &mut Vec<Decision>,
     ) -> Result<RecordKind, DecodeError> {
+        let &RecordInput {
+            data,
+            position,
+            now_ms,
+            account_fallback,
+        } = record;
         self.core.stats.records += 1;
         let envelope = match self.decoder.decode(data) {
             Ok(e) => e,

@@ -8,17 +8,29 @@
 //! lines that name nobody from earlier lines of the same connection,
 //! [`window`] counts signals in event-time tumbling windows and fires rules
 //! early, [`policy`] turns fired rules into [`command`]s. [`engine`] wires
-//! these together for one shard.
+//! these together for one shard. [`peer`] is the key a peer is counted by;
+//! [`time`] the calendar arithmetic of timestamps.
+//!
+//! Dependencies point one way: `command` knows nothing of `policy`, which
+//! builds commands; `classify` knows nothing of the modules after it.
 
 pub mod classify;
 pub mod command;
 pub mod context;
 pub mod engine;
 pub mod envelope;
+pub mod peer;
 pub mod policy;
 pub mod prefix;
-pub mod source;
 pub mod time;
 pub mod window;
 
-pub use engine::{Engine, EngineConfig, LineInput, Stats};
+// The old path of `peer::Peer`, kept only while `tests/corpus.rs` (being
+// moved on main, not edited here) still imports it: delete this module when
+// that import becomes `sshwarden_pipeline::peer::Peer`.
+#[doc(hidden)]
+pub mod source {
+    pub use crate::peer::Peer as Source;
+}
+
+pub use engine::{Engine, EngineConfig, EngineConfigError, LineInput, RecordInput, Stats};

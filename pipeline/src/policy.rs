@@ -15,16 +15,9 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::classify::Signal;
-use crate::command::Command;
-use crate::source::Source;
+use crate::command::{Action, Command, Origin};
+use crate::peer::Peer;
 use crate::window::{Fired, Subject, SubjectKind, Threshold};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    Quarantine,
-    Notify,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
@@ -90,61 +83,75 @@ impl PolicyConfig {
     }
 
     /// Checks what a config file cannot express in types.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.rules.len() > 64 {
-            return Err(format!(
-                "{} rules configured; at most 64 are supported",
-                self.rules.len()
-            ));
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        if self.rules.len() > MAX_RULES {
+            return Err(PolicyError::TooManyRules(self.rules.len()));
         }
         let mut names = HashSet::new();
         for r in &self.rules {
+            let name = || r.name.clone();
             if r.name.is_empty()
                 || !r
                     .name
                     .bytes()
                     .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
             {
-                return Err(format!(
-                    "rule name {:?} must be non-empty letters, digits, '-' or '_'",
-                    r.name
-                ));
+                return Err(PolicyError::RuleNameCharacters(name()));
             }
-            if r.name.len() > 24 {
-                return Err(format!(
-                    "rule name {:?} is longer than 24 characters",
-                    r.name
-                ));
+            if r.name.len() > MAX_RULE_NAME {
+                return Err(PolicyError::RuleNameTooLong(name()));
             }
             if !names.insert(&r.name) {
-                return Err(format!("rule name {:?} appears twice", r.name));
+                return Err(PolicyError::DuplicateRuleName(name()));
             }
             if r.threshold == 0 {
-                return Err(format!(
-                    "rule {:?} has threshold 0; it must be at least 1",
-                    r.name
-                ));
+                return Err(PolicyError::ZeroThreshold(name()));
             }
             if r.signals.is_empty() {
-                return Err(format!("rule {:?} counts no signals", r.name));
+                return Err(PolicyError::NoSignals(name()));
             }
             if r.subject == SubjectKind::Source && r.action == Action::Quarantine {
-                return Err(format!(
-                    "rule {:?} counts by source but quarantines: a source is not an instance; use action \"notify\"",
-                    r.name
-                ));
+                return Err(PolicyError::SourceRuleQuarantines(name()));
             }
         }
         if self.cooldown_ms < 0 {
-            return Err("cooldown must not be negative".into());
+            return Err(PolicyError::NegativeCooldown);
         }
         if let Some(b) = self.blast_radius {
             if b.period_ms <= 0 {
-                return Err("blast radius period must be positive".into());
+                return Err(PolicyError::BlastRadiusPeriod);
             }
         }
         Ok(())
     }
+}
+
+/// At most this many rules: a window keeps which rules fired as bits of a `u64`.
+const MAX_RULES: usize = 64;
+/// Rule names go into command ids, which Step Functions caps at 80 characters.
+const MAX_RULE_NAME: usize = 24;
+
+/// A policy configuration [`PolicyConfig::validate`] refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("{0} rules configured; at most 64 are supported")]
+    TooManyRules(usize),
+    #[error("rule name {0:?} must be non-empty letters, digits, '-' or '_'")]
+    RuleNameCharacters(String),
+    #[error("rule name {0:?} is longer than 24 characters")]
+    RuleNameTooLong(String),
+    #[error("rule name {0:?} appears twice")]
+    DuplicateRuleName(String),
+    #[error("rule {0:?} has threshold 0; it must be at least 1")]
+    ZeroThreshold(String),
+    #[error("rule {0:?} counts no signals")]
+    NoSignals(String),
+    #[error("rule {0:?} counts by source but quarantines: a source is not an instance; use action \"notify\"")]
+    SourceRuleQuarantines(String),
+    #[error("cooldown must not be negative")]
+    NegativeCooldown,
+    #[error("blast radius period must be positive")]
+    BlastRadiusPeriod,
 }
 
 /// Why a fired rule issued no command.
@@ -164,14 +171,6 @@ pub enum Decision {
         window_start_ms: i64,
         reason: Suppression,
     },
-}
-
-/// Where the evidence came from, for the command.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Origin {
-    pub account: String,
-    pub log_group: String,
-    pub log_stream: String,
 }
 
 pub struct Policy {
@@ -196,7 +195,7 @@ impl Policy {
     }
 
     /// False for a source inside an allowlisted CIDR: its events are not counted.
-    pub fn source_allowed(&self, source: &Source) -> bool {
+    pub fn source_allowed(&self, source: &Peer) -> bool {
         match source.ip() {
             Some(ip) => !self
                 .config
@@ -371,11 +370,11 @@ mod tests {
             ],
             ..PolicyConfig::default()
         });
-        assert!(!p.source_allowed(&Source::parse("10.1.2.3").unwrap()));
-        assert!(!p.source_allowed(&Source::parse("::ffff:10.1.2.3").unwrap()));
-        assert!(!p.source_allowed(&Source::parse("2001:db8::7").unwrap()));
-        assert!(p.source_allowed(&Source::parse("11.1.2.3").unwrap()));
-        assert!(p.source_allowed(&Source::parse("example.com").unwrap()));
+        assert!(!p.source_allowed(&Peer::parse("10.1.2.3").unwrap()));
+        assert!(!p.source_allowed(&Peer::parse("::ffff:10.1.2.3").unwrap()));
+        assert!(!p.source_allowed(&Peer::parse("2001:db8::7").unwrap()));
+        assert!(p.source_allowed(&Peer::parse("11.1.2.3").unwrap()));
+        assert!(p.source_allowed(&Peer::parse("example.com").unwrap()));
     }
 
     #[test]
@@ -453,13 +452,20 @@ mod tests {
     fn invalid_configs_are_refused() {
         let mut c = PolicyConfig::default();
         c.rules[0].threshold = 0;
-        assert!(c.validate().unwrap_err().contains("threshold 0"));
+        let e = c.validate().unwrap_err();
+        assert_eq!(e, PolicyError::ZeroThreshold("invalid-user".into()));
+        assert!(e.to_string().contains("threshold 0"), "{e}");
         let mut c = PolicyConfig::default();
         c.rules[1].name = c.rules[0].name.clone();
-        assert!(c.validate().unwrap_err().contains("appears twice"));
+        let e = c.validate().unwrap_err();
+        assert_eq!(e, PolicyError::DuplicateRuleName("invalid-user".into()));
+        assert!(e.to_string().contains("appears twice"), "{e}");
         let mut c = PolicyConfig::default();
         c.rules[0].name = "a b".into();
-        assert!(c.validate().is_err());
+        assert_eq!(
+            c.validate(),
+            Err(PolicyError::RuleNameCharacters("a b".into()))
+        );
         assert!(PolicyConfig::default().validate().is_ok());
     }
 }

@@ -11,7 +11,9 @@
 //! The prefix is written by the log daemon, not the peer, so it is parsed from
 //! the left; only the message after it carries attacker text.
 
-use crate::time::{days_from_civil, digits, parse_hms, parse_rfc3339_ms};
+use crate::time::{
+    checked_days_from_civil, days_from_civil, days_in_month, digits, parse_hms, parse_rfc3339_ms,
+};
 
 /// When a line says it was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,7 +139,7 @@ impl Time<'_> {
     fn resolve(self) -> Option<LineTime> {
         match self {
             Time::None => None,
-            Time::Iso(text) => parse_rfc3339_ms(text).map(LineTime::Absolute),
+            Time::Iso(text) => parse_rfc3339_ms(text).ok().map(LineTime::Absolute),
             Time::Parsed(t) => Some(t),
         }
     }
@@ -186,11 +188,12 @@ fn parse_bsd_time(b: &[u8]) -> Option<(LineTime, usize)> {
         year = Some(i64::from(digits(&b[i + 1..i + 5])?));
         i += 5;
     }
-    if !(1..=31).contains(&day) {
-        return None;
-    }
     let time = match year {
-        Some(y) => LineTime::Absolute(days_from_civil(y, month, day) * 86_400_000 + ms),
+        Some(y) => {
+            LineTime::Absolute(checked_days_from_civil(y, month, day).ok()? * 86_400_000 + ms)
+        }
+        // Without a year, February 29th may be a date: the year is decided later.
+        None if day == 0 || day > days_in_month(2000, month) => return None,
         None => LineTime::NoYear {
             month,
             day,
@@ -216,7 +219,7 @@ fn parse_rfc5424(s: &str) -> Option<SshdLine<'_>> {
     let time = if ts == "-" {
         None
     } else {
-        Some(LineTime::Absolute(parse_rfc3339_ms(ts)?))
+        Some(LineTime::Absolute(parse_rfc3339_ms(ts).ok()?))
     };
     Some(SshdLine {
         time,
@@ -363,6 +366,32 @@ mod tests {
             Some("Failed x")
         );
         assert_eq!(msg("<38>Feb 25 14:34:10 belka sshd[1]: x"), Some("x"));
+    }
+
+    #[test]
+    fn dates_outside_the_calendar_are_no_timestamps() {
+        // As with a day 32, a line whose date is not in the calendar is not
+        // read as a syslog line at all.
+        assert_eq!(msg("Feb 30 14:34:10 belka sshd[1]: x"), None);
+        assert_eq!(msg("Apr 31 14:34:10 belka sshd[1]: x"), None);
+        assert_eq!(msg("Feb 29 2023 14:34:10 belka sshd[1]: x"), None);
+        assert_eq!(msg("Feb 29 14:34:10 2100 belka sshd[1]: x"), None);
+        assert_eq!(msg("<38>1 2019-02-31T17:40:16Z h sshd 1 - - y"), None);
+        // Without a year, February 29th waits for the year to be known.
+        let l = parse_line("Feb 29 14:34:10 belka sshd[1]: x").unwrap();
+        assert!(matches!(
+            l.time,
+            Some(LineTime::NoYear {
+                month: 2,
+                day: 29,
+                ..
+            })
+        ));
+        let l = parse_line("Feb 29 2024 14:34:10 belka sshd[1]: x").unwrap();
+        assert!(matches!(l.time, Some(LineTime::Absolute(_))));
+        // An ISO time with an impossible date leaves the line sshd's, untimed.
+        let l = parse_line("2019-02-31T17:40:16+00:00 host sshd[2]: y").unwrap();
+        assert_eq!((l.time, l.message), (None, "y"));
     }
 
     #[test]

@@ -3,8 +3,45 @@
 //! Hand-written rather than a date crate because syslog prefixes are parsed on
 //! the hot path of `scan` (millions of lines) and need only the proleptic
 //! Gregorian day count, in both directions (Howard Hinnant's algorithms).
+//! Dates read from text are checked against the calendar (days per month,
+//! leap years) before they are counted: `2019-02-31` is refused, not read as
+//! March 3rd.
 
-/// Days since 1970-01-01 of a civil date.
+/// Why a text is not an RFC 3339 timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TimeError {
+    #[error("expected YYYY-MM-DDTHH:MM:SS[.fraction][Z|+HH:MM|-HH:MM] with hours 00-23, minutes and seconds 00-59")]
+    Format,
+    #[error("{year:04}-{month:02}-{day:02} is not a calendar date")]
+    Date { year: i64, month: u32, day: u32 },
+}
+
+/// Gregorian leap years: every fourth, except centuries not divisible by 400.
+pub fn is_leap_year(year: i64) -> bool {
+    year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
+}
+
+/// Days in `month` (1-12) of `year`; 0 for a month outside 1-12.
+pub fn days_in_month(year: i64, month: u32) -> u32 {
+    match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if is_leap_year(year) => 29,
+        2 => 28,
+        _ => 0,
+    }
+}
+
+/// Days since 1970-01-01 of a date read from text, or why it is no date.
+pub fn checked_days_from_civil(year: i64, month: u32, day: u32) -> Result<i64, TimeError> {
+    if day == 0 || day > days_in_month(year, month) {
+        return Err(TimeError::Date { year, month, day });
+    }
+    Ok(days_from_civil(year, month, day))
+}
+
+/// Days since 1970-01-01 of a civil date, which the caller has checked
+/// ([`checked_days_from_civil`] for dates read from text).
 pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     let y = if month <= 2 { year - 1 } else { year };
     let era = if y >= 0 { y } else { y - 399 } / 400;
@@ -46,23 +83,22 @@ pub fn format_rfc3339_ms(epoch_ms: i64) -> String {
 
 /// Parses `YYYY-MM-DDTHH:MM:SS[.frac][Z|±HH:MM|±HHMM]` (also with a space
 /// instead of `T`); no offset means UTC. Returns epoch milliseconds.
-pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
+pub fn parse_rfc3339_ms(s: &str) -> Result<i64, TimeError> {
     let b = s.as_bytes();
     if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !(b[10] == b'T' || b[10] == b' ') {
-        return None;
+        return Err(TimeError::Format);
     }
-    let year = digits(&b[0..4])? as i64;
-    let month = digits(&b[5..7])?;
-    let day = digits(&b[8..10])?;
-    let (secs, mut rest) = parse_hms(&b[11..])?;
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
-        return None;
-    }
+    let field = |b: &[u8]| digits(b).ok_or(TimeError::Format);
+    let year = i64::from(field(&b[0..4])?);
+    let month = field(&b[5..7])?;
+    let day = field(&b[8..10])?;
+    let (secs, mut rest) = parse_hms(&b[11..]).ok_or(TimeError::Format)?;
+    let days = checked_days_from_civil(year, month, day)?;
     let mut ms = 0i64;
     if let [b'.', tail @ ..] = rest {
         let n = tail.iter().take_while(|c| c.is_ascii_digit()).count();
         if n == 0 {
-            return None;
+            return Err(TimeError::Format);
         }
         let mut scale = 100;
         for &c in &tail[..n.min(3)] {
@@ -76,10 +112,10 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
         [sign @ (b'+' | b'-'), tail @ ..] => {
             let (h, m) = match tail {
                 [h1, h2, b':', m1, m2] | [h1, h2, m1, m2] => {
-                    (digits(&[*h1, *h2])?, digits(&[*m1, *m2])?)
+                    (field(&[*h1, *h2])?, field(&[*m1, *m2])?)
                 }
-                [h1, h2] => (digits(&[*h1, *h2])?, 0),
-                _ => return None,
+                [h1, h2] => (field(&[*h1, *h2])?, 0),
+                _ => return Err(TimeError::Format),
             };
             let off = i64::from(h * 3600 + m * 60);
             if *sign == b'-' {
@@ -88,10 +124,9 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
                 off
             }
         }
-        _ => return None,
+        _ => return Err(TimeError::Format),
     };
-    let days = days_from_civil(year, month, day);
-    Some((days * 86_400 + secs - offset_secs) * 1000 + ms)
+    Ok((days * 86_400 + secs - offset_secs) * 1000 + ms)
 }
 
 /// `HH:MM:SS` at the start of `b`: seconds of the day and the rest.
@@ -133,18 +168,114 @@ mod tests {
         assert_eq!(days_from_civil(2000, 3, 1), 11_017);
         assert_eq!(
             parse_rfc3339_ms("2019-07-08T17:40:16.954167-04:00"),
-            Some(1_562_622_016_954)
+            Ok(1_562_622_016_954)
         );
         assert_eq!(
             parse_rfc3339_ms("2015-04-16T18:02:50+0000"),
-            Some(1_429_207_370_000)
+            Ok(1_429_207_370_000)
         );
         assert_eq!(
             format_rfc3339_ms(1_562_622_016_954),
             "2019-07-08T21:40:16.954Z"
         );
-        assert_eq!(parse_rfc3339_ms("2019-13-08T17:40:16Z"), None);
-        assert_eq!(parse_rfc3339_ms("2019-07-08T17:40"), None);
+        assert_eq!(
+            parse_rfc3339_ms("2019-13-08T17:40:16Z"),
+            Err(TimeError::Date {
+                year: 2019,
+                month: 13,
+                day: 8
+            })
+        );
+        assert_eq!(parse_rfc3339_ms("2019-07-08T17:40"), Err(TimeError::Format));
+    }
+
+    #[test]
+    fn days_per_month_and_leap_years() {
+        // (year, month, days): the Gregorian calendar, written out.
+        let table = [
+            (2019, 1, 31),
+            (2019, 2, 28),
+            (2019, 3, 31),
+            (2019, 4, 30),
+            (2019, 5, 31),
+            (2019, 6, 30),
+            (2019, 7, 31),
+            (2019, 8, 31),
+            (2019, 9, 30),
+            (2019, 10, 31),
+            (2019, 11, 30),
+            (2019, 12, 31),
+            (2020, 2, 29), // divisible by 4
+            (1900, 2, 28), // a century not divisible by 400
+            (2000, 2, 29), // a century divisible by 400
+            (2100, 2, 28),
+            (2024, 2, 29),
+            (2019, 0, 0),
+            (2019, 13, 0),
+        ];
+        for (year, month, days) in table {
+            assert_eq!(days_in_month(year, month), days, "{year}-{month:02}");
+        }
+    }
+
+    #[test]
+    fn dates_that_are_not_in_the_calendar_are_refused() {
+        for text in [
+            "2019-02-31T00:00:00Z",
+            "2019-02-29T00:00:00Z",
+            "1900-02-29T00:00:00Z",
+            "2019-04-31T00:00:00Z",
+            "2019-06-31T12:00:00+02:00",
+            "2019-09-31 00:00:00",
+            "2019-11-31T00:00:00Z",
+            "2019-01-32T00:00:00Z",
+            "2019-01-00T00:00:00Z",
+            "2019-00-10T00:00:00Z",
+        ] {
+            let got = parse_rfc3339_ms(text);
+            assert!(
+                matches!(got, Err(TimeError::Date { .. })),
+                "{text}: {got:?}"
+            );
+        }
+        assert_eq!(
+            parse_rfc3339_ms("2019-02-31T00:00:00Z")
+                .unwrap_err()
+                .to_string(),
+            "2019-02-31 is not a calendar date"
+        );
+        // The last day of each month, and leap days, are dates.
+        assert_eq!(
+            parse_rfc3339_ms("2020-02-29T00:00:00Z"),
+            Ok(1_582_934_400_000)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2000-02-29T00:00:00Z"),
+            Ok(951_782_400_000)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2019-04-30T00:00:00Z"),
+            Ok(1_556_582_400_000)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2019-12-31T23:59:59Z"),
+            Ok(1_577_836_799_000)
+        );
+    }
+
+    #[test]
+    fn times_of_day_out_of_range_are_refused() {
+        for text in [
+            "2019-07-08T24:00:00Z",
+            "2019-07-08T23:60:00Z",
+            "2019-07-08T23:59:61Z",
+            "2019-07-08T23:59:59.Z",
+            "2019-07-08T23:59:59+1",
+            "2019-07-08T23:59:59Zjunk",
+            "2019-7-08T23:59:59Z",
+        ] {
+            assert_eq!(parse_rfc3339_ms(text), Err(TimeError::Format), "{text}");
+        }
     }
 
     proptest! {
@@ -156,7 +287,7 @@ mod tests {
 
         #[test]
         fn format_parse_round_trip(ms in 0i64..8_000_000_000_000) {
-            prop_assert_eq!(parse_rfc3339_ms(&format_rfc3339_ms(ms)), Some(ms));
+            prop_assert_eq!(parse_rfc3339_ms(&format_rfc3339_ms(ms)), Ok(ms));
         }
     }
 }

@@ -16,7 +16,7 @@ use std::hash::Hash;
 use serde::Serialize;
 
 use crate::classify::Signal;
-use crate::source::Source;
+use crate::peer::Peer;
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -69,7 +69,7 @@ pub struct Window {
     /// Bit i set: threshold i has fired in this window.
     fired: u64,
     /// Sources seen (instance windows only), at most `max_tracked_sources`.
-    pub sources: Vec<(Source, u32)>,
+    pub sources: Vec<(Peer, u32)>,
     /// Attributed events from sources past that limit.
     pub other_source_events: u32,
     pub samples: Vec<String>,
@@ -92,7 +92,7 @@ impl Window {
     }
 
     /// Sources by descending count (ties by address), at most `n`.
-    pub fn top_sources(&self, n: usize) -> Vec<(Source, u32)> {
+    pub fn top_sources(&self, n: usize) -> Vec<(Peer, u32)> {
         let mut v = self.sources.clone();
         v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         v.truncate(n);
@@ -114,7 +114,7 @@ pub struct Fired {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Subject {
     Instance(Box<str>),
-    Source(Source),
+    Source(Peer),
 }
 
 impl Subject {
@@ -130,7 +130,7 @@ impl Subject {
 #[derive(Debug, Clone, Copy)]
 pub struct Observation<'a> {
     pub instance: &'a str,
-    pub source: Option<&'a Source>,
+    pub source: Option<&'a Peer>,
     pub signal: Signal,
     pub counts_for_instance: bool,
     pub time_ms: i64,
@@ -241,7 +241,7 @@ pub struct WindowStore {
     config: WindowConfig,
     thresholds: Vec<Threshold>,
     instances: Keyed<Box<str>>,
-    sources: Keyed<Source>,
+    sources: Keyed<Peer>,
     buckets: BTreeMap<i64, Bucket>,
     max_event_ms: Option<i64>,
     stats: WindowStats,
@@ -383,7 +383,7 @@ impl WindowStore {
             );
         }
         if let Some(src) = o.source {
-            let w = self.sources.window_mut(src, start, Source::clone);
+            let w = self.sources.window_mut(src, start, Peer::clone);
             w.counts[signal] += 1;
             let w = w.clone_if_fires(&self.thresholds, SubjectKind::Source);
             push_fired(fired, w, || Subject::Source(src.clone()), end, o.time_ms);
@@ -396,7 +396,7 @@ impl WindowStore {
         self.instances.windows().map(|(k, w)| (&**k, w))
     }
 
-    pub fn source_windows(&self) -> impl Iterator<Item = (&Source, &Window)> {
+    pub fn source_windows(&self) -> impl Iterator<Item = (&Peer, &Window)> {
         self.sources.windows()
     }
 }
@@ -486,7 +486,7 @@ mod tests {
         )
     }
 
-    fn obs<'a>(instance: &'a str, src: Option<&'a Source>, t: i64, pos: u64) -> Observation<'a> {
+    fn obs<'a>(instance: &'a str, src: Option<&'a Peer>, t: i64, pos: u64) -> Observation<'a> {
         Observation {
             instance,
             source: src,
@@ -501,7 +501,7 @@ mod tests {
     #[test]
     fn fires_early_once_per_window() {
         let mut s = store(3);
-        let ip = Source::parse("1.2.3.4").unwrap();
+        let ip = Peer::parse("1.2.3.4").unwrap();
         let mut fired = Vec::new();
         for i in 0..5 {
             s.observe(
@@ -638,8 +638,8 @@ mod tests {
     fn keys_capped_with_eviction_counter() {
         let mut s = store(100);
         let mut f = Vec::new();
-        let ips: Vec<Source> = (0..10)
-            .map(|i| Source::parse(&format!("10.0.0.{i}")).unwrap())
+        let ips: Vec<Peer> = (0..10)
+            .map(|i| Peer::parse(&format!("10.0.0.{i}")).unwrap())
             .collect();
         for (i, ip) in ips.iter().enumerate() {
             s.observe(&obs(&format!("i-{i}"), Some(ip), 1, 1), None, &mut f);

@@ -11,9 +11,10 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use sshwarden_pipeline::command::Origin;
 use sshwarden_pipeline::engine::RecordKind;
-use sshwarden_pipeline::policy::{Decision, Origin};
-use sshwarden_pipeline::{Engine, LineInput};
+use sshwarden_pipeline::policy::Decision;
+use sshwarden_pipeline::{Engine, LineInput, RecordInput};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -166,10 +167,13 @@ impl Reader {
         let now = now_ms();
         match offsets::content(self.format, &m.payload) {
             Content::Payload => {
-                match self
-                    .engine
-                    .process_record(&m.payload, "", position, Some(now), decisions)
-                {
+                let record = RecordInput {
+                    data: &m.payload,
+                    position,
+                    now_ms: Some(now),
+                    ..RecordInput::default()
+                };
+                match self.engine.process_record(&record, decisions) {
                     Ok(RecordKind::Data { events }) => {
                         self.metrics
                             .events

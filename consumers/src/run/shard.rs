@@ -12,7 +12,7 @@ use aws_sdk_kinesis::error::DisplayErrorContext;
 use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::{ShardIteratorType, StartingPosition, SubscribeToShardEventStream};
 use sshwarden_pipeline::policy::Decision;
-use sshwarden_pipeline::{Engine, EngineConfig};
+use sshwarden_pipeline::{Engine, EngineConfig, RecordInput};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -356,10 +356,13 @@ impl Reader {
             .get_or_create(&st.shard)
             .inc_by(data.len() as u64);
         st.decisions.clear();
-        match st
-            .engine
-            .process_record(data, "", st.position, Some(now_ms()), &mut st.decisions)
-        {
+        let record = RecordInput {
+            data,
+            position: st.position,
+            now_ms: Some(now_ms()),
+            ..RecordInput::default()
+        };
+        match st.engine.process_record(&record, &mut st.decisions) {
             Ok(sshwarden_pipeline::engine::RecordKind::Data { events }) => {
                 self.metrics
                     .events

@@ -37,8 +37,8 @@ use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{Filter, Tag};
 use aws_sdk_sns::types::MessageAttributeValue;
 use serde_json::{json, Value};
-use sshwarden_pipeline::command::Command;
-use sshwarden_pipeline::policy::{is_ec2_instance_id, Action};
+use sshwarden_pipeline::command::{Action, Command};
+use sshwarden_pipeline::policy::is_ec2_instance_id;
 use tracing::{error, info};
 
 use super::{Delivered, DeliveryError};

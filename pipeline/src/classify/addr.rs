@@ -1,4 +1,6 @@
-//! Address, port and tail-reading helpers shared by the scanner and the oracle.
+//! Address, port and tail-reading helpers of the scanner. The oracle reads
+//! addresses with its own code and shares only [`Reading`]; both are held to
+//! the hand-written tables at the end of this file.
 
 use std::net::Ipv6Addr;
 
@@ -146,5 +148,220 @@ pub fn before(s: &str, p: usize) -> &str {
         ""
     } else {
         &s[..p - 1]
+    }
+}
+
+/// Address tables written by hand from what sshd prints (OpenSSH's
+/// `ssh_remote_ipaddr`, which is `getnameinfo(NI_NUMERICHOST)` with IPv4-mapped
+/// addresses reduced to IPv4, and the resolved names it logs with `UseDNS`), and
+/// from what fail2ban's corpus holds. Shared with the oracle's tests, which
+/// hold its own address reading to the same tables.
+#[cfg(test)]
+pub(crate) mod tables {
+    /// `ip(text)`: the address text attributed, or `None`.
+    pub(crate) const IP: &[(&str, Option<&str>)] = &[
+        // IPv4 as sshd prints it.
+        ("192.0.2.1", Some("192.0.2.1")),
+        ("0.0.0.0", Some("0.0.0.0")),
+        ("255.255.255.255", Some("255.255.255.255")),
+        ("10.0.0.1", Some("10.0.0.1")),
+        // Leading zeros (fail2ban's corpus has `192.030.0.6`): accepted, the
+        // text kept as logged (decimal, not octal: `Peer::parse` reads 30).
+        ("192.030.0.6", Some("192.030.0.6")),
+        ("001.002.003.004", Some("001.002.003.004")),
+        ("000.000.000.000", Some("000.000.000.000")),
+        // Out-of-range octets.
+        ("256.0.0.1", None),
+        ("1.2.3.256", None),
+        ("300.1.1.1", None),
+        ("999.999.999.999", None),
+        // Wrong number of octets, empty octets, four-digit octets.
+        ("1.2.3", None),
+        ("1.2.3.4.5", None),
+        ("1..2.3", None),
+        (".1.2.3", None),
+        ("1.2.3.", None),
+        ("1.2.3.1000", None),
+        ("0001.2.3.4", None),
+        // Trailing or leading junk: the caller splits tokens, the reader
+        // takes a whole token or nothing.
+        ("1.2.3.4 ", None),
+        (" 1.2.3.4", None),
+        ("1.2.3.4x", None),
+        ("1.2.3.4,", None),
+        ("1.2.3.4:22", None),
+        ("-1.2.3.4", None),
+        ("+1.2.3.4", None),
+        ("1.2.3.4]", None),
+        ("\u{ff11}.2.3.4", None),
+        ("", None),
+        // IPv6, compressed as inet_ntop prints it, and in full.
+        ("2001:db8::1", Some("2001:db8::1")),
+        ("::1", Some("::1")),
+        ("::", Some("::")),
+        ("fe80::1", Some("fe80::1")),
+        ("2001:db8:0:1:1:1:1:1", Some("2001:db8:0:1:1:1:1:1")),
+        (
+            "2001:0db8:0000:0000:0000:0000:0000:0001",
+            Some("2001:0db8:0000:0000:0000:0000:0000:0001"),
+        ),
+        ("aaaa:bbbb:cccc:1234::1:1", Some("aaaa:bbbb:cccc:1234::1:1")),
+        ("2001:DB8::A", Some("2001:DB8::A")),
+        ("2001:db8::", Some("2001:db8::")),
+        // Not IPv6: two `::`, nine groups, a five-digit group, a non-hex digit.
+        ("2001:db8::1::2", None),
+        ("2001:db8:0:0:0:0:0:0:1", None),
+        ("12345::1", None),
+        ("2001:db8::g", None),
+        (":", None),
+        (":::", None),
+        ("2001:db8::1 ", None),
+        // IPv4-mapped IPv6: reported as the IPv4 part (`::ffff:` or `::FFFF:`).
+        ("::ffff:192.0.2.1", Some("192.0.2.1")),
+        ("::FFFF:192.0.2.1", Some("192.0.2.1")),
+        ("::ffff:192.000.002.001", Some("192.000.002.001")),
+        // ... other spellings are IPv6 text, kept whole.
+        ("0:0:0:0:0:ffff:192.0.2.1", Some("0:0:0:0:0:ffff:192.0.2.1")),
+        ("::Ffff:192.0.2.1", Some("::Ffff:192.0.2.1")),
+        ("::192.0.2.1", Some("::192.0.2.1")),
+        ("::ffff:c000:201", Some("::ffff:c000:201")),
+        // ... and a mapped address with a bad IPv4 part is no address.
+        ("::ffff:999.0.0.1", None),
+        ("::ffff:1.2.3", None),
+        // A zone index (getnameinfo appends `%eth0` to a link-local peer):
+        // not read; a link-local peer is on the instance's own network and
+        // `%` is no address or host-name character.
+        ("fe80::1%eth0", None),
+        ("fe80::1%2", None),
+        // Brackets belong to the shapes that print them (`[A]:P`), not to
+        // the address.
+        ("[2001:db8::1]", None),
+        ("[192.0.2.1]", None),
+    ];
+
+    /// `host(text)`: an address as [`IP`] has it, else a host name as sshd
+    /// logs a resolved name (`UseDNS yes`), else `None`.
+    pub(crate) const HOST: &[(&str, Option<&str>)] = &[
+        ("192.0.2.1", Some("192.0.2.1")),
+        ("::ffff:192.0.2.1", Some("192.0.2.1")),
+        ("2001:db8::1", Some("2001:db8::1")),
+        ("host.example.com", Some("host.example.com")),
+        ("Host.Example.COM", Some("Host.Example.COM")),
+        ("ip-10-0-0-1.ec2.internal", Some("ip-10-0-0-1.ec2.internal")),
+        ("localhost", Some("localhost")),
+        (
+            "static-1-2-3-4.isp.example",
+            Some("static-1-2-3-4.isp.example"),
+        ),
+        ("under_score.example", Some("under_score.example")),
+        ("a", Some("a")),
+        ("1a", Some("1a")),
+        ("example.com.", Some("example.com.")),
+        // No letter: a bad address is not a name.
+        ("1.2.3.256", None),
+        ("123.456", None),
+        ("1234", None),
+        // Not a name: leading `-` or `.`, spaces, ports, other characters.
+        ("-bad.example", None),
+        (".example.com", None),
+        ("host name", None),
+        ("host.example.com:22", None),
+        ("h\u{f4}st.example", None),
+        ("host/example", None),
+        ("fe80::1%eth0", None),
+        ("", None),
+    ];
+
+    /// `port(text)`.
+    pub(crate) const PORT: &[(&str, Option<u16>)] = &[
+        ("22", Some(22)),
+        ("0", Some(0)),
+        ("2222", Some(2222)),
+        ("65535", Some(65535)),
+        ("022", Some(22)),
+        ("00022", Some(22)),
+        ("65536", None),
+        ("99999", None),
+        ("000022", None),
+        ("", None),
+        ("+22", None),
+        ("-1", None),
+        ("22 ", None),
+        ("2a", None),
+        ("0x16", None),
+    ];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_table() {
+        for &(text, want) in tables::IP {
+            assert_eq!(ip(text), want, "ip({text:?})");
+            assert_eq!(
+                is_ipv4(text),
+                want == Some(text) && !text.contains(':'),
+                "is_ipv4({text:?})"
+            );
+        }
+    }
+
+    #[test]
+    fn host_table() {
+        for &(text, want) in tables::HOST {
+            assert_eq!(host(text), want, "host({text:?})");
+        }
+        assert!(is_hostname(&"a".repeat(253)));
+        assert!(!is_hostname(&"a".repeat(254)));
+    }
+
+    #[test]
+    fn port_table() {
+        for &(text, want) in tables::PORT {
+            assert_eq!(port(text), want, "port({text:?})");
+        }
+    }
+
+    #[test]
+    fn ipv4_octets_are_decimal() {
+        assert_eq!(parse_ipv4("192.030.0.6"), Some([192, 30, 0, 6]));
+        assert_eq!(parse_ipv4("010.000.000.255"), Some([10, 0, 0, 255]));
+        assert_eq!(parse_ipv4("255.255.255.255"), Some([255; 4]));
+        assert_eq!(parse_ipv4("1.2.3.256"), None);
+    }
+
+    #[test]
+    fn readings_count_one_or_many() {
+        let mut r = Reading::None;
+        r.push(1);
+        assert_eq!(r, Reading::One(1));
+        r.push(2);
+        assert_eq!(r, Reading::Many);
+        r.push(3);
+        assert_eq!(r, Reading::Many);
+    }
+
+    #[test]
+    fn tails_split_where_sshd_puts_them() {
+        let p: Vec<usize> = from_positions("from a from b").collect();
+        assert_eq!(p, [0, 7]);
+        let p: Vec<usize> = from_positions("root from 192.0.2.1 port 22 ssh2").collect();
+        assert_eq!(p, [5]);
+        assert_eq!(from_positions("xfrom a").count(), 0);
+        assert_eq!(from_positions("a  from b").collect::<Vec<_>>(), [3]);
+        assert_eq!(before("root from 192.0.2.1", 5), "root");
+        assert_eq!(before("from 192.0.2.1", 0), "");
+        assert_eq!(
+            rsplit_port("u port 1 from 192.0.2.1 port 22"),
+            Some(("u port 1 from 192.0.2.1", "22"))
+        );
+        assert_eq!(rsplit_port("192.0.2.1port 22"), None);
+        assert_eq!(split_space("a b c"), Some(("a", "b c")));
+        assert_eq!(rsplit_space("a b c"), Some(("a b", "c")));
+        assert_eq!(split_space("abc"), None);
+        assert_eq!(find_byte("a:b", b':'), Some(1));
+        assert_eq!(find_either("a b:c", b':', b' '), Some(1));
     }
 }

@@ -2,8 +2,9 @@
 //! it names as the peer, and whether that attribution can be trusted.
 //!
 //! Two implementations share the types of this module: [`scanner`], the
-//! hand-written hot path, and [`oracle`], a regex implementation kept as the
-//! test oracle. Both take the *message* of an sshd line (after the syslog or
+//! hand-written hot path, and `oracle`, a regex implementation kept as the
+//! test oracle, compiled only for tests and with the `oracle` cargo feature
+//! (benches and fuzzing), so that the production binary links no regex. Both take the *message* of an sshd line (after the syslog or
 //! journal prefix and sshd's `error:`/`fatal:` decorations were removed by
 //! [`crate::prefix`]) and must return identical [`Classified`] values for every
 //! input; the corpus tests and the fuzz targets hold them to that.
@@ -64,6 +65,7 @@
 //! from H`, `User U from H not allowed because ...`), a host name.
 
 pub mod addr;
+#[cfg(any(test, feature = "oracle"))]
 pub mod oracle;
 pub mod scanner;
 

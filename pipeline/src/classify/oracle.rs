@@ -11,14 +11,17 @@
 //! fixed tail is tried at every candidate position (every `from ` that starts
 //! the user part or follows a space, every ` port `, every `' from `), and the
 //! valid readings are counted with [`Reading`] as the attribution rules ask.
-//! Address, host and port tokens are validated with the helpers of
-//! [`super::addr`]; a regex only says where a token is.
+//! Address, host and port tokens are read by this file's own [`ip`], [`host`]
+//! and [`port`] (a regex for the token's shape, std's parsers for its value),
+//! not by [`super::addr`], which the scanner uses: a bug in either shows up as
+//! a disagreement instead of being shared by both sides.
 
+use std::net::Ipv6Addr;
 use std::sync::LazyLock;
 
 use regex::{Captures, Match, Regex};
 
-use super::addr::{host, ip, port, Reading};
+use super::addr::Reading;
 use super::{Classified, Kind};
 
 fn re(pattern: &str) -> Regex {
@@ -31,6 +34,54 @@ macro_rules! regex {
     ($name:ident, $pattern:expr) => {
         static $name: LazyLock<Regex> = LazyLock::new(|| re($pattern));
     };
+}
+
+// --- Address tokens, as the module docs of `super` define them.
+
+// A dotted quad of one to three decimal digits per octet: leading zeros are
+// read as decimal (`192.030.0.6` is 192.30.0.6).
+regex!(
+    IPV4,
+    r"\A([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\z"
+);
+// An IPv4-mapped IPv6 address as sshd prints one: `::ffff:` and a dotted quad.
+regex!(IPV4_MAPPED, r"\A::(?:ffff|FFFF):(?P<v4>[0-9.]+)\z");
+// A host name: letters, digits, `-`, `.`, `_`, not starting with `-` or `.`.
+regex!(HOST_NAME, r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}\z");
+regex!(LETTER, r"[A-Za-z]");
+regex!(PORT, r"\A[0-9]{1,5}\z");
+
+fn is_ipv4(tok: &str) -> bool {
+    IPV4.captures(tok)
+        .is_some_and(|c| (1..=4).all(|i| c[i].parse::<u8>().is_ok()))
+}
+
+/// `tok` as a peer address: IPv4, or IPv6 (std's parser), an IPv4-mapped
+/// IPv6 address reported as its IPv4 part.
+fn ip(tok: &str) -> Option<&str> {
+    if is_ipv4(tok) {
+        return Some(tok);
+    }
+    if let Some(v4) = IPV4_MAPPED.captures(tok).and_then(|c| c.name("v4")) {
+        if is_ipv4(v4.as_str()) {
+            return Some(v4.as_str());
+        }
+    }
+    tok.parse::<Ipv6Addr>().is_ok().then_some(tok)
+}
+
+/// `tok` as an address or, where sshd prints a resolved name, a host name
+/// (which has at least one letter, so that a bad address is no name).
+fn host(tok: &str) -> Option<&str> {
+    ip(tok).or_else(|| (HOST_NAME.is_match(tok) && LETTER.is_match(tok)).then_some(tok))
+}
+
+/// A port (or a disconnect code): one to five decimal digits, at most 65535.
+fn port(tok: &str) -> Option<u16> {
+    if !PORT.is_match(tok) {
+        return None;
+    }
+    tok.parse().ok()
 }
 
 // The message proper and sshd's ` [preauth]` suffix, after trailing whitespace.
@@ -704,4 +755,59 @@ fn addressless(m: &str) -> Option<Classified<'_>> {
         return None;
     };
     Some(Classified::new(kind))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::super::addr::{self, tables};
+    use super::*;
+
+    // The oracle's own address reading, held to the same hand-written
+    // tables as the scanner's `addr`.
+
+    #[test]
+    fn ip_table() {
+        for &(text, want) in tables::IP {
+            assert_eq!(ip(text), want, "ip({text:?})");
+        }
+    }
+
+    #[test]
+    fn host_table() {
+        for &(text, want) in tables::HOST {
+            assert_eq!(host(text), want, "host({text:?})");
+        }
+        assert_eq!(host(&"a".repeat(253)).map(str::len), Some(253));
+        assert_eq!(host(&"a".repeat(254)), None);
+    }
+
+    #[test]
+    fn port_table() {
+        for &(text, want) in tables::PORT {
+            assert_eq!(port(text), want, "port({text:?})");
+        }
+    }
+
+    proptest! {
+        // Beyond the tables: the two readers agree on address-like tokens.
+        #[test]
+        fn address_readers_agree(
+            tok in prop_oneof![
+                "[0-9]{1,4}(\\.[0-9]{1,4}){2,4}",
+                "(::(ffff|FFFF|Ffff):)?[0-9]{1,3}(\\.[0-9]{1,3}){2,4}",
+                "([0-9a-fA-F]{0,5}:){1,8}[0-9a-fA-F]{0,5}(%[a-z0-9]{1,4})?",
+                "[0-9A-Za-z._:%-]{0,12}",
+            ]
+        ) {
+            prop_assert_eq!(ip(&tok), addr::ip(&tok), "ip({:?})", tok);
+            prop_assert_eq!(host(&tok), addr::host(&tok), "host({:?})", tok);
+        }
+
+        #[test]
+        fn port_readers_agree(tok in "[0-9+ -]{0,7}") {
+            prop_assert_eq!(port(&tok), addr::port(&tok), "port({:?})", tok);
+        }
+    }
 }
