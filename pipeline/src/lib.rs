@@ -25,12 +25,4 @@ pub mod prefix;
 pub mod time;
 pub mod window;
 
-// The old path of `peer::Peer`, kept only while `tests/corpus.rs` (being
-// moved on main, not edited here) still imports it: delete this module when
-// that import becomes `sshwarden_pipeline::peer::Peer`.
-#[doc(hidden)]
-pub mod source {
-    pub use crate::peer::Peer as Source;
-}
-
 pub use engine::{Engine, EngineConfig, EngineConfigError, LineInput, RecordInput, Stats};

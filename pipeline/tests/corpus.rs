@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use fail2ban::{Case, Expected};
 use sshwarden_pipeline::engine::LineVerdict;
-use sshwarden_pipeline::source::Source;
+use sshwarden_pipeline::peer::Peer;
 use sshwarden_pipeline::{Engine, EngineConfig};
 
 /// (case source, why we differ from fail2ban's broadest mode).
@@ -53,7 +53,7 @@ fn verdicts(name: &str) -> HashMap<usize, Option<String>> {
 }
 
 fn normalise(host: &str) -> String {
-    Source::parse(host).map_or_else(|| host.to_owned(), |s| s.to_string())
+    Peer::parse(host).map_or_else(|| host.to_owned(), |s| s.to_string())
 }
 
 /// Whether our verdict is what fail2ban expects.
