@@ -17,7 +17,7 @@ use sshwarden_pipeline::classify::Signal;
 use sshwarden_pipeline::policy::PolicyConfig;
 use sshwarden_pipeline::window::{SubjectKind, WindowConfig};
 
-use crate::fleet::GeneratedEvent;
+use crate::event::GeneratedEvent;
 
 /// One instance rule as the truth computation sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use sshwarden_pipeline::classify::Signal;
 use sshwarden_pipeline::time::civil_from_days;
 
+use crate::event::GeneratedEvent;
 use crate::sshd::{self, Account, Msg};
 use crate::truth::{Compromise, GroundTruth, TruthRules};
 
@@ -360,28 +361,6 @@ pub struct InstanceInfo {
     pub password_auth: bool,
     /// `LogLevel VERBOSE`: `Connection from` lines and key fingerprints.
     pub verbose: bool,
-}
-
-/// One log event as CloudWatch Logs would hold it, with its ground truth.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct GeneratedEvent {
-    /// The instance id, which is also the log stream.
-    pub instance: String,
-    /// Event time (epoch milliseconds).
-    pub time_ms: i64,
-    /// The whole log line, syslog prefix included.
-    pub line: String,
-    /// A CloudWatch-style event id: 56 decimal digits, unique in the fleet.
-    pub id: String,
-    /// The signal this line counts for against its instance, if any (mirrors
-    /// the classifier; see [`crate::sshd`]).
-    pub signal: Option<Signal>,
-    /// The peer that really sent what the line reports (for benign lines too);
-    /// `None` for lines about no connection.
-    pub source: Option<IpAddr>,
-    /// Index of the scenario that produced the line; `None` for benign
-    /// traffic and background scanning.
-    pub scenario: Option<usize>,
 }
 
 /// A generated fleet: its instances, its events sorted by time, and the
