@@ -203,30 +203,7 @@ impl Gen<'_> {
                             sshd::failed_publickey(&user, true, peer, p, &k),
                         );
                     }
-                    if rng.random_bool(0.5) {
-                        self.after(
-                            rng,
-                            &mut c,
-                            50,
-                            400,
-                            sshd::closed_by_user(Account::Invalid, &user, peer, p, true),
-                        );
-                    } else {
-                        self.after(
-                            rng,
-                            &mut c,
-                            50,
-                            400,
-                            sshd::received_disconnect(peer, p, 11, "Bye Bye", true),
-                        );
-                        self.after(
-                            rng,
-                            &mut c,
-                            0,
-                            2,
-                            sshd::disconnected(Account::Invalid, &user, peer, p, true),
-                        );
-                    }
+                    self.leave_preauth(rng, &mut c, Account::Invalid, &user, 400);
                 }
             }
         }

@@ -33,6 +33,11 @@ impl Gen<'_> {
     ) {
         let (peer, p) = (c.peer, c.port);
         let password = force_password.unwrap_or(self.instances[c.host].password_auth);
+        let acct = if valid {
+            Account::Authenticating
+        } else {
+            Account::Invalid
+        };
         if !valid {
             self.after(rng, c, 20, 300, sshd::invalid_user(user, peer, p));
         }
@@ -50,19 +55,7 @@ impl Gen<'_> {
                 2_500,
                 sshd::failed_password(user, !valid, peer, p),
             );
-            self.after(
-                rng,
-                c,
-                50,
-                400,
-                sshd::received_disconnect(peer, p, 11, "Bye Bye", true),
-            );
-            let acct = if valid {
-                Account::Authenticating
-            } else {
-                Account::Invalid
-            };
-            self.after(rng, c, 0, 2, sshd::disconnected(acct, user, peer, p, true));
+            self.bye_preauth(rng, c, acct, user, 400);
             return;
         }
         if !valid && rng.random_bool(0.3) {
@@ -75,28 +68,46 @@ impl Gen<'_> {
                 sshd::failed_publickey(user, true, peer, p, &k),
             );
         }
-        let acct = if valid {
-            Account::Authenticating
-        } else {
-            Account::Invalid
-        };
+        self.leave_preauth(rng, c, acct, user, 600);
+    }
+
+    /// The client leaves before authenticating, one way or the other with
+    /// even odds: `Connection closed by <acct> ...`, or [`Self::bye_preauth`];
+    /// the first line 50 to `hi` ms later.
+    pub(super) fn leave_preauth(
+        &mut self,
+        rng: &mut StdRng,
+        c: &mut Conn,
+        acct: Account,
+        user: &str,
+        hi: i64,
+    ) {
         if rng.random_bool(0.5) {
+            let (peer, p) = (c.peer, c.port);
             self.after(
                 rng,
                 c,
                 50,
-                600,
+                hi,
                 sshd::closed_by_user(acct, user, peer, p, true),
             );
         } else {
-            self.after(
-                rng,
-                c,
-                50,
-                600,
-                sshd::received_disconnect(peer, p, 11, "Bye Bye", true),
-            );
-            self.after(rng, c, 0, 2, sshd::disconnected(acct, user, peer, p, true));
+            self.bye_preauth(rng, c, acct, user, hi);
         }
+    }
+
+    /// The client says goodbye before authenticating: `Received disconnect
+    /// ... Bye Bye [preauth]` 50 to `hi` ms later, then `Disconnected from
+    /// <acct> ...`.
+    fn bye_preauth(&mut self, rng: &mut StdRng, c: &mut Conn, acct: Account, user: &str, hi: i64) {
+        let (peer, p) = (c.peer, c.port);
+        self.after(
+            rng,
+            c,
+            50,
+            hi,
+            sshd::received_disconnect(peer, p, 11, "Bye Bye", true),
+        );
+        self.after(rng, c, 0, 2, sshd::disconnected(acct, user, peer, p, true));
     }
 }
