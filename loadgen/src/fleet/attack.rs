@@ -8,7 +8,7 @@ use rand::Rng;
 
 use super::generator::Gen;
 use super::random::{fingerprint, key, nth, pick, public_ipv4, stream, Purpose, INVALID_USERS};
-use super::Scenario;
+use super::scenario::Scenario;
 use crate::sshd::{self, Account};
 use crate::truth::Compromise;
 

@@ -9,10 +9,8 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use sshwarden_pipeline::classify::Signal;
 
+use super::config::FleetConfig;
 use super::instance::{self, HostState, InstanceInfo};
-use super::random::{stream, Purpose};
-use super::FleetConfig;
-use super::{benign, scan};
 use crate::sshd::{self, Msg};
 use crate::truth::Compromise;
 
@@ -72,19 +70,6 @@ impl<'c> Gen<'c> {
             seq: 0,
             decoys: Vec::new(),
             compromises: Vec::new(),
-        }
-    }
-
-    /// Benign traffic and background scanning of every instance, each host
-    /// from its own two streams (benign first: they share the host's pids).
-    pub(super) fn benign_and_scanning(&mut self) {
-        let scanners = scan::scanner_pool(self.config);
-        let admins = benign::admin_pool(self.config.seed);
-        for host in 0..self.instances.len() {
-            let mut rng = stream(self.config.seed, Purpose::Benign, host as u64);
-            self.benign(&mut rng, host, &admins);
-            let mut rng = stream(self.config.seed, Purpose::Scanning, host as u64);
-            self.scan(&mut rng, host, &scanners);
         }
     }
 

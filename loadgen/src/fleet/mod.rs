@@ -18,6 +18,9 @@
 //! (authentication attempts), `attack` (the scenarios' lines) and `random`
 //! (seeded streams and vocabulary). This module runs them in order and turns
 //! their lines into sorted [`GeneratedEvent`]s with ids and the truth.
+//! Imports point one way: `random` and `scenario` at the bottom, then
+//! `config` and `instance`, `generator`, `attempt`, then `benign`, `scan`
+//! and `attack`, and this module on top.
 
 mod attack;
 mod attempt;
@@ -36,6 +39,7 @@ pub use scenario::Scenario;
 use crate::event::GeneratedEvent;
 use crate::truth::{GroundTruth, TruthRules};
 use generator::Gen;
+use random::{stream, Purpose};
 
 /// A generated fleet: its instances, its events sorted by time, and the
 /// ground truth computed from them.
@@ -52,7 +56,17 @@ impl Fleet {
     pub fn generate(config: &FleetConfig) -> Result<Fleet, ConfigError> {
         config.validate()?;
         let mut g = Gen::new(config);
-        g.benign_and_scanning();
+        // Benign traffic and background scanning of every instance, each
+        // host from its own two streams (benign first: they share the host's
+        // pids), then the scenarios, each from its own stream.
+        let scanners = scan::scanner_pool(config);
+        let admins = benign::admin_pool(config.seed);
+        for host in 0..g.instances.len() {
+            let mut rng = stream(config.seed, Purpose::Benign, host as u64);
+            g.benign(&mut rng, host, &admins);
+            let mut rng = stream(config.seed, Purpose::Scanning, host as u64);
+            g.scan(&mut rng, host, &scanners);
+        }
         for (i, s) in config.scenarios.iter().enumerate() {
             g.scenario(i, s);
         }

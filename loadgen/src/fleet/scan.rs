@@ -6,9 +6,9 @@ use std::net::IpAddr;
 use rand::rngs::StdRng;
 use rand::Rng;
 
+use super::config::FleetConfig;
 use super::generator::Gen;
 use super::random::{exp_gap, pick, public_ipv4, stream, Purpose, INVALID_USERS};
-use super::FleetConfig;
 use crate::sshd;
 
 /// The scanners' addresses, shared by the whole fleet.
