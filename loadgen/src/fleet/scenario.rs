@@ -54,7 +54,7 @@ pub enum Scenario {
     },
     /// Usernames crafted to misattribute: `x from 10.0.0.5 port 22`,
     /// `x from D port 22 ssh2: RSA SHA256:... ID` and the like, from one real
-    /// address. The decoy addresses (see [`GroundTruth::decoy_addresses`])
+    /// address. The decoy addresses (see [`crate::GroundTruth::decoy_addresses`])
     /// must never be counted; some lines are deliberately ambiguous.
     HostileUsernames {
         instance: usize,
