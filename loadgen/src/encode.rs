@@ -15,7 +15,7 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 use serde::Serialize;
 
-use crate::fleet::GeneratedEvent;
+use crate::event::GeneratedEvent;
 
 /// How events are cut into records and what the envelope says.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,7 +15,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 
 use crate::encode::SubscriptionRecord;
-use crate::fleet::GeneratedEvent;
+use crate::event::GeneratedEvent;
 
 /// One message to write.
 #[derive(Debug, Clone, PartialEq, Eq)]

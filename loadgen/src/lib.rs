@@ -3,7 +3,7 @@
 //! [`fleet`] simulates EC2 instances writing sshd and system logs (benign
 //! logins, cron, systemd, background internet scanning) while configurable
 //! attack [`Scenario`]s run against them, deterministically from a seed.
-//! Every generated event says what it is evidence of, and the generator
+//! Every generated event ([`event`]) says what it is evidence of, and the generator
 //! computes the [`GroundTruth`] ([`truth`]): which default rule must fire for
 //! which instance in which window, which addresses must never be counted.
 //! [`encode`] turns the events into gzip-compressed CloudWatch Logs
@@ -16,6 +16,7 @@
 //! Used by the benchmarks, the `demo` subcommand and the end-to-end tests.
 
 pub mod encode;
+pub mod event;
 pub mod fleet;
 #[cfg(feature = "kafka")]
 pub mod kafka;
@@ -31,6 +32,7 @@ mod tests;
 pub use encode::{
     auth_log, encode_records, subscription_records, RecordOptions, SubscriptionRecord,
 };
-pub use fleet::{ConfigError, Fleet, FleetConfig, GeneratedEvent, InstanceInfo, Scenario};
+pub use event::GeneratedEvent;
+pub use fleet::{ConfigError, Fleet, FleetConfig, InstanceInfo, Scenario};
 pub use score::{CommandScorer, DetectionReport, LatencySummary, WrittenLog, WrittenMark};
 pub use truth::{DetectionKey, ExpectedDetection, GroundTruth, Score, TruthRules};

@@ -25,7 +25,7 @@ use std::io::Write;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::truth::{DetectionKey, GroundTruth, Score};
+use crate::truth::{ratio, DetectionKey, GroundTruth, Score};
 
 /// The fields of a command line the scorer reads.
 #[derive(Debug, Deserialize)]
@@ -255,14 +255,6 @@ impl CommandScorer {
             },
             write_times_missing,
         }
-    }
-}
-
-fn ratio(n: usize, d: usize) -> f64 {
-    if d == 0 {
-        1.0
-    } else {
-        n as f64 / d as f64
     }
 }
 

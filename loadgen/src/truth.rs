@@ -17,7 +17,7 @@ use sshwarden_pipeline::classify::Signal;
 use sshwarden_pipeline::policy::PolicyConfig;
 use sshwarden_pipeline::window::{SubjectKind, WindowConfig};
 
-use crate::fleet::GeneratedEvent;
+use crate::event::GeneratedEvent;
 
 /// One instance rule as the truth computation sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -247,7 +247,6 @@ impl GroundTruth {
         let detected: BTreeSet<DetectionKey> = detected.into_iter().collect();
         let expected = self.expected_keys();
         let true_positives = detected.intersection(&expected).count();
-        let ratio = |n: usize, d: usize| if d == 0 { 1.0 } else { n as f64 / d as f64 };
         Score {
             expected: expected.len(),
             detected: detected.len(),
@@ -257,5 +256,15 @@ impl GroundTruth {
             precision: ratio(true_positives, detected.len()),
             recall: ratio(true_positives, expected.len()),
         }
+    }
+}
+
+/// `n / d` as a precision or recall: 1.0 when there is nothing to divide by
+/// (nothing detected, or nothing expected).
+pub(crate) fn ratio(n: usize, d: usize) -> f64 {
+    if d == 0 {
+        1.0
+    } else {
+        n as f64 / d as f64
     }
 }

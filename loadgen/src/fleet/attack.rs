@@ -1,0 +1,211 @@
+//! Attack scenarios written into the logs: each [`Scenario`] from its own
+//! random stream, marked with its index so the truth can say which scenario
+//! contributed to which detection.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use rand::Rng;
+
+use super::generator::Gen;
+use super::random::{fingerprint, key, nth, pick, public_ipv4, stream, Purpose, INVALID_USERS};
+use super::scenario::Scenario;
+use crate::sshd::{self, Account};
+use crate::truth::Compromise;
+
+impl Gen<'_> {
+    pub(super) fn scenario(&mut self, index: usize, s: &Scenario) {
+        let mut rng = stream(self.config.seed, Purpose::Scenario, index as u64);
+        let rng = &mut rng;
+        let sc = Some(index);
+        let start = self.start;
+        let at = |offset: i64| start.saturating_add(offset);
+        match *s {
+            Scenario::FastBruteForce {
+                instance,
+                offset_ms,
+                attempts,
+                per_second,
+            } => {
+                let peer = public_ipv4(rng);
+                let t0 = at(offset_ms);
+                for i in 0..attempts {
+                    let t = nth(t0, i, per_second);
+                    let mut c = self.open(rng, instance, peer, t, sc);
+                    self.guess(rng, &mut c, 0.2);
+                }
+            }
+            Scenario::SlowBruteForce {
+                instance,
+                offset_ms,
+                attempts,
+                interval_ms,
+            } => {
+                let peer = public_ipv4(rng);
+                let t0 = at(offset_ms);
+                for i in 0..i64::from(attempts) {
+                    // Fixed offsets inside an attempt keep each signal's lines
+                    // exactly `interval_ms` apart.
+                    let mut c = self.open(rng, instance, peer, t0 + i * interval_ms, sc);
+                    let p = c.port;
+                    c.t += 1_200;
+                    self.say(&c, sshd::failed_password("root", false, peer, p));
+                    c.t += 150;
+                    self.say(&c, sshd::received_disconnect(peer, p, 11, "Bye Bye", true));
+                    c.t += 1;
+                    self.say(
+                        &c,
+                        sshd::disconnected(Account::Authenticating, "root", peer, p, true),
+                    );
+                }
+            }
+            Scenario::UserEnumeration {
+                instance,
+                offset_ms,
+                usernames,
+                per_second,
+            } => {
+                let peer = public_ipv4(rng);
+                let t0 = at(offset_ms);
+                for i in 0..usernames {
+                    let t = nth(t0, i, per_second);
+                    let mut c = self.open(rng, instance, peer, t, sc);
+                    let base = INVALID_USERS[i as usize % INVALID_USERS.len()];
+                    let user = if (i as usize) < INVALID_USERS.len() {
+                        base.to_owned()
+                    } else {
+                        format!("{base}{}", i as usize / INVALID_USERS.len())
+                    };
+                    let p = c.port;
+                    self.after(rng, &mut c, 20, 200, sshd::invalid_user(&user, peer, p));
+                    self.after(
+                        rng,
+                        &mut c,
+                        50,
+                        400,
+                        sshd::closed_by_user(Account::Invalid, &user, peer, p, true),
+                    );
+                }
+            }
+            Scenario::Botnet {
+                offset_ms,
+                duration_ms,
+                addresses,
+                hosts,
+                attempts_per_address,
+            } => {
+                if addresses == 0 {
+                    return;
+                }
+                // A seeded partial shuffle picks the attacked instances.
+                let mut order: Vec<usize> = (0..self.instances.len()).collect();
+                for i in 0..hosts.min(order.len()) {
+                    let j = rng.random_range(i..order.len());
+                    order.swap(i, j);
+                }
+                order.truncate(hosts);
+                let t0 = at(offset_ms);
+                for _ in 0..addresses {
+                    let peer = public_ipv4(rng);
+                    for _ in 0..attempts_per_address {
+                        let host = *pick(rng, &order);
+                        let t = t0 + rng.random_range(0..duration_ms.max(1));
+                        let mut c = self.open(rng, host, peer, t, sc);
+                        self.guess(rng, &mut c, 0.25);
+                    }
+                }
+            }
+            Scenario::BruteForceThenSuccess {
+                instance,
+                offset_ms,
+                failures,
+                per_second,
+            } => {
+                let peer = public_ipv4(rng);
+                let (user, uid) = ("admin", 1003);
+                let t0 = at(offset_ms);
+                let mut t = t0;
+                for i in 0..failures {
+                    t = nth(t0, i, per_second);
+                    let mut c = self.open(rng, instance, peer, t, sc);
+                    self.attempt(rng, &mut c, user, true, Some(true));
+                }
+                let t = t + (1000.0 / per_second) as i64;
+                let mut c = self.open(rng, instance, peer, t, sc);
+                let p = c.port;
+                self.after(
+                    rng,
+                    &mut c,
+                    500,
+                    2_000,
+                    sshd::accepted("password", user, peer, p, None),
+                );
+                if c.t >= self.start && c.t < self.end {
+                    self.compromises.push(Compromise {
+                        instance: self.instances[instance].id.clone(),
+                        source: peer,
+                        user: user.to_owned(),
+                        time_ms: c.t,
+                        scenario: index,
+                    });
+                }
+                self.after(rng, &mut c, 1, 20, sshd::session_opened(user, uid));
+            }
+            Scenario::HostileUsernames {
+                instance,
+                offset_ms,
+                attempts,
+                per_second,
+            } => {
+                let peer = public_ipv4(rng);
+                // Decoys: a private address, loopback, a documentation address
+                // and another instance of the fleet.
+                let mut decoys = vec![
+                    IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5)),
+                    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)),
+                    IpAddr::V4(Ipv4Addr::new(198, 51, 100, 23)),
+                ];
+                if self.instances.len() > 1 {
+                    let other = (instance + 1) % self.instances.len();
+                    decoys.push(IpAddr::V4(self.instances[other].private_ip));
+                }
+                let t0 = at(offset_ms);
+                for i in 0..attempts {
+                    let t = nth(t0, i, per_second);
+                    let d = *pick(rng, &decoys);
+                    self.decoys.push(d);
+                    let w = *pick(rng, &["x", "admin", "root", "oracle"]);
+                    let variant = rng.random_range(0..4);
+                    let user = match variant {
+                        0 => format!("{w} from {d} port 22"),
+                        1 => format!("{w} from {d} port 22 ssh2"),
+                        2 => format!("{w} from {d} port 22 ssh2: RSA {}", fingerprint(rng)),
+                        // Readable two ways in `Failed publickey`: ambiguous.
+                        _ => format!("{w} from {d} port 22 ssh2: RSA {} ID", fingerprint(rng)),
+                    };
+                    let mut c = self.open(rng, instance, peer, t, sc);
+                    let p = c.port;
+                    self.after(rng, &mut c, 20, 300, sshd::invalid_user(&user, peer, p));
+                    if variant < 2 {
+                        self.after(
+                            rng,
+                            &mut c,
+                            500,
+                            2_000,
+                            sshd::failed_password(&user, true, peer, p),
+                        );
+                    } else {
+                        let k = key(rng);
+                        self.after(
+                            rng,
+                            &mut c,
+                            50,
+                            300,
+                            sshd::failed_publickey(&user, true, peer, p, &k),
+                        );
+                    }
+                    self.leave_preauth(rng, &mut c, Account::Invalid, &user, 400);
+                }
+            }
+        }
+    }
+}
