@@ -125,6 +125,127 @@ def check_definitions(files: list[str]) -> None:
     print(f"ok the template's {len(found)} state machines are infra/statemachines/*.asl.json")
 
 
+# Every Task rides out a few seconds of throttling (EC2 RequestLimitExceeded,
+# SNS Throttled: both arrive as States.TaskFailed) with exponential backoff, a
+# cap and full jitter. asl-validator 4.0.0 (the newest) accepts any extra field
+# in a retrier without checking it, so the values are checked here.
+RETRIER_FIELDS = {"ErrorEquals", "IntervalSeconds", "MaxAttempts", "BackoffRate", "MaxDelaySeconds", "JitterStrategy", "Comment"}
+MIN_ATTEMPTS = 4
+MIN_WORST_CASE_WAIT_S = 10.0
+
+
+def tasks(states: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """Every Task state, also inside Map and Parallel states."""
+    found = []
+    for name, state in states.items():
+        where = f"{path}{name}"
+        if state.get("Type") == "Task":
+            found.append((where, state))
+        for key in ("ItemProcessor", "Iterator"):
+            if key in state:
+                found += tasks(state[key]["States"], f"{where}/")
+        for i, branch in enumerate(state.get("Branches", [])):
+            found += tasks(branch["States"], f"{where}[{i}]/")
+    return found
+
+
+def retry_problem(retry: Any) -> str | None:
+    """Why a Task's Retry is not enough, or None."""
+    if not isinstance(retry, list) or not retry:
+        return "no Retry"
+    for r in retry:
+        unknown = set(r) - RETRIER_FIELDS
+        if unknown:
+            return f"unknown retrier fields {sorted(unknown)}"
+    broad = [r for r in retry if {"States.TaskFailed", "States.ALL"} & set(r.get("ErrorEquals", []))]
+    if not broad:
+        return "no retrier for States.TaskFailed (throttling arrives as a task failure)"
+    r = broad[0]
+    interval, attempts = r.get("IntervalSeconds", 1), r.get("MaxAttempts", 3)
+    rate, cap, jitter = r.get("BackoffRate", 2.0), r.get("MaxDelaySeconds"), r.get("JitterStrategy", "NONE")
+    if not (isinstance(interval, int) and interval >= 1):
+        return f"IntervalSeconds {interval!r} is not a positive integer"
+    if not (isinstance(attempts, int) and attempts >= MIN_ATTEMPTS):
+        return f"MaxAttempts {attempts!r} < {MIN_ATTEMPTS}"
+    if not (isinstance(rate, (int, float)) and rate > 1.0):
+        return f"BackoffRate {rate!r} is no backoff"
+    if not (isinstance(cap, int) and interval <= cap <= 31622400):
+        return f"MaxDelaySeconds {cap!r} missing or out of range"
+    if jitter != "FULL":
+        return f"JitterStrategy {jitter!r}, want FULL"
+    worst = sum(min(interval * rate**k, cap) for k in range(attempts))
+    if worst < MIN_WORST_CASE_WAIT_S:
+        return f"the retries wait at most {worst:.0f} s in all (< {MIN_WORST_CASE_WAIT_S:.0f} s)"
+    return None
+
+
+def check_retries() -> None:
+    # The check must be able to fail.
+    bad = {"T": {"Type": "Task", "Retry": [{"ErrorEquals": ["States.TaskFailed"], "IntervalSeconds": 1, "MaxAttempts": 2, "BackoffRate": 2.0}]}}
+    if all(retry_problem(s.get("Retry")) is None for _, s in tasks(bad)):
+        raise Failed("the retry check passed two tries without jitter")
+    count = 0
+    for path in sorted(STATE_MACHINES.glob("*.asl.json")):
+        for where, state in tasks(json.loads(path.read_text())["States"]):
+            problem = retry_problem(state.get("Retry"))
+            if problem:
+                raise Failed(f"{path.name}: Task {where}: {problem}")
+            count += 1
+    print(f"ok all {count} Tasks retry States.TaskFailed with backoff, MaxDelaySeconds and full jitter")
+
+
+def statements(role: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for policy in role["Properties"].get("Policies", []):
+        out += policy["PolicyDocument"]["Statement"]
+    return out
+
+
+def actions(stmt: dict[str, Any]) -> set[str]:
+    a = stmt.get("Action", [])
+    return {a} if isinstance(a, str) else set(a)
+
+
+def resources(stmt: dict[str, Any]) -> list[str]:
+    r = stmt.get("Resource", [])
+    return [json.dumps(x) for x in (r if isinstance(r, list) else [r])]
+
+
+def check_roles() -> None:
+    """Each state machine has a role of its own; group swaps only in the
+    protected VPC (ec2:Vpc on interfaces and groups); tags only sshwarden:*."""
+    res = load_cfn(TEMPLATE)["Resources"]
+    q = res["QuarantineStateMachine"]["Properties"]["RoleArn"]
+    r = res["ReleaseStateMachine"]["Properties"]["RoleArn"]
+    if q == r:
+        raise Failed(f"the quarantine and release machines share the role {q}")
+    tag_actions = {"ec2:CreateTags", "ec2:DeleteTags"}
+    wanted = {"QuarantineRole": {"ec2:CreateTags"}, "ReleaseRole": {"ec2:DeleteTags"}}
+    for (machine, ref), role_name in zip((("quarantine", q), ("release", r)), wanted):
+        if ref != {"Fn::GetAtt": [role_name, "Arn"]}:
+            raise Failed(f"the {machine} machine's role is {ref}, want {role_name}")
+        have_tags: set[str] = set()
+        for st in statements(res[role_name]):
+            if st.get("Effect") != "Allow":
+                continue
+            if any(x == '"*"' for x in resources(st)) and actions(st) - {"ec2:DescribeInstances", "ec2:DescribeTags"}:
+                raise Failed(f"{role_name} {st.get('Sid')}: {sorted(actions(st))} on *")
+            if "ec2:ModifyNetworkInterfaceAttribute" in actions(st):
+                scoped = [x for x in resources(st) if "network-interface/" in x or "security-group/" in x]
+                vpc = st.get("Condition", {}).get("StringEquals", {}).get("ec2:Vpc")
+                if scoped and (vpc is None or "${VpcId}" not in json.dumps(vpc)):
+                    raise Failed(f"{role_name} {st.get('Sid')}: interfaces or groups without an ec2:Vpc condition on the VpcId")
+            if actions(st) & tag_actions:
+                have_tags |= actions(st) & tag_actions
+                cond = st.get("Condition", {})
+                if cond.get("ForAllValues:StringLike", {}).get("aws:TagKeys") != ["sshwarden:*"] or \
+                        cond.get("Null", {}).get("aws:TagKeys") != "false":
+                    raise Failed(f"{role_name} {st.get('Sid')}: tag writes not limited to present sshwarden:* keys")
+        if have_tags != wanted[role_name]:
+            raise Failed(f"{role_name} may {sorted(have_tags)}, want {sorted(wanted[role_name])}")
+    print("ok QuarantineRole and ReleaseRole: one per machine, group swaps only with ec2:Vpc = VpcId, only sshwarden:* tags")
+
+
 def check_quarantine_group() -> None:
     standalone = load_cfn(QUARANTINE_SG)["Resources"]["QuarantineSecurityGroup"]
     in_template = load_cfn(TEMPLATE)["Resources"]["QuarantineSecurityGroup"]
@@ -174,6 +295,8 @@ def main(argv: list[str]) -> int:
             )
         print(f"ok infra/template.yaml embeds the current {', '.join(files)}")
         check_definitions(files)
+        check_retries()
+        check_roles()
         check_quarantine_group()
         check_parses()
         size = len(new.encode())

@@ -162,10 +162,10 @@ class Test:
         topic, group = self.out["AlertTopicArn"], self.out["QuarantineGroupId"]
         check(group.startswith("sg-") and topic.startswith("arn:aws:sns:"), f"group {group}, topic {topic}")
         check(set(PLACEHOLDERS) == {"QuarantineGroupId", "TopicArn"}, "placeholders changed: update this test")
-        role_arn = self.iam.get_role(RoleName=self.phys["StateMachineRole"])["Role"]["Arn"]
         notes = []
-        for logical, name, key in (("QuarantineStateMachine", "quarantine", "QuarantineStateMachineArn"),
-                                   ("ReleaseStateMachine", "release", "ReleaseStateMachineArn")):
+        for logical, name, key, role in (("QuarantineStateMachine", "quarantine", "QuarantineStateMachineArn", "QuarantineRole"),
+                                         ("ReleaseStateMachine", "release", "ReleaseStateMachineArn", "ReleaseRole")):
+            role_arn = self.iam.get_role(RoleName=self.phys[role])["Role"]["Arn"]
             want = (ROOT / "infra" / "statemachines" / f"{name}.asl.json").read_text()
             want = json.loads(want.replace("${QuarantineGroupId}", group).replace("${TopicArn}", topic))
             props = self.template["Resources"][logical]["Properties"]
