@@ -246,6 +246,67 @@ def check_roles() -> None:
     print("ok QuarantineRole and ReleaseRole: one per machine, group swaps only with ec2:Vpc = VpcId, only sshwarden:* tags")
 
 
+JOURNAL_UNIT = ROOT / "infra" / "cloudwatch-agent" / "sshwarden-journal.service"
+# Fields journald records itself (systemd.journal-fields(7), "trusted"
+# fields): a client cannot set them. _COMM is trusted but a process chooses
+# its own (prctl PR_SET_NAME), so it is not accepted here.
+TRUSTED_MATCH_FIELDS = {"_SYSTEMD_UNIT", "_EXE", "_UID"}
+
+
+def journal_groups(exec_start: str) -> list[list[tuple[str, str]]]:
+    """The journalctl matches of the unit's ExecStart, as "+"-separated groups
+    of (FIELD, value). Options that select entries otherwise are refused."""
+    m = re.search(r"journalctl (.*?)(?: >>|'|$)", exec_start)
+    if not m:
+        raise Failed(f"{JOURNAL_UNIT.name}: no journalctl in ExecStart")
+    groups: list[list[tuple[str, str]]] = [[]]
+    for arg in m.group(1).split():
+        if arg == "+":
+            groups.append([])
+        elif arg.startswith("-"):
+            name = arg.split("=", 1)[0]
+            if name in ("-t", "--identifier", "-u", "--unit", "--user-unit", "-g", "--grep", "-k", "--dmesg"):
+                raise Failed(f"{JOURNAL_UNIT.name}: journalctl {name} selects entries by what a client may set")
+        elif "=" in arg:
+            field, value = arg.split("=", 1)
+            groups[-1].append((field, value))
+        else:
+            raise Failed(f"{JOURNAL_UNIT.name}: unexpected journalctl argument {arg!r}")
+    return groups
+
+
+def journal_problem(exec_start: str) -> str | None:
+    try:
+        groups = journal_groups(exec_start)
+    except Failed as e:
+        return str(e)
+    for g in groups:
+        fields = {f for f, _ in g}
+        if not g:
+            return "an empty match group (it would match every entry)"
+        if fields - TRUSTED_MATCH_FIELDS:
+            return f"matches on {sorted(fields - TRUSTED_MATCH_FIELDS)}, not fields journald sets itself"
+        if "_SYSTEMD_UNIT" not in fields and not ("_EXE" in fields and ("_UID", "0") in g):
+            return f"group {g}: an _EXE match without _UID=0 (anyone can run the binary)"
+    return None
+
+
+def check_journal_unit() -> None:
+    text = JOURNAL_UNIT.read_text()
+    lines = [ln for ln in text.splitlines() if ln.startswith("ExecStart=")]
+    if len(lines) != 1:
+        raise Failed(f"{JOURNAL_UNIT.name}: {len(lines)} ExecStart lines, want 1")
+    # The check must be able to fail: the old recipe, on the syslog identifier.
+    old = "ExecStart=/bin/sh -c 'exec /usr/bin/journalctl --follow -t sshd -t sshd-session >> /x'"
+    if journal_problem(old) is None or journal_problem(old.replace("-t sshd -t sshd-session", "SYSLOG_IDENTIFIER=sshd")) is None:
+        raise Failed("the journal check passed a filter on the syslog identifier")
+    problem = journal_problem(lines[0])
+    if problem:
+        raise Failed(f"{JOURNAL_UNIT.name}: {problem}")
+    groups = journal_groups(lines[0])
+    print(f"ok {JOURNAL_UNIT.name} selects sshd's entries on trusted journal fields only ({len(groups)} groups)")
+
+
 def check_quarantine_group() -> None:
     standalone = load_cfn(QUARANTINE_SG)["Resources"]["QuarantineSecurityGroup"]
     in_template = load_cfn(TEMPLATE)["Resources"]["QuarantineSecurityGroup"]
@@ -297,6 +358,7 @@ def main(argv: list[str]) -> int:
         check_definitions(files)
         check_retries()
         check_roles()
+        check_journal_unit()
         check_quarantine_group()
         check_parses()
         size = len(new.encode())
