@@ -307,6 +307,25 @@ def check_journal_unit() -> None:
     print(f"ok {JOURNAL_UNIT.name} selects sshd's entries on trusted journal fields only ({len(groups)} groups)")
 
 
+def check_instance_log_policy() -> None:
+    """The instances' policy: only streams named i-* take events, only role
+    credentials EC2 delivered into the protected VPC may use it; the test
+    output writes the caller's own stream (docs/threat-model.md, T1)."""
+    res = load_cfn(TEMPLATE)["Resources"]
+    for st in res["InstanceLogPolicy"]["Properties"]["PolicyDocument"]["Statement"]:
+        cond = st.get("Condition", {})
+        if cond.get("StringEquals", {}).get("aws:Ec2InstanceSourceVpc") != {"Ref": "VpcId"} or \
+                cond.get("Null", {}).get("ec2:SourceInstanceARN") != "false":
+            raise Failed(f"InstanceLogPolicy {st.get('Sid')}: not limited to instance credentials of the protected VPC")
+        if "logs:PutLogEvents" in actions(st) and not all(x.endswith(':log-stream:i-*"}') for x in resources(st)):
+            raise Failed(f"InstanceLogPolicy {st.get('Sid')}: PutLogEvents on {resources(st)}, want streams i-* only")
+    outputs = load_cfn(TEMPLATE)["Outputs"]
+    test = json.dumps(outputs["TestSendFailedLogins"]["Value"])
+    if re.search(r"i-[0-9a-f]{8,17}", test) or "meta-data/instance-id" not in test:
+        raise Failed("TestSendFailedLogins must write the calling instance's own stream (from IMDS), not a named one")
+    print("ok InstanceLogPolicy: streams i-*, instance credentials of the protected VPC only; the test output writes its own stream")
+
+
 def check_quarantine_group() -> None:
     standalone = load_cfn(QUARANTINE_SG)["Resources"]["QuarantineSecurityGroup"]
     in_template = load_cfn(TEMPLATE)["Resources"]["QuarantineSecurityGroup"]
@@ -358,6 +377,7 @@ def main(argv: list[str]) -> int:
         check_definitions(files)
         check_retries()
         check_roles()
+        check_instance_log_policy()
         check_journal_unit()
         check_quarantine_group()
         check_parses()
