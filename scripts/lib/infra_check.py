@@ -326,6 +326,25 @@ def check_instance_log_policy() -> None:
     print("ok InstanceLogPolicy: streams i-*, instance credentials of the protected VPC only; the test output writes its own stream")
 
 
+def check_tag_guard() -> None:
+    """ProtectSshwardenTagsPolicy denies sshwarden:* tag writes (and keyless
+    DeleteTags) to everyone but the two machine roles."""
+    res = load_cfn(TEMPLATE)["Resources"]
+    sts = res["ProtectSshwardenTagsPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    roles = [{"Fn::GetAtt": ["QuarantineRole", "Arn"]}, {"Fn::GetAtt": ["ReleaseRole", "Arn"]}]
+    keys = [s for s in sts if s.get("Condition", {}).get("ForAnyValue:StringLike", {}).get("aws:TagKeys") == ["sshwarden:*"]]
+    keyless = [s for s in sts if s.get("Condition", {}).get("Null", {}).get("aws:TagKeys") == "true"]
+    if not keys or actions(keys[0]) != {"ec2:CreateTags", "ec2:DeleteTags"} or not keyless or "ec2:DeleteTags" not in actions(keyless[0]):
+        raise Failed("ProtectSshwardenTagsPolicy does not deny CreateTags/DeleteTags of sshwarden:* keys and keyless DeleteTags")
+    for st in keys + keyless:
+        if st.get("Effect") != "Deny" or resources(st) != ['"*"'] or \
+                st["Condition"].get("ArnNotEquals", {}).get("aws:PrincipalArn") != roles:
+            raise Failed(f"ProtectSshwardenTagsPolicy {st.get('Sid')}: must deny on * to all but QuarantineRole and ReleaseRole")
+    if "ProtectSshwardenTagsPolicyArn" not in load_cfn(TEMPLATE)["Outputs"]:
+        raise Failed("no output ProtectSshwardenTagsPolicyArn")
+    print("ok ProtectSshwardenTagsPolicy: sshwarden:* tags (and keyless DeleteTags) only by the machine roles")
+
+
 def check_quarantine_group() -> None:
     standalone = load_cfn(QUARANTINE_SG)["Resources"]["QuarantineSecurityGroup"]
     in_template = load_cfn(TEMPLATE)["Resources"]["QuarantineSecurityGroup"]
@@ -379,6 +398,7 @@ def main(argv: list[str]) -> int:
         check_roles()
         check_instance_log_policy()
         check_journal_unit()
+        check_tag_guard()
         check_quarantine_group()
         check_parses()
         size = len(new.encode())
