@@ -345,6 +345,68 @@ def check_tag_guard() -> None:
     print("ok ProtectSshwardenTagsPolicy: sshwarden:* tags (and keyless DeleteTags) only by the machine roles")
 
 
+CONSUMERS_SRC = ROOT / "consumers" / "src"
+# (namespace, metric name, what it must watch) every alarm set must cover.
+WANTED_ALARM_METRICS = {
+    ("AWS/Kinesis", "GetRecords.IteratorAgeMilliseconds", "LogStream"): "the workers' lag",
+    ("AWS/States", "ExecutionsFailed", "QuarantineStateMachine"): "failed quarantines",
+    ("AWS/States", "ExecutionsFailed", "ReleaseStateMachine"): "failed releases",
+    ("AWS/DynamoDB", "WriteThrottleEvents", "LeaseTable"): "lease table throttling",
+    ("AWS/DynamoDB", "ReadThrottleEvents", "LeaseTable"): "lease table throttling",
+    ("sshwarden", "CommandDeliveryFailures", ""): "sink failures",
+    ("sshwarden", "HeldQuarantines", ""): "held quarantines",
+}
+
+
+def alarm_metrics(props: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(namespace, metric, dimension value reference) of an alarm, also inside metric math."""
+    stats = [props] if "MetricName" in props else [m["MetricStat"]["Metric"] for m in props.get("Metrics", []) if "MetricStat" in m]
+    out = []
+    for m in stats:
+        ns = m["Namespace"] if isinstance(m["Namespace"], str) else m["Namespace"].get("Fn::Sub", "")
+        dims = m.get("Dimensions", [])
+        ref = dims[0]["Value"].get("Ref", "") if dims and isinstance(dims[0]["Value"], dict) else ""
+        out.append((ns.split("/${")[0], m["MetricName"], ref))
+    return out
+
+
+def check_alarms() -> None:
+    """The alarms of #16 finding 8 exist, watch the right metrics, notify the
+    operations topic whose key lets CloudWatch publish; the worker still
+    writes the log lines the metric filters count; retention is above a day."""
+    t = load_cfn(TEMPLATE)
+    res = t["Resources"]
+    alarms = {k: r["Properties"] for k, r in res.items() if r["Type"] == "AWS::CloudWatch::Alarm"}
+    seen = {m for props in alarms.values() for m in alarm_metrics(props)}
+    missing = [what for key, what in WANTED_ALARM_METRICS.items() if key not in seen]
+    if missing:
+        raise Failed(f"no alarm on {missing}")
+    retention = [k for k, p in alarms.items() if "StreamRetentionHours" in json.dumps(p.get("Metrics", []))]
+    if not retention:
+        raise Failed("no alarm compares the iterator age with StreamRetentionHours (data about to expire)")
+    for name, props in alarms.items():
+        if props.get("AlarmActions") != [{"Ref": "OperationsTopic"}]:
+            raise Failed(f"{name}: AlarmActions {props.get('AlarmActions')}, want the operations topic")
+        if not props["AlarmName"]["Fn::Sub"].startswith("${AWS::StackName}-"):
+            raise Failed(f"{name}: its name must start with the stack name (the key and topic policies admit those)")
+    if res["OperationsTopic"]["Properties"].get("KmsMasterKeyId") != {"Ref": "OperationsKey"}:
+        raise Failed("the operations topic is not encrypted with OperationsKey")
+    grants = [s for s in res["OperationsKey"]["Properties"]["KeyPolicy"]["Statement"]
+              if s.get("Principal") == {"Service": "cloudwatch.amazonaws.com"}]
+    if not grants or not {"kms:Decrypt", "kms:GenerateDataKey*"} <= actions(grants[0]):
+        raise Failed("OperationsKey does not let CloudWatch alarms publish (kms:Decrypt, kms:GenerateDataKey*)")
+    code = "\n".join(p.read_text() for p in sorted(CONSUMERS_SRC.rglob("*.rs")))
+    for name, r in res.items():
+        if r["Type"] == "AWS::Logs::MetricFilter":
+            m = re.fullmatch(r'\{ \$\.fields\.message = "([^"*]+)\*" \}', r["Properties"]["FilterPattern"])
+            if not m or m.group(1) not in code:
+                raise Failed(f"{name}: the worker does not log a message starting {m.group(1) if m else '?'!r} (consumers/src)")
+    if int(t["Parameters"]["StreamRetentionHours"]["Default"]) < 72:
+        raise Failed("StreamRetentionHours defaults to less than 3 days")
+    print(f"ok {len(alarms)} alarms (lag, retention, executions, sink failures, held, checkpoints, throttling) "
+          "to the operations topic; its key lets CloudWatch publish; the metric filters' messages are the worker's")
+
+
 def check_quarantine_group() -> None:
     standalone = load_cfn(QUARANTINE_SG)["Resources"]["QuarantineSecurityGroup"]
     in_template = load_cfn(TEMPLATE)["Resources"]["QuarantineSecurityGroup"]
@@ -399,6 +461,7 @@ def main(argv: list[str]) -> int:
         check_instance_log_policy()
         check_journal_unit()
         check_tag_guard()
+        check_alarms()
         check_quarantine_group()
         check_parses()
         size = len(new.encode())
