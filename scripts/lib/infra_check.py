@@ -5,7 +5,12 @@
                               infra/template.yaml from infra/statemachines/*.asl.json
     infra_check.py check      fail when the template and the ASL files diverge, when
                               the quarantine group differs from infra/quarantine-sg.yaml,
-                              or when the other infra files do not parse
+                              when the other infra files do not parse, or when a
+                              hardening of docs/threat-model.md is missing: a Task
+                              without backoff/jitter retries, a machine role beyond the
+                              protected VPC or sshwarden:* tags, the instances' log
+                              policy, the sshwarden:* tag guard, the journald unit's
+                              matches, the alarms
 
 The ASL files are the single source of the definitions. The template embeds
 each one, minified, as `DefinitionString: !Sub |-` between BEGIN/END marker
