@@ -6,8 +6,10 @@
 # logs:DescribeLogStreams on that group).
 #
 # Two ways, pick one (SSHWARDEN_VIA):
-#   journal  (default) a small systemd service copies `journalctl -t sshd -t sshd-session
-#            -o short-iso` to /var/log/sshwarden/sshd-journal.log, which the agent tails
+#   journal  (default) a small systemd service copies sshd's journal entries, chosen by
+#            fields journald sets itself (_SYSTEMD_UNIT, _EXE with _UID=0; never the
+#            syslog identifier a local user can set), as `-o short-iso` to
+#            /var/log/sshwarden/sshd-journal.log, which the agent tails
 #   rsyslog  install rsyslog, which writes /var/log/secure as on older releases
 set -euo pipefail
 SSHWARDEN_VIA=${SSHWARDEN_VIA:-journal}

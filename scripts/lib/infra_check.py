@@ -5,7 +5,12 @@
                               infra/template.yaml from infra/statemachines/*.asl.json
     infra_check.py check      fail when the template and the ASL files diverge, when
                               the quarantine group differs from infra/quarantine-sg.yaml,
-                              or when the other infra files do not parse
+                              when the other infra files do not parse, or when a
+                              hardening of docs/threat-model.md is missing: a Task
+                              without backoff/jitter retries, a machine role beyond the
+                              protected VPC or sshwarden:* tags, the instances' log
+                              policy, the sshwarden:* tag guard, the journald unit's
+                              matches, the alarms
 
 The ASL files are the single source of the definitions. The template embeds
 each one, minified, as `DefinitionString: !Sub |-` between BEGIN/END marker
@@ -125,6 +130,288 @@ def check_definitions(files: list[str]) -> None:
     print(f"ok the template's {len(found)} state machines are infra/statemachines/*.asl.json")
 
 
+# Every Task rides out a few seconds of throttling (EC2 RequestLimitExceeded,
+# SNS Throttled: both arrive as States.TaskFailed) with exponential backoff, a
+# cap and full jitter. asl-validator 4.0.0 (the newest) accepts any extra field
+# in a retrier without checking it, so the values are checked here.
+RETRIER_FIELDS = {"ErrorEquals", "IntervalSeconds", "MaxAttempts", "BackoffRate", "MaxDelaySeconds", "JitterStrategy", "Comment"}
+MIN_ATTEMPTS = 4
+MIN_WORST_CASE_WAIT_S = 10.0
+
+
+def tasks(states: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """Every Task state, also inside Map and Parallel states."""
+    found = []
+    for name, state in states.items():
+        where = f"{path}{name}"
+        if state.get("Type") == "Task":
+            found.append((where, state))
+        for key in ("ItemProcessor", "Iterator"):
+            if key in state:
+                found += tasks(state[key]["States"], f"{where}/")
+        for i, branch in enumerate(state.get("Branches", [])):
+            found += tasks(branch["States"], f"{where}[{i}]/")
+    return found
+
+
+def retry_problem(retry: Any) -> str | None:
+    """Why a Task's Retry is not enough, or None."""
+    if not isinstance(retry, list) or not retry:
+        return "no Retry"
+    for r in retry:
+        unknown = set(r) - RETRIER_FIELDS
+        if unknown:
+            return f"unknown retrier fields {sorted(unknown)}"
+    broad = [r for r in retry if {"States.TaskFailed", "States.ALL"} & set(r.get("ErrorEquals", []))]
+    if not broad:
+        return "no retrier for States.TaskFailed (throttling arrives as a task failure)"
+    r = broad[0]
+    interval, attempts = r.get("IntervalSeconds", 1), r.get("MaxAttempts", 3)
+    rate, cap, jitter = r.get("BackoffRate", 2.0), r.get("MaxDelaySeconds"), r.get("JitterStrategy", "NONE")
+    if not (isinstance(interval, int) and interval >= 1):
+        return f"IntervalSeconds {interval!r} is not a positive integer"
+    if not (isinstance(attempts, int) and attempts >= MIN_ATTEMPTS):
+        return f"MaxAttempts {attempts!r} < {MIN_ATTEMPTS}"
+    if not (isinstance(rate, (int, float)) and rate > 1.0):
+        return f"BackoffRate {rate!r} is no backoff"
+    if not (isinstance(cap, int) and interval <= cap <= 31622400):
+        return f"MaxDelaySeconds {cap!r} missing or out of range"
+    if jitter != "FULL":
+        return f"JitterStrategy {jitter!r}, want FULL"
+    worst = sum(min(interval * rate**k, cap) for k in range(attempts))
+    if worst < MIN_WORST_CASE_WAIT_S:
+        return f"the retries wait at most {worst:.0f} s in all (< {MIN_WORST_CASE_WAIT_S:.0f} s)"
+    return None
+
+
+def check_retries() -> None:
+    # The check must be able to fail.
+    bad = {"T": {"Type": "Task", "Retry": [{"ErrorEquals": ["States.TaskFailed"], "IntervalSeconds": 1, "MaxAttempts": 2, "BackoffRate": 2.0}]}}
+    if all(retry_problem(s.get("Retry")) is None for _, s in tasks(bad)):
+        raise Failed("the retry check passed two tries without jitter")
+    count = 0
+    for path in sorted(STATE_MACHINES.glob("*.asl.json")):
+        for where, state in tasks(json.loads(path.read_text())["States"]):
+            problem = retry_problem(state.get("Retry"))
+            if problem:
+                raise Failed(f"{path.name}: Task {where}: {problem}")
+            count += 1
+    print(f"ok all {count} Tasks retry States.TaskFailed with backoff, MaxDelaySeconds and full jitter")
+
+
+def statements(role: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for policy in role["Properties"].get("Policies", []):
+        out += policy["PolicyDocument"]["Statement"]
+    return out
+
+
+def actions(stmt: dict[str, Any]) -> set[str]:
+    a = stmt.get("Action", [])
+    return {a} if isinstance(a, str) else set(a)
+
+
+def resources(stmt: dict[str, Any]) -> list[str]:
+    r = stmt.get("Resource", [])
+    return [json.dumps(x) for x in (r if isinstance(r, list) else [r])]
+
+
+def check_roles() -> None:
+    """Each state machine has a role of its own; group swaps only in the
+    protected VPC (ec2:Vpc on interfaces and groups); tags only sshwarden:*."""
+    res = load_cfn(TEMPLATE)["Resources"]
+    q = res["QuarantineStateMachine"]["Properties"]["RoleArn"]
+    r = res["ReleaseStateMachine"]["Properties"]["RoleArn"]
+    if q == r:
+        raise Failed(f"the quarantine and release machines share the role {q}")
+    tag_actions = {"ec2:CreateTags", "ec2:DeleteTags"}
+    wanted = {"QuarantineRole": {"ec2:CreateTags"}, "ReleaseRole": {"ec2:DeleteTags"}}
+    for (machine, ref), role_name in zip((("quarantine", q), ("release", r)), wanted):
+        if ref != {"Fn::GetAtt": [role_name, "Arn"]}:
+            raise Failed(f"the {machine} machine's role is {ref}, want {role_name}")
+        have_tags: set[str] = set()
+        for st in statements(res[role_name]):
+            if st.get("Effect") != "Allow":
+                continue
+            if any(x == '"*"' for x in resources(st)) and actions(st) - {"ec2:DescribeInstances", "ec2:DescribeTags"}:
+                raise Failed(f"{role_name} {st.get('Sid')}: {sorted(actions(st))} on *")
+            if "ec2:ModifyNetworkInterfaceAttribute" in actions(st):
+                scoped = [x for x in resources(st) if "network-interface/" in x or "security-group/" in x]
+                vpc = st.get("Condition", {}).get("StringEquals", {}).get("ec2:Vpc")
+                if scoped and (vpc is None or "${VpcId}" not in json.dumps(vpc)):
+                    raise Failed(f"{role_name} {st.get('Sid')}: interfaces or groups without an ec2:Vpc condition on the VpcId")
+            if actions(st) & tag_actions:
+                have_tags |= actions(st) & tag_actions
+                cond = st.get("Condition", {})
+                if cond.get("ForAllValues:StringLike", {}).get("aws:TagKeys") != ["sshwarden:*"] or \
+                        cond.get("Null", {}).get("aws:TagKeys") != "false":
+                    raise Failed(f"{role_name} {st.get('Sid')}: tag writes not limited to present sshwarden:* keys")
+        if have_tags != wanted[role_name]:
+            raise Failed(f"{role_name} may {sorted(have_tags)}, want {sorted(wanted[role_name])}")
+    print("ok QuarantineRole and ReleaseRole: one per machine, group swaps only with ec2:Vpc = VpcId, only sshwarden:* tags")
+
+
+JOURNAL_UNIT = ROOT / "infra" / "cloudwatch-agent" / "sshwarden-journal.service"
+# Fields journald records itself (systemd.journal-fields(7), "trusted"
+# fields): a client cannot set them. _COMM is trusted but a process chooses
+# its own (prctl PR_SET_NAME), so it is not accepted here.
+TRUSTED_MATCH_FIELDS = {"_SYSTEMD_UNIT", "_EXE", "_UID"}
+
+
+def journal_groups(exec_start: str) -> list[list[tuple[str, str]]]:
+    """The journalctl matches of the unit's ExecStart, as "+"-separated groups
+    of (FIELD, value). Options that select entries otherwise are refused."""
+    m = re.search(r"journalctl (.*?)(?: >>|'|$)", exec_start)
+    if not m:
+        raise Failed(f"{JOURNAL_UNIT.name}: no journalctl in ExecStart")
+    groups: list[list[tuple[str, str]]] = [[]]
+    for arg in m.group(1).split():
+        if arg == "+":
+            groups.append([])
+        elif arg.startswith("-"):
+            name = arg.split("=", 1)[0]
+            if name in ("-t", "--identifier", "-u", "--unit", "--user-unit", "-g", "--grep", "-k", "--dmesg"):
+                raise Failed(f"{JOURNAL_UNIT.name}: journalctl {name} selects entries by what a client may set")
+        elif "=" in arg:
+            field, value = arg.split("=", 1)
+            groups[-1].append((field, value))
+        else:
+            raise Failed(f"{JOURNAL_UNIT.name}: unexpected journalctl argument {arg!r}")
+    return groups
+
+
+def journal_problem(exec_start: str) -> str | None:
+    try:
+        groups = journal_groups(exec_start)
+    except Failed as e:
+        return str(e)
+    for g in groups:
+        fields = {f for f, _ in g}
+        if not g:
+            return "an empty match group (it would match every entry)"
+        if fields - TRUSTED_MATCH_FIELDS:
+            return f"matches on {sorted(fields - TRUSTED_MATCH_FIELDS)}, not fields journald sets itself"
+        if "_SYSTEMD_UNIT" not in fields and not ("_EXE" in fields and ("_UID", "0") in g):
+            return f"group {g}: an _EXE match without _UID=0 (anyone can run the binary)"
+    return None
+
+
+def check_journal_unit() -> None:
+    text = JOURNAL_UNIT.read_text()
+    lines = [ln for ln in text.splitlines() if ln.startswith("ExecStart=")]
+    if len(lines) != 1:
+        raise Failed(f"{JOURNAL_UNIT.name}: {len(lines)} ExecStart lines, want 1")
+    # The check must be able to fail: the old recipe, on the syslog identifier.
+    old = "ExecStart=/bin/sh -c 'exec /usr/bin/journalctl --follow -t sshd -t sshd-session >> /x'"
+    if journal_problem(old) is None or journal_problem(old.replace("-t sshd -t sshd-session", "SYSLOG_IDENTIFIER=sshd")) is None:
+        raise Failed("the journal check passed a filter on the syslog identifier")
+    problem = journal_problem(lines[0])
+    if problem:
+        raise Failed(f"{JOURNAL_UNIT.name}: {problem}")
+    groups = journal_groups(lines[0])
+    print(f"ok {JOURNAL_UNIT.name} selects sshd's entries on trusted journal fields only ({len(groups)} groups)")
+
+
+def check_instance_log_policy() -> None:
+    """The instances' policy: only streams named i-* take events, only role
+    credentials EC2 delivered into the protected VPC may use it; the test
+    output writes the caller's own stream (docs/threat-model.md, T1)."""
+    res = load_cfn(TEMPLATE)["Resources"]
+    for st in res["InstanceLogPolicy"]["Properties"]["PolicyDocument"]["Statement"]:
+        cond = st.get("Condition", {})
+        if cond.get("StringEquals", {}).get("aws:Ec2InstanceSourceVpc") != {"Ref": "VpcId"} or \
+                cond.get("Null", {}).get("ec2:SourceInstanceARN") != "false":
+            raise Failed(f"InstanceLogPolicy {st.get('Sid')}: not limited to instance credentials of the protected VPC")
+        if "logs:PutLogEvents" in actions(st) and not all(x.endswith(':log-stream:i-*"}') for x in resources(st)):
+            raise Failed(f"InstanceLogPolicy {st.get('Sid')}: PutLogEvents on {resources(st)}, want streams i-* only")
+    outputs = load_cfn(TEMPLATE)["Outputs"]
+    test = json.dumps(outputs["TestSendFailedLogins"]["Value"])
+    if re.search(r"i-[0-9a-f]{8,17}", test) or "meta-data/instance-id" not in test:
+        raise Failed("TestSendFailedLogins must write the calling instance's own stream (from IMDS), not a named one")
+    print("ok InstanceLogPolicy: streams i-*, instance credentials of the protected VPC only; the test output writes its own stream")
+
+
+def check_tag_guard() -> None:
+    """ProtectSshwardenTagsPolicy denies sshwarden:* tag writes (and keyless
+    DeleteTags) to everyone but the two machine roles."""
+    res = load_cfn(TEMPLATE)["Resources"]
+    sts = res["ProtectSshwardenTagsPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    roles = [{"Fn::GetAtt": ["QuarantineRole", "Arn"]}, {"Fn::GetAtt": ["ReleaseRole", "Arn"]}]
+    keys = [s for s in sts if s.get("Condition", {}).get("ForAnyValue:StringLike", {}).get("aws:TagKeys") == ["sshwarden:*"]]
+    keyless = [s for s in sts if s.get("Condition", {}).get("Null", {}).get("aws:TagKeys") == "true"]
+    if not keys or actions(keys[0]) != {"ec2:CreateTags", "ec2:DeleteTags"} or not keyless or "ec2:DeleteTags" not in actions(keyless[0]):
+        raise Failed("ProtectSshwardenTagsPolicy does not deny CreateTags/DeleteTags of sshwarden:* keys and keyless DeleteTags")
+    for st in keys + keyless:
+        if st.get("Effect") != "Deny" or resources(st) != ['"*"'] or \
+                st["Condition"].get("ArnNotEquals", {}).get("aws:PrincipalArn") != roles:
+            raise Failed(f"ProtectSshwardenTagsPolicy {st.get('Sid')}: must deny on * to all but QuarantineRole and ReleaseRole")
+    if "ProtectSshwardenTagsPolicyArn" not in load_cfn(TEMPLATE)["Outputs"]:
+        raise Failed("no output ProtectSshwardenTagsPolicyArn")
+    print("ok ProtectSshwardenTagsPolicy: sshwarden:* tags (and keyless DeleteTags) only by the machine roles")
+
+
+CONSUMERS_SRC = ROOT / "consumers" / "src"
+# (namespace, metric name, what it must watch) every alarm set must cover.
+WANTED_ALARM_METRICS = {
+    ("AWS/Kinesis", "GetRecords.IteratorAgeMilliseconds", "LogStream"): "the workers' lag",
+    ("AWS/States", "ExecutionsFailed", "QuarantineStateMachine"): "failed quarantines",
+    ("AWS/States", "ExecutionsFailed", "ReleaseStateMachine"): "failed releases",
+    ("AWS/DynamoDB", "WriteThrottleEvents", "LeaseTable"): "lease table throttling",
+    ("AWS/DynamoDB", "ReadThrottleEvents", "LeaseTable"): "lease table throttling",
+    ("sshwarden", "CommandDeliveryFailures", ""): "sink failures",
+    ("sshwarden", "HeldQuarantines", ""): "held quarantines",
+}
+
+
+def alarm_metrics(props: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(namespace, metric, dimension value reference) of an alarm, also inside metric math."""
+    stats = [props] if "MetricName" in props else [m["MetricStat"]["Metric"] for m in props.get("Metrics", []) if "MetricStat" in m]
+    out = []
+    for m in stats:
+        ns = m["Namespace"] if isinstance(m["Namespace"], str) else m["Namespace"].get("Fn::Sub", "")
+        dims = m.get("Dimensions", [])
+        ref = dims[0]["Value"].get("Ref", "") if dims and isinstance(dims[0]["Value"], dict) else ""
+        out.append((ns.split("/${")[0], m["MetricName"], ref))
+    return out
+
+
+def check_alarms() -> None:
+    """The alarms of #16 finding 8 exist, watch the right metrics, notify the
+    operations topic whose key lets CloudWatch publish; the worker still
+    writes the log lines the metric filters count; retention is above a day."""
+    t = load_cfn(TEMPLATE)
+    res = t["Resources"]
+    alarms = {k: r["Properties"] for k, r in res.items() if r["Type"] == "AWS::CloudWatch::Alarm"}
+    seen = {m for props in alarms.values() for m in alarm_metrics(props)}
+    missing = [what for key, what in WANTED_ALARM_METRICS.items() if key not in seen]
+    if missing:
+        raise Failed(f"no alarm on {missing}")
+    retention = [k for k, p in alarms.items() if "StreamRetentionHours" in json.dumps(p.get("Metrics", []))]
+    if not retention:
+        raise Failed("no alarm compares the iterator age with StreamRetentionHours (data about to expire)")
+    for name, props in alarms.items():
+        if props.get("AlarmActions") != [{"Ref": "OperationsTopic"}]:
+            raise Failed(f"{name}: AlarmActions {props.get('AlarmActions')}, want the operations topic")
+        if not props["AlarmName"]["Fn::Sub"].startswith("${AWS::StackName}-"):
+            raise Failed(f"{name}: its name must start with the stack name (the key and topic policies admit those)")
+    if res["OperationsTopic"]["Properties"].get("KmsMasterKeyId") != {"Ref": "OperationsKey"}:
+        raise Failed("the operations topic is not encrypted with OperationsKey")
+    grants = [s for s in res["OperationsKey"]["Properties"]["KeyPolicy"]["Statement"]
+              if s.get("Principal") == {"Service": "cloudwatch.amazonaws.com"}]
+    if not grants or not {"kms:Decrypt", "kms:GenerateDataKey*"} <= actions(grants[0]):
+        raise Failed("OperationsKey does not let CloudWatch alarms publish (kms:Decrypt, kms:GenerateDataKey*)")
+    code = "\n".join(p.read_text() for p in sorted(CONSUMERS_SRC.rglob("*.rs")))
+    for name, r in res.items():
+        if r["Type"] == "AWS::Logs::MetricFilter":
+            m = re.fullmatch(r'\{ \$\.fields\.message = "([^"*]+)\*" \}', r["Properties"]["FilterPattern"])
+            if not m or m.group(1) not in code:
+                raise Failed(f"{name}: the worker does not log a message starting {m.group(1) if m else '?'!r} (consumers/src)")
+    if int(t["Parameters"]["StreamRetentionHours"]["Default"]) < 72:
+        raise Failed("StreamRetentionHours defaults to less than 3 days")
+    print(f"ok {len(alarms)} alarms (lag, retention, executions, sink failures, held, checkpoints, throttling) "
+          "to the operations topic; its key lets CloudWatch publish; the metric filters' messages are the worker's")
+
+
 def check_quarantine_group() -> None:
     standalone = load_cfn(QUARANTINE_SG)["Resources"]["QuarantineSecurityGroup"]
     in_template = load_cfn(TEMPLATE)["Resources"]["QuarantineSecurityGroup"]
@@ -174,6 +461,12 @@ def main(argv: list[str]) -> int:
             )
         print(f"ok infra/template.yaml embeds the current {', '.join(files)}")
         check_definitions(files)
+        check_retries()
+        check_roles()
+        check_instance_log_policy()
+        check_journal_unit()
+        check_tag_guard()
+        check_alarms()
         check_quarantine_group()
         check_parses()
         size = len(new.encode())

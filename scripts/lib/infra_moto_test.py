@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -54,6 +55,9 @@ ATTACKER = "203.0.113.66"
 # What moto 5.2's CloudFormation does not implement (it skips them).
 NOT_ON_MOTO = {
     "AWS::Logs::SubscriptionFilter",
+    "AWS::Logs::MetricFilter",
+    "AWS::CloudWatch::Alarm",
+    "AWS::SNS::TopicPolicy",
     "AWS::ApplicationAutoScaling::ScalableTarget",
     "AWS::ApplicationAutoScaling::ScalingPolicy",
 }
@@ -69,7 +73,7 @@ class Test:
 
         self.cfn, self.ec2, self.logs = client("cloudformation"), client("ec2"), client("logs")
         self.kinesis, self.ddb, self.sfn = client("kinesis"), client("dynamodb"), client("stepfunctions")
-        self.ecs, self.iam = client("ecs"), client("iam")
+        self.ecs, self.iam, self.cw = client("ecs"), client("iam"), client("cloudwatch")
         self.template_path = Path(args.template)
         self.template = load_cfn(self.template_path)
         self.cleanup: list[Callable[[], Any]] = []
@@ -123,7 +127,7 @@ class Test:
         created = {r["LogicalResourceId"]: r for r in self.cfn.list_stack_resources(StackName=STACK)["StackResourceSummaries"]}
         self.phys = {k: r.get("PhysicalResourceId", "") for k, r in created.items()}
         # Resources whose condition is false with these parameters.
-        off = {"AlertEmailSubscription", "PullImagePolicy"}
+        off = {"AlertEmailSubscription", "PullImagePolicy", "QuarantineOptInPolicy", "OperationsEmailSubscription"}
         missing = {k: r["Type"] for k, r in self.template["Resources"].items() if k not in created and k not in off}
         unexpected = {k: t for k, t in missing.items() if t not in NOT_ON_MOTO}
         check(not unexpected, f"moto did not create {unexpected}")
@@ -132,7 +136,7 @@ class Test:
     def outputs(self) -> str:
         want = {"StreamName", "StreamArn", "LeaseTableName", "BlastRadiusTableName", "AlertTopicArn", "QuarantineGroupId",
                 "QuarantineStateMachineArn", "ReleaseStateMachineArn", "ClusterName", "WorkerLogGroupName",
-                "InstanceLogPolicyArn",
+                "InstanceLogPolicyArn", "ProtectSshwardenTagsPolicyArn", "OperationsTopicArn",
                 "TestSendFailedLogins", "TestWatchWorkers", "TestListExecutions", "TestNotifyOnly", "TestRelease",
                 "TestLag"}
         check(want <= set(self.out), f"outputs lack {sorted(want - set(self.out))}")
@@ -162,10 +166,10 @@ class Test:
         topic, group = self.out["AlertTopicArn"], self.out["QuarantineGroupId"]
         check(group.startswith("sg-") and topic.startswith("arn:aws:sns:"), f"group {group}, topic {topic}")
         check(set(PLACEHOLDERS) == {"QuarantineGroupId", "TopicArn"}, "placeholders changed: update this test")
-        role_arn = self.iam.get_role(RoleName=self.phys["StateMachineRole"])["Role"]["Arn"]
         notes = []
-        for logical, name, key in (("QuarantineStateMachine", "quarantine", "QuarantineStateMachineArn"),
-                                   ("ReleaseStateMachine", "release", "ReleaseStateMachineArn")):
+        for logical, name, key, role in (("QuarantineStateMachine", "quarantine", "QuarantineStateMachineArn", "QuarantineRole"),
+                                         ("ReleaseStateMachine", "release", "ReleaseStateMachineArn", "ReleaseRole")):
+            role_arn = self.iam.get_role(RoleName=self.phys[role])["Role"]["Arn"]
             want = (ROOT / "infra" / "statemachines" / f"{name}.asl.json").read_text()
             want = json.loads(want.replace("${QuarantineGroupId}", group).replace("${TopicArn}", topic))
             props = self.template["Resources"][logical]["Properties"]
@@ -214,6 +218,50 @@ class Test:
         dockerfile = (ROOT / "Dockerfile").read_text()
         check("/usr/local/bin/sshwarden" in dockerfile, "the Dockerfile installs /usr/local/bin/sshwarden")
         return f"{td['family']}: health check `sshwarden health`, stopTimeout {c.get('stopTimeout')} > drain {shutdown} s, {len(self.env)} SSHWARDEN_* settings"
+
+    def alarms(self) -> str:
+        """The template's metric filters and alarms, through the Logs and
+        CloudWatch APIs (moto's CloudFormation skips both types), with the
+        template's properties: botocore validates every field against the
+        service model, and each alarm must notify the operations topic."""
+        params = {k: str(v.get("Default", "")) for k, v in self.template["Parameters"].items()} | self.params
+        refs = {"OperationsTopic": self.out["OperationsTopicArn"], "LogStream": self.out["StreamName"],
+                "QuarantineStateMachine": self.out["QuarantineStateMachineArn"],
+                "ReleaseStateMachine": self.out["ReleaseStateMachineArn"], "LeaseTable": self.out["LeaseTableName"],
+                "BlastRadiusTable": self.out["BlastRadiusTableName"], "WorkerLogGroup": self.out["WorkerLogGroupName"],
+                "AWS::StackName": STACK} | params
+
+        def resolve(v: Any) -> Any:
+            if isinstance(v, dict) and set(v) == {"Ref"}:
+                return refs[v["Ref"]]
+            if isinstance(v, dict) and set(v) == {"Fn::Sub"}:
+                return re.sub(r"\$\{([^}]+)\}", lambda m: refs[m.group(1)], v["Fn::Sub"])
+            if isinstance(v, dict):
+                return {k: resolve(x) for k, x in v.items()}
+            if isinstance(v, list):
+                return [resolve(x) for x in v]
+            return v
+
+        names = []
+        for logical, res in self.template["Resources"].items():
+            if res["Type"] == "AWS::Logs::MetricFilter":
+                p = resolve(res["Properties"])
+                t = [{"metricName": m["MetricName"], "metricNamespace": m["MetricNamespace"], "metricValue": m["MetricValue"],
+                      "defaultValue": float(m["DefaultValue"]), "unit": m["Unit"]} for m in p["MetricTransformations"]]
+                self.logs.put_metric_filter(logGroupName=p["LogGroupName"], filterName=p["FilterName"],
+                                            filterPattern=p["FilterPattern"], metricTransformations=t)
+            elif res["Type"] == "AWS::CloudWatch::Alarm":
+                p = resolve(res["Properties"])
+                p["Threshold"] = float(p["Threshold"])
+                self.cw.put_metric_alarm(**p)
+                names.append(p["AlarmName"])
+        self.cleanup.append(lambda: self.cw.delete_alarms(AlarmNames=names))
+        got = self.cw.describe_alarms(AlarmNames=names)["MetricAlarms"]
+        check(len(got) == len(names) >= 7, f"{len(got)} alarms of {names}")
+        for a in got:
+            check(a["AlarmActions"] == [self.out["OperationsTopicArn"]], f"{a['AlarmName']}: actions {a['AlarmActions']}")
+        filters = self.logs.describe_metric_filters(logGroupName=self.out["WorkerLogGroupName"])["metricFilters"]
+        return f"{len(names)} alarms to the operations topic, {len(filters)} metric filters on the worker log group"
 
     def subscription(self) -> str:
         """The template's SubscriptionFilter, through the Logs API (moto's
@@ -364,7 +412,7 @@ def main() -> int:
     t = Test(args)
     passed = failed = 0
     steps = [t.world, t.deploy, t.resources, t.outputs, t.stream_and_table, t.state_machines, t.quarantine_group,
-             t.task_definition, t.subscription, t.start_worker, t.attack, t.quarantined, t.drain, t.dry_run,
+             t.task_definition, t.alarms, t.subscription, t.start_worker, t.attack, t.quarantined, t.drain, t.dry_run,
              t.deleted]
     try:
         for step in steps:

@@ -274,7 +274,16 @@ class World:
         )["stateMachineArn"]
         self.cleanup.append(lambda: self.sfn.delete_state_machine(stateMachineArn=arn))
         self.machine["quarantine-notopic"] = arn
-        return Note("quarantine and release created (Standard), plus quarantine with a missing topic")
+        # And once more with a topic that appears a moment after the start:
+        # the retries (backoff, full jitter) must ride out the gap.
+        self.late_topic = f"arn:aws:sns:{REGION}:{ACCOUNT}:sshwarden-test-late-{RUN}"
+        arn = self.sfn.create_state_machine(
+            name=f"sshwarden-quarantine-late-{RUN}", definition=self.definition("quarantine", self.late_topic),
+            roleArn=ROLE_ARN, type="STANDARD",
+        )["stateMachineArn"]
+        self.cleanup.append(lambda: self.sfn.delete_state_machine(stateMachineArn=arn))
+        self.machine["quarantine-late"] = arn
+        return Note("quarantine and release created (Standard), plus quarantine with a missing and with a late topic")
 
     # ------------------------------------------------------------ helpers
 
@@ -416,7 +425,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--moto", default="http://127.0.0.1:5000")
     ap.add_argument("--definitions", default=str(Path(__file__).resolve().parents[2] / "infra" / "statemachines"))
-    ap.add_argument("--timeout", type=float, default=60.0, help="seconds an execution may take")
+    ap.add_argument("--timeout", type=float, default=120.0, help="seconds an execution may take")
     ap.add_argument("--keep", action="store_true", help="leave the resources in moto")
     args = ap.parse_args()
 
@@ -534,7 +543,7 @@ def run_cases(w: World) -> None:
         if err["Error"] != "Ec2.Ec2Exception":
             deviation(f"aws-sdk:ec2 task errors are named {err['Error']!r} (AWS: 'Ec2.Ec2Exception' style, "
                       "capitalised service name); match them with States.TaskFailed/States.ALL, not by name")
-        return Note(f"FAILED in {d['seconds']:.2f} s (DescribeInstances error {err['Error']!r} after 2 retries); 'failed' notification")
+        return Note(f"FAILED in {d['seconds']:.2f} s (DescribeInstances error {err['Error']!r} after its retries); 'failed' notification")
 
     def missing_fields_fail() -> Note:
         before = w.interface_groups(held)
@@ -650,6 +659,31 @@ def run_cases(w: World) -> None:
         return Note(f"FAILED in {d['seconds']:.2f} s although isolated: an unannounced quarantine is not a success; "
                     f"cause {d.get('cause', '')[:70]!r}")
 
+    def transient_failure_ridden_out() -> Note:
+        # SNS fails (no topic) for the first 1.5 s of the execution, as a
+        # throttled or briefly unavailable API would; the retriers' backoff
+        # with full jitter must carry the publish past it.
+        t0 = time.monotonic()
+        arn = w.sfn.start_execution(
+            stateMachineArn=w.machine["quarantine-late"], name=f"late-{RUN}",
+            input=json.dumps(command(None, rule="late-topic", action="notify")),
+        )["executionArn"]
+        time.sleep(1.5)
+        topic = w.sns.create_topic(Name=w.late_topic.rsplit(":", 1)[1])["TopicArn"]
+        w.cleanup.append(lambda: w.sns.delete_topic(TopicArn=topic))
+        while True:
+            d = w.sfn.describe_execution(executionArn=arn)
+            if d["status"] != "RUNNING":
+                break
+            check(time.monotonic() - t0 < w.timeout, f"still RUNNING after {w.timeout:.0f} s")
+            time.sleep(0.1)
+        d["seconds"] = time.monotonic() - t0
+        w.expect_status(d, "SUCCEEDED")
+        events = w.sfn.get_execution_history(executionArn=arn, maxResults=1000)["events"]
+        failed = sum(1 for e in events if e["type"] == "TaskFailed")
+        check(failed >= 1, "no failed attempt before the topic existed: the case tested nothing")
+        return Note(f"SUCCEEDED in {d['seconds']:.2f} s after {failed} failed publish attempt(s)")
+
     def release(role: str, label: str) -> Callable[[], Note]:
         def run() -> Note:
             iid = w.instances[role]
@@ -711,6 +745,7 @@ def run_cases(w: World) -> None:
     case("quarantine: resumes a half-done quarantine without losing saved groups", resume_keeps_saved)
     case("quarantine: EC2 tag limit reached ends FAILED before any change", tag_limit_fails)
     case("quarantine: SNS publish fails after the swap, ends FAILED", notification_failure_fails)
+    case("notify: SNS fails for 1.5 s, the retries (backoff, full jitter) carry it", transient_failure_ridden_out)
     case("release: two-interface instance", release("target", "rel1"))
     case("release: instance whose notification failed", release("mute", "relmute"))
     case("release: instance launched with SecurityGroupIds", release("legacy", "rel2"))
