@@ -23,14 +23,10 @@
 //! only on a take.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
-    ScalarAttributeType, TableStatus,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use aws_sdk_dynamodb::Client;
 
 use super::plan::LeaseView;
@@ -136,71 +132,9 @@ macro_rules! cas {
         match $call {
             Ok(out) => Ok(Cas::Done(out)),
             Err(e) if e.as_service_error().is_some_and(is_condition_failure) => Ok(Cas::Lost),
-            Err(e) => Err(crate::aws_error(e)),
+            Err(e) => Err(crate::aws::aws_error(e)),
         }
     };
-}
-
-/// Creates a table keyed by the string `hash_key` (on-demand billing) when it
-/// is absent, and waits until it is ACTIVE. True when this call created it.
-/// Several workers may start at once: a table created in the meantime by
-/// another one is fine.
-pub(crate) async fn ensure_table(
-    client: &Client,
-    table: &str,
-    hash_key: &str,
-    what: &str,
-) -> anyhow::Result<bool> {
-    let mut created = false;
-    match client.describe_table().table_name(table).send().await {
-        Ok(_) => {}
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|e| e.is_resource_not_found_exception()) =>
-        {
-            let create = client
-                .create_table()
-                .table_name(table)
-                .attribute_definitions(
-                    AttributeDefinition::builder()
-                        .attribute_name(hash_key)
-                        .attribute_type(ScalarAttributeType::S)
-                        .build()?,
-                )
-                .key_schema(
-                    KeySchemaElement::builder()
-                        .attribute_name(hash_key)
-                        .key_type(KeyType::Hash)
-                        .build()?,
-                )
-                .billing_mode(BillingMode::PayPerRequest)
-                .send()
-                .await;
-            match create {
-                Ok(_) => created = true,
-                Err(e)
-                    if e.as_service_error()
-                        .is_some_and(|e| e.is_resource_in_use_exception()) => {}
-                Err(e) => {
-                    return Err(crate::aws_error(e))
-                        .with_context(|| format!("cannot create {what} {table}"))
-                }
-            }
-        }
-        Err(e) => {
-            return Err(crate::aws_error(e))
-                .with_context(|| format!("cannot describe {what} {table}"))
-        }
-    }
-    for _ in 0..120 {
-        if let Ok(d) = client.describe_table().table_name(table).send().await {
-            if d.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
-                return Ok(created);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    bail!("{what} {table} did not become ACTIVE within 60 s")
 }
 
 impl LeaseTable {
@@ -214,7 +148,7 @@ impl LeaseTable {
 
     /// Creates the table (on-demand billing) when it is absent and waits for it.
     pub async fn ensure(&self) -> anyhow::Result<()> {
-        ensure_table(&self.client, &self.table, "leaseKey", "lease table")
+        crate::aws::ensure_table(&self.client, &self.table, "leaseKey", "lease table")
             .await
             .map(drop)
     }
@@ -232,7 +166,7 @@ impl LeaseTable {
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
-                .map_err(crate::aws_error)
+                .map_err(crate::aws::aws_error)
                 .with_context(|| format!("cannot scan lease table {}", self.table))?;
             for item in page.items() {
                 match parse(item) {
@@ -393,7 +327,7 @@ impl LeaseTable {
             .consistent_read(true)
             .send()
             .await
-            .map_err(crate::aws_error)
+            .map_err(crate::aws::aws_error)
             .with_context(|| format!("cannot read lease {key} from {}", self.table))?;
         Ok(out.item().and_then(parse))
     }
