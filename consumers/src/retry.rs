@@ -1,27 +1,37 @@
-//! The one retry backoff: exponential with jitter, for every call that is
-//! retried until it succeeds or is interrupted (reads, checkpoints,
-//! deliveries).
+//! The service's retry backoff: the workspace's one backoff
+//! (`sshwarden-retry`) with the bounds every retry loop of the service uses
+//! (reads, checkpoints, deliveries): first bound 100 ms, doubling, at most
+//! 10 s, equal jitter (a throttled read always pauses at least half the
+//! bound, as Kinesis asks).
 
 use std::time::Duration;
 
-/// Exponential backoff with full jitter, 100 ms to 10 s.
-#[derive(Debug, Default)]
-pub struct Backoff {
-    attempt: u32,
+pub use sshwarden_retry::{Backoff, Jitter};
+
+/// A fresh backoff for one retry loop.
+pub fn backoff() -> Backoff {
+    Backoff::new(
+        Duration::from_millis(100),
+        Duration::from_secs(10),
+        Jitter::Equal,
+    )
 }
 
-impl Backoff {
-    pub fn new() -> Self {
-        Backoff { attempt: 0 }
-    }
-
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-
-    pub fn next_wait(&mut self) -> Duration {
-        let cap = 100u64.saturating_mul(1 << self.attempt.min(7)).min(10_000);
-        self.attempt += 1;
-        Duration::from_millis(cap / 2 + rand::random_range(0..=cap / 2))
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bounds_run_from_100_ms_to_10_s() {
+        let mut b = super::backoff();
+        let mut bounds = Vec::new();
+        for _ in 0..9 {
+            let bound = b.ceiling();
+            let wait = b.next_wait();
+            assert!(wait >= bound / 2 && wait <= bound, "{wait:?} vs {bound:?}");
+            bounds.push(bound.as_millis());
+        }
+        assert_eq!(
+            bounds,
+            [100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]
+        );
     }
 }

@@ -5,7 +5,6 @@ use sshwarden_pipeline::command::Command;
 use tracing::warn;
 
 use crate::metrics::{ActionLabel, Metrics};
-use crate::retry::Backoff;
 use crate::sink::{Delivered, Sink};
 
 /// Delivers `command` with exponential backoff and jitter until the sink
@@ -19,7 +18,7 @@ pub async fn deliver_until(
     held_what: &str,
     interrupted: impl std::future::Future<Output = ()>,
 ) -> bool {
-    let mut backoff = Backoff::new();
+    let mut backoff = crate::retry::backoff();
     let mut interrupted = std::pin::pin!(interrupted);
     metrics.commands_pending.inc();
     let delivered = loop {

@@ -15,27 +15,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use super::checkpoint::Checkpoint;
 use super::lease::{Cas, Lease, LeaseTable};
 use super::plan;
 use super::reader::{Outcome, ReaderConfig, ShardReader};
 use crate::config::KinesisArgs;
 use crate::service::{default_worker_id, Service};
-
-/// `trim-horizon`, `latest`, `at-timestamp:RFC3339` as the lease table stores it.
-pub fn initial_checkpoint(arg: &str) -> anyhow::Result<String> {
-    match arg {
-        "trim-horizon" | "TRIM_HORIZON" => Ok("TRIM_HORIZON".into()),
-        "latest" | "LATEST" => Ok("LATEST".into()),
-        other => {
-            let ts = other
-                .strip_prefix("at-timestamp:")
-                .with_context(|| format!("--start-position {other:?}: expected trim-horizon, latest or at-timestamp:RFC3339"))?;
-            let ms = sshwarden_pipeline::time::parse_rfc3339_ms(ts)
-                .with_context(|| format!("--start-position: {ts:?} is not an RFC 3339 time"))?;
-            Ok(format!("AT_TIMESTAMP:{ms}"))
-        }
-    }
-}
 
 struct Held {
     lease: Lease,
@@ -45,7 +30,7 @@ struct Held {
 
 /// Serves the stream until SIGTERM/SIGINT: the worker's whole life.
 pub async fn serve(args: KinesisArgs, engine_config: EngineConfig) -> anyhow::Result<()> {
-    let start_checkpoint = initial_checkpoint(&args.start_position)?;
+    let start_checkpoint = Checkpoint::from_start_position(&args.start_position)?;
     if args.failover_ms < 1_000 {
         bail!("--failover-ms must be at least 1000");
     }
@@ -277,7 +262,7 @@ async fn sync_shards(
     kinesis: &aws_sdk_kinesis::Client,
     table: &LeaseTable,
     stream: &str,
-    start_checkpoint: &str,
+    start_checkpoint: &Checkpoint,
 ) -> anyhow::Result<usize> {
     let mut shards = Vec::new();
     let mut token: Option<String> = None;
@@ -331,11 +316,11 @@ async fn sync_shards(
             .iter()
             .any(|p| known.contains(p.as_str()) || has_lease.contains(p.as_str()))
         {
-            "TRIM_HORIZON"
+            &Checkpoint::TrimHorizon
         } else {
             start_checkpoint
         };
-        if let Cas::Done(()) = table.create(id, checkpoint, &parents).await? {
+        if let Cas::Done(()) = table.create(id, &checkpoint.to_string(), &parents).await? {
             created += 1;
         }
     }

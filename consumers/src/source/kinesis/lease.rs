@@ -29,6 +29,7 @@ use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use aws_sdk_dynamodb::Client;
 
+use super::checkpoint::Checkpoint;
 use super::plan::LeaseView;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -304,7 +305,7 @@ impl LeaseTable {
             .table_name(&self.table)
             .key("leaseKey", s(&lease.key));
         let mut update = fenced(update, me, lease.take_token.as_deref())
-            .expression_attribute_values(":end", s(super::plan::SHARD_END))
+            .expression_attribute_values(":end", s(&Checkpoint::ShardEnd.to_string()))
             .expression_attribute_values(":zero", n(0));
         update = if replay.is_empty() {
             update.update_expression(format!("{set} REMOVE {REPLAY}"))
@@ -356,7 +357,7 @@ impl LeaseTable {
                 .table_name(&self.table)
                 .key("leaseKey", s(key))
                 .condition_expression("checkpoint = :end")
-                .expression_attribute_values(":end", s(super::plan::SHARD_END))
+                .expression_attribute_values(":end", s(&Checkpoint::ShardEnd.to_string()))
                 .send()
                 .await
         )?;
@@ -406,13 +407,13 @@ mod tests {
             },
             ReplayFrom {
                 shard: "shardId-000000000003".into(),
-                after: "TRIM_HORIZON".into(),
+                after: Checkpoint::TrimHorizon.to_string(),
             },
         ];
         let item: HashMap<String, AttributeValue> = [
             ("leaseKey", s("shardId-000000000003")),
             ("leaseCounter", n(7)),
-            ("checkpoint", s(super::super::plan::SHARD_END)),
+            ("checkpoint", s(&Checkpoint::ShardEnd.to_string())),
             (REPLAY, s(&serde_json::to_string(&replay).unwrap())),
         ]
         .into_iter()
@@ -464,7 +465,10 @@ mod tests {
         let table = moto_table("fence").await;
         let key = "shardId-000000000000";
         assert_eq!(
-            table.create(key, "TRIM_HORIZON", &[]).await.unwrap(),
+            table
+                .create(key, &Checkpoint::TrimHorizon.to_string(), &[])
+                .await
+                .unwrap(),
             Cas::Done(())
         );
         let fresh = table.get(key).await.unwrap().unwrap();

@@ -9,9 +9,9 @@ use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::{ShardIteratorType, StartingPosition, SubscribeToShardEventStream};
 use tracing::{debug, error, info, warn};
 
-use super::{parse_initial, Initial, Outcome, ShardReader, State};
+use super::{Outcome, ShardReader, State};
 use crate::retry::Backoff;
-use crate::source::kinesis::plan::is_initial_position;
+use crate::source::kinesis::checkpoint::{is_initial_position, Checkpoint};
 
 /// Kinesis refuses a second SubscribeToShard for the same consumer and
 /// shard within 5 seconds of the last (ResourceInUseException): the first
@@ -24,7 +24,7 @@ impl ShardReader {
         let Some(arn) = self.config.consumer_arn.clone() else {
             return Outcome::Stopped;
         };
-        let mut backoff = Backoff::new();
+        let mut backoff = crate::retry::backoff();
         loop {
             if self.lost.is_cancelled() {
                 return Outcome::Lost;
@@ -157,12 +157,13 @@ impl ShardReader {
             Some(cp) if !is_initial_position(cp) => b
                 .r#type(ShardIteratorType::AfterSequenceNumber)
                 .sequence_number(cp),
-            Some(cp) => match parse_initial(cp)? {
-                Initial::TrimHorizon => b.r#type(ShardIteratorType::TrimHorizon),
-                Initial::Latest => b.r#type(ShardIteratorType::Latest),
-                Initial::AtTimestamp(ms) => b
+            Some(cp) => match Checkpoint::parse(cp)? {
+                Checkpoint::Latest => b.r#type(ShardIteratorType::Latest),
+                Checkpoint::AtTimestamp(ms) => b
                     .r#type(ShardIteratorType::AtTimestamp)
                     .timestamp(DateTime::from_millis(ms)),
+                // TRIM_HORIZON (sequence numbers are handled above)
+                _ => b.r#type(ShardIteratorType::TrimHorizon),
             },
             None => b.r#type(ShardIteratorType::TrimHorizon),
         };

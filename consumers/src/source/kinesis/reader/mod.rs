@@ -15,17 +15,15 @@ mod replay;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use sshwarden_pipeline::policy::Decision;
 use sshwarden_pipeline::{Engine, EngineConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::checkpoint::CheckpointTracker;
+use super::checkpoint::{is_initial_position, Checkpoint};
 use super::lease::{Cas, Lease, LeaseTable, ReplayFrom};
-use super::plan::{is_initial_position, SHARD_END};
 use crate::metrics::{Metrics, ReaderLabel};
-use crate::retry::Backoff;
 use crate::service::now_ms;
 use crate::sink::Sink;
 
@@ -296,12 +294,12 @@ impl ShardReader {
         let replay = self.replay_for_children(st);
         st.engine.finish();
         let shard = self.lease.key.as_str();
-        let mut backoff = Backoff::new();
+        let mut backoff = crate::retry::backoff();
         for _ in 0..20 {
             match self.table.end(&self.lease, &self.config.me, &replay).await {
                 Ok(Cas::Done(())) => {
                     self.metrics.checkpoints.get_or_create(&st.shard).inc();
-                    st.tracker.written(SHARD_END.to_owned());
+                    st.tracker.written(Checkpoint::ShardEnd.to_string());
                     info!(shard, replay = ?replay, "reached SHARD_END");
                     return Outcome::Ended;
                 }
@@ -336,23 +334,4 @@ enum Written {
     Yes,
     Failed,
     Lost,
-}
-
-pub enum Initial {
-    TrimHorizon,
-    Latest,
-    AtTimestamp(i64),
-}
-
-/// `TRIM_HORIZON`, `LATEST` or `AT_TIMESTAMP:<epoch ms>` as stored in a lease.
-pub fn parse_initial(cp: &str) -> anyhow::Result<Initial> {
-    match cp {
-        "TRIM_HORIZON" => Ok(Initial::TrimHorizon),
-        "LATEST" => Ok(Initial::Latest),
-        other => other
-            .strip_prefix("AT_TIMESTAMP:")
-            .and_then(|ms| ms.parse().ok())
-            .map(Initial::AtTimestamp)
-            .with_context(|| format!("unknown initial position {other:?} in the lease table")),
-    }
 }

@@ -10,9 +10,9 @@ use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::ShardIteratorType;
 use tracing::{debug, warn};
 
-use super::{parse_initial, Initial, Outcome, ShardReader, State};
+use super::{Outcome, ShardReader, State};
 use crate::retry::Backoff;
-use crate::source::kinesis::plan::is_initial_position;
+use crate::source::kinesis::checkpoint::{is_initial_position, Checkpoint};
 
 /// Kinesis allows 5 GetRecords calls per second per shard.
 pub(super) const MIN_POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -21,7 +21,7 @@ impl ShardReader {
     pub(super) async fn poll_loop(&self, st: &mut State) -> Outcome {
         let shard = self.lease.key.as_str();
         let mut iterator = None;
-        let mut backoff = Backoff::new();
+        let mut backoff = crate::retry::backoff();
         let mut last_call = Instant::now() - MIN_POLL_INTERVAL;
         loop {
             if self.lost.is_cancelled() {
@@ -138,12 +138,13 @@ impl ShardReader {
             Some(cp) if !is_initial_position(cp) => req
                 .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
                 .starting_sequence_number(cp),
-            Some(cp) => match parse_initial(cp)? {
-                Initial::TrimHorizon => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
-                Initial::Latest => req.shard_iterator_type(ShardIteratorType::Latest),
-                Initial::AtTimestamp(ms) => req
+            Some(cp) => match Checkpoint::parse(cp)? {
+                Checkpoint::Latest => req.shard_iterator_type(ShardIteratorType::Latest),
+                Checkpoint::AtTimestamp(ms) => req
                     .shard_iterator_type(ShardIteratorType::AtTimestamp)
                     .timestamp(DateTime::from_millis(ms)),
+                // TRIM_HORIZON (sequence numbers are handled above)
+                _ => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
             },
             None => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
         };

@@ -11,10 +11,9 @@ use aws_sdk_kinesis::types::ShardIteratorType;
 use tracing::{error, info, warn};
 
 use super::poll::{Fetch, MIN_POLL_INTERVAL};
-use super::{parse_initial, Initial, Outcome, ShardReader, State};
-use crate::retry::Backoff;
+use super::{Outcome, ShardReader, State};
+use crate::source::kinesis::checkpoint::{is_initial_position, Checkpoint};
 use crate::source::kinesis::lease::ReplayFrom;
-use crate::source::kinesis::plan::is_initial_position;
 
 impl ShardReader {
     /// What the children must re-read to rebuild the windows still open at
@@ -56,7 +55,7 @@ impl ShardReader {
         parents.sort();
         let mut replay = Vec::new();
         for p in &parents {
-            let mut backoff = Backoff::new();
+            let mut backoff = crate::retry::backoff();
             loop {
                 if self.lost.is_cancelled() {
                     return Some(Outcome::Lost);
@@ -102,7 +101,7 @@ impl ShardReader {
         let shard = self.lease.key.as_str();
         let mut last: Option<String> = None;
         let mut iterator: Option<String> = None;
-        let mut backoff = Backoff::new();
+        let mut backoff = crate::retry::backoff();
         let mut failures = 0;
         let mut last_call = Instant::now() - MIN_POLL_INTERVAL;
         loop {
@@ -123,8 +122,8 @@ impl ShardReader {
                         .shard_id(&r.shard);
                     let after = last.as_deref().unwrap_or(&r.after);
                     let req = if is_initial_position(after) {
-                        match parse_initial(after) {
-                            Ok(Initial::AtTimestamp(ms)) => req
+                        match Checkpoint::parse(after) {
+                            Ok(Checkpoint::AtTimestamp(ms)) => req
                                 .shard_iterator_type(ShardIteratorType::AtTimestamp)
                                 .timestamp(DateTime::from_millis(ms)),
                             // LATEST of a closed shard is its end: read it all.
