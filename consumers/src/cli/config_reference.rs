@@ -151,3 +151,30 @@ fn defaults_come_from_the_help_text_or_from_clap() {
     assert!(has("| every command | `--window-secs` | `SSHWARDEN_WINDOW_SECS` | `[window] size_secs` | 60 |"), "{t}");
     assert!(has("| release | `<INSTANCE_ID>` |"), "{t}");
 }
+
+/// A flag that clap gives a default and whose help text names one too
+/// (`--timeout-ms`) must name the same: the reference shows the help text's.
+#[test]
+fn help_text_defaults_agree_with_clap_defaults() {
+    let cli = super::Cli::command();
+    let mut checked = 0;
+    for sub in std::iter::once(&cli).chain(cli.get_subcommands()) {
+        for arg in sub.get_arguments() {
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            let Some((_, rest)) = help.split_once(" [default: ") else {
+                continue;
+            };
+            let stated = rest.trim_end_matches('.').trim_end_matches(']');
+            let clap: Vec<_> = arg
+                .get_default_values()
+                .iter()
+                .map(|v| v.to_string_lossy().into_owned())
+                .collect();
+            if !clap.is_empty() {
+                assert_eq!(clap.join(","), stated, "--{}", arg.get_id());
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 1, "no flag has both: the test checks nothing");
+}

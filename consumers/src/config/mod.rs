@@ -213,10 +213,15 @@ impl ConfigArgs {
         match (self.blast_radius_max, self.blast_radius_period_secs) {
             (Some(0), _) => c.policy.blast_radius = None,
             (max, period) if max.is_some() || period.is_some() => {
-                let base = c.policy.blast_radius.unwrap_or(BlastRadius {
-                    max_quarantines: 10,
-                    period_ms: 3_600_000,
-                });
+                // Disabled in the file: the flags start from the engine's
+                // default (the one the help texts state, see the tests).
+                let Some(base) = c
+                    .policy
+                    .blast_radius
+                    .or(PolicyConfig::default().blast_radius)
+                else {
+                    bail!("--blast-radius-max: the engine has no default limit to start from");
+                };
                 c.policy.blast_radius = Some(BlastRadius {
                     max_quarantines: max.unwrap_or(base.max_quarantines),
                     period_ms: match period {
@@ -410,5 +415,43 @@ mod tests {
         assert!(c.policy.rules.iter().all(|r| r.threshold == 2));
         assert_eq!(c.policy.allow_sources.len(), 2);
         assert_eq!(c.policy.blast_radius, None);
+    }
+
+    /// The engine's defaults (pipeline's `EngineConfig::default`) are the
+    /// ones the flags' help texts, and so the README, state.
+    #[test]
+    fn help_text_defaults_are_the_engine_defaults() {
+        use clap::Args;
+        let c = EngineConfig::default();
+        let blast = c.policy.blast_radius.unwrap();
+        let thresholds: Vec<u32> = c.policy.rules.iter().map(|r| r.threshold).collect();
+        let defaults =
+            source::tests::help_defaults(ConfigArgs::augment_args(clap::Command::new("sshwarden")));
+        assert!(defaults.len() >= 8, "{defaults:?}");
+        for (id, help) in defaults {
+            let resolved = match id.as_str() {
+                "window_secs" => c.window.size_ms / 1000,
+                "allowed_lateness_secs" => c.window.allowed_lateness_ms / 1000,
+                "threshold" => {
+                    assert!(
+                        thresholds.iter().all(|t| *t == thresholds[0]),
+                        "{thresholds:?}"
+                    );
+                    i64::from(thresholds[0])
+                }
+                "cooldown_secs" => c.policy.cooldown_ms / 1000,
+                "blast_radius_max" => i64::from(blast.max_quarantines),
+                "blast_radius_period_secs" => blast.period_ms / 1000,
+                "max_sources" => c.window.max_sources as i64,
+                "max_instances" => c.window.max_instances as i64,
+                "max_decompressed_bytes" => c.max_decompressed as i64,
+                other => panic!("--{other} has a [default: {help}] this test does not check"),
+            };
+            assert_eq!(
+                resolved.to_string(),
+                help,
+                "--{id}: the help text's default is not the engine's"
+            );
+        }
     }
 }

@@ -338,7 +338,7 @@ pub(super) fn resolve_kafka(f: &RunFlags, r: RunSection) -> anyhow::Result<Kafka
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -432,5 +432,83 @@ mod tests {
         };
         let err = resolve_kafka(&bad, RunSection::default()).unwrap_err();
         assert!(err.to_string().contains("expected KEY=VALUE"), "{err}");
+    }
+
+    /// The `[default: X]` of each flag's help text (what the README's
+    /// configuration reference shows), by flag id.
+    pub(crate) fn help_defaults(command: clap::Command) -> Vec<(String, String)> {
+        command
+            .get_arguments()
+            .filter_map(|a| {
+                let help = a.get_help()?.to_string();
+                let (_, rest) = help.split_once(" [default: ")?;
+                let (value, _) = rest.split_once(']')?;
+                Some((a.get_id().to_string(), value.to_owned()))
+            })
+            .collect()
+    }
+
+    /// A default is written twice: in the help text (the reference) and in
+    /// the code that resolves it. Changing one without the other fails here.
+    #[test]
+    fn help_text_defaults_are_the_resolved_defaults() {
+        use clap::{Args, ValueEnum};
+        let name = |v: Option<clap::builder::PossibleValue>| {
+            v.map(|v| v.get_name().to_owned()).unwrap_or_default()
+        };
+        let section: super::super::FileConfig =
+            toml::from_str("[run]\nstream = \"s\"\nbrokers = \"b\"\ntopic = \"t\"").unwrap();
+        let k = resolve_kinesis(&RunFlags::default(), section.run).unwrap();
+        let section: super::super::FileConfig =
+            toml::from_str("[run]\nstream = \"s\"\nbrokers = \"b\"\ntopic = \"t\"").unwrap();
+        let kafka = resolve_kafka(&RunFlags::default(), section.run).unwrap();
+        let defaults = help_defaults(RunFlags::augment_args(clap::Command::new("run")));
+        assert!(defaults.len() >= 15, "{defaults:?}");
+        for (id, help) in defaults {
+            let resolved = match id.as_str() {
+                // Not a value: says how one is made.
+                "worker_id" => continue,
+                "lease_table" => k.lease_table.clone(),
+                "sink" => name(k.sink.kind.to_possible_value()),
+                "blast_radius_scope" => name(k.sink.blast_radius_scope.to_possible_value()),
+                "blast_radius_table" => {
+                    assert_eq!(kafka.sink.blast_radius_table, "sshwarden-blast-radius");
+                    k.sink
+                        .blast_radius_table
+                        .replace(&k.lease_table, "<lease table>")
+                }
+                "start_position" => {
+                    assert_eq!(kafka.start_position, k.start_position);
+                    k.start_position.clone()
+                }
+                "failover_ms" => k.failover_ms.to_string(),
+                "shard_sync_ms" => k.shard_sync_ms.to_string(),
+                "checkpoint_ms" => {
+                    assert_eq!(kafka.checkpoint_ms, k.checkpoint_ms);
+                    k.checkpoint_ms.to_string()
+                }
+                "idle_poll_ms" => {
+                    assert_eq!(kafka.idle_poll_ms, k.idle_poll_ms);
+                    k.idle_poll_ms.to_string()
+                }
+                "subscription_renew_ms" => k.subscription_renew_ms.to_string(),
+                "shutdown_secs" => {
+                    assert_eq!(kafka.shutdown_secs, k.shutdown_secs);
+                    k.shutdown_secs.to_string()
+                }
+                "metrics_addr" => {
+                    assert_eq!(kafka.metrics_addr, k.metrics_addr);
+                    k.metrics_addr.to_string()
+                }
+                "source" => name(SourceKind::default().to_possible_value()),
+                "group" => kafka.group.clone(),
+                "kafka_format" => name(kafka.format.to_possible_value()),
+                other => panic!("--{other} has a [default: {help}] this test does not check"),
+            };
+            assert_eq!(
+                resolved, help,
+                "--{id}: the help text's default is not the code's"
+            );
+        }
     }
 }
