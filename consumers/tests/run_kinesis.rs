@@ -1145,7 +1145,7 @@ async fn bad_records_are_skipped_and_counted() {
         "w0",
         &Spawn {
             args: &["--max-decompressed-bytes", "1048576"],
-            log: Some("info,sshwarden::run::shard=debug"),
+            log: Some("info,sshwarden::source::kinesis::reader=debug"),
             ..Spawn::default()
         },
     );
@@ -2169,7 +2169,7 @@ async fn enhanced_fan_out_idle_renewals_resume_at_the_continuation() {
                 "--start-position",
                 "latest",
             ],
-            log: Some("info,sshwarden::run::shard=debug"),
+            log: Some("info,sshwarden::source::kinesis::reader=debug"),
             ..Spawn::default()
         },
     );

@@ -40,7 +40,7 @@ use md5::{Digest, Md5};
 use tokio::task::JoinSet;
 
 use super::{
-    classify, classify_code, describe, mark_written, summary, unix_us, wait_until, Backoff,
+    backoff, classify, classify_code, describe, mark_written, summary, unix_us, wait_until,
     Failure, OnWritten, RateTarget, TokenBucket, WriteError, WriteReport, WriterStats,
 };
 
@@ -482,7 +482,7 @@ async fn put_batch(
     on_written: Option<OnWritten>,
 ) -> Result<(), WriteError> {
     let started = Instant::now();
-    let mut backoff = Backoff::default();
+    let mut backoff = backoff();
     loop {
         let mut entries = Vec::with_capacity(pending.len());
         let mut call_bytes = 0u64;

@@ -20,7 +20,7 @@ use aws_sdk_cloudwatchlogs::Client;
 use tokio::task::JoinSet;
 
 use super::{
-    classify, describe, mark_written, unix_us, wait_until, Backoff, Failure, OnWritten, RateTarget,
+    backoff, classify, describe, mark_written, unix_us, wait_until, Failure, OnWritten, RateTarget,
     TokenBucket, WriteError, WriteReport, WriterStats,
 };
 
@@ -114,7 +114,7 @@ where
     R: std::fmt::Debug,
 {
     let started = Instant::now();
-    let mut backoff = Backoff::default();
+    let mut backoff = backoff();
     loop {
         match call().await {
             Ok(v) => return Ok(Some(v)),
@@ -360,7 +360,7 @@ async fn put_events(
         );
     }
     let started = Instant::now();
-    let mut backoff = Backoff::default();
+    let mut backoff = backoff();
     loop {
         stats.call(n, bytes);
         let sent_us = unix_us(SystemTime::now());

@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rand::Rng;
 use serde::Serialize;
 
 /// A write that could not be completed.
@@ -213,44 +212,18 @@ impl RateTarget {
     }
 }
 
-/// Exponential backoff with full jitter: the n-th wait is uniform in
-/// [0, min(cap, base · 2^n)], so writers that were throttled together do not
-/// retry together.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    base: Duration,
-    cap: Duration,
-    attempt: u32,
-}
+pub use sshwarden_retry::{Backoff, Jitter};
 
-impl Backoff {
-    pub fn new(base: Duration, cap: Duration) -> Self {
-        Backoff {
-            base,
-            cap,
-            attempt: 0,
-        }
-    }
-
-    pub fn next_wait(&mut self) -> Duration {
-        let ceiling = self
-            .base
-            .saturating_mul(1u32 << self.attempt.min(20))
-            .min(self.cap);
-        self.attempt = self.attempt.saturating_add(1);
-        let ms = ceiling.as_millis() as u64;
-        Duration::from_millis(rand::rng().random_range(0..=ms))
-    }
-
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff::new(Duration::from_millis(50), Duration::from_secs(5))
-    }
+/// The writers' backoff (the workspace's one, `sshwarden-retry`): first
+/// bound 50 ms, doubling, at most 5 s, full jitter (uniform in
+/// [0, min(cap, base · 2^n)]), so writers that were throttled together do
+/// not retry together.
+pub fn backoff() -> Backoff {
+    Backoff::new(
+        Duration::from_millis(50),
+        Duration::from_secs(5),
+        Jitter::Full,
+    )
 }
 
 /// Live counters, shared with a progress printer.
@@ -411,14 +384,30 @@ mod tests {
     }
 
     #[test]
-    fn backoff_grows_to_its_cap_with_jitter() {
-        let mut b = Backoff::new(Duration::from_millis(10), Duration::from_millis(200));
-        let waits: Vec<Duration> = (0..12).map(|_| b.next_wait()).collect();
-        for (n, w) in waits.iter().enumerate() {
-            let ceiling = (10u64 << n).min(200);
-            assert!(w.as_millis() as u64 <= ceiling, "wait {n}: {w:?}");
+    fn backoff_grows_to_its_cap_with_full_jitter() {
+        let mut b = backoff();
+        let mut bounds = Vec::new();
+        for _ in 0..10 {
+            let bound = b.ceiling();
+            assert!(b.next_wait() <= bound);
+            bounds.push(bound.as_millis());
         }
+        assert_eq!(
+            bounds,
+            [50, 100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]
+        );
         b.reset();
-        assert!(b.next_wait() <= Duration::from_millis(10));
+        assert_eq!(b.ceiling(), Duration::from_millis(50));
+        // Full jitter: the waits spread over [0, bound] (the distribution
+        // itself is tested in sshwarden-retry with a seeded generator).
+        let waits: Vec<Duration> = (0..200).map(|_| backoff().next_wait()).collect();
+        assert!(
+            waits.iter().any(|w| *w < Duration::from_millis(10)),
+            "{waits:?}"
+        );
+        assert!(
+            waits.iter().any(|w| *w > Duration::from_millis(40)),
+            "{waits:?}"
+        );
     }
 }

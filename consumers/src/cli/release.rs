@@ -35,7 +35,7 @@ pub struct ReleaseArgs {
     pub wait: Option<u64>,
 }
 
-pub fn run(args: &ReleaseArgs) -> anyhow::Result<()> {
+pub fn release(args: &ReleaseArgs) -> anyhow::Result<()> {
     if !is_ec2_instance_id(&args.instance_id) {
         bail!(
             "{:?} is not an EC2 instance id (i- and 8 or 17 hex digits)",
@@ -54,7 +54,7 @@ pub fn run(args: &ReleaseArgs) -> anyhow::Result<()> {
     if !arn.starts_with("arn:") {
         bail!("--release-state-machine-arn {arn:?} is not an ARN");
     }
-    runtime.block_on(release(args, arn))
+    runtime.block_on(release_through_machine(args, arn))
 }
 
 #[cfg(feature = "direct")]
@@ -81,7 +81,10 @@ async fn release_direct(_args: &ReleaseArgs) -> anyhow::Result<()> {
     bail!("this sshwarden was built without the direct sink: rebuild with `cargo build --release --features direct`, or give --release-state-machine-arn")
 }
 
-async fn release(args: &ReleaseArgs, state_machine_arn: &str) -> anyhow::Result<()> {
+async fn release_through_machine(
+    args: &ReleaseArgs,
+    state_machine_arn: &str,
+) -> anyhow::Result<()> {
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .load()
         .await;
@@ -103,7 +106,7 @@ async fn release(args: &ReleaseArgs, state_machine_arn: &str) -> anyhow::Result<
         .input(input.to_string())
         .send()
         .await
-        .map_err(crate::aws_error)
+        .map_err(crate::aws::aws_error)
         .context("cannot start the release execution")?;
     let arn = started.execution_arn().to_owned();
     println!("{arn}");
@@ -117,7 +120,7 @@ async fn release(args: &ReleaseArgs, state_machine_arn: &str) -> anyhow::Result<
             .execution_arn(&arn)
             .send()
             .await
-            .map_err(crate::aws_error)
+            .map_err(crate::aws::aws_error)
             .context("cannot describe the release execution")?;
         match d.status().as_str() {
             "RUNNING" | "PENDING_REDRIVE" => {}

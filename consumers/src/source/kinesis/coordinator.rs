@@ -1,21 +1,11 @@
-//! `sshwarden run`: the ECS service. Consumes a Kinesis stream of CloudWatch
-//! Logs subscription payloads with shard leases in DynamoDB (the Kinesis
-//! Client Library's model), one reader task per owned shard, and delivers
-//! commands to the configured sink.
-//!
-//! The coordinator loop renews held leases, re-reads the lease table, plans
-//! (see [`plan`]), takes and steals leases, syncs new shards from ListShards,
-//! and cleans up finished parents. On SIGTERM/SIGINT the readers drain and
-//! checkpoint, and the leases are released so other workers take them at once.
-
-pub mod checkpoint;
-pub mod lease;
-pub mod plan;
-pub mod shard;
+//! The coordinator loop of one Kinesis worker: renew held leases (32 in
+//! flight), reap finished readers, sync new shards from ListShards, re-read
+//! the lease table, plan (see [`super::plan`]), take and steal leases, start
+//! a [`ShardReader`] per lease, and clean up finished parents. On
+//! SIGTERM/SIGINT the readers drain and checkpoint, and the leases are
+//! released so other workers take them at once.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -25,68 +15,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::metrics::{self, Metrics};
-use crate::sink::SinkSettings;
-use lease::{Cas, Lease, LeaseTable};
-use shard::{Outcome, Reader, ReaderConfig};
-
-/// The service's settings, resolved from flags, environment and the
-/// `[run]` section of the config file (see [`crate::config::RunFlags`]).
-#[derive(Debug, Clone)]
-pub struct RunArgs {
-    /// The Kinesis stream to consume.
-    pub stream: String,
-    /// DynamoDB lease table (created if absent, on-demand billing).
-    pub lease_table: String,
-    /// This worker's id in the lease table [default: host name + random suffix].
-    pub worker_id: Option<String>,
-    /// Where commands go, and the fleet-wide blast-radius gate in front of them.
-    pub sink: SinkSettings,
-    /// Where a shard without a checkpoint starts: trim-horizon, latest, or at-timestamp:RFC3339.
-    pub start_position: String,
-    /// Use enhanced fan-out (SubscribeToShard) with this consumer name.
-    pub enhanced_fan_out: Option<String>,
-    /// A lease whose counter has not moved for this long is taken over.
-    pub failover_ms: u64,
-    /// How often the shard list is re-read.
-    pub shard_sync_ms: u64,
-    /// How often a shard writes its checkpoint.
-    pub checkpoint_ms: u64,
-    /// Pause between GetRecords calls on a caught-up shard.
-    pub idle_poll_ms: u64,
-    /// With enhanced fan-out, each subscription is renewed after this long
-    /// (Kinesis ends them after 5 minutes; tests renew every few seconds).
-    pub subscription_renew_ms: u64,
-    /// On SIGTERM, drain, checkpoint and release within this many seconds (ECS gives 30).
-    pub shutdown_secs: u64,
-    /// Address of /metrics, /healthz and /readyz.
-    pub metrics_addr: SocketAddr,
-}
-
-/// `trim-horizon`, `latest`, `at-timestamp:RFC3339` as the lease table stores it.
-pub fn initial_checkpoint(arg: &str) -> anyhow::Result<String> {
-    match arg {
-        "trim-horizon" | "TRIM_HORIZON" => Ok("TRIM_HORIZON".into()),
-        "latest" | "LATEST" => Ok("LATEST".into()),
-        other => {
-            let ts = other
-                .strip_prefix("at-timestamp:")
-                .with_context(|| format!("--start-position {other:?}: expected trim-horizon, latest or at-timestamp:RFC3339"))?;
-            let ms = sshwarden_pipeline::time::parse_rfc3339_ms(ts)
-                .with_context(|| format!("--start-position: {ts:?} is not an RFC 3339 time"))?;
-            Ok(format!("AT_TIMESTAMP:{ms}"))
-        }
-    }
-}
-
-pub(crate) fn default_worker_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "worker".into());
-    format!("{host}-{:08x}", rand::random::<u32>())
-}
+use super::checkpoint::Checkpoint;
+use super::lease::{Cas, Lease, LeaseTable};
+use super::plan;
+use super::reader::{Outcome, ReaderConfig, ShardReader};
+use crate::config::KinesisArgs;
+use crate::service::{default_worker_id, Service};
 
 struct Held {
     lease: Lease,
@@ -94,8 +28,9 @@ struct Held {
     task: JoinHandle<Outcome>,
 }
 
-pub async fn run(args: RunArgs, engine_config: EngineConfig) -> anyhow::Result<()> {
-    let start_checkpoint = initial_checkpoint(&args.start_position)?;
+/// Serves the stream until SIGTERM/SIGINT: the worker's whole life.
+pub async fn serve(args: KinesisArgs, engine_config: EngineConfig) -> anyhow::Result<()> {
+    let start_checkpoint = Checkpoint::from_start_position(&args.start_position)?;
     if args.failover_ms < 1_000 {
         bail!("--failover-ms must be at least 1000");
     }
@@ -199,7 +134,7 @@ pub async fn run(args: RunArgs, engine_config: EngineConfig) -> anyhow::Result<(
                             let stolen = p.steal.as_deref() == Some(key.as_str());
                             info!(shard = %key, from = ?lease_prev_owner(&leases, &key), stolen, "lease taken");
                             let lost = CancellationToken::new();
-                            let reader = Reader {
+                            let reader = ShardReader {
                                 kinesis: kinesis.clone(),
                                 table: table.clone(),
                                 sink: sink.clone(),
@@ -212,7 +147,7 @@ pub async fn run(args: RunArgs, engine_config: EngineConfig) -> anyhow::Result<(
                             };
                             let span = tracing::info_span!("shard", shard = %key);
                             let task =
-                                tokio::spawn(tracing::Instrument::instrument(reader.run(), span));
+                                tokio::spawn(tracing::Instrument::instrument(reader.read(), span));
                             held.insert(key, Held { lease, lost, task });
                         }
                         Ok(Cas::Lost) => {}
@@ -320,76 +255,6 @@ fn lease_prev_owner(leases: &[Lease], key: &str) -> Option<String> {
         .and_then(|l| l.owner.clone())
 }
 
-/// What both sources (Kinesis, Kafka) start with: the AWS SDK's own chain
-/// (endpoints, credentials; 10-s attempts), the sink with its fleet-wide
-/// gate, `/metrics` `/healthz` `/readyz`, SIGTERM/SIGINT handling and the
-/// sink probe behind `/readyz`.
-pub(crate) struct Service {
-    pub sdk: aws_config::SdkConfig,
-    pub sink: Arc<crate::sink::Sink>,
-    pub metrics: Arc<Metrics>,
-    pub shutdown: CancellationToken,
-    pub server: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Service {
-    pub(crate) async fn start(
-        sink: &SinkSettings,
-        metrics_addr: SocketAddr,
-        engine_config: &EngineConfig,
-    ) -> anyhow::Result<Service> {
-        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .timeout_config(
-                aws_config::timeout::TimeoutConfig::builder()
-                    .operation_attempt_timeout(Duration::from_secs(10))
-                    .build(),
-            )
-            .load()
-            .await;
-        let built =
-            Arc::new(crate::sink::build(sink, &sdk, engine_config.policy.blast_radius).await?);
-        let metrics = Arc::new(Metrics::default());
-        let shutdown = CancellationToken::new();
-        let server = tokio::spawn(metrics::serve(
-            metrics_addr,
-            metrics.clone(),
-            shutdown.clone(),
-        ));
-        spawn_signal_handler(shutdown.clone());
-        metrics::watch_sink(
-            crate::sink::probe(sink, &sdk),
-            metrics.clone(),
-            shutdown.clone(),
-        );
-        Ok(Service {
-            sdk,
-            sink: built,
-            metrics,
-            shutdown,
-            server,
-        })
-    }
-}
-
-/// SIGTERM (ECS stopping the task) or SIGINT cancels `shutdown`: the source drains.
-fn spawn_signal_handler(shutdown: CancellationToken) {
-    tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    error!(error = %e, "cannot listen for SIGTERM");
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = term.recv() => info!("SIGTERM received"),
-            _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
-        }
-        shutdown.cancel();
-    });
-}
-
 /// Creates leases for shards that have none, unless a descendant already has
 /// one (a closed parent whose children are being read must not be re-read).
 /// A child of a known shard starts at TRIM_HORIZON so nothing is skipped.
@@ -397,7 +262,7 @@ async fn sync_shards(
     kinesis: &aws_sdk_kinesis::Client,
     table: &LeaseTable,
     stream: &str,
-    start_checkpoint: &str,
+    start_checkpoint: &Checkpoint,
 ) -> anyhow::Result<usize> {
     let mut shards = Vec::new();
     let mut token: Option<String> = None;
@@ -409,7 +274,7 @@ async fn sync_shards(
         let out = req
             .send()
             .await
-            .map_err(crate::aws_error)
+            .map_err(crate::aws::aws_error)
             .context("ListShards")?;
         shards.extend(out.shards().iter().cloned());
         match out.next_token() {
@@ -451,11 +316,11 @@ async fn sync_shards(
             .iter()
             .any(|p| known.contains(p.as_str()) || has_lease.contains(p.as_str()))
         {
-            "TRIM_HORIZON"
+            &Checkpoint::TrimHorizon
         } else {
             start_checkpoint
         };
-        if let Cas::Done(()) = table.create(id, checkpoint, &parents).await? {
+        if let Cas::Done(()) = table.create(id, &checkpoint.to_string(), &parents).await? {
             created += 1;
         }
     }
@@ -473,7 +338,7 @@ async fn register_consumer(
         .stream_name(stream)
         .send()
         .await
-        .map_err(crate::aws_error)
+        .map_err(crate::aws::aws_error)
         .with_context(|| format!("cannot describe stream {stream}"))?;
     let stream_arn = desc
         .stream_description_summary()
@@ -501,7 +366,7 @@ async fn register_consumer(
             .consumer_name(name)
             .send()
             .await
-            .map_err(crate::aws_error)
+            .map_err(crate::aws::aws_error)
             .context("DescribeStreamConsumer")?;
         if let Some(c) = d.consumer_description() {
             if c.consumer_status() == &aws_sdk_kinesis::types::ConsumerStatus::Active {

@@ -72,7 +72,7 @@ pub struct Latency {
     pub max: u64,
 }
 
-pub fn run(
+pub fn demo(
     args: &DemoArgs,
     config: EngineConfig,
     out: &mut dyn Write,

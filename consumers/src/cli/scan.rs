@@ -14,7 +14,7 @@ use sshwarden_pipeline::policy::{Decision, Suppression};
 use sshwarden_pipeline::time::format_rfc3339_ms;
 use sshwarden_pipeline::{Engine, EngineConfig, LineInput, RecordInput, Stats};
 
-use crate::input::{self, Format, Payload};
+use super::input::{self, Format, Payload};
 
 #[derive(Debug, clap::Args)]
 pub struct ScanArgs {
@@ -66,7 +66,7 @@ pub struct SuppressedRow {
     pub reason: Suppression,
 }
 
-pub fn run(
+pub fn scan(
     args: &ScanArgs,
     mut config: EngineConfig,
     out: &mut dyn Write,

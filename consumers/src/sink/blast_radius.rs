@@ -75,13 +75,9 @@ impl FleetBlastRadius {
     /// Creates the table (on-demand billing, TTL on `expiresAt`) when it is
     /// absent and waits until it is active.
     pub async fn ensure(&self) -> anyhow::Result<()> {
-        let created = crate::run::lease::ensure_table(
-            &self.client,
-            &self.table,
-            "periodKey",
-            "blast-radius table",
-        )
-        .await?;
+        let created =
+            crate::aws::ensure_table(&self.client, &self.table, "periodKey", "blast-radius table")
+                .await?;
         if !created {
             return Ok(());
         }
@@ -100,7 +96,7 @@ impl FleetBlastRadius {
             .send()
             .await
         {
-            tracing::warn!(table = %self.table, error = %crate::aws_error(e), "cannot enable TTL on the blast-radius table; old periods stay");
+            tracing::warn!(table = %self.table, error = %crate::aws::aws_error(e), "cannot enable TTL on the blast-radius table; old periods stay");
         }
         Ok(())
     }
@@ -146,7 +142,7 @@ impl FleetBlastRadius {
                     .consistent_read(true)
                     .send()
                     .await
-                    .map_err(crate::aws_error)
+                    .map_err(crate::aws::aws_error)
                     .with_context(|| format!("cannot read {key} in {}", self.table))?;
                 let holds = item
                     .item()
@@ -159,7 +155,7 @@ impl FleetBlastRadius {
                     Claim::OverLimit
                 })
             }
-            Err(e) => Err(crate::aws_error(e))
+            Err(e) => Err(crate::aws::aws_error(e))
                 .with_context(|| format!("cannot claim a blast-radius slot in {}", self.table)),
         }
     }
@@ -175,7 +171,7 @@ impl FleetBlastRadius {
             .consistent_read(true)
             .send()
             .await
-            .map_err(crate::aws_error)?;
+            .map_err(crate::aws::aws_error)?;
         let Some(item) = item.item() else {
             return Ok((0, Vec::new()));
         };

@@ -1,6 +1,6 @@
 //! One partition's reader: a tokio task with its own engine. It takes the
 //! messages the consumer's poll thread forwards (a bounded channel: a slow
-//! reader pauses its partition, see [`super::Group`]), runs them through the
+//! reader pauses its partition, see [`super::group`]), runs them through the
 //! engine, delivers the commands with backoff, and publishes the offset the
 //! checkpoint rule allows. On revoke or shutdown it stops at once (a command
 //! being retried is abandoned, its message stays uncommitted) and hands back
@@ -22,8 +22,8 @@ use tracing::{debug, info, warn};
 
 use super::offsets::{self, CommitTracker, Content};
 use crate::config::KafkaFormat;
-use crate::metrics::{Metrics, ShardLabel};
-use crate::run::shard::now_ms;
+use crate::metrics::{Metrics, ReaderLabel};
+use crate::service::now_ms;
 use crate::sink::Sink;
 
 /// A message, copied out of librdkafka's buffer by the poll thread.
@@ -69,7 +69,8 @@ pub struct Final {
     pub commit: Option<(i64, String)>,
 }
 
-pub struct Reader {
+/// One assigned partition's reader task, started by the group on assignment.
+pub struct PartitionReader {
     pub topic: String,
     pub partition: i32,
     pub format: KafkaFormat,
@@ -87,11 +88,10 @@ pub struct Reader {
     pub done: std::sync::mpsc::Sender<Final>,
 }
 
-impl Reader {
-    pub async fn run(mut self) {
-        let label = ShardLabel {
-            shard: format!("{}/{}", self.topic, self.partition),
-        };
+impl PartitionReader {
+    /// Reads the partition until a revoke or shutdown, then hands back the final offset.
+    pub async fn read(mut self) {
+        let label = ReaderLabel::new(format!("{}/{}", self.topic, self.partition));
         let mut decisions = Vec::new();
         let mut checkpoint = tokio::time::interval(self.checkpoint_every);
         checkpoint.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -131,7 +131,7 @@ impl Reader {
             .tracker
             .commit_point(low)
             .map(|o| (o, offsets::commit_metadata(self.engine.event_time())));
-        info!(partition = %label.shard, commit = ?commit.as_ref().map(|c| c.0), "partition reader stopped");
+        info!(partition = %label.name(), commit = ?commit.as_ref().map(|c| c.0), "partition reader stopped");
         // The poll thread may have given up waiting (its deadline passed).
         let _ = self.done.send(Final { commit });
     }
@@ -153,7 +153,7 @@ impl Reader {
     /// stays undelivered, so no commit passes it).
     async fn process(
         &mut self,
-        label: &ShardLabel,
+        label: &ReaderLabel,
         m: Message,
         decisions: &mut Vec<Decision>,
     ) -> bool {
@@ -181,11 +181,11 @@ impl Reader {
                             .inc_by(events as u64);
                     }
                     Ok(RecordKind::Control) => {
-                        debug!(partition = %label.shard, offset = m.offset, "control message skipped");
+                        debug!(partition = %label.name(), offset = m.offset, "control message skipped");
                     }
                     Err(e) => {
-                        warn!(partition = %label.shard, offset = m.offset, error = %e, "message skipped");
-                        self.metrics.error(&label.shard, "decode");
+                        warn!(partition = %label.name(), offset = m.offset, error = %e, "message skipped");
+                        self.metrics.error(label.name(), "decode");
                     }
                 }
             }
@@ -207,7 +207,7 @@ impl Reader {
                     reason,
                     ..
                 } => {
-                    info!(partition = %label.shard, rule, ?subject, ?reason, "rule fired, command suppressed");
+                    info!(partition = %label.name(), rule, ?subject, ?reason, "rule fired, command suppressed");
                 }
             }
         }
@@ -269,7 +269,7 @@ impl Reader {
     /// Delivers until the sink takes the command, or until a revoke or
     /// shutdown interrupts (false).
     async fn deliver(&self, c: &sshwarden_pipeline::command::Command) -> bool {
-        crate::sink::deliver_until(
+        crate::service::deliver::deliver_until(
             &self.sink,
             &self.metrics,
             c,

@@ -23,16 +23,13 @@
 //! only on a take.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
-    ScalarAttributeType, TableStatus,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use aws_sdk_dynamodb::Client;
 
+use super::checkpoint::Checkpoint;
 use super::plan::LeaseView;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,71 +133,9 @@ macro_rules! cas {
         match $call {
             Ok(out) => Ok(Cas::Done(out)),
             Err(e) if e.as_service_error().is_some_and(is_condition_failure) => Ok(Cas::Lost),
-            Err(e) => Err(crate::aws_error(e)),
+            Err(e) => Err(crate::aws::aws_error(e)),
         }
     };
-}
-
-/// Creates a table keyed by the string `hash_key` (on-demand billing) when it
-/// is absent, and waits until it is ACTIVE. True when this call created it.
-/// Several workers may start at once: a table created in the meantime by
-/// another one is fine.
-pub(crate) async fn ensure_table(
-    client: &Client,
-    table: &str,
-    hash_key: &str,
-    what: &str,
-) -> anyhow::Result<bool> {
-    let mut created = false;
-    match client.describe_table().table_name(table).send().await {
-        Ok(_) => {}
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|e| e.is_resource_not_found_exception()) =>
-        {
-            let create = client
-                .create_table()
-                .table_name(table)
-                .attribute_definitions(
-                    AttributeDefinition::builder()
-                        .attribute_name(hash_key)
-                        .attribute_type(ScalarAttributeType::S)
-                        .build()?,
-                )
-                .key_schema(
-                    KeySchemaElement::builder()
-                        .attribute_name(hash_key)
-                        .key_type(KeyType::Hash)
-                        .build()?,
-                )
-                .billing_mode(BillingMode::PayPerRequest)
-                .send()
-                .await;
-            match create {
-                Ok(_) => created = true,
-                Err(e)
-                    if e.as_service_error()
-                        .is_some_and(|e| e.is_resource_in_use_exception()) => {}
-                Err(e) => {
-                    return Err(crate::aws_error(e))
-                        .with_context(|| format!("cannot create {what} {table}"))
-                }
-            }
-        }
-        Err(e) => {
-            return Err(crate::aws_error(e))
-                .with_context(|| format!("cannot describe {what} {table}"))
-        }
-    }
-    for _ in 0..120 {
-        if let Ok(d) = client.describe_table().table_name(table).send().await {
-            if d.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
-                return Ok(created);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    bail!("{what} {table} did not become ACTIVE within 60 s")
 }
 
 impl LeaseTable {
@@ -214,7 +149,7 @@ impl LeaseTable {
 
     /// Creates the table (on-demand billing) when it is absent and waits for it.
     pub async fn ensure(&self) -> anyhow::Result<()> {
-        ensure_table(&self.client, &self.table, "leaseKey", "lease table")
+        crate::aws::ensure_table(&self.client, &self.table, "leaseKey", "lease table")
             .await
             .map(drop)
     }
@@ -232,7 +167,7 @@ impl LeaseTable {
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
-                .map_err(crate::aws_error)
+                .map_err(crate::aws::aws_error)
                 .with_context(|| format!("cannot scan lease table {}", self.table))?;
             for item in page.items() {
                 match parse(item) {
@@ -370,7 +305,7 @@ impl LeaseTable {
             .table_name(&self.table)
             .key("leaseKey", s(&lease.key));
         let mut update = fenced(update, me, lease.take_token.as_deref())
-            .expression_attribute_values(":end", s(super::plan::SHARD_END))
+            .expression_attribute_values(":end", s(&Checkpoint::ShardEnd.to_string()))
             .expression_attribute_values(":zero", n(0));
         update = if replay.is_empty() {
             update.update_expression(format!("{set} REMOVE {REPLAY}"))
@@ -393,7 +328,7 @@ impl LeaseTable {
             .consistent_read(true)
             .send()
             .await
-            .map_err(crate::aws_error)
+            .map_err(crate::aws::aws_error)
             .with_context(|| format!("cannot read lease {key} from {}", self.table))?;
         Ok(out.item().and_then(parse))
     }
@@ -422,7 +357,7 @@ impl LeaseTable {
                 .table_name(&self.table)
                 .key("leaseKey", s(key))
                 .condition_expression("checkpoint = :end")
-                .expression_attribute_values(":end", s(super::plan::SHARD_END))
+                .expression_attribute_values(":end", s(&Checkpoint::ShardEnd.to_string()))
                 .send()
                 .await
         )?;
@@ -472,13 +407,13 @@ mod tests {
             },
             ReplayFrom {
                 shard: "shardId-000000000003".into(),
-                after: "TRIM_HORIZON".into(),
+                after: Checkpoint::TrimHorizon.to_string(),
             },
         ];
         let item: HashMap<String, AttributeValue> = [
             ("leaseKey", s("shardId-000000000003")),
             ("leaseCounter", n(7)),
-            ("checkpoint", s(super::super::plan::SHARD_END)),
+            ("checkpoint", s(&Checkpoint::ShardEnd.to_string())),
             (REPLAY, s(&serde_json::to_string(&replay).unwrap())),
         ]
         .into_iter()
@@ -530,7 +465,10 @@ mod tests {
         let table = moto_table("fence").await;
         let key = "shardId-000000000000";
         assert_eq!(
-            table.create(key, "TRIM_HORIZON", &[]).await.unwrap(),
+            table
+                .create(key, &Checkpoint::TrimHorizon.to_string(), &[])
+                .await
+                .unwrap(),
             Cas::Done(())
         );
         let fresh = table.get(key).await.unwrap().unwrap();

@@ -1,154 +1,41 @@
-//! `sshwarden run --source kafka`: the service on a Kafka (or MSK) topic,
-//! with the same semantics as the Kinesis source. A consumer group spreads
-//! the partitions over the workers; each assigned partition gets its own
-//! reader and engine ([`reader`]); the group's committed offsets are the
-//! checkpoints, and they only move under the checkpoint rule (docs/design.md)
-//! ([`offsets`]): past a message once its commands are delivered and every
-//! window it counted in has closed. The commit's metadata carries the
-//! engine's event time, so the next owner does not re-fire closed windows.
-//!
-//! One thread polls the consumer (librdkafka's callbacks run there): it
-//! forwards messages to the partition readers over bounded channels, pauses
-//! a partition whose reader is behind (backpressure without blocking the
-//! other partitions or the group's liveness) and resumes it, commits what the
-//! readers allow every `checkpoint_ms`, and on a revoke (rebalance) or
-//! SIGTERM stops the affected readers and commits their final offsets
-//! synchronously before the partitions move. Per-partition lag comes from
-//! librdkafka's statistics.
-
-pub mod offsets;
-pub mod reader;
+//! The consumer group on this worker: the poll thread, the partitions it
+//! holds and their readers, pause and resume, commits, and librdkafka's
+//! callbacks (rebalances, statistics, logs).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::Message as _;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::{ClientConfig, ClientContext};
+use rdkafka::ClientContext;
 use sshwarden_pipeline::{Engine, EngineConfig};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::config::{KafkaArgs, KafkaFormat};
-use crate::metrics::{Metrics, ShardLabel};
-use crate::run::{default_worker_id, Service};
+use super::offsets;
+use super::reader::{Final, Input, Message, PartitionReader, Shared};
+use crate::config::KafkaFormat;
+use crate::metrics::{Metrics, ReaderLabel};
 use crate::sink::Sink;
-use reader::{Final, Input, Message, Reader, Shared};
 
 /// Messages buffered per partition between the poll thread and its reader;
 /// past it the partition is paused.
 const READER_QUEUE: usize = 256;
 
-pub async fn run(args: KafkaArgs, engine_config: EngineConfig) -> anyhow::Result<()> {
-    Engine::new(engine_config.clone()).map_err(anyhow::Error::msg)?;
-    let reset = match args.start_position.as_str() {
-        "trim-horizon" | "TRIM_HORIZON" | "earliest" => "earliest",
-        "latest" | "LATEST" => "latest",
-        other => bail!(
-            "--start-position {other:?}: the Kafka source starts a partition without a committed \
-             offset at trim-horizon (earliest) or latest"
-        ),
-    };
-    if args.topic.contains('\0') || args.group.contains('\0') {
-        bail!("--topic and --group must not contain NUL");
-    }
-    let Service {
-        sink,
-        metrics,
-        shutdown,
-        server,
-        ..
-    } = Service::start(&args.sink, args.metrics_addr, &engine_config).await?;
-
-    let client_id = args.worker_id.clone().unwrap_or_else(default_worker_id);
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &args.brokers)
-        .set("group.id", &args.group)
-        .set("client.id", &client_id)
-        // Offsets move only under the checkpoint rule, from this code.
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", reset)
-        // The end of a partition tells a reader it is caught up (idle windows may close).
-        .set("enable.partition.eof", "true")
-        .set("statistics.interval.ms", "1000")
-        // A dead worker's partitions move after 10 s (the Kinesis source's
-        // default failover), not Kafka's 45 s; tansu also waits about half
-        // of it before the first assignment.
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000")
-        // What a paused partition may still hold in librdkafka's queue.
-        .set("queued.max.messages.kbytes", "16384");
-    for (k, v) in &args.options {
-        config.set(k, v);
-    }
-    let drain = Duration::from_secs(args.shutdown_secs);
-    let group = Arc::new(Group {
-        topic: args.topic.clone(),
-        format: args.format,
-        engine_config,
-        sink,
-        metrics: metrics.clone(),
-        runtime: tokio::runtime::Handle::current(),
-        checkpoint_every: Duration::from_millis(args.checkpoint_ms.max(100)),
-        idle: Duration::from_millis(args.idle_poll_ms.max(10)),
-        drain,
-        readers: Mutex::new(HashMap::new()),
-    });
-    let consumer: BaseConsumer<GroupContext> = config
-        .create_with_context(GroupContext(group.clone()))
-        .context("cannot create the Kafka consumer")?;
-    consumer
-        .subscribe(&[&args.topic])
-        .with_context(|| format!("cannot subscribe to {}", args.topic))?;
-    metrics.set_ready(true);
-    info!(worker = %client_id, brokers = %args.brokers, topic = %args.topic, group = %args.group, format = ?args.format, "worker started");
-
-    // librdkafka's poll blocks: the loop gets a thread of its own.
-    let poll_shutdown = shutdown.clone();
-    let mut poller = tokio::task::spawn_blocking(move || poll_loop(consumer, group, poll_shutdown));
-    let early = tokio::select! {
-        _ = shutdown.cancelled() => None,
-        ended = &mut poller => Some(ended),
-    };
-    metrics.set_ready(false);
-    let result = match early {
-        // Nothing is consumed any more: exit non-zero so the task is replaced.
-        Some(ended) => {
-            shutdown.cancel();
-            Err(anyhow::anyhow!(
-                "the Kafka poll loop ended unexpectedly: {ended:?}"
-            ))
-        }
-        None => {
-            info!("shutting down: draining partition readers");
-            // The poll loop drains, commits and leaves the group; it is
-            // bounded by the drain deadline plus the group's leave.
-            match tokio::time::timeout(drain + Duration::from_secs(5), poller).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => error!(error = %e, "the Kafka poll loop failed"),
-                Err(_) => error!("the Kafka poll loop did not stop before the shutdown deadline"),
-            }
-            Ok(())
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
-    info!("worker stopped");
-    result
-}
-
 /// The poll thread: forwards, resumes, commits; on shutdown drains every
 /// reader, commits, and closes the consumer (which leaves the group, so the
 /// partitions move at once).
-fn poll_loop(consumer: BaseConsumer<GroupContext>, group: Arc<Group>, shutdown: CancellationToken) {
+pub(super) fn poll_loop(
+    consumer: BaseConsumer<GroupContext>,
+    group: Arc<Group>,
+    shutdown: CancellationToken,
+) {
     let mut last_commit = Instant::now();
     while !shutdown.is_cancelled() {
         group.resume_ready(&consumer);
@@ -173,7 +60,7 @@ fn poll_loop(consumer: BaseConsumer<GroupContext>, group: Arc<Group>, shutdown: 
 }
 
 /// One assigned partition, as the poll thread sees it.
-struct Assigned {
+pub(super) struct Assigned {
     input: mpsc::Sender<Input>,
     /// What arrived while the reader's queue was full (the partition is
     /// paused until it is empty again).
@@ -182,23 +69,23 @@ struct Assigned {
     stop: CancellationToken,
     shared: Arc<Shared>,
     done: std::sync::mpsc::Receiver<Final>,
-    label: ShardLabel,
+    label: ReaderLabel,
 }
 
 /// The consumer group's state on this worker; lives in librdkafka's client
 /// context so the rebalance callbacks reach it.
-struct Group {
-    topic: String,
-    format: KafkaFormat,
-    engine_config: EngineConfig,
-    sink: Arc<Sink>,
-    metrics: Arc<Metrics>,
-    runtime: tokio::runtime::Handle,
-    checkpoint_every: Duration,
-    idle: Duration,
+pub(super) struct Group {
+    pub(super) topic: String,
+    pub(super) format: KafkaFormat,
+    pub(super) engine_config: EngineConfig,
+    pub(super) sink: Arc<Sink>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) runtime: tokio::runtime::Handle,
+    pub(super) checkpoint_every: Duration,
+    pub(super) idle: Duration,
     /// How long a revoke waits for the readers' final offsets.
-    drain: Duration,
-    readers: Mutex<HashMap<i32, Assigned>>,
+    pub(super) drain: Duration,
+    pub(super) readers: Mutex<HashMap<i32, Assigned>>,
 }
 
 impl Group {
@@ -246,10 +133,10 @@ impl Group {
             a.overflow.push_back(input);
             a.paused = true;
             if let Err(e) = consumer.pause(&self.tpl(&[p])) {
-                warn!(partition = %a.label.shard, error = %e, "cannot pause the partition");
+                warn!(partition = %a.label.name(), error = %e, "cannot pause the partition");
             }
             self.metrics.kafka_pauses.get_or_create(&a.label).inc();
-            debug!(partition = %a.label.shard, "reader behind: partition paused");
+            debug!(partition = %a.label.name(), "reader behind: partition paused");
         }
     }
 
@@ -343,14 +230,12 @@ impl Group {
             if let Some(t) = event_time {
                 engine.resume_from(t);
             }
-            let label = ShardLabel {
-                shard: format!("{}/{p}", self.topic),
-            };
+            let label = ReaderLabel::new(format!("{}/{p}", self.topic));
             let (tx, rx) = mpsc::channel(READER_QUEUE);
             let (done_tx, done_rx) = std::sync::mpsc::channel();
             let stop = CancellationToken::new();
             let shared = Arc::new(Shared::default());
-            let reader = Reader {
+            let reader = PartitionReader {
                 topic: self.topic.clone(),
                 partition: p,
                 format: self.format,
@@ -366,8 +251,8 @@ impl Group {
                 max_future_skew_ms: self.engine_config.max_future_skew_ms,
                 done: done_tx,
             };
-            self.runtime.spawn(reader.run());
-            info!(partition = %label.shard, committed = ?offset, event_time = ?event_time, "partition assigned");
+            self.runtime.spawn(reader.read());
+            info!(partition = %label.name(), committed = ?offset, event_time = ?event_time, "partition assigned");
             readers.insert(
                 p,
                 Assigned {
@@ -414,7 +299,7 @@ impl Group {
                 }) => add_commit(&mut tpl, &self.topic, p, offset, &meta),
                 Ok(Final { commit: None }) => {}
                 Err(_) => {
-                    error!(partition = %a.label.shard, "reader did not stop in time; its offset is not committed")
+                    error!(partition = %a.label.name(), "reader did not stop in time; its offset is not committed")
                 }
             }
         }
@@ -484,7 +369,7 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<i32> {
 
 /// librdkafka's client context: logs into tracing, lag from statistics,
 /// and the rebalance callbacks (run on the poll thread).
-struct GroupContext(Arc<Group>);
+pub(super) struct GroupContext(pub(super) Arc<Group>);
 
 impl ClientContext for GroupContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
@@ -543,9 +428,11 @@ impl ConsumerContext for GroupContext {
                     self.0
                         .metrics
                         .checkpoints
-                        .get_or_create(&ShardLabel {
-                            shard: format!("{}/{}", e.topic(), e.partition()),
-                        })
+                        .get_or_create(&ReaderLabel::new(format!(
+                            "{}/{}",
+                            e.topic(),
+                            e.partition()
+                        )))
                         .inc();
                 }
                 debug!(offsets = ?offsets_of(offsets), "offsets committed");

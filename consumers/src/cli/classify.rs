@@ -10,7 +10,7 @@ use sshwarden_pipeline::context::Attribution;
 use sshwarden_pipeline::engine::LineVerdict;
 use sshwarden_pipeline::{Engine, EngineConfig};
 
-use crate::input::{self, Format};
+use super::input::{self, Format};
 
 #[derive(Debug, clap::Args)]
 pub struct ClassifyArgs {
@@ -35,7 +35,7 @@ struct Out<'a> {
     invalid_utf8: bool,
 }
 
-pub fn run(args: &ClassifyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+pub fn classify(args: &ClassifyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let mut engine = Engine::new(EngineConfig::default()).map_err(anyhow::Error::msg)?;
     let mut input = input::open(&args.input, Format::Lines)?;
     let mut n = 0u64;

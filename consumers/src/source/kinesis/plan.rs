@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-pub const SHARD_END: &str = "SHARD_END";
+use super::checkpoint::{is_initial_position, is_shard_end};
 
 /// A lease as read from the table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,19 +38,14 @@ pub struct Plan {
     pub workers: usize,
 }
 
-/// A checkpoint that says where to start, not how far reading got.
-pub fn is_initial_position(checkpoint: &str) -> bool {
-    checkpoint == "TRIM_HORIZON" || checkpoint == "LATEST" || checkpoint.starts_with("AT_TIMESTAMP")
-}
-
 /// Plans one round for worker `me`. `expired` holds the keys whose counter
 /// has not moved for the failover time.
 pub fn plan(me: &str, leases: &[LeaseView], expired: &HashSet<String>) -> Plan {
     let by_key: HashMap<&str, &LeaseView> = leases.iter().map(|l| (l.key.as_str(), l)).collect();
-    let finished = |k: &str| by_key.get(k).is_none_or(|l| l.checkpoint == SHARD_END);
+    let finished = |k: &str| by_key.get(k).is_none_or(|l| is_shard_end(&l.checkpoint));
     let eligible: Vec<&LeaseView> = leases
         .iter()
-        .filter(|l| l.checkpoint != SHARD_END && l.parents.iter().all(|p| finished(p)))
+        .filter(|l| !is_shard_end(&l.checkpoint) && l.parents.iter().all(|p| finished(p)))
         .collect();
     let available = |l: &LeaseView| l.owner.is_none() || expired.contains(&l.key);
 
@@ -92,7 +87,7 @@ pub fn plan(me: &str, leases: &[LeaseView], expired: &HashSet<String>) -> Plan {
 
     let cleanup = leases
         .iter()
-        .filter(|l| l.checkpoint == SHARD_END)
+        .filter(|l| is_shard_end(&l.checkpoint))
         .filter(|l| {
             let mut children = leases
                 .iter()
@@ -116,13 +111,14 @@ pub fn plan(me: &str, leases: &[LeaseView], expired: &HashSet<String>) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::kinesis::checkpoint::Checkpoint;
 
     fn lease(key: &str, owner: Option<&str>) -> LeaseView {
         LeaseView {
             key: key.into(),
             owner: owner.map(Into::into),
             counter: 1,
-            checkpoint: "TRIM_HORIZON".into(),
+            checkpoint: Checkpoint::TrimHorizon.to_string(),
             parents: vec![],
         }
     }
@@ -212,7 +208,7 @@ mod tests {
         leases.push(child);
         let p = plan("b", &leases, &HashSet::new());
         assert!(p.take.is_empty(), "parent still open: {p:?}");
-        leases[0].checkpoint = SHARD_END.into();
+        leases[0].checkpoint = Checkpoint::ShardEnd.to_string();
         let p = plan("b", &leases, &HashSet::new());
         assert_eq!(p.take, vec!["shardId-000000000001".to_string()]);
         assert!(p.cleanup.is_empty(), "child has not started reading yet");
@@ -227,7 +223,7 @@ mod tests {
         merged.parents = vec!["shardId-000000000001".into(), "shardId-000000000007".into()];
         leases.push(merged);
         leases.push(lease("shardId-000000000007", Some("c")));
-        leases[1].checkpoint = SHARD_END.into();
+        leases[1].checkpoint = Checkpoint::ShardEnd.to_string();
         assert!(!plan("b", &leases, &HashSet::new())
             .take
             .contains(&"shardId-000000000009".to_string()));

@@ -1,0 +1,458 @@
+//! Configuration: a TOML file (`--config`), overridden by `SSHWARDEN_*`
+//! environment variables, overridden by flags (clap reads both). The
+//! documented example is `sshwarden.example.toml` at the repository root.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use ipnet::IpNet;
+use serde::Deserialize;
+use sshwarden_pipeline::classify::Signal;
+use sshwarden_pipeline::command::Action;
+use sshwarden_pipeline::policy::{BlastRadius, PolicyConfig, Rule};
+use sshwarden_pipeline::window::{SubjectKind, WindowConfig};
+use sshwarden_pipeline::EngineConfig;
+
+mod sink;
+mod source;
+
+pub use sink::{BlastRadiusScope, SinkKind, SinkSettings};
+use source::{resolve_kafka, resolve_kinesis, RunSection};
+pub use source::{
+    KafkaArgs, KafkaFormat, KinesisArgs, RunFlags, SourceKind, SourceSettings, DEFAULT_METRICS_ADDR,
+};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    window: WindowSection,
+    #[serde(default)]
+    policy: PolicySection,
+    rules: Option<Vec<RuleSection>>,
+    #[serde(default)]
+    input: InputSection,
+    #[serde(default)]
+    run: RunSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WindowSection {
+    size_secs: Option<u64>,
+    allowed_lateness_secs: Option<u64>,
+    max_instances: Option<usize>,
+    max_sources: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicySection {
+    cooldown_secs: Option<u64>,
+    allow_instances: Option<Vec<String>>,
+    allow_sources: Option<Vec<String>>,
+    blast_radius: Option<BlastRadiusSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BlastRadiusSection {
+    max_quarantines: u32,
+    period_secs: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleSection {
+    name: String,
+    #[serde(default = "default_subject")]
+    subject: String,
+    signals: Vec<String>,
+    threshold: u32,
+    #[serde(default = "default_action")]
+    action: String,
+}
+
+fn default_subject() -> String {
+    "instance".into()
+}
+
+fn default_action() -> String {
+    "quarantine".into()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InputSection {
+    max_decompressed_bytes: Option<usize>,
+    max_connections: Option<usize>,
+    max_future_skew_secs: Option<u64>,
+}
+
+/// Flags shared by every command that runs the pipeline; each also reads
+/// its `SSHWARDEN_*` variable.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct ConfigArgs {
+    /// TOML configuration file (see sshwarden.example.toml).
+    #[arg(long, env = "SSHWARDEN_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Tumbling window size in seconds [default: 60].
+    #[arg(long, env = "SSHWARDEN_WINDOW_SECS", global = true)]
+    pub window_secs: Option<u64>,
+    /// How far behind the newest event time an event may arrive and still count [default: 60].
+    #[arg(long, env = "SSHWARDEN_ALLOWED_LATENESS_SECS", global = true)]
+    pub allowed_lateness_secs: Option<u64>,
+    /// Threshold for every rule, replacing each rule's own [default: 5].
+    #[arg(long, env = "SSHWARDEN_THRESHOLD", global = true)]
+    pub threshold: Option<u32>,
+    /// Seconds after a command during which the same subject gets no other [default: 900].
+    #[arg(long, env = "SSHWARDEN_COOLDOWN_SECS", global = true)]
+    pub cooldown_secs: Option<u64>,
+    /// Instance ids that are never remediated (comma-separated).
+    #[arg(
+        long,
+        env = "SSHWARDEN_ALLOW_INSTANCES",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub allow_instances: Option<Vec<String>>,
+    /// Source CIDRs whose events are never counted (comma-separated).
+    #[arg(
+        long,
+        env = "SSHWARDEN_ALLOW_SOURCES",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub allow_sources: Option<Vec<String>>,
+    /// At most this many quarantines per blast-radius period; 0 disables the limit [default: 10].
+    #[arg(long, env = "SSHWARDEN_BLAST_RADIUS_MAX", global = true)]
+    pub blast_radius_max: Option<u32>,
+    /// The blast-radius period in seconds [default: 3600].
+    #[arg(long, env = "SSHWARDEN_BLAST_RADIUS_PERIOD_SECS", global = true)]
+    pub blast_radius_period_secs: Option<u64>,
+    /// Live source addresses kept in windows before the oldest is evicted [default: 250000].
+    #[arg(long, env = "SSHWARDEN_MAX_SOURCES", global = true)]
+    pub max_sources: Option<usize>,
+    /// Live instances kept in windows before the oldest is evicted [default: 100000].
+    #[arg(long, env = "SSHWARDEN_MAX_INSTANCES", global = true)]
+    pub max_instances: Option<usize>,
+    /// Largest decompressed record accepted, in bytes [default: 67108864].
+    #[arg(long, env = "SSHWARDEN_MAX_DECOMPRESSED_BYTES", global = true)]
+    pub max_decompressed_bytes: Option<usize>,
+}
+
+impl ConfigArgs {
+    /// The engine configuration: defaults, then the file, then env and flags.
+    pub fn engine_config(&self) -> anyhow::Result<EngineConfig> {
+        self.engine_config_from(self.file()?)
+    }
+
+    /// The engine configuration and the source's settings, from one read of the file.
+    pub fn source_config(
+        &self,
+        flags: &RunFlags,
+    ) -> anyhow::Result<(EngineConfig, SourceSettings)> {
+        let mut file = self.file()?;
+        let run = std::mem::take(&mut file.run);
+        let source = match flags.source.or(run.source).unwrap_or_default() {
+            SourceKind::Kinesis => SourceSettings::Kinesis(resolve_kinesis(flags, run)?),
+            SourceKind::Kafka => SourceSettings::Kafka(resolve_kafka(flags, run)?),
+        };
+        Ok((self.engine_config_from(file)?, source))
+    }
+
+    /// The worker's metrics address for `sshwarden health`: the flag or
+    /// `SSHWARDEN_METRICS_ADDR`, else `[run] metrics_addr`, else the default.
+    pub fn metrics_addr(&self, flag: Option<SocketAddr>) -> anyhow::Result<SocketAddr> {
+        Ok(match flag {
+            Some(addr) => addr,
+            None => self
+                .file()?
+                .run
+                .metrics_addr
+                .unwrap_or(DEFAULT_METRICS_ADDR),
+        })
+    }
+
+    fn file(&self) -> anyhow::Result<FileConfig> {
+        match &self.config {
+            Some(path) => read_file(path),
+            None => Ok(FileConfig::default()),
+        }
+    }
+
+    fn engine_config_from(&self, file: FileConfig) -> anyhow::Result<EngineConfig> {
+        let mut c = EngineConfig::default();
+        apply_file(&mut c, file)?;
+        self.apply_overrides(&mut c)?;
+        c.policy.validate().map_err(anyhow::Error::msg)?;
+        Ok(c)
+    }
+
+    fn apply_overrides(&self, c: &mut EngineConfig) -> anyhow::Result<()> {
+        if let Some(s) = self.window_secs {
+            c.window.size_ms = secs_to_ms(s, "--window-secs")?;
+        }
+        if let Some(s) = self.allowed_lateness_secs {
+            c.window.allowed_lateness_ms = secs_to_ms(s, "--allowed-lateness-secs")?;
+        }
+        if let Some(t) = self.threshold {
+            for r in &mut c.policy.rules {
+                r.threshold = t;
+            }
+        }
+        if let Some(s) = self.cooldown_secs {
+            c.policy.cooldown_ms = secs_to_ms(s, "--cooldown-secs")?;
+        }
+        if let Some(list) = &self.allow_instances {
+            c.policy.allow_instances = clean_list(list);
+        }
+        if let Some(list) = &self.allow_sources {
+            c.policy.allow_sources = parse_cidrs(&clean_list(list))?;
+        }
+        match (self.blast_radius_max, self.blast_radius_period_secs) {
+            (Some(0), _) => c.policy.blast_radius = None,
+            (max, period) if max.is_some() || period.is_some() => {
+                // Disabled in the file: the flags start from the engine's
+                // default (the one the help texts state, see the tests).
+                let Some(base) = c
+                    .policy
+                    .blast_radius
+                    .or(PolicyConfig::default().blast_radius)
+                else {
+                    bail!("--blast-radius-max: the engine has no default limit to start from");
+                };
+                c.policy.blast_radius = Some(BlastRadius {
+                    max_quarantines: max.unwrap_or(base.max_quarantines),
+                    period_ms: match period {
+                        Some(p) => secs_to_ms(p, "--blast-radius-period-secs")?,
+                        None => base.period_ms,
+                    },
+                });
+            }
+            _ => {}
+        }
+        if let Some(n) = self.max_sources {
+            c.window.max_sources = n;
+        }
+        if let Some(n) = self.max_instances {
+            c.window.max_instances = n;
+        }
+        if let Some(n) = self.max_decompressed_bytes {
+            c.max_decompressed = n;
+        }
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+fn apply_file(c: &mut EngineConfig, f: FileConfig) -> anyhow::Result<()> {
+    let w: &mut WindowConfig = &mut c.window;
+    if let Some(s) = f.window.size_secs {
+        w.size_ms = secs_to_ms(s, "window.size_secs")?;
+    }
+    if let Some(s) = f.window.allowed_lateness_secs {
+        w.allowed_lateness_ms = secs_to_ms(s, "window.allowed_lateness_secs")?;
+    }
+    if let Some(n) = f.window.max_instances {
+        w.max_instances = n;
+    }
+    if let Some(n) = f.window.max_sources {
+        w.max_sources = n;
+    }
+    let p: &mut PolicyConfig = &mut c.policy;
+    if let Some(s) = f.policy.cooldown_secs {
+        p.cooldown_ms = secs_to_ms(s, "policy.cooldown_secs")?;
+    }
+    if let Some(list) = f.policy.allow_instances {
+        p.allow_instances = list;
+    }
+    if let Some(list) = f.policy.allow_sources {
+        p.allow_sources = parse_cidrs(&list)?;
+    }
+    if let Some(b) = f.policy.blast_radius {
+        p.blast_radius = (b.max_quarantines > 0)
+            .then(|| -> anyhow::Result<BlastRadius> {
+                Ok(BlastRadius {
+                    max_quarantines: b.max_quarantines,
+                    period_ms: secs_to_ms(b.period_secs, "policy.blast_radius.period_secs")?,
+                })
+            })
+            .transpose()?;
+    }
+    if let Some(rules) = f.rules {
+        p.rules = rules.into_iter().map(rule).collect::<anyhow::Result<_>>()?;
+    }
+    if let Some(n) = f.input.max_decompressed_bytes {
+        c.max_decompressed = n;
+    }
+    if let Some(n) = f.input.max_connections {
+        c.max_connections = n;
+    }
+    if let Some(s) = f.input.max_future_skew_secs {
+        c.max_future_skew_ms = secs_to_ms(s, "input.max_future_skew_secs")?;
+    }
+    Ok(())
+}
+
+fn rule(r: RuleSection) -> anyhow::Result<Rule> {
+    let subject = match r.subject.as_str() {
+        "instance" => SubjectKind::Instance,
+        "source" => SubjectKind::Source,
+        other => bail!(
+            "rule {:?}: subject {other:?} is not \"instance\" or \"source\"",
+            r.name
+        ),
+    };
+    let action = match r.action.as_str() {
+        "quarantine" => Action::Quarantine,
+        "notify" => Action::Notify,
+        other => bail!(
+            "rule {:?}: action {other:?} is not \"quarantine\" or \"notify\"",
+            r.name
+        ),
+    };
+    let signals = r
+        .signals
+        .iter()
+        .map(|s| {
+            Signal::parse(s).with_context(|| {
+                let known: Vec<_> = Signal::ALL.iter().map(|s| s.as_str()).collect();
+                format!(
+                    "rule {:?}: unknown signal {s:?} (known: {})",
+                    r.name,
+                    known.join(", ")
+                )
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(Rule {
+        name: r.name,
+        subject,
+        signals,
+        threshold: r.threshold,
+        action,
+    })
+}
+
+fn parse_cidrs(list: &[String]) -> anyhow::Result<Vec<IpNet>> {
+    list.iter()
+        .map(|s| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                .with_context(|| format!("{s:?} is not a CIDR (like 10.0.0.0/8) or an IP address"))
+        })
+        .collect()
+}
+
+fn clean_list(list: &[String]) -> Vec<String> {
+    list.iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+fn secs_to_ms(secs: u64, what: &str) -> anyhow::Result<i64> {
+    if secs > 365 * 86_400 {
+        bail!("{what} = {secs} is more than a year");
+    }
+    Ok(secs as i64 * 1000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_toml(text: &str) -> anyhow::Result<EngineConfig> {
+        let f: FileConfig = toml::from_str(text)?;
+        let mut c = EngineConfig::default();
+        apply_file(&mut c, f)?;
+        c.policy.validate().map_err(anyhow::Error::msg)?;
+        Ok(c)
+    }
+
+    #[test]
+    fn the_example_file_parses() {
+        let text = include_str!("../../../sshwarden.example.toml");
+        let c = from_toml(text).unwrap();
+        assert_eq!(c.policy.rules.len(), 4);
+        assert_eq!(c.window.size_ms, 60_000);
+    }
+
+    #[test]
+    fn bad_config_is_a_clear_error() {
+        let err = |t: &str| format!("{:#}", from_toml(t).unwrap_err());
+        assert!(err("[window]\nsize = 5").contains("unknown field `size`"));
+        assert!(err("[[rules]]\nname='a'\nsignals=['nope']\nthreshold=1")
+            .contains("unknown signal \"nope\""));
+        assert!(
+            err("[[rules]]\nname='a'\nsignals=['invalid_user']\nthreshold=0")
+                .contains("threshold 0")
+        );
+        assert!(err(
+            "[[rules]]\nname='a'\nsubject='source'\nsignals=['invalid_user']\nthreshold=3"
+        )
+        .contains("use action \"notify\""));
+        assert!(err("[policy]\nallow_sources=['10.0.0.0/33']").contains("not a CIDR"));
+        assert!(err("[window]\nsize_secs = 999999999").contains("more than a year"));
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let args = ConfigArgs {
+            threshold: Some(2),
+            allow_sources: Some(vec!["10.0.0.0/8".into(), " 192.0.2.1 ".into(), "".into()]),
+            blast_radius_max: Some(0),
+            ..ConfigArgs::default()
+        };
+        let mut c = EngineConfig::default();
+        args.apply_overrides(&mut c).unwrap();
+        assert!(c.policy.rules.iter().all(|r| r.threshold == 2));
+        assert_eq!(c.policy.allow_sources.len(), 2);
+        assert_eq!(c.policy.blast_radius, None);
+    }
+
+    /// The engine's defaults (pipeline's `EngineConfig::default`) are the
+    /// ones the flags' help texts, and so the README, state.
+    #[test]
+    fn help_text_defaults_are_the_engine_defaults() {
+        use clap::Args;
+        let c = EngineConfig::default();
+        let blast = c.policy.blast_radius.unwrap();
+        let thresholds: Vec<u32> = c.policy.rules.iter().map(|r| r.threshold).collect();
+        let defaults =
+            source::tests::help_defaults(ConfigArgs::augment_args(clap::Command::new("sshwarden")));
+        assert!(defaults.len() >= 8, "{defaults:?}");
+        for (id, help) in defaults {
+            let resolved = match id.as_str() {
+                "window_secs" => c.window.size_ms / 1000,
+                "allowed_lateness_secs" => c.window.allowed_lateness_ms / 1000,
+                "threshold" => {
+                    assert!(
+                        thresholds.iter().all(|t| *t == thresholds[0]),
+                        "{thresholds:?}"
+                    );
+                    i64::from(thresholds[0])
+                }
+                "cooldown_secs" => c.policy.cooldown_ms / 1000,
+                "blast_radius_max" => i64::from(blast.max_quarantines),
+                "blast_radius_period_secs" => blast.period_ms / 1000,
+                "max_sources" => c.window.max_sources as i64,
+                "max_instances" => c.window.max_instances as i64,
+                "max_decompressed_bytes" => c.max_decompressed as i64,
+                other => panic!("--{other} has a [default: {help}] this test does not check"),
+            };
+            assert_eq!(
+                resolved.to_string(),
+                help,
+                "--{id}: the help text's default is not the engine's"
+            );
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! The step every source shares after the engine: deliver each command
+//! until the sink takes it, holding the reader's checkpoint meanwhile.
+
+use sshwarden_pipeline::command::Command;
+use tracing::warn;
+
+use crate::metrics::{ActionLabel, Metrics};
+use crate::sink::{Delivered, Sink};
+
+/// Delivers `command` with exponential backoff and jitter until the sink
+/// takes it (true), or until `interrupted` completes (false: shutdown, a
+/// lost lease, a revoked partition). The caller's checkpoint (`held_what`:
+/// "checkpoint", "commit") stays where it is meanwhile: nothing is dropped.
+pub async fn deliver_until(
+    sink: &Sink,
+    metrics: &Metrics,
+    command: &Command,
+    held_what: &str,
+    interrupted: impl std::future::Future<Output = ()>,
+) -> bool {
+    let mut backoff = crate::retry::backoff();
+    let mut interrupted = std::pin::pin!(interrupted);
+    metrics.commands_pending.inc();
+    let delivered = loop {
+        match sink.deliver(command).await {
+            Ok(d) => {
+                let action = serde_json::to_value(command.action)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                metrics
+                    .commands
+                    .get_or_create(&ActionLabel { action })
+                    .inc();
+                tracing::info!(id = %command.id, rule = %command.rule, already_handled = (d == Delivered::AlreadyHandled), "command delivered");
+                break true;
+            }
+            Err(e) => {
+                metrics.command_failures.inc();
+                warn!(id = %command.id, error = %e, "command delivery failed; retrying, {held_what} held");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.next_wait()) => {}
+            _ = &mut interrupted => break false,
+        }
+    };
+    metrics.commands_pending.dec();
+    delivered
+}

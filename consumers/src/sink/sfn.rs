@@ -1,0 +1,96 @@
+//! The Step Functions sink: one execution of the quarantine state machine
+//! per command, named by the command id, so a replay is recognised.
+
+use sshwarden_pipeline::command::Command;
+
+use super::{Delivered, DeliveryError};
+
+/// Starts the quarantine state machine with the command as input. The
+/// execution name is the command id, so a replayed command finds its
+/// execution: Standard workflows return the running execution for the same
+/// name and input, or `ExecutionAlreadyExists`; both mean "already handled".
+///
+/// The first case is a success response like a new start, told apart only by
+/// its `startDate`: that of the execution started earlier. A start date more
+/// than [`EARLIER_START_MS`] before this request was sent marks a replay.
+pub struct SfnSink {
+    client: aws_sdk_sfn::Client,
+    state_machine_arn: String,
+}
+
+impl SfnSink {
+    pub fn new(client: aws_sdk_sfn::Client, state_machine_arn: String) -> Self {
+        SfnSink {
+            client,
+            state_machine_arn,
+        }
+    }
+
+    pub(super) async fn deliver(&self, command: &Command) -> Result<Delivered, DeliveryError> {
+        let input = serde_json::to_string(command).map_err(|e| DeliveryError(e.to_string()))?;
+        let sent_ms = unix_ms(std::time::SystemTime::now());
+        match self
+            .client
+            .start_execution()
+            .state_machine_arn(&self.state_machine_arn)
+            .name(command.execution_name())
+            .input(input)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(match out.start_date().to_millis() {
+                Ok(started_ms) if started_earlier(started_ms, sent_ms) => Delivered::AlreadyHandled,
+                _ => Delivered::New,
+            }),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_execution_already_exists()) =>
+            {
+                Ok(Delivered::AlreadyHandled)
+            }
+            // Throttling and 5xx are retried by the SDK first, then by the
+            // caller with backoff; anything else (a wrong ARN, missing
+            // permissions) is retried too and shows in logs and metrics: a
+            // command is held, never dropped.
+            Err(e) => Err(DeliveryError(format!(
+                "StartExecution {}: {}",
+                command.execution_name(),
+                crate::aws::aws_error(e)
+            ))),
+        }
+    }
+}
+
+/// How much older than the request a returned execution's start date must be
+/// to count as started earlier. A replay reaches a running execution only
+/// after a restart or a lease takeover (seconds to tens of seconds later);
+/// the margin covers the request's own latency and ordinary clock skew, so a
+/// new execution is never reported as a replay. A duplicate within the margin
+/// is reported as new, which is harmless: it still started nothing.
+const EARLIER_START_MS: i64 = 5_000;
+
+fn started_earlier(started_ms: i64, sent_ms: i64) -> bool {
+    started_ms < sent_ms - EARLIER_START_MS
+}
+
+fn unix_ms(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_running_execution_returned_for_a_replay_is_already_handled() {
+        let sent = 1_795_964_040_000;
+        // StartExecution returned the execution a previous owner started.
+        assert!(started_earlier(sent - 12_000, sent));
+        // Started by this request: its start date is around the send time,
+        // a little before it with skew, or after it.
+        assert!(!started_earlier(sent + 300, sent));
+        assert!(!started_earlier(sent - 1_500, sent));
+        assert!(!started_earlier(sent - EARLIER_START_MS, sent));
+    }
+}

@@ -1,0 +1,340 @@
+//! One shard's reader: reads records (GetRecords polling within the
+//! per-shard limits, or enhanced fan-out), runs them through the shard's
+//! engine, delivers the commands, and checkpoints under the checkpoint rule.
+//! A child of a reshard first replays what its parents left in open windows
+//! (see [`replay`]), so no count is lost across a split or a merge.
+//!
+//! Here: the reader's state, one record through the engine and the sink,
+//! checkpoints and SHARD_END. How records arrive: [`poll`] (GetRecords) or
+//! [`fan_out`] (SubscribeToShard).
+
+mod fan_out;
+mod poll;
+mod replay;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sshwarden_pipeline::policy::Decision;
+use sshwarden_pipeline::{Engine, EngineConfig, RecordInput};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::checkpoint::CheckpointTracker;
+use super::checkpoint::{is_initial_position, Checkpoint};
+use super::lease::{Cas, Lease, LeaseTable, ReplayFrom};
+use crate::metrics::{Metrics, ReaderLabel};
+use crate::service::now_ms;
+use crate::sink::Sink;
+
+#[derive(Debug, Clone)]
+pub struct ReaderConfig {
+    pub stream: String,
+    pub me: String,
+    pub idle_poll: Duration,
+    pub checkpoint_every: Duration,
+    /// The consumer ARN for enhanced fan-out, when used.
+    pub consumer_arn: Option<String>,
+    /// A fan-out subscription is renewed after this long (Kinesis ends
+    /// each one after 5 minutes).
+    pub subscription_renew: Duration,
+}
+
+/// One shard's reader task, started by the coordinator for a lease it took.
+pub struct ShardReader {
+    pub kinesis: aws_sdk_kinesis::Client,
+    pub table: LeaseTable,
+    pub sink: Arc<Sink>,
+    pub metrics: Arc<Metrics>,
+    pub config: ReaderConfig,
+    pub engine_config: EngineConfig,
+    pub lease: Lease,
+    /// Fires on shutdown: drain, checkpoint, return.
+    pub shutdown: CancellationToken,
+    /// Fires when the coordinator lost the lease: stop at once, no checkpoint.
+    pub lost: CancellationToken,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Read to SHARD_END and checkpointed it.
+    Ended,
+    /// Stopped on shutdown after a final checkpoint.
+    Stopped,
+    /// The lease was lost (stolen or expired).
+    Lost,
+}
+
+struct State {
+    engine: Engine,
+    tracker: CheckpointTracker,
+    position: u64,
+    last_checkpoint: Instant,
+    decisions: Vec<Decision>,
+    shard: ReaderLabel,
+    /// What was replayed from the parents before this shard's own records,
+    /// and the position of the last record replayed (0: none).
+    replayed: Vec<ReplayFrom>,
+    replayed_through: u64,
+    /// The last fan-out event's continuation sequence number: where a
+    /// renewed subscription resumes when no record has been read yet (a
+    /// shard started at LATEST that stayed idle would otherwise skip what
+    /// arrived between two subscriptions).
+    continuation: Option<String>,
+}
+
+impl ShardReader {
+    /// Reads the shard until its end, shutdown or a lost lease.
+    pub async fn read(self) -> Outcome {
+        let shard = self.lease.key.clone();
+        let engine = match Engine::new(self.engine_config.clone()) {
+            Ok(e) => e,
+            Err(e) => {
+                error!(shard, error = %e, "invalid engine configuration");
+                return Outcome::Stopped;
+            }
+        };
+        let mut st = State {
+            engine,
+            tracker: CheckpointTracker::new(Some(self.lease.checkpoint.clone())),
+            position: 0,
+            last_checkpoint: Instant::now(),
+            decisions: Vec::new(),
+            shard: ReaderLabel::new(shard.clone()),
+            replayed: Vec::new(),
+            replayed_through: 0,
+            continuation: None,
+        };
+        info!(shard, checkpoint = %self.lease.checkpoint, "reading shard");
+        // Windows that had closed when the checkpoint was written were
+        // delivered by the previous owner: records after the checkpoint that
+        // still carry their tail must not re-fire them with partial counts.
+        if let Some(t) = self.lease.event_time_ms {
+            st.engine.resume_from(t);
+        }
+        // A child that has not checkpointed yet first rebuilds the windows its
+        // parents left open at their end, so a window that straddles the
+        // reshard keeps its whole count (docs/design.md: nothing counted is lost).
+        if is_initial_position(&self.lease.checkpoint) && !self.lease.parents.is_empty() {
+            if let Some(outcome) = self.replay_parents(&mut st).await {
+                info!(shard, ?outcome, "shard reader finished");
+                return outcome;
+            }
+        }
+        let outcome = if self.config.consumer_arn.is_some() {
+            self.subscribe_loop(&mut st).await
+        } else {
+            self.poll_loop(&mut st).await
+        };
+        info!(shard, ?outcome, "shard reader finished");
+        outcome
+    }
+
+    /// One batch, from GetRecords or a fan-out event: the lag metric, each
+    /// record, and on a caught-up empty batch the idle watermark. `Some` when
+    /// delivery was interrupted (shutdown or a lost lease).
+    async fn process_batch(
+        &self,
+        st: &mut State,
+        behind: i64,
+        records: &[aws_sdk_kinesis::types::Record],
+    ) -> Option<Outcome> {
+        self.metrics
+            .millis_behind_latest
+            .get_or_create(&st.shard)
+            .set(behind);
+        for r in records {
+            if !self
+                .process(st, r.data().as_ref(), r.sequence_number(), false)
+                .await
+            {
+                return Some(if self.lost.is_cancelled() {
+                    Outcome::Lost
+                } else {
+                    self.final_checkpoint(st).await
+                });
+            }
+        }
+        if records.is_empty() && behind == 0 {
+            st.engine.observe_idle(now_ms());
+        }
+        None
+    }
+
+    /// Runs one record through the engine and delivers its commands. False
+    /// when delivery was interrupted by shutdown or a lost lease (the record
+    /// then stays unrecorded, so the checkpoint stays before it). A record
+    /// replayed from a parent shard is never recorded: this shard's
+    /// checkpoint only names its own records.
+    async fn process(&self, st: &mut State, data: &[u8], sequence: &str, replay: bool) -> bool {
+        st.position += 1;
+        self.metrics.records.get_or_create(&st.shard).inc();
+        self.metrics
+            .bytes
+            .get_or_create(&st.shard)
+            .inc_by(data.len() as u64);
+        st.decisions.clear();
+        let record = RecordInput {
+            data,
+            position: st.position,
+            now_ms: Some(now_ms()),
+            ..RecordInput::default()
+        };
+        match st.engine.process_record(&record, &mut st.decisions) {
+            Ok(sshwarden_pipeline::engine::RecordKind::Data { events }) => {
+                self.metrics
+                    .events
+                    .get_or_create(&st.shard)
+                    .inc_by(events as u64);
+            }
+            Ok(sshwarden_pipeline::engine::RecordKind::Control) => {
+                debug!(shard = %st.shard.name(), sequence, "control message skipped");
+            }
+            Err(e) => {
+                warn!(shard = %st.shard.name(), sequence, error = %e, "record skipped");
+                self.metrics.error(st.shard.name(), "decode");
+            }
+        }
+        let decisions = std::mem::take(&mut st.decisions);
+        for d in &decisions {
+            match d {
+                Decision::Command(c) => {
+                    if !self.deliver(c).await {
+                        st.decisions = decisions;
+                        return false;
+                    }
+                }
+                Decision::Suppressed {
+                    rule,
+                    subject,
+                    reason,
+                    ..
+                } => {
+                    info!(shard = %st.shard.name(), rule, ?subject, ?reason, "rule fired, command suppressed");
+                }
+            }
+        }
+        st.decisions = decisions;
+        if !replay {
+            st.tracker.record(st.position, sequence.to_owned());
+        }
+        true
+    }
+
+    /// Delivers until the sink takes the command, or until shutdown or a
+    /// lost lease interrupts (false).
+    async fn deliver(&self, c: &sshwarden_pipeline::command::Command) -> bool {
+        let interrupted = async {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => {}
+                _ = self.lost.cancelled() => {}
+            }
+        };
+        crate::service::deliver::deliver_until(
+            &self.sink,
+            &self.metrics,
+            c,
+            "checkpoint",
+            interrupted,
+        )
+        .await
+    }
+
+    async fn maybe_checkpoint(&self, st: &mut State, force: bool) -> Option<Outcome> {
+        if !force && st.last_checkpoint.elapsed() < self.config.checkpoint_every {
+            return None;
+        }
+        st.last_checkpoint = Instant::now();
+        let low = st.engine.low_water_position();
+        let seq = st.tracker.advance(low).map(str::to_owned)?;
+        match self.write_checkpoint(st, seq).await {
+            Written::Yes | Written::Failed => None,
+            Written::Lost => Some(Outcome::Lost),
+        }
+    }
+
+    async fn write_checkpoint(&self, st: &mut State, seq: String) -> Written {
+        let shard = self.lease.key.as_str();
+        let event_time = st.engine.event_time();
+        match self
+            .table
+            .checkpoint(&self.lease, &self.config.me, &seq, event_time)
+            .await
+        {
+            Ok(Cas::Done(())) => {
+                debug!(shard, sequence = %seq, "checkpointed");
+                self.metrics.checkpoints.get_or_create(&st.shard).inc();
+                st.tracker.written(seq);
+                Written::Yes
+            }
+            Ok(Cas::Lost) => {
+                warn!(shard, "lease lost while checkpointing");
+                self.lost.cancel();
+                Written::Lost
+            }
+            Err(e) => {
+                warn!(shard, error = %format!("{e:#}"), "checkpoint failed; will retry");
+                self.metrics.error(shard, "checkpoint");
+                Written::Failed
+            }
+        }
+    }
+
+    /// On shutdown: the checkpoint the checkpoint rule allows (open windows
+    /// hold it back; the next owner rebuilds them by replaying).
+    async fn final_checkpoint(&self, st: &mut State) -> Outcome {
+        match self.maybe_checkpoint(st, true).await {
+            Some(o) => o,
+            None => Outcome::Stopped,
+        }
+    }
+
+    /// Every record of the shard is read: the shard is marked finished so its
+    /// children may start, with what they must replay to rebuild the windows
+    /// still open here (a window that straddles the reshard is then counted
+    /// whole by the child, not split between parent and child).
+    async fn shard_end(&self, st: &mut State) -> Outcome {
+        let replay = self.replay_for_children(st);
+        st.engine.finish();
+        let shard = self.lease.key.as_str();
+        let mut backoff = crate::retry::backoff();
+        for _ in 0..20 {
+            match self.table.end(&self.lease, &self.config.me, &replay).await {
+                Ok(Cas::Done(())) => {
+                    self.metrics.checkpoints.get_or_create(&st.shard).inc();
+                    st.tracker.written(Checkpoint::ShardEnd.to_string());
+                    info!(shard, replay = ?replay, "reached SHARD_END");
+                    return Outcome::Ended;
+                }
+                Ok(Cas::Lost) => {
+                    warn!(shard, "lease lost while checkpointing SHARD_END");
+                    self.lost.cancel();
+                    return Outcome::Lost;
+                }
+                Err(e) => {
+                    warn!(shard, error = %format!("{e:#}"), "checkpoint failed; will retry");
+                    self.metrics.error(shard, "checkpoint");
+                    self.pause(backoff.next_wait()).await;
+                }
+            }
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+        }
+        Outcome::Stopped
+    }
+
+    async fn pause(&self, d: Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = self.shutdown.cancelled() => {}
+            _ = self.lost.cancelled() => {}
+        }
+    }
+}
+
+enum Written {
+    Yes,
+    Failed,
+    Lost,
+}
