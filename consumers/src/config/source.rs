@@ -97,7 +97,7 @@ pub struct RunFlags {
     /// Address of /metrics, /healthz and /readyz [default: 127.0.0.1:9464].
     #[arg(long, env = "SSHWARDEN_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
-    /// Where the logs come from [default: kinesis]; kafka needs a build with `--features kafka`.
+    /// Where the logs come from; kafka needs a build with `--features kafka` [default: kinesis].
     #[arg(long, env = "SSHWARDEN_SOURCE", value_enum)]
     pub source: Option<SourceKind>,
     /// Kafka bootstrap servers, HOST:PORT[,HOST:PORT...] (with `--source kafka`).
