@@ -19,12 +19,9 @@
 
 #![cfg(feature = "kafka")]
 
-use std::collections::{BTreeSet, HashMap};
-use std::fs::File;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Write;
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -32,10 +29,9 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::DefaultProducerContext;
+use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientConfig;
-use serde_json::Value;
 use sshwarden_loadgen::kafka::{line_messages, payload_messages, produce, Outgoing};
 use sshwarden_loadgen::{encode_records, Fleet, RecordOptions};
 
@@ -114,6 +110,49 @@ fn pause(ms: u64) {
     std::thread::sleep(Duration::from_millis(ms));
 }
 
+/// One look's worth of sleep in a wait-until-fact loop.
+fn poll() {
+    std::thread::sleep(POLL);
+}
+
+/// Writes `payload` once to each of the topic's `partitions`, after
+/// everything written before it.
+fn write_to_each_partition(brokers: &str, topic: &str, partitions: i32, payload: &[u8]) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("producer");
+    for p in 0..partitions {
+        producer
+            .send(
+                BaseRecord::<str, [u8]>::to(topic)
+                    .partition(p)
+                    .key("end-marker")
+                    .payload(payload),
+            )
+            .unwrap_or_else(|(e, _)| panic!("producing the end marker to {topic}/{p}: {e}"));
+    }
+    producer
+        .flush(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("flushing the end markers to {topic}: {e}"));
+}
+
+/// Per partition, the offset after its last message (the high watermark).
+fn ends(brokers: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("consumer");
+    (0..partitions)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("watermarks of {topic}/{p}: {e}"))
+                .1
+        })
+        .collect()
+}
+
 // ------------------------------------------------------------------ traffic
 
 struct Traffic {
@@ -153,142 +192,31 @@ fn split_at(messages: &[Outgoing], time_ms: i64) -> (&[Outgoing], &[Outgoing]) {
 
 // ------------------------------------------------------------------ workers
 
-fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    Ok(raw
-        .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, b)| b.to_owned()))
-}
-
-/// One `sshwarden run --source kafka` process; killed when dropped.
-struct Worker {
-    id: String,
-    child: Child,
-    status: Option<ExitStatus>,
-    stdout: PathBuf,
-    stderr: PathBuf,
-    metrics: SocketAddr,
-}
-
-impl Worker {
-    fn commands(&self) -> Vec<Value> {
-        read_json_lines(&self.stdout)
-    }
-
-    fn logs_with(&self, message: &str) -> Vec<Value> {
-        read_json_lines(&self.stderr)
-            .into_iter()
-            .filter(|l| l["fields"]["message"] == message)
-            .collect()
-    }
-
-    /// The sum of a metric's samples (0 when absent or unreachable).
-    fn metric(&self, name: &str) -> f64 {
-        self.metric_where(name, "")
-    }
-
-    /// The sum of a metric's samples whose labels contain `label`.
-    fn metric_where(&self, name: &str, label: &str) -> f64 {
-        let body = http_get(self.metrics, "/metrics").unwrap_or_default();
-        body.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter(|l| {
-                l.split([' ', '{']).next() == Some(name) && (label.is_empty() || l.contains(label))
-            })
-            .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
-            .sum()
-    }
-
-    fn sigterm(&self) {
-        // SAFETY: kill(2) on the pid of a child we have not reaped yet.
-        let rc = unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill -TERM {}", self.child.id());
-    }
-
-    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if let Some(s) = self.child.try_wait().expect("try_wait") {
-                self.status = Some(s);
-                return Some(s);
-            }
-            pause(50);
-        }
-        None
-    }
-
-    fn running(&mut self) -> bool {
-        if self.status.is_some() {
-            return false;
-        }
-        match self.child.try_wait() {
-            Ok(Some(s)) => {
-                self.status = Some(s);
-                false
-            }
-            _ => true,
-        }
-    }
-
-    fn tails(&self, lines: usize) -> String {
-        format!(
-            "----- worker {} ({:?}) stdout {}:\n{}\n----- stderr {}:\n{}\n",
-            self.id,
-            self.status,
-            self.stdout.display(),
-            tail_lines(&self.stdout, lines / 4),
-            self.stderr.display(),
-            tail_lines(&self.stderr, lines),
-        )
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        if self.status.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 static UNIQUE: AtomicU32 = AtomicU32::new(0);
 
-/// One test's topic, group, workers and scratch directory.
+/// One test's topic, group, workers and scratch directory (the workers'
+/// part is [`Workers`], which a harness derefs to).
 struct Harness {
-    label: String,
+    base: Workers,
     brokers: String,
     topic: String,
     group: String,
     partitions: i32,
-    dir: tempfile::TempDir,
-    started: Instant,
-    workers: Vec<Worker>,
     /// librdkafka's mock cluster, when the test runs on it (dropped last:
     /// the workers are killed first).
     _mock: Option<MockCluster<'static, DefaultProducerContext>>,
 }
 
-impl Drop for Harness {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            report_failure(
-                &self.label,
-                self.started,
-                &format!("topic {}, group {}", self.topic, self.group),
-                &mut self.dir,
-                self.workers.iter().map(|w| w.tails(40)),
-            );
-        } else {
-            self.log("passed");
-        }
+impl std::ops::Deref for Harness {
+    type Target = Workers;
+    fn deref(&self) -> &Workers {
+        &self.base
+    }
+}
+
+impl std::ops::DerefMut for Harness {
+    fn deref_mut(&mut self) -> &mut Workers {
+        &mut self.base
     }
 }
 
@@ -333,28 +261,15 @@ impl Harness {
                 b
             }
         };
+        let group = format!("sshwarden-it-group-{unique}");
         Harness {
+            base: Workers::new("kafka-", label, format!("topic {topic}, group {group}")),
             _mock: mock,
-            label: label.to_owned(),
             brokers,
-            group: format!("sshwarden-it-group-{unique}"),
+            group,
             topic,
             partitions,
-            dir: tempfile::Builder::new()
-                .prefix(&format!("sshwarden-it-kafka-{label}-"))
-                .tempdir()
-                .unwrap(),
-            started: Instant::now(),
-            workers: Vec::new(),
         }
-    }
-
-    fn log(&self, what: impl std::fmt::Display) {
-        eprintln!(
-            "[{} +{:>6.2}s] {what}",
-            self.label,
-            self.started.elapsed().as_secs_f64()
-        );
     }
 
     fn write(&self, messages: &[Outgoing]) {
@@ -373,17 +288,7 @@ impl Harness {
     }
 
     fn spawn_env(&mut self, id: &str, extra: &[&str], env: &[(&str, &str)]) -> usize {
-        let metrics = free_addr();
-        let n = self.workers.len();
-        let stdout = self.dir.path().join(format!("{n}-{id}.stdout.jsonl"));
-        let stderr = self.dir.path().join(format!("{n}-{id}.stderr.jsonl"));
-        let metrics_arg = metrics.to_string();
         let mut args: Vec<&str> = vec![
-            "--blast-radius-max",
-            "0",
-            "--cooldown-secs",
-            "0",
-            "run",
             "--source",
             "kafka",
             "--brokers",
@@ -392,16 +297,10 @@ impl Harness {
             &self.topic,
             "--group",
             &self.group,
-            "--worker-id",
-            id,
             "--checkpoint-ms",
             "300",
             "--idle-poll-ms",
             "300",
-            "--shutdown-secs",
-            "10",
-            "--metrics-addr",
-            &metrics_arg,
             "--kafka-option",
             "session.timeout.ms=6000",
             "--kafka-option",
@@ -410,33 +309,7 @@ impl Harness {
             "fetch.wait.max.ms=100",
         ];
         args.extend_from_slice(extra);
-        let mut cmd = Command::new(sshwarden_bin());
-        cmd.args(&args)
-            .env_clear()
-            .env("SSHWARDEN_LOG", "info")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(File::create(&stdout).unwrap())
-            .stderr(File::create(&stderr).unwrap());
-        let child = cmd.spawn().expect("spawn sshwarden run");
-        self.log(format_args!("started worker {id} (pid {})", child.id()));
-        self.workers.push(Worker {
-            id: id.to_owned(),
-            child,
-            status: None,
-            stdout,
-            stderr,
-            metrics,
-        });
-        n
-    }
-
-    fn check_running(&mut self) {
-        for w in &mut self.workers {
-            if w.status.is_none() && !w.running() {
-                panic!("worker {} exited early: {:?}", w.id, w.status);
-            }
-        }
+        self.base.spawn(id, &args, env)
     }
 
     /// Waits until the workers hold `shares` partitions each (as their
@@ -462,34 +335,72 @@ impl Harness {
         }
     }
 
-    fn outputs(&self) -> Vec<Vec<Value>> {
-        self.workers.iter().map(Worker::commands).collect()
-    }
-
-    /// Waits until every expected command was issued by some worker.
-    fn wait_for_commands(&mut self, expected: &[Expected]) -> Tally {
-        let d = Deadline::new("every expected command", MAX_WAIT);
-        loop {
-            self.check_running();
-            let t = Tally::new(expected, &self.outputs());
-            let missing = t.missing(expected);
-            if missing.is_empty() {
-                return t;
-            }
-            d.check(|| {
-                format!(
-                    "{} of {} missing: {missing:?}",
-                    missing.len(),
-                    expected.len()
-                )
-            });
-            pause(200);
-        }
-    }
-
     /// Messages read by all workers (their `sshwarden_records_total`).
     fn records(&self, worker: usize) -> u64 {
         self.workers[worker].metric("sshwarden_records_total") as u64
+    }
+
+    /// The label of partition `p` in the metrics.
+    fn partition_label(&self, p: i32) -> String {
+        format!("{}/{p}", self.topic)
+    }
+
+    /// Writes an [`END_MARKER`] after the traffic to every partition, then
+    /// waits until the `readers` counted each one (as a decode error):
+    /// every message before it was read and its commands delivered. What a
+    /// check that nothing more will come (no duplicate, nothing read twice)
+    /// waits for. For payloads; a reader of `--kafka-format lines` decodes
+    /// anything (see [`Harness::read_lines_to_the_end`]).
+    fn read_to_the_end(&mut self, readers: &[usize]) {
+        self.read_to_the_end_past(readers, 0);
+    }
+
+    /// [`Harness::read_to_the_end`] on partitions that each hold `poison`
+    /// undecodable messages before the end marker.
+    fn read_to_the_end_past(&mut self, readers: &[usize], poison: usize) {
+        write_to_each_partition(&self.brokers, &self.topic, self.partitions, END_MARKER);
+        let partitions: Vec<String> = (0..self.partitions)
+            .map(|p| self.partition_label(p))
+            .collect();
+        self.base.wait_end_markers(readers, &partitions, poison);
+    }
+
+    /// For a `--kafka-format lines` reader, which takes any message for
+    /// lines: writes an empty line (no event, no command) after the traffic
+    /// to every partition, then waits until `reader`, which started at the
+    /// offsets `from`, has read every partition to its end (its
+    /// records_total per partition is the high watermark less `from`): the
+    /// last message it counted is that empty line, so every message before
+    /// it was read and its commands delivered. Returns what it read in all.
+    fn read_lines_to_the_end(&mut self, reader: usize, from: &[i64]) -> u64 {
+        write_to_each_partition(&self.brokers, &self.topic, self.partitions, b"\n");
+        let ends = ends(&self.brokers, &self.topic, self.partitions);
+        let want: BTreeMap<String, f64> = (0..self.partitions)
+            .map(|p| {
+                let n = ends[p as usize] - from[p as usize].max(0);
+                (self.partition_label(p), n as f64)
+            })
+            .collect();
+        let d = Deadline::new(
+            format!("every partition to be read to its end {ends:?}"),
+            MAX_WAIT,
+        );
+        loop {
+            self.check_running();
+            let page = metrics_page(self.workers[reader].metrics);
+            let read = samples_by_shard(&page, "sshwarden_records_total", &[]);
+            let behind: Vec<(&String, f64, f64)> = want
+                .iter()
+                .map(|(p, &n)| (p, read.get(p).copied().unwrap_or(0.0), n))
+                .filter(|&(_, got, n)| got < n)
+                .collect();
+            if behind.is_empty() {
+                self.log(format_args!("read to the end of every partition {ends:?}"));
+                return want.values().sum::<f64>() as u64;
+            }
+            d.check(|| format!("(partition, read, to read): {behind:?}"));
+            poll();
+        }
     }
 }
 
@@ -508,23 +419,24 @@ fn attacks_in_payloads_are_detected_end_to_end() {
     let w = h.spawn("solo", &[]);
     h.wait_assigned(&[w], &[3]);
     let t = h.wait_for_commands(&traffic.expected);
-    pause(500);
+    h.read_to_the_end(&[w]);
     let t2 = Tally::new(&traffic.expected, &h.outputs());
     t2.assert_content(&traffic.expected, |_, _| false);
     for (id, n) in &t2.by_id {
         assert_eq!(n[w], 1, "{id} issued {} times by one worker", n[w]);
     }
-    let d = Deadline::new("every message read", Duration::from_secs(20));
-    while h.records(w) < messages.len() as u64 {
-        d.check(|| format!("{} of {} read", h.records(w), messages.len()));
-        pause(100);
-    }
-    assert_eq!(h.records(w), messages.len() as u64, "a message read twice");
+    let markers = h.partitions as u64;
+    assert_eq!(
+        h.records(w),
+        messages.len() as u64 + markers,
+        "a message read twice"
+    );
     let events = h.workers[w].metric("sshwarden_events_total") as usize;
     assert_eq!(events, traffic.fleet.events().len());
     assert_eq!(
-        h.workers[w].metric_where("sshwarden_errors_total", "decode"),
-        0.0
+        h.workers[w].metric_where("sshwarden_errors_total", "kind=\"decode\""),
+        markers as f64,
+        "decode errors: the end markers only"
     );
     h.log(format_args!(
         "{} commands for {} messages, {} events (first pass {} ids)",
@@ -546,7 +458,12 @@ fn attacks_in_raw_lines_keyed_by_instance_are_detected() {
     h.write(&messages);
     let w = h.spawn("solo", &["--kafka-format", "lines"]);
     h.wait_for_commands(&traffic.expected);
-    pause(500);
+    h.read_lines_to_the_end(w, &[0, 0]);
+    assert_eq!(
+        h.records(w),
+        messages.len() as u64 + h.partitions as u64,
+        "every line (and end marker) read once"
+    );
     let t = Tally::new(&traffic.expected, &h.outputs());
     t.assert_content(&traffic.expected, |_, _| false);
     for c in h.workers[w].commands() {
@@ -556,11 +473,6 @@ fn attacks_in_raw_lines_keyed_by_instance_are_detected() {
             c["held"], false,
             "an instance id from the key is quarantined: {c}"
         );
-    }
-    let d = Deadline::new("every line read", Duration::from_secs(20));
-    while h.records(w) < messages.len() as u64 {
-        d.check(|| format!("{} of {} read", h.records(w), messages.len()));
-        pause(100);
     }
     h.log(format_args!(
         "{} commands from {} lines",
@@ -675,15 +587,11 @@ fn restart(mut h: Harness, broker_keeps_metadata: bool) {
             );
         }
     }
-    let total = messages.len() as u64;
+    // The messages from the committed offsets on, and an end marker per
+    // partition.
+    let total = messages.len() as u64 + h.partitions as u64;
     let expect_read = total - resume_from as u64;
-    let d = Deadline::new("the second worker to read the rest", MAX_WAIT);
-    while h.records(second) < expect_read {
-        h.check_running();
-        d.check(|| format!("read {} of {expect_read}", h.records(second)));
-        pause(100);
-    }
-    pause(500);
+    h.read_to_the_end(&[second]);
     assert_eq!(
         h.records(second),
         expect_read,
@@ -733,7 +641,7 @@ fn a_rebalance_between_two_workers_loses_no_window() {
     h.wait_assigned(&[a, b], &[2, 2]);
     h.write(after);
     h.wait_for_commands(&traffic.expected);
-    pause(1_000);
+    h.read_to_the_end(&[a, b]);
     let t = Tally::new(&traffic.expected, &h.outputs());
     // A copy with a closed window's tail only repeats a command already delivered in full.
     t.assert_content(&traffic.expected, |_, id| {
@@ -796,18 +704,23 @@ fn poison_messages_are_counted_and_skipped() {
     h.write(&messages);
     let w = h.spawn("solo", &[]);
     h.wait_for_commands(&traffic.expected);
-    pause(500);
+    h.read_to_the_end_past(&[w], n_poison);
     let t = Tally::new(&traffic.expected, &h.outputs());
     t.assert_content(&traffic.expected, |_, _| false);
-    let d = Deadline::new("every message read", Duration::from_secs(20));
-    while h.records(w) < messages.len() as u64 {
-        d.check(|| format!("{} of {} read", h.records(w), messages.len()));
-        pause(100);
-    }
+    // The end marker is one more undecodable message.
+    assert_eq!(
+        h.records(w),
+        messages.len() as u64 + 1,
+        "a message read twice"
+    );
     let errors = h.workers[w].metric_where("sshwarden_errors_total", "kind=\"decode\"");
-    assert_eq!(errors as usize, n_poison, "decode errors counted");
+    assert_eq!(errors as usize, n_poison + 1, "decode errors counted");
     let skipped = h.workers[w].logs_with("message skipped").len();
-    assert_eq!(skipped, n_poison, "each poison message logged once");
+    assert_eq!(
+        skipped,
+        n_poison + 1,
+        "each poison message (and the end marker) logged once"
+    );
     let last_poison = 1 + (n_poison - 1) * (stride + 1);
     let d = Deadline::new("the commit to pass the poison messages", MAX_WAIT);
     loop {
@@ -885,17 +798,28 @@ fn a_sink_outage_holds_the_commit_and_pauses_the_partition() {
         d.check(|| format!("failures {failures}, pauses {pauses}"));
         pause(100);
     }
-    // Longer than the session timeout (6 s): still a member, still held.
-    pause(7_000);
-    h.check_running();
-    let w = &h.workers[stuck];
-    assert_eq!(w.metric("sshwarden_kafka_partitions_assigned"), 1.0);
-    assert!(
-        w.logs_with("partitions revoked").is_empty(),
-        "left the group"
-    );
-    assert_eq!(w.metric("sshwarden_commands_pending"), 1.0);
-    assert_eq!(w.metric("sshwarden_commands_total"), 0.0);
+    // Still a member, still held, at every look for longer than the
+    // session timeout (6 s): the claim is about a span of time (a member
+    // that stopped polling would be evicted within it), so this one wait is
+    // for a time, and the facts are checked all along it.
+    let held_since = Instant::now();
+    while held_since.elapsed() < Duration::from_millis(7_000) {
+        h.check_running();
+        let w = &h.workers[stuck];
+        let at = held_since.elapsed();
+        assert_eq!(
+            w.metric("sshwarden_kafka_partitions_assigned"),
+            1.0,
+            "unassigned {at:?} into the outage"
+        );
+        assert!(
+            w.logs_with("partitions revoked").is_empty(),
+            "left the group {at:?} into the outage"
+        );
+        assert_eq!(w.metric("sshwarden_commands_pending"), 1.0, "at {at:?}");
+        assert_eq!(w.metric("sshwarden_commands_total"), 0.0, "at {at:?}");
+        poll();
+    }
     let read = h.records(stuck);
     assert!(
         read <= crossing as u64 + 1 + 256,
@@ -921,7 +845,7 @@ fn a_sink_outage_holds_the_commit_and_pauses_the_partition() {
 
     let next = h.spawn("next", &["--kafka-format", "lines"]);
     h.wait_for_commands(&traffic.expected);
-    pause(500);
+    h.read_lines_to_the_end(next, &[after_stop]);
     let t = Tally::new(&traffic.expected, &h.outputs());
     t.assert_content(&traffic.expected, |_, _| false);
     assert_eq!(t.correct_from(&first.id, next), 1, "{} lost", first.id);
@@ -967,7 +891,7 @@ fn kill_nine_the_survivor_takes_over_without_losing_a_window() {
         killed.elapsed()
     ));
     h.wait_for_commands(&traffic.expected);
-    pause(1_000);
+    h.read_to_the_end(&[survivor]);
     let t = Tally::new(&traffic.expected, &h.outputs());
     t.assert_content(&traffic.expected, |_, id| {
         t.correct

@@ -32,10 +32,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -58,12 +57,7 @@ const TIMINGS: &[&str] = &[
 
 mod common;
 use common::*;
-
-// The emulator helpers of the loadgen's tests (the SDK configuration, the
-// fault proxy).
-#[path = "../../loadgen/tests/common/mod.rs"]
-mod loadgen_common;
-use loadgen_common::{sdk_with_attempt_timeout, start_fault_proxy};
+use sshwarden_testsupport::{sdk_with_attempt_timeout, start_fault_proxy};
 
 // ------------------------------------------------------------------ emulators
 
@@ -100,44 +94,6 @@ fn emulators() -> Endpoints {
     e
 }
 
-/// A minimal HTTP/1.1 GET over plain TCP: (status, body).
-fn http_get(url: &str) -> std::io::Result<(u16, String)> {
-    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_owned());
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| bad("only http:// URLs are supported"))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let addr = std::net::ToSocketAddrs::to_socket_addrs(&if authority.contains(':') {
-        authority.to_owned()
-    } else {
-        format!("{authority}:80")
-    })?
-    .next()
-    .ok_or_else(|| bad("no address"))?;
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| bad("not an HTTP response"))?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_owned();
-    Ok((status, body))
-}
-
 /// Test credentials, us-east-1; a call attempt times out after 10 s.
 async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
     sdk_with_attempt_timeout(endpoint, Duration::from_secs(10)).await
@@ -145,6 +101,11 @@ async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
 
 async fn pause(ms: u64) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+/// One look's worth of sleep in a wait-until-fact loop.
+async fn poll() {
+    tokio::time::sleep(POLL).await;
 }
 
 // ------------------------------------------------------------------ traffic
@@ -181,94 +142,6 @@ impl Traffic {
 }
 
 // ------------------------------------------------------------------ workers
-
-/// One `sshwarden run` process; killed when dropped.
-struct Worker {
-    id: String,
-    child: Child,
-    status: Option<ExitStatus>,
-    stdout: PathBuf,
-    stderr: PathBuf,
-    metrics: SocketAddr,
-    started: Instant,
-}
-
-impl Worker {
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    /// The JSON commands printed so far (a torn last line is left out).
-    fn commands(&self) -> Vec<Value> {
-        read_json_lines(&self.stdout)
-    }
-
-    fn logs(&self) -> Vec<Value> {
-        read_json_lines(&self.stderr)
-    }
-
-    /// Log lines with this message, in order.
-    fn logs_with(&self, message: &str) -> Vec<Value> {
-        self.logs()
-            .into_iter()
-            .filter(|l| l["fields"]["message"] == message)
-            .collect()
-    }
-
-    fn metrics(&self) -> String {
-        let (status, body) = http_get(&format!("http://{}/metrics", self.metrics))
-            .unwrap_or_else(|e| panic!("GET /metrics of {}: {e}", self.id));
-        assert_eq!(status, 200, "/metrics of {}: {body}", self.id);
-        body
-    }
-
-    fn kill9(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.status = Some(self.child.wait().expect("wait"));
-    }
-
-    fn sigterm(&self) {
-        // SAFETY: kill(2) on the pid of a child we have not reaped yet.
-        let rc = unsafe { libc::kill(self.pid(), libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill -TERM {}", self.pid());
-    }
-
-    /// Waits for the process to exit, at most `limit`.
-    async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if let Some(s) = self.child.try_wait().expect("try_wait") {
-                self.status = Some(s);
-                return Some(s);
-            }
-            pause(50).await;
-        }
-        None
-    }
-
-    fn tails(&self, lines: usize) -> String {
-        format!(
-            "----- worker {} (pid {}, {:?}, up {:.1?}) stdout {}:\n{}\n----- stderr {}:\n{}\n",
-            self.id,
-            self.pid(),
-            self.status,
-            self.started.elapsed(),
-            self.stdout.display(),
-            tail_lines(&self.stdout, lines / 4),
-            self.stderr.display(),
-            tail_lines(&self.stderr, lines),
-        )
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        if self.status.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 /// How to start a worker, beyond the defaults.
 #[derive(Default)]
@@ -326,34 +199,29 @@ impl Drop for Cleanup {
     }
 }
 
-/// One test's stream, lease table, workers and scratch directory.
+/// One test's stream, lease table, workers and scratch directory (the
+/// workers' part is [`Workers`], which a harness derefs to).
 struct Harness {
-    label: String,
+    // Dropped in this order: workers are killed before the stream goes.
+    base: Workers,
     env: Endpoints,
-    dir: tempfile::TempDir,
     stream: String,
     table: String,
     kinesis: aws_sdk_kinesis::Client,
     dynamo: aws_sdk_dynamodb::Client,
-    started: Instant,
-    // Dropped in this order: workers are killed before the stream goes.
-    workers: Vec<Worker>,
     _cleanup: Cleanup,
 }
 
-impl Drop for Harness {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            report_failure(
-                &self.label,
-                self.started,
-                &format!("stream {}, lease table {}", self.stream, self.table),
-                &mut self.dir,
-                self.workers.iter().map(|w| w.tails(40)),
-            );
-        } else {
-            self.log("passed");
-        }
+impl std::ops::Deref for Harness {
+    type Target = Workers;
+    fn deref(&self) -> &Workers {
+        &self.base
+    }
+}
+
+impl std::ops::DerefMut for Harness {
+    fn deref_mut(&mut self) -> &mut Workers {
+        &mut self.base
     }
 }
 
@@ -404,18 +272,12 @@ impl Harness {
             pause(250).await;
         }
         let h = Harness {
-            label: label.to_owned(),
-            dir: tempfile::Builder::new()
-                .prefix(&format!("sshwarden-it-{label}-"))
-                .tempdir()
-                .unwrap(),
+            base: Workers::new("", label, format!("stream {stream}, lease table {table}")),
             env,
             stream,
             table,
             kinesis,
             dynamo,
-            started: Instant::now(),
-            workers: Vec::new(),
             _cleanup: cleanup,
         };
         h.wait_stream_active().await;
@@ -444,14 +306,6 @@ impl Harness {
         }
     }
 
-    fn log(&self, what: impl std::fmt::Display) {
-        eprintln!(
-            "[{} +{:>6.2}s] {what}",
-            self.label,
-            self.started.elapsed().as_secs_f64()
-        );
-    }
-
     /// Starts `sshwarden run` as `worker_id` with the default timings, no
     /// cooldown and no blast radius.
     fn spawn(&mut self, worker_id: &str) -> usize {
@@ -459,92 +313,32 @@ impl Harness {
     }
 
     fn spawn_with(&mut self, worker_id: &str, opts: &Spawn) -> usize {
-        let metrics = free_addr();
-        // Numbered: a worker id may be started again.
-        let n = self.workers.len();
-        let stdout = self
-            .dir
-            .path()
-            .join(format!("{n}-{worker_id}.stdout.jsonl"));
-        let stderr = self
-            .dir
-            .path()
-            .join(format!("{n}-{worker_id}.stderr.jsonl"));
         let failover = opts.failover_ms.unwrap_or(FAILOVER_MS).to_string();
-        let metrics_arg = metrics.to_string();
         let mut args: Vec<&str> = vec![
-            "--blast-radius-max",
-            "0",
-            "--cooldown-secs",
-            "0",
-            "run",
             "--stream",
             &self.stream,
             "--lease-table",
             &self.table,
-            "--worker-id",
-            worker_id,
             "--sink",
             opts.sink.unwrap_or("stdout"),
             "--failover-ms",
             &failover,
-            "--shutdown-secs",
-            "10",
-            "--metrics-addr",
-            &metrics_arg,
         ];
         args.extend_from_slice(TIMINGS);
         args.extend_from_slice(opts.args);
-        let mut cmd = Command::new(sshwarden_bin());
-        cmd.args(&args)
-            .env_clear()
-            .env("AWS_ENDPOINT_URL", &self.env.moto)
-            .env(
+        let env = [
+            ("AWS_ENDPOINT_URL", self.env.moto.as_str()),
+            (
                 "AWS_ENDPOINT_URL_KINESIS",
                 opts.kinesis.unwrap_or(&self.env.kinesis),
-            )
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("SSHWARDEN_LOG", opts.log.unwrap_or("info"))
-            .stdin(Stdio::null())
-            .stdout(File::create(&stdout).unwrap())
-            .stderr(File::create(&stderr).unwrap());
-        if let Ok(path) = std::env::var("PATH") {
-            cmd.env("PATH", path);
-        }
-        let child = cmd.spawn().expect("spawn sshwarden run");
-        self.log(format_args!(
-            "started worker {worker_id} (pid {}), metrics on {metrics}",
-            child.id()
-        ));
-        self.workers.push(Worker {
-            id: worker_id.to_owned(),
-            child,
-            status: None,
-            stdout,
-            stderr,
-            metrics,
-            started: Instant::now(),
-        });
-        self.workers.len() - 1
-    }
-
-    /// Every worker's commands, by worker index.
-    fn outputs(&self) -> Vec<Vec<Value>> {
-        self.workers.iter().map(Worker::commands).collect()
-    }
-
-    fn check_running(&mut self) {
-        for w in &mut self.workers {
-            if w.status.is_none() {
-                if let Some(s) = w.child.try_wait().unwrap() {
-                    w.status = Some(s);
-                    panic!("worker {} exited unexpectedly: {s}", w.id);
-                }
-            }
-        }
+            ),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+            ("SSHWARDEN_LOG", opts.log.unwrap_or("info")),
+        ];
+        self.base.spawn(worker_id, &args, &env)
     }
 
     /// Writes records with PutRecords (partition key: the instance id, in
@@ -645,17 +439,6 @@ impl Harness {
         by
     }
 
-    /// Waits (at most MAX_WAIT, for `what`) until worker `w` has issued
-    /// `n` commands.
-    async fn wait_commands_from(&mut self, w: usize, n: usize, what: &str) {
-        let d = Deadline::new(what, MAX_WAIT);
-        while self.workers[w].commands().len() < n {
-            self.check_running();
-            d.check(|| format!("fewer than {n}"));
-            pause(100).await;
-        }
-    }
-
     /// Waits (at most MAX_WAIT, for `what`) until `worker` alone holds
     /// all `leases` leases, looking every `poll_ms`.
     async fn wait_sole_holder(&mut self, worker: &str, leases: usize, what: &str, poll_ms: u64) {
@@ -709,28 +492,6 @@ impl Harness {
         }
     }
 
-    /// Waits until every expected command was issued by some worker.
-    async fn wait_for_commands(&mut self, expected: &[Expected]) -> Tally {
-        let d = Deadline::new(format!("{} expected commands", expected.len()), MAX_WAIT);
-        loop {
-            self.check_running();
-            let t = Tally::new(expected, &self.outputs());
-            let missing = t.missing(expected);
-            if missing.is_empty() {
-                return t;
-            }
-            d.check(|| {
-                format!(
-                    "{} of {} missing, e.g. {:?}",
-                    missing.len(),
-                    expected.len(),
-                    &missing[..missing.len().min(5)]
-                )
-            });
-            pause(250).await;
-        }
-    }
-
     async fn list_shards(&self) -> Vec<aws_sdk_kinesis::types::Shard> {
         self.kinesis
             .list_shards()
@@ -740,6 +501,55 @@ impl Harness {
             .expect("ListShards")
             .shards()
             .to_vec()
+    }
+
+    /// Writes an [`END_MARKER`] after the traffic to every open shard (put
+    /// at the shard's starting hash key), then waits until the `readers`
+    /// counted each one: every record written before it was read and its
+    /// commands delivered. Returns the shards. What a check that nothing
+    /// more will come (no duplicate, nothing read twice) waits for.
+    async fn read_to_the_end(&mut self, readers: &[usize]) -> Vec<String> {
+        let mut shards = Vec::new();
+        for s in self.list_shards().await {
+            let closed = s
+                .sequence_number_range()
+                .is_some_and(|r| r.ending_sequence_number().is_some());
+            if closed {
+                continue;
+            }
+            let key = s
+                .hash_key_range()
+                .map(|r| r.starting_hash_key().to_owned())
+                .expect("an open shard has a hash key range");
+            let d = Deadline::new(
+                format!("PutRecord of the end marker of {}", s.shard_id()),
+                Duration::from_secs(30),
+            );
+            loop {
+                match self
+                    .kinesis
+                    .put_record()
+                    .stream_name(&self.stream)
+                    .partition_key("end-marker")
+                    .explicit_hash_key(&key)
+                    .data(Blob::new(END_MARKER))
+                    .send()
+                    .await
+                {
+                    Ok(out) => {
+                        assert_eq!(out.shard_id(), s.shard_id(), "end marker misplaced");
+                        break;
+                    }
+                    Err(e) => {
+                        d.check(|| aws_sdk_kinesis::error::DisplayErrorContext(&e).to_string());
+                        poll().await;
+                    }
+                }
+            }
+            shards.push(s.shard_id().to_owned());
+        }
+        self.base.wait_end_markers(readers, &shards, 0);
+        shards
     }
 }
 
@@ -776,10 +586,10 @@ async fn balance_and_read_once(label: &str, seed: u64, shares: &[usize]) {
         traffic.records.len(),
         traffic.expected.len()
     ));
-    h.wait_for_commands(&traffic.expected).await;
+    h.wait_for_commands(&traffic.expected);
     h.log("every expected command issued");
-    // Anything read twice would show up by now.
-    pause(1_500).await;
+    let all: Vec<usize> = (0..h.workers.len()).collect();
+    let shards = h.read_to_the_end(&all).await;
     let t = Tally::new(&traffic.expected, &h.outputs());
     t.assert_content(&traffic.expected, |_, _| false);
     let repeated: Vec<_> = t
@@ -788,6 +598,16 @@ async fn balance_and_read_once(label: &str, seed: u64, shares: &[usize]) {
         .filter(|(_, n)| n.iter().sum::<usize>() != 1)
         .collect();
     assert!(repeated.is_empty(), "issued more than once: {repeated:?}");
+    let read: f64 = h
+        .workers
+        .iter()
+        .map(|w| sample_sum(&w.metrics(), "sshwarden_records_total", &[]))
+        .sum();
+    assert_eq!(
+        read,
+        (traffic.records.len() + shards.len()) as f64,
+        "records read by all workers: each record (and end marker) read once"
+    );
     for (i, w) in h.workers.iter().enumerate() {
         assert!(
             !w.commands().is_empty(),
@@ -941,12 +761,12 @@ async fn kill_nine_survivor_takes_over_without_losing_counts() {
         pause(100).await;
     }
 
-    let t = h.wait_for_commands(&traffic.expected).await;
+    let t = h.wait_for_commands(&traffic.expected);
     h.log(format_args!(
         "every expected command issued ({})",
         t.by_id.len()
     ));
-    pause(1_000).await;
+    h.read_to_the_end(&[survivor]).await;
     let t = Tally::new(&traffic.expected, &h.outputs());
     // Full counts: a window open at the checkpoint is rebuilt by the replay
     // and crosses its threshold at the same event with the same counts as
@@ -1074,8 +894,10 @@ async fn split_and_merge_read_parents_before_children() {
         landed.iter().collect::<BTreeSet<_>>()
     ));
 
-    h.wait_for_commands(&traffic.expected).await;
-    pause(500).await;
+    h.wait_for_commands(&traffic.expected);
+    // The open shards (children) are read after their parents reached
+    // SHARD_END: their end markers read, every shard was read to its end.
+    h.read_to_the_end(&[w]).await;
     let t = Tally::new(&traffic.expected, &h.outputs());
     // A window that straddles a reshard keeps its whole count: the children
     // rebuild their parents' open windows before reading their own records,
@@ -1212,7 +1034,7 @@ async fn bad_records_are_skipped_and_counted() {
         bad.len()
     ));
 
-    let t = h.wait_for_commands(&traffic.expected).await;
+    let t = h.wait_for_commands(&traffic.expected);
     t.assert_content(&traffic.expected, |_, _| false);
     let d = Deadline::new("every record to be accounted for", Duration::from_secs(20));
     loop {
@@ -1269,12 +1091,11 @@ async fn sigterm_releases_leases_for_an_immediate_takeover() {
     let traffic = Traffic::brute_force(51, 8, start, 60_000);
     let (before, after) = traffic.split_at(start + 30_000);
     h.put(before).await;
-    h.wait_commands_from(first, 5, "the first worker to issue commands")
-        .await;
+    h.wait_commands_from(first, 5, "the first worker to issue commands");
 
     h.workers[first].sigterm();
     let termed = Instant::now();
-    let status = h.workers[first].wait_exit(Duration::from_secs(12)).await;
+    let status = h.workers[first].wait_exit(Duration::from_secs(12));
     let exit_time = termed.elapsed();
     h.log(format_args!(
         "SIGTERM: exited {status:?} after {exit_time:.2?}"
@@ -1306,8 +1127,8 @@ async fn sigterm_releases_leases_for_an_immediate_takeover() {
         "taking released leases took {took:?}: as long as a failover"
     );
 
-    let t = h.wait_for_commands(&traffic.expected).await;
-    pause(500).await;
+    let t = h.wait_for_commands(&traffic.expected);
+    h.read_to_the_end(&[second]).await;
     let t2 = Tally::new(&traffic.expected, &h.outputs());
     t2.assert_content(&traffic.expected, |w, id| {
         w == second && t2.correct_from(id, first) == 1
@@ -1339,8 +1160,7 @@ async fn restart_under_the_same_worker_id_resumes_its_shards() {
     let traffic = Traffic::brute_force(61, 8, start, 60_000);
     let (before, after) = traffic.split_at(start + 30_000);
     h.put(before).await;
-    h.wait_commands_from(first, 5, "the first run to issue commands")
-        .await;
+    h.wait_commands_from(first, 5, "the first run to issue commands");
     h.workers[first].kill9();
     let again = h.spawn("w0");
     let restarted = Instant::now();
@@ -1365,8 +1185,8 @@ async fn restart_under_the_same_worker_id_resumes_its_shards() {
         "took {took:?} (failover {FAILOVER_MS} ms)"
     );
 
-    h.wait_for_commands(&traffic.expected).await;
-    pause(500).await;
+    h.wait_for_commands(&traffic.expected);
+    h.read_to_the_end(&[again]).await;
     let t = Tally::new(&traffic.expected, &h.outputs());
     t.assert_content(&traffic.expected, |w, id| {
         w == again && t.correct_from(id, first) == 1
@@ -1415,10 +1235,10 @@ async fn enhanced_fan_out_reads_every_shard() {
         traffic.expected.len()
     ));
 
-    h.wait_for_commands(&traffic.expected).await;
-    // Anything read twice (a resubscription from the wrong position) would
-    // show up by now.
-    pause(1_500).await;
+    h.wait_for_commands(&traffic.expected);
+    // Anything read twice (a resubscription from the wrong position) came
+    // before the end marker.
+    let shards = h.read_to_the_end(&[w]).await;
     let t = Tally::new(&traffic.expected, &h.outputs());
     t.assert_content(&traffic.expected, |_, _| false);
     let repeated: Vec<_> = t.by_id.iter().filter(|(_, n)| n[w] != 1).collect();
@@ -1470,16 +1290,11 @@ async fn enhanced_fan_out_reads_every_shard() {
         "{subscribes} SubscribeToShard calls for 2 shards"
     );
     assert_eq!(polls, 0, "GetRecords called with enhanced fan-out");
-    let records: f64 = h.workers[w]
-        .metrics()
-        .lines()
-        .filter(|l| l.starts_with("sshwarden_records_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let records = sample_sum(&h.workers[w].metrics(), "sshwarden_records_total", &[]);
     assert_eq!(
         records,
-        traffic.records.len() as f64,
-        "every record read once"
+        (traffic.records.len() + shards.len()) as f64,
+        "every record (and end marker) read once"
     );
 }
 
@@ -1554,26 +1369,7 @@ impl Drop for FaultProxy {
 /// `sshwarden_<name>` samples of a worker's /metrics whose labels include
 /// every `label="value"` of `with`, by their `shard` label.
 fn metric_by_shard(w: &Worker, name: &str, with: &[&str]) -> BTreeMap<String, f64> {
-    let prefix = format!("sshwarden_{name}{{");
-    let mut out = BTreeMap::new();
-    for line in w.metrics().lines() {
-        let Some(rest) = line.strip_prefix(&prefix) else {
-            continue;
-        };
-        let Some((labels, value)) = rest.rsplit_once("} ") else {
-            continue;
-        };
-        if !with.iter().all(|l| labels.split(',').any(|x| x == *l)) {
-            continue;
-        }
-        let shard = labels
-            .split(',')
-            .find_map(|x| x.strip_prefix("shard=\""))
-            .map(|s| s.trim_end_matches('"').to_owned())
-            .unwrap_or_default();
-        *out.entry(shard).or_default() += value.parse::<f64>().unwrap_or(f64::NAN);
-    }
-    out
+    samples_by_shard(&w.metrics(), &format!("sshwarden_{name}"), with)
 }
 
 /// GetRecords calls per shard that the proxy answered with one of `faults`.
@@ -1596,7 +1392,8 @@ fn injected(proxy: &FaultProxy, faults: &[&str]) -> BTreeMap<String, usize> {
 /// `faults` the proxy injected exactly once. The worker keeps polling (and
 /// the script keeps injecting) meanwhile, so the metric is read between two
 /// looks at the proxy's log: the proxy logs a fault before it answers, and
-/// the worker counts it once the answer arrived (well within the pause).
+/// the worker counts it once the answer arrived. The first look's faults
+/// are waited for: the metric is read once it counts at least those.
 async fn assert_each_fault_counted_once(
     h: &Harness,
     w: usize,
@@ -1604,13 +1401,25 @@ async fn assert_each_fault_counted_once(
     kind: &str,
     faults: &[&str],
 ) {
+    let label = format!("kind=\"{kind}\"");
     let before = injected(proxy, faults);
-    pause(500).await;
-    let counted = metric_by_shard(
-        &h.workers[w],
-        "errors_total",
-        &[&format!("kind=\"{kind}\"")],
+    let d = Deadline::new(
+        format!("errors_total{{{label}}} to count the faults injected so far"),
+        Duration::from_secs(20),
     );
+    let counted = loop {
+        let counted = metric_by_shard(&h.workers[w], "errors_total", &[&label]);
+        let behind: Vec<(&String, usize, f64)> = before
+            .iter()
+            .map(|(s, &b)| (s, b, counted.get(s).copied().unwrap_or(0.0)))
+            .filter(|&(_, b, m)| m < b as f64)
+            .collect();
+        if behind.is_empty() {
+            break counted;
+        }
+        d.check(|| format!("(shard, injected, counted): {behind:?}"));
+        poll().await;
+    };
     let after = injected(proxy, faults);
     for (shard, &n) in &after {
         let m = counted.get(shard).copied().unwrap_or(0.0);
@@ -1660,21 +1469,9 @@ async fn one_worker_reads_paced_traffic_once(
 /// worker's records_total equal to the records written: nothing read twice,
 /// nothing skipped.
 async fn assert_read_exactly_once(h: &mut Harness, w: usize, traffic: &Traffic) {
-    h.wait_for_commands(&traffic.expected).await;
-    let d = Deadline::new("every record to be read", MAX_WAIT);
-    loop {
-        h.check_running();
-        let read: f64 = metric_by_shard(&h.workers[w], "records_total", &[])
-            .values()
-            .sum();
-        if read >= traffic.records.len() as f64 {
-            break;
-        }
-        d.check(|| format!("{read} of {} records read", traffic.records.len()));
-        pause(200).await;
-    }
-    // Anything read twice would show up by now.
-    pause(1_500).await;
+    h.wait_for_commands(&traffic.expected);
+    // Anything read twice was read before the end marker.
+    let shards = h.read_to_the_end(&[w]).await;
     let t = Tally::new(&traffic.expected, &h.outputs());
     t.assert_content(&traffic.expected, |_, _| false);
     let repeated: Vec<_> = t.by_id.iter().filter(|(_, n)| n[w] != 1).collect();
@@ -1684,8 +1481,8 @@ async fn assert_read_exactly_once(h: &mut Harness, w: usize, traffic: &Traffic) 
         .sum();
     assert_eq!(
         read,
-        traffic.records.len() as f64,
-        "records_total: every record read exactly once"
+        (traffic.records.len() + shards.len()) as f64,
+        "records_total: every record (and end marker) read exactly once"
     );
 }
 
@@ -2109,8 +1906,8 @@ async fn kill_nine_with_the_sfn_sink_starts_one_execution_per_command() {
         });
         pause(500).await;
     }
-    // Late duplicates would show up by now.
-    pause(2_000).await;
+    // A late duplicate would come from a record before the end marker.
+    h.read_to_the_end(&[survivor]).await;
     let executions = sm.executions().await;
     let more_than_once: Vec<_> = executions.iter().filter(|(_, v)| v.len() != 1).collect();
     assert!(
