@@ -1,7 +1,11 @@
 //! Test support shared by the `sshwarden run` integration tests (Kinesis
 //! and Kafka sources, and the load generator end to end): the binary under
 //! test, bounded waits, traffic windows, the commands the ground truth
-//! expects and the tally of what the workers issued against them.
+//! expects and the tally of what the workers issued against them, the
+//! workers' metrics and the end marker. `worker` runs the processes for
+//! either source; `kinesis` and `kafka` are each source's harness. What is
+//! not about `sshwarden` (emulator endpoints, SDK configuration, the fault
+//! proxy, HTTP GET, the clock) is in the `sshwarden-testsupport` crate.
 
 // Each test binary includes this module with `mod common;` and uses only
 // part of it; what one binary leaves unused is not dead code.
@@ -18,6 +22,9 @@ use sshwarden_pipeline::command::command_id;
 use sshwarden_pipeline::time::format_rfc3339_ms;
 use sshwarden_pipeline::window::SubjectKind;
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
+pub mod kinesis;
 pub mod worker;
 // Not every test binary names both.
 #[allow(unused_imports)]
