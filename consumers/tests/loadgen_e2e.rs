@@ -11,9 +11,6 @@
 //! [http://127.0.0.1:5000] and SSHWARDEN_KINESIS_ENDPOINT [http://127.0.0.1:4567].
 //! SSHWARDEN_BIN names the `sshwarden` binary to run [the one cargo built].
 
-// The emulator endpoints and SDK configuration of the loadgen's own tests.
-#[path = "../../loadgen/tests/common/mod.rs"]
-mod loadgen_common;
 // The binary under test, as the other `sshwarden run` tests find it.
 mod common;
 
@@ -33,7 +30,7 @@ use sshwarden_loadgen::{
 };
 
 use common::sshwarden_bin;
-use loadgen_common::{kinesis_endpoint, moto_endpoint, sdk};
+use sshwarden_testsupport::{kinesis_endpoint, moto_endpoint, sdk};
 
 fn now_us() -> i64 {
     SystemTime::now()

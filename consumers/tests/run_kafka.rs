@@ -15,483 +15,22 @@
 //! SSHWARDEN_BIN [the one cargo built for the test]. A test fails (never
 //! skips) when it does not answer. Every wait is bounded; every worker is
 //! killed when its test ends; on failure the tails of every worker's stdout
-//! and stderr are printed.
+//! and stderr are printed. No test sleeps to synchronise: a check that
+//! nothing more will come first waits until the readers counted an end
+//! marker written after the traffic to every partition. The harness is in
+//! common/kafka.rs.
 
 #![cfg(feature = "kafka")]
 
 use std::collections::{BTreeSet, HashMap};
-use std::fs::File;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::DefaultProducerContext;
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::ClientConfig;
-use serde_json::Value;
-use sshwarden_loadgen::kafka::{line_messages, payload_messages, produce, Outgoing};
-use sshwarden_loadgen::{encode_records, Fleet, RecordOptions};
+use sshwarden_loadgen::kafka::Outgoing;
 
 mod common;
+use common::kafka::*;
 use common::*;
-
-// ------------------------------------------------------------------ broker
-
-/// The broker's address; fails the test when nothing answers there.
-fn broker() -> String {
-    let brokers =
-        std::env::var("SSHWARDEN_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
-    let first = brokers.split(',').next().unwrap_or_default().to_owned();
-    let reachable = std::net::ToSocketAddrs::to_socket_addrs(&first)
-        .ok()
-        .and_then(|mut a| a.next())
-        .is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok());
-    assert!(
-        reachable,
-        "no Kafka broker answers at {brokers}. These tests need one: run \
-         `scripts/emulators up kafka` (or set SSHWARDEN_KAFKA_BROKERS to where a broker listens)."
-    );
-    brokers
-}
-
-fn create_topic(brokers: &str, topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("admin client");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-    let results = rt
-        .block_on(admin.create_topics(
-            [&new],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        ))
-        .unwrap_or_else(|e| panic!("CreateTopics {topic}: {e}"));
-    for r in results {
-        if let Err((t, e)) = r {
-            panic!("CreateTopics {t}: {e}");
-        }
-    }
-}
-
-/// The group's committed offsets, per partition (-1: none).
-fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_range(topic, 0, partitions - 1);
-    let got = consumer
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("OffsetFetch {group}: {e}"));
-    (0..partitions)
-        .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
-            Some(Offset::Offset(o)) => o,
-            _ => -1,
-        })
-        .collect()
-}
-
-fn write(brokers: &str, topic: &str, messages: &[Outgoing]) {
-    produce(brokers, topic, &[], messages, None, Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("producing to {topic}: {e:#}"));
-}
-
-fn pause(ms: u64) {
-    std::thread::sleep(Duration::from_millis(ms));
-}
-
-// ------------------------------------------------------------------ traffic
-
-struct Traffic {
-    fleet: Fleet,
-    expected: Vec<Expected>,
-}
-
-impl Traffic {
-    /// Every instance under a brute force for the whole duration, plus
-    /// benign traffic and background scanning.
-    fn brute_force(seed: u64, instances: usize, start_ms: i64, duration_ms: i64) -> Traffic {
-        let fleet = brute_force_fleet(seed, instances, start_ms, duration_ms);
-        let expected = expected_commands(&fleet);
-        Traffic { fleet, expected }
-    }
-
-    /// One message per subscription payload (25 events, 5 s at most).
-    fn payloads(&self) -> Vec<Outgoing> {
-        let opts = RecordOptions {
-            events_per_record: 25,
-            max_span_ms: 5_000,
-            ..RecordOptions::default()
-        };
-        payload_messages(&encode_records(self.fleet.events(), &opts))
-    }
-
-    fn lines(&self) -> Vec<Outgoing> {
-        line_messages(self.fleet.events())
-    }
-}
-
-/// Messages whose (last) event is before `time_ms`, and the rest.
-fn split_at(messages: &[Outgoing], time_ms: i64) -> (&[Outgoing], &[Outgoing]) {
-    let i = messages.partition_point(|m| m.timestamp_ms < time_ms);
-    messages.split_at(i)
-}
-
-// ------------------------------------------------------------------ workers
-
-fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    Ok(raw
-        .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, b)| b.to_owned()))
-}
-
-/// One `sshwarden run --source kafka` process; killed when dropped.
-struct Worker {
-    id: String,
-    child: Child,
-    status: Option<ExitStatus>,
-    stdout: PathBuf,
-    stderr: PathBuf,
-    metrics: SocketAddr,
-}
-
-impl Worker {
-    fn commands(&self) -> Vec<Value> {
-        read_json_lines(&self.stdout)
-    }
-
-    fn logs_with(&self, message: &str) -> Vec<Value> {
-        read_json_lines(&self.stderr)
-            .into_iter()
-            .filter(|l| l["fields"]["message"] == message)
-            .collect()
-    }
-
-    /// The sum of a metric's samples (0 when absent or unreachable).
-    fn metric(&self, name: &str) -> f64 {
-        self.metric_where(name, "")
-    }
-
-    /// The sum of a metric's samples whose labels contain `label`.
-    fn metric_where(&self, name: &str, label: &str) -> f64 {
-        let body = http_get(self.metrics, "/metrics").unwrap_or_default();
-        body.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter(|l| {
-                l.split([' ', '{']).next() == Some(name) && (label.is_empty() || l.contains(label))
-            })
-            .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
-            .sum()
-    }
-
-    fn sigterm(&self) {
-        // SAFETY: kill(2) on the pid of a child we have not reaped yet.
-        let rc = unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill -TERM {}", self.child.id());
-    }
-
-    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if let Some(s) = self.child.try_wait().expect("try_wait") {
-                self.status = Some(s);
-                return Some(s);
-            }
-            pause(50);
-        }
-        None
-    }
-
-    fn running(&mut self) -> bool {
-        if self.status.is_some() {
-            return false;
-        }
-        match self.child.try_wait() {
-            Ok(Some(s)) => {
-                self.status = Some(s);
-                false
-            }
-            _ => true,
-        }
-    }
-
-    fn tails(&self, lines: usize) -> String {
-        format!(
-            "----- worker {} ({:?}) stdout {}:\n{}\n----- stderr {}:\n{}\n",
-            self.id,
-            self.status,
-            self.stdout.display(),
-            tail_lines(&self.stdout, lines / 4),
-            self.stderr.display(),
-            tail_lines(&self.stderr, lines),
-        )
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        if self.status.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-static UNIQUE: AtomicU32 = AtomicU32::new(0);
-
-/// One test's topic, group, workers and scratch directory.
-struct Harness {
-    label: String,
-    brokers: String,
-    topic: String,
-    group: String,
-    partitions: i32,
-    dir: tempfile::TempDir,
-    started: Instant,
-    workers: Vec<Worker>,
-    /// librdkafka's mock cluster, when the test runs on it (dropped last:
-    /// the workers are killed first).
-    _mock: Option<MockCluster<'static, DefaultProducerContext>>,
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            report_failure(
-                &self.label,
-                self.started,
-                &format!("topic {}, group {}", self.topic, self.group),
-                &mut self.dir,
-                self.workers.iter().map(|w| w.tails(40)),
-            );
-        } else {
-            self.log("passed");
-        }
-    }
-}
-
-impl Harness {
-    /// A topic on the broker (tansu).
-    fn new(label: &str, partitions: i32) -> Harness {
-        Harness::on(label, partitions, None)
-    }
-
-    /// A topic on a mock cluster of librdkafka's, in this process but
-    /// listening on 127.0.0.1: the workers still talk the Kafka protocol
-    /// to it over TCP.
-    fn on_mock(label: &str, partitions: i32) -> Harness {
-        Harness::on(
-            label,
-            partitions,
-            Some(MockCluster::new(1).expect("librdkafka mock cluster")),
-        )
-    }
-
-    fn on(
-        label: &str,
-        partitions: i32,
-        mock: Option<MockCluster<'static, DefaultProducerContext>>,
-    ) -> Harness {
-        let unique = format!(
-            "{label}-{}-{}-{}",
-            std::process::id(),
-            now_ms() % 1_000_000_000,
-            UNIQUE.fetch_add(1, Ordering::Relaxed)
-        );
-        let topic = format!("sshwarden-it-{unique}");
-        let brokers = match &mock {
-            Some(m) => {
-                m.create_topic(&topic, partitions, 1)
-                    .unwrap_or_else(|e| panic!("mock CreateTopic {topic}: {e}"));
-                m.bootstrap_servers()
-            }
-            None => {
-                let b = broker();
-                create_topic(&b, &topic, partitions);
-                b
-            }
-        };
-        Harness {
-            _mock: mock,
-            label: label.to_owned(),
-            brokers,
-            group: format!("sshwarden-it-group-{unique}"),
-            topic,
-            partitions,
-            dir: tempfile::Builder::new()
-                .prefix(&format!("sshwarden-it-kafka-{label}-"))
-                .tempdir()
-                .unwrap(),
-            started: Instant::now(),
-            workers: Vec::new(),
-        }
-    }
-
-    fn log(&self, what: impl std::fmt::Display) {
-        eprintln!(
-            "[{} +{:>6.2}s] {what}",
-            self.label,
-            self.started.elapsed().as_secs_f64()
-        );
-    }
-
-    fn write(&self, messages: &[Outgoing]) {
-        write(&self.brokers, &self.topic, messages);
-        self.log(format_args!("wrote {} messages", messages.len()));
-    }
-
-    fn committed(&self) -> Vec<i64> {
-        committed(&self.brokers, &self.group, &self.topic, self.partitions)
-    }
-
-    /// Starts a worker: stdout sink (the default), no cooldown, no blast radius, short
-    /// commit and idle intervals, a short session timeout.
-    fn spawn(&mut self, id: &str, extra: &[&str]) -> usize {
-        self.spawn_env(id, extra, &[])
-    }
-
-    fn spawn_env(&mut self, id: &str, extra: &[&str], env: &[(&str, &str)]) -> usize {
-        let metrics = free_addr();
-        let n = self.workers.len();
-        let stdout = self.dir.path().join(format!("{n}-{id}.stdout.jsonl"));
-        let stderr = self.dir.path().join(format!("{n}-{id}.stderr.jsonl"));
-        let metrics_arg = metrics.to_string();
-        let mut args: Vec<&str> = vec![
-            "--blast-radius-max",
-            "0",
-            "--cooldown-secs",
-            "0",
-            "run",
-            "--source",
-            "kafka",
-            "--brokers",
-            &self.brokers,
-            "--topic",
-            &self.topic,
-            "--group",
-            &self.group,
-            "--worker-id",
-            id,
-            "--checkpoint-ms",
-            "300",
-            "--idle-poll-ms",
-            "300",
-            "--shutdown-secs",
-            "10",
-            "--metrics-addr",
-            &metrics_arg,
-            "--kafka-option",
-            "session.timeout.ms=6000",
-            "--kafka-option",
-            "heartbeat.interval.ms=500",
-            "--kafka-option",
-            "fetch.wait.max.ms=100",
-        ];
-        args.extend_from_slice(extra);
-        let mut cmd = Command::new(sshwarden_bin());
-        cmd.args(&args)
-            .env_clear()
-            .env("SSHWARDEN_LOG", "info")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(File::create(&stdout).unwrap())
-            .stderr(File::create(&stderr).unwrap());
-        let child = cmd.spawn().expect("spawn sshwarden run");
-        self.log(format_args!("started worker {id} (pid {})", child.id()));
-        self.workers.push(Worker {
-            id: id.to_owned(),
-            child,
-            status: None,
-            stdout,
-            stderr,
-            metrics,
-        });
-        n
-    }
-
-    fn check_running(&mut self) {
-        for w in &mut self.workers {
-            if w.status.is_none() && !w.running() {
-                panic!("worker {} exited early: {:?}", w.id, w.status);
-            }
-        }
-    }
-
-    /// Waits until the workers hold `shares` partitions each (as their
-    /// metrics say), every partition once.
-    fn wait_assigned(&mut self, workers: &[usize], shares: &[usize]) {
-        let d = Deadline::new(format!("partitions assigned as {shares:?}"), MAX_WAIT);
-        loop {
-            self.check_running();
-            let held: Vec<usize> = workers
-                .iter()
-                .map(|&w| self.workers[w].metric("sshwarden_kafka_partitions_assigned") as usize)
-                .collect();
-            let mut sorted = held.clone();
-            sorted.sort_unstable();
-            let mut want = shares.to_vec();
-            want.sort_unstable();
-            if sorted == want {
-                self.log(format_args!("assigned: {held:?}"));
-                return;
-            }
-            d.check(|| format!("assigned {held:?}"));
-            pause(100);
-        }
-    }
-
-    fn outputs(&self) -> Vec<Vec<Value>> {
-        self.workers.iter().map(Worker::commands).collect()
-    }
-
-    /// Waits until every expected command was issued by some worker.
-    fn wait_for_commands(&mut self, expected: &[Expected]) -> Tally {
-        let d = Deadline::new("every expected command", MAX_WAIT);
-        loop {
-            self.check_running();
-            let t = Tally::new(expected, &self.outputs());
-            let missing = t.missing(expected);
-            if missing.is_empty() {
-                return t;
-            }
-            d.check(|| {
-                format!(
-                    "{} of {} missing: {missing:?}",
-                    missing.len(),
-                    expected.len()
-                )
-            });
-            pause(200);
-        }
-    }
-
-    /// Messages read by all workers (their `sshwarden_records_total`).
-    fn records(&self, worker: usize) -> u64 {
-        self.workers[worker].metric("sshwarden_records_total") as u64
-    }
-}
 
 // ------------------------------------------------------------------ tests
 
@@ -508,23 +47,24 @@ fn attacks_in_payloads_are_detected_end_to_end() {
     let w = h.spawn("solo", &[]);
     h.wait_assigned(&[w], &[3]);
     let t = h.wait_for_commands(&traffic.expected);
-    pause(500);
+    h.read_to_the_end(&[w]);
     let t2 = Tally::new(&traffic.expected, &h.outputs());
     t2.assert_content(&traffic.expected, |_, _| false);
     for (id, n) in &t2.by_id {
         assert_eq!(n[w], 1, "{id} issued {} times by one worker", n[w]);
     }
-    let d = Deadline::new("every message read", Duration::from_secs(20));
-    while h.records(w) < messages.len() as u64 {
-        d.check(|| format!("{} of {} read", h.records(w), messages.len()));
-        pause(100);
-    }
-    assert_eq!(h.records(w), messages.len() as u64, "a message read twice");
+    let markers = h.partitions as u64;
+    assert_eq!(
+        h.records(w),
+        messages.len() as u64 + markers,
+        "a message read twice"
+    );
     let events = h.workers[w].metric("sshwarden_events_total") as usize;
     assert_eq!(events, traffic.fleet.events().len());
     assert_eq!(
-        h.workers[w].metric_where("sshwarden_errors_total", "decode"),
-        0.0
+        h.workers[w].metric_where("sshwarden_errors_total", "kind=\"decode\""),
+        markers as f64,
+        "decode errors: the end markers only"
     );
     h.log(format_args!(
         "{} commands for {} messages, {} events (first pass {} ids)",
@@ -546,7 +86,12 @@ fn attacks_in_raw_lines_keyed_by_instance_are_detected() {
     h.write(&messages);
     let w = h.spawn("solo", &["--kafka-format", "lines"]);
     h.wait_for_commands(&traffic.expected);
-    pause(500);
+    h.read_lines_to_the_end(w, &[0, 0]);
+    assert_eq!(
+        h.records(w),
+        messages.len() as u64 + h.partitions as u64,
+        "every line (and end marker) read once"
+    );
     let t = Tally::new(&traffic.expected, &h.outputs());
     t.assert_content(&traffic.expected, |_, _| false);
     for c in h.workers[w].commands() {
@@ -556,11 +101,6 @@ fn attacks_in_raw_lines_keyed_by_instance_are_detected() {
             c["held"], false,
             "an instance id from the key is quarantined: {c}"
         );
-    }
-    let d = Deadline::new("every line read", Duration::from_secs(20));
-    while h.records(w) < messages.len() as u64 {
-        d.check(|| format!("{} of {} read", h.records(w), messages.len()));
-        pause(100);
     }
     h.log(format_args!(
         "{} commands from {} lines",
@@ -675,15 +215,11 @@ fn restart(mut h: Harness, broker_keeps_metadata: bool) {
             );
         }
     }
-    let total = messages.len() as u64;
+    // The messages from the committed offsets on, and an end marker per
+    // partition.
+    let total = messages.len() as u64 + h.partitions as u64;
     let expect_read = total - resume_from as u64;
-    let d = Deadline::new("the second worker to read the rest", MAX_WAIT);
-    while h.records(second) < expect_read {
-        h.check_running();
-        d.check(|| format!("read {} of {expect_read}", h.records(second)));
-        pause(100);
-    }
-    pause(500);
+    h.read_to_the_end(&[second]);
     assert_eq!(
         h.records(second),
         expect_read,
@@ -733,7 +269,7 @@ fn a_rebalance_between_two_workers_loses_no_window() {
     h.wait_assigned(&[a, b], &[2, 2]);
     h.write(after);
     h.wait_for_commands(&traffic.expected);
-    pause(1_000);
+    h.read_to_the_end(&[a, b]);
     let t = Tally::new(&traffic.expected, &h.outputs());
     // A copy with a closed window's tail only repeats a command already delivered in full.
     t.assert_content(&traffic.expected, |_, id| {
@@ -796,18 +332,23 @@ fn poison_messages_are_counted_and_skipped() {
     h.write(&messages);
     let w = h.spawn("solo", &[]);
     h.wait_for_commands(&traffic.expected);
-    pause(500);
+    h.read_to_the_end_past(&[w], n_poison);
     let t = Tally::new(&traffic.expected, &h.outputs());
     t.assert_content(&traffic.expected, |_, _| false);
-    let d = Deadline::new("every message read", Duration::from_secs(20));
-    while h.records(w) < messages.len() as u64 {
-        d.check(|| format!("{} of {} read", h.records(w), messages.len()));
-        pause(100);
-    }
+    // The end marker is one more undecodable message.
+    assert_eq!(
+        h.records(w),
+        messages.len() as u64 + 1,
+        "a message read twice"
+    );
     let errors = h.workers[w].metric_where("sshwarden_errors_total", "kind=\"decode\"");
-    assert_eq!(errors as usize, n_poison, "decode errors counted");
+    assert_eq!(errors as usize, n_poison + 1, "decode errors counted");
     let skipped = h.workers[w].logs_with("message skipped").len();
-    assert_eq!(skipped, n_poison, "each poison message logged once");
+    assert_eq!(
+        skipped,
+        n_poison + 1,
+        "each poison message (and the end marker) logged once"
+    );
     let last_poison = 1 + (n_poison - 1) * (stride + 1);
     let d = Deadline::new("the commit to pass the poison messages", MAX_WAIT);
     loop {
@@ -885,17 +426,28 @@ fn a_sink_outage_holds_the_commit_and_pauses_the_partition() {
         d.check(|| format!("failures {failures}, pauses {pauses}"));
         pause(100);
     }
-    // Longer than the session timeout (6 s): still a member, still held.
-    pause(7_000);
-    h.check_running();
-    let w = &h.workers[stuck];
-    assert_eq!(w.metric("sshwarden_kafka_partitions_assigned"), 1.0);
-    assert!(
-        w.logs_with("partitions revoked").is_empty(),
-        "left the group"
-    );
-    assert_eq!(w.metric("sshwarden_commands_pending"), 1.0);
-    assert_eq!(w.metric("sshwarden_commands_total"), 0.0);
+    // Still a member, still held, at every look for longer than the
+    // session timeout (6 s): the claim is about a span of time (a member
+    // that stopped polling would be evicted within it), so this one wait is
+    // for a time, and the facts are checked all along it.
+    let held_since = Instant::now();
+    while held_since.elapsed() < Duration::from_millis(7_000) {
+        h.check_running();
+        let w = &h.workers[stuck];
+        let at = held_since.elapsed();
+        assert_eq!(
+            w.metric("sshwarden_kafka_partitions_assigned"),
+            1.0,
+            "unassigned {at:?} into the outage"
+        );
+        assert!(
+            w.logs_with("partitions revoked").is_empty(),
+            "left the group {at:?} into the outage"
+        );
+        assert_eq!(w.metric("sshwarden_commands_pending"), 1.0, "at {at:?}");
+        assert_eq!(w.metric("sshwarden_commands_total"), 0.0, "at {at:?}");
+        poll();
+    }
     let read = h.records(stuck);
     assert!(
         read <= crossing as u64 + 1 + 256,
@@ -921,7 +473,7 @@ fn a_sink_outage_holds_the_commit_and_pauses_the_partition() {
 
     let next = h.spawn("next", &["--kafka-format", "lines"]);
     h.wait_for_commands(&traffic.expected);
-    pause(500);
+    h.read_lines_to_the_end(next, &[after_stop]);
     let t = Tally::new(&traffic.expected, &h.outputs());
     t.assert_content(&traffic.expected, |_, _| false);
     assert_eq!(t.correct_from(&first.id, next), 1, "{} lost", first.id);
@@ -967,7 +519,7 @@ fn kill_nine_the_survivor_takes_over_without_losing_a_window() {
         killed.elapsed()
     ));
     h.wait_for_commands(&traffic.expected);
-    pause(1_000);
+    h.read_to_the_end(&[survivor]);
     let t = Tally::new(&traffic.expected, &h.outputs());
     t.assert_content(&traffic.expected, |_, id| {
         t.correct

@@ -7,11 +7,9 @@
 //! skips) when one is not reachable. Endpoints: SSHWARDEN_MOTO_ENDPOINT
 //! [http://127.0.0.1:5000] and SSHWARDEN_KINESIS_ENDPOINT [http://127.0.0.1:4567].
 
-mod common;
-
 use std::io::Read;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use sshwarden_loadgen::encode::batches;
 use sshwarden_loadgen::writer::kinesis::{
@@ -23,7 +21,9 @@ use sshwarden_loadgen::writer::logs::{
 use sshwarden_loadgen::writer::{OnWritten, RateTarget};
 use sshwarden_loadgen::{Fleet, FleetConfig, Scenario};
 
-use common::{kinesis_endpoint, moto_endpoint, read_all, sdk, suffix, StreamGuard};
+use sshwarden_testsupport::{
+    kinesis_endpoint, moto_endpoint, now_ms, read_all, sdk, suffix, StreamGuard,
+};
 
 fn items(n: usize) -> Vec<KinesisItem> {
     (0..n)
@@ -203,10 +203,7 @@ async fn logs_writer_lands_in_the_group_and_through_the_subscription_in_kinesis(
     .await
     .unwrap();
 
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let now = now_ms();
     let fleet = Fleet::generate(&FleetConfig {
         instances: 4,
         seed: 3,

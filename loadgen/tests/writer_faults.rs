@@ -19,8 +19,6 @@
 //! exits by itself after 300 s and is killed by PID when its test ends.
 #![cfg(feature = "aws")]
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
@@ -34,7 +32,9 @@ use sshwarden_loadgen::writer::kinesis::{
 };
 use sshwarden_loadgen::writer::OnWritten;
 
-use common::{kinesis_endpoint, read_all, sdk, start_fault_proxy, suffix, StreamGuard};
+use sshwarden_testsupport::{
+    kinesis_endpoint, read_all, sdk, start_fault_proxy, suffix, StreamGuard,
+};
 
 const PTEE: &str = "ProvisionedThroughputExceededException";
 

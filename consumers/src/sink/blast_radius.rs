@@ -192,37 +192,29 @@ impl FleetBlastRadius {
 
 #[cfg(test)]
 mod tests {
-    //! Against moto's DynamoDB (`scripts/emulators up`), with real
-    //! conditional writes racing from several tasks, each with its own client
-    //! as separate workers would have.
+    //! Against dynalite's DynamoDB (`scripts/emulators up dynalite`), with
+    //! real conditional writes racing from several tasks, each with its own
+    //! client as separate workers would have.
+    //!
+    //! Why dynalite and not moto, which the other tests use for DynamoDB: the
+    //! claim is correct because DynamoDB applies a conditional UpdateItem
+    //! atomically per item (condition and write as one step). moto does not:
+    //! it has no lock between its condition check and its write, so two
+    //! claims racing on the period's item can both pass the condition, and
+    //! this test failed at random there ("... granted twice"), not because of
+    //! the claim but because of the emulator. dynalite (4.0.0, pinned in
+    //! `scripts/emulators`) takes a per-key lock in its UpdateItem from
+    //! reading the item through the condition check to the write
+    //! (`actions/updateItem.js`: `itemDb.lock(key, ...)`), which is the
+    //! atomicity DynamoDB promises, so the race here is the real one,
+    //! including the race to create the period's item.
     use std::collections::HashSet;
     use std::sync::Arc;
 
     use super::*;
 
-    fn moto() -> String {
-        let url = std::env::var("SSHWARDEN_MOTO_ENDPOINT")
-            .unwrap_or_else(|_| "http://127.0.0.1:5000".into());
-        let hostport = url.trim_start_matches("http://").trim_end_matches('/');
-        if std::net::TcpStream::connect(hostport).is_err() {
-            panic!(
-                "moto is not reachable at {url}. This test needs the local emulators: run \
-                 `scripts/emulators up` (or set SSHWARDEN_MOTO_ENDPOINT to where moto listens)."
-            );
-        }
-        url
-    }
-
     async fn client(url: &str) -> Client {
-        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .endpoint_url(url)
-            .region(aws_config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
-                "testing", "testing", None, None, "test",
-            ))
-            .load()
-            .await;
-        Client::new(&conf)
+        Client::new(&sshwarden_testsupport::sdk(url).await)
     }
 
     fn unique_table() -> String {
@@ -231,7 +223,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn the_limit_holds_across_racing_workers_and_replays_take_no_slot() {
-        let url = moto();
+        let url = sshwarden_testsupport::dynalite_endpoint();
         let table = unique_table();
         const LIMIT: u32 = 4;
         const WORKERS: usize = 3;
@@ -241,17 +233,8 @@ mod tests {
         let first = FleetBlastRadius::new(client(&url).await, table.clone(), LIMIT, period_ms)
             .expect("valid limit");
         first.ensure().await.expect("table");
-        // moto's DynamoDB does not serialize writes to an item (no lock
-        // between its condition check and its write; DynamoDB itself is
-        // atomic per item), and two claims racing to create the period's
-        // item were both granted there. Creating the item first keeps the
-        // race on what the test is about: the limit and the ids.
         let mut granted = HashSet::new();
         let mut answers: std::collections::HashMap<String, HashSet<Claim>> = Default::default();
-        let seed = "sw1-i-w0-0".to_owned();
-        assert_eq!(first.claim(&seed, t0).await.expect("claim"), Claim::Granted);
-        granted.insert(seed.clone());
-        answers.entry(seed).or_default().insert(Claim::Granted);
 
         // Every worker claims its own commands and, interleaved, two of the
         // others' (the same command delivered by two owners of a shard

@@ -1,7 +1,11 @@
 //! Test support shared by the `sshwarden run` integration tests (Kinesis
 //! and Kafka sources, and the load generator end to end): the binary under
 //! test, bounded waits, traffic windows, the commands the ground truth
-//! expects and the tally of what the workers issued against them.
+//! expects and the tally of what the workers issued against them, the
+//! workers' metrics and the end marker. `worker` runs the processes for
+//! either source; `kinesis` and `kafka` are each source's harness. What is
+//! not about `sshwarden` (emulator endpoints, SDK configuration, the fault
+//! proxy, HTTP GET, the clock) is in the `sshwarden-testsupport` crate.
 
 // Each test binary includes this module with `mod common;` and uses only
 // part of it; what one binary leaves unused is not dead code.
@@ -10,7 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sshwarden_loadgen::{Fleet, FleetConfig, Scenario, TruthRules};
@@ -18,18 +22,33 @@ use sshwarden_pipeline::command::command_id;
 use sshwarden_pipeline::time::format_rfc3339_ms;
 use sshwarden_pipeline::window::SubjectKind;
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
+pub mod kinesis;
+pub mod worker;
+// Not every test binary names both.
+#[allow(unused_imports)]
+pub use worker::{Worker, Workers};
+
 /// No wait in these tests is longer.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 
 /// The window size of the default rules.
 pub const WINDOW_MS: i64 = 60_000;
 
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
+pub use sshwarden_testsupport::{http_get, now_ms};
+
+/// How long a wait-until-fact loop sleeps between two looks.
+pub const POLL: Duration = Duration::from_millis(100);
+
+/// A record that no source can decode (the gzip magic, then garbage),
+/// written after the traffic as the last record of every shard or
+/// partition: when a reader's `sshwarden_errors_total{kind="decode"}` for
+/// that shard counts it, the reader has read, and delivered the commands
+/// of, every record before it, because one shard's records are processed
+/// one after the other. That is the fact a "nothing more will come" check
+/// waits for, instead of a pause.
+pub const END_MARKER: &[u8] = b"\x1f\x8b\x08\x00sshwarden-it: end of the traffic";
 
 /// A start time for traffic at `offset_ms` into a (60 s, epoch-aligned)
 /// window, at most `lag_ms` and less than `lag_ms` + 60 s before now. The
@@ -337,4 +356,68 @@ pub fn report_failure(
     }
     let kept = std::mem::replace(dir, tempfile::tempdir().unwrap());
     let _ = kept.keep();
+}
+
+/// A worker's `/metrics` page (empty when it does not answer: a worker that
+/// is starting or gone).
+pub fn metrics_page(addr: SocketAddr) -> String {
+    match http_get(&format!("http://{addr}/metrics")) {
+        Ok((200, body)) => body,
+        _ => String::new(),
+    }
+}
+
+/// The samples of metric `name` (the full name, e.g.
+/// `sshwarden_errors_total`) in a `/metrics` page whose labels include every
+/// `label="value"` of `with`, summed by the shard (or partition) they name
+/// ("" for a sample without one).
+pub fn samples_by_shard(page: &str, name: &str, with: &[&str]) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for line in page.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = match line.rsplit_once(' ') {
+            Some(x) => x,
+            None => continue,
+        };
+        let (metric, labels) = match series.split_once('{') {
+            Some((m, l)) => (m, l.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if metric != name {
+            continue;
+        }
+        let labels: Vec<&str> = labels.split(',').collect();
+        if !with.iter().all(|w| labels.contains(w)) {
+            continue;
+        }
+        let shard = labels
+            .iter()
+            .find_map(|x| {
+                x.strip_prefix("shard=\"")
+                    .or_else(|| x.strip_prefix("partition=\""))
+            })
+            .map(|s| s.trim_end_matches('"').to_owned())
+            .unwrap_or_default();
+        *out.entry(shard).or_default() += value.parse::<f64>().unwrap_or(f64::NAN);
+    }
+    out
+}
+
+/// The sum of every sample of metric `name` whose labels include every
+/// `label="value"` of `with`.
+pub fn sample_sum(page: &str, name: &str, with: &[&str]) -> f64 {
+    samples_by_shard(page, name, with).values().sum()
+}
+
+/// The end markers each shard (or partition) of `shards` has seen counted,
+/// summed over the `/metrics` pages of its readers.
+pub fn end_markers_counted(pages: &[String], shards: &[String]) -> BTreeMap<String, f64> {
+    let mut seen: BTreeMap<String, f64> = shards.iter().map(|s| (s.clone(), 0.0)).collect();
+    for page in pages {
+        for (shard, n) in samples_by_shard(page, "sshwarden_errors_total", &["kind=\"decode\""]) {
+            if let Some(v) = seen.get_mut(&shard) {
+                *v += n;
+            }
+        }
+    }
+    seen
 }

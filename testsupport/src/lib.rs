@@ -1,14 +1,13 @@
-//! Helpers shared by the tests that talk to the local emulators: endpoints
-//! that must be reachable (a test fails, never skips, naming
-//! `scripts/emulators up`), an SDK configuration for them and the Kinesis
-//! fault proxy. Used by loadgen/tests/{emulators,writer_faults}.rs and,
-//! through `#[path]`, by consumers/tests/{loadgen_e2e,run_kinesis}.rs.
-
-// Each test binary that includes this module uses only part of it; what one
-// leaves unused is not dead code.
-#![allow(dead_code)]
+//! Test support shared by the workspace's integration tests (a
+//! dev-dependency of `sshwarden-loadgen` and `sshwarden-consumers`, never a
+//! dependency): endpoints of the local emulators that must be reachable (a
+//! test fails, never skips, naming `scripts/emulators up`), an SDK
+//! configuration for them, the Kinesis fault proxy, a minimal HTTP GET and
+//! the clock. What is about `sshwarden run` itself (its workers, the ground
+//! truth's commands) stays in consumers/tests/common.
 
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -72,13 +71,65 @@ pub async fn sdk_with_attempt_timeout(
         .await
 }
 
+pub fn dynalite_endpoint() -> String {
+    endpoint(
+        "SSHWARDEN_DYNALITE_ENDPOINT",
+        "http://127.0.0.1:4569",
+        "dynalite",
+    )
+}
+
+/// Milliseconds since the epoch, now.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// A name suffix unique to this process and moment.
 pub fn suffix() -> String {
     let t = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
+        .map_or(0, |d| d.as_nanos());
     format!("{}-{}", std::process::id(), t % 1_000_000_000)
+}
+
+/// A minimal HTTP/1.1 GET over plain TCP: (status, body).
+pub fn http_get(url: &str) -> std::io::Result<(u16, String)> {
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_owned());
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| bad("only http:// URLs are supported"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&if authority.contains(':') {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    })?
+    .next()
+    .ok_or_else(|| bad("no address"))?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| bad("not an HTTP response"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    Ok((status, body))
 }
 
 /// Deletes the stream when the test ends, pass or fail.
@@ -177,8 +228,7 @@ pub fn start_fault_proxy(
         .map(|home| PathBuf::from(home).join(".cache/sshwarden/venv/bin/python"))
         .filter(|p| p.exists())
         .unwrap_or_else(|| PathBuf::from("python3"));
-    // CARGO_MANIFEST_DIR is the including test's crate: loadgen or
-    // consumers, both one level below the workspace root.
+    // This crate sits one level below the workspace root.
     let script_path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../scripts/lib/kinesis_fault_proxy.py"
