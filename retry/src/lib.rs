@@ -13,6 +13,12 @@
 //! checkpoints, deliveries) and the load generator's writers
 //! (`sshwarden-loadgen`) retry with it, and neither may depend on the other
 //! for it: `pipeline` is pure decision logic and has no business retrying.
+//!
+//! Written here rather than taken from a crate such as `backon`: its
+//! exponential backoff adds a random amount within the current delay on top
+//! of it (waits in `[d, 2d)`, past the cap), which is neither of the two
+//! draws below, and it exposes no bound, which the readers' pacing tests
+//! assert against ([`Backoff::ceiling`]).
 
 use std::time::Duration;
 
