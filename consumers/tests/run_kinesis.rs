@@ -33,7 +33,7 @@
 //! read twice) first waits until the readers counted an end marker written
 //! after the traffic to every shard. The harness is in common/kinesis.rs.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -128,24 +128,12 @@ async fn kill_nine_survivor_takes_over_without_losing_counts() {
     assert_eq!(boundary.rem_euclid(WINDOW_MS), 12_000);
     let traffic = Traffic::brute_force(21, 16, start, 150_000);
     let (before, after) = traffic.split_at(boundary);
-    let landed = h.put(before).await;
-    assert_covers(&landed, 4);
-    let shard_of: HashMap<&str, &str> = before
-        .iter()
-        .zip(&landed)
-        .map(|(r, s)| (r.log_stream.as_str(), s.as_str()))
-        .collect();
+    let (shard_of, written_to) = h.put_covering(before, 4).await;
     let on_victim = |e: &&Expected| {
         holdings["victim"]
             .iter()
-            .any(|k| shard_of.get(e.instance.as_str()) == Some(&k.as_str()))
+            .any(|k| shard_of.get(e.instance.as_str()) == Some(k))
     };
-    // Per instance, the event time up to which the records before the kill go.
-    let mut written_to: HashMap<&str, i64> = HashMap::new();
-    for r in before {
-        let t = written_to.entry(r.log_stream.as_str()).or_insert(i64::MIN);
-        *t = (*t).max(r.last_time_ms);
-    }
     let before_kill = |e: &Expected| {
         written_to
             .get(e.instance.as_str())
@@ -694,11 +682,7 @@ async fn enhanced_fan_out_reads_every_shard() {
         before.len()
     ));
 
-    // The stream's name is unique to this test run, and so is the consumer's.
-    let consumer = format!(
-        "efo-{}",
-        h.stream.strip_prefix("sshwarden-it-").unwrap_or(&h.stream)
-    );
+    let consumer = h.efo_consumer();
     let w = h.spawn_with(
         "w0",
         &Spawn {
@@ -1024,10 +1008,7 @@ async fn enhanced_fan_out_renewals_read_every_record_once() {
     let mut h = Harness::new("efo-renew", 2).await;
     let start = traffic_start(20_000, 30_000);
     let traffic = Traffic::brute_force(83, 10, start, 75_000);
-    let consumer = format!(
-        "efo-{}",
-        h.stream.strip_prefix("sshwarden-it-").unwrap_or(&h.stream)
-    );
+    let consumer = h.efo_consumer();
     let renewing = Spawn {
         args: &[
             "--enhanced-fan-out",
@@ -1099,25 +1080,14 @@ async fn kill_nine_with_the_sfn_sink_starts_one_execution_per_command() {
     let boundary = start + 100_000;
     let traffic = Traffic::brute_force(22, 16, start, 150_000);
     let (before, after) = traffic.split_at(boundary);
-    let landed = h.put(before).await;
-    assert_covers(&landed, 4);
-    let shard_of: HashMap<&str, &str> = before
-        .iter()
-        .zip(&landed)
-        .map(|(r, s)| (r.log_stream.as_str(), s.as_str()))
-        .collect();
-    let mut written_to: HashMap<&str, i64> = HashMap::new();
-    for r in before {
-        let t = written_to.entry(r.log_stream.as_str()).or_insert(i64::MIN);
-        *t = (*t).max(r.last_time_ms);
-    }
+    let (shard_of, written_to) = h.put_covering(before, 4).await;
     let victim_before: Vec<&Expected> = traffic
         .expected
         .iter()
         .filter(|e| {
             holdings["victim"]
                 .iter()
-                .any(|k| shard_of.get(e.instance.as_str()) == Some(&k.as_str()))
+                .any(|k| shard_of.get(e.instance.as_str()) == Some(k))
         })
         .filter(|e| {
             written_to
@@ -1230,10 +1200,7 @@ async fn enhanced_fan_out_idle_renewals_resume_at_the_continuation() {
     let mut h = Harness::new("efo-idle", 2).await;
     let start = traffic_start(20_000, 30_000);
     let traffic = Traffic::brute_force(84, 10, start, 75_000);
-    let consumer = format!(
-        "efo-{}",
-        h.stream.strip_prefix("sshwarden-it-").unwrap_or(&h.stream)
-    );
+    let consumer = h.efo_consumer();
     let w = h.spawn_with(
         "w0",
         &Spawn {

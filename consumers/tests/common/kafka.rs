@@ -190,18 +190,7 @@ pub struct Harness {
     _mock: Option<MockCluster<'static, DefaultProducerContext>>,
 }
 
-impl std::ops::Deref for Harness {
-    type Target = Workers;
-    fn deref(&self) -> &Workers {
-        &self.base
-    }
-}
-
-impl std::ops::DerefMut for Harness {
-    fn deref_mut(&mut self) -> &mut Workers {
-        &mut self.base
-    }
-}
+derefs_to_workers!(Harness);
 
 impl Harness {
     /// A topic on the broker (tansu).

@@ -22,6 +22,25 @@ use sshwarden_pipeline::command::command_id;
 use sshwarden_pipeline::time::format_rfc3339_ms;
 use sshwarden_pipeline::window::SubjectKind;
 
+/// A source's harness keeps its [`Workers`] in a field `base` and derefs
+/// to them, so a test calls `h.spawn(..)` on either source's harness.
+macro_rules! derefs_to_workers {
+    ($harness:ty) => {
+        impl std::ops::Deref for $harness {
+            type Target = Workers;
+            fn deref(&self) -> &Workers {
+                &self.base
+            }
+        }
+
+        impl std::ops::DerefMut for $harness {
+            fn deref_mut(&mut self) -> &mut Workers {
+                &mut self.base
+            }
+        }
+    };
+}
+
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod kinesis;
@@ -37,6 +56,23 @@ pub const MAX_WAIT: Duration = Duration::from_secs(60);
 pub const WINDOW_MS: i64 = 60_000;
 
 pub use sshwarden_testsupport::{http_get, now_ms};
+
+/// Runs `cleanup` (deleting what a test made) on a thread and runtime of
+/// its own, and waits for it: a drop may run inside the test's runtime, or
+/// while it unwinds. Best effort: what fails is left for the emulator's
+/// next restart.
+pub fn clean_up(cleanup: impl std::future::Future<Output = ()> + Send + 'static) {
+    let done = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(cleanup);
+    });
+    let _ = done.join();
+}
 
 /// How long a wait-until-fact loop sleeps between two looks.
 pub const POLL: Duration = Duration::from_millis(100);
