@@ -264,14 +264,7 @@ async fn kill_nine_survivor_takes_over_without_losing_counts() {
             repeats += 1;
         }
     }
-    for e in &straddling {
-        assert_eq!(
-            t.correct_from(&e.id, survivor),
-            1,
-            "{} not issued by the survivor with the window's full counts",
-            e.id
-        );
-    }
+    t.assert_whole_from(&straddling, survivor, "by the survivor");
     h.log(format_args!(
         "victim issued {}, {repeats} of them repeated by the survivor ({} with a closed window's tail only); {} thresholds crossed after the kill in windows the victim had started, with full counts",
         victim_ids.len(),

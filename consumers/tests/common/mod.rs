@@ -290,6 +290,19 @@ impl Tally {
         self.correct.get(id).map_or(0, |v| v[worker])
     }
 
+    /// Each of `expected` issued exactly once by `worker` with its window's
+    /// full counts; `by` names the worker in the message.
+    pub fn assert_whole_from(&self, expected: &[&Expected], worker: usize, by: &str) {
+        for e in expected {
+            assert_eq!(
+                self.correct_from(&e.id, worker),
+                1,
+                "{} not issued {by} with the window's full counts",
+                e.id
+            );
+        }
+    }
+
     /// Nothing unexpected, every expected command issued at least once with
     /// the truth's counts, and every copy with other counts allowed by
     /// `repeat_ok(worker, id)`.
