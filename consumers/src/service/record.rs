@@ -12,7 +12,13 @@ use tracing::{debug, info, warn};
 
 use crate::metrics::{Metrics, ReaderLabel};
 
-/// Where a record was read: names the log fields that say so.
+/// The log targets the readers' own lines had before this step moved here:
+/// `SSHWARDEN_LOG` filters (`sshwarden::source::kinesis::reader=debug`)
+/// still select them.
+const KINESIS: &str = "sshwarden::source::kinesis::reader";
+const KAFKA: &str = "sshwarden::source::kafka::reader";
+
+/// Where a record was read: names the log fields (and target) that say so.
 #[derive(Debug, Clone, Copy)]
 pub enum Place<'a> {
     /// A Kinesis record (`shard`, `sequence`).
@@ -45,19 +51,19 @@ pub fn process(
         }
         Ok(RecordKind::Control) => match place {
             Place::Shard { sequence } => {
-                debug!(shard = %name, sequence, "control message skipped");
+                debug!(target: KINESIS, shard = %name, sequence, "control message skipped");
             }
             Place::Partition { offset } => {
-                debug!(partition = %name, offset, "control message skipped");
+                debug!(target: KAFKA, partition = %name, offset, "control message skipped");
             }
         },
         Err(e) => {
             match place {
                 Place::Shard { sequence } => {
-                    warn!(shard = %name, sequence, error = %e, "record skipped");
+                    warn!(target: KINESIS, shard = %name, sequence, error = %e, "record skipped");
                 }
                 Place::Partition { offset } => {
-                    warn!(partition = %name, offset, error = %e, "message skipped");
+                    warn!(target: KAFKA, partition = %name, offset, error = %e, "message skipped");
                 }
             }
             metrics.error(name, "decode");
@@ -83,10 +89,10 @@ pub fn commands<'d>(
             let name = label.name();
             match place {
                 Place::Shard { .. } => {
-                    info!(shard = %name, rule, ?subject, ?reason, "rule fired, command suppressed");
+                    info!(target: KINESIS, shard = %name, rule, ?subject, ?reason, "rule fired, command suppressed");
                 }
                 Place::Partition { .. } => {
-                    info!(partition = %name, rule, ?subject, ?reason, "rule fired, command suppressed");
+                    info!(target: KAFKA, partition = %name, rule, ?subject, ?reason, "rule fired, command suppressed");
                 }
             }
             None
