@@ -279,8 +279,7 @@ async fn kill_nine_survivor_takes_over_without_losing_counts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_and_merge_read_parents_before_children() {
     let mut h = Harness::new("reshard", 2).await;
-    let w = h.spawn("w0");
-    h.wait_balanced(2, &[2]).await;
+    let w = h.spawn_sole("w0", &Spawn::default()).await;
 
     // The split and the merge both fall inside one window (at 15 s and 40 s).
     let start = traffic_start(50_000, 20_000);
@@ -425,15 +424,16 @@ async fn bad_records_are_skipped_and_counted() {
         e.finish().unwrap()
     };
     let mut h = Harness::new("badrecords", 1).await;
-    let w = h.spawn_with(
-        "w0",
-        &Spawn {
-            args: &["--max-decompressed-bytes", "1048576"],
-            log: Some("info,sshwarden::source::kinesis::reader=debug"),
-            ..Spawn::default()
-        },
-    );
-    h.wait_balanced(1, &[1]).await;
+    let w = h
+        .spawn_sole(
+            "w0",
+            &Spawn {
+                args: &["--max-decompressed-bytes", "1048576"],
+                log: Some("info,sshwarden::source::kinesis::reader=debug"),
+                ..Spawn::default()
+            },
+        )
+        .await;
 
     let start = traffic_start(0, 30_000);
     let traffic = Traffic::brute_force(41, 6, start, 60_000);
@@ -546,8 +546,7 @@ async fn sigterm_releases_leases_for_an_immediate_takeover() {
         ..Spawn::default()
     };
     let mut h = Harness::new("sigterm", 2).await;
-    let first = h.spawn_with("first", &slow);
-    h.wait_balanced(2, &[2]).await;
+    let first = h.spawn_sole("first", &slow).await;
 
     let start = traffic_start(0, 30_000);
     let traffic = Traffic::brute_force(51, 8, start, 60_000);
@@ -615,8 +614,7 @@ async fn sigterm_releases_leases_for_an_immediate_takeover() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_under_the_same_worker_id_resumes_its_shards() {
     let mut h = Harness::new("sameid", 2).await;
-    let first = h.spawn("w0");
-    h.wait_balanced(2, &[2]).await;
+    let first = h.spawn_sole("w0", &Spawn::default()).await;
 
     let start = traffic_start(0, 30_000);
     let traffic = Traffic::brute_force(61, 8, start, 60_000);
@@ -676,15 +674,16 @@ async fn enhanced_fan_out_reads_every_shard() {
     ));
 
     let consumer = h.efo_consumer();
-    let w = h.spawn_with(
-        "w0",
-        &Spawn {
-            args: &["--enhanced-fan-out", &consumer],
-            log: Some("info,aws_sdk_kinesis=debug"),
-            ..Spawn::default()
-        },
-    );
-    h.wait_balanced(2, &[2]).await;
+    let w = h
+        .spawn_sole(
+            "w0",
+            &Spawn {
+                args: &["--enhanced-fan-out", &consumer],
+                log: Some("info,aws_sdk_kinesis=debug"),
+                ..Spawn::default()
+            },
+        )
+        .await;
     let landed = h.put(after).await;
     assert_covers(&landed, 2);
     h.log(format_args!(
@@ -821,8 +820,7 @@ async fn one_worker_reads_paced_traffic_once(
     traffic: &Traffic,
     gap_ms: u64,
 ) -> usize {
-    let w = h.spawn_with("w0", opts);
-    h.wait_balanced(2, &[2]).await;
+    let w = h.spawn_sole("w0", opts).await;
     put_paced(h, &traffic.records, 8, gap_ms).await;
     h.log(format_args!(
         "wrote {} records in 8 batches {gap_ms} ms apart; {} commands expected",
@@ -1194,22 +1192,23 @@ async fn enhanced_fan_out_idle_renewals_resume_at_the_continuation() {
     let start = traffic_start(20_000, 30_000);
     let traffic = Traffic::brute_force(84, 10, start, 75_000);
     let consumer = h.efo_consumer();
-    let w = h.spawn_with(
-        "w0",
-        &Spawn {
-            args: &[
-                "--enhanced-fan-out",
-                &consumer,
-                "--subscription-renew-ms",
-                "3000",
-                "--start-position",
-                "latest",
-            ],
-            log: Some("info,sshwarden::source::kinesis::reader=debug"),
-            ..Spawn::default()
-        },
-    );
-    h.wait_balanced(2, &[2]).await;
+    let w = h
+        .spawn_sole(
+            "w0",
+            &Spawn {
+                args: &[
+                    "--enhanced-fan-out",
+                    &consumer,
+                    "--subscription-renew-ms",
+                    "3000",
+                    "--start-position",
+                    "latest",
+                ],
+                log: Some("info,sshwarden::source::kinesis::reader=debug"),
+                ..Spawn::default()
+            },
+        )
+        .await;
     let d = Deadline::new("two idle renewals on each shard", MAX_WAIT);
     loop {
         h.check_running();

@@ -173,6 +173,8 @@ pub struct Harness {
     pub env: Endpoints,
     pub stream: String,
     pub table: String,
+    /// The shards the stream was created with.
+    pub shards: usize,
     pub kinesis: aws_sdk_kinesis::Client,
     pub dynamo: aws_sdk_dynamodb::Client,
     _cleanup: Cleanup,
@@ -231,6 +233,7 @@ impl Harness {
             env,
             stream,
             table,
+            shards: shards as usize,
             kinesis,
             dynamo,
             _cleanup: cleanup,
@@ -265,6 +268,14 @@ impl Harness {
     /// cooldown and no blast radius.
     pub fn spawn(&mut self, worker_id: &str) -> usize {
         self.spawn_with(worker_id, &Spawn::default())
+    }
+
+    /// Spawns the test's first worker and waits until it holds the lease of
+    /// every shard the stream was created with.
+    pub async fn spawn_sole(&mut self, worker_id: &str, opts: &Spawn<'_>) -> usize {
+        let w = self.spawn_with(worker_id, opts);
+        self.wait_balanced(self.shards, &[self.shards]).await;
+        w
     }
 
     pub fn spawn_with(&mut self, worker_id: &str, opts: &Spawn) -> usize {
