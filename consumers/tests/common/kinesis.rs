@@ -9,7 +9,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::Child;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -182,18 +181,11 @@ pub struct Harness {
 
 derefs_to_workers!(Harness);
 
-static UNIQUE: AtomicU32 = AtomicU32::new(0);
-
 impl Harness {
     /// A new stream of `shards` shards (ACTIVE) and a lease table name.
     pub async fn new(label: &str, shards: i32) -> Harness {
         let env = emulators();
-        let unique = format!(
-            "{label}-{}-{}-{}",
-            std::process::id(),
-            now_ms() % 1_000_000_000,
-            UNIQUE.fetch_add(1, Ordering::Relaxed)
-        );
+        let unique = unique_name(label);
         let stream = format!("sshwarden-it-{unique}");
         let table = format!("sshwarden-it-leases-{unique}");
         let kinesis = aws_sdk_kinesis::Client::new(&sdk_config(&env.kinesis).await);

@@ -74,6 +74,19 @@ pub fn clean_up(cleanup: impl std::future::Future<Output = ()> + Send + 'static)
     let _ = done.join();
 }
 
+/// A name for what one test makes (stream, table, topic, group): `label`
+/// with this process, the clock and a counter, so that neither runs in
+/// parallel nor runs one after the other on the same emulators meet.
+pub fn unique_name(label: &str) -> String {
+    static UNIQUE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!(
+        "{label}-{}-{}-{}",
+        std::process::id(),
+        now_ms() % 1_000_000_000,
+        UNIQUE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
 /// How long a wait-until-fact loop sleeps between two looks.
 pub const POLL: Duration = Duration::from_millis(100);
 
