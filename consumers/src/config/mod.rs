@@ -430,6 +430,44 @@ mod tests {
         assert_eq!(c.window.size_ms, 60_000);
     }
 
+    /// `sshwarden.example.toml` says it lists every option with its
+    /// default: the values it sets are the ones the code applies without
+    /// it (the engine's, and `[run]`'s for either source).
+    #[test]
+    fn the_example_file_states_the_defaults() {
+        let text = include_str!("../../../sshwarden.example.toml");
+        let mut example = from_toml(text).unwrap();
+        // Its rules are the default ones, then one it marks "Not a default".
+        let defaults = EngineConfig::default().policy.rules;
+        assert_eq!(
+            format!("{:?}", &example.policy.rules[..defaults.len()]),
+            format!("{defaults:?}"),
+            "the example file's first rules are not the default rules"
+        );
+        assert_eq!(example.policy.rules.len(), defaults.len() + 1);
+        example.policy.rules.truncate(defaults.len());
+        assert_eq!(
+            format!("{example:?}"),
+            format!("{:?}", EngineConfig::default()),
+            "the example file's engine settings are not the engine's defaults"
+        );
+        // Only what has no default is added (stream, brokers, topic).
+        let required = "stream = \"s\"\nbrokers = \"b\"\ntopic = \"t\"\n";
+        let with_example: FileConfig =
+            toml::from_str(&text.replace("[run]\n", &format!("[run]\n{required}"))).unwrap();
+        let bare: FileConfig = toml::from_str(&format!("[run]\n{required}")).unwrap();
+        assert_eq!(
+            format!("{:?}", resolve_kinesis(with_example.run.clone()).unwrap()),
+            format!("{:?}", resolve_kinesis(bare.run.clone()).unwrap()),
+            "the example file's [run] is not the Kinesis source's defaults"
+        );
+        assert_eq!(
+            format!("{:?}", resolve_kafka(with_example.run).unwrap()),
+            format!("{:?}", resolve_kafka(bare.run).unwrap()),
+            "the example file's [run] is not the Kafka source's defaults"
+        );
+    }
+
     #[test]
     fn bad_config_is_a_clear_error() {
         let err = |t: &str| format!("{:#}", from_toml(t).unwrap_err());
