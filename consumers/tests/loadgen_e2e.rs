@@ -55,24 +55,15 @@ impl Drop for Cleanup {
         }
         let (k, d) = (self.kinesis.clone(), self.dynamodb.clone());
         let (stream, table) = (self.stream.clone(), self.table.clone());
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async {
-                let _ = k
-                    .delete_stream()
-                    .stream_name(stream)
-                    .enforce_consumer_deletion(true)
-                    .send()
-                    .await;
-                let _ = d.delete_table().table_name(table).send().await;
-            });
-        })
-        .join();
+        common::clean_up(async move {
+            let _ = k
+                .delete_stream()
+                .stream_name(stream)
+                .enforce_consumer_deletion(true)
+                .send()
+                .await;
+            let _ = d.delete_table().table_name(table).send().await;
+        });
     }
 }
 

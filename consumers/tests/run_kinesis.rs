@@ -33,7 +33,7 @@
 //! read twice) first waits until the readers counted an end marker written
 //! after the traffic to every shard. The harness is in common/kinesis.rs.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -128,24 +128,12 @@ async fn kill_nine_survivor_takes_over_without_losing_counts() {
     assert_eq!(boundary.rem_euclid(WINDOW_MS), 12_000);
     let traffic = Traffic::brute_force(21, 16, start, 150_000);
     let (before, after) = traffic.split_at(boundary);
-    let landed = h.put(before).await;
-    assert_covers(&landed, 4);
-    let shard_of: HashMap<&str, &str> = before
-        .iter()
-        .zip(&landed)
-        .map(|(r, s)| (r.log_stream.as_str(), s.as_str()))
-        .collect();
+    let (shard_of, written_to) = h.put_covering(before, 4).await;
     let on_victim = |e: &&Expected| {
         holdings["victim"]
             .iter()
-            .any(|k| shard_of.get(e.instance.as_str()) == Some(&k.as_str()))
+            .any(|k| shard_of.get(e.instance.as_str()) == Some(k))
     };
-    // Per instance, the event time up to which the records before the kill go.
-    let mut written_to: HashMap<&str, i64> = HashMap::new();
-    for r in before {
-        let t = written_to.entry(r.log_stream.as_str()).or_insert(i64::MIN);
-        *t = (*t).max(r.last_time_ms);
-    }
     let before_kill = |e: &Expected| {
         written_to
             .get(e.instance.as_str())
@@ -276,14 +264,7 @@ async fn kill_nine_survivor_takes_over_without_losing_counts() {
             repeats += 1;
         }
     }
-    for e in &straddling {
-        assert_eq!(
-            t.correct_from(&e.id, survivor),
-            1,
-            "{} not issued by the survivor with the window's full counts",
-            e.id
-        );
-    }
+    t.assert_whole_from(&straddling, survivor, "by the survivor");
     h.log(format_args!(
         "victim issued {}, {repeats} of them repeated by the survivor ({} with a closed window's tail only); {} thresholds crossed after the kill in windows the victim had started, with full counts",
         victim_ids.len(),
@@ -298,8 +279,7 @@ async fn kill_nine_survivor_takes_over_without_losing_counts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_and_merge_read_parents_before_children() {
     let mut h = Harness::new("reshard", 2).await;
-    let w = h.spawn("w0");
-    h.wait_balanced(2, &[2]).await;
+    let w = h.spawn_sole("w0", &Spawn::default()).await;
 
     // The split and the merge both fall inside one window (at 15 s and 40 s).
     let start = traffic_start(50_000, 20_000);
@@ -444,15 +424,16 @@ async fn bad_records_are_skipped_and_counted() {
         e.finish().unwrap()
     };
     let mut h = Harness::new("badrecords", 1).await;
-    let w = h.spawn_with(
-        "w0",
-        &Spawn {
-            args: &["--max-decompressed-bytes", "1048576"],
-            log: Some("info,sshwarden::source::kinesis::reader=debug"),
-            ..Spawn::default()
-        },
-    );
-    h.wait_balanced(1, &[1]).await;
+    let w = h
+        .spawn_sole(
+            "w0",
+            &Spawn {
+                args: &["--max-decompressed-bytes", "1048576"],
+                log: Some("info,sshwarden::source::kinesis::reader=debug"),
+                ..Spawn::default()
+            },
+        )
+        .await;
 
     let start = traffic_start(0, 30_000);
     let traffic = Traffic::brute_force(41, 6, start, 60_000);
@@ -565,8 +546,7 @@ async fn sigterm_releases_leases_for_an_immediate_takeover() {
         ..Spawn::default()
     };
     let mut h = Harness::new("sigterm", 2).await;
-    let first = h.spawn_with("first", &slow);
-    h.wait_balanced(2, &[2]).await;
+    let first = h.spawn_sole("first", &slow).await;
 
     let start = traffic_start(0, 30_000);
     let traffic = Traffic::brute_force(51, 8, start, 60_000);
@@ -634,8 +614,7 @@ async fn sigterm_releases_leases_for_an_immediate_takeover() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_under_the_same_worker_id_resumes_its_shards() {
     let mut h = Harness::new("sameid", 2).await;
-    let first = h.spawn("w0");
-    h.wait_balanced(2, &[2]).await;
+    let first = h.spawn_sole("w0", &Spawn::default()).await;
 
     let start = traffic_start(0, 30_000);
     let traffic = Traffic::brute_force(61, 8, start, 60_000);
@@ -694,20 +673,17 @@ async fn enhanced_fan_out_reads_every_shard() {
         before.len()
     ));
 
-    // The stream's name is unique to this test run, and so is the consumer's.
-    let consumer = format!(
-        "efo-{}",
-        h.stream.strip_prefix("sshwarden-it-").unwrap_or(&h.stream)
-    );
-    let w = h.spawn_with(
-        "w0",
-        &Spawn {
-            args: &["--enhanced-fan-out", &consumer],
-            log: Some("info,aws_sdk_kinesis=debug"),
-            ..Spawn::default()
-        },
-    );
-    h.wait_balanced(2, &[2]).await;
+    let consumer = h.efo_consumer();
+    let w = h
+        .spawn_sole(
+            "w0",
+            &Spawn {
+                args: &["--enhanced-fan-out", &consumer],
+                log: Some("info,aws_sdk_kinesis=debug"),
+                ..Spawn::default()
+            },
+        )
+        .await;
     let landed = h.put(after).await;
     assert_covers(&landed, 2);
     h.log(format_args!(
@@ -844,8 +820,7 @@ async fn one_worker_reads_paced_traffic_once(
     traffic: &Traffic,
     gap_ms: u64,
 ) -> usize {
-    let w = h.spawn_with("w0", opts);
-    h.wait_balanced(2, &[2]).await;
+    let w = h.spawn_sole("w0", opts).await;
     put_paced(h, &traffic.records, 8, gap_ms).await;
     h.log(format_args!(
         "wrote {} records in 8 batches {gap_ms} ms apart; {} commands expected",
@@ -1024,10 +999,7 @@ async fn enhanced_fan_out_renewals_read_every_record_once() {
     let mut h = Harness::new("efo-renew", 2).await;
     let start = traffic_start(20_000, 30_000);
     let traffic = Traffic::brute_force(83, 10, start, 75_000);
-    let consumer = format!(
-        "efo-{}",
-        h.stream.strip_prefix("sshwarden-it-").unwrap_or(&h.stream)
-    );
+    let consumer = h.efo_consumer();
     let renewing = Spawn {
         args: &[
             "--enhanced-fan-out",
@@ -1099,25 +1071,14 @@ async fn kill_nine_with_the_sfn_sink_starts_one_execution_per_command() {
     let boundary = start + 100_000;
     let traffic = Traffic::brute_force(22, 16, start, 150_000);
     let (before, after) = traffic.split_at(boundary);
-    let landed = h.put(before).await;
-    assert_covers(&landed, 4);
-    let shard_of: HashMap<&str, &str> = before
-        .iter()
-        .zip(&landed)
-        .map(|(r, s)| (r.log_stream.as_str(), s.as_str()))
-        .collect();
-    let mut written_to: HashMap<&str, i64> = HashMap::new();
-    for r in before {
-        let t = written_to.entry(r.log_stream.as_str()).or_insert(i64::MIN);
-        *t = (*t).max(r.last_time_ms);
-    }
+    let (shard_of, written_to) = h.put_covering(before, 4).await;
     let victim_before: Vec<&Expected> = traffic
         .expected
         .iter()
         .filter(|e| {
             holdings["victim"]
                 .iter()
-                .any(|k| shard_of.get(e.instance.as_str()) == Some(&k.as_str()))
+                .any(|k| shard_of.get(e.instance.as_str()) == Some(k))
         })
         .filter(|e| {
             written_to
@@ -1230,26 +1191,24 @@ async fn enhanced_fan_out_idle_renewals_resume_at_the_continuation() {
     let mut h = Harness::new("efo-idle", 2).await;
     let start = traffic_start(20_000, 30_000);
     let traffic = Traffic::brute_force(84, 10, start, 75_000);
-    let consumer = format!(
-        "efo-{}",
-        h.stream.strip_prefix("sshwarden-it-").unwrap_or(&h.stream)
-    );
-    let w = h.spawn_with(
-        "w0",
-        &Spawn {
-            args: &[
-                "--enhanced-fan-out",
-                &consumer,
-                "--subscription-renew-ms",
-                "3000",
-                "--start-position",
-                "latest",
-            ],
-            log: Some("info,sshwarden::source::kinesis::reader=debug"),
-            ..Spawn::default()
-        },
-    );
-    h.wait_balanced(2, &[2]).await;
+    let consumer = h.efo_consumer();
+    let w = h
+        .spawn_sole(
+            "w0",
+            &Spawn {
+                args: &[
+                    "--enhanced-fan-out",
+                    &consumer,
+                    "--subscription-renew-ms",
+                    "3000",
+                    "--start-position",
+                    "latest",
+                ],
+                log: Some("info,sshwarden::source::kinesis::reader=debug"),
+                ..Spawn::default()
+            },
+        )
+        .await;
     let d = Deadline::new("two idle renewals on each shard", MAX_WAIT);
     loop {
         h.check_running();

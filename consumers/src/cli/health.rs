@@ -5,18 +5,23 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
-use crate::config::ConfigArgs;
+use crate::config::{with_default, ConfigArgs, DEFAULT_METRICS_ADDR};
+
+/// `--timeout-ms`'s default.
+const TIMEOUT_MS: u64 = 2000;
 
 #[derive(clap::Args)]
 pub struct HealthArgs {
     /// Ask /readyz (a lease held, the sink reachable) instead of /healthz (the process serves).
     #[arg(long)]
     ready: bool,
-    /// The worker's --metrics-addr; an unspecified address (0.0.0.0) is asked on loopback [default: 127.0.0.1:9464].
-    #[arg(long, env = "SSHWARDEN_METRICS_ADDR")]
+    #[arg(long, env = "SSHWARDEN_METRICS_ADDR", help = with_default(
+        "The worker's --metrics-addr; an unspecified address (0.0.0.0) is asked on loopback",
+        DEFAULT_METRICS_ADDR,
+    ))]
     metrics_addr: Option<std::net::SocketAddr>,
-    /// Give up after this many milliseconds [default: 2000].
-    #[arg(long, env = "SSHWARDEN_HEALTH_TIMEOUT_MS", default_value_t = 2000)]
+    #[arg(long, env = "SSHWARDEN_HEALTH_TIMEOUT_MS", default_value_t = TIMEOUT_MS,
+        help = with_default("Give up after this many milliseconds", TIMEOUT_MS))]
     timeout_ms: u64,
 }
 

@@ -40,7 +40,7 @@ enum Command {
     /// Print one JSON verdict per input line.
     Classify(classify::ClassifyArgs),
     /// The service: consume a Kinesis stream with shard leases in DynamoDB (or a Kafka topic).
-    Run(Box<config::RunFlags>),
+    Run(Box<config::RunOptions>),
     /// Release a quarantined instance: start the release state machine, or restore directly.
     Release(release::ReleaseArgs),
     /// Ask a running worker's /healthz (or /readyz); exit 0 if it answers 200 (container health check).

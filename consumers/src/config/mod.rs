@@ -18,9 +18,10 @@ mod sink;
 mod source;
 
 pub use sink::{BlastRadiusScope, SinkKind, SinkSettings};
-use source::{resolve_kafka, resolve_kinesis, RunSection};
+use source::{resolve_kafka, resolve_kinesis};
 pub use source::{
-    KafkaArgs, KafkaFormat, KinesisArgs, RunFlags, SourceKind, SourceSettings, DEFAULT_METRICS_ADDR,
+    KafkaArgs, KafkaFormat, KinesisArgs, RunOptions, SourceKind, SourceSettings,
+    DEFAULT_METRICS_ADDR,
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -34,7 +35,7 @@ struct FileConfig {
     #[serde(default)]
     input: InputSection,
     #[serde(default)]
-    run: RunSection,
+    run: RunOptions,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -90,6 +91,31 @@ struct InputSection {
     max_future_skew_secs: Option<u64>,
 }
 
+/// A help text that states its default, `text [default: value]`: the
+/// README's configuration reference reads it from there, and `value` is
+/// the constant (or `Default`) the code applies, so each default is
+/// written once.
+pub(crate) fn with_default(text: &str, value: impl std::fmt::Display) -> String {
+    format!("{text} [default: {value}]")
+}
+
+/// The name of an option's default value, as the command line spells it.
+pub(crate) fn enum_default<T: clap::ValueEnum + Default>() -> String {
+    T::default()
+        .to_possible_value()
+        .map(|v| v.get_name().to_owned())
+        .unwrap_or_default()
+}
+
+/// [`with_default`] for an engine setting: the value is read from the
+/// pipeline's `EngineConfig::default()`, where it is written.
+fn engine_default<T: std::fmt::Display>(
+    text: &str,
+    pick: impl FnOnce(&EngineConfig) -> T,
+) -> String {
+    with_default(text, pick(&EngineConfig::default()))
+}
+
 /// Flags shared by every command that runs the pipeline; each also reads
 /// its `SSHWARDEN_*` variable.
 #[derive(Debug, Default, Clone, clap::Args)]
@@ -97,17 +123,26 @@ pub struct ConfigArgs {
     /// TOML configuration file (see sshwarden.example.toml).
     #[arg(long, env = "SSHWARDEN_CONFIG", global = true)]
     pub config: Option<PathBuf>,
-    /// Tumbling window size in seconds [default: 60].
-    #[arg(long, env = "SSHWARDEN_WINDOW_SECS", global = true)]
+    #[arg(long, env = "SSHWARDEN_WINDOW_SECS", global = true, help = engine_default(
+        "Tumbling window size in seconds",
+        |c| c.window.size_ms / 1000,
+    ))]
     pub window_secs: Option<u64>,
-    /// How far behind the newest event time an event may arrive and still count [default: 60].
-    #[arg(long, env = "SSHWARDEN_ALLOWED_LATENESS_SECS", global = true)]
+    #[arg(long, env = "SSHWARDEN_ALLOWED_LATENESS_SECS", global = true, help = engine_default(
+        "How far behind the newest event time an event may arrive and still count",
+        |c| c.window.allowed_lateness_ms / 1000,
+    ))]
     pub allowed_lateness_secs: Option<u64>,
-    /// Threshold for every rule, replacing each rule's own [default: 5].
-    #[arg(long, env = "SSHWARDEN_THRESHOLD", global = true)]
+    #[arg(long, env = "SSHWARDEN_THRESHOLD", global = true, help = engine_default(
+        "Threshold for every rule, replacing each rule's own",
+        // The default rules share one threshold (a test holds them to it).
+        |c| c.policy.rules.iter().map(|r| r.threshold).max().unwrap_or_default(),
+    ))]
     pub threshold: Option<u32>,
-    /// Seconds after a command during which the same subject gets no other [default: 900].
-    #[arg(long, env = "SSHWARDEN_COOLDOWN_SECS", global = true)]
+    #[arg(long, env = "SSHWARDEN_COOLDOWN_SECS", global = true, help = engine_default(
+        "Seconds after a command during which the same subject gets no other",
+        |c| c.policy.cooldown_ms / 1000,
+    ))]
     pub cooldown_secs: Option<u64>,
     /// Instance ids that are never remediated (comma-separated).
     #[arg(
@@ -125,20 +160,30 @@ pub struct ConfigArgs {
         global = true
     )]
     pub allow_sources: Option<Vec<String>>,
-    /// At most this many quarantines per blast-radius period; 0 disables the limit [default: 10].
-    #[arg(long, env = "SSHWARDEN_BLAST_RADIUS_MAX", global = true)]
+    #[arg(long, env = "SSHWARDEN_BLAST_RADIUS_MAX", global = true, help = engine_default(
+        "At most this many quarantines per blast-radius period; 0 disables the limit",
+        |c| c.policy.blast_radius.map_or(0, |b| b.max_quarantines),
+    ))]
     pub blast_radius_max: Option<u32>,
-    /// The blast-radius period in seconds [default: 3600].
-    #[arg(long, env = "SSHWARDEN_BLAST_RADIUS_PERIOD_SECS", global = true)]
+    #[arg(long, env = "SSHWARDEN_BLAST_RADIUS_PERIOD_SECS", global = true, help = engine_default(
+        "The blast-radius period in seconds",
+        |c| c.policy.blast_radius.map_or(0, |b| b.period_ms / 1000),
+    ))]
     pub blast_radius_period_secs: Option<u64>,
-    /// Live source addresses kept in windows before the oldest is evicted [default: 250000].
-    #[arg(long, env = "SSHWARDEN_MAX_SOURCES", global = true)]
+    #[arg(long, env = "SSHWARDEN_MAX_SOURCES", global = true, help = engine_default(
+        "Live source addresses kept in windows before the oldest is evicted",
+        |c| c.window.max_sources,
+    ))]
     pub max_sources: Option<usize>,
-    /// Live instances kept in windows before the oldest is evicted [default: 100000].
-    #[arg(long, env = "SSHWARDEN_MAX_INSTANCES", global = true)]
+    #[arg(long, env = "SSHWARDEN_MAX_INSTANCES", global = true, help = engine_default(
+        "Live instances kept in windows before the oldest is evicted",
+        |c| c.window.max_instances,
+    ))]
     pub max_instances: Option<usize>,
-    /// Largest decompressed record accepted, in bytes [default: 67108864].
-    #[arg(long, env = "SSHWARDEN_MAX_DECOMPRESSED_BYTES", global = true)]
+    #[arg(long, env = "SSHWARDEN_MAX_DECOMPRESSED_BYTES", global = true, help = engine_default(
+        "Largest decompressed record accepted, in bytes",
+        |c| c.max_decompressed,
+    ))]
     pub max_decompressed_bytes: Option<usize>,
 }
 
@@ -151,13 +196,13 @@ impl ConfigArgs {
     /// The engine configuration and the source's settings, from one read of the file.
     pub fn source_config(
         &self,
-        flags: &RunFlags,
+        flags: &RunOptions,
     ) -> anyhow::Result<(EngineConfig, SourceSettings)> {
         let mut file = self.file()?;
-        let run = std::mem::take(&mut file.run);
-        let source = match flags.source.or(run.source).unwrap_or_default() {
-            SourceKind::Kinesis => SourceSettings::Kinesis(resolve_kinesis(flags, run)?),
-            SourceKind::Kafka => SourceSettings::Kafka(resolve_kafka(flags, run)?),
+        let run = flags.clone().or(std::mem::take(&mut file.run));
+        let source = match run.source.unwrap_or_default() {
+            SourceKind::Kinesis => SourceSettings::Kinesis(resolve_kinesis(run)?),
+            SourceKind::Kafka => SourceSettings::Kafka(resolve_kafka(run)?),
         };
         Ok((self.engine_config_from(file)?, source))
     }
@@ -383,6 +428,44 @@ mod tests {
         let c = from_toml(text).unwrap();
         assert_eq!(c.policy.rules.len(), 4);
         assert_eq!(c.window.size_ms, 60_000);
+    }
+
+    /// `sshwarden.example.toml` says it lists every option with its
+    /// default: the values it sets are the ones the code applies without
+    /// it (the engine's, and `[run]`'s for either source).
+    #[test]
+    fn the_example_file_states_the_defaults() {
+        let text = include_str!("../../../sshwarden.example.toml");
+        let mut example = from_toml(text).unwrap();
+        // Its rules are the default ones, then one it marks "Not a default".
+        let defaults = EngineConfig::default().policy.rules;
+        assert_eq!(
+            format!("{:?}", &example.policy.rules[..defaults.len()]),
+            format!("{defaults:?}"),
+            "the example file's first rules are not the default rules"
+        );
+        assert_eq!(example.policy.rules.len(), defaults.len() + 1);
+        example.policy.rules.truncate(defaults.len());
+        assert_eq!(
+            format!("{example:?}"),
+            format!("{:?}", EngineConfig::default()),
+            "the example file's engine settings are not the engine's defaults"
+        );
+        // Only what has no default is added (stream, brokers, topic).
+        let required = "stream = \"s\"\nbrokers = \"b\"\ntopic = \"t\"\n";
+        let with_example: FileConfig =
+            toml::from_str(&text.replace("[run]\n", &format!("[run]\n{required}"))).unwrap();
+        let bare: FileConfig = toml::from_str(&format!("[run]\n{required}")).unwrap();
+        assert_eq!(
+            format!("{:?}", resolve_kinesis(with_example.run.clone()).unwrap()),
+            format!("{:?}", resolve_kinesis(bare.run.clone()).unwrap()),
+            "the example file's [run] is not the Kinesis source's defaults"
+        );
+        assert_eq!(
+            format!("{:?}", resolve_kafka(with_example.run).unwrap()),
+            format!("{:?}", resolve_kafka(bare.run).unwrap()),
+            "the example file's [run] is not the Kafka source's defaults"
+        );
     }
 
     #[test]

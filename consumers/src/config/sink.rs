@@ -1,10 +1,11 @@
 //! The sink's settings, whichever source feeds it: which sink, its targets,
 //! and where the blast-radius limit is counted. Read by [`crate::sink`].
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SinkKind {
     /// One JSON command per line on stdout (dry run).
+    #[default]
     Stdout,
     /// Step Functions StartExecution on the quarantine state machine.
     Sfn,

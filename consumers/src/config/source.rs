@@ -8,52 +8,30 @@ use anyhow::Context;
 use serde::Deserialize;
 
 use super::sink::{BlastRadiusScope, SinkKind, SinkSettings};
+use super::{enum_default, with_default};
 
-/// `[run]`: the service's settings; flags and `SSHWARDEN_*` win over these.
-#[derive(Debug, Default, Deserialize)]
+/// `sshwarden run`'s options, one struct for both places they come from:
+/// clap reads flags and `SSHWARDEN_*` variables, serde reads the `[run]`
+/// section of the file, and [`RunOptions::or`] puts the first over the
+/// second. A default is written once, as a constant below (or an enum's
+/// `Default`): the help text states it through [`with_default`] (and so the
+/// README's configuration reference) and the resolvers apply it.
+#[derive(Debug, Default, Clone, clap::Args, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RunSection {
-    pub(super) stream: Option<String>,
-    pub(super) lease_table: Option<String>,
-    pub(super) worker_id: Option<String>,
-    pub(super) sink: Option<SinkKind>,
-    pub(super) state_machine_arn: Option<String>,
-    pub(super) quarantine_group_id: Option<String>,
-    pub(super) topic_arn: Option<String>,
-    pub(super) blast_radius_scope: Option<BlastRadiusScope>,
-    pub(super) blast_radius_table: Option<String>,
-    pub(super) start_position: Option<String>,
-    pub(super) enhanced_fan_out: Option<String>,
-    pub(super) failover_ms: Option<u64>,
-    pub(super) shard_sync_ms: Option<u64>,
-    pub(super) checkpoint_ms: Option<u64>,
-    pub(super) idle_poll_ms: Option<u64>,
-    pub(super) subscription_renew_ms: Option<u64>,
-    pub(super) shutdown_secs: Option<u64>,
-    pub(super) metrics_addr: Option<SocketAddr>,
-    pub(super) source: Option<SourceKind>,
-    pub(super) brokers: Option<String>,
-    pub(super) topic: Option<String>,
-    pub(super) group: Option<String>,
-    pub(super) kafka_format: Option<KafkaFormat>,
-    pub(super) kafka_options: Option<std::collections::BTreeMap<String, String>>,
-}
-
-/// `sshwarden run`'s flags; each also reads its `SSHWARDEN_*` variable and
-/// falls back to the `[run]` section of the config file, then the default.
-#[derive(Debug, Default, Clone, clap::Args)]
-pub struct RunFlags {
+pub struct RunOptions {
     /// The Kinesis stream to consume (required here, in SSHWARDEN_STREAM or in [run]).
     #[arg(long, env = "SSHWARDEN_STREAM")]
     pub stream: Option<String>,
-    /// DynamoDB lease table, created if absent (on-demand billing) [default: sshwarden-leases].
-    #[arg(long, env = "SSHWARDEN_LEASE_TABLE")]
+    #[arg(long, env = "SSHWARDEN_LEASE_TABLE", help = with_default(
+        "DynamoDB lease table, created if absent (on-demand billing)",
+        DEFAULT_LEASE_TABLE,
+    ))]
     pub lease_table: Option<String>,
     /// This worker's id in the lease table [default: host name + random suffix].
     #[arg(long, env = "SSHWARDEN_WORKER_ID")]
     pub worker_id: Option<String>,
-    /// Where commands go [default: stdout].
-    #[arg(long, env = "SSHWARDEN_SINK", value_enum)]
+    #[arg(long, env = "SSHWARDEN_SINK", value_enum,
+        help = with_default("Where commands go", enum_default::<SinkKind>()))]
     pub sink: Option<SinkKind>,
     /// The quarantine state machine (with `--sink sfn`).
     #[arg(long, env = "SSHWARDEN_STATE_MACHINE_ARN")]
@@ -64,41 +42,59 @@ pub struct RunFlags {
     /// The SNS topic for notifications (with `--sink direct`).
     #[arg(long, env = "SSHWARDEN_TOPIC_ARN")]
     pub topic_arn: Option<String>,
-    /// Where the blast-radius limit holds: fleet (every worker, counters in DynamoDB; with --sink sfn or direct) or shard [default: fleet].
-    #[arg(long, env = "SSHWARDEN_BLAST_RADIUS_SCOPE", value_enum)]
+    #[arg(long, env = "SSHWARDEN_BLAST_RADIUS_SCOPE", value_enum, help = with_default(
+        "Where the blast-radius limit holds: fleet (every worker, counters in DynamoDB; with --sink sfn or direct) or shard",
+        enum_default::<BlastRadiusScope>(),
+    ))]
     pub blast_radius_scope: Option<BlastRadiusScope>,
-    /// DynamoDB table of the fleet-wide blast-radius counters, created if absent [default: <lease table>-blast-radius].
-    #[arg(long, env = "SSHWARDEN_BLAST_RADIUS_TABLE")]
+    #[arg(long, env = "SSHWARDEN_BLAST_RADIUS_TABLE", help = with_default(
+        "DynamoDB table of the fleet-wide blast-radius counters, created if absent",
+        format_args!("<lease table>{BLAST_RADIUS_TABLE_SUFFIX}"),
+    ))]
     pub blast_radius_table: Option<String>,
-    /// Where a shard without a checkpoint starts: trim-horizon, latest or at-timestamp:RFC3339 [default: trim-horizon].
-    #[arg(long, env = "SSHWARDEN_START_POSITION")]
+    #[arg(long, env = "SSHWARDEN_START_POSITION", help = with_default(
+        "Where a shard without a checkpoint starts: trim-horizon, latest or at-timestamp:RFC3339",
+        DEFAULT_START_POSITION,
+    ))]
     pub start_position: Option<String>,
     /// Use enhanced fan-out (SubscribeToShard) with this consumer name.
     #[arg(long, env = "SSHWARDEN_ENHANCED_FAN_OUT")]
     pub enhanced_fan_out: Option<String>,
-    /// A lease whose counter has not moved for this long is taken over [default: 10000].
-    #[arg(long, env = "SSHWARDEN_FAILOVER_MS")]
+    #[arg(long, env = "SSHWARDEN_FAILOVER_MS", help = with_default(
+        "A lease whose counter has not moved for this long is taken over",
+        DEFAULT_FAILOVER_MS,
+    ))]
     pub failover_ms: Option<u64>,
-    /// How often the shard list is re-read [default: 30000].
-    #[arg(long, env = "SSHWARDEN_SHARD_SYNC_MS")]
+    #[arg(long, env = "SSHWARDEN_SHARD_SYNC_MS",
+        help = with_default("How often the shard list is re-read", DEFAULT_SHARD_SYNC_MS))]
     pub shard_sync_ms: Option<u64>,
-    /// How often a shard writes its checkpoint [default: 5000].
-    #[arg(long, env = "SSHWARDEN_CHECKPOINT_MS")]
+    #[arg(long, env = "SSHWARDEN_CHECKPOINT_MS",
+        help = with_default("How often a shard writes its checkpoint", DEFAULT_CHECKPOINT_MS))]
     pub checkpoint_ms: Option<u64>,
-    /// Pause between GetRecords calls on a caught-up shard [default: 1000].
-    #[arg(long, env = "SSHWARDEN_IDLE_POLL_MS")]
+    #[arg(long, env = "SSHWARDEN_IDLE_POLL_MS", help = with_default(
+        "Pause between GetRecords calls on a caught-up shard",
+        DEFAULT_IDLE_POLL_MS,
+    ))]
     pub idle_poll_ms: Option<u64>,
-    /// Advanced: with enhanced fan-out, renew each shard's subscription after this long; Kinesis ends them after 5 minutes [default: 290000].
-    #[arg(long, env = "SSHWARDEN_SUBSCRIPTION_RENEW_MS")]
+    #[arg(long, env = "SSHWARDEN_SUBSCRIPTION_RENEW_MS", help = with_default(
+        "Advanced: with enhanced fan-out, renew each shard's subscription after this long; Kinesis ends them after 5 minutes",
+        DEFAULT_SUBSCRIPTION_RENEW_MS,
+    ))]
     pub subscription_renew_ms: Option<u64>,
-    /// On SIGTERM, drain, checkpoint and release within this many seconds (ECS gives 30) [default: 25].
-    #[arg(long, env = "SSHWARDEN_SHUTDOWN_SECS")]
+    #[arg(long, env = "SSHWARDEN_SHUTDOWN_SECS", help = with_default(
+        "On SIGTERM, drain, checkpoint and release within this many seconds (ECS gives 30)",
+        DEFAULT_SHUTDOWN_SECS,
+    ))]
     pub shutdown_secs: Option<u64>,
-    /// Address of /metrics, /healthz and /readyz [default: 127.0.0.1:9464].
-    #[arg(long, env = "SSHWARDEN_METRICS_ADDR")]
+    #[arg(long, env = "SSHWARDEN_METRICS_ADDR", help = with_default(
+        "Address of /metrics, /healthz and /readyz",
+        DEFAULT_METRICS_ADDR,
+    ))]
     pub metrics_addr: Option<SocketAddr>,
-    /// Where the logs come from; kafka needs a build with `--features kafka` [default: kinesis].
-    #[arg(long, env = "SSHWARDEN_SOURCE", value_enum)]
+    #[arg(long, env = "SSHWARDEN_SOURCE", value_enum, help = with_default(
+        "Where the logs come from; kafka needs a build with `--features kafka`",
+        enum_default::<SourceKind>(),
+    ))]
     pub source: Option<SourceKind>,
     /// Kafka bootstrap servers, HOST:PORT[,HOST:PORT...] (with `--source kafka`).
     #[arg(long, env = "SSHWARDEN_BROKERS")]
@@ -106,11 +102,15 @@ pub struct RunFlags {
     /// The Kafka topic to consume (with `--source kafka`).
     #[arg(long, env = "SSHWARDEN_TOPIC")]
     pub topic: Option<String>,
-    /// The Kafka consumer group; its committed offsets are the checkpoints [default: sshwarden].
-    #[arg(long, env = "SSHWARDEN_GROUP")]
+    #[arg(long, env = "SSHWARDEN_GROUP", help = with_default(
+        "The Kafka consumer group; its committed offsets are the checkpoints",
+        DEFAULT_GROUP,
+    ))]
     pub group: Option<String>,
-    /// What Kafka messages carry: payloads (CloudWatch subscription, gzip or JSON), lines (raw sshd lines, key = instance id) or auto (per message) [default: auto].
-    #[arg(long, env = "SSHWARDEN_KAFKA_FORMAT", value_enum)]
+    #[arg(long, env = "SSHWARDEN_KAFKA_FORMAT", value_enum, help = with_default(
+        "What Kafka messages carry: payloads (CloudWatch subscription, gzip or JSON), lines (raw sshd lines, key = instance id) or auto (per message)",
+        enum_default::<KafkaFormat>(),
+    ))]
     pub kafka_format: Option<KafkaFormat>,
     /// A librdkafka setting, KEY=VALUE (repeatable; e.g. security.protocol=ssl, session.timeout.ms=10000).
     #[arg(
@@ -118,8 +118,79 @@ pub struct RunFlags {
         env = "SSHWARDEN_KAFKA_OPTIONS",
         value_delimiter = ','
     )]
+    #[serde(skip)]
     pub kafka_options: Option<Vec<String>>,
+    /// The file's form of `--kafka-option`: `[run] kafka_options`, a table
+    /// of librdkafka settings (applied before the flags', so those win).
+    #[arg(skip)]
+    #[serde(rename = "kafka_options")]
+    pub kafka_option_table: Option<std::collections::BTreeMap<String, String>>,
 }
+
+impl RunOptions {
+    /// Each option from `self` (flags, environment), else from `lower`
+    /// (the file). The struct literal names every field, so an option
+    /// added without its layering does not compile.
+    pub fn or(self, lower: RunOptions) -> RunOptions {
+        macro_rules! over {
+            ($($field:ident),* $(,)?) => {
+                RunOptions { $($field: self.$field.or(lower.$field)),* }
+            };
+        }
+        over!(
+            stream,
+            lease_table,
+            worker_id,
+            sink,
+            state_machine_arn,
+            quarantine_group_id,
+            topic_arn,
+            blast_radius_scope,
+            blast_radius_table,
+            start_position,
+            enhanced_fan_out,
+            failover_ms,
+            shard_sync_ms,
+            checkpoint_ms,
+            idle_poll_ms,
+            subscription_renew_ms,
+            shutdown_secs,
+            metrics_addr,
+            source,
+            brokers,
+            topic,
+            group,
+            kafka_format,
+            kafka_options,
+            kafka_option_table,
+        )
+    }
+}
+
+/// `--lease-table`'s default.
+pub const DEFAULT_LEASE_TABLE: &str = "sshwarden-leases";
+/// The fleet-wide blast-radius table, unless configured, is the lease table
+/// (Kinesis) or the consumer group (Kafka) with this suffix.
+pub const BLAST_RADIUS_TABLE_SUFFIX: &str = "-blast-radius";
+/// `--start-position`'s default (for both sources).
+pub const DEFAULT_START_POSITION: &str = "trim-horizon";
+/// `--failover-ms`'s default.
+pub const DEFAULT_FAILOVER_MS: u64 = 10_000;
+/// `--shard-sync-ms`'s default.
+pub const DEFAULT_SHARD_SYNC_MS: u64 = 30_000;
+/// `--checkpoint-ms`'s default (for both sources).
+pub const DEFAULT_CHECKPOINT_MS: u64 = 5_000;
+/// `--idle-poll-ms`'s default (for both sources).
+pub const DEFAULT_IDLE_POLL_MS: u64 = 1_000;
+/// `--subscription-renew-ms`'s default: under Kinesis' 5 minutes.
+pub const DEFAULT_SUBSCRIPTION_RENEW_MS: u64 = 290_000;
+/// `--shutdown-secs`'s default: under the 30 s ECS gives.
+pub const DEFAULT_SHUTDOWN_SECS: u64 = 25;
+/// Where `/metrics`, `/healthz` and `/readyz` listen unless configured.
+pub const DEFAULT_METRICS_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);
+/// `--group`'s default.
+pub const DEFAULT_GROUP: &str = "sshwarden";
 
 /// Where `sshwarden run` reads logs from.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
@@ -179,7 +250,7 @@ pub enum SourceSettings {
 
 /// The Kinesis source's settings (`sshwarden run`, `--source kinesis`),
 /// resolved from flags, environment and the `[run]` section of the config
-/// file (see [`RunFlags`]).
+/// file (see [`RunOptions`]).
 #[derive(Debug, Clone)]
 pub struct KinesisArgs {
     /// The Kinesis stream to consume.
@@ -211,100 +282,77 @@ pub struct KinesisArgs {
     pub metrics_addr: SocketAddr,
 }
 
-/// Where `/metrics`, `/healthz` and `/readyz` listen unless configured.
-pub const DEFAULT_METRICS_ADDR: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);
-
-pub(super) fn resolve_kinesis(f: &RunFlags, r: RunSection) -> anyhow::Result<KinesisArgs> {
-    let lease_table = f
+/// The Kinesis source's settings from layered options (see [`RunOptions::or`]).
+pub(super) fn resolve_kinesis(o: RunOptions) -> anyhow::Result<KinesisArgs> {
+    let lease_table = o
         .lease_table
         .clone()
-        .or(r.lease_table.clone())
-        .unwrap_or_else(|| "sshwarden-leases".into());
-    let sink = resolve_sink(f, &r, &format!("{lease_table}-blast-radius"));
-    let stream = f
-        .stream
-        .clone()
-        .or(r.stream)
-        .filter(|s| !s.is_empty())
-        .context(
-            "no stream to consume: give --stream, SSHWARDEN_STREAM or stream in the [run] section",
-        )?;
+        .unwrap_or_else(|| DEFAULT_LEASE_TABLE.into());
+    let sink = resolve_sink(&o, &lease_table);
+    let stream = o.stream.filter(|s| !s.is_empty()).context(
+        "no stream to consume: give --stream, SSHWARDEN_STREAM or stream in the [run] section",
+    )?;
     Ok(KinesisArgs {
         sink,
         stream,
         lease_table,
-        worker_id: f.worker_id.clone().or(r.worker_id),
-        start_position: f
+        worker_id: o.worker_id,
+        start_position: o
             .start_position
-            .clone()
-            .or(r.start_position)
-            .unwrap_or_else(|| "trim-horizon".into()),
-        enhanced_fan_out: f.enhanced_fan_out.clone().or(r.enhanced_fan_out),
-        failover_ms: f.failover_ms.or(r.failover_ms).unwrap_or(10_000),
-        shard_sync_ms: f.shard_sync_ms.or(r.shard_sync_ms).unwrap_or(30_000),
-        checkpoint_ms: f.checkpoint_ms.or(r.checkpoint_ms).unwrap_or(5_000),
-        idle_poll_ms: f.idle_poll_ms.or(r.idle_poll_ms).unwrap_or(1_000),
-        subscription_renew_ms: f
+            .unwrap_or_else(|| DEFAULT_START_POSITION.into()),
+        enhanced_fan_out: o.enhanced_fan_out,
+        failover_ms: o.failover_ms.unwrap_or(DEFAULT_FAILOVER_MS),
+        shard_sync_ms: o.shard_sync_ms.unwrap_or(DEFAULT_SHARD_SYNC_MS),
+        checkpoint_ms: o.checkpoint_ms.unwrap_or(DEFAULT_CHECKPOINT_MS),
+        idle_poll_ms: o.idle_poll_ms.unwrap_or(DEFAULT_IDLE_POLL_MS),
+        subscription_renew_ms: o
             .subscription_renew_ms
-            .or(r.subscription_renew_ms)
-            .unwrap_or(290_000),
-        shutdown_secs: f.shutdown_secs.or(r.shutdown_secs).unwrap_or(25),
-        metrics_addr: f
-            .metrics_addr
-            .or(r.metrics_addr)
-            .unwrap_or(DEFAULT_METRICS_ADDR),
+            .unwrap_or(DEFAULT_SUBSCRIPTION_RENEW_MS),
+        shutdown_secs: o.shutdown_secs.unwrap_or(DEFAULT_SHUTDOWN_SECS),
+        metrics_addr: o.metrics_addr.unwrap_or(DEFAULT_METRICS_ADDR),
     })
 }
 
-/// The sink settings shared by both sources; `default_table` names the
-/// fleet-wide blast-radius table when none is configured.
-fn resolve_sink(f: &RunFlags, r: &RunSection, default_table: &str) -> SinkSettings {
+/// The sink settings shared by both sources; `table_prefix` (the lease
+/// table or the consumer group) names the fleet-wide blast-radius table
+/// when none is configured.
+fn resolve_sink(o: &RunOptions, table_prefix: &str) -> SinkSettings {
     SinkSettings {
-        kind: f.sink.or(r.sink).unwrap_or(SinkKind::Stdout),
-        state_machine_arn: f
-            .state_machine_arn
-            .clone()
-            .or_else(|| r.state_machine_arn.clone()),
-        quarantine_group_id: f
-            .quarantine_group_id
-            .clone()
-            .or_else(|| r.quarantine_group_id.clone()),
-        topic_arn: f.topic_arn.clone().or_else(|| r.topic_arn.clone()),
-        blast_radius_scope: f
-            .blast_radius_scope
-            .or(r.blast_radius_scope)
-            .unwrap_or_default(),
-        blast_radius_table: f
+        kind: o.sink.unwrap_or_default(),
+        state_machine_arn: o.state_machine_arn.clone(),
+        quarantine_group_id: o.quarantine_group_id.clone(),
+        topic_arn: o.topic_arn.clone(),
+        blast_radius_scope: o.blast_radius_scope.unwrap_or_default(),
+        blast_radius_table: o
             .blast_radius_table
             .clone()
-            .or_else(|| r.blast_radius_table.clone())
-            .unwrap_or_else(|| default_table.to_owned()),
+            .unwrap_or_else(|| format!("{table_prefix}{BLAST_RADIUS_TABLE_SUFFIX}")),
     }
 }
 
-pub(super) fn resolve_kafka(f: &RunFlags, r: RunSection) -> anyhow::Result<KafkaArgs> {
-    let group = f
+/// The Kafka source's settings from layered options (see [`RunOptions::or`]).
+pub(super) fn resolve_kafka(o: RunOptions) -> anyhow::Result<KafkaArgs> {
+    let group = o
         .group
         .clone()
-        .or(r.group.clone())
         .filter(|g| !g.is_empty())
-        .unwrap_or_else(|| "sshwarden".into());
-    let sink = resolve_sink(f, &r, &format!("{group}-blast-radius"));
-    let need = |flag: Option<String>, file: Option<String>, what: &str| {
-        flag.or(file)
-            .filter(|s| !s.trim().is_empty())
-            .with_context(|| {
-                format!(
-                    "--source kafka needs --{what} (SSHWARDEN_{} or {} in the [run] section)",
-                    what.to_uppercase(),
-                    what
-                )
-            })
+        .unwrap_or_else(|| DEFAULT_GROUP.into());
+    let sink = resolve_sink(&o, &group);
+    let need = |value: Option<String>, what: &str| {
+        value.filter(|s| !s.trim().is_empty()).with_context(|| {
+            format!(
+                "--source kafka needs --{what} (SSHWARDEN_{} or {} in the [run] section)",
+                what.to_uppercase(),
+                what
+            )
+        })
     };
-    let mut options: Vec<(String, String)> =
-        r.kafka_options.unwrap_or_default().into_iter().collect();
-    for kv in f.kafka_options.iter().flatten() {
+    let mut options: Vec<(String, String)> = o
+        .kafka_option_table
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    for kv in o.kafka_options.iter().flatten() {
         let kv = kv.trim();
         if kv.is_empty() {
             continue;
@@ -316,24 +364,19 @@ pub(super) fn resolve_kafka(f: &RunFlags, r: RunSection) -> anyhow::Result<Kafka
     }
     Ok(KafkaArgs {
         sink,
-        brokers: need(f.brokers.clone(), r.brokers, "brokers")?,
-        topic: need(f.topic.clone(), r.topic, "topic")?,
+        brokers: need(o.brokers, "brokers")?,
+        topic: need(o.topic, "topic")?,
         group,
-        format: f.kafka_format.or(r.kafka_format).unwrap_or_default(),
+        format: o.kafka_format.unwrap_or_default(),
         options,
-        worker_id: f.worker_id.clone().or(r.worker_id),
-        start_position: f
+        worker_id: o.worker_id,
+        start_position: o
             .start_position
-            .clone()
-            .or(r.start_position)
-            .unwrap_or_else(|| "trim-horizon".into()),
-        checkpoint_ms: f.checkpoint_ms.or(r.checkpoint_ms).unwrap_or(5_000),
-        idle_poll_ms: f.idle_poll_ms.or(r.idle_poll_ms).unwrap_or(1_000),
-        shutdown_secs: f.shutdown_secs.or(r.shutdown_secs).unwrap_or(25),
-        metrics_addr: f
-            .metrics_addr
-            .or(r.metrics_addr)
-            .unwrap_or(DEFAULT_METRICS_ADDR),
+            .unwrap_or_else(|| DEFAULT_START_POSITION.into()),
+        checkpoint_ms: o.checkpoint_ms.unwrap_or(DEFAULT_CHECKPOINT_MS),
+        idle_poll_ms: o.idle_poll_ms.unwrap_or(DEFAULT_IDLE_POLL_MS),
+        shutdown_secs: o.shutdown_secs.unwrap_or(DEFAULT_SHUTDOWN_SECS),
+        metrics_addr: o.metrics_addr.unwrap_or(DEFAULT_METRICS_ADDR),
     })
 }
 
@@ -347,11 +390,11 @@ pub(crate) mod tests {
             "[run]\nstream = \"from-file\"\nsink = \"sfn\"\nfailover_ms = 3000\nmetrics_addr = \"127.0.0.1:9999\"",
         )
         .unwrap();
-        let flags = RunFlags {
+        let flags = RunOptions {
             failover_ms: Some(4000),
-            ..RunFlags::default()
+            ..RunOptions::default()
         };
-        let r = resolve_kinesis(&flags, file.run).unwrap();
+        let r = resolve_kinesis(flags.or(file.run)).unwrap();
         assert_eq!(r.stream, "from-file");
         assert_eq!(r.sink.kind, SinkKind::Sfn);
         assert_eq!(r.failover_ms, 4000, "the flag wins");
@@ -368,7 +411,7 @@ pub(crate) mod tests {
             "[run]\nstream = \"s\"\nsink = \"direct\"\nquarantine_group_id = \"sg-0123456789abcdef0\"\ntopic_arn = \"arn:aws:sns:us-east-1:123456789012:t\"\nblast_radius_scope = \"shard\"\nblast_radius_table = \"counters\"",
         )
         .unwrap();
-        let r = resolve_kinesis(&RunFlags::default(), file.run).unwrap();
+        let r = resolve_kinesis(file.run).unwrap();
         assert_eq!(r.sink.kind, SinkKind::Direct);
         assert_eq!(
             r.sink.quarantine_group_id.as_deref(),
@@ -384,12 +427,10 @@ pub(crate) mod tests {
         let file: super::super::FileConfig =
             toml::from_str("[run]\nstream = \"s\"\nsubscription_renew_ms = 3000").unwrap();
         assert_eq!(
-            resolve_kinesis(&RunFlags::default(), file.run)
-                .unwrap()
-                .subscription_renew_ms,
+            resolve_kinesis(file.run).unwrap().subscription_renew_ms,
             3000
         );
-        let err = resolve_kinesis(&RunFlags::default(), RunSection::default()).unwrap_err();
+        let err = resolve_kinesis(RunOptions::default()).unwrap_err();
         assert!(err.to_string().contains("no stream to consume"));
         assert!(toml::from_str::<super::super::FileConfig>("[run]\nstreem = \"x\"").is_err());
     }
@@ -402,12 +443,12 @@ pub(crate) mod tests {
         )
         .unwrap();
         assert_eq!(file.run.source, Some(SourceKind::Kafka));
-        let flags = RunFlags {
+        let flags = RunOptions {
             topic: Some("from-flag".into()),
             kafka_options: Some(vec!["fetch.wait.max.ms=50".into()]),
-            ..RunFlags::default()
+            ..RunOptions::default()
         };
-        let k = resolve_kafka(&flags, file.run).unwrap();
+        let k = resolve_kafka(flags.or(file.run)).unwrap();
         assert_eq!(k.topic, "from-flag", "the flag wins");
         assert_eq!(k.brokers, "127.0.0.1:9092");
         assert_eq!(k.group, "sshwarden");
@@ -419,18 +460,18 @@ pub(crate) mod tests {
                 ("fetch.wait.max.ms".to_owned(), "50".to_owned())
             ]
         );
-        let err = resolve_kafka(&RunFlags::default(), RunSection::default()).unwrap_err();
+        let err = resolve_kafka(RunOptions::default()).unwrap_err();
         assert!(
             err.to_string().contains("--source kafka needs --brokers"),
             "{err}"
         );
-        let bad = RunFlags {
+        let bad = RunOptions {
             brokers: Some("b".into()),
             topic: Some("t".into()),
             kafka_options: Some(vec!["novalue".into()]),
-            ..RunFlags::default()
+            ..RunOptions::default()
         };
-        let err = resolve_kafka(&bad, RunSection::default()).unwrap_err();
+        let err = resolve_kafka(bad).unwrap_err();
         assert!(err.to_string().contains("expected KEY=VALUE"), "{err}");
     }
 
@@ -448,8 +489,9 @@ pub(crate) mod tests {
             .collect()
     }
 
-    /// A default is written twice: in the help text (the reference) and in
-    /// the code that resolves it. Changing one without the other fails here.
+    /// A default is written once, as a constant both the help text (the
+    /// reference) and the resolvers use; a resolver that stops using it
+    /// (or a help text that stops stating it) fails here.
     #[test]
     fn help_text_defaults_are_the_resolved_defaults() {
         use clap::{Args, ValueEnum};
@@ -458,11 +500,11 @@ pub(crate) mod tests {
         };
         let section: super::super::FileConfig =
             toml::from_str("[run]\nstream = \"s\"\nbrokers = \"b\"\ntopic = \"t\"").unwrap();
-        let k = resolve_kinesis(&RunFlags::default(), section.run).unwrap();
+        let k = resolve_kinesis(section.run).unwrap();
         let section: super::super::FileConfig =
             toml::from_str("[run]\nstream = \"s\"\nbrokers = \"b\"\ntopic = \"t\"").unwrap();
-        let kafka = resolve_kafka(&RunFlags::default(), section.run).unwrap();
-        let defaults = help_defaults(RunFlags::augment_args(clap::Command::new("run")));
+        let kafka = resolve_kafka(section.run).unwrap();
+        let defaults = help_defaults(RunOptions::augment_args(clap::Command::new("run")));
         assert!(defaults.len() >= 15, "{defaults:?}");
         for (id, help) in defaults {
             let resolved = match id.as_str() {

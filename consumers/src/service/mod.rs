@@ -2,11 +2,12 @@
 //! with its fleet-wide gate, the metrics and their HTTP endpoints
 //! ([`http`]), SIGTERM/SIGINT handling and the sink probe ([`Service`]);
 //! the worker id; the wall clock; and the shared record → engine → deliver
-//! step ([`deliver`]). The sources (`crate::source`) build on it; it knows
+//! step ([`record`], [`deliver`]). The sources (`crate::source`) build on it; it knows
 //! nothing of them.
 
 pub mod deliver;
 pub mod http;
+pub mod record;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

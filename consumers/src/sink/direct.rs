@@ -428,46 +428,82 @@ fn quarantined_message(
     command: Value,
 ) -> Notification {
     let instance = c.instance_id.as_deref().unwrap_or("");
-    Notification {
-        subject: format!("sshwarden: quarantined {instance}"),
-        message: json!({
-            "event": "quarantined",
-            "summary": format!("Instance {instance} was isolated in security group {group} (rule {}, command {}).", c.rule, c.id),
-            "instance_id": instance,
-            "rule": c.rule,
-            "command_id": c.id,
-            "quarantine_group": group,
-            "interfaces": interfaces,
-            "execution": EXECUTION,
-            "command": command,
-        }),
-    }
+    instance_message(
+        c,
+        command,
+        "quarantined",
+        format!("quarantined {instance}"),
+        format!("Instance {instance} was isolated in security group {group}"),
+        json!({ "quarantine_group": group, "interfaces": interfaces }),
+    )
 }
 
 fn exempt_message(c: &Command, command: Value) -> Notification {
     let instance = c.instance_id.as_deref().unwrap_or("");
-    Notification {
-        subject: format!("sshwarden: not quarantined {instance} (exempt)"),
-        message: json!({
-            "event": "exempt",
-            "summary": format!("Instance {instance} carries the tag sshwarden:exempt: nothing was changed (rule {}, command {}).", c.rule, c.id),
-            "instance_id": instance,
-            "rule": c.rule,
-            "command_id": c.id,
-            "execution": EXECUTION,
-            "command": command,
-        }),
-    }
+    instance_message(
+        c,
+        command,
+        "exempt",
+        format!("not quarantined {instance} (exempt)"),
+        format!("Instance {instance} carries the tag sshwarden:exempt: nothing was changed"),
+        json!({}),
+    )
 }
 
 fn already_quarantined_message(c: &Command, command: Value) -> Notification {
     let instance = c.instance_id.as_deref().unwrap_or("");
+    instance_message(
+        c,
+        command,
+        "already-quarantined",
+        format!("already quarantined {instance}"),
+        format!("Instance {instance} is already quarantined (tag sshwarden:quarantined): nothing was changed"),
+        json!({}),
+    )
+}
+
+/// The notification of what became of `c`'s instance (as the state
+/// machine words it): "sshwarden: {subject}", the summary followed by the
+/// rule and command, and the fields every such event carries plus `extra`.
+fn instance_message(
+    c: &Command,
+    command: Value,
+    event: &str,
+    subject: String,
+    summary: String,
+    extra: Value,
+) -> Notification {
+    let mut message = json!({
+        "event": event,
+        "summary": format!("{summary} (rule {}, command {}).", c.rule, c.id),
+        "instance_id": c.instance_id.as_deref().unwrap_or(""),
+        "rule": c.rule,
+        "command_id": c.id,
+        "execution": EXECUTION,
+        "command": command,
+    });
+    if let (Some(fields), Value::Object(extra)) = (message.as_object_mut(), extra) {
+        fields.extend(extra);
+    }
     Notification {
-        subject: format!("sshwarden: already quarantined {instance}"),
+        subject: format!("sshwarden: {subject}"),
+        message,
+    }
+}
+
+/// A notification of a rule that fired without a quarantine.
+fn rule_message(
+    c: &Command,
+    command: Value,
+    event: &str,
+    subject: &str,
+    summary: String,
+) -> Notification {
+    Notification {
+        subject: subject.into(),
         message: json!({
-            "event": "already-quarantined",
-            "summary": format!("Instance {instance} is already quarantined (tag sshwarden:quarantined): nothing was changed (rule {}, command {}).", c.rule, c.id),
-            "instance_id": instance,
+            "event": event,
+            "summary": summary,
             "rule": c.rule,
             "command_id": c.id,
             "execution": EXECUTION,
@@ -477,31 +513,26 @@ fn already_quarantined_message(c: &Command, command: Value) -> Notification {
 }
 
 fn notify_message(c: &Command, command: Value) -> Notification {
-    Notification {
-        subject: "sshwarden: detection (notify only)".into(),
-        message: json!({
-            "event": "notify",
-            "summary": format!("Rule {} fired (command {}); the policy asks for a notification only.", c.rule, c.id),
-            "rule": c.rule,
-            "command_id": c.id,
-            "execution": EXECUTION,
-            "command": command,
-        }),
-    }
+    rule_message(
+        c,
+        command,
+        "notify",
+        "sshwarden: detection (notify only)",
+        format!(
+            "Rule {} fired (command {}); the policy asks for a notification only.",
+            c.rule, c.id
+        ),
+    )
 }
 
 fn held_message(c: &Command, command: Value) -> Notification {
-    Notification {
-        subject: "sshwarden: quarantine held for review".into(),
-        message: json!({
-            "event": "held",
-            "summary": format!("Rule {} asked for a quarantine (command {}) that the policy held back: a person has to decide.", c.rule, c.id),
-            "rule": c.rule,
-            "command_id": c.id,
-            "execution": EXECUTION,
-            "command": command,
-        }),
-    }
+    rule_message(
+        c,
+        command,
+        "held",
+        "sshwarden: quarantine held for review",
+        format!("Rule {} asked for a quarantine (command {}) that the policy held back: a person has to decide.", c.rule, c.id),
+    )
 }
 
 fn failure_message(e: &StepError, command: Value) -> Notification {

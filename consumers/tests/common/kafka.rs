@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -175,8 +174,6 @@ pub fn split_at(messages: &[Outgoing], time_ms: i64) -> (&[Outgoing], &[Outgoing
 
 // ------------------------------------------------------------------ workers
 
-static UNIQUE: AtomicU32 = AtomicU32::new(0);
-
 /// One test's topic, group, workers and scratch directory (the workers'
 /// part is [`Workers`], which a harness derefs to).
 pub struct Harness {
@@ -190,18 +187,7 @@ pub struct Harness {
     _mock: Option<MockCluster<'static, DefaultProducerContext>>,
 }
 
-impl std::ops::Deref for Harness {
-    type Target = Workers;
-    fn deref(&self) -> &Workers {
-        &self.base
-    }
-}
-
-impl std::ops::DerefMut for Harness {
-    fn deref_mut(&mut self) -> &mut Workers {
-        &mut self.base
-    }
-}
+derefs_to_workers!(Harness);
 
 impl Harness {
     /// A topic on the broker (tansu).
@@ -225,12 +211,7 @@ impl Harness {
         partitions: i32,
         mock: Option<MockCluster<'static, DefaultProducerContext>>,
     ) -> Harness {
-        let unique = format!(
-            "{label}-{}-{}-{}",
-            std::process::id(),
-            now_ms() % 1_000_000_000,
-            UNIQUE.fetch_add(1, Ordering::Relaxed)
-        );
+        let unique = unique_name(label);
         let topic = format!("sshwarden-it-{unique}");
         let brokers = match &mock {
             Some(m) => {

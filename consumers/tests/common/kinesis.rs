@@ -9,7 +9,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::Child;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -151,24 +150,17 @@ pub struct Cleanup {
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let (env, stream, table) = (self.env.clone(), self.stream.clone(), self.table.clone());
-        let done = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let kinesis = aws_sdk_kinesis::Client::new(&sdk_config(&env.kinesis).await);
-                let dynamo = aws_sdk_dynamodb::Client::new(&sdk_config(&env.moto).await);
-                let _ = kinesis
-                    .delete_stream()
-                    .stream_name(&stream)
-                    .enforce_consumer_deletion(true)
-                    .send()
-                    .await;
-                let _ = dynamo.delete_table().table_name(&table).send().await;
-            });
+        clean_up(async move {
+            let kinesis = aws_sdk_kinesis::Client::new(&sdk_config(&env.kinesis).await);
+            let dynamo = aws_sdk_dynamodb::Client::new(&sdk_config(&env.moto).await);
+            let _ = kinesis
+                .delete_stream()
+                .stream_name(&stream)
+                .enforce_consumer_deletion(true)
+                .send()
+                .await;
+            let _ = dynamo.delete_table().table_name(&table).send().await;
         });
-        let _ = done.join();
     }
 }
 
@@ -180,36 +172,20 @@ pub struct Harness {
     pub env: Endpoints,
     pub stream: String,
     pub table: String,
+    /// The shards the stream was created with.
+    pub shards: usize,
     pub kinesis: aws_sdk_kinesis::Client,
     pub dynamo: aws_sdk_dynamodb::Client,
     _cleanup: Cleanup,
 }
 
-impl std::ops::Deref for Harness {
-    type Target = Workers;
-    fn deref(&self) -> &Workers {
-        &self.base
-    }
-}
-
-impl std::ops::DerefMut for Harness {
-    fn deref_mut(&mut self) -> &mut Workers {
-        &mut self.base
-    }
-}
-
-static UNIQUE: AtomicU32 = AtomicU32::new(0);
+derefs_to_workers!(Harness);
 
 impl Harness {
     /// A new stream of `shards` shards (ACTIVE) and a lease table name.
     pub async fn new(label: &str, shards: i32) -> Harness {
         let env = emulators();
-        let unique = format!(
-            "{label}-{}-{}-{}",
-            std::process::id(),
-            now_ms() % 1_000_000_000,
-            UNIQUE.fetch_add(1, Ordering::Relaxed)
-        );
+        let unique = unique_name(label);
         let stream = format!("sshwarden-it-{unique}");
         let table = format!("sshwarden-it-leases-{unique}");
         let kinesis = aws_sdk_kinesis::Client::new(&sdk_config(&env.kinesis).await);
@@ -249,6 +225,7 @@ impl Harness {
             env,
             stream,
             table,
+            shards: shards as usize,
             kinesis,
             dynamo,
             _cleanup: cleanup,
@@ -283,6 +260,14 @@ impl Harness {
     /// cooldown and no blast radius.
     pub fn spawn(&mut self, worker_id: &str) -> usize {
         self.spawn_with(worker_id, &Spawn::default())
+    }
+
+    /// Spawns the test's first worker and waits until it holds the lease of
+    /// every shard the stream was created with.
+    pub async fn spawn_sole(&mut self, worker_id: &str, opts: &Spawn<'_>) -> usize {
+        let w = self.spawn_with(worker_id, opts);
+        self.wait_balanced(self.shards, &[self.shards]).await;
+        w
     }
 
     pub fn spawn_with(&mut self, worker_id: &str, opts: &Spawn) -> usize {
@@ -322,6 +307,40 @@ impl Harness {
             .map(|r| (r.log_stream.clone(), r.data.clone()))
             .collect();
         self.put_raw(&raw).await
+    }
+
+    /// Writes `records`, which must reach all `shards` shards, and says
+    /// where they went: each instance's shard, and the event time up to
+    /// which each instance's records go.
+    pub async fn put_covering<'r>(
+        &self,
+        records: &'r [SubscriptionRecord],
+        shards: usize,
+    ) -> (HashMap<&'r str, String>, HashMap<&'r str, i64>) {
+        let landed = self.put(records).await;
+        assert_covers(&landed, shards);
+        let mut written_to: HashMap<&str, i64> = HashMap::new();
+        for r in records {
+            let t = written_to.entry(r.log_stream.as_str()).or_insert(i64::MIN);
+            *t = (*t).max(r.last_time_ms);
+        }
+        let shard_of = records
+            .iter()
+            .map(|r| r.log_stream.as_str())
+            .zip(landed)
+            .collect();
+        (shard_of, written_to)
+    }
+
+    /// An enhanced fan-out consumer name: the stream's name is unique to
+    /// this test run, and so is the consumer's.
+    pub fn efo_consumer(&self) -> String {
+        format!(
+            "efo-{}",
+            self.stream
+                .strip_prefix("sshwarden-it-")
+                .unwrap_or(&self.stream)
+        )
     }
 
     pub async fn put_raw(&self, records: &[(String, Vec<u8>)]) -> Vec<String> {
@@ -671,40 +690,38 @@ impl PassStateMachine {
 
     /// Every execution: name -> the inputs it was started with.
     pub async fn executions(&self) -> BTreeMap<String, Vec<String>> {
-        let sfn = aws_sdk_sfn::Client::new(&sdk_config(&self.env.moto).await);
+        let (sfn, executions) = self.list().await;
         let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = sfn
-                .list_executions()
-                .state_machine_arn(&self.arn)
-                .set_next_token(token.take())
+        for e in executions {
+            let input = sfn
+                .describe_execution()
+                .execution_arn(e.execution_arn())
                 .send()
                 .await
-                .expect("ListExecutions");
-            for e in page.executions() {
-                let input = sfn
-                    .describe_execution()
-                    .execution_arn(e.execution_arn())
-                    .send()
-                    .await
-                    .expect("DescribeExecution")
-                    .input()
-                    .unwrap_or_default()
-                    .to_owned();
-                out.entry(e.name().to_owned()).or_default().push(input);
-            }
-            match page.next_token() {
-                Some(t) if !t.is_empty() => token = Some(t.to_owned()),
-                _ => return out,
-            }
+                .expect("DescribeExecution")
+                .input()
+                .unwrap_or_default()
+                .to_owned();
+            out.entry(e.name().to_owned()).or_default().push(input);
         }
+        out
     }
 
     /// The execution names only (cheap: no DescribeExecution).
     pub async fn names(&self) -> Vec<String> {
+        let (_, executions) = self.list().await;
+        executions.iter().map(|e| e.name().to_owned()).collect()
+    }
+
+    /// Every execution, all pages of ListExecutions, and the client.
+    async fn list(
+        &self,
+    ) -> (
+        aws_sdk_sfn::Client,
+        Vec<aws_sdk_sfn::types::ExecutionListItem>,
+    ) {
         let sfn = aws_sdk_sfn::Client::new(&sdk_config(&self.env.moto).await);
-        let mut names = Vec::new();
+        let mut all = Vec::new();
         let mut token: Option<String> = None;
         loop {
             let page = sfn
@@ -714,10 +731,10 @@ impl PassStateMachine {
                 .send()
                 .await
                 .expect("ListExecutions");
-            names.extend(page.executions().iter().map(|e| e.name().to_owned()));
+            all.extend(page.executions().iter().cloned());
             match page.next_token() {
                 Some(t) if !t.is_empty() => token = Some(t.to_owned()),
-                _ => return names,
+                _ => return (sfn, all),
             }
         }
     }
@@ -726,20 +743,13 @@ impl PassStateMachine {
 impl Drop for PassStateMachine {
     fn drop(&mut self) {
         let (env, arn) = (self.env.clone(), self.arn.clone());
-        let done = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let sfn = aws_sdk_sfn::Client::new(&sdk_config(&env.moto).await);
-                let _ = sfn
-                    .delete_state_machine()
-                    .state_machine_arn(&arn)
-                    .send()
-                    .await;
-            });
+        clean_up(async move {
+            let sfn = aws_sdk_sfn::Client::new(&sdk_config(&env.moto).await);
+            let _ = sfn
+                .delete_state_machine()
+                .state_machine_arn(&arn)
+                .send()
+                .await;
         });
-        let _ = done.join();
     }
 }

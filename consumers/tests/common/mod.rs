@@ -22,6 +22,25 @@ use sshwarden_pipeline::command::command_id;
 use sshwarden_pipeline::time::format_rfc3339_ms;
 use sshwarden_pipeline::window::SubjectKind;
 
+/// A source's harness keeps its [`Workers`] in a field `base` and derefs
+/// to them, so a test calls `h.spawn(..)` on either source's harness.
+macro_rules! derefs_to_workers {
+    ($harness:ty) => {
+        impl std::ops::Deref for $harness {
+            type Target = Workers;
+            fn deref(&self) -> &Workers {
+                &self.base
+            }
+        }
+
+        impl std::ops::DerefMut for $harness {
+            fn deref_mut(&mut self) -> &mut Workers {
+                &mut self.base
+            }
+        }
+    };
+}
+
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod kinesis;
@@ -37,6 +56,36 @@ pub const MAX_WAIT: Duration = Duration::from_secs(60);
 pub const WINDOW_MS: i64 = 60_000;
 
 pub use sshwarden_testsupport::{http_get, now_ms};
+
+/// Runs `cleanup` (deleting what a test made) on a thread and runtime of
+/// its own, and waits for it: a drop may run inside the test's runtime, or
+/// while it unwinds. Best effort: what fails is left for the emulator's
+/// next restart.
+pub fn clean_up(cleanup: impl std::future::Future<Output = ()> + Send + 'static) {
+    let done = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(cleanup);
+    });
+    let _ = done.join();
+}
+
+/// A name for what one test makes (stream, table, topic, group): `label`
+/// with this process, the clock and a counter, so that neither runs in
+/// parallel nor runs one after the other on the same emulators meet.
+pub fn unique_name(label: &str) -> String {
+    static UNIQUE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!(
+        "{label}-{}-{}-{}",
+        std::process::id(),
+        now_ms() % 1_000_000_000,
+        UNIQUE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
 
 /// How long a wait-until-fact loop sleeps between two looks.
 pub const POLL: Duration = Duration::from_millis(100);
@@ -252,6 +301,19 @@ impl Tally {
 
     pub fn correct_from(&self, id: &str, worker: usize) -> usize {
         self.correct.get(id).map_or(0, |v| v[worker])
+    }
+
+    /// Each of `expected` issued exactly once by `worker` with its window's
+    /// full counts; `by` names the worker in the message.
+    pub fn assert_whole_from(&self, expected: &[&Expected], worker: usize, by: &str) {
+        for e in expected {
+            assert_eq!(
+                self.correct_from(&e.id, worker),
+                1,
+                "{} not issued {by} with the window's full counts",
+                e.id
+            );
+        }
     }
 
     /// Nothing unexpected, every expected command issued at least once with

@@ -4,15 +4,37 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use rand::rngs::StdRng;
 use rand::Rng;
 
-use super::generator::Gen;
+use super::generator::{Conn, Gen};
 use super::random::{fingerprint, key, nth, pick, public_ipv4, stream, Purpose, INVALID_USERS};
 use super::scenario::Scenario;
 use crate::sshd::{self, Account};
 use crate::truth::Compromise;
 
 impl Gen<'_> {
+    /// `count` connections to `instance` from one new public address,
+    /// `per_second` of them a second from `t0`; `each` writes what happens
+    /// on the i-th.
+    #[allow(clippy::too_many_arguments)]
+    fn burst(
+        &mut self,
+        rng: &mut StdRng,
+        instance: usize,
+        t0: i64,
+        count: u32,
+        per_second: f64,
+        scenario: Option<usize>,
+        mut each: impl FnMut(&mut Self, &mut StdRng, &mut Conn, u32),
+    ) {
+        let peer = public_ipv4(rng);
+        for i in 0..count {
+            let mut c = self.open(rng, instance, peer, nth(t0, i, per_second), scenario);
+            each(self, rng, &mut c, i);
+        }
+    }
+
     pub(super) fn scenario(&mut self, index: usize, s: &Scenario) {
         let mut rng = stream(self.config.seed, Purpose::Scenario, index as u64);
         let rng = &mut rng;
@@ -26,13 +48,15 @@ impl Gen<'_> {
                 attempts,
                 per_second,
             } => {
-                let peer = public_ipv4(rng);
-                let t0 = at(offset_ms);
-                for i in 0..attempts {
-                    let t = nth(t0, i, per_second);
-                    let mut c = self.open(rng, instance, peer, t, sc);
-                    self.guess(rng, &mut c, 0.2);
-                }
+                self.burst(
+                    rng,
+                    instance,
+                    at(offset_ms),
+                    attempts,
+                    per_second,
+                    sc,
+                    |g, rng, c, _| g.guess(rng, c, 0.2),
+                );
             }
             Scenario::SlowBruteForce {
                 instance,
@@ -64,27 +88,32 @@ impl Gen<'_> {
                 usernames,
                 per_second,
             } => {
-                let peer = public_ipv4(rng);
                 let t0 = at(offset_ms);
-                for i in 0..usernames {
-                    let t = nth(t0, i, per_second);
-                    let mut c = self.open(rng, instance, peer, t, sc);
-                    let base = INVALID_USERS[i as usize % INVALID_USERS.len()];
-                    let user = if (i as usize) < INVALID_USERS.len() {
-                        base.to_owned()
-                    } else {
-                        format!("{base}{}", i as usize / INVALID_USERS.len())
-                    };
-                    let p = c.port;
-                    self.after(rng, &mut c, 20, 200, sshd::invalid_user(&user, peer, p));
-                    self.after(
-                        rng,
-                        &mut c,
-                        50,
-                        400,
-                        sshd::closed_by_user(Account::Invalid, &user, peer, p, true),
-                    );
-                }
+                self.burst(
+                    rng,
+                    instance,
+                    t0,
+                    usernames,
+                    per_second,
+                    sc,
+                    |g, rng, c, i| {
+                        let base = INVALID_USERS[i as usize % INVALID_USERS.len()];
+                        let user = if (i as usize) < INVALID_USERS.len() {
+                            base.to_owned()
+                        } else {
+                            format!("{base}{}", i as usize / INVALID_USERS.len())
+                        };
+                        let (peer, p) = (c.peer, c.port);
+                        g.after(rng, c, 20, 200, sshd::invalid_user(&user, peer, p));
+                        g.after(
+                            rng,
+                            c,
+                            50,
+                            400,
+                            sshd::closed_by_user(Account::Invalid, &user, peer, p, true),
+                        );
+                    },
+                );
             }
             Scenario::Botnet {
                 offset_ms,

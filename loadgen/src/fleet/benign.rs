@@ -7,7 +7,7 @@ use rand::rngs::StdRng;
 use rand::Rng;
 
 use super::generator::Gen;
-use super::random::{exp_gap, key, pick, stream, Purpose};
+use super::random::{key, pick, stream, Purpose};
 use crate::sshd::{self, Account};
 
 const BENIGN_USERS: &[(&str, u32)] = &[
@@ -34,25 +34,20 @@ impl Gen<'_> {
     pub(super) fn benign(&mut self, rng: &mut StdRng, host: usize, admins: &[IpAddr]) {
         // Average lines per unit (see the weights below): ~4.4.
         let per_ms = self.config.benign_events_per_instance_per_min / 4.4 / 60_000.0;
-        if per_ms <= 0.0 {
-            return;
-        }
-        let mut t = self.start;
-        loop {
-            t = t.saturating_add(exp_gap(rng, per_ms));
-            if t >= self.end {
-                break;
-            }
-            let r: f64 = rng.random();
-            if r < 0.25 {
-                self.login_session(rng, host, t, admins);
-            } else if r < 0.6 {
-                self.cron_job(rng, host, t);
-            } else if r < 0.85 {
-                self.systemd_unit(rng, host, t);
-            } else {
-                self.sudo(rng, host, t);
-            }
+        self.poisson(rng, per_ms, |g, rng, t| g.benign_unit(rng, host, t, admins));
+    }
+
+    /// One unit of benign traffic at `t`, drawn by the weights above.
+    fn benign_unit(&mut self, rng: &mut StdRng, host: usize, t: i64, admins: &[IpAddr]) {
+        let r: f64 = rng.random();
+        if r < 0.25 {
+            self.login_session(rng, host, t, admins);
+        } else if r < 0.6 {
+            self.cron_job(rng, host, t);
+        } else if r < 0.85 {
+            self.systemd_unit(rng, host, t);
+        } else {
+            self.sudo(rng, host, t);
         }
     }
 

@@ -11,6 +11,7 @@ use sshwarden_pipeline::classify::Signal;
 
 use super::config::FleetConfig;
 use super::instance::{self, HostState, InstanceInfo};
+use super::random::exp_gap;
 use crate::sshd::{self, Msg};
 use crate::truth::Compromise;
 
@@ -155,6 +156,27 @@ impl<'c> Gen<'c> {
             scenario: c.scenario,
         };
         self.push(c.host, c.t, &process, &m.text, evidence);
+    }
+
+    /// A Poisson stream of `per_ms` over the run (none if not positive):
+    /// `each` writes what happens at every arrival time.
+    pub(super) fn poisson(
+        &mut self,
+        rng: &mut StdRng,
+        per_ms: f64,
+        mut each: impl FnMut(&mut Self, &mut StdRng, i64),
+    ) {
+        if per_ms <= 0.0 {
+            return;
+        }
+        let mut t = self.start;
+        loop {
+            t = t.saturating_add(exp_gap(rng, per_ms));
+            if t >= self.end {
+                break;
+            }
+            each(self, rng, t);
+        }
     }
 
     /// Advances the connection's clock by a random delay in `lo..hi` ms and writes `m`.

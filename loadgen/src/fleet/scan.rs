@@ -8,7 +8,7 @@ use rand::Rng;
 
 use super::config::FleetConfig;
 use super::generator::Gen;
-use super::random::{exp_gap, pick, public_ipv4, stream, Purpose, INVALID_USERS};
+use super::random::{pick, public_ipv4, stream, Purpose, INVALID_USERS};
 use crate::sshd;
 
 /// The scanners' addresses, shared by the whole fleet.
@@ -23,51 +23,46 @@ impl Gen<'_> {
     /// scanner addresses.
     pub(super) fn scan(&mut self, rng: &mut StdRng, host: usize, scanners: &[IpAddr]) {
         let per_ms = self.config.scan_probes_per_instance_per_min / 60_000.0;
-        if per_ms <= 0.0 {
-            return;
-        }
-        let mut t = self.start;
-        loop {
-            t = t.saturating_add(exp_gap(rng, per_ms));
-            if t >= self.end {
-                break;
-            }
-            let peer = *pick(rng, scanners);
-            let mut c = self.open(rng, host, peer, t, None);
-            let p = c.port;
-            match rng.random_range(0..10) {
-                0 | 1 => {
-                    self.after(rng, &mut c, 1, 50, sshd::kex_identification());
-                    self.after(
-                        rng,
-                        &mut c,
-                        0,
-                        2,
-                        sshd::closed_by_peer(false, peer, p, false),
-                    );
-                }
-                2 => self.after(
+        self.poisson(rng, per_ms, |g, rng, t| g.probe(rng, host, t, scanners));
+    }
+
+    /// One probe at `t` from an address of the pool.
+    fn probe(&mut self, rng: &mut StdRng, host: usize, t: i64, scanners: &[IpAddr]) {
+        let peer = *pick(rng, scanners);
+        let mut c = self.open(rng, host, peer, t, None);
+        let p = c.port;
+        match rng.random_range(0..10) {
+            0 | 1 => {
+                self.after(rng, &mut c, 1, 50, sshd::kex_identification());
+                self.after(
                     rng,
                     &mut c,
-                    100,
-                    2_000,
-                    sshd::closed_by_peer(false, peer, p, true),
-                ),
-                3 => self.after(
-                    rng,
-                    &mut c,
-                    100,
-                    2_000,
-                    sshd::closed_by_peer(true, peer, p, true),
-                ),
-                4 => self.after(rng, &mut c, 50, 500, sshd::unable_to_negotiate(peer, p)),
-                5 => self.after(rng, &mut c, 50, 500, sshd::banner_exchange(peer, p)),
-                6 | 7 => {
-                    let user = *pick(rng, INVALID_USERS);
-                    self.attempt(rng, &mut c, user, false, None);
-                }
-                _ => self.attempt(rng, &mut c, "root", true, None),
+                    0,
+                    2,
+                    sshd::closed_by_peer(false, peer, p, false),
+                );
             }
+            2 => self.after(
+                rng,
+                &mut c,
+                100,
+                2_000,
+                sshd::closed_by_peer(false, peer, p, true),
+            ),
+            3 => self.after(
+                rng,
+                &mut c,
+                100,
+                2_000,
+                sshd::closed_by_peer(true, peer, p, true),
+            ),
+            4 => self.after(rng, &mut c, 50, 500, sshd::unable_to_negotiate(peer, p)),
+            5 => self.after(rng, &mut c, 50, 500, sshd::banner_exchange(peer, p)),
+            6 | 7 => {
+                let user = *pick(rng, INVALID_USERS);
+                self.attempt(rng, &mut c, user, false, None);
+            }
+            _ => self.attempt(rng, &mut c, "root", true, None),
         }
     }
 }

@@ -12,18 +12,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sshwarden_pipeline::command::Origin;
-use sshwarden_pipeline::engine::RecordKind;
 use sshwarden_pipeline::policy::Decision;
 use sshwarden_pipeline::{Engine, LineInput, RecordInput};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::info;
 
 use super::offsets::{self, CommitTracker, Content};
 use crate::config::KafkaFormat;
 use crate::metrics::{Metrics, ReaderLabel};
 use crate::service::now_ms;
+use crate::service::record::{self, Place};
 use crate::sink::Sink;
 
 /// A message, copied out of librdkafka's buffer by the poll thread.
@@ -158,57 +158,35 @@ impl PartitionReader {
         decisions: &mut Vec<Decision>,
     ) -> bool {
         let position = offsets::position(m.offset);
-        self.metrics.records.get_or_create(label).inc();
-        self.metrics
-            .bytes
-            .get_or_create(label)
-            .inc_by(m.payload.len() as u64);
+        let place = Place::Partition { offset: m.offset };
+        record::received(&self.metrics, label, m.payload.len());
         decisions.clear();
         let now = now_ms();
         match offsets::content(self.format, &m.payload) {
             Content::Payload => {
-                let record = RecordInput {
+                let input = RecordInput {
                     data: &m.payload,
                     position,
                     now_ms: Some(now),
                     ..RecordInput::default()
                 };
-                match self.engine.process_record(&record, decisions) {
-                    Ok(RecordKind::Data { events }) => {
-                        self.metrics
-                            .events
-                            .get_or_create(label)
-                            .inc_by(events as u64);
-                    }
-                    Ok(RecordKind::Control) => {
-                        debug!(partition = %label.name(), offset = m.offset, "control message skipped");
-                    }
-                    Err(e) => {
-                        warn!(partition = %label.name(), offset = m.offset, error = %e, "message skipped");
-                        self.metrics.error(label.name(), "decode");
-                    }
-                }
+                record::process(
+                    &mut self.engine,
+                    &input,
+                    decisions,
+                    &self.metrics,
+                    label,
+                    place,
+                );
             }
             Content::Lines => {
                 let events = self.process_lines(&m, position, now, decisions);
                 self.metrics.events.get_or_create(label).inc_by(events);
             }
         }
-        for d in decisions.iter() {
-            match d {
-                Decision::Command(c) => {
-                    if !self.deliver(c).await {
-                        return false;
-                    }
-                }
-                Decision::Suppressed {
-                    rule,
-                    subject,
-                    reason,
-                    ..
-                } => {
-                    info!(partition = %label.name(), rule, ?subject, ?reason, "rule fired, command suppressed");
-                }
+        for c in record::commands(decisions, label, place) {
+            if !self.deliver(c).await {
+                return false;
             }
         }
         self.tracker.delivered(m.offset);

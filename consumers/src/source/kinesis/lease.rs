@@ -258,6 +258,32 @@ impl LeaseTable {
         })
     }
 
+    /// An update of `lease`'s checkpoint, only by its owner under the take
+    /// that started the reader, that resets the counters KCL resets with
+    /// it; the caller completes the `SET` expression it returns.
+    fn set_checkpoint(
+        &self,
+        lease: &Lease,
+        me: &str,
+        checkpoint: &str,
+    ) -> (
+        &'static str,
+        aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder,
+    ) {
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("leaseKey", s(&lease.key));
+        let update = fenced(update, me, lease.take_token.as_deref())
+            .expression_attribute_values(":checkpoint", s(checkpoint))
+            .expression_attribute_values(":zero", n(0));
+        (
+            "SET checkpoint = :checkpoint, checkpointSubSequenceNumber = :zero, ownerSwitchesSinceCheckpoint = :zero",
+            update,
+        )
+    }
+
     /// Records progress; only the owner may, under the take that started
     /// the reader (`lease.take_token`).
     /// `event_time_ms` is the shard engine's event time when the checkpoint
@@ -270,15 +296,7 @@ impl LeaseTable {
         sequence: &str,
         event_time_ms: Option<i64>,
     ) -> anyhow::Result<Cas<()>> {
-        let set = "SET checkpoint = :seq, checkpointSubSequenceNumber = :zero, ownerSwitchesSinceCheckpoint = :zero";
-        let update = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("leaseKey", s(&lease.key));
-        let mut update = fenced(update, me, lease.take_token.as_deref())
-            .expression_attribute_values(":seq", s(sequence))
-            .expression_attribute_values(":zero", n(0));
+        let (set, mut update) = self.set_checkpoint(lease, me, sequence);
         update = match event_time_ms {
             Some(t) => update
                 .update_expression(format!("{set}, {EVENT_TIME} = :t"))
@@ -298,15 +316,7 @@ impl LeaseTable {
         me: &str,
         replay: &[ReplayFrom],
     ) -> anyhow::Result<Cas<()>> {
-        let set = "SET checkpoint = :end, checkpointSubSequenceNumber = :zero, ownerSwitchesSinceCheckpoint = :zero";
-        let update = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("leaseKey", s(&lease.key));
-        let mut update = fenced(update, me, lease.take_token.as_deref())
-            .expression_attribute_values(":end", s(&Checkpoint::ShardEnd.to_string()))
-            .expression_attribute_values(":zero", n(0));
+        let (set, mut update) = self.set_checkpoint(lease, me, &Checkpoint::ShardEnd.to_string());
         update = if replay.is_empty() {
             update.update_expression(format!("{set} REMOVE {REPLAY}"))
         } else {

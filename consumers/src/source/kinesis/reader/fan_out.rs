@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
-use aws_sdk_kinesis::error::DisplayErrorContext;
+use aws_sdk_kinesis::error::{DisplayErrorContext, SdkError};
+use aws_sdk_kinesis::operation::subscribe_to_shard::SubscribeToShardError;
 use aws_sdk_kinesis::primitives::DateTime;
+use aws_sdk_kinesis::types::error::SubscribeToShardEventStreamError;
 use aws_sdk_kinesis::types::{ShardIteratorType, StartingPosition, SubscribeToShardEventStream};
 use tracing::{debug, error, info, warn};
 
@@ -17,6 +19,34 @@ use crate::source::kinesis::checkpoint::{is_initial_position, Checkpoint};
 /// shard within 5 seconds of the last (ResourceInUseException): the first
 /// retry after one waits at least this long.
 const IN_USE_RETRY: Duration = Duration::from_secs(1);
+
+/// A failure of SubscribeToShard, the call's or its event stream's: both
+/// can say whether it is ResourceInUse.
+trait SubscribeFailure {
+    fn is_in_use(&self) -> bool;
+}
+
+impl SubscribeFailure for SubscribeToShardError {
+    fn is_in_use(&self) -> bool {
+        self.is_resource_in_use_exception()
+    }
+}
+
+impl SubscribeFailure for SubscribeToShardEventStreamError {
+    fn is_in_use(&self) -> bool {
+        self.is_resource_in_use_exception()
+    }
+}
+
+/// Whether `e` is ResourceInUse, and its text with its causes.
+fn subscribe_error<E, R>(e: &SdkError<E, R>) -> (bool, String)
+where
+    E: SubscribeFailure + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let in_use = e.as_service_error().is_some_and(E::is_in_use);
+    (in_use, DisplayErrorContext(e).to_string())
+}
 
 impl ShardReader {
     pub(super) async fn subscribe_loop(&self, st: &mut State) -> Outcome {
@@ -56,16 +86,9 @@ impl ShardReader {
             let mut stream = match sub {
                 Ok(out) => out.event_stream,
                 Err(e) => {
-                    let in_use = e
-                        .as_service_error()
-                        .is_some_and(|e| e.is_resource_in_use_exception());
-                    self.subscription_failed(
-                        shard,
-                        in_use,
-                        DisplayErrorContext(&e).to_string(),
-                        &mut backoff,
-                    )
-                    .await;
+                    let (in_use, error) = subscribe_error(&e);
+                    self.subscription_failed(shard, in_use, error, &mut backoff)
+                        .await;
                     continue;
                 }
             };
@@ -107,16 +130,9 @@ impl ShardReader {
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        let in_use = e
-                            .as_service_error()
-                            .is_some_and(|e| e.is_resource_in_use_exception());
-                        self.subscription_failed(
-                            shard,
-                            in_use,
-                            DisplayErrorContext(&e).to_string(),
-                            &mut backoff,
-                        )
-                        .await;
+                        let (in_use, error) = subscribe_error(&e);
+                        self.subscription_failed(shard, in_use, error, &mut backoff)
+                            .await;
                         break;
                     }
                 }

@@ -25,6 +25,7 @@ use super::checkpoint::{is_initial_position, Checkpoint};
 use super::lease::{Cas, Lease, LeaseTable, ReplayFrom};
 use crate::metrics::{Metrics, ReaderLabel};
 use crate::service::now_ms;
+use crate::service::record::{self, Place};
 use crate::sink::Sink;
 
 #[derive(Debug, Clone)]
@@ -168,53 +169,28 @@ impl ShardReader {
     /// checkpoint only names its own records.
     async fn process(&self, st: &mut State, data: &[u8], sequence: &str, replay: bool) -> bool {
         st.position += 1;
-        self.metrics.records.get_or_create(&st.shard).inc();
-        self.metrics
-            .bytes
-            .get_or_create(&st.shard)
-            .inc_by(data.len() as u64);
+        let place = Place::Shard { sequence };
+        record::received(&self.metrics, &st.shard, data.len());
         st.decisions.clear();
-        let record = RecordInput {
+        let input = RecordInput {
             data,
             position: st.position,
             now_ms: Some(now_ms()),
             ..RecordInput::default()
         };
-        match st.engine.process_record(&record, &mut st.decisions) {
-            Ok(sshwarden_pipeline::engine::RecordKind::Data { events }) => {
-                self.metrics
-                    .events
-                    .get_or_create(&st.shard)
-                    .inc_by(events as u64);
-            }
-            Ok(sshwarden_pipeline::engine::RecordKind::Control) => {
-                debug!(shard = %st.shard.name(), sequence, "control message skipped");
-            }
-            Err(e) => {
-                warn!(shard = %st.shard.name(), sequence, error = %e, "record skipped");
-                self.metrics.error(st.shard.name(), "decode");
+        record::process(
+            &mut st.engine,
+            &input,
+            &mut st.decisions,
+            &self.metrics,
+            &st.shard,
+            place,
+        );
+        for c in record::commands(&st.decisions, &st.shard, place) {
+            if !self.deliver(c).await {
+                return false;
             }
         }
-        let decisions = std::mem::take(&mut st.decisions);
-        for d in &decisions {
-            match d {
-                Decision::Command(c) => {
-                    if !self.deliver(c).await {
-                        st.decisions = decisions;
-                        return false;
-                    }
-                }
-                Decision::Suppressed {
-                    rule,
-                    subject,
-                    reason,
-                    ..
-                } => {
-                    info!(shard = %st.shard.name(), rule, ?subject, ?reason, "rule fired, command suppressed");
-                }
-            }
-        }
-        st.decisions = decisions;
         if !replay {
             st.tracker.record(st.position, sequence.to_owned());
         }
