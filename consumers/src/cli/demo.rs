@@ -22,6 +22,8 @@ use sshwarden_pipeline::policy::Decision;
 use sshwarden_pipeline::window::Subject;
 use sshwarden_pipeline::{Engine, EngineConfig, RecordInput};
 
+use crate::clock::now_ms;
+
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
     /// Instances in the simulated fleet.
@@ -279,10 +281,4 @@ fn print_report(r: &DemoReport, out: &mut dyn Write) -> anyhow::Result<()> {
         r.decoys_counted
     )?;
     Ok(())
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -119,33 +119,7 @@ fn serve(
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    match source {
-        config::SourceSettings::Kinesis(args) => {
-            runtime.block_on(crate::source::kinesis::serve(args, config))
-        }
-        config::SourceSettings::Kafka(args) => serve_kafka(&runtime, args, config),
-    }
-}
-
-#[cfg(feature = "kafka")]
-fn serve_kafka(
-    runtime: &tokio::runtime::Runtime,
-    args: config::KafkaArgs,
-    config: sshwarden_pipeline::EngineConfig,
-) -> anyhow::Result<()> {
-    runtime.block_on(crate::source::kafka::serve(args, config))
-}
-
-#[cfg(not(feature = "kafka"))]
-fn serve_kafka(
-    _: &tokio::runtime::Runtime,
-    _: config::KafkaArgs,
-    _: sshwarden_pipeline::EngineConfig,
-) -> anyhow::Result<()> {
-    anyhow::bail!(
-        "--source kafka: this sshwarden was built without the Kafka source; \
-         rebuild with `cargo build --release --features kafka`"
-    )
+    runtime.block_on(crate::service::serve(source, config))
 }
 
 /// `sshwarden classify big.log | head` is not an error.

@@ -1,13 +1,10 @@
-//! What every source starts with: the AWS SDK's configuration, the sink
-//! with its fleet-wide gate, the metrics and their HTTP endpoints
-//! ([`http`]), SIGTERM/SIGINT handling and the sink probe ([`Service`]);
-//! the worker id; the wall clock; and the shared record → engine → deliver
-//! step ([`record`], [`deliver`]). The sources (`crate::source`) build on it; it knows
-//! nothing of them.
+//! The worker process behind `sshwarden run`: checks the chosen source's
+//! settings, starts what every source needs (the AWS SDK's configuration,
+//! the sink with its fleet-wide gate and its probe, the metrics and their
+//! HTTP endpoints ([`http`]), SIGTERM/SIGINT handling), hands them to the
+//! source as a [`Context`] and serves until the source has drained.
 
-pub mod deliver;
 pub mod http;
-pub mod record;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,54 +15,94 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::config::SinkSettings;
+use crate::config::{SinkSettings, SourceSettings};
 use crate::metrics::Metrics;
+use crate::source::Context;
 
-/// What both sources (Kinesis, Kafka) start with: the AWS SDK's own chain
-/// (endpoints, credentials; 10-s attempts), the sink with its fleet-wide
-/// gate, `/metrics` `/healthz` `/readyz`, SIGTERM/SIGINT handling and the
-/// sink probe behind `/readyz`.
-pub struct Service {
-    pub sdk: aws_config::SdkConfig,
-    pub sink: Arc<crate::sink::Sink>,
-    pub metrics: Arc<Metrics>,
-    pub shutdown: CancellationToken,
-    pub server: JoinHandle<anyhow::Result<()>>,
+/// Serves `source` until SIGTERM/SIGINT: the worker's whole life. The
+/// source's own settings are checked before anything starts.
+pub async fn serve(source: SourceSettings, engine_config: EngineConfig) -> anyhow::Result<()> {
+    match source {
+        SourceSettings::Kinesis(args) => {
+            let worker = crate::source::kinesis::KinesisWorker::prepare(args, engine_config)?;
+            let (sink, metrics_addr, engine) = worker.service_needs();
+            let (context, server) = start(sink, metrics_addr, engine).await?;
+            let shutdown = context.shutdown.clone();
+            stopped(worker.serve(context).await, server, shutdown).await
+        }
+        SourceSettings::Kafka(args) => serve_kafka(args, engine_config).await,
+    }
 }
 
-impl Service {
-    pub async fn start(
-        sink: &SinkSettings,
-        metrics_addr: SocketAddr,
-        engine_config: &EngineConfig,
-    ) -> anyhow::Result<Service> {
-        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .timeout_config(
-                aws_config::timeout::TimeoutConfig::builder()
-                    .operation_attempt_timeout(Duration::from_secs(10))
-                    .build(),
-            )
-            .load()
-            .await;
-        let built =
-            Arc::new(crate::sink::build(sink, &sdk, engine_config.policy.blast_radius).await?);
-        let metrics = Arc::new(Metrics::default());
-        let shutdown = CancellationToken::new();
-        let server = tokio::spawn(http::serve(metrics_addr, metrics.clone(), shutdown.clone()));
-        spawn_signal_handler(shutdown.clone());
-        crate::sink::probe::watch_sink(
-            crate::sink::probe::probe(sink, &sdk),
-            metrics.clone(),
-            shutdown.clone(),
-        );
-        Ok(Service {
-            sdk,
-            sink: built,
-            metrics,
-            shutdown,
-            server,
-        })
-    }
+#[cfg(feature = "kafka")]
+async fn serve_kafka(
+    args: crate::config::KafkaArgs,
+    engine_config: EngineConfig,
+) -> anyhow::Result<()> {
+    let worker = crate::source::kafka::KafkaWorker::prepare(args, engine_config)?;
+    let (sink, metrics_addr, engine) = worker.service_needs();
+    let (context, server) = start(sink, metrics_addr, engine).await?;
+    let shutdown = context.shutdown.clone();
+    stopped(worker.serve(context).await, server, shutdown).await
+}
+
+#[cfg(not(feature = "kafka"))]
+async fn serve_kafka(_: crate::config::KafkaArgs, _: EngineConfig) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "--source kafka: this sshwarden was built without the Kafka source; \
+         rebuild with `cargo build --release --features kafka`"
+    )
+}
+
+/// Starts what every source needs: the AWS SDK's own chain (endpoints,
+/// credentials; 10-s attempts), the sink with its fleet-wide gate,
+/// `/metrics` `/healthz` `/readyz`, SIGTERM/SIGINT handling and the sink
+/// probe behind `/readyz`. Returns the source's context and the HTTP
+/// server's task.
+async fn start(
+    sink: &SinkSettings,
+    metrics_addr: SocketAddr,
+    engine_config: &EngineConfig,
+) -> anyhow::Result<(Context, JoinHandle<anyhow::Result<()>>)> {
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .operation_attempt_timeout(Duration::from_secs(10))
+                .build(),
+        )
+        .load()
+        .await;
+    let built = Arc::new(crate::sink::build(sink, &sdk, engine_config.policy.blast_radius).await?);
+    let metrics = Arc::new(Metrics::default());
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(http::serve(metrics_addr, metrics.clone(), shutdown.clone()));
+    spawn_signal_handler(shutdown.clone());
+    crate::sink::probe::watch_sink(
+        crate::sink::probe::probe(sink, &sdk),
+        metrics.clone(),
+        shutdown.clone(),
+    );
+    let context = Context {
+        sdk,
+        sink: built,
+        metrics,
+        shutdown,
+    };
+    Ok((context, server))
+}
+
+/// After the source returned (drained, or failed): stop the HTTP server
+/// (with the shutdown token, already cancelled after a drain), give it its
+/// last moments, then say so.
+async fn stopped(
+    result: anyhow::Result<()>,
+    server: JoinHandle<anyhow::Result<()>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    info!("worker stopped");
+    result
 }
 
 /// SIGTERM (ECS stopping the task) or SIGINT cancels `shutdown`: the source drains.
@@ -85,22 +122,4 @@ fn spawn_signal_handler(shutdown: CancellationToken) {
         }
         shutdown.cancel();
     });
-}
-
-/// A worker id unique enough for a lease table or a consumer group: the
-/// host name and a random suffix.
-pub fn default_worker_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "worker".into());
-    format!("{host}-{:08x}", rand::random::<u32>())
-}
-
-/// The wall clock in epoch milliseconds (processing time).
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -7,6 +7,7 @@
 //! delivered as a held notification instead.
 
 pub mod blast_radius;
+pub mod deliver;
 #[cfg(feature = "direct")]
 pub mod direct;
 pub mod probe;

@@ -20,11 +20,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::offsets::{self, CommitTracker, Content};
+use crate::clock::now_ms;
 use crate::config::KafkaFormat;
 use crate::metrics::{Metrics, ReaderLabel};
-use crate::service::now_ms;
-use crate::service::record::{self, Place};
 use crate::sink::Sink;
+use crate::source::record::{self, Place};
 
 /// A message, copied out of librdkafka's buffer by the poll thread.
 #[derive(Debug)]
@@ -247,7 +247,7 @@ impl PartitionReader {
     /// Delivers until the sink takes the command, or until a revoke or
     /// shutdown interrupts (false).
     async fn deliver(&self, c: &sshwarden_pipeline::command::Command) -> bool {
-        crate::service::deliver::deliver_until(
+        crate::sink::deliver::deliver_until(
             &self.sink,
             &self.metrics,
             c,

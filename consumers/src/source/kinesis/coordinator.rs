@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::{bail, Context as _};
 use aws_sdk_kinesis::error::DisplayErrorContext;
 use sshwarden_pipeline::EngineConfig;
 use tokio::task::JoinHandle;
@@ -19,8 +19,8 @@ use super::checkpoint::Checkpoint;
 use super::lease::{Cas, Lease, LeaseTable};
 use super::plan;
 use super::reader::{Outcome, ReaderConfig, ShardReader};
-use crate::config::KinesisArgs;
-use crate::service::{default_worker_id, Service};
+use crate::config::{KinesisArgs, SinkSettings};
+use crate::source::{default_worker_id, Context};
 
 struct Held {
     lease: Lease,
@@ -28,171 +28,207 @@ struct Held {
     task: JoinHandle<Outcome>,
 }
 
-/// Serves the stream until SIGTERM/SIGINT: the worker's whole life.
-pub async fn serve(args: KinesisArgs, engine_config: EngineConfig) -> anyhow::Result<()> {
-    let start_checkpoint = Checkpoint::from_start_position(&args.start_position)?;
-    if args.failover_ms < 1_000 {
-        bail!("--failover-ms must be at least 1000");
+/// A Kinesis worker whose settings were checked, before anything starts.
+pub struct KinesisWorker {
+    args: KinesisArgs,
+    engine_config: EngineConfig,
+    start_checkpoint: Checkpoint,
+    me: String,
+}
+
+impl KinesisWorker {
+    /// Checks the settings that no emulator or AWS call is needed to judge,
+    /// so a bad setting fails before the service binds a port or a client.
+    pub fn prepare(args: KinesisArgs, engine_config: EngineConfig) -> anyhow::Result<Self> {
+        let start_checkpoint = Checkpoint::from_start_position(&args.start_position)?;
+        if args.failover_ms < 1_000 {
+            bail!("--failover-ms must be at least 1000");
+        }
+        if !(1_000..=300_000).contains(&args.subscription_renew_ms) {
+            bail!("--subscription-renew-ms must be between 1000 and 300000 (Kinesis ends a subscription after 5 minutes)");
+        }
+        let me = args.worker_id.clone().unwrap_or_else(default_worker_id);
+        Ok(KinesisWorker {
+            args,
+            engine_config,
+            start_checkpoint,
+            me,
+        })
     }
-    if !(1_000..=300_000).contains(&args.subscription_renew_ms) {
-        bail!("--subscription-renew-ms must be between 1000 and 300000 (Kinesis ends a subscription after 5 minutes)");
+
+    /// What the service starts for this worker: the sink's settings, the
+    /// metrics address, the engine's configuration (its blast radius).
+    pub fn service_needs(&self) -> (&SinkSettings, std::net::SocketAddr, &EngineConfig) {
+        (&self.args.sink, self.args.metrics_addr, &self.engine_config)
     }
-    let me = args.worker_id.clone().unwrap_or_else(default_worker_id);
-    let Service {
-        sdk,
-        sink,
-        metrics,
-        shutdown,
-        server,
-    } = Service::start(&args.sink, args.metrics_addr, &engine_config).await?;
-    let kinesis = aws_sdk_kinesis::Client::new(&sdk);
-    let table = LeaseTable::new(
-        aws_sdk_dynamodb::Client::new(&sdk),
-        args.lease_table.clone(),
-    );
 
-    table.ensure().await?;
-    let consumer_arn = match &args.enhanced_fan_out {
-        Some(name) => Some(register_consumer(&kinesis, &args.stream, name).await?),
-        None => None,
-    };
-    metrics.set_ready(true);
-    info!(worker = %me, stream = %args.stream, table = %table.name(), "worker started");
+    /// Serves the stream until SIGTERM/SIGINT: the worker's whole life.
+    pub async fn serve(self, context: Context) -> anyhow::Result<()> {
+        let KinesisWorker {
+            args,
+            engine_config,
+            start_checkpoint,
+            me,
+        } = self;
+        let Context {
+            sdk,
+            sink,
+            metrics,
+            shutdown,
+        } = context;
+        let kinesis = aws_sdk_kinesis::Client::new(&sdk);
+        let table = LeaseTable::new(
+            aws_sdk_dynamodb::Client::new(&sdk),
+            args.lease_table.clone(),
+        );
 
-    let reader_config = ReaderConfig {
-        stream: args.stream.clone(),
-        me: me.clone(),
-        idle_poll: Duration::from_millis(args.idle_poll_ms),
-        checkpoint_every: Duration::from_millis(args.checkpoint_ms),
-        consumer_arn,
-        subscription_renew: Duration::from_millis(args.subscription_renew_ms),
-    };
-    let failover = Duration::from_millis(args.failover_ms);
-    let tick = failover / 3;
-    let mut held: HashMap<String, Held> = HashMap::new();
-    let mut seen: HashMap<String, (u64, Instant)> = HashMap::new();
-    let mut last_sync: Option<Instant> = None;
+        table.ensure().await?;
+        let consumer_arn = match &args.enhanced_fan_out {
+            Some(name) => Some(register_consumer(&kinesis, &args.stream, name).await?),
+            None => None,
+        };
+        metrics.set_ready(true);
+        info!(worker = %me, stream = %args.stream, table = %table.name(), "worker started");
 
-    while !shutdown.is_cancelled() {
-        let round_started = Instant::now();
-        // 1. renew what we hold; a failed renewal means someone else has it
-        renew_all(&table, &me, &mut held).await;
-        // 2. reap readers that finished
-        let finished: Vec<String> = held
-            .iter()
-            .filter(|(_, h)| h.task.is_finished())
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in finished {
-            if let Some(h) = held.remove(&key) {
-                let outcome = h.task.await.unwrap_or(Outcome::Stopped);
-                info!(shard = %key, ?outcome, "shard released by its reader");
-                if outcome == Outcome::Stopped && !shutdown.is_cancelled() {
-                    let _ = table.release(&h.lease, &me).await;
+        let reader_config = ReaderConfig {
+            stream: args.stream.clone(),
+            me: me.clone(),
+            idle_poll: Duration::from_millis(args.idle_poll_ms),
+            checkpoint_every: Duration::from_millis(args.checkpoint_ms),
+            consumer_arn,
+            subscription_renew: Duration::from_millis(args.subscription_renew_ms),
+        };
+        let failover = Duration::from_millis(args.failover_ms);
+        let tick = failover / 3;
+        let mut held: HashMap<String, Held> = HashMap::new();
+        let mut seen: HashMap<String, (u64, Instant)> = HashMap::new();
+        let mut last_sync: Option<Instant> = None;
+
+        while !shutdown.is_cancelled() {
+            let round_started = Instant::now();
+            // 1. renew what we hold; a failed renewal means someone else has it
+            renew_all(&table, &me, &mut held).await;
+            // 2. reap readers that finished
+            let finished: Vec<String> = held
+                .iter()
+                .filter(|(_, h)| h.task.is_finished())
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in finished {
+                if let Some(h) = held.remove(&key) {
+                    let outcome = h.task.await.unwrap_or(Outcome::Stopped);
+                    info!(shard = %key, ?outcome, "shard released by its reader");
+                    if outcome == Outcome::Stopped && !shutdown.is_cancelled() {
+                        let _ = table.release(&h.lease, &me).await;
+                    }
                 }
             }
+            // 3. new shards
+            if last_sync.is_none_or(|t| t.elapsed() >= Duration::from_millis(args.shard_sync_ms)) {
+                match sync_shards(&kinesis, &table, &args.stream, &start_checkpoint).await {
+                    Ok(n) if n > 0 => info!(created = n, "leases created for new shards"),
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %format!("{e:#}"), "shard sync failed"),
+                }
+                last_sync = Some(Instant::now());
+            }
+            // 4. plan against the table
+            match table.scan().await {
+                Ok(leases) => {
+                    let now = Instant::now();
+                    let mut expired = HashSet::new();
+                    seen.retain(|k, _| leases.iter().any(|l| &l.key == k));
+                    for l in &leases {
+                        let entry = seen.entry(l.key.clone()).or_insert((l.counter, now));
+                        if entry.0 != l.counter {
+                            *entry = (l.counter, now);
+                        } else if !held.contains_key(&l.key)
+                            && now.duration_since(entry.1) >= failover
+                        {
+                            // Ours in the table but not held here is a previous
+                            // run of this worker id (killed): it expires too.
+                            expired.insert(l.key.clone());
+                        }
+                    }
+                    let views: Vec<_> = leases.iter().map(Lease::view).collect();
+                    let p = plan::plan(&me, &views, &expired);
+                    let mut wanted: Vec<String> = p.take.clone();
+                    wanted.extend(p.steal.clone());
+                    for key in wanted {
+                        if held.contains_key(&key) {
+                            continue;
+                        }
+                        let Some(lease) = leases.iter().find(|l| l.key == key) else {
+                            continue;
+                        };
+                        match table.take(lease, &me).await {
+                            Ok(Cas::Done(lease)) => {
+                                let stolen = p.steal.as_deref() == Some(key.as_str());
+                                info!(shard = %key, from = ?lease_prev_owner(&leases, &key), stolen, "lease taken");
+                                let lost = CancellationToken::new();
+                                let reader = ShardReader {
+                                    kinesis: kinesis.clone(),
+                                    table: table.clone(),
+                                    sink: sink.clone(),
+                                    metrics: metrics.clone(),
+                                    config: reader_config.clone(),
+                                    engine_config: engine_config.clone(),
+                                    lease: lease.clone(),
+                                    shutdown: shutdown.clone(),
+                                    lost: lost.clone(),
+                                };
+                                let span = tracing::info_span!("shard", shard = %key);
+                                let task = tokio::spawn(tracing::Instrument::instrument(
+                                    reader.read(),
+                                    span,
+                                ));
+                                held.insert(key, Held { lease, lost, task });
+                            }
+                            Ok(Cas::Lost) => {}
+                            Err(e) => {
+                                warn!(shard = %key, error = %format!("{e:#}"), "taking lease failed")
+                            }
+                        }
+                    }
+                    for key in p.cleanup {
+                        if let Ok(Cas::Done(())) = table.delete_finished(&key).await {
+                            info!(shard = %key, "finished parent lease deleted");
+                        }
+                    }
+                }
+                Err(e) => warn!(error = %format!("{e:#}"), "cannot read the lease table"),
+            }
+            metrics
+                .leases_held
+                .set(held.values().filter(|h| !h.lost.is_cancelled()).count() as i64);
+            let rest = tick.saturating_sub(round_started.elapsed());
+            tokio::select! {
+                _ = tokio::time::sleep(rest) => {}
+                _ = shutdown.cancelled() => {}
+            }
         }
-        // 3. new shards
-        if last_sync.is_none_or(|t| t.elapsed() >= Duration::from_millis(args.shard_sync_ms)) {
-            match sync_shards(&kinesis, &table, &args.stream, &start_checkpoint).await {
-                Ok(n) if n > 0 => info!(created = n, "leases created for new shards"),
+
+        // Drain: readers checkpoint and return; then leases are released.
+        metrics.set_ready(false);
+        info!(leases = held.len(), "shutting down: draining shard readers");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(args.shutdown_secs);
+        for (key, h) in held.drain() {
+            let renew_lost = h.lost.clone();
+            match tokio::time::timeout_at(deadline, h.task).await {
+                Ok(Ok(Outcome::Ended)) => {}
+                Ok(Ok(_)) if !renew_lost.is_cancelled() => match table.release(&h.lease, &me).await
+                {
+                    Ok(_) => info!(shard = %key, "lease released"),
+                    Err(e) => {
+                        warn!(shard = %key, error = %format!("{e:#}"), "lease release failed")
+                    }
+                },
                 Ok(_) => {}
-                Err(e) => warn!(error = %format!("{e:#}"), "shard sync failed"),
+                Err(_) => error!(shard = %key, "reader did not stop before the shutdown deadline"),
             }
-            last_sync = Some(Instant::now());
         }
-        // 4. plan against the table
-        match table.scan().await {
-            Ok(leases) => {
-                let now = Instant::now();
-                let mut expired = HashSet::new();
-                seen.retain(|k, _| leases.iter().any(|l| &l.key == k));
-                for l in &leases {
-                    let entry = seen.entry(l.key.clone()).or_insert((l.counter, now));
-                    if entry.0 != l.counter {
-                        *entry = (l.counter, now);
-                    } else if !held.contains_key(&l.key) && now.duration_since(entry.1) >= failover
-                    {
-                        // Ours in the table but not held here is a previous
-                        // run of this worker id (killed): it expires too.
-                        expired.insert(l.key.clone());
-                    }
-                }
-                let views: Vec<_> = leases.iter().map(Lease::view).collect();
-                let p = plan::plan(&me, &views, &expired);
-                let mut wanted: Vec<String> = p.take.clone();
-                wanted.extend(p.steal.clone());
-                for key in wanted {
-                    if held.contains_key(&key) {
-                        continue;
-                    }
-                    let Some(lease) = leases.iter().find(|l| l.key == key) else {
-                        continue;
-                    };
-                    match table.take(lease, &me).await {
-                        Ok(Cas::Done(lease)) => {
-                            let stolen = p.steal.as_deref() == Some(key.as_str());
-                            info!(shard = %key, from = ?lease_prev_owner(&leases, &key), stolen, "lease taken");
-                            let lost = CancellationToken::new();
-                            let reader = ShardReader {
-                                kinesis: kinesis.clone(),
-                                table: table.clone(),
-                                sink: sink.clone(),
-                                metrics: metrics.clone(),
-                                config: reader_config.clone(),
-                                engine_config: engine_config.clone(),
-                                lease: lease.clone(),
-                                shutdown: shutdown.clone(),
-                                lost: lost.clone(),
-                            };
-                            let span = tracing::info_span!("shard", shard = %key);
-                            let task =
-                                tokio::spawn(tracing::Instrument::instrument(reader.read(), span));
-                            held.insert(key, Held { lease, lost, task });
-                        }
-                        Ok(Cas::Lost) => {}
-                        Err(e) => {
-                            warn!(shard = %key, error = %format!("{e:#}"), "taking lease failed")
-                        }
-                    }
-                }
-                for key in p.cleanup {
-                    if let Ok(Cas::Done(())) = table.delete_finished(&key).await {
-                        info!(shard = %key, "finished parent lease deleted");
-                    }
-                }
-            }
-            Err(e) => warn!(error = %format!("{e:#}"), "cannot read the lease table"),
-        }
-        metrics
-            .leases_held
-            .set(held.values().filter(|h| !h.lost.is_cancelled()).count() as i64);
-        let rest = tick.saturating_sub(round_started.elapsed());
-        tokio::select! {
-            _ = tokio::time::sleep(rest) => {}
-            _ = shutdown.cancelled() => {}
-        }
+        Ok(())
     }
-
-    // Drain: readers checkpoint and return; then leases are released.
-    metrics.set_ready(false);
-    info!(leases = held.len(), "shutting down: draining shard readers");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.shutdown_secs);
-    for (key, h) in held.drain() {
-        let renew_lost = h.lost.clone();
-        match tokio::time::timeout_at(deadline, h.task).await {
-            Ok(Ok(Outcome::Ended)) => {}
-            Ok(Ok(_)) if !renew_lost.is_cancelled() => match table.release(&h.lease, &me).await {
-                Ok(_) => info!(shard = %key, "lease released"),
-                Err(e) => warn!(shard = %key, error = %format!("{e:#}"), "lease release failed"),
-            },
-            Ok(_) => {}
-            Err(_) => error!(shard = %key, "reader did not stop before the shutdown deadline"),
-        }
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
-    info!("worker stopped");
-    Ok(())
 }
 
 /// How many lease renewals are in flight at once: a worker holding hundreds

@@ -13,4 +13,4 @@ pub mod lease;
 pub mod plan;
 pub mod reader;
 
-pub use coordinator::serve;
+pub use coordinator::KinesisWorker;

@@ -23,10 +23,10 @@ use tracing::{debug, error, info, warn};
 use super::checkpoint::CheckpointTracker;
 use super::checkpoint::{is_initial_position, Checkpoint};
 use super::lease::{Cas, Lease, LeaseTable, ReplayFrom};
+use crate::clock::now_ms;
 use crate::metrics::{Metrics, ReaderLabel};
-use crate::service::now_ms;
-use crate::service::record::{self, Place};
 use crate::sink::Sink;
+use crate::source::record::{self, Place};
 
 #[derive(Debug, Clone)]
 pub struct ReaderConfig {
@@ -206,14 +206,8 @@ impl ShardReader {
                 _ = self.lost.cancelled() => {}
             }
         };
-        crate::service::deliver::deliver_until(
-            &self.sink,
-            &self.metrics,
-            c,
-            "checkpoint",
-            interrupted,
-        )
-        .await
+        crate::sink::deliver::deliver_until(&self.sink, &self.metrics, c, "checkpoint", interrupted)
+            .await
     }
 
     async fn maybe_checkpoint(&self, st: &mut State, force: bool) -> Option<Outcome> {

@@ -1,7 +1,7 @@
 //! The record → engine → deliver step both readers share: count the
 //! record, run it through the engine, count its events (or log why it was
 //! skipped), then log the suppressed decisions and hand back the commands
-//! to deliver, in order (delivery itself: [`super::deliver`]). Log fields
+//! to deliver, in order (delivery itself: [`crate::sink::deliver`]). Log fields
 //! stay each source's own ([`Place`]).
 
 use sshwarden_pipeline::command::Command;
