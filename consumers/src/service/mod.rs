@@ -17,18 +17,18 @@ use tracing::{error, info};
 
 use crate::config::{SinkSettings, SourceSettings};
 use crate::metrics::Metrics;
-use crate::source::Context;
+use crate::source::{Context, Worker};
 
 /// Serves `source` until SIGTERM/SIGINT: the worker's whole life. The
 /// source's own settings are checked before anything starts.
 pub async fn serve(source: SourceSettings, engine_config: EngineConfig) -> anyhow::Result<()> {
     match source {
         SourceSettings::Kinesis(args) => {
-            let worker = crate::source::kinesis::KinesisWorker::prepare(args, engine_config)?;
-            let (sink, metrics_addr, engine) = worker.service_needs();
-            let (context, server) = start(sink, metrics_addr, engine).await?;
-            let shutdown = context.shutdown.clone();
-            stopped(worker.serve(context).await, server, shutdown).await
+            run(crate::source::kinesis::KinesisWorker::prepare(
+                args,
+                engine_config,
+            )?)
+            .await
         }
         SourceSettings::Kafka(args) => serve_kafka(args, engine_config).await,
     }
@@ -39,11 +39,11 @@ async fn serve_kafka(
     args: crate::config::KafkaArgs,
     engine_config: EngineConfig,
 ) -> anyhow::Result<()> {
-    let worker = crate::source::kafka::KafkaWorker::prepare(args, engine_config)?;
-    let (sink, metrics_addr, engine) = worker.service_needs();
-    let (context, server) = start(sink, metrics_addr, engine).await?;
-    let shutdown = context.shutdown.clone();
-    stopped(worker.serve(context).await, server, shutdown).await
+    run(crate::source::kafka::KafkaWorker::prepare(
+        args,
+        engine_config,
+    )?)
+    .await
 }
 
 #[cfg(not(feature = "kafka"))]
@@ -52,6 +52,14 @@ async fn serve_kafka(_: crate::config::KafkaArgs, _: EngineConfig) -> anyhow::Re
         "--source kafka: this sshwarden was built without the Kafka source; \
          rebuild with `cargo build --release --features kafka`"
     )
+}
+
+/// Starts what `worker` needs, serves it, then stops the HTTP server.
+async fn run(worker: impl Worker) -> anyhow::Result<()> {
+    let (sink, metrics_addr, engine) = worker.service_needs();
+    let (context, server) = start(sink, metrics_addr, engine).await?;
+    let shutdown = context.shutdown.clone();
+    stopped(worker.serve(context).await, server, shutdown).await
 }
 
 /// Starts what every source needs: the AWS SDK's own chain (endpoints,

@@ -10,12 +10,27 @@ pub mod kafka;
 pub mod kinesis;
 pub mod record;
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
+use sshwarden_pipeline::EngineConfig;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::SinkSettings;
 use crate::metrics::Metrics;
 use crate::sink::Sink;
+
+/// A source's worker whose own settings were checked (each source's
+/// `prepare`): what the service must start for it, then its whole life.
+pub trait Worker {
+    /// The sink's settings, the metrics address and the engine's
+    /// configuration (its blast radius), for the service to start.
+    fn service_needs(&self) -> (&SinkSettings, SocketAddr, &EngineConfig);
+
+    /// Serves until SIGTERM/SIGINT cancels `context.shutdown`, then drains.
+    fn serve(self, context: Context) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
 
 /// What the service hands a source: the AWS SDK's configuration, the sink
 /// with its fleet-wide gate, the metrics, and the token SIGTERM/SIGINT

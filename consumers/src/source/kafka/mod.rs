@@ -31,7 +31,7 @@ use sshwarden_pipeline::{Engine, EngineConfig};
 use tracing::{error, info};
 
 use crate::config::{KafkaArgs, SinkSettings};
-use crate::source::{default_worker_id, Context};
+use crate::source::{default_worker_id, Context, Worker};
 use group::{poll_loop, Group, GroupContext};
 
 /// A Kafka worker whose settings were checked, before anything starts.
@@ -63,15 +63,15 @@ impl KafkaWorker {
             reset,
         })
     }
+}
 
-    /// What the service starts for this worker: the sink's settings, the
-    /// metrics address, the engine's configuration (its blast radius).
-    pub fn service_needs(&self) -> (&SinkSettings, std::net::SocketAddr, &EngineConfig) {
+impl Worker for KafkaWorker {
+    fn service_needs(&self) -> (&SinkSettings, std::net::SocketAddr, &EngineConfig) {
         (&self.args.sink, self.args.metrics_addr, &self.engine_config)
     }
 
     /// Serves the topic until SIGTERM/SIGINT: the worker's whole life.
-    pub async fn serve(self, context: Context) -> anyhow::Result<()> {
+    async fn serve(self, context: Context) -> anyhow::Result<()> {
         let KafkaWorker {
             args,
             engine_config,

@@ -20,7 +20,7 @@ use super::lease::{Cas, Lease, LeaseTable};
 use super::plan;
 use super::reader::{Outcome, ReaderConfig, ShardReader};
 use crate::config::{KinesisArgs, SinkSettings};
-use crate::source::{default_worker_id, Context};
+use crate::source::{default_worker_id, Context, Worker};
 
 struct Held {
     lease: Lease,
@@ -55,15 +55,15 @@ impl KinesisWorker {
             me,
         })
     }
+}
 
-    /// What the service starts for this worker: the sink's settings, the
-    /// metrics address, the engine's configuration (its blast radius).
-    pub fn service_needs(&self) -> (&SinkSettings, std::net::SocketAddr, &EngineConfig) {
+impl Worker for KinesisWorker {
+    fn service_needs(&self) -> (&SinkSettings, std::net::SocketAddr, &EngineConfig) {
         (&self.args.sink, self.args.metrics_addr, &self.engine_config)
     }
 
     /// Serves the stream until SIGTERM/SIGINT: the worker's whole life.
-    pub async fn serve(self, context: Context) -> anyhow::Result<()> {
+    async fn serve(self, context: Context) -> anyhow::Result<()> {
         let KinesisWorker {
             args,
             engine_config,
