@@ -84,9 +84,12 @@ pub fn classify(message: &str) -> Option<Classified<'_>> {
             }
         }
         b'S' => m.strip_prefix("SSH: Server;Ltype: ").and_then(audit_remote),
+        b'M' => m
+            .strip_prefix("Magic value check failed (")
+            .and_then(magic_value),
         b'T' => m
             .strip_prefix("Timeout before authentication for ")
-            .and_then(|r| with_addr_port(Kind::LoginTimeout, r)),
+            .and_then(login_timeout),
         b'U' => {
             if let Some(r) = m.strip_prefix("User ") {
                 not_allowed(r)
@@ -185,6 +188,10 @@ fn auth_attempt(base: Kind, s: &str) -> Option<Classified<'_>> {
         (k, _) => k,
     };
     let key_method = method == "publickey" || method == "hostbased";
+    // Methods sshd never appends INFO to; any other (unfamiliar) method may
+    // carry a key's `: KEYTYPE FINGERPRINT` as the key methods do.
+    let no_info =
+        method == "password" || method == "none" || method.starts_with("keyboard-interactive");
     let (rest, invalid) = match rest.strip_prefix("invalid user ") {
         Some(r) => (r, true),
         None => (rest, rest.starts_with("<invalid username> ")),
@@ -194,16 +201,17 @@ fn auth_attempt(base: Kind, s: &str) -> Option<Classified<'_>> {
         ..Classified::new(kind)
     };
     // sshd appends `: INFO` only for methods that record some: keys, and
-    // gssapi's client name (free text, so any INFO is one).
+    // gssapi's client name (free text, so any INFO is one); an unfamiliar
+    // method may record a key as the key methods do.
     let gssapi = method.starts_with("gssapi");
     match best_auth_tail(rest, |info, proto| {
         if key_method {
             key_info(info)
-        } else if gssapi {
-            true
         } else {
-            // `ruser ` with an empty remote user loses its trailing space to the trim.
-            proto == Some("ssh1") && (info == "ruser" || info.starts_with("ruser "))
+            gssapi
+                || (!no_info && key_info(info))
+                // `ruser ` with an empty remote user loses its trailing space to the trim.
+                || (proto == Some("ssh1") && (info == "ruser" || info.starts_with("ruser ")))
         }
     }) {
         Reading::None => return None,
@@ -483,6 +491,48 @@ fn received_disconnect(s: &str) -> Option<Classified<'_>> {
     Some(c)
 }
 
+/// `ADDR[ port N]` (older OpenSSH) or `connection from ADDR to LADDR, pid = N`
+/// (newer): the peer is the first address, the second is the server's own.
+fn login_timeout(s: &str) -> Option<Classified<'_>> {
+    let Some(r) = s.strip_prefix("connection from ") else {
+        return with_addr_port(Kind::LoginTimeout, s);
+    };
+    let (a, rest) = r.split_once(" to ")?;
+    let (local, pid) = rest.split_once(", pid = ")?;
+    ip(local)?;
+    digits_only(pid)?;
+    Some(Classified {
+        source: Some(ip(a)?),
+        ..Classified::new(Kind::LoginTimeout)
+    })
+}
+
+fn digits_only(s: &str) -> Option<()> {
+    (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit())).then_some(())
+}
+
+/// `VALUE) on obfuscated handshake from ADDR[ port N]` (the obfuscated-SSH
+/// patch), anchored at the end as `Bad protocol version` is.
+fn magic_value(s: &str) -> Option<Classified<'_>> {
+    const SEP: &[u8] = b") on obfuscated handshake from ";
+    let mut reading = Reading::None;
+    for p in memchr::memmem::find_iter(s.as_bytes(), SEP) {
+        if let Some(found) = addr_port_exact(&s[p + SEP.len()..]) {
+            reading.push(found);
+        }
+    }
+    let mut c = Classified::new(Kind::BadProtocol);
+    match reading {
+        Reading::None => return None,
+        Reading::One((source, port)) => {
+            c.source = Some(source);
+            c.port = port;
+        }
+        Reading::Many => c.ambiguous = true,
+    }
+    Some(c)
+}
+
 /// `STRING' from ADDR[ port N]`, anchored at the end.
 fn bad_protocol(s: &str) -> Option<Classified<'_>> {
     let mut reading = Reading::None;
@@ -536,6 +586,7 @@ fn pam(s: &str) -> Option<Classified<'_>> {
         "Authentication error for ",
         "authentication error for ",
         "User not known to the underlying authentication module for ",
+        "unknown user for ",
     ]
     .iter()
     .find_map(|p| s.strip_prefix(p))?;
