@@ -303,6 +303,17 @@ mod tests {
     }
 
     #[test]
+    fn a_zone_indexed_peer_is_its_address() {
+        let line = "Jan  1 00:00:00 host host sshd[9]: Failed password for bob from fe80::1%eth0 port 22 ssh2";
+        let l = crate::prefix::parse_line(line).unwrap();
+        let mut t = ConnectionTracker::new(8);
+        let v = t.observe(1, l.pid, &classify(l.message).unwrap());
+        // The zone names the instance's interface: one peer whatever the zone.
+        assert_eq!(v.source, Peer::parse("fe80::1"));
+        assert_eq!(v.signal, Some(Signal::AuthFailure));
+    }
+
+    #[test]
     fn other_hosts_and_pids_do_not_leak() {
         let mut t = ConnectionTracker::new(8);
         t.observe(

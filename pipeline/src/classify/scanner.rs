@@ -736,3 +736,165 @@ fn drop_connection(s: &str) -> Option<Classified<'_>> {
         ..Classified::new(kind)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (kind, source, user, port, invalid user) of a message, unambiguous.
+    fn read(m: &str) -> (Kind, Option<&str>, Option<&str>, Option<u16>, bool) {
+        let c = classify(m).unwrap_or_else(|| panic!("{m:?} not classified"));
+        assert!(!c.ambiguous, "{m:?}");
+        (c.kind, c.source, c.user, c.port, c.invalid_user)
+    }
+
+    #[test]
+    fn zone_indexed_peers_are_read_without_the_zone() {
+        assert_eq!(
+            read("Failed password for root from fe80::1%eth0 port 22 ssh2"),
+            (
+                Kind::FailedPassword,
+                Some("fe80::1"),
+                Some("root"),
+                Some(22),
+                false
+            )
+        );
+        assert_eq!(
+            read("Accepted publickey for bob from fe80::2%3: RSA SHA256:x"),
+            (Kind::Accepted, Some("fe80::2"), Some("bob"), None, false)
+        );
+        assert_eq!(
+            read("Did not receive identification string from fe80::1%eth0 port 7"),
+            (
+                Kind::NoIdentification,
+                Some("fe80::1"),
+                None,
+                Some(7),
+                false
+            )
+        );
+        assert_eq!(
+            classify("Did not receive identification string from 192.0.2.7%eth0"),
+            None
+        );
+    }
+
+    #[test]
+    fn pam_failures_of_other_platforms() {
+        assert_eq!(
+            read("PAM: authentication failure for bob from 192.0.2.7"),
+            (
+                Kind::PamAuthFailure,
+                Some("192.0.2.7"),
+                Some("bob"),
+                None,
+                false
+            )
+        );
+        assert_eq!(
+            read("PAM: unknown user for illegal user bob from 192.0.2.7"),
+            (
+                Kind::PamAuthFailure,
+                Some("192.0.2.7"),
+                Some("bob"),
+                None,
+                true
+            )
+        );
+        assert_eq!(classify("PAM: unknown user for bob"), None);
+    }
+
+    #[test]
+    fn timeouts_old_and_new() {
+        assert_eq!(
+            read("Timeout before authentication for 192.0.2.7 port 4242"),
+            (
+                Kind::LoginTimeout,
+                Some("192.0.2.7"),
+                None,
+                Some(4242),
+                false
+            )
+        );
+        // The peer is the first address; the second is the server's own.
+        assert_eq!(
+            read("Timeout before authentication for connection from 192.0.2.7 to 10.0.0.5, pid = 812"),
+            (Kind::LoginTimeout, Some("192.0.2.7"), None, None, false)
+        );
+        assert_eq!(
+            classify(
+                "Timeout before authentication for connection from 192.0.2.7 to 10.0.0.5, pid = "
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn bad_banners() {
+        assert_eq!(
+            read("Bad protocol version identification 'GET / HTTP/1.0' from 192.0.2.7"),
+            (Kind::BadProtocol, Some("192.0.2.7"), None, None, false)
+        );
+        assert_eq!(
+            read("Bad protocol version identification '\\026\\003' from 192.0.2.7 port 4242"),
+            (
+                Kind::BadProtocol,
+                Some("192.0.2.7"),
+                None,
+                Some(4242),
+                false
+            )
+        );
+        assert_eq!(
+            read("Magic value check failed (3405643776) on obfuscated handshake from 192.0.2.7 port 4242"),
+            (Kind::BadProtocol, Some("192.0.2.7"), None, Some(4242), false)
+        );
+        assert_eq!(
+            classify("Magic value check failed (1) on obfuscated handshake from nowhere"),
+            None
+        );
+    }
+
+    #[test]
+    fn unfamiliar_methods_with_a_key() {
+        assert_eq!(
+            read("Failed hostbased for bob from 192.0.2.7 port 4242 ssh2: ED25519 SHA256:abc"),
+            (
+                Kind::FailedHostbased,
+                Some("192.0.2.7"),
+                Some("bob"),
+                Some(4242),
+                false
+            )
+        );
+        assert_eq!(
+            read("Failed keyboard-interactive/pam for invalid user bob from 192.0.2.7 port 4242 ssh2"),
+            (Kind::FailedPassword, Some("192.0.2.7"), Some("bob"), Some(4242), true)
+        );
+        assert_eq!(
+            read("Failed webauthn for invalid user bob from 192.0.2.7 port 4242 ssh2: ED25519 SHA256:abc"),
+            (Kind::FailedPassword, Some("192.0.2.7"), Some("bob"), Some(4242), true)
+        );
+        // Methods that never carry INFO still refuse one.
+        for m in ["password", "none", "keyboard-interactive"] {
+            let line =
+                format!("Failed {m} for bob from 192.0.2.7 port 4242 ssh2: ED25519 SHA256:abc");
+            assert_eq!(classify(&line), None, "{line}");
+        }
+        // An address in the user name is never the peer.
+        let c = classify(
+            "Failed webauthn for x from 6.6.6.6 port 1 ssh2: ED25519 SHA256:x from 192.0.2.7 port 4242 ssh2: ED25519 SHA256:y",
+        )
+        .unwrap();
+        assert!(c.ambiguous && c.source.is_none());
+    }
+
+    #[test]
+    fn pam_echo_is_read() {
+        assert_eq!(
+            read("pam_unix(sshd:auth): authentication failure; logname= uid=0 euid=0 tty=ssh ruser= rhost=192.0.2.7  user=bob"),
+            (Kind::PamUnixFailure, Some("192.0.2.7"), Some("bob"), None, false)
+        );
+    }
+}
