@@ -52,9 +52,13 @@ pub enum Attribution {
 }
 
 impl Verdict<'_> {
-    /// Evidence of a failed or hostile access attempt.
+    /// Evidence of a failed or hostile access attempt. The PAM echo
+    /// (`pam_unix(sshd:auth): authentication failure; ... rhost=A`) is
+    /// evidence too, but it has no signal: sshd logs the same attempt itself
+    /// (`Failed password ...`, the line that counts), so one attempt is
+    /// counted once.
     pub fn is_attack(&self) -> bool {
-        self.signal.is_some()
+        self.signal.is_some() || self.kind == Kind::PamUnixFailure
     }
 }
 
@@ -276,6 +280,37 @@ mod tests {
         assert!(v[1].is_attack() && !v[1].counts_for_instance);
         assert_eq!(v[1].attribution, Attribution::Connection);
         assert!(!v[2].is_attack());
+    }
+
+    #[test]
+    fn pam_echo_is_evidence_counted_once() {
+        let mut t = ConnectionTracker::new(8);
+        let lines = [
+            "pam_unix(sshd:auth): authentication failure; logname= uid=0 euid=0 tty=ssh ruser= rhost=192.0.2.7  user=bob",
+            "Failed password for bob from 192.0.2.7 port 4242 ssh2",
+        ];
+        let v: Vec<_> = lines
+            .iter()
+            .map(|m| t.observe(1, Some(9), &classify(m).unwrap()))
+            .collect();
+        // The echo is attack evidence but no signal: it is not counted...
+        assert!(v[0].is_attack());
+        assert_eq!((v[0].signal, v[0].counts_for_instance), (None, false));
+        assert_eq!(v[0].logged_source, Some("192.0.2.7"));
+        // ... the failure sshd logs itself is, once.
+        assert!(v[1].is_attack() && v[1].counts_for_instance);
+        assert_eq!(v[1].signal, Some(Signal::AuthFailure));
+    }
+
+    #[test]
+    fn a_zone_indexed_peer_is_its_address() {
+        let line = "Jan  1 00:00:00 host host sshd[9]: Failed password for bob from fe80::1%eth0 port 22 ssh2";
+        let l = crate::prefix::parse_line(line).unwrap();
+        let mut t = ConnectionTracker::new(8);
+        let v = t.observe(1, l.pid, &classify(l.message).unwrap());
+        // The zone names the instance's interface: one peer whatever the zone.
+        assert_eq!(v.source, Peer::parse("fe80::1"));
+        assert_eq!(v.signal, Some(Signal::AuthFailure));
     }
 
     #[test]

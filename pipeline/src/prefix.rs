@@ -72,7 +72,11 @@ pub fn parse_line(line: &str) -> Option<SshdLine<'_>> {
     let (host, pid, message) = if let Some(pid) = process_token(first, after_first) {
         (None, pid.0, pid.1)
     } else {
-        let (second, after_second) = split_token(after_first.trim_start_matches(' '));
+        let (mut second, mut after_second) = split_token(after_first.trim_start_matches(' '));
+        if second == first && !first.is_empty() {
+            // Some relays write the host name twice (`host host sshd[1]: ...`).
+            (second, after_second) = split_token(after_second.trim_start_matches(' '));
+        }
         let (pid, message) = process_token(second, after_second)?;
         (Some(first).filter(|h| !h.is_empty()), pid, message)
     };
@@ -426,5 +430,19 @@ mod tests {
         assert_eq!(msg("Feb 25 14:34:10 belka sshd[x]: x"), None);
         assert_eq!(msg(""), None);
         assert_eq!(msg("Invalid user x from 1.2.3.4"), None);
+        // A repeated host name is skipped only when it is the host name again.
+        assert_eq!(msg("Feb 25 14:34:10 belka other sshd[1]: x"), None);
+        assert_eq!(msg("Feb 25 14:34:10 belka belka logger: x"), None);
+        assert_eq!(msg("Feb 25 14:34:10 belka belka belka sshd[1]: x"), None);
+    }
+
+    #[test]
+    fn repeated_host_name() {
+        let l = parse_line("Jan  1 00:00:00 host host sshd[1]: Failed password for x").unwrap();
+        assert_eq!(l.host, Some("host"));
+        assert_eq!(l.pid, Some(1));
+        assert_eq!(l.message, "Failed password for x");
+        let l = parse_line("2026-01-01T00:00:00+00:00 ip-10-0-0-1 ip-10-0-0-1 sshd: x").unwrap();
+        assert_eq!((l.host, l.pid, l.message), (Some("ip-10-0-0-1"), None, "x"));
     }
 }

@@ -5,10 +5,20 @@
 use std::net::Ipv6Addr;
 
 /// `tok` as a peer IP address: IPv4 (leading zeros accepted) or IPv6. An
-/// IPv4-mapped IPv6 address is returned as its IPv4 part.
+/// IPv4-mapped IPv6 address is returned as its IPv4 part. An IPv6 address
+/// with a zone index (`fe80::1%eth0`, as getnameinfo prints a link-local
+/// peer) is returned without the zone: the zone names the instance's own
+/// interface, not the peer, and no block target can say it.
 pub fn ip(tok: &str) -> Option<&str> {
     if is_ipv4(tok) {
         return Some(tok);
+    }
+    if let Some(i) = memchr::memchr(b'%', tok.as_bytes()) {
+        let (addr, zone) = (&tok[..i], &tok[i + 1..]);
+        if !is_zone(zone) || !addr.contains(':') {
+            return None;
+        }
+        return ip(addr);
     }
     if tok.len() > 45 || !tok.contains(':') {
         return None;
@@ -22,6 +32,14 @@ pub fn ip(tok: &str) -> Option<&str> {
         }
     }
     tok.parse::<Ipv6Addr>().ok().map(|_| tok)
+}
+
+/// A zone index: an interface name or number (`eth0`, `2`, `enp0s3.100`).
+fn is_zone(zone: &str) -> bool {
+    !zone.is_empty()
+        && zone
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
 /// `tok` as an IP address or, where sshd prints a resolved name, a host name.
@@ -229,10 +247,20 @@ pub(crate) mod tables {
         ("::ffff:999.0.0.1", None),
         ("::ffff:1.2.3", None),
         // A zone index (getnameinfo appends `%eth0` to a link-local peer):
-        // not read; a link-local peer is on the instance's own network and
-        // `%` is no address or host-name character.
-        ("fe80::1%eth0", None),
-        ("fe80::1%2", None),
+        // read as the address, the zone dropped (it names the instance's own
+        // interface, not the peer; a block cannot say it).
+        ("fe80::1%eth0", Some("fe80::1")),
+        ("fe80::1%2", Some("fe80::1")),
+        ("fe80::1%enp0s3.100", Some("fe80::1")),
+        ("::ffff:192.0.2.1%eth0", Some("192.0.2.1")),
+        // ... a zone only on IPv6, only one, of interface-name characters.
+        ("192.0.2.1%eth0", None),
+        ("fe80::1%", None),
+        ("fe80::1%eth0%eth1", None),
+        ("fe80::1%eth 0", None),
+        ("fe80::1%eth:0", None),
+        ("fe80::zz%eth0", None),
+        ("%eth0", None),
         // Brackets belong to the shapes that print them (`[A]:P`), not to
         // the address.
         ("[2001:db8::1]", None),
@@ -268,7 +296,7 @@ pub(crate) mod tables {
         ("host.example.com:22", None),
         ("h\u{f4}st.example", None),
         ("host/example", None),
-        ("fe80::1%eth0", None),
+        ("fe80::1%eth0", Some("fe80::1")),
         ("", None),
     ];
 

@@ -28,8 +28,10 @@
 //!   `: INFO` for the methods sshd appends one to (OpenSSH's `auth_log`
 //!   appends what a method recorded, and only these record anything): for
 //!   `publickey`/`hostbased`, INFO whose first two words are a key type and a
-//!   fingerprint; for the `gssapi` methods, any INFO (the client's name); and
-//!   for `ssh1`, `: ruser[ ...]`. What follows a key's two words is not
+//!   fingerprint; for the `gssapi` methods, any INFO (the client's name);
+//!   for an unfamiliar method (any but `password`, `none`,
+//!   `keyboard-interactive[/...]` and the above), a key's INFO as for
+//!   `publickey`; and for `ssh1`, `: ruser[ ...]`. What follows a key's two words is not
 //!   checked: it varies (`ID ... CA ...` for certificates, `, client user
 //!   "..."` for hostbased, `, signature count = N` for security keys, and
 //!   before OpenSSH 7.8 `TYPE-CERT ID ...` with no fingerprint), and a real
@@ -60,7 +62,9 @@
 //!   reverse DNS name.
 //!
 //! An address is an IPv4 (leading zeros accepted, as sshd prints what it
-//! got), an IPv6 (an IPv4-mapped `::ffff:a.b.c.d` is reported as `a.b.c.d`),
+//! got), an IPv6 (an IPv4-mapped `::ffff:a.b.c.d` is reported as `a.b.c.d`;
+//! a zone index, `fe80::1%eth0`, is dropped: it names the instance's own
+//! interface, not the peer),
 //! or, only in the shapes where sshd prints a resolved host name (`PAM: ...
 //! from H`, `User U from H not allowed because ...`), a host name.
 
@@ -80,17 +84,21 @@ pub enum Kind {
     /// `Invalid user U from A[ port P]`; `input_userauth_request: invalid user U` (no address).
     InvalidUser,
     /// `Failed M for ...` with a method other than publickey/hostbased
-    /// (password, keyboard-interactive[/pam], none, unknown, gssapi-*, ...).
+    /// (password, keyboard-interactive[/pam], none, unknown, gssapi-*, and
+    /// unfamiliar ones, which may end in a key's `: KEYTYPE FINGERPRINT`).
     FailedPassword,
     /// `Failed publickey for ...`.
     FailedPublickey,
     /// `Failed hostbased for ...`.
     FailedHostbased,
     /// `PAM: Authentication failure|error for U from H[ via A]`,
-    /// `PAM: User not known to the underlying authentication module for illegal user U from H`.
+    /// `PAM: User not known to the underlying authentication module for illegal user U from H`,
+    /// `PAM: unknown user for illegal user U from H`.
     PamAuthFailure,
     /// `pam_unix(sshd:auth): authentication failure; ... rhost=A[  user=U]`: the PAM
-    /// echo of a failure sshd logs itself on the next line.
+    /// echo of a failure sshd logs itself on the next line: attack evidence
+    /// ([`crate::context::Verdict::is_attack`]) with no signal, so the attempt
+    /// is counted once, on sshd's own line.
     PamUnixFailure,
     /// `User U from H not allowed because REASON`; `User U not allowed because REASON`.
     NotAllowed,
@@ -110,12 +118,14 @@ pub enum Kind {
     /// `Connection closed by [(authenticating|invalid) ]user U A port P`, `Connection closed by A[ port P]`,
     /// and the same with `Connection reset by`.
     ConnectionClosed,
-    /// `Timeout before authentication for A port P`.
+    /// `Timeout before authentication for A[ port P]`,
+    /// `Timeout before authentication for connection from A to B, pid = N` (the peer is A).
     LoginTimeout,
     /// `Did not receive identification string from A[ port P]`.
     NoIdentification,
     /// `Bad protocol version identification 'S' from A[ port P]`,
     /// `banner exchange: Connection from A port P: R`,
+    /// `Magic value check failed (V) on obfuscated handshake from A[ port P]`,
     /// `kex_exchange_identification: R` (no address).
     BadProtocol,
     /// `Unable to negotiate with A port P: R`,

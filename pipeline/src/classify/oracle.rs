@@ -49,6 +49,8 @@ regex!(IPV4_MAPPED, r"\A::(?:ffff|FFFF):(?P<v4>[0-9.]+)\z");
 // A host name: letters, digits, `-`, `.`, `_`, not starting with `-` or `.`.
 regex!(HOST_NAME, r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}\z");
 regex!(LETTER, r"[A-Za-z]");
+// An address and a zone index: an interface name or number.
+regex!(ZONED, r"\A(?P<a>[^%]*)%[A-Za-z0-9_.-]+\z");
 regex!(PORT, r"\A[0-9]{1,5}\z");
 
 fn is_ipv4(tok: &str) -> bool {
@@ -58,9 +60,14 @@ fn is_ipv4(tok: &str) -> bool {
 
 /// `tok` as a peer address: IPv4, or IPv6 (std's parser), an IPv4-mapped
 /// IPv6 address reported as its IPv4 part.
+/// An IPv6 address with a zone index (`fe80::1%eth0`) is read without the zone.
 fn ip(tok: &str) -> Option<&str> {
     if is_ipv4(tok) {
         return Some(tok);
+    }
+    if let Some(caps) = ZONED.captures(tok) {
+        let a = caps.name("a")?.as_str();
+        return if a.contains(':') { ip(a) } else { None };
     }
     if let Some(v4) = IPV4_MAPPED.captures(tok).and_then(|c| c.name("v4")) {
         if is_ipv4(v4.as_str()) {
@@ -93,7 +100,9 @@ regex!(
 // An address token as it can end a `from ` tail: address characters, ending
 // in a non-colon or in `::` (so `A: INFO` and an IPv6 address ending in `::`
 // split one way only). The token is validated with `addr::ip` afterwards.
-const ADDR: &str = r"[0-9A-Fa-f.:]*[0-9A-Fa-f.]|(?:[0-9A-Fa-f.:]*[0-9A-Fa-f.])?::";
+// An IPv6 address may carry a zone index (`%eth0`), which never ends in a colon.
+const ADDR: &str =
+    r"(?:[0-9A-Fa-f.:]*[0-9A-Fa-f.]|(?:[0-9A-Fa-f.:]*[0-9A-Fa-f.])?::)(?:%[A-Za-z0-9_.-]+)?";
 
 // --- Failed|Accepted|Postponed M for [invalid user ]U from A[ port P[ sshV]][: INFO]
 regex!(
@@ -113,6 +122,12 @@ regex!(KEY_INFO, r"(?s)\A[A-Za-z0-9@._-]+ [^ ,]+");
 regex!(SSH1_INFO, r"(?s)\Aruser(?: |\z)");
 // Methods whose `: INFO` is the client's GSSAPI name: free text.
 regex!(GSSAPI_METHOD, r"\Agssapi");
+// Methods sshd never appends INFO to; any other method that is not a key or
+// gssapi method is unfamiliar and may carry a key's INFO.
+regex!(
+    INFOLESS_METHOD,
+    r"(?s)\A(?:password|none|keyboard-interactive.*)\z"
+);
 regex!(
     MAX_AUTH,
     r"(?s)\Amaximum authentication attempts exceeded for (?P<iu>invalid user )?(?P<body>.*)\z"
@@ -193,7 +208,7 @@ regex!(FROM_HOST_END, r"(?s)\Afrom (?P<h>[^ ]+)\z");
 // --- PAM: ... for [illegal user ]U from H[ via A]
 regex!(
     PAM,
-    r"(?s)\APAM: (?:[Aa]uthentication (?:failure|error)|User not known to the underlying authentication module) for (?P<iu>illegal user )?(?P<body>.*)\z"
+    r"(?s)\APAM: (?:[Aa]uthentication (?:failure|error)|User not known to the underlying authentication module|unknown user) for (?P<iu>illegal user )?(?P<body>.*)\z"
 );
 regex!(
     FROM_HOST_VIA_END,
@@ -255,6 +270,21 @@ regex!(
     LOGIN_TIMEOUT,
     r"(?s)\ATimeout before authentication for (?P<rest>.*)\z"
 );
+// The newer form names both ends: the peer first, then the server's address.
+regex!(
+    LOGIN_TIMEOUT_CONNECTION,
+    r"(?s)\Aconnection from (?P<a>.*?) to (?P<local>.*?), pid = [0-9]+\z"
+);
+// --- Magic value check failed (V) on obfuscated handshake from A[ port P]
+regex!(
+    MAGIC_VALUE,
+    r"(?s)\AMagic value check failed \((?P<body>.*)\z"
+);
+regex!(OBFUSCATED_FROM, r"\) on obfuscated handshake from ");
+regex!(
+    OBFUSCATED_FROM_ADDR_PORT_END,
+    r"(?s)\A\) on obfuscated handshake from (?P<a>[^ ]+)(?: port (?P<port>[0-9]{1,5}))?\z"
+);
 regex!(
     UNABLE_TO_NEGOTIATE_WITH,
     r"(?s)\AUnable to negotiate with (?P<a>[^ ]*) port (?P<port>[0-9]{1,5}):"
@@ -275,7 +305,7 @@ pub fn classify(message: &str) -> Option<Classified<'_>> {
     let env = ENVELOPE.captures(message)?;
     let m = env.name("m")?.as_str();
     let preauth = env.name("preauth").is_some();
-    let shapes: [fn(&str) -> Option<Classified<'_>>; 24] = [
+    let shapes: [fn(&str) -> Option<Classified<'_>>; 25] = [
         auth_attempt,
         invalid_user,
         input_userauth,
@@ -298,6 +328,7 @@ pub fn classify(message: &str) -> Option<Classified<'_>> {
         no_identification,
         root_login_refused,
         login_timeout,
+        magic_value,
         addr_port_reason,
         addressless,
     ];
@@ -402,11 +433,14 @@ fn auth_attempt(m: &str) -> Option<Classified<'_>> {
         ..Classified::new(kind)
     };
     let gssapi = GSSAPI_METHOD.is_match(method);
+    let unfamiliar = !key_method && !gssapi && !INFOLESS_METHOD.is_match(method);
     let reading = ranked_from_tail(text(&caps, "body")?, |info, proto| {
         if key_method {
             KEY_INFO.is_match(info)
         } else {
-            gssapi || (proto == Some("ssh1") && SSH1_INFO.is_match(info))
+            gssapi
+                || (unfamiliar && KEY_INFO.is_match(info))
+                || (proto == Some("ssh1") && SSH1_INFO.is_match(info))
         }
     });
     attribute(c, reading)
@@ -727,7 +761,41 @@ fn root_login_refused(m: &str) -> Option<Classified<'_>> {
 }
 
 fn login_timeout(m: &str) -> Option<Classified<'_>> {
-    head_addr_port(Kind::LoginTimeout, &LOGIN_TIMEOUT, m)
+    let rest = text(&LOGIN_TIMEOUT.captures(m)?, "rest")?;
+    if !rest.starts_with("connection from ") {
+        return head_addr_port(Kind::LoginTimeout, &LOGIN_TIMEOUT, m);
+    }
+    let caps = LOGIN_TIMEOUT_CONNECTION.captures(rest)?;
+    ip(text(&caps, "local")?)?;
+    Some(Classified {
+        source: Some(ip(text(&caps, "a")?)?),
+        ..Classified::new(Kind::LoginTimeout)
+    })
+}
+
+fn magic_value(m: &str) -> Option<Classified<'_>> {
+    let body = text(&MAGIC_VALUE.captures(m)?, "body")?;
+    let mut reading = Reading::None;
+    for cand in positions(&OBFUSCATED_FROM, body) {
+        let Some(caps) = OBFUSCATED_FROM_ADDR_PORT_END.captures(&body[cand.start()..]) else {
+            continue;
+        };
+        if let (Some(source), Some(port_no)) =
+            (text(&caps, "a").and_then(ip), port_of(&caps, "port"))
+        {
+            reading.push((source, port_no));
+        }
+    }
+    let mut c = Classified::new(Kind::BadProtocol);
+    match reading {
+        Reading::None => return None,
+        Reading::One((source, port_no)) => {
+            c.source = Some(source);
+            c.port = port_no;
+        }
+        Reading::Many => c.ambiguous = true,
+    }
+    Some(c)
 }
 
 /// `Unable to negotiate with A port P: R` and `banner exchange: Connection from A port P: R`.

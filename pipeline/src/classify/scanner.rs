@@ -84,9 +84,12 @@ pub fn classify(message: &str) -> Option<Classified<'_>> {
             }
         }
         b'S' => m.strip_prefix("SSH: Server;Ltype: ").and_then(audit_remote),
+        b'M' => m
+            .strip_prefix("Magic value check failed (")
+            .and_then(magic_value),
         b'T' => m
             .strip_prefix("Timeout before authentication for ")
-            .and_then(|r| with_addr_port(Kind::LoginTimeout, r)),
+            .and_then(login_timeout),
         b'U' => {
             if let Some(r) = m.strip_prefix("User ") {
                 not_allowed(r)
@@ -185,6 +188,10 @@ fn auth_attempt(base: Kind, s: &str) -> Option<Classified<'_>> {
         (k, _) => k,
     };
     let key_method = method == "publickey" || method == "hostbased";
+    // Methods sshd never appends INFO to; any other (unfamiliar) method may
+    // carry a key's `: KEYTYPE FINGERPRINT` as the key methods do.
+    let no_info =
+        method == "password" || method == "none" || method.starts_with("keyboard-interactive");
     let (rest, invalid) = match rest.strip_prefix("invalid user ") {
         Some(r) => (r, true),
         None => (rest, rest.starts_with("<invalid username> ")),
@@ -194,16 +201,17 @@ fn auth_attempt(base: Kind, s: &str) -> Option<Classified<'_>> {
         ..Classified::new(kind)
     };
     // sshd appends `: INFO` only for methods that record some: keys, and
-    // gssapi's client name (free text, so any INFO is one).
+    // gssapi's client name (free text, so any INFO is one); an unfamiliar
+    // method may record a key as the key methods do.
     let gssapi = method.starts_with("gssapi");
     match best_auth_tail(rest, |info, proto| {
         if key_method {
             key_info(info)
-        } else if gssapi {
-            true
         } else {
-            // `ruser ` with an empty remote user loses its trailing space to the trim.
-            proto == Some("ssh1") && (info == "ruser" || info.starts_with("ruser "))
+            gssapi
+                || (!no_info && key_info(info))
+                // `ruser ` with an empty remote user loses its trailing space to the trim.
+                || (proto == Some("ssh1") && (info == "ruser" || info.starts_with("ruser ")))
         }
     }) {
         Reading::None => return None,
@@ -483,6 +491,48 @@ fn received_disconnect(s: &str) -> Option<Classified<'_>> {
     Some(c)
 }
 
+/// `ADDR[ port N]` (older OpenSSH) or `connection from ADDR to LADDR, pid = N`
+/// (newer): the peer is the first address, the second is the server's own.
+fn login_timeout(s: &str) -> Option<Classified<'_>> {
+    let Some(r) = s.strip_prefix("connection from ") else {
+        return with_addr_port(Kind::LoginTimeout, s);
+    };
+    let (a, rest) = r.split_once(" to ")?;
+    let (local, pid) = rest.split_once(", pid = ")?;
+    ip(local)?;
+    digits_only(pid)?;
+    Some(Classified {
+        source: Some(ip(a)?),
+        ..Classified::new(Kind::LoginTimeout)
+    })
+}
+
+fn digits_only(s: &str) -> Option<()> {
+    (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit())).then_some(())
+}
+
+/// `VALUE) on obfuscated handshake from ADDR[ port N]` (the obfuscated-SSH
+/// patch), anchored at the end as `Bad protocol version` is.
+fn magic_value(s: &str) -> Option<Classified<'_>> {
+    const SEP: &[u8] = b") on obfuscated handshake from ";
+    let mut reading = Reading::None;
+    for p in memchr::memmem::find_iter(s.as_bytes(), SEP) {
+        if let Some(found) = addr_port_exact(&s[p + SEP.len()..]) {
+            reading.push(found);
+        }
+    }
+    let mut c = Classified::new(Kind::BadProtocol);
+    match reading {
+        Reading::None => return None,
+        Reading::One((source, port)) => {
+            c.source = Some(source);
+            c.port = port;
+        }
+        Reading::Many => c.ambiguous = true,
+    }
+    Some(c)
+}
+
 /// `STRING' from ADDR[ port N]`, anchored at the end.
 fn bad_protocol(s: &str) -> Option<Classified<'_>> {
     let mut reading = Reading::None;
@@ -536,6 +586,7 @@ fn pam(s: &str) -> Option<Classified<'_>> {
         "Authentication error for ",
         "authentication error for ",
         "User not known to the underlying authentication module for ",
+        "unknown user for ",
     ]
     .iter()
     .find_map(|p| s.strip_prefix(p))?;
@@ -684,4 +735,166 @@ fn drop_connection(s: &str) -> Option<Classified<'_>> {
         port: Some(port(p)?),
         ..Classified::new(kind)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (kind, source, user, port, invalid user) of a message, unambiguous.
+    fn read(m: &str) -> (Kind, Option<&str>, Option<&str>, Option<u16>, bool) {
+        let c = classify(m).unwrap_or_else(|| panic!("{m:?} not classified"));
+        assert!(!c.ambiguous, "{m:?}");
+        (c.kind, c.source, c.user, c.port, c.invalid_user)
+    }
+
+    #[test]
+    fn zone_indexed_peers_are_read_without_the_zone() {
+        assert_eq!(
+            read("Failed password for root from fe80::1%eth0 port 22 ssh2"),
+            (
+                Kind::FailedPassword,
+                Some("fe80::1"),
+                Some("root"),
+                Some(22),
+                false
+            )
+        );
+        assert_eq!(
+            read("Accepted publickey for bob from fe80::2%3: RSA SHA256:x"),
+            (Kind::Accepted, Some("fe80::2"), Some("bob"), None, false)
+        );
+        assert_eq!(
+            read("Did not receive identification string from fe80::1%eth0 port 7"),
+            (
+                Kind::NoIdentification,
+                Some("fe80::1"),
+                None,
+                Some(7),
+                false
+            )
+        );
+        assert_eq!(
+            classify("Did not receive identification string from 192.0.2.7%eth0"),
+            None
+        );
+    }
+
+    #[test]
+    fn pam_failures_of_other_platforms() {
+        assert_eq!(
+            read("PAM: authentication failure for bob from 192.0.2.7"),
+            (
+                Kind::PamAuthFailure,
+                Some("192.0.2.7"),
+                Some("bob"),
+                None,
+                false
+            )
+        );
+        assert_eq!(
+            read("PAM: unknown user for illegal user bob from 192.0.2.7"),
+            (
+                Kind::PamAuthFailure,
+                Some("192.0.2.7"),
+                Some("bob"),
+                None,
+                true
+            )
+        );
+        assert_eq!(classify("PAM: unknown user for bob"), None);
+    }
+
+    #[test]
+    fn timeouts_old_and_new() {
+        assert_eq!(
+            read("Timeout before authentication for 192.0.2.7 port 4242"),
+            (
+                Kind::LoginTimeout,
+                Some("192.0.2.7"),
+                None,
+                Some(4242),
+                false
+            )
+        );
+        // The peer is the first address; the second is the server's own.
+        assert_eq!(
+            read("Timeout before authentication for connection from 192.0.2.7 to 10.0.0.5, pid = 812"),
+            (Kind::LoginTimeout, Some("192.0.2.7"), None, None, false)
+        );
+        assert_eq!(
+            classify(
+                "Timeout before authentication for connection from 192.0.2.7 to 10.0.0.5, pid = "
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn bad_banners() {
+        assert_eq!(
+            read("Bad protocol version identification 'GET / HTTP/1.0' from 192.0.2.7"),
+            (Kind::BadProtocol, Some("192.0.2.7"), None, None, false)
+        );
+        assert_eq!(
+            read("Bad protocol version identification '\\026\\003' from 192.0.2.7 port 4242"),
+            (
+                Kind::BadProtocol,
+                Some("192.0.2.7"),
+                None,
+                Some(4242),
+                false
+            )
+        );
+        assert_eq!(
+            read("Magic value check failed (3405643776) on obfuscated handshake from 192.0.2.7 port 4242"),
+            (Kind::BadProtocol, Some("192.0.2.7"), None, Some(4242), false)
+        );
+        assert_eq!(
+            classify("Magic value check failed (1) on obfuscated handshake from nowhere"),
+            None
+        );
+    }
+
+    #[test]
+    fn unfamiliar_methods_with_a_key() {
+        assert_eq!(
+            read("Failed hostbased for bob from 192.0.2.7 port 4242 ssh2: ED25519 SHA256:abc"),
+            (
+                Kind::FailedHostbased,
+                Some("192.0.2.7"),
+                Some("bob"),
+                Some(4242),
+                false
+            )
+        );
+        assert_eq!(
+            read("Failed keyboard-interactive/pam for invalid user bob from 192.0.2.7 port 4242 ssh2"),
+            (Kind::FailedPassword, Some("192.0.2.7"), Some("bob"), Some(4242), true)
+        );
+        assert_eq!(
+            read("Failed webauthn for invalid user bob from 192.0.2.7 port 4242 ssh2: ED25519 SHA256:abc"),
+            (Kind::FailedPassword, Some("192.0.2.7"), Some("bob"), Some(4242), true)
+        );
+        // Methods that never carry INFO still refuse one.
+        for m in ["password", "none", "keyboard-interactive"] {
+            let line =
+                format!("Failed {m} for bob from 192.0.2.7 port 4242 ssh2: ED25519 SHA256:abc");
+            assert_eq!(classify(&line), None, "{line}");
+        }
+        // An address in the user name is never the peer.
+        let c = classify(
+            "Failed webauthn for x from 6.6.6.6 port 1 ssh2: ED25519 SHA256:x from 192.0.2.7 port 4242 ssh2: ED25519 SHA256:y",
+        )
+        .unwrap();
+        assert!(c.ambiguous && c.source.is_none());
+    }
+
+    #[test]
+    fn pam_echo_is_read() {
+        assert_eq!(
+            read("pam_unix(sshd:auth): authentication failure; logname= uid=0 euid=0 tty=ssh ruser= rhost=192.0.2.7  user=bob"),
+            (Kind::PamUnixFailure, Some("192.0.2.7"), Some("bob"), None, false)
+        );
+    }
 }
