@@ -596,9 +596,15 @@ fn received_disconnect(m: &str) -> Option<Classified<'_>> {
 
 fn bad_protocol(m: &str) -> Option<Classified<'_>> {
     let body = text(&BAD_PROTOCOL.captures(m)?, "body")?;
+    protocol_tail(body, &QUOTE_FROM, &QUOTE_FROM_ADDR_PORT_END)
+}
+
+/// Every `from` (as `from` matches) that starts a tail `end` reads to the
+/// message's end: one reading → the peer, two → ambiguous, none → not this shape.
+fn protocol_tail<'a>(body: &'a str, from: &'static Regex, end: &Regex) -> Option<Classified<'a>> {
     let mut reading = Reading::None;
-    for cand in positions(&QUOTE_FROM, body) {
-        let Some(caps) = QUOTE_FROM_ADDR_PORT_END.captures(&body[cand.start()..]) else {
+    for cand in positions(from, body) {
+        let Some(caps) = end.captures(&body[cand.start()..]) else {
             continue;
         };
         if let (Some(source), Some(port_no)) =
@@ -775,27 +781,7 @@ fn login_timeout(m: &str) -> Option<Classified<'_>> {
 
 fn magic_value(m: &str) -> Option<Classified<'_>> {
     let body = text(&MAGIC_VALUE.captures(m)?, "body")?;
-    let mut reading = Reading::None;
-    for cand in positions(&OBFUSCATED_FROM, body) {
-        let Some(caps) = OBFUSCATED_FROM_ADDR_PORT_END.captures(&body[cand.start()..]) else {
-            continue;
-        };
-        if let (Some(source), Some(port_no)) =
-            (text(&caps, "a").and_then(ip), port_of(&caps, "port"))
-        {
-            reading.push((source, port_no));
-        }
-    }
-    let mut c = Classified::new(Kind::BadProtocol);
-    match reading {
-        Reading::None => return None,
-        Reading::One((source, port_no)) => {
-            c.source = Some(source);
-            c.port = port_no;
-        }
-        Reading::Many => c.ambiguous = true,
-    }
-    Some(c)
+    protocol_tail(body, &OBFUSCATED_FROM, &OBFUSCATED_FROM_ADDR_PORT_END)
 }
 
 /// `Unable to negotiate with A port P: R` and `banner exchange: Connection from A port P: R`.

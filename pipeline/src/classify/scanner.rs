@@ -514,30 +514,20 @@ fn digits_only(s: &str) -> Option<()> {
 /// `VALUE) on obfuscated handshake from ADDR[ port N]` (the obfuscated-SSH
 /// patch), anchored at the end as `Bad protocol version` is.
 fn magic_value(s: &str) -> Option<Classified<'_>> {
-    const SEP: &[u8] = b") on obfuscated handshake from ";
-    let mut reading = Reading::None;
-    for p in memchr::memmem::find_iter(s.as_bytes(), SEP) {
-        if let Some(found) = addr_port_exact(&s[p + SEP.len()..]) {
-            reading.push(found);
-        }
-    }
-    let mut c = Classified::new(Kind::BadProtocol);
-    match reading {
-        Reading::None => return None,
-        Reading::One((source, port)) => {
-            c.source = Some(source);
-            c.port = port;
-        }
-        Reading::Many => c.ambiguous = true,
-    }
-    Some(c)
+    bad_protocol_from(s, b") on obfuscated handshake from ")
 }
 
 /// `STRING' from ADDR[ port N]`, anchored at the end.
 fn bad_protocol(s: &str) -> Option<Classified<'_>> {
+    bad_protocol_from(s, b"' from ")
+}
+
+/// A protocol failure whose peer follows the last `sep` that ends the
+/// message with `ADDR[ port N]`; two such tails → ambiguous, no peer.
+fn bad_protocol_from<'a>(s: &'a str, sep: &[u8]) -> Option<Classified<'a>> {
     let mut reading = Reading::None;
-    for p in memchr::memmem::find_iter(s.as_bytes(), b"' from ") {
-        if let Some(found) = addr_port_exact(&s[p + 7..]) {
+    for p in memchr::memmem::find_iter(s.as_bytes(), sep) {
+        if let Some(found) = addr_port_exact(&s[p + sep.len()..]) {
             reading.push(found);
         }
     }
