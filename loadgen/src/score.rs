@@ -474,7 +474,7 @@ mod tests {
             .unwrap();
         sc.observe_line(&line(&w.instance, "no_such_rule", w.window_start_ms), 0);
         sc.observe_line(
-            r#"{"subject_kind":"source","source_ip":"203.0.113.9","rule":"r","window_start_ms":0}"#,
+            r#"{"subject_kind":"source","source":"203.0.113.9/32","rule":"r","window_start_ms":0}"#,
             0,
         );
         let r = sc.report(truth, None);

@@ -346,8 +346,9 @@ fn hostile_usernames_never_count_against_decoys() {
         let Decision::Command(c) = d else {
             continue;
         };
-        if let Some(ip) = &c.source_ip {
-            assert!(!decoys.iter().any(|d| d.to_string() == *ip));
+        if let Some(cidr) = &c.source {
+            let ip = cidr.split('/').next().unwrap_or(cidr);
+            assert!(!decoys.iter().any(|d| d.to_string() == ip), "{c:?}");
         }
         for s in &c.top_sources {
             assert!(!decoys.iter().any(|d| d.to_string() == s.source), "{c:?}");

@@ -19,8 +19,29 @@ pub const COMMAND_VERSION: u32 = 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
+    /// Isolate an instance (security-group swap): only on evidence of compromise.
     Quarantine,
+    /// Deny a source address or prefix. Until a sink has a block target, the
+    /// Step Functions and direct sinks announce it like a notification.
+    Block,
+    /// Tell people; change nothing.
     Notify,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Quarantine => "quarantine",
+            Action::Block => "block",
+            Action::Notify => "notify",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Action> {
+        [Action::Quarantine, Action::Block, Action::Notify]
+            .into_iter()
+            .find(|a| a.as_str() == name)
+    }
 }
 
 /// Where the evidence came from, for the command.
@@ -44,8 +65,10 @@ pub struct Command {
     pub subject_kind: SubjectKind,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instance_id: Option<String>,
+    /// The source as a CIDR (`203.0.113.9/32`, `2001:db8:1:2::/64`): the
+    /// subject of a source rule, the attacker of a compromise.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub source_ip: Option<String>,
+    pub source: Option<String>,
     pub account: String,
     pub log_group: String,
     pub log_stream: String,
@@ -76,7 +99,7 @@ impl Command {
         origin: &Origin,
     ) -> Command {
         let w = &fired.window;
-        let (instance_id, source_ip, subject_text) = match &fired.subject {
+        let (instance_id, source, subject_text) = match &fired.subject {
             Subject::Instance(i) => (Some(i.to_string()), None, i.to_string()),
             Subject::Source(s) => (None, Some(s.to_string()), s.to_string()),
         };
@@ -88,7 +111,7 @@ impl Command {
             reason: reason.map(str::to_owned),
             subject_kind: fired.subject.kind(),
             instance_id,
-            source_ip,
+            source,
             account: origin.account.clone(),
             log_group: origin.log_group.clone(),
             log_stream: origin.log_stream.clone(),
@@ -126,7 +149,7 @@ impl Command {
     pub fn subject(&self) -> &str {
         self.instance_id
             .as_deref()
-            .or(self.source_ip.as_deref())
+            .or(self.source.as_deref())
             .unwrap_or("")
     }
 
@@ -135,6 +158,7 @@ impl Command {
         let action = match (self.action, self.held) {
             (_, true) => "notify (held)",
             (Action::Quarantine, false) => "QUARANTINE",
+            (Action::Block, false) => "BLOCK",
             (Action::Notify, false) => "notify",
         };
         let counts: Vec<String> = self

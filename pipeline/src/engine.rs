@@ -63,6 +63,7 @@ pub struct Stats {
     pub allowlisted_source_events: u64,
     pub future_times_clamped: u64,
     pub commands_quarantine: u64,
+    pub commands_block: u64,
     pub commands_notify: u64,
     pub commands_held: u64,
     pub suppressed: u64,
@@ -446,6 +447,7 @@ impl Core {
                 Decision::Command(c) => {
                     match c.action {
                         Action::Quarantine => self.stats.commands_quarantine += 1,
+                        Action::Block => self.stats.commands_block += 1,
                         Action::Notify => self.stats.commands_notify += 1,
                     }
                     if c.held {

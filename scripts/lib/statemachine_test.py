@@ -380,7 +380,7 @@ def command(instance_id: str | None, rule: str = "invalid-user", window_start_ms
     def iso(ms: int) -> str:
         return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
-    subject = instance_id or extra.get("source_ip", "203.0.113.9")
+    subject = instance_id or extra.get("source", "203.0.113.9/32")
     kind = "i" if instance_id else "s"
     clean = "".join(c if c.isalnum() or c in "-_" else "_" for c in subject)
     cmd: dict[str, Any] = {
@@ -395,7 +395,7 @@ def command(instance_id: str | None, rule: str = "invalid-user", window_start_ms
     if instance_id:
         cmd["instance_id"] = instance_id
     else:
-        cmd["source_ip"] = subject
+        cmd["source"] = subject
     cmd.update({
         "account": ACCOUNT,
         "log_group": "/ec2/sshd",
@@ -417,7 +417,7 @@ def command(instance_id: str | None, rule: str = "invalid-user", window_start_ms
         ],
         "detected_at": iso(window_start_ms + 56_993),
     })
-    cmd.update({k: v for k, v in extra.items() if k != "source_ip"})
+    cmd.update({k: v for k, v in extra.items() if k != "source"})
     return cmd
 
 
@@ -583,13 +583,13 @@ def run_cases(w: World) -> None:
                     f"'failed' notification, slowest {slowest:.2f} s")
 
     def notify_only() -> Note:
-        cmd = command(None, rule="botnet", action="notify", source_ip="198.51.100.23")
+        cmd = command(None, rule="botnet", action="notify", source="198.51.100.23/32")
         snapshot = {iid: w.interface_groups(iid) for iid in w.instances.values()}
         d = w.run("quarantine", cmd, "notify")
         w.expect_status(d, "SUCCEEDED")
         check({iid: w.interface_groups(iid) for iid in w.instances.values()} == snapshot, "an instance changed")
         env = w.expect_message(d, "notify")
-        check(env["parsed"]["command"]["source_ip"] == "198.51.100.23", "command missing from the notification")
+        check(env["parsed"]["command"]["source"] == "198.51.100.23/32", "command missing from the notification")
         return Note(f"SUCCEEDED in {d['seconds']:.2f} s; no EC2 change; 'notify' notification")
 
     def held_only_notifies() -> Note:

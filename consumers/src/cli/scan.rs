@@ -169,7 +169,7 @@ fn build_report(
                 let subject = c
                     .instance_id
                     .clone()
-                    .or(c.source_ip.clone())
+                    .or(c.source.clone())
                     .unwrap_or_default();
                 fired.entry(subject).or_default().insert(c.rule.clone());
                 commands.push(*c);

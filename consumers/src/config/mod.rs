@@ -355,13 +355,12 @@ fn rule(r: RuleSection) -> anyhow::Result<Rule> {
             r.name
         ),
     };
-    let action = match r.action.as_str() {
-        "quarantine" => Action::Quarantine,
-        "notify" => Action::Notify,
-        other => bail!(
-            "rule {:?}: action {other:?} is not \"quarantine\" or \"notify\"",
-            r.name
-        ),
+    let Some(action) = Action::parse(&r.action) else {
+        bail!(
+            "rule {:?}: action {:?} is not \"quarantine\", \"block\" or \"notify\"",
+            r.name,
+            r.action
+        )
     };
     let signals = r
         .signals

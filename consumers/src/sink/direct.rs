@@ -242,7 +242,8 @@ impl DirectSink {
             self.publish(&n).await?;
             return Ok(Delivered::New);
         }
-        if c.action == Action::Notify {
+        // A block has no target in this sink yet: it is announced like a notification.
+        if c.action != Action::Quarantine {
             let n = notify_message(c, command);
             self.publish(&n).await?;
             return Ok(Delivered::New);
