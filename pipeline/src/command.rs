@@ -11,12 +11,13 @@ use serde::Serialize;
 
 use crate::classify::Signal;
 use crate::time::format_rfc3339_ms;
-use crate::window::{Fired, Subject, SubjectKind};
+use crate::rules::{Dimension, Rule, SubjectKind};
+use crate::window::{Fired, Subject};
 
 pub const COMMAND_VERSION: u32 = 1;
 
 /// What a command asks the sink to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     /// Isolate an instance (security-group swap): only on evidence of compromise.
@@ -73,10 +74,20 @@ pub struct Command {
     pub log_group: String,
     pub log_stream: String,
     pub rule: String,
+    /// The rule's window size.
+    pub window_secs: i64,
     pub window_start: String,
     pub window_end: String,
     pub window_start_ms: i64,
     pub counts: BTreeMap<&'static str, u32>,
+    /// Distinct values counted in the window (users, instances, sources),
+    /// only the dimensions the rule set tracks; exact up to the engine's
+    /// bound.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub distinct: BTreeMap<&'static str, u32>,
+    /// The instances a source tried in the window (at most 16).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<String>,
     pub top_sources: Vec<SourceCount>,
     pub other_source_events: u32,
     pub sample_lines: Vec<String>,
@@ -92,48 +103,56 @@ pub struct SourceCount {
 impl Command {
     pub fn from_fired(
         fired: &Fired,
-        rule: &str,
+        rule: &Rule,
         action: Action,
         held: bool,
         reason: Option<&str>,
         origin: &Origin,
     ) -> Command {
         let w = &fired.window;
-        let (instance_id, source, subject_text) = match &fired.subject {
-            Subject::Instance(i) => (Some(i.to_string()), None, i.to_string()),
-            Subject::Source(s) => (None, Some(s.to_string()), s.to_string()),
+        let top = w.top_sources(5);
+        let tracked: u32 = w.top.iter().map(|(_, n)| n).sum();
+        let shown: u32 = top.iter().map(|(_, n)| n).sum();
+        let (instance_id, subject_text) = match &fired.subject {
+            Subject::Instance(i) => (Some(i.to_string()), i.to_string()),
+            Subject::Source(s) => (None, s.to_string()),
         };
         Command {
             version: COMMAND_VERSION,
-            id: command_id(fired.subject.kind(), &subject_text, rule, w.start_ms),
+            id: command_id(fired.subject.kind(), &subject_text, &rule.name, w.start_ms),
             action,
             held,
             reason: reason.map(str::to_owned),
             subject_kind: fired.subject.kind(),
             instance_id,
-            source,
+            source: fired.source.as_ref().map(|s| s.to_string()),
             account: origin.account.clone(),
             log_group: origin.log_group.clone(),
             log_stream: origin.log_stream.clone(),
-            rule: rule.to_owned(),
+            rule: rule.name.clone(),
+            window_secs: w.size_ms / 1000,
             window_start: format_rfc3339_ms(w.start_ms),
-            window_end: format_rfc3339_ms(fired.window_end_ms),
+            window_end: format_rfc3339_ms(w.end_ms()),
             window_start_ms: w.start_ms,
             counts: Signal::ALL
                 .iter()
                 .filter(|s| w.counts[s.index()] > 0)
                 .map(|s| (s.as_str(), w.counts[s.index()]))
                 .collect(),
-            top_sources: w
-                .top_sources(5)
+            distinct: Dimension::ALL
+                .iter()
+                .filter(|d| w.distinct(**d).count() > 0)
+                .map(|d| (d.as_str(), w.distinct(*d).count()))
+                .collect(),
+            instances: w.instance_names.iter().map(|i| i.to_string()).collect(),
+            top_sources: top
                 .into_iter()
                 .map(|(s, count)| SourceCount {
                     source: s.to_string(),
                     count,
                 })
                 .collect(),
-            other_source_events: w.other_source_events
-                + w.sources.iter().skip(5).map(|(_, n)| n).sum::<u32>(),
+            other_source_events: w.other_source_events + tracked - shown,
             sample_lines: w.samples.clone(),
             detected_at: format_rfc3339_ms(fired.detected_at_ms),
         }

@@ -37,6 +37,11 @@ pub struct Verdict<'a> {
     /// Count this line's signal against the instance (false when it only
     /// supplies the address of evidence already counted).
     pub counts_for_instance: bool,
+    /// The line's signal is a new attempt: false when another line of the
+    /// same connection already counted it (the disconnect pair, the PAM
+    /// line of a `Failed password`, a second key-exchange complaint). See
+    /// docs/detection.md for what one attempt is per signal.
+    pub new_attempt: bool,
     pub ambiguous: bool,
 }
 
@@ -73,6 +78,42 @@ struct ConnState {
     source: Option<Peer>,
     port: Option<u16>,
     pending: Option<Signal>,
+    /// Signals this connection has counted (bit i: `Signal` index i).
+    counted: u8,
+    /// `Failed <method>` lines and PAM failure lines seen: each pair is one
+    /// password attempt, whichever of the two comes first.
+    failed_lines: u16,
+    pam_lines: u16,
+    /// The connection was closed (by the line with this port, 0 for none):
+    /// a second closing line with the same port is the same close; any
+    /// other line is a new connection on a recycled pid.
+    closed_port: Option<u16>,
+}
+
+impl ConnState {
+    /// Whether `c` (of signal `signal`) is an attempt this connection has not counted.
+    fn new_attempt(&mut self, c: &Classified<'_>, signal: Signal) -> bool {
+        let bit = 1u8 << signal.index();
+        match c.kind {
+            Kind::FailedPassword => {
+                self.failed_lines = self.failed_lines.saturating_add(1);
+                self.counted |= bit;
+                self.failed_lines > self.pam_lines
+            }
+            Kind::PamAuthFailure => {
+                self.pam_lines = self.pam_lines.saturating_add(1);
+                self.counted |= bit;
+                self.pam_lines > self.failed_lines
+            }
+            // "Too many failures" closes a connection whose failures counted.
+            Kind::MaxAuthExceeded | Kind::TooManyAuthFailures if self.counted & bit != 0 => false,
+            _ => {
+                let new = self.counted & bit == 0;
+                self.counted |= bit;
+                new
+            }
+        }
+    }
 }
 
 /// Per-connection context, capped at a number of connections (oldest first out).
@@ -126,6 +167,7 @@ impl ConnectionTracker {
             port: c.port,
             attribution: Attribution::None,
             counts_for_instance: own_signal.is_some(),
+            new_attempt: own_signal.is_some(),
             ambiguous: c.ambiguous,
         };
         // Parsing the address is only worth it where it is used: evidence, and
@@ -144,17 +186,36 @@ impl ConnectionTracker {
             return v;
         };
         let key = ConnKey { host, pid };
-        if text.is_some() && closes_connection(c.kind) {
+        let closes = closes_connection(c.kind);
+        if let Some(state) = self.conns.get_mut(&key) {
+            if let Some(port) = state.closed_port {
+                let same_close = closes && (port == 0 || c.port.is_none_or(|p| p == port));
+                if !same_close {
+                    *state = ConnState::default();
+                }
+            }
+        }
+        if let Some(signal) = own_signal {
+            v.new_attempt = self.entry(key).new_attempt(c, signal);
+        }
+        if text.is_some() && closes {
             // The connection is over: it may carry the address of evidence
-            // logged without one; a later line of this pid is a new
-            // connection, so forget it (keeps the map small and warm).
-            let pending = self.conns.remove(&key).and_then(|s| s.pending);
+            // logged without one. Its state stays (marked closed) so that
+            // the second line of a disconnect pair is known as the same
+            // close; a later line of this pid is a new connection.
+            let pending = self.conns.get_mut(&key).and_then(|s| {
+                s.closed_port = Some(c.port.unwrap_or(0));
+                s.source = None;
+                s.pending.take()
+            });
             match (own_signal, pending) {
                 (None, Some(signal)) => {
                     v.source = parse();
                     if v.source.is_some() {
                         v.signal = Some(signal);
                         v.counts_for_instance = false;
+                        // Counted for the instance already; new for the source.
+                        v.new_attempt = true;
                         v.attribution = Attribution::Connection;
                     }
                 }

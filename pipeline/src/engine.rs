@@ -14,7 +14,7 @@ use crate::envelope::{DecodeError, Decoder, MessageType, DEFAULT_MAX_DECOMPRESSE
 use crate::peer::Peer;
 use crate::policy::{Decision, Policy, PolicyConfig, PolicyError};
 use crate::prefix::{self, LineTime};
-use crate::window::{Admit, Fired, Observation, WindowConfig, WindowStats, WindowStore};
+use crate::window::{Admit, Fired, Observation, Observed, WindowConfig, WindowStats, WindowStore};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineConfig {
@@ -22,9 +22,9 @@ pub struct EngineConfig {
     pub policy: PolicyConfig,
     pub max_decompressed: usize,
     pub max_connections: usize,
-    /// Event times further than this past `now` are clamped to `now`: one
-    /// instance with a wrong clock must not push the watermark ahead and make
-    /// every other instance's events late.
+    /// Event times further than this ahead of their arrival time are
+    /// clamped to it (and counted): a clock that runs ahead, or a forged
+    /// timestamp, cannot move its stream's clock far past real time.
     pub max_future_skew_ms: i64,
     /// Year for syslog timestamps that carry none (offline scans).
     pub default_year: i64,
@@ -39,7 +39,7 @@ impl Default for EngineConfig {
             policy: PolicyConfig::default(),
             max_decompressed: DEFAULT_MAX_DECOMPRESSED,
             max_connections: DEFAULT_MAX_CONNECTIONS,
-            max_future_skew_ms: 5 * 60_000,
+            max_future_skew_ms: 60_000,
             default_year: 1970,
             keep_totals: false,
         }
@@ -60,6 +60,9 @@ pub struct Stats {
     pub attributed_by_connection: u64,
     pub unattributed_evidence: u64,
     pub ambiguous_lines: u64,
+    /// Lines that are evidence of an attempt another line of the same
+    /// connection already counted (docs/detection.md, what one attempt is).
+    pub repeated_attempt_lines: u64,
     pub allowlisted_source_events: u64,
     pub future_times_clamped: u64,
     pub commands_quarantine: u64,
@@ -80,6 +83,10 @@ pub enum EngineConfigError {
     WindowSize,
     #[error("allowed lateness must not be negative")]
     NegativeLateness,
+    #[error("{0}")]
+    Grouping(String),
+    #[error("stream idle time must not be negative")]
+    StreamIdle,
 }
 
 /// One Kinesis or Kafka record to process: its bytes and where it stands.
@@ -91,10 +98,10 @@ pub struct RecordInput<'a> {
     pub data: &'a [u8],
     /// Opaque, increasing position of the record (for checkpoints).
     pub position: u64,
-    /// Processing time, for a live source: event times further than
-    /// `max_future_skew_ms` past it are clamped to it. `None` (offline
-    /// inputs, replays) clamps nothing.
-    pub now_ms: Option<i64>,
+    /// When the record arrived (Kinesis `ApproximateArrivalTimestamp`,
+    /// Kafka's message time): event times further than `max_future_skew_ms`
+    /// past it are clamped to it. `None` clamps nothing.
+    pub arrival_ms: Option<i64>,
     /// The account named in commands when the payload's `owner` is empty
     /// (CloudWatch always sets it; empty leaves it empty).
     pub account_fallback: &'a str,
@@ -111,6 +118,9 @@ pub struct LineInput<'a> {
     /// Event time from the transport (CloudWatch's timestamp); when absent
     /// the line's own timestamp is used.
     pub time_ms: Option<i64>,
+    /// When the line arrived (or, offline, the reading clock): event times
+    /// further than `max_future_skew_ms` past it are clamped to it.
+    pub arrival_ms: Option<i64>,
     /// Opaque, increasing position of the record the line came in (for checkpoints).
     pub position: u64,
     pub line: &'a str,
@@ -149,6 +159,14 @@ struct Core {
 impl Engine {
     pub fn new(config: EngineConfig) -> Result<Engine, EngineConfigError> {
         config.policy.validate()?;
+        config
+            .window
+            .grouping
+            .validate()
+            .map_err(EngineConfigError::Grouping)?;
+        if config.window.stream_idle_ms < 0 {
+            return Err(EngineConfigError::StreamIdle);
+        }
         if config.window.size_ms <= 0 {
             return Err(EngineConfigError::WindowSize);
         }
@@ -159,7 +177,7 @@ impl Engine {
             decoder: Decoder::new(config.max_decompressed),
             core: Core {
                 tracker: ConnectionTracker::new(config.max_connections),
-                windows: WindowStore::new(config.window.clone(), config.policy.thresholds()),
+                windows: WindowStore::new(config.window.clone(), config.policy.rules.clone()),
                 policy: Policy::new(config.policy.clone()),
                 stats: Stats::default(),
                 kind_counts: [0; Kind::ALL.len()],
@@ -189,7 +207,7 @@ impl Engine {
         let &RecordInput {
             data,
             position,
-            now_ms,
+            arrival_ms,
             account_fallback,
         } = record;
         self.core.stats.records += 1;
@@ -215,19 +233,13 @@ impl Engine {
         };
         let n = envelope.log_events.len();
         for ev in &envelope.log_events {
-            let time_ms = match now_ms {
-                Some(now) if ev.timestamp > now + self.core.config.max_future_skew_ms => {
-                    self.core.stats.future_times_clamped += 1;
-                    now
-                }
-                _ => ev.timestamp,
-            };
             self.core.process_line(
                 &LineInput {
                     instance: &envelope.log_stream,
                     instance_from_host: false,
                     event_id: Some(&ev.id),
-                    time_ms: Some(time_ms),
+                    time_ms: Some(ev.timestamp),
+                    arrival_ms,
                     position,
                     line: &ev.message,
                 },
@@ -267,7 +279,7 @@ impl Engine {
     /// allowed lateness.
     pub fn observe_idle(&mut self, now_ms: i64) {
         let lateness = self.core.config.window.allowed_lateness_ms;
-        self.core.windows.advance(now_ms - lateness);
+        self.core.windows.raise_clock(now_ms - lateness);
     }
 
     /// Closes every open window (end of an offline input).
@@ -278,7 +290,7 @@ impl Engine {
     /// The largest event time seen: stored with a checkpoint, so that the
     /// next owner of the shard knows which windows were already closed.
     pub fn event_time(&self) -> Option<i64> {
-        self.core.windows.max_event_time()
+        self.core.windows.event_time()
     }
 
     /// Resumes after a checkpoint written at `event_time_ms`: windows that
@@ -286,7 +298,7 @@ impl Engine {
     /// records after the checkpoint that still carry their tail cannot
     /// re-fire them with partial counts; they count as late.
     pub fn resume_from(&mut self, event_time_ms: i64) {
-        self.core.windows.advance(event_time_ms);
+        self.core.windows.resume_from(event_time_ms);
     }
 
     /// The position a checkpoint must stay before (see [`WindowStore::low_water_position`]).
@@ -360,25 +372,31 @@ impl Core {
             return;
         }
         let parsed = prefix::parse_line(input.line);
-        let time_ms = input
+        let instance = match (input.instance_from_host, parsed.and_then(|l| l.host)) {
+            (true, Some(h)) => h,
+            _ => input.instance,
+        };
+        let mut time_ms = input
             .time_ms
             .or_else(|| parsed.and_then(|l| l.time).map(|t| self.resolve(t)))
             .or(self.last_time_ms)
             .unwrap_or(0);
+        if let Some(arrival) = input.arrival_ms {
+            if time_ms > arrival.saturating_add(self.config.max_future_skew_ms) {
+                self.stats.future_times_clamped += 1;
+                time_ms = arrival;
+            }
+        }
         self.last_time_ms = Some(time_ms);
         let Some(line) = parsed else {
             self.stats.non_sshd_lines += 1;
-            self.windows.advance(time_ms);
+            self.windows.advance(instance, time_ms);
             return;
         };
         let Some(c) = classify::classify(line.message) else {
             self.stats.unclassified_sshd_lines += 1;
-            self.windows.advance(time_ms);
+            self.windows.advance(instance, time_ms);
             return;
-        };
-        let instance = match (input.instance_from_host, line.host) {
-            (true, Some(h)) => h,
-            _ => input.instance,
         };
         let v = self
             .tracker
@@ -387,19 +405,36 @@ impl Core {
         if v.ambiguous {
             self.stats.ambiguous_lines += 1;
         }
-        let Some(signal) = v.signal else {
-            self.windows.advance(time_ms);
-            return;
+        let (observed, source) = match (v.signal, v.kind) {
+            (Some(signal), _) if v.new_attempt => (Observed::Signal(signal), v.source.clone()),
+            (None, Kind::Accepted) => (
+                Observed::Accepted,
+                v.logged_source.and_then(crate::peer::Peer::parse),
+            ),
+            (Some(_), _) => {
+                // Another line of an attempt already counted.
+                self.stats.repeated_attempt_lines += 1;
+                self.windows.advance(instance, time_ms);
+                return;
+            }
+            (None, _) => {
+                self.windows.advance(instance, time_ms);
+                return;
+            }
         };
-        match v.attribution {
-            Attribution::Line => self.stats.attributed_by_line += 1,
-            Attribution::Connection => self.stats.attributed_by_connection += 1,
-            Attribution::None => self.stats.unattributed_evidence += 1,
+        if let Observed::Signal(_) = observed {
+            match v.attribution {
+                Attribution::Line => self.stats.attributed_by_line += 1,
+                Attribution::Connection => self.stats.attributed_by_connection += 1,
+                Attribution::None => self.stats.unattributed_evidence += 1,
+            }
         }
-        if let Some(src) = &v.source {
+        if let Some(src) = &source {
             if !self.policy.source_allowed(src) {
-                self.stats.allowlisted_source_events += 1;
-                self.windows.advance(time_ms);
+                if let Observed::Signal(_) = observed {
+                    self.stats.allowlisted_source_events += 1;
+                }
+                self.windows.advance(instance, time_ms);
                 return;
             }
         }
@@ -412,8 +447,9 @@ impl Core {
         let admit = self.windows.observe(
             &Observation {
                 instance,
-                source: v.source.as_ref(),
-                signal,
+                source: source.as_ref(),
+                observed,
+                user: v.user,
                 counts_for_instance: v.counts_for_instance,
                 time_ms,
                 position: input.position,
@@ -422,9 +458,16 @@ impl Core {
             event_id,
             &mut self.fired,
         );
+        if admit == Admit::Nothing {
+            self.decide(origin, out);
+            return;
+        }
         if admit != Admit::Counted {
             return;
         }
+        let Observed::Signal(signal) = observed else {
+            return;
+        };
         self.signal_counts[signal.index()] += 1;
         if let Some(t) = &mut self.totals {
             if v.counts_for_instance {
@@ -441,6 +484,10 @@ impl Core {
                 t.sources.entry(src).or_default()[signal.index()] += 1;
             }
         }
+        self.decide(origin, out);
+    }
+
+    fn decide(&mut self, origin: &Origin, out: &mut Vec<Decision>) {
         for fired in self.fired.drain(..) {
             let d = self.policy.decide(&fired, origin);
             match &d {
@@ -478,6 +525,7 @@ mod tests {
                 instance_from_host: false,
                 event_id: None,
                 time_ms: Some(t),
+                arrival_ms: None,
                 position: u64::from(n),
                 line: &text,
             },
@@ -492,8 +540,12 @@ mod tests {
         // its checkpoint was written when event time had reached 200 s.
         // Replaying two stragglers of that window must not fire it again.
         let mut out = Vec::new();
-        let mut fresh = Engine::new(EngineConfig::default()).unwrap();
-        let mut resumed = Engine::new(EngineConfig::default()).unwrap();
+        let seed = || EngineConfig {
+            policy: PolicyConfig::named(crate::rules::PolicyName::Seed),
+            ..EngineConfig::default()
+        };
+        let mut fresh = Engine::new(seed()).unwrap();
+        let mut resumed = Engine::new(seed()).unwrap();
         resumed.resume_from(200_000);
         for n in 0..5 {
             line(&mut fresh, 50_000 + i64::from(n), n, &mut out);

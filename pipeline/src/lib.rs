@@ -22,6 +22,7 @@ pub mod envelope;
 pub mod peer;
 pub mod policy;
 pub mod prefix;
+pub mod rules;
 pub mod time;
 pub mod window;
 

@@ -6,6 +6,8 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use ipnet::IpNet;
+
 /// A peer address, or a host name where sshd logged a resolved name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Peer {
@@ -54,9 +56,113 @@ impl serde::Serialize for Peer {
     }
 }
 
+/// How sources are grouped into the networks rules count by: IPv4 and IPv6
+/// prefix lengths. One attacker rotating addresses inside an IPv6 /64 (what
+/// one customer is usually given) is one network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerGrouping {
+    pub v4_prefix: u8,
+    pub v6_prefix: u8,
+}
+
+impl Default for PeerGrouping {
+    fn default() -> Self {
+        PeerGrouping {
+            v4_prefix: 32,
+            v6_prefix: 64,
+        }
+    }
+}
+
+impl PeerGrouping {
+    /// The network `peer` is counted in. Host names stay host names.
+    pub fn network(&self, peer: &Peer) -> PeerNet {
+        match peer {
+            Peer::Ip(ip) => {
+                let len = match ip {
+                    IpAddr::V4(_) => self.v4_prefix.min(32),
+                    IpAddr::V6(_) => self.v6_prefix.min(128),
+                };
+                // In range by the `min` above, so the error arm is unreachable;
+                // a full-length network is the address itself.
+                let net = IpNet::new(*ip, len)
+                    .map(|n| n.trunc())
+                    .unwrap_or_else(|_| IpNet::from(*ip));
+                PeerNet::Net(net)
+            }
+            Peer::Name(n) => PeerNet::Name(n.clone()),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if !(8..=32).contains(&self.v4_prefix) {
+            return Err(format!(
+                "IPv4 source prefix /{} is not between /8 and /32",
+                self.v4_prefix
+            ));
+        }
+        if !(16..=128).contains(&self.v6_prefix) {
+            return Err(format!(
+                "IPv6 source prefix /{} is not between /16 and /128",
+                self.v6_prefix
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A source as rules count it: an address's network (a CIDR), or a host name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PeerNet {
+    Net(IpNet),
+    Name(Box<str>),
+}
+
+impl PeerNet {
+    pub fn contains(&self, peer: &Peer) -> bool {
+        match (self, peer) {
+            (PeerNet::Net(n), Peer::Ip(ip)) => n.contains(ip),
+            (PeerNet::Name(a), Peer::Name(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for PeerNet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerNet::Net(n) => n.fmt(f),
+            PeerNet::Name(n) => f.write_str(n),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn groups_by_prefix_and_names_the_cidr() {
+        let g = PeerGrouping::default();
+        let net = |s: &str| g.network(&Peer::parse(s).unwrap()).to_string();
+        assert_eq!(net("203.0.113.9"), "203.0.113.9/32");
+        assert_eq!(net("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
+        assert_eq!(net("2001:db8:1:2:ffff::9"), "2001:db8:1:2::/64");
+        assert_ne!(net("2001:db8:1:3::1"), net("2001:db8:1:2::1"));
+        assert_eq!(net("::ffff:10.0.0.1"), "10.0.0.1/32");
+        assert_eq!(net("example.com"), "example.com");
+        let wide = PeerGrouping {
+            v4_prefix: 24,
+            v6_prefix: 48,
+        };
+        let n = wide.network(&Peer::parse("198.51.100.77").unwrap());
+        assert_eq!(n.to_string(), "198.51.100.0/24");
+        assert!(n.contains(&Peer::parse("198.51.100.1").unwrap()));
+        assert!(!n.contains(&Peer::parse("198.51.101.1").unwrap()));
+        assert!(PeerGrouping { v4_prefix: 33, v6_prefix: 64 }.validate().is_err());
+        assert!(PeerGrouping { v4_prefix: 32, v6_prefix: 0 }.validate().is_err());
+        assert!(g.validate().is_ok());
+    }
 
     #[test]
     fn parses_and_normalises() {

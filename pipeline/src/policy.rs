@@ -2,8 +2,8 @@
 //!
 //! Allowlists always win (an allowlisted instance gets no command; events from
 //! an allowlisted source CIDR are not counted at all, see [`Policy::source_allowed`]).
-//! A per-subject cooldown stops one incident from issuing a command per rule and
-//! per window. The blast-radius limit caps quarantines per period across what
+//! A cooldown per subject and action stops one incident from issuing a command
+//! per rule and per window (a weaker action never delays a stronger one). The blast-radius limit caps quarantines per period across what
 //! this policy sees (one shard's engine); past it a quarantine becomes a held
 //! notification. The same limit across the fleet is a second gate in the
 //! service (`consumers`, a counter per period in DynamoDB). All
@@ -14,19 +14,11 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use ipnet::IpNet;
 use serde::Serialize;
 
-use crate::classify::Signal;
 use crate::command::{Action, Command, Origin};
-use crate::peer::Peer;
-use crate::window::{Fired, Subject, SubjectKind, Threshold};
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rule {
-    pub name: String,
-    pub subject: SubjectKind,
-    pub signals: Vec<Signal>,
-    pub threshold: u32,
-    pub action: Action,
-}
+use crate::peer::{Peer, PeerNet};
+pub use crate::rules::Rule;
+use crate::rules::{PolicyName, RuleError};
+use crate::window::{Fired, Subject};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlastRadius {
@@ -36,6 +28,8 @@ pub struct BlastRadius {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyConfig {
+    /// The built-in rule set the rules came from (`rules` may replace them).
+    pub name: PolicyName,
     pub rules: Vec<Rule>,
     pub allow_instances: Vec<String>,
     pub allow_sources: Vec<IpNet>,
@@ -44,21 +38,19 @@ pub struct PolicyConfig {
 }
 
 impl Default for PolicyConfig {
-    /// The original sample's three alarms, 5 per window per instance, quarantining.
+    /// The graduated policy: block attackers, notify on heavy attack,
+    /// quarantine on evidence of compromise.
     fn default() -> Self {
-        let rule = |name: &str, signal| Rule {
-            name: name.to_owned(),
-            subject: SubjectKind::Instance,
-            signals: vec![signal],
-            threshold: 5,
-            action: Action::Quarantine,
-        };
+        PolicyConfig::named(PolicyName::default())
+    }
+}
+
+impl PolicyConfig {
+    /// A built-in policy with the default allowlists, cooldown and budget.
+    pub fn named(name: PolicyName) -> Self {
         PolicyConfig {
-            rules: vec![
-                rule("invalid-user", Signal::InvalidUser),
-                rule("invalid-key", Signal::InvalidKey),
-                rule("disconnect", Signal::Disconnect),
-            ],
+            name,
+            rules: name.rules(),
             allow_instances: Vec::new(),
             allow_sources: Vec::new(),
             cooldown_ms: 15 * 60_000,
@@ -68,52 +60,10 @@ impl Default for PolicyConfig {
             }),
         }
     }
-}
-
-impl PolicyConfig {
-    pub fn thresholds(&self) -> Vec<Threshold> {
-        self.rules
-            .iter()
-            .map(|r| Threshold {
-                subject: r.subject,
-                signals: r.signals.clone(),
-                count: r.threshold,
-            })
-            .collect()
-    }
 
     /// Checks what a config file cannot express in types.
     pub fn validate(&self) -> Result<(), PolicyError> {
-        if self.rules.len() > MAX_RULES {
-            return Err(PolicyError::TooManyRules(self.rules.len()));
-        }
-        let mut names = HashSet::new();
-        for r in &self.rules {
-            let name = || r.name.clone();
-            if r.name.is_empty()
-                || !r
-                    .name
-                    .bytes()
-                    .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
-            {
-                return Err(PolicyError::RuleNameCharacters(name()));
-            }
-            if r.name.len() > MAX_RULE_NAME {
-                return Err(PolicyError::RuleNameTooLong(name()));
-            }
-            if !names.insert(&r.name) {
-                return Err(PolicyError::DuplicateRuleName(name()));
-            }
-            if r.threshold == 0 {
-                return Err(PolicyError::ZeroThreshold(name()));
-            }
-            if r.signals.is_empty() {
-                return Err(PolicyError::NoSignals(name()));
-            }
-            if r.subject == SubjectKind::Source && r.action == Action::Quarantine {
-                return Err(PolicyError::SourceRuleQuarantines(name()));
-            }
-        }
+        crate::rules::validate(&self.rules)?;
         if self.cooldown_ms < 0 {
             return Err(PolicyError::NegativeCooldown);
         }
@@ -126,28 +76,11 @@ impl PolicyConfig {
     }
 }
 
-/// At most this many rules: a window keeps which rules fired as bits of a `u64`.
-const MAX_RULES: usize = 64;
-/// Rule names go into command ids, which Step Functions caps at 80 characters.
-const MAX_RULE_NAME: usize = 24;
-
 /// A policy configuration [`PolicyConfig::validate`] refuses.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
-    #[error("{0} rules configured; at most 64 are supported")]
-    TooManyRules(usize),
-    #[error("rule name {0:?} must be non-empty letters, digits, '-' or '_'")]
-    RuleNameCharacters(String),
-    #[error("rule name {0:?} is longer than 24 characters")]
-    RuleNameTooLong(String),
-    #[error("rule name {0:?} appears twice")]
-    DuplicateRuleName(String),
-    #[error("rule {0:?} has threshold 0; it must be at least 1")]
-    ZeroThreshold(String),
-    #[error("rule {0:?} counts no signals")]
-    NoSignals(String),
-    #[error("rule {0:?} counts by source but quarantines: a source is not an instance; use action \"notify\"")]
-    SourceRuleQuarantines(String),
+    #[error(transparent)]
+    Rule(#[from] RuleError),
     #[error("cooldown must not be negative")]
     NegativeCooldown,
     #[error("blast radius period must be positive")]
@@ -176,7 +109,10 @@ pub enum Decision {
 pub struct Policy {
     config: PolicyConfig,
     allow_instances: HashSet<String>,
-    last_command: HashMap<Subject, i64>,
+    /// Per subject and action: a weaker action's cooldown never holds back
+    /// a stronger one (a notification about an instance must not delay its
+    /// quarantine).
+    last_command: HashMap<(Subject, Action), i64>,
     recent_quarantines: VecDeque<i64>,
 }
 
@@ -207,7 +143,7 @@ impl Policy {
     }
 
     pub fn decide(&mut self, fired: &Fired, origin: &Origin) -> Decision {
-        let rule = &self.config.rules[fired.threshold];
+        let rule = &self.config.rules[fired.rule];
         let suppressed = |reason| Decision::Suppressed {
             rule: rule.name.clone(),
             subject: fired.subject.clone(),
@@ -220,20 +156,24 @@ impl Policy {
             }
         }
         let now = fired.detected_at_ms;
-        if let Some(&last) = self.last_command.get(&fired.subject) {
+        let key = (fired.subject.clone(), rule.action);
+        if let Some(&last) = self.last_command.get(&key) {
             if now >= last && now - last < self.config.cooldown_ms {
                 return suppressed(Suppression::Cooldown);
             }
         }
         let mut action = rule.action;
         let mut hold_reason = None;
-        if action == Action::Quarantine {
-            if let Subject::Instance(id) = &fired.subject {
-                if !is_ec2_instance_id(id) {
-                    action = Action::Notify;
-                    hold_reason = Some("subject is not an EC2 instance id; notify only");
-                }
+        match (&fired.subject, action) {
+            (Subject::Instance(id), Action::Quarantine) if !is_ec2_instance_id(id) => {
+                action = Action::Notify;
+                hold_reason = Some("subject is not an EC2 instance id; notify only");
             }
+            (Subject::Source(PeerNet::Name(_)), Action::Block) => {
+                action = Action::Notify;
+                hold_reason = Some("source is a host name, not an address; notify only");
+            }
+            _ => {}
         }
         if action == Action::Quarantine {
             if let Some(b) = self.config.blast_radius {
@@ -252,11 +192,11 @@ impl Policy {
                 }
             }
         }
-        self.last_command.insert(fired.subject.clone(), now);
-        let held = hold_reason.is_some() && rule.action == Action::Quarantine;
+        self.last_command.insert(key, now);
+        let held = hold_reason.is_some() && rule.action != Action::Notify;
         Decision::Command(Box::new(Command::from_fired(
             fired,
-            &rule.name,
+            rule,
             action,
             held,
             hold_reason,
@@ -278,45 +218,53 @@ pub fn is_ec2_instance_id(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::window::Window;
+    use crate::classify::Signal;
+    use crate::peer::PeerGrouping;
+    use crate::rules::{PolicyName, SubjectKind};
+    use crate::window::{Observation, Observed, WindowConfig, WindowStore};
 
     const I1: &str = "i-0123456789abcdef0";
     const I2: &str = "i-0fedcba9876543210";
 
-    fn fired(instance: &str, threshold: usize, at: i64) -> Fired {
-        Fired {
-            threshold,
-            subject: Subject::Instance(instance.into()),
-            window: test_window(at),
-            window_end_ms: at - at.rem_euclid(60_000) + 60_000,
-            detected_at_ms: at,
+    /// Fires rule `rule` of `config` on `subject` at `at` through a real window.
+    fn fired(config: &PolicyConfig, rule: usize, subject: Subject, at: i64) -> Fired {
+        let mut one = config.rules[rule].clone();
+        one.condition.set_threshold(1);
+        one.condition = crate::rules::Condition::Count {
+            signals: vec![Signal::InvalidUser],
+            at_least: 1,
+        };
+        if one.subject == SubjectKind::Source && one.action == Action::Quarantine {
+            one.action = Action::Notify;
         }
-    }
-
-    fn test_window(at: i64) -> Window {
-        let mut fired = Vec::new();
-        let mut store = crate::window::WindowStore::new(
-            crate::window::WindowConfig::default(),
-            vec![Threshold {
-                subject: SubjectKind::Instance,
-                signals: vec![Signal::InvalidUser],
-                count: 1,
-            }],
-        );
+        let peer = Peer::parse("203.0.113.9").unwrap();
+        let mut store = WindowStore::new(WindowConfig::default(), vec![one]);
+        let mut out = Vec::new();
         store.observe(
-            &crate::window::Observation {
-                instance: "x",
-                source: None,
-                signal: Signal::InvalidUser,
+            &Observation {
+                instance: match &subject {
+                    Subject::Instance(i) => i,
+                    Subject::Source(_) => "i-x",
+                },
+                source: Some(&peer),
+                observed: Observed::Signal(Signal::InvalidUser),
+                user: None,
                 counts_for_instance: true,
                 time_ms: at,
                 position: 1,
                 line: "l",
             },
             None,
-            &mut fired,
+            &mut out,
         );
-        fired.remove(0).window
+        let mut f = out.remove(0);
+        f.rule = rule;
+        f.subject = subject;
+        f
+    }
+
+    fn instance(id: &str) -> Subject {
+        Subject::Instance(id.into())
     }
 
     fn action(d: &Decision) -> Option<(Action, bool)> {
@@ -326,10 +274,15 @@ mod tests {
         }
     }
 
+    fn seed() -> PolicyConfig {
+        PolicyConfig::named(PolicyName::Seed)
+    }
+
     #[test]
     fn quarantines_an_instance_with_a_stable_id() {
-        let mut p = Policy::new(PolicyConfig::default());
-        let d = p.decide(&fired(I1, 0, 1_000), &Origin::default());
+        let c = seed();
+        let mut p = Policy::new(c.clone());
+        let d = p.decide(&fired(&c, 0, instance(I1), 1_000), &Origin::default());
         let Decision::Command(c) = &d else {
             panic!("{d:?}")
         };
@@ -343,11 +296,12 @@ mod tests {
 
     #[test]
     fn an_allowlisted_instance_is_never_remediated() {
-        let mut p = Policy::new(PolicyConfig {
+        let c = PolicyConfig {
             allow_instances: vec![I1.into()],
-            ..PolicyConfig::default()
-        });
-        let d = p.decide(&fired(I1, 0, 1_000), &Origin::default());
+            ..seed()
+        };
+        let mut p = Policy::new(c.clone());
+        let d = p.decide(&fired(&c, 0, instance(I1), 1_000), &Origin::default());
         assert!(
             matches!(
                 d,
@@ -358,7 +312,7 @@ mod tests {
             ),
             "{d:?}"
         );
-        assert!(action(&p.decide(&fired(I2, 0, 1_000), &Origin::default())).is_some());
+        assert!(action(&p.decide(&fired(&c, 0, instance(I2), 1_000), &Origin::default())).is_some());
     }
 
     #[test]
@@ -378,11 +332,12 @@ mod tests {
     }
 
     #[test]
-    fn cooldown_per_instance() {
-        let mut p = Policy::new(PolicyConfig::default());
+    fn cooldown_per_subject_and_action() {
+        let c = seed();
+        let mut p = Policy::new(c.clone());
         let o = Origin::default();
-        assert!(action(&p.decide(&fired(I1, 0, 0), &o)).is_some());
-        let d = p.decide(&fired(I1, 1, 60_000), &o);
+        assert!(action(&p.decide(&fired(&c, 0, instance(I1), 0), &o)).is_some());
+        let d = p.decide(&fired(&c, 1, instance(I1), 60_000), &o);
         assert!(
             matches!(
                 d,
@@ -394,29 +349,39 @@ mod tests {
             "{d:?}"
         );
         assert!(
-            action(&p.decide(&fired(I2, 1, 60_000), &o)).is_some(),
+            action(&p.decide(&fired(&c, 1, instance(I2), 60_000), &o)).is_some(),
             "other instances are not held back"
         );
         assert!(
-            action(&p.decide(&fired(I1, 0, 15 * 60_000), &o)).is_some(),
+            action(&p.decide(&fired(&c, 0, instance(I1), 15 * 60_000), &o)).is_some(),
             "after the cooldown"
         );
+        // A notification about an instance never delays its quarantine.
+        let g = PolicyConfig::default();
+        let mut p = Policy::new(g.clone());
+        let notify = g.rules.iter().position(|r| r.action == Action::Notify).unwrap();
+        let quarantine = g.rules.iter().position(|r| r.action == Action::Quarantine).unwrap();
+        assert_eq!(action(&p.decide(&fired(&g, notify, instance(I1), 0), &o)), Some((Action::Notify, false)));
+        let mut q = fired(&g, notify, instance(I1), 1_000);
+        q.rule = quarantine;
+        assert_eq!(action(&p.decide(&q, &o)), Some((Action::Quarantine, false)));
     }
 
     #[test]
     fn blast_radius_holds_quarantines_past_the_limit() {
-        let mut p = Policy::new(PolicyConfig {
+        let c = PolicyConfig {
             blast_radius: Some(BlastRadius {
                 max_quarantines: 2,
                 period_ms: 3_600_000,
             }),
-            ..PolicyConfig::default()
-        });
+            ..seed()
+        };
+        let mut p = Policy::new(c.clone());
         let o = Origin::default();
         let ids: Vec<String> = (0..4).map(|i| format!("i-{i:017x}")).collect();
         let got: Vec<_> = ids
             .iter()
-            .map(|i| action(&p.decide(&fired(i, 0, 1_000), &o)))
+            .map(|i| action(&p.decide(&fired(&c, 0, instance(i), 1_000), &o)))
             .collect();
         assert_eq!(
             got,
@@ -428,44 +393,53 @@ mod tests {
             ]
         );
         // an hour later the budget is back
-        let later = action(&p.decide(&fired("i-00000000000000009", 0, 3_700_000), &o));
+        let later = action(&p.decide(&fired(&c, 0, instance("i-00000000000000009"), 3_700_000), &o));
         assert_eq!(later, Some((Action::Quarantine, false)));
     }
 
     #[test]
-    fn never_quarantines_what_is_not_an_instance_id() {
-        let mut p = Policy::new(PolicyConfig::default());
+    fn never_quarantines_what_is_not_an_instance_id_nor_blocks_a_host_name() {
+        let c = seed();
+        let mut p = Policy::new(c.clone());
         for subject in [
             "ip-10-0-0-1",
             "i-xyz",
             "i-0123456789ABCDEF0",
             "../i-0123456789abcdef0",
         ] {
-            let d = p.decide(&fired(subject, 0, 1_000), &Origin::default());
+            let d = p.decide(&fired(&c, 0, instance(subject), 1_000), &Origin::default());
             assert_eq!(action(&d), Some((Action::Notify, true)), "{subject}");
         }
         assert!(is_ec2_instance_id("i-0123abcd"));
         assert!(is_ec2_instance_id(I1));
+        let g = PolicyConfig::default();
+        let mut p = Policy::new(g.clone());
+        let block = g.rules.iter().position(|r| r.action == Action::Block).unwrap();
+        let name = Subject::Source(PeerGrouping::default().network(&Peer::parse("scanner.example").unwrap()));
+        let d = p.decide(&fired(&g, block, name, 1_000), &Origin::default());
+        assert_eq!(action(&d), Some((Action::Notify, true)));
+        let net = Subject::Source(PeerGrouping::default().network(&Peer::parse("203.0.113.9").unwrap()));
+        let d = p.decide(&fired(&g, block, net, 1_000), &Origin::default());
+        let Decision::Command(cmd) = &d else { panic!("{d:?}") };
+        assert_eq!((cmd.action, cmd.held), (Action::Block, false));
+        assert_eq!(cmd.source.as_deref(), Some("203.0.113.9/32"));
     }
 
     #[test]
     fn invalid_configs_are_refused() {
-        let mut c = PolicyConfig::default();
-        c.rules[0].threshold = 0;
+        let mut c = seed();
+        c.rules[0].condition.set_threshold(0);
         let e = c.validate().unwrap_err();
-        assert_eq!(e, PolicyError::ZeroThreshold("invalid-user".into()));
         assert!(e.to_string().contains("threshold 0"), "{e}");
-        let mut c = PolicyConfig::default();
+        let mut c = seed();
         c.rules[1].name = c.rules[0].name.clone();
         let e = c.validate().unwrap_err();
-        assert_eq!(e, PolicyError::DuplicateRuleName("invalid-user".into()));
         assert!(e.to_string().contains("appears twice"), "{e}");
-        let mut c = PolicyConfig::default();
-        c.rules[0].name = "a b".into();
-        assert_eq!(
-            c.validate(),
-            Err(PolicyError::RuleNameCharacters("a b".into()))
-        );
+        let c = PolicyConfig {
+            cooldown_ms: -1,
+            ..seed()
+        };
+        assert_eq!(c.validate(), Err(PolicyError::NegativeCooldown));
         assert!(PolicyConfig::default().validate().is_ok());
     }
 }
