@@ -120,6 +120,7 @@ fn benches(c: &mut Criterion) {
                             instance_from_host: false,
                             event_id: Some(&l.id),
                             time_ms: Some(l.time_ms),
+                            arrival_ms: None,
                             position: 0,
                             line: &l.line,
                         },

@@ -45,6 +45,7 @@ fn main() {
                 instance_from_host: false,
                 event_id: None,
                 time_ms: Some(1_795_946_400_000 + i64::from(i % 50_000)),
+                arrival_ms: None,
                 position: u64::from(i),
                 line: &line,
             },

@@ -25,14 +25,15 @@ fn small(scenarios: Vec<Scenario>) -> FleetConfig {
     }
 }
 
-/// A policy that turns every fired rule into a command (no cooldown, no
-/// blast-radius limit), so commands and fired rules are one to one.
+/// The seed policy (what the rule-level truth models) turning every fired
+/// rule into a command (no cooldown, no blast-radius limit), so commands and
+/// fired rules are one to one.
 fn engine() -> Engine {
     Engine::new(EngineConfig {
         policy: PolicyConfig {
             cooldown_ms: 0,
             blast_radius: None,
-            ..PolicyConfig::default()
+            ..PolicyConfig::named(sshwarden_pipeline::rules::PolicyName::Seed)
         },
         keep_totals: true,
         ..EngineConfig::default()
@@ -325,7 +326,9 @@ fn hostile_usernames_never_count_against_decoys() {
             .unwrap();
         for (src, _) in engine.windows().source_windows() {
             assert!(
-                !src.ip().is_some_and(|ip| decoys.contains(&ip)),
+                !decoys
+                    .iter()
+                    .any(|d| src.contains(&sshwarden_pipeline::peer::Peer::Ip(*d))),
                 "a window counts against decoy {src}"
             );
         }
@@ -376,6 +379,7 @@ fn auth_log_replays_through_process_line() {
                 instance_from_host: false,
                 event_id: Some(&e.id),
                 time_ms: Some(e.time_ms),
+                arrival_ms: None,
                 position: 0,
                 line,
             },

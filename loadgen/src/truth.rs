@@ -15,6 +15,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 use sshwarden_pipeline::classify::Signal;
 use sshwarden_pipeline::policy::PolicyConfig;
+use sshwarden_pipeline::rules::Condition;
 use sshwarden_pipeline::window::{SubjectKind, WindowConfig};
 
 use crate::event::GeneratedEvent;
@@ -38,23 +39,30 @@ impl Default for TruthRules {
     /// sshwarden's defaults: invalid-user, invalid-key and disconnect, 5 per
     /// 60 s per instance.
     fn default() -> Self {
-        TruthRules::from_policy(&PolicyConfig::default(), &WindowConfig::default())
+        TruthRules::from_policy(
+            &PolicyConfig::named(sshwarden_pipeline::rules::PolicyName::Seed),
+            &WindowConfig::default(),
+        )
     }
 }
 
 impl TruthRules {
-    /// The instance rules of a policy (source rules are skipped).
+    /// The instance count rules of a policy in the default window (the seed
+    /// policy's; source, distinct and long-window rules are skipped).
     pub fn from_policy(policy: &PolicyConfig, window: &WindowConfig) -> Self {
         TruthRules {
             window_ms: window.size_ms.max(1),
             rules: policy
                 .rules
                 .iter()
-                .filter(|r| r.subject == SubjectKind::Instance)
-                .map(|r| TruthRule {
-                    name: r.name.clone(),
-                    signals: r.signals.clone(),
-                    threshold: r.threshold,
+                .filter(|r| r.subject == SubjectKind::Instance && r.window_ms.is_none())
+                .filter_map(|r| match &r.condition {
+                    Condition::Count { signals, at_least } => Some(TruthRule {
+                        name: r.name.clone(),
+                        signals: signals.clone(),
+                        threshold: *at_least,
+                    }),
+                    _ => None,
                 })
                 .collect(),
         }

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::classify::Signal;
-use crate::time::format_rfc3339_ms;
 use crate::rules::{Dimension, Rule, SubjectKind};
+use crate::time::format_rfc3339_ms;
 use crate::window::{Fired, Subject};
 
 pub const COMMAND_VERSION: u32 = 1;

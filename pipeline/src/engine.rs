@@ -352,13 +352,24 @@ pub enum LineVerdict<'a> {
 }
 
 impl Core {
-    fn resolve(&mut self, t: LineTime) -> i64 {
+    fn resolve(&mut self, t: LineTime, arrival_ms: Option<i64>) -> i64 {
         match t {
             LineTime::Absolute(ms) => {
                 self.year_hint = Some(crate::time::civil_from_days(ms.div_euclid(86_400_000)).0);
                 ms
             }
-            no_year => no_year.resolve(self.year_hint.unwrap_or(self.config.default_year)),
+            no_year => {
+                let year = self.year_hint.unwrap_or(self.config.default_year);
+                let ms = no_year.resolve(year);
+                // A yearless date ahead of the reading clock is last year's
+                // (December's log read in January), as syslog readers assume.
+                match arrival_ms {
+                    Some(a) if ms > a.saturating_add(self.config.max_future_skew_ms) => {
+                        no_year.resolve(year - 1)
+                    }
+                    _ => ms,
+                }
+            }
         }
     }
 
@@ -378,7 +389,11 @@ impl Core {
         };
         let mut time_ms = input
             .time_ms
-            .or_else(|| parsed.and_then(|l| l.time).map(|t| self.resolve(t)))
+            .or_else(|| {
+                parsed
+                    .and_then(|l| l.time)
+                    .map(|t| self.resolve(t, input.arrival_ms))
+            })
             .or(self.last_time_ms)
             .unwrap_or(0);
         if let Some(arrival) = input.arrival_ms {

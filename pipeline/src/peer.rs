@@ -159,8 +159,18 @@ mod tests {
         assert_eq!(n.to_string(), "198.51.100.0/24");
         assert!(n.contains(&Peer::parse("198.51.100.1").unwrap()));
         assert!(!n.contains(&Peer::parse("198.51.101.1").unwrap()));
-        assert!(PeerGrouping { v4_prefix: 33, v6_prefix: 64 }.validate().is_err());
-        assert!(PeerGrouping { v4_prefix: 32, v6_prefix: 0 }.validate().is_err());
+        assert!(PeerGrouping {
+            v4_prefix: 33,
+            v6_prefix: 64
+        }
+        .validate()
+        .is_err());
+        assert!(PeerGrouping {
+            v4_prefix: 32,
+            v6_prefix: 0
+        }
+        .validate()
+        .is_err());
         assert!(g.validate().is_ok());
     }
 

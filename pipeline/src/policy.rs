@@ -312,7 +312,9 @@ mod tests {
             ),
             "{d:?}"
         );
-        assert!(action(&p.decide(&fired(&c, 0, instance(I2), 1_000), &Origin::default())).is_some());
+        assert!(
+            action(&p.decide(&fired(&c, 0, instance(I2), 1_000), &Origin::default())).is_some()
+        );
     }
 
     #[test]
@@ -359,9 +361,20 @@ mod tests {
         // A notification about an instance never delays its quarantine.
         let g = PolicyConfig::default();
         let mut p = Policy::new(g.clone());
-        let notify = g.rules.iter().position(|r| r.action == Action::Notify).unwrap();
-        let quarantine = g.rules.iter().position(|r| r.action == Action::Quarantine).unwrap();
-        assert_eq!(action(&p.decide(&fired(&g, notify, instance(I1), 0), &o)), Some((Action::Notify, false)));
+        let notify = g
+            .rules
+            .iter()
+            .position(|r| r.action == Action::Notify)
+            .unwrap();
+        let quarantine = g
+            .rules
+            .iter()
+            .position(|r| r.action == Action::Quarantine)
+            .unwrap();
+        assert_eq!(
+            action(&p.decide(&fired(&g, notify, instance(I1), 0), &o)),
+            Some((Action::Notify, false))
+        );
         let mut q = fired(&g, notify, instance(I1), 1_000);
         q.rule = quarantine;
         assert_eq!(action(&p.decide(&q, &o)), Some((Action::Quarantine, false)));
@@ -393,7 +406,10 @@ mod tests {
             ]
         );
         // an hour later the budget is back
-        let later = action(&p.decide(&fired(&c, 0, instance("i-00000000000000009"), 3_700_000), &o));
+        let later = action(&p.decide(
+            &fired(&c, 0, instance("i-00000000000000009"), 3_700_000),
+            &o,
+        ));
         assert_eq!(later, Some((Action::Quarantine, false)));
     }
 
@@ -414,13 +430,22 @@ mod tests {
         assert!(is_ec2_instance_id(I1));
         let g = PolicyConfig::default();
         let mut p = Policy::new(g.clone());
-        let block = g.rules.iter().position(|r| r.action == Action::Block).unwrap();
-        let name = Subject::Source(PeerGrouping::default().network(&Peer::parse("scanner.example").unwrap()));
+        let block = g
+            .rules
+            .iter()
+            .position(|r| r.action == Action::Block)
+            .unwrap();
+        let name = Subject::Source(
+            PeerGrouping::default().network(&Peer::parse("scanner.example").unwrap()),
+        );
         let d = p.decide(&fired(&g, block, name, 1_000), &Origin::default());
         assert_eq!(action(&d), Some((Action::Notify, true)));
-        let net = Subject::Source(PeerGrouping::default().network(&Peer::parse("203.0.113.9").unwrap()));
+        let net =
+            Subject::Source(PeerGrouping::default().network(&Peer::parse("203.0.113.9").unwrap()));
         let d = p.decide(&fired(&g, block, net, 1_000), &Origin::default());
-        let Decision::Command(cmd) = &d else { panic!("{d:?}") };
+        let Decision::Command(cmd) = &d else {
+            panic!("{d:?}")
+        };
         assert_eq!((cmd.action, cmd.held), (Action::Block, false));
         assert_eq!(cmd.source.as_deref(), Some("203.0.113.9/32"));
     }

@@ -289,7 +289,9 @@ pub enum RuleError {
     Window(String),
     #[error("rule {0:?}: action \"quarantine\" needs subject \"instance\" or condition \"success_after_failures\" (a source is not an instance)")]
     SourceQuarantine(String),
-    #[error("rule {0:?}: action \"block\" needs subject \"source\" (an instance is not an address)")]
+    #[error(
+        "rule {0:?}: action \"block\" needs subject \"source\" (an instance is not an address)"
+    )]
     InstanceBlock(String),
     #[error("rule {0:?}: distinct {1:?} is not counted for subject {2:?} (instances per source, sources per instance, users per either)")]
     DistinctDimension(String, &'static str, &'static str),
@@ -390,7 +392,10 @@ mod tests {
             validate(&rules).map_err(|e| e.to_string())
         };
         let e = with(&|r| r.condition.set_threshold(0)).unwrap_err();
-        assert!(e.contains("\"brute-force\"") && e.contains("threshold 0"), "{e}");
+        assert!(
+            e.contains("\"brute-force\"") && e.contains("threshold 0"),
+            "{e}"
+        );
         let e = with(&|r| r.window_ms = Some(1500)).unwrap_err();
         assert!(e.contains("window"), "{e}");
         let e = with(&|r| r.action = Action::Quarantine).unwrap_err();

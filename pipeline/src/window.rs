@@ -545,8 +545,7 @@ impl WindowStore {
     /// The closing clock minus the allowed lateness: windows that mix
     /// streams close when it passes their end.
     pub fn watermark(&self) -> Option<i64> {
-        self.closing_ms
-            .map(|t| t - self.config.allowed_lateness_ms)
+        self.closing_ms.map(|t| t - self.config.allowed_lateness_ms)
     }
 
     /// The closing clock (what a checkpoint stores, see [`Self::resume_from`]).
@@ -823,8 +822,7 @@ impl WindowStore {
                             continue;
                         }
                         counted += 1;
-                        let w =
-                            window_in(&mut state.windows, li, lane, start, o.position, ledger);
+                        let w = window_in(&mut state.windows, li, lane, start, o.position, ledger);
                         w.counts[signal.index()] += 1;
                         if let (true, Some(h)) = (lane.users & bit != 0, user_hash) {
                             w.users.insert(h, lane.distinct_cap);
@@ -874,18 +872,17 @@ impl WindowStore {
                             .map_or([0; Signal::COUNT], |w| w.counts);
                         // The current window holds the marks; with none open
                         // yet, the previous one does.
-                        let (w, previous) =
-                            match state.windows.iter().position(|w| of(w, start)) {
-                                Some(i) => (&mut state.windows[i], previous),
-                                None => match state
-                                    .windows
-                                    .iter()
-                                    .position(|w| of(w, start - lane.size_ms))
-                                {
-                                    Some(i) => (&mut state.windows[i], [0; Signal::COUNT]),
-                                    None => continue,
-                                },
-                            };
+                        let (w, previous) = match state.windows.iter().position(|w| of(w, start)) {
+                            Some(i) => (&mut state.windows[i], previous),
+                            None => match state
+                                .windows
+                                .iter()
+                                .position(|w| of(w, start - lane.size_ms))
+                            {
+                                Some(i) => (&mut state.windows[i], [0; Signal::COUNT]),
+                                None => continue,
+                            },
+                        };
                         compromise_rules(
                             &self.rules,
                             lane,
@@ -1127,7 +1124,10 @@ mod tests {
         assert_eq!(names, vec![(0, 1_002), (1, 1_003)]);
         assert_eq!(fired[0].window.top_sources(5), vec![(a.clone(), 3)]);
         assert_eq!(fired[1].window.size_ms, 3_600_000);
-        assert_eq!(fired[1].source.as_ref().map(|n| n.to_string()).as_deref(), Some("1.2.3.4/32"));
+        assert_eq!(
+            fired[1].source.as_ref().map(|n| n.to_string()).as_deref(),
+            Some("1.2.3.4/32")
+        );
         fired.clear();
         // The next minute fires the minute rule again; the hour is still the same window.
         for i in 0..3 {
@@ -1139,19 +1139,29 @@ mod tests {
 
     #[test]
     fn a_stream_with_a_fast_clock_makes_no_other_stream_late() {
-        let mut s = store(vec![count_rule("m", SubjectKind::Instance, 60_000, 100)], 10);
+        let mut s = store(
+            vec![count_rule("m", SubjectKind::Instance, 60_000, 100)],
+            10,
+        );
         let mut f = Vec::new();
         let b = ip("5.6.7.8");
         // i-fast's clock runs four minutes ahead.
         s.observe(&obs("i-fast", None, 240_000 + 1_000, 1), None, &mut f);
         for n in 0..20 {
-            let admit = s.observe(&obs("i-slow", Some(&b), 1_000 + n * 1_000, 2 + n as u64), None, &mut f);
+            let admit = s.observe(
+                &obs("i-slow", Some(&b), 1_000 + n * 1_000, 2 + n as u64),
+                None,
+                &mut f,
+            );
             assert_eq!(admit, Admit::Counted, "event {n}");
         }
         assert_eq!(s.stats().late_events, 0);
         // A stream is late against its own clock.
         s.observe(&obs("i-slow", None, 200_000, 30), None, &mut f);
-        assert_eq!(s.observe(&obs("i-slow", None, 5_000, 31), None, &mut f), Admit::Late);
+        assert_eq!(
+            s.observe(&obs("i-slow", None, 5_000, 31), None, &mut f),
+            Admit::Late
+        );
         assert_eq!(s.stats().late_events, 1);
     }
 
@@ -1172,7 +1182,11 @@ mod tests {
         // A stream silent for longer than stream_idle_ms holds nothing.
         s.observe(&obs("i-2", Some(&a), 210_000, 5), None, &mut f);
         s.observe(&obs("i-1", None, 210_000 + 11 * 60_000, 6), None, &mut f);
-        assert_eq!(s.live_keys().1, 0, "the idle stream's clock no longer counts");
+        assert_eq!(
+            s.live_keys().1,
+            0,
+            "the idle stream's clock no longer counts"
+        );
         assert_eq!(s.low_water_position(), None);
     }
 
@@ -1180,10 +1194,19 @@ mod tests {
     fn duplicates_dropped_by_id() {
         let mut s = store(vec![count_rule("m", SubjectKind::Instance, 60_000, 2)], 10);
         let mut f = Vec::new();
-        assert_eq!(s.observe(&obs("i-1", None, 1, 1), Some(7), &mut f), Admit::Counted);
-        assert_eq!(s.observe(&obs("i-1", None, 1, 1), Some(7), &mut f), Admit::Duplicate);
+        assert_eq!(
+            s.observe(&obs("i-1", None, 1, 1), Some(7), &mut f),
+            Admit::Counted
+        );
+        assert_eq!(
+            s.observe(&obs("i-1", None, 1, 1), Some(7), &mut f),
+            Admit::Duplicate
+        );
         assert!(f.is_empty());
-        assert_eq!(s.observe(&obs("i-1", None, 1, 1), Some(8), &mut f), Admit::Counted);
+        assert_eq!(
+            s.observe(&obs("i-1", None, 1, 1), Some(8), &mut f),
+            Admit::Counted
+        );
         assert_eq!(f.len(), 1);
     }
 
@@ -1192,7 +1215,9 @@ mod tests {
         let mut s = store(vec![count_rule("s", SubjectKind::Source, 600_000, 10)], 50);
         let mut f = Vec::new();
         let attacker = ip("203.0.113.7");
-        let flood: Vec<Peer> = (0..2000).map(|i| ip(&format!("10.0.{}.{}", i / 250, i % 250))).collect();
+        let flood: Vec<Peer> = (0..2000)
+            .map(|i| ip(&format!("10.0.{}.{}", i / 250, i % 250)))
+            .collect();
         for (i, p) in flood.iter().enumerate() {
             let t = 1_000 + i as i64;
             if i % 20 == 0 {
@@ -1202,8 +1227,15 @@ mod tests {
         }
         assert_eq!(s.live_keys().1, 50);
         assert!(s.stats().evicted_sources >= 1900);
-        assert_eq!(f.len(), 1, "the attacker's 10 attempts were all counted: {f:?}");
-        assert_eq!(f[0].subject, Subject::Source(PeerGrouping::default().network(&attacker)));
+        assert_eq!(
+            f.len(),
+            1,
+            "the attacker's 10 attempts were all counted: {f:?}"
+        );
+        assert_eq!(
+            f[0].subject,
+            Subject::Source(PeerGrouping::default().network(&attacker))
+        );
     }
 
     fn with_user<'a>(mut o: Observation<'a>, user: &'a str) -> Observation<'a> {
@@ -1236,11 +1268,23 @@ mod tests {
         let a = ip("198.51.100.1");
         // The same user over and over is no enumeration.
         for i in 0..5 {
-            s.observe(&with_user(obs("i-1", Some(&a), 1_000 + i, 1), "root"), None, &mut f);
+            s.observe(
+                &with_user(obs("i-1", Some(&a), 1_000 + i, 1), "root"),
+                None,
+                &mut f,
+            );
         }
         assert!(f.is_empty(), "{f:?}");
-        s.observe(&with_user(obs("i-1", Some(&a), 2_000, 2), "admin"), None, &mut f);
-        s.observe(&with_user(obs("i-1", Some(&a), 2_001, 3), "oracle"), None, &mut f);
+        s.observe(
+            &with_user(obs("i-1", Some(&a), 2_000, 2), "admin"),
+            None,
+            &mut f,
+        );
+        s.observe(
+            &with_user(obs("i-1", Some(&a), 2_001, 3), "oracle"),
+            None,
+            &mut f,
+        );
         assert_eq!(f.iter().map(|x| x.rule).collect::<Vec<_>>(), vec![0]);
         for (n, inst) in ["i-2", "i-3", "i-4"].iter().enumerate() {
             s.observe(&obs(inst, Some(&a), 3_000 + n as i64, 4), None, &mut f);
@@ -1252,7 +1296,10 @@ mod tests {
         for p in &botnet {
             s.observe(&obs("i-9", Some(p), 4_000, 5), None, &mut f);
         }
-        assert_eq!(f.last().map(|x| (x.rule, x.subject.clone())), Some((2, Subject::Instance("i-9".into()))));
+        assert_eq!(
+            f.last().map(|x| (x.rule, x.subject.clone())),
+            Some((2, Subject::Instance("i-9".into())))
+        );
     }
 
     #[test]
@@ -1280,7 +1327,10 @@ mod tests {
         for i in 0..3 {
             s.observe(&obs("i-1", Some(&admin), 1_000 + i, 1), None, &mut f);
         }
-        assert_eq!(s.observe(&accepted("i-1", &admin, 2_000), None, &mut f), Admit::Nothing);
+        assert_eq!(
+            s.observe(&accepted("i-1", &admin, 2_000), None, &mut f),
+            Admit::Nothing
+        );
         assert!(f.is_empty());
         // An attacker failing in the previous hour, succeeding on another instance now.
         for i in 0..5 {

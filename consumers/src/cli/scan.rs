@@ -80,6 +80,10 @@ pub fn scan(
     let show_progress = args.progress || std::io::stderr().is_terminal();
     let mut progress = Progress::new(show_progress);
     let mut position = 0u64;
+    // Offline, the reading clock stands for the arrival time: a line cannot
+    // have been written after it was read (read once: a file is read in
+    // seconds, and the clamp allows a minute).
+    let reading_clock = crate::clock::now_ms();
     for name in &args.inputs {
         let mut input = input::open(name, args.format)?;
         let fallback_instance = if name == "-" { "stdin" } else { name.as_str() };
@@ -91,6 +95,7 @@ pub fn scan(
                         let record = RecordInput {
                             data: &bytes,
                             position,
+                            arrival_ms: Some(reading_clock),
                             ..RecordInput::default()
                         };
                         if let Err(e) = engine.process_record(&record, &mut decisions) {
@@ -120,6 +125,7 @@ pub fn scan(
                             instance_from_host: true,
                             event_id: None,
                             time_ms: None,
+                            arrival_ms: Some(reading_clock),
                             position,
                             line,
                         },

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use sshwarden_pipeline::classify::Signal;
 use sshwarden_pipeline::command::Action;
 use sshwarden_pipeline::policy::{BlastRadius, PolicyConfig, Rule};
+use sshwarden_pipeline::rules::{Condition, Dimension, PolicyName};
 use sshwarden_pipeline::window::{SubjectKind, WindowConfig};
 use sshwarden_pipeline::EngineConfig;
 
@@ -29,8 +30,10 @@ pub use source::{
 struct FileConfig {
     #[serde(default)]
     window: WindowSection,
-    #[serde(default)]
-    policy: PolicySection,
+    /// `policy = "seed"`, or a `[policy]` table (whose `name` picks the
+    /// rule set): read as a value first so that each form gets its own
+    /// error message.
+    policy: Option<toml::Value>,
     rules: Option<Vec<RuleSection>>,
     #[serde(default)]
     input: InputSection,
@@ -43,13 +46,17 @@ struct FileConfig {
 struct WindowSection {
     size_secs: Option<u64>,
     allowed_lateness_secs: Option<u64>,
+    stream_idle_secs: Option<u64>,
     max_instances: Option<usize>,
     max_sources: Option<usize>,
+    ipv4_prefix: Option<u8>,
+    ipv6_prefix: Option<u8>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PolicySection {
+    name: Option<String>,
     cooldown_secs: Option<u64>,
     allow_instances: Option<Vec<String>>,
     allow_sources: Option<Vec<String>>,
@@ -69,18 +76,31 @@ struct RuleSection {
     name: String,
     #[serde(default = "default_subject")]
     subject: String,
+    /// The rule's window; absent: `[window] size_secs`.
+    window_secs: Option<u64>,
+    /// "count" (default), "distinct" or "success_after_failures".
+    #[serde(default = "default_condition")]
+    condition: String,
+    /// What a "distinct" rule counts: "users", "instances" or "sources".
+    distinct: Option<String>,
     signals: Vec<String>,
     threshold: u32,
     #[serde(default = "default_action")]
     action: String,
 }
 
+fn default_condition() -> String {
+    "count".into()
+}
+
 fn default_subject() -> String {
     "instance".into()
 }
 
+/// A rule that names no action only tells people: quarantine and block
+/// are asked for by name.
 fn default_action() -> String {
-    "quarantine".into()
+    "notify".into()
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -123,8 +143,13 @@ pub struct ConfigArgs {
     /// TOML configuration file (see sshwarden.example.toml).
     #[arg(long, env = "SSHWARDEN_CONFIG", global = true)]
     pub config: Option<PathBuf>,
+    #[arg(long, env = "SSHWARDEN_POLICY", global = true, help = engine_default(
+        "The built-in rule set: graduated (block attackers, quarantine on compromise) or seed (the original sample's three quarantining alarms); [[rules]] in the file replace it",
+        |c| c.policy.name.as_str(),
+    ))]
+    pub policy: Option<String>,
     #[arg(long, env = "SSHWARDEN_WINDOW_SECS", global = true, help = engine_default(
-        "Tumbling window size in seconds",
+        "Window size in seconds of rules that set none (the seed policy's)",
         |c| c.window.size_ms / 1000,
     ))]
     pub window_secs: Option<u64>,
@@ -133,12 +158,19 @@ pub struct ConfigArgs {
         |c| c.window.allowed_lateness_ms / 1000,
     ))]
     pub allowed_lateness_secs: Option<u64>,
-    #[arg(long, env = "SSHWARDEN_THRESHOLD", global = true, help = engine_default(
-        "Threshold for every rule, replacing each rule's own",
-        // The default rules share one threshold (a test holds them to it).
-        |c| c.policy.rules.iter().map(|r| r.threshold).max().unwrap_or_default(),
-    ))]
+    /// Threshold for every rule, replacing each rule's own (for trials and tests).
+    #[arg(long, env = "SSHWARDEN_THRESHOLD", global = true)]
     pub threshold: Option<u32>,
+    #[arg(long, env = "SSHWARDEN_IPV4_PREFIX", global = true, help = engine_default(
+        "Prefix length IPv4 sources are grouped by in source rules",
+        |c| c.window.grouping.v4_prefix,
+    ))]
+    pub ipv4_prefix: Option<u8>,
+    #[arg(long, env = "SSHWARDEN_IPV6_PREFIX", global = true, help = engine_default(
+        "Prefix length IPv6 sources are grouped by in source rules",
+        |c| c.window.grouping.v6_prefix,
+    ))]
+    pub ipv6_prefix: Option<u8>,
     #[arg(long, env = "SSHWARDEN_COOLDOWN_SECS", global = true, help = engine_default(
         "Seconds after a command during which the same subject gets no other",
         |c| c.policy.cooldown_ms / 1000,
@@ -229,13 +261,22 @@ impl ConfigArgs {
 
     fn engine_config_from(&self, file: FileConfig) -> anyhow::Result<EngineConfig> {
         let mut c = EngineConfig::default();
+        let file_rules = file.rules.is_some();
         apply_file(&mut c, file)?;
-        self.apply_overrides(&mut c)?;
+        self.apply_overrides(&mut c, file_rules)?;
         c.policy.validate().map_err(anyhow::Error::msg)?;
         Ok(c)
     }
 
-    fn apply_overrides(&self, c: &mut EngineConfig) -> anyhow::Result<()> {
+    fn apply_overrides(&self, c: &mut EngineConfig, file_rules: bool) -> anyhow::Result<()> {
+        if let Some(name) = &self.policy {
+            let named = policy_name(name, "--policy")?;
+            c.policy.name = named;
+            // Explicit [[rules]] in the file still replace the built-in set.
+            if !file_rules {
+                c.policy.rules = named.rules();
+            }
+        }
         if let Some(s) = self.window_secs {
             c.window.size_ms = secs_to_ms(s, "--window-secs")?;
         }
@@ -244,9 +285,16 @@ impl ConfigArgs {
         }
         if let Some(t) = self.threshold {
             for r in &mut c.policy.rules {
-                r.threshold = t;
+                r.condition.set_threshold(t);
             }
         }
+        if let Some(n) = self.ipv4_prefix {
+            c.window.grouping.v4_prefix = n;
+        }
+        if let Some(n) = self.ipv6_prefix {
+            c.window.grouping.v6_prefix = n;
+        }
+        c.window.grouping.validate().map_err(anyhow::Error::msg)?;
         if let Some(s) = self.cooldown_secs {
             c.policy.cooldown_ms = secs_to_ms(s, "--cooldown-secs")?;
         }
@@ -311,17 +359,45 @@ fn apply_file(c: &mut EngineConfig, f: FileConfig) -> anyhow::Result<()> {
     if let Some(n) = f.window.max_sources {
         w.max_sources = n;
     }
+    if let Some(s) = f.window.stream_idle_secs {
+        w.stream_idle_ms = secs_to_ms(s, "window.stream_idle_secs")?;
+    }
+    if let Some(n) = f.window.ipv4_prefix {
+        w.grouping.v4_prefix = n;
+    }
+    if let Some(n) = f.window.ipv6_prefix {
+        w.grouping.v6_prefix = n;
+    }
+    w.grouping.validate().map_err(anyhow::Error::msg)?;
+    let section = match f.policy {
+        None => PolicySection::default(),
+        Some(toml::Value::String(name)) => PolicySection {
+            name: Some(name),
+            ..PolicySection::default()
+        },
+        Some(table @ toml::Value::Table(_)) => {
+            PolicySection::deserialize(table).context("invalid [policy] section")?
+        }
+        Some(_) => bail!(
+            "policy must be a rule set's name (\"graduated\" or \"seed\") or a [policy] table"
+        ),
+    };
     let p: &mut PolicyConfig = &mut c.policy;
-    if let Some(s) = f.policy.cooldown_secs {
+    if let Some(name) = &section.name {
+        let named = policy_name(name, "policy")?;
+        p.name = named;
+        p.rules = named.rules();
+    }
+    if let Some(s) = section.cooldown_secs {
         p.cooldown_ms = secs_to_ms(s, "policy.cooldown_secs")?;
     }
-    if let Some(list) = f.policy.allow_instances {
+    if let Some(list) = section.allow_instances {
         p.allow_instances = list;
     }
-    if let Some(list) = f.policy.allow_sources {
+    if let Some(list) = section.allow_sources {
         p.allow_sources = parse_cidrs(&list)?;
     }
-    if let Some(b) = f.policy.blast_radius {
+    if let Some(b) = section.blast_radius {
         p.blast_radius = (b.max_quarantines > 0)
             .then(|| -> anyhow::Result<BlastRadius> {
                 Ok(BlastRadius {
@@ -376,13 +452,54 @@ fn rule(r: RuleSection) -> anyhow::Result<Rule> {
             })
         })
         .collect::<anyhow::Result<_>>()?;
+    let condition = match (r.condition.as_str(), &r.distinct) {
+        ("count", None) => Condition::Count {
+            signals,
+            at_least: r.threshold,
+        },
+        ("distinct", Some(of)) => Condition::Distinct {
+            signals,
+            of: Dimension::parse(of).with_context(|| {
+                format!(
+                    "rule {:?}: distinct {of:?} is not \"users\", \"instances\" or \"sources\"",
+                    r.name
+                )
+            })?,
+            at_least: r.threshold,
+        },
+        ("distinct", None) => bail!(
+            "rule {:?}: condition \"distinct\" needs distinct = \"users\", \"instances\" or \"sources\"",
+            r.name
+        ),
+        ("success_after_failures", None) => Condition::SuccessAfterFailures {
+            signals,
+            failures: r.threshold,
+        },
+        ("count" | "success_after_failures", Some(_)) => bail!(
+            "rule {:?}: distinct is only for condition \"distinct\"",
+            r.name
+        ),
+        (other, _) => bail!(
+            "rule {:?}: condition {other:?} is not \"count\", \"distinct\" or \"success_after_failures\"",
+            r.name
+        ),
+    };
+    let window_ms = r
+        .window_secs
+        .map(|s| secs_to_ms(s, &format!("rule {:?}: window_secs", r.name)))
+        .transpose()?;
     Ok(Rule {
         name: r.name,
         subject,
-        signals,
-        threshold: r.threshold,
+        window_ms,
+        condition,
         action,
     })
+}
+
+fn policy_name(name: &str, what: &str) -> anyhow::Result<PolicyName> {
+    PolicyName::parse(name)
+        .with_context(|| format!("{what} {name:?} is not \"graduated\" or \"seed\""))
 }
 
 fn parse_cidrs(list: &[String]) -> anyhow::Result<Vec<IpNet>> {
@@ -425,7 +542,7 @@ mod tests {
     fn the_example_file_parses() {
         let text = include_str!("../../../sshwarden.example.toml");
         let c = from_toml(text).unwrap();
-        assert_eq!(c.policy.rules.len(), 4);
+        assert_eq!(c.policy.rules.len(), 8);
         assert_eq!(c.window.size_ms, 60_000);
     }
 
@@ -478,11 +595,72 @@ mod tests {
                 .contains("threshold 0")
         );
         assert!(err(
-            "[[rules]]\nname='a'\nsubject='source'\nsignals=['invalid_user']\nthreshold=3"
+            "[[rules]]\nname='a'\nsubject='source'\nsignals=['invalid_user']\nthreshold=3\naction='quarantine'"
         )
-        .contains("use action \"notify\""));
+        .contains("a source is not an instance"));
+        assert!(err(
+            "[[rules]]\nname='a'\ncondition='distinct'\nsignals=['invalid_user']\nthreshold=3"
+        )
+        .contains("needs distinct = "));
+        assert!(err("[[rules]]\nname='a'\ncondition='distinct'\ndistinct='hosts'\nsignals=['invalid_user']\nthreshold=3")
+            .contains("distinct \"hosts\""));
+        assert!(err(
+            "[[rules]]\nname='a'\ncondition='sometimes'\nsignals=['invalid_user']\nthreshold=3"
+        )
+        .contains("condition \"sometimes\""));
+        assert!(
+            err("[[rules]]\nname='a'\nwindow_secs=0\nsignals=['invalid_user']\nthreshold=3")
+                .contains("rule \"a\": window")
+        );
+        assert!(err("policy = 'strict'").contains("\"strict\" is not"));
+        assert!(err("[policy]\nname = 'strict'").contains("\"strict\" is not"));
+        assert!(
+            format!("{:#}", from_toml("[policy]\ncooldown = 1").unwrap_err())
+                .contains("unknown field `cooldown`")
+        );
+        assert!(err("[window]\nipv6_prefix = 3").contains("/3 is not between"));
         assert!(err("[policy]\nallow_sources=['10.0.0.0/33']").contains("not a CIDR"));
         assert!(err("[window]\nsize_secs = 999999999").contains("more than a year"));
+    }
+
+    #[test]
+    fn the_policy_is_chosen_by_file_env_or_flag_and_explicit_rules_win() {
+        let seed = from_toml("policy = 'seed'").unwrap();
+        assert_eq!(seed.policy.rules, PolicyName::Seed.rules());
+        let table = from_toml("[policy]\nname = 'seed'\ncooldown_secs = 5").unwrap();
+        assert_eq!(
+            (table.policy.rules.len(), table.policy.cooldown_ms),
+            (3, 5_000)
+        );
+        assert_eq!(
+            from_toml("").unwrap().policy.rules,
+            PolicyName::Graduated.rules()
+        );
+        let flag = ConfigArgs {
+            policy: Some("seed".into()),
+            ..ConfigArgs::default()
+        };
+        let f: FileConfig = toml::from_str("").unwrap();
+        assert_eq!(
+            flag.engine_config_from(f).unwrap().policy.rules,
+            PolicyName::Seed.rules()
+        );
+        let f: FileConfig =
+            toml::from_str("[[rules]]\nname='mine'\nsignals=['invalid_user']\nthreshold=2")
+                .unwrap();
+        let c = flag.engine_config_from(f).unwrap();
+        assert_eq!(c.policy.rules.len(), 1);
+        assert_eq!(
+            c.policy.rules[0].action,
+            sshwarden_pipeline::command::Action::Notify
+        );
+        let bad = ConfigArgs {
+            policy: Some("lenient".into()),
+            ..ConfigArgs::default()
+        };
+        let f: FileConfig = toml::from_str("").unwrap();
+        assert!(format!("{:#}", bad.engine_config_from(f).unwrap_err())
+            .contains("--policy \"lenient\""));
     }
 
     #[test]
@@ -494,8 +672,8 @@ mod tests {
             ..ConfigArgs::default()
         };
         let mut c = EngineConfig::default();
-        args.apply_overrides(&mut c).unwrap();
-        assert!(c.policy.rules.iter().all(|r| r.threshold == 2));
+        args.apply_overrides(&mut c, false).unwrap();
+        assert!(c.policy.rules.iter().all(|r| r.condition.threshold() == 2));
         assert_eq!(c.policy.allow_sources.len(), 2);
         assert_eq!(c.policy.blast_radius, None);
     }
@@ -507,21 +685,19 @@ mod tests {
         use clap::Args;
         let c = EngineConfig::default();
         let blast = c.policy.blast_radius.unwrap();
-        let thresholds: Vec<u32> = c.policy.rules.iter().map(|r| r.threshold).collect();
         let defaults =
             source::tests::help_defaults(ConfigArgs::augment_args(clap::Command::new("sshwarden")));
         assert!(defaults.len() >= 8, "{defaults:?}");
         for (id, help) in defaults {
             let resolved = match id.as_str() {
+                "policy" => {
+                    assert_eq!(help, c.policy.name.as_str());
+                    continue;
+                }
                 "window_secs" => c.window.size_ms / 1000,
                 "allowed_lateness_secs" => c.window.allowed_lateness_ms / 1000,
-                "threshold" => {
-                    assert!(
-                        thresholds.iter().all(|t| *t == thresholds[0]),
-                        "{thresholds:?}"
-                    );
-                    i64::from(thresholds[0])
-                }
+                "ipv4_prefix" => i64::from(c.window.grouping.v4_prefix),
+                "ipv6_prefix" => i64::from(c.window.grouping.v6_prefix),
                 "cooldown_secs" => c.policy.cooldown_ms / 1000,
                 "blast_radius_max" => i64::from(blast.max_quarantines),
                 "blast_radius_period_secs" => blast.period_ms / 1000,

@@ -167,7 +167,9 @@ impl PartitionReader {
                 let input = RecordInput {
                     data: &m.payload,
                     position,
-                    now_ms: Some(now),
+                    // The message time stands for the arrival time (the
+                    // producer's or the broker's clock, not the instance's).
+                    arrival_ms: m.timestamp_ms.filter(|t| *t > 0).or(Some(now)),
                     ..RecordInput::default()
                 };
                 record::process(
@@ -233,6 +235,7 @@ impl PartitionReader {
                     instance_from_host: instance.is_none(),
                     event_id: Some(&id),
                     time_ms,
+                    arrival_ms: Some(now),
                     position,
                     line,
                 },

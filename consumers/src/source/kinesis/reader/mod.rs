@@ -145,10 +145,7 @@ impl ShardReader {
             .get_or_create(&st.shard)
             .set(behind);
         for r in records {
-            if !self
-                .process(st, r.data().as_ref(), r.sequence_number(), false)
-                .await
-            {
+            if !self.process(st, r, false).await {
                 return Some(if self.lost.is_cancelled() {
                     Outcome::Lost
                 } else {
@@ -167,7 +164,19 @@ impl ShardReader {
     /// then stays unrecorded, so the checkpoint stays before it). A record
     /// replayed from a parent shard is never recorded: this shard's
     /// checkpoint only names its own records.
-    async fn process(&self, st: &mut State, data: &[u8], sequence: &str, replay: bool) -> bool {
+    async fn process(
+        &self,
+        st: &mut State,
+        r: &aws_sdk_kinesis::types::Record,
+        replay: bool,
+    ) -> bool {
+        let (data, sequence) = (r.data().as_ref(), r.sequence_number());
+        // Event times are judged against when Kinesis received the record,
+        // not against this worker's clock (a replay reads old records).
+        let arrival_ms = r
+            .approximate_arrival_timestamp()
+            .and_then(|t| t.to_millis().ok())
+            .unwrap_or_else(now_ms);
         st.position += 1;
         let place = Place::Shard { sequence };
         record::received(&self.metrics, &st.shard, data.len());
@@ -175,7 +184,7 @@ impl ShardReader {
         let input = RecordInput {
             data,
             position: st.position,
-            now_ms: Some(now_ms()),
+            arrival_ms: Some(arrival_ms),
             ..RecordInput::default()
         };
         record::process(

@@ -163,10 +163,7 @@ impl ShardReader {
             backoff.reset();
             failures = 0;
             for rec in out.records() {
-                if !self
-                    .process(st, rec.data().as_ref(), rec.sequence_number(), true)
-                    .await
-                {
+                if !self.process(st, rec, true).await {
                     return false;
                 }
                 last = Some(rec.sequence_number().to_owned());
