@@ -180,3 +180,60 @@ fn an_unknown_constraint_fails() {
         "# failJSON: { \"constraint\": \"len(opts) > 1\", \"match\": false }\nx\n",
     );
 }
+
+/// One attempt feeds a signal once (docs/detection.md): on the fail2ban
+/// corpus, the second line of every disconnect pair is evidence but not a
+/// new attempt, and every line that is not a new attempt follows a line of
+/// the same connection that counted the same signal.
+#[test]
+fn attempts_not_lines_on_the_corpus() {
+    use sshwarden_pipeline::classify::Signal;
+    use sshwarden_pipeline::prefix::parse_line;
+    for name in ["sshd.log", "sshd-journal.log"] {
+        let text = fail2ban::read(name);
+        let mut engine = Engine::new(EngineConfig::default()).unwrap();
+        // (pid, signal) -> counted before
+        let mut counted: HashMap<(u32, Signal), usize> = HashMap::new();
+        let mut previous: Option<(u32, Option<u16>, Signal, bool)> = None;
+        let (mut pairs, mut repeated, mut new) = (0, 0, 0);
+        for (i, line) in text.lines().enumerate() {
+            if line.starts_with('#') {
+                continue;
+            }
+            let pid = parse_line(line).and_then(|l| l.pid);
+            let LineVerdict::Classified(v) = engine.verdict(line, "corpus") else {
+                continue;
+            };
+            let Some(signal) = v.signal else {
+                continue;
+            };
+            let here = format!("{name}:{}: {line}", i + 1);
+            if v.new_attempt {
+                new += 1;
+                if let Some(pid) = pid {
+                    counted.insert((pid, signal), i);
+                }
+            } else {
+                repeated += 1;
+                let pid = pid.unwrap_or_else(|| panic!("a repeat needs a connection: {here}"));
+                assert!(
+                    counted.contains_key(&(pid, signal)),
+                    "not counted, and nothing before it counted: {here}"
+                );
+            }
+            if let (Some((p, port, Signal::Disconnect, true)), Some(pid)) = (previous, pid) {
+                if p == pid && port == v.port && signal == Signal::Disconnect {
+                    pairs += 1;
+                    assert!(
+                        !v.new_attempt,
+                        "the second line of a disconnect pair counted: {here}"
+                    );
+                }
+            }
+            previous = pid.map(|p| (p, v.port, signal, v.new_attempt));
+        }
+        println!("{name}: {new} attempts, {repeated} repeated lines, {pairs} disconnect pairs");
+        assert!(pairs >= 1, "{name}: the corpus has disconnect pairs");
+        assert!(repeated >= pairs);
+    }
+}
