@@ -43,6 +43,15 @@ pub struct ReaderError {
     pub kind: String,
 }
 
+/// What a reader's engine set aside or merged, by kind (see
+/// `Engine::skip_counts`): late, partly_late, duplicate, clamped,
+/// repeated_attempt, evicted_instance, evicted_source.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EngineEventLabel {
+    pub shard: String,
+    pub kind: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActionLabel {
     pub action: String,
@@ -54,6 +63,8 @@ pub struct Metrics {
     pub bytes: Family<ReaderLabel, Counter>,
     pub events: Family<ReaderLabel, Counter>,
     pub millis_behind_latest: Family<ReaderLabel, Gauge>,
+    /// Totals since the reader's engine started (a new lease starts a new engine).
+    pub engine_events: Family<EngineEventLabel, Gauge>,
     pub errors: Family<ReaderError, Counter>,
     pub commands: Family<ActionLabel, Counter>,
     pub command_failures: Counter,
@@ -90,6 +101,11 @@ impl Metrics {
             "millis_behind_latest",
             "How far the shard reader is behind the tip of the shard",
             self.millis_behind_latest.clone(),
+        );
+        r.register(
+            "engine_events",
+            "Events the reader's engine set aside or merged since it started, by kind: late (every window closed), partly_late, duplicate (same event id), clamped (time ahead of arrival), repeated_attempt (another line of a counted attempt), evicted_instance and evicted_source (keys past the caps)",
+            self.engine_events.clone(),
         );
         r.register(
             "errors",

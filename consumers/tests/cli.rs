@@ -23,7 +23,9 @@ fn sshwarden(args: &[&str], stdin: Option<&[u8]>) -> Output {
 }
 
 fn repo(path: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
         .join("..")
         .join(path)
         .to_string_lossy()

@@ -135,6 +135,10 @@ fn default_mix_is_about_a_quarter_evidence() {
 fn every_line_classifies_as_the_generator_says() {
     let fleet = Fleet::generate(&FleetConfig::default()).unwrap();
     let mut sshd_lines = 0;
+    // The engine's connection context says which lines are new attempts;
+    // the generator knows it by construction (one attempt, one signal).
+    let mut engine = engine();
+    let mut repeats = 0;
     for e in fleet.events() {
         let Some(l) = parse_line(&e.line) else {
             assert_eq!(e.signal, None, "non-sshd line with a signal: {}", e.line);
@@ -142,7 +146,16 @@ fn every_line_classifies_as_the_generator_says() {
         };
         sshd_lines += 1;
         let c = classify(l.message);
-        assert_eq!(c.and_then(|c| c.signal()), e.signal, "signal of {}", e.line);
+        let counted = match engine.verdict(&e.line, &e.instance) {
+            sshwarden_pipeline::engine::LineVerdict::Classified(v) => {
+                v.signal.filter(|_| v.new_attempt && v.counts_for_instance)
+            }
+            _ => None,
+        };
+        if c.and_then(|c| c.signal()).is_some() && counted.is_none() {
+            repeats += 1;
+        }
+        assert_eq!(counted, e.signal, "signal of {}", e.line);
         if let (Some(c), Some(src)) = (c, e.source) {
             if let Some(text) = c.source {
                 assert_eq!(
@@ -155,6 +168,7 @@ fn every_line_classifies_as_the_generator_says() {
         }
     }
     assert!(sshd_lines * 2 > fleet.events().len());
+    assert!(repeats > 0, "the default mix has disconnect pairs");
 }
 
 #[test]

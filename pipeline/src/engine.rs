@@ -325,6 +325,24 @@ impl Engine {
         s
     }
 
+    /// What the engine set aside or merged, cheaply (no clone of [`Stats`]):
+    /// events late for every window or for some, duplicates by event id,
+    /// times clamped to their arrival, lines repeating a counted attempt,
+    /// keys evicted past the caps. Totals since the engine started.
+    pub fn skip_counts(&self) -> [(&'static str, u64); 7] {
+        let w = self.core.windows.stats();
+        let s = &self.core.stats;
+        [
+            ("late", w.late_events),
+            ("partly_late", w.partly_late_events),
+            ("duplicate", w.duplicate_events),
+            ("clamped", s.future_times_clamped),
+            ("repeated_attempt", s.repeated_attempt_lines),
+            ("evicted_instance", w.evicted_instances),
+            ("evicted_source", w.evicted_sources),
+        ]
+    }
+
     pub fn totals(&self) -> Option<&Totals> {
         self.core.totals.as_ref()
     }

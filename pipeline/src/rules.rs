@@ -327,7 +327,7 @@ pub fn validate(rules: &[Rule]) -> Result<(), RuleError> {
             return Err(RuleError::NoSignals(name()));
         }
         if let Some(w) = r.window_ms {
-            if w < 1000 || w > MAX_WINDOW_MS || w % 1000 != 0 {
+            if !(1000..=MAX_WINDOW_MS).contains(&w) || w % 1000 != 0 {
                 return Err(RuleError::Window(name()));
             }
         }

@@ -228,13 +228,18 @@ pub fn start_fault_proxy(
         .map(|home| PathBuf::from(home).join(".cache/sshwarden/venv/bin/python"))
         .filter(|p| p.exists())
         .unwrap_or_else(|| PathBuf::from("python3"));
-    // This crate sits one level below the workspace root.
-    let script_path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../scripts/lib/kinesis_fault_proxy.py"
-    );
+    // The test's own crate (set by cargo when it runs the test, so a target
+    // directory shared by two checkouts cannot point at the other one) sits
+    // one level below the workspace root, as this crate does.
+    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let script_path = crate_dir
+        .join("../scripts/lib/kinesis_fault_proxy.py")
+        .display()
+        .to_string();
     let mut child = Command::new(&python)
-        .arg(script_path)
+        .arg(&script_path)
         .args(["--upstream", upstream, "--max-seconds", "300"])
         .args(extra_args)
         .arg("--script")

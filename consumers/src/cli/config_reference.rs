@@ -105,7 +105,10 @@ fn table() -> String {
 
 #[test]
 fn config_reference_in_readme_is_current() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let path = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .join("../README.md");
     let readme = std::fs::read_to_string(&path).unwrap();
     let marker = readme
         .find(BEGIN)

@@ -10,7 +10,7 @@ use sshwarden_pipeline::policy::Decision;
 use sshwarden_pipeline::{Engine, RecordInput};
 use tracing::{debug, info, warn};
 
-use crate::metrics::{Metrics, ReaderLabel};
+use crate::metrics::{EngineEventLabel, Metrics, ReaderLabel};
 
 /// The log targets the readers' own lines had before this step moved here:
 /// `SSHWARDEN_LOG` filters (`sshwarden::source::kinesis::reader=debug`)
@@ -68,6 +68,20 @@ pub fn process(
             }
             metrics.error(name, "decode");
         }
+    }
+    engine_events(engine, metrics, label);
+}
+
+/// Publishes what `label`'s engine set aside or merged so far.
+pub fn engine_events(engine: &Engine, metrics: &Metrics, label: &ReaderLabel) {
+    for (kind, n) in engine.skip_counts() {
+        metrics
+            .engine_events
+            .get_or_create(&EngineEventLabel {
+                shard: label.name().to_owned(),
+                kind,
+            })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 }
 

@@ -194,7 +194,11 @@ impl Workers {
             .path()
             .join(format!("{n}-{worker_id}.stderr.jsonl"));
         let metrics_arg = metrics.to_string();
+        // The seed policy: what the rule-level truth (loadgen's) models, so
+        // these tests check delivery and checkpoints against exact commands.
         let mut args: Vec<&str> = vec![
+            "--policy",
+            "seed",
             "--blast-radius-max",
             "0",
             "--cooldown-secs",

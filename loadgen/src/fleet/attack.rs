@@ -72,12 +72,15 @@ impl Gen<'_> {
                     let mut c = self.open(rng, instance, peer, t0 + i * interval_ms, sc);
                     let p = c.port;
                     c.t += 1_200;
-                    self.say(&c, sshd::failed_password("root", false, peer, p));
+                    self.say(&mut c, sshd::failed_password("root", false, peer, p));
                     c.t += 150;
-                    self.say(&c, sshd::received_disconnect(peer, p, 11, "Bye Bye", true));
+                    self.say(
+                        &mut c,
+                        sshd::received_disconnect(peer, p, 11, "Bye Bye", true),
+                    );
                     c.t += 1;
                     self.say(
-                        &c,
+                        &mut c,
                         sshd::disconnected(Account::Authenticating, "root", peer, p, true),
                     );
                 }

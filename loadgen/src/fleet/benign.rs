@@ -96,7 +96,7 @@ impl Gen<'_> {
         let secs = 10f64.powf(rng.random_range(0.7..3.5)) as i64;
         c.t += secs * 1000 + rng.random_range(0..1000);
         self.say(
-            &c,
+            &mut c,
             sshd::received_disconnect(peer, p, 11, "disconnected by user", false),
         );
         self.after(

@@ -42,6 +42,10 @@ pub(super) struct Conn {
     pub(super) port: u16,
     pub(super) t: i64,
     pub(super) scenario: Option<usize>,
+    /// Signals this connection has counted (bit i: `Signal` index i): one
+    /// attempt feeds a signal once (docs/detection.md), so the truth marks
+    /// a second line of the same attempt as no signal.
+    pub(super) counted: u8,
 }
 
 /// The fleet being written: its instances, the lines so far, and what the
@@ -140,18 +144,31 @@ impl<'c> Gen<'c> {
             port: rng.random_range(1024..=65535),
             t,
             scenario,
+            counted: 0,
         };
         if self.instances[host].verbose {
             let local = IpAddr::V4(self.instances[host].private_ip);
-            self.say(&c, sshd::connection_from(peer, c.port, local));
+            let mut c = c;
+            let m = sshd::connection_from(peer, c.port, local);
+            self.say(&mut c, m);
+            return c;
         }
         c
     }
 
-    pub(super) fn say(&mut self, c: &Conn, m: Msg) {
+    pub(super) fn say(&mut self, c: &mut Conn, m: Msg) {
         let process = format!("{}[{}]", self.instances[c.host].process, c.pid);
+        let signal = m.signal.filter(|signal| {
+            let bit = 1u8 << signal.index();
+            // Each `Failed <method>` line is a try of its own; a closing
+            // "too many failures" adds none to tries already counted; any
+            // other signal counts once per connection.
+            let new = m.text.starts_with("Failed ") || c.counted & bit == 0;
+            c.counted |= bit;
+            new
+        });
         let evidence = Evidence {
-            signal: m.signal,
+            signal,
             source: Some(c.peer),
             scenario: c.scenario,
         };

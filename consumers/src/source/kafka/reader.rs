@@ -183,6 +183,7 @@ impl PartitionReader {
             }
             Content::Lines => {
                 let events = self.process_lines(&m, position, now, decisions);
+                record::engine_events(&self.engine, &self.metrics, label);
                 self.metrics.events.get_or_create(label).inc_by(events);
             }
         }
