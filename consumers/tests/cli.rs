@@ -101,18 +101,34 @@ fn scan_table_and_json_on_the_shipped_sample() {
     let table = sshwarden(&["scan", &sample], None);
     assert!(table.status.success());
     let text = String::from_utf8(table.stdout).unwrap();
-    assert!(text.contains("commands that would be issued: 2"), "{text}");
+    assert!(text.contains("commands that would be issued: 1"), "{text}");
+    assert!(
+        text.contains("BLOCK 203.0.113.66/32 rule=brute-force"),
+        "{text}"
+    );
     let json: Value =
         serde_json::from_slice(&sshwarden(&["scan", "--json", &sample], None).stdout).unwrap();
     let sources = json["sources"].as_array().unwrap();
-    assert_eq!(sources[0]["subject"], "203.0.113.66");
+    assert_eq!(sources[0]["subject"], "203.0.113.66/32");
+    assert_eq!(sources[0]["rules_fired"][0], "brute-force");
     assert!(
-        sources.iter().all(|s| s["subject"] != "10.0.0.5"),
+        sources.iter().all(|s| s["subject"] != "10.0.0.5/32"),
         "injected address counted"
     );
     let commands = json["commands"].as_array().unwrap();
+    assert_eq!(commands.len(), 1);
+    assert_eq!(
+        (&commands[0]["action"], &commands[0]["held"]),
+        (&Value::from("block"), &Value::from(false))
+    );
+    // Under the seed policy, host names are not instance ids: never
+    // quarantined, held for a person.
+    let seed: Value = serde_json::from_slice(
+        &sshwarden(&["--policy", "seed", "scan", "--json", &sample], None).stdout,
+    )
+    .unwrap();
+    let commands = seed["commands"].as_array().unwrap();
     assert_eq!(commands.len(), 2);
-    // host names are not instance ids: never quarantined, held for a person
     assert!(commands
         .iter()
         .all(|c| c["action"] == "notify" && c["held"] == true));
@@ -164,11 +180,33 @@ fn scan_captured_payloads_quarantines_instances_and_skips_bad_records() {
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["stats"]["control_messages"], 1);
     assert_eq!(r["stats"]["windows"]["duplicate_events"], 6);
+    // The graduated policy blocks the guessing source; the instance that
+    // accepted nothing from it is not quarantined.
+    let commands = r["commands"].as_array().unwrap();
+    assert_eq!(commands.len(), 1, "{commands:?}");
+    assert_eq!(commands[0]["action"], "block");
+    assert_eq!(commands[0]["held"], false);
+    assert_eq!(commands[0]["subject_kind"], "source");
+    assert_eq!(commands[0]["source"], "203.0.113.7/32");
+    assert_eq!(commands[0]["rule"], "brute-force");
+    assert_eq!(commands[0]["window_secs"], 600);
+    assert_eq!(
+        commands[0]["instances"],
+        serde_json::json!(["i-0123456789abcdef0"])
+    );
+    assert_eq!(commands[0]["account"], "123456789012");
+    assert_eq!(commands[0]["counts"]["invalid_user"], 5);
+    assert_eq!(commands[0]["distinct"]["users"], 5);
+    // The original sample's policy quarantines the attacked instance.
+    let out = sshwarden(
+        &["--policy", "seed", "scan", "--json", path.to_str().unwrap()],
+        None,
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     let commands = r["commands"].as_array().unwrap();
     assert_eq!(commands.len(), 1, "{commands:?}");
     assert_eq!(commands[0]["action"], "quarantine");
     assert_eq!(commands[0]["instance_id"], "i-0123456789abcdef0");
-    assert_eq!(commands[0]["account"], "123456789012");
     assert_eq!(commands[0]["counts"]["invalid_user"], 5);
 
     // base64 gzip records, one per line, with a corrupt one: counted, reported, the rest read

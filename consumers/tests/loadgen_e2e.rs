@@ -137,6 +137,9 @@ async fn loadgen_writer_worker_and_scorer_agree_with_the_ground_truth() {
     let stderr_path = std::env::temp_dir().join(format!("{stream}.stderr"));
     let mut worker = Command::new(sshwarden_bin())
         .args([
+            // The rule-level scorer models the seed policy's rules.
+            "--policy",
+            "seed",
             "--blast-radius-max",
             "0",
             "--cooldown-secs",

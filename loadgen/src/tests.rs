@@ -350,11 +350,11 @@ fn hostile_usernames_never_count_against_decoys() {
     engine.finish();
     let totals = engine.totals().unwrap();
     for src in totals.sources.keys() {
-        assert!(!src.ip().is_some_and(|ip| decoys.contains(&ip)), "{src}");
+        assert!(!decoys.iter().any(|d| src.contains(&Peer::Ip(*d))), "{src}");
     }
     for a in &attackers {
         assert!(
-            totals.sources.contains_key(&Peer::Ip(*a)),
+            totals.sources.keys().any(|n| n.contains(&Peer::Ip(*a))),
             "the real attacker {a} is counted"
         );
     }

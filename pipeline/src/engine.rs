@@ -11,7 +11,6 @@ use crate::classify::{self, Kind, Signal};
 use crate::command::{Action, Origin};
 use crate::context::{host_key, Attribution, ConnectionTracker, DEFAULT_MAX_CONNECTIONS};
 use crate::envelope::{DecodeError, Decoder, MessageType, DEFAULT_MAX_DECOMPRESSED};
-use crate::peer::Peer;
 use crate::policy::{Decision, Policy, PolicyConfig, PolicyError};
 use crate::prefix::{self, LineTime};
 use crate::window::{Admit, Fired, Observation, Observed, WindowConfig, WindowStats, WindowStore};
@@ -130,7 +129,8 @@ pub struct LineInput<'a> {
 #[derive(Debug, Default, Clone)]
 pub struct Totals {
     pub instances: HashMap<String, [u64; Signal::COUNT]>,
-    pub sources: HashMap<Peer, [u64; Signal::COUNT]>,
+    /// By source network (what source rules count and commands name).
+    pub sources: HashMap<crate::peer::PeerNet, [u64; Signal::COUNT]>,
 }
 
 pub struct Engine {
@@ -431,6 +431,19 @@ impl Core {
             self.windows.advance(instance, time_ms);
             return;
         };
+        // A redelivered log event (same id in the same stream) is dropped
+        // before the connection context sees it, so it cannot pass for a
+        // further attempt. Only lines that can count keep their id.
+        if let Some(id) = input.event_id.filter(|id| !id.is_empty()) {
+            if may_count(&c) {
+                let key = (instance, id);
+                let hashed = u128::from(self.id_hasher.0.hash_one(key)) << 64
+                    | u128::from(self.id_hasher.1.hash_one(key));
+                if !self.windows.first_sighting(instance, time_ms, hashed) {
+                    return;
+                }
+            }
+        }
         let v = self
             .tracker
             .observe(host_key(instance, line.host), line.pid, &c);
@@ -471,12 +484,6 @@ impl Core {
                 return;
             }
         }
-        // Ids are only promised unique within a log stream: key them by both.
-        let event_id = input.event_id.filter(|id| !id.is_empty()).map(|id| {
-            let key = (instance, id);
-            u128::from(self.id_hasher.0.hash_one(key)) << 64
-                | u128::from(self.id_hasher.1.hash_one(key))
-        });
         let admit = self.windows.observe(
             &Observation {
                 instance,
@@ -488,7 +495,6 @@ impl Core {
                 position: input.position,
                 line: input.line,
             },
-            event_id,
             &mut self.fired,
         );
         if admit == Admit::Nothing {
@@ -513,8 +519,9 @@ impl Core {
                     }
                 }
             }
-            if let Some(src) = v.source {
-                t.sources.entry(src).or_default()[signal.index()] += 1;
+            if let Some(src) = &source {
+                let net = self.config.window.grouping.network(src);
+                t.sources.entry(net).or_default()[signal.index()] += 1;
             }
         }
         self.decide(origin, out);
@@ -539,6 +546,17 @@ impl Core {
             out.push(d);
         }
     }
+}
+
+/// Lines whose id is kept for deduplication: evidence, the closes that can
+/// carry evidence's address, accepted logins. (Ids are only promised unique
+/// within a log stream: they are keyed by both.)
+fn may_count(c: &classify::Classified<'_>) -> bool {
+    c.signal().is_some()
+        || matches!(
+            c.kind,
+            Kind::Accepted | Kind::ConnectionClosed | Kind::Disconnect
+        )
 }
 
 fn kind_index(kind: Kind) -> usize {

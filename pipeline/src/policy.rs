@@ -254,7 +254,6 @@ mod tests {
                 position: 1,
                 line: "l",
             },
-            None,
             &mut out,
         );
         let mut f = out.remove(0);

@@ -228,8 +228,6 @@ pub enum Admit {
     Counted,
     /// Every window it would count in had closed.
     Late,
-    /// The same event id was counted before.
-    Duplicate,
     /// Nothing to count (an accepted login with no failures before it).
     Nothing,
 }
@@ -710,14 +708,28 @@ impl WindowStore {
         self.ledger.source_ends.clear();
     }
 
+    /// Records the event id `id` of `instance`'s stream; false when it was
+    /// recorded before (a redelivered log event). Ids are kept as long as the
+    /// longest window they could count in; an older event is late anyway.
+    pub fn first_sighting(&mut self, instance: &str, time_ms: i64, id: u128) -> bool {
+        self.advance(instance, time_ms);
+        let closing_wm = self.watermark().unwrap_or(i64::MIN);
+        let lateness = self.config.allowed_lateness_ms;
+        let longest = self.longest_keep_ms.max(1);
+        let Some(stream) = self.streams.get_mut(instance) else {
+            return true;
+        };
+        let stream_wm = (stream.max_ms - lateness).max(closing_wm);
+        let start = Self::window_start(time_ms, longest);
+        if start + longest <= stream_wm || stream.seen_ids.entry(start).or_default().insert(id) {
+            return true;
+        }
+        self.stats.duplicate_events += 1;
+        false
+    }
+
     /// Counts one observation, appending any rule it makes fire to `fired`.
-    /// `event_id` (a hash of the log event id) drops redeliveries.
-    pub fn observe(
-        &mut self,
-        o: &Observation<'_>,
-        event_id: Option<u128>,
-        fired: &mut Vec<Fired>,
-    ) -> Admit {
+    pub fn observe(&mut self, o: &Observation<'_>, fired: &mut Vec<Fired>) -> Admit {
         self.advance(o.instance, o.time_ms);
         let closing_wm = self.watermark().unwrap_or(i64::MIN);
         let lateness = self.config.allowed_lateness_ms;
@@ -725,15 +737,6 @@ impl WindowStore {
             return Admit::Late;
         };
         let stream_wm = (stream.max_ms - lateness).max(closing_wm);
-        if let (Some(id), Observed::Signal(_)) = (event_id, o.observed) {
-            let start = Self::window_start(o.time_ms, self.longest_keep_ms.max(1));
-            if start + self.longest_keep_ms > stream_wm
-                && !stream.seen_ids.entry(start).or_default().insert(id)
-            {
-                self.stats.duplicate_events += 1;
-                return Admit::Duplicate;
-            }
-        }
         let mut counted = 0u32;
         let mut late = 0u32;
         let user_hash = o.user.map(|u| self.hasher.hash_one(u));
@@ -1118,7 +1121,7 @@ mod tests {
         let a = ip("1.2.3.4");
         let mut fired = Vec::new();
         for i in 0..5 {
-            s.observe(&obs("i-1", Some(&a), 1_000 + i, i as u64), None, &mut fired);
+            s.observe(&obs("i-1", Some(&a), 1_000 + i, i as u64), &mut fired);
         }
         let names: Vec<_> = fired.iter().map(|f| (f.rule, f.detected_at_ms)).collect();
         assert_eq!(names, vec![(0, 1_002), (1, 1_003)]);
@@ -1131,7 +1134,7 @@ mod tests {
         fired.clear();
         // The next minute fires the minute rule again; the hour is still the same window.
         for i in 0..3 {
-            s.observe(&obs("i-1", Some(&a), 61_000 + i, 10), None, &mut fired);
+            s.observe(&obs("i-1", Some(&a), 61_000 + i, 10), &mut fired);
         }
         assert_eq!(fired.len(), 1);
         assert_eq!((fired[0].rule, fired[0].window.start_ms), (0, 60_000));
@@ -1146,20 +1149,19 @@ mod tests {
         let mut f = Vec::new();
         let b = ip("5.6.7.8");
         // i-fast's clock runs four minutes ahead.
-        s.observe(&obs("i-fast", None, 240_000 + 1_000, 1), None, &mut f);
+        s.observe(&obs("i-fast", None, 240_000 + 1_000, 1), &mut f);
         for n in 0..20 {
             let admit = s.observe(
                 &obs("i-slow", Some(&b), 1_000 + n * 1_000, 2 + n as u64),
-                None,
                 &mut f,
             );
             assert_eq!(admit, Admit::Counted, "event {n}");
         }
         assert_eq!(s.stats().late_events, 0);
         // A stream is late against its own clock.
-        s.observe(&obs("i-slow", None, 200_000, 30), None, &mut f);
+        s.observe(&obs("i-slow", None, 200_000, 30), &mut f);
         assert_eq!(
-            s.observe(&obs("i-slow", None, 5_000, 31), None, &mut f),
+            s.observe(&obs("i-slow", None, 5_000, 31), &mut f),
             Admit::Late
         );
         assert_eq!(s.stats().late_events, 1);
@@ -1170,18 +1172,18 @@ mod tests {
         let mut s = store(vec![count_rule("s", SubjectKind::Source, 60_000, 100)], 10);
         let mut f = Vec::new();
         let a = ip("9.9.9.9");
-        s.observe(&obs("i-1", Some(&a), 30_000, 1), None, &mut f);
-        s.observe(&obs("i-2", Some(&a), 30_000, 2), None, &mut f);
+        s.observe(&obs("i-1", Some(&a), 30_000, 1), &mut f);
+        s.observe(&obs("i-2", Some(&a), 30_000, 2), &mut f);
         // i-1 moves on, i-2 stays at 30 s: the source window stays open.
-        s.observe(&obs("i-1", None, 200_000, 3), None, &mut f);
+        s.observe(&obs("i-1", None, 200_000, 3), &mut f);
         assert_eq!(s.live_keys().1, 1);
         assert_eq!(s.low_water_position(), Some(1));
         // i-2 catches up: the window [0, 60 s) closes.
-        s.observe(&obs("i-2", None, 200_000, 4), None, &mut f);
+        s.observe(&obs("i-2", None, 200_000, 4), &mut f);
         assert_eq!(s.live_keys().1, 0);
         // A stream silent for longer than stream_idle_ms holds nothing.
-        s.observe(&obs("i-2", Some(&a), 210_000, 5), None, &mut f);
-        s.observe(&obs("i-1", None, 210_000 + 11 * 60_000, 6), None, &mut f);
+        s.observe(&obs("i-2", Some(&a), 210_000, 5), &mut f);
+        s.observe(&obs("i-1", None, 210_000 + 11 * 60_000, 6), &mut f);
         assert_eq!(
             s.live_keys().1,
             0,
@@ -1194,20 +1196,14 @@ mod tests {
     fn duplicates_dropped_by_id() {
         let mut s = store(vec![count_rule("m", SubjectKind::Instance, 60_000, 2)], 10);
         let mut f = Vec::new();
-        assert_eq!(
-            s.observe(&obs("i-1", None, 1, 1), Some(7), &mut f),
-            Admit::Counted
-        );
-        assert_eq!(
-            s.observe(&obs("i-1", None, 1, 1), Some(7), &mut f),
-            Admit::Duplicate
-        );
-        assert!(f.is_empty());
-        assert_eq!(
-            s.observe(&obs("i-1", None, 1, 1), Some(8), &mut f),
-            Admit::Counted
-        );
+        assert!(s.first_sighting("i-1", 1, 7));
+        assert_eq!(s.observe(&obs("i-1", None, 1, 1), &mut f), Admit::Counted);
+        assert!(!s.first_sighting("i-1", 1, 7));
+        assert!(s.first_sighting("i-2", 1, 7), "ids are per stream");
+        assert!(s.first_sighting("i-1", 1, 8));
+        assert_eq!(s.observe(&obs("i-1", None, 1, 1), &mut f), Admit::Counted);
         assert_eq!(f.len(), 1);
+        assert_eq!(s.stats().duplicate_events, 1);
     }
 
     #[test]
@@ -1221,9 +1217,9 @@ mod tests {
         for (i, p) in flood.iter().enumerate() {
             let t = 1_000 + i as i64;
             if i % 20 == 0 {
-                s.observe(&obs("i-1", Some(&attacker), t, i as u64), None, &mut f);
+                s.observe(&obs("i-1", Some(&attacker), t, i as u64), &mut f);
             }
-            s.observe(&obs("i-1", Some(p), t, i as u64), None, &mut f);
+            s.observe(&obs("i-1", Some(p), t, i as u64), &mut f);
         }
         assert_eq!(s.live_keys().1, 50);
         assert!(s.stats().evicted_sources >= 1900);
@@ -1270,31 +1266,22 @@ mod tests {
         for i in 0..5 {
             s.observe(
                 &with_user(obs("i-1", Some(&a), 1_000 + i, 1), "root"),
-                None,
                 &mut f,
             );
         }
         assert!(f.is_empty(), "{f:?}");
-        s.observe(
-            &with_user(obs("i-1", Some(&a), 2_000, 2), "admin"),
-            None,
-            &mut f,
-        );
-        s.observe(
-            &with_user(obs("i-1", Some(&a), 2_001, 3), "oracle"),
-            None,
-            &mut f,
-        );
+        s.observe(&with_user(obs("i-1", Some(&a), 2_000, 2), "admin"), &mut f);
+        s.observe(&with_user(obs("i-1", Some(&a), 2_001, 3), "oracle"), &mut f);
         assert_eq!(f.iter().map(|x| x.rule).collect::<Vec<_>>(), vec![0]);
         for (n, inst) in ["i-2", "i-3", "i-4"].iter().enumerate() {
-            s.observe(&obs(inst, Some(&a), 3_000 + n as i64, 4), None, &mut f);
+            s.observe(&obs(inst, Some(&a), 3_000 + n as i64, 4), &mut f);
         }
         assert_eq!(f.iter().map(|x| x.rule).collect::<Vec<_>>(), vec![0, 1]);
         assert_eq!(f[1].window.instances.count(), 4);
         assert_eq!(f[1].window.instance_names.len(), 4);
         let botnet: Vec<Peer> = (1..=5).map(|i| ip(&format!("192.0.2.{i}"))).collect();
         for p in &botnet {
-            s.observe(&obs("i-9", Some(p), 4_000, 5), None, &mut f);
+            s.observe(&obs("i-9", Some(p), 4_000, 5), &mut f);
         }
         assert_eq!(
             f.last().map(|x| (x.rule, x.subject.clone())),
@@ -1325,27 +1312,27 @@ mod tests {
         };
         // An administrator mistyping three times, then logging in.
         for i in 0..3 {
-            s.observe(&obs("i-1", Some(&admin), 1_000 + i, 1), None, &mut f);
+            s.observe(&obs("i-1", Some(&admin), 1_000 + i, 1), &mut f);
         }
         assert_eq!(
-            s.observe(&accepted("i-1", &admin, 2_000), None, &mut f),
+            s.observe(&accepted("i-1", &admin, 2_000), &mut f),
             Admit::Nothing
         );
         assert!(f.is_empty());
         // An attacker failing in the previous hour, succeeding on another instance now.
         for i in 0..5 {
-            s.observe(&obs("i-1", Some(&attacker), 3_500_000 + i, 2), None, &mut f);
+            s.observe(&obs("i-1", Some(&attacker), 3_500_000 + i, 2), &mut f);
         }
-        s.observe(&accepted("i-2", &attacker, 3_700_000), None, &mut f);
+        s.observe(&accepted("i-2", &attacker, 3_700_000), &mut f);
         assert_eq!(f.len(), 1, "{f:?}");
         assert_eq!(f[0].subject, Subject::Instance("i-2".into()));
         assert_eq!(f[0].window.total(&GUESSES), 5);
         // Once per instance and window.
-        s.observe(&accepted("i-2", &attacker, 3_700_500), None, &mut f);
+        s.observe(&accepted("i-2", &attacker, 3_700_500), &mut f);
         assert_eq!(f.len(), 1);
         // A login with no failure before it opens nothing.
         let before = s.live_keys();
-        s.observe(&accepted("i-3", &ip("192.0.2.99"), 3_700_600), None, &mut f);
+        s.observe(&accepted("i-3", &ip("192.0.2.99"), 3_700_600), &mut f);
         assert_eq!(s.live_keys().1, before.1);
     }
 
@@ -1376,12 +1363,13 @@ mod tests {
                 // The closing clock reads whole seconds of the same stream.
                 let watermark = max_t.unwrap_or(0) - lateness;
                 let start = t.div_euclid(size) * size;
-                let admit = s.observe(&obs("i-0", None, *t, pos as u64), id.map(|i| u128::from(i) << 70 | start as u128), &mut fired);
+                let fresh = id.is_none_or(|i| s.first_sighting("i-0", *t, u128::from(i) << 70 | start as u128));
+                let admit = if fresh { s.observe(&obs("i-0", None, *t, pos as u64), &mut fired) } else { Admit::Nothing };
                 let model = if start + size <= watermark {
                     expected_late += 1;
                     Admit::Late
                 } else if id.is_some() && !seen_ids.insert((id.unwrap_or(0), start)) {
-                    Admit::Duplicate
+                    Admit::Nothing
                 } else {
                     let c = counts.entry(start).or_default();
                     *c += 1;

@@ -209,7 +209,11 @@ pub fn demo(
         .map(|t| {
             t.sources
                 .keys()
-                .filter(|s| s.ip().is_some_and(|ip| decoys.contains(&ip)))
+                .filter(|n| {
+                    decoys
+                        .iter()
+                        .any(|d| n.contains(&sshwarden_pipeline::peer::Peer::Ip(*d)))
+                })
                 .count()
         })
         .unwrap_or(0);
