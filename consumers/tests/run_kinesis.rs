@@ -473,6 +473,28 @@ async fn bad_records_are_skipped_and_counted() {
     liar[n - 4..].copy_from_slice(&1000u32.to_le_bytes());
     bad.push(("gzip bomb with a lying trailer", liar));
     let control = sshwarden_loadgen::encode::control_message();
+    // A record whose events claim to be an hour ahead of their arrival: its
+    // times are clamped (and counted), nobody else's events become late.
+    let ahead_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        + 3_600_000;
+    let future_events: Vec<String> = (0..3)
+        .map(|i| {
+            format!(
+                r#"{{"id":"9{i}","timestamp":{},"message":"Nov 29 10:00:00 h sshd[7{i}]: Invalid user f{i} from 198.51.100.9 port 4{i}"}}"#,
+                ahead_ms + i64::from(i)
+            )
+        })
+        .collect();
+    let future = gzip(
+        format!(
+            r#"{{"messageType":"DATA_MESSAGE","owner":"1","logGroup":"g","logStream":"i-0fffffffffffffff0","subscriptionFilters":[],"logEvents":[{}]}}"#,
+            future_events.join(",")
+        )
+        .as_bytes(),
+    );
 
     // Interleave: bad records and control messages between the good ones.
     let mut mixed: Vec<(String, Vec<u8>)> = Vec::new();
@@ -488,6 +510,7 @@ async fn bad_records_are_skipped_and_counted() {
         mixed.push((r.log_stream.clone(), r.data.clone()));
     }
     assert!(bad_iter.next().is_none());
+    mixed.insert(mixed.len() / 3, ("i-0fffffffffffffff0".into(), future));
     let controls = mixed.iter().filter(|(k, _)| k == "control").count();
     h.put_raw(&mixed).await;
     h.log(format_args!(
@@ -532,6 +555,22 @@ async fn bad_records_are_skipped_and_counted() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert_eq!(records, mixed.len() as f64, "every record read once");
+    let engine = |kind: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("sshwarden_engine_events{")
+                    && l.contains(&format!(r#"kind="{kind}""#))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(
+        engine("clamped"),
+        3.0,
+        "sshwarden_engine_events{{kind=\"clamped\"}} in:\n{metrics}"
+    );
+    assert_eq!(engine("late"), 0.0, "nothing else became late:\n{metrics}");
 }
 
 /// SIGTERM: the worker drains, exits 0 within --shutdown-secs, and releases
