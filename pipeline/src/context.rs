@@ -187,28 +187,37 @@ impl ConnectionTracker {
         };
         let key = ConnKey { host, pid };
         let closes = closes_connection(c.kind);
-        if let Some(state) = self.conns.get_mut(&key) {
-            if let Some(port) = state.closed_port {
-                let same_close = closes && (port == 0 || c.port.is_none_or(|p| p == port));
-                if !same_close {
-                    *state = ConnState::default();
-                }
+        let remembers = text.is_some() && !closes && remembers_peer(c.kind);
+        // One hash lookup per line: evidence and lines that name the peer
+        // create the connection's state; a close only looks it up.
+        let state = if own_signal.is_some() || remembers {
+            self.entry(key)
+        } else if text.is_some() && closes {
+            match self.conns.get_mut(&key) {
+                Some(s) => s,
+                None => return v,
+            }
+        } else {
+            return v;
+        };
+        if let Some(port) = state.closed_port {
+            let same_close = closes && (port == 0 || c.port.is_none_or(|p| p == port));
+            if !same_close {
+                // A pid sshd used before: a new connection.
+                *state = ConnState::default();
             }
         }
         if let Some(signal) = own_signal {
-            v.new_attempt = self.entry(key).new_attempt(c, signal);
+            v.new_attempt = state.new_attempt(c, signal);
         }
         if text.is_some() && closes {
             // The connection is over: it may carry the address of evidence
             // logged without one. Its state stays (marked closed) so that
             // the second line of a disconnect pair is known as the same
             // close; a later line of this pid is a new connection.
-            let pending = self.conns.get_mut(&key).and_then(|s| {
-                s.closed_port = Some(c.port.unwrap_or(0));
-                s.source = None;
-                s.pending.take()
-            });
-            match (own_signal, pending) {
+            state.closed_port = Some(c.port.unwrap_or(0));
+            state.source = None;
+            match (own_signal, state.pending.take()) {
                 (None, Some(signal)) => {
                     v.source = parse();
                     if v.source.is_some() {
@@ -222,15 +231,13 @@ impl ConnectionTracker {
                 (Some(_), _) => attribute_own(&mut v, parse()),
                 (None, None) => {}
             }
-        } else if text.is_some() && (own_signal.is_some() || remembers_peer(c.kind)) {
+        } else if text.is_some() {
             let source = parse();
-            let state = self.entry(key);
             state.pending = None;
             state.source = source.clone();
             state.port = c.port;
             attribute_own(&mut v, source);
-        } else if text.is_none() && own_signal.is_some() {
-            let state = self.entry(key);
+        } else if own_signal.is_some() {
             match &state.source {
                 Some(source) => {
                     v.source = Some(source.clone());

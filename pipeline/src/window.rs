@@ -495,11 +495,27 @@ pub struct WindowStore {
     hasher: foldhash::fast::FixedState,
     /// The longest `keep_ms` of any lane (how long event ids are kept).
     longest_keep_ms: i64,
+    /// The union of the lanes' distinct-value signals, per dimension.
+    masks: DistinctMasks,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct DistinctMasks {
+    users: u32,
+    instances: u32,
+    sources: u32,
 }
 
 impl WindowStore {
     pub fn new(config: WindowConfig, rules: Vec<Rule>) -> Self {
         let lanes = lanes_for(&rules, config.size_ms, config.max_distinct);
+        let masks = lanes
+            .iter()
+            .fold(DistinctMasks::default(), |m, l| DistinctMasks {
+                users: m.users | l.users,
+                instances: m.instances | l.instances,
+                sources: m.sources | l.sources,
+            });
         let longest_keep_ms = lanes
             .iter()
             .map(|l| l.keep_ms)
@@ -520,6 +536,7 @@ impl WindowStore {
             stats: WindowStats::default(),
             hasher: foldhash::fast::FixedState::with_seed(0x5d15),
             longest_keep_ms,
+            masks,
         }
     }
 
@@ -591,55 +608,39 @@ impl WindowStore {
     /// Moves `instance`'s event clock with an event time (also for events
     /// that count nothing) and closes the windows it passes.
     pub fn advance(&mut self, instance: &str, time_ms: i64) {
-        let next_id = self.next_stream_id;
-        let ledger = &mut self.ledger;
-        let by_time = &mut self.by_time;
-        let lanes = &self.lanes;
-        let st = self.streams.get_or_insert(
+        let (_, by_time_changed) = touch(
+            StreamParts {
+                streams: &mut self.streams,
+                by_time: &mut self.by_time,
+                next_id: &mut self.next_stream_id,
+                ledger: &mut self.ledger,
+                lanes: &self.lanes,
+                lateness_ms: self.config.allowed_lateness_ms,
+                longest_keep_ms: self.longest_keep_ms,
+            },
             instance,
-            |s| s.into(),
-            || StreamState {
-                id: next_id,
-                max_ms: i64::MIN,
-                windows: Vec::new(),
-                seen_ids: BTreeMap::new(),
-            },
-            |old| {
-                by_time.remove(&(old.max_ms.div_euclid(1000), old.id));
-                for w in &old.windows {
-                    let lane = &lanes[usize::from(w.lane)];
-                    ledger.close(w, lane.keep_ms, lane.subject);
-                }
-            },
+            time_ms,
         );
-        if st.id == next_id {
-            self.next_stream_id += 1;
-        }
-        if time_ms > st.max_ms {
-            let old_sec = st.max_ms.div_euclid(1000);
-            let new_sec = time_ms.div_euclid(1000);
-            if st.max_ms == i64::MIN || old_sec != new_sec {
-                if st.max_ms != i64::MIN {
-                    self.by_time.remove(&(old_sec, st.id));
-                }
-                self.by_time.insert((new_sec, st.id));
+        self.note_newest(time_ms, by_time_changed);
+    }
+
+    /// Follows the newest event time; re-reads the closing clock only when
+    /// a stream's second or the live range changed (it is read in seconds).
+    fn note_newest(&mut self, time_ms: i64, by_time_changed: bool) {
+        let newest_moved = match self.newest_ms {
+            Some(n) if time_ms <= n => false,
+            Some(n) => {
+                self.newest_ms = Some(time_ms);
+                n.div_euclid(1000) != time_ms.div_euclid(1000)
             }
-            st.max_ms = time_ms;
-            // This stream's own windows close on its own watermark.
-            let wm = time_ms - self.config.allowed_lateness_ms;
-            close_windows(&mut st.windows, wm, &self.lanes, &mut self.ledger);
-            let longest = self.longest_keep_ms;
-            while let Some((&start, _)) = st.seen_ids.first_key_value() {
-                if start + longest > wm {
-                    break;
-                }
-                st.seen_ids.pop_first();
+            None => {
+                self.newest_ms = Some(time_ms);
+                true
             }
+        };
+        if by_time_changed || newest_moved {
+            self.move_closing_clock();
         }
-        if self.newest_ms.is_none_or(|n| time_ms > n) {
-            self.newest_ms = Some(time_ms);
-        }
-        self.move_closing_clock();
     }
 
     /// The slowest live stream's newest second, or the floor. It moves
@@ -713,13 +714,14 @@ impl WindowStore {
     /// longest window they could count in; an older event is late anyway.
     pub fn first_sighting(&mut self, instance: &str, time_ms: i64, id: u128) -> bool {
         self.advance(instance, time_ms);
-        let closing_wm = self.watermark().unwrap_or(i64::MIN);
+        let floor = self.floor_ms.unwrap_or(i64::MIN);
         let lateness = self.config.allowed_lateness_ms;
         let longest = self.longest_keep_ms.max(1);
         let Some(stream) = self.streams.get_mut(instance) else {
             return true;
         };
-        let stream_wm = (stream.max_ms - lateness).max(closing_wm);
+        // The same watermark `observe` judges this stream's lateness by.
+        let stream_wm = stream.max_ms.max(floor) - lateness;
         let start = Self::window_start(time_ms, longest);
         if start + longest <= stream_wm || stream.seen_ids.entry(start).or_default().insert(id) {
             return true;
@@ -730,25 +732,43 @@ impl WindowStore {
 
     /// Counts one observation, appending any rule it makes fire to `fired`.
     pub fn observe(&mut self, o: &Observation<'_>, fired: &mut Vec<Fired>) -> Admit {
-        self.advance(o.instance, o.time_ms);
-        let closing_wm = self.watermark().unwrap_or(i64::MIN);
         let lateness = self.config.allowed_lateness_ms;
-        let Some(stream) = self.streams.get_mut(o.instance) else {
-            return Admit::Late;
-        };
-        let stream_wm = (stream.max_ms - lateness).max(closing_wm);
-        let mut counted = 0u32;
-        let mut late = 0u32;
-        let user_hash = o.user.map(|u| self.hasher.hash_one(u));
-        let instance_hash = self.hasher.hash_one(o.instance);
-        let net = o.source.map(|s| self.config.grouping.network(s));
-        let net_hash = net.as_ref().map(|n| self.hasher.hash_one(n));
-        let cfg = &self.config;
-
         let bit = match o.observed {
             Observed::Signal(s) => 1u32 << s.index(),
             Observed::Accepted => 0,
         };
+        // Hash only what some lane counts distinct values of.
+        let user_hash = o
+            .user
+            .filter(|_| self.masks.users & bit != 0)
+            .map(|u| self.hasher.hash_one(u));
+        let instance_hash =
+            (self.masks.instances & bit != 0).then(|| self.hasher.hash_one(o.instance));
+        let net = o.source.map(|s| self.config.grouping.network(s));
+        let net_hash = net
+            .as_ref()
+            .filter(|_| self.masks.sources & bit != 0)
+            .map(|n| self.hasher.hash_one(n));
+        let mut counted = 0u32;
+        let mut late = 0u32;
+        let (stream, by_time_changed) = touch(
+            StreamParts {
+                streams: &mut self.streams,
+                by_time: &mut self.by_time,
+                next_id: &mut self.next_stream_id,
+                ledger: &mut self.ledger,
+                lanes: &self.lanes,
+                lateness_ms: lateness,
+                longest_keep_ms: self.longest_keep_ms,
+            },
+            o.instance,
+            o.time_ms,
+        );
+        // Instance windows: late by the stream's own clock (or the floor a
+        // resumed checkpoint set), never by another stream's.
+        let stream_wm = stream.max_ms.max(self.floor_ms.unwrap_or(i64::MIN)) - lateness;
+        let cfg = &self.config;
+
         if let (Observed::Signal(signal), true) = (o.observed, o.counts_for_instance) {
             for (li, lane) in self.lanes.iter().enumerate() {
                 if lane.subject != SubjectKind::Instance {
@@ -799,6 +819,12 @@ impl WindowStore {
             }
         }
 
+        // The closing clock moves after this stream's windows were counted
+        // (the event's own window ends after its time, so no clock this
+        // event sets can close it).
+        self.note_newest(o.time_ms, by_time_changed);
+        let closing_wm = self.watermark().unwrap_or(i64::MIN);
+        let cfg = &self.config;
         if let Some(net) = net {
             match o.observed {
                 Observed::Signal(signal) => {
@@ -830,12 +856,14 @@ impl WindowStore {
                         if let (true, Some(h)) = (lane.users & bit != 0, user_hash) {
                             w.users.insert(h, lane.distinct_cap);
                         }
-                        if lane.instances & bit != 0 {
-                            w.instances.insert(instance_hash, lane.distinct_cap);
+                        if let (true, Some(h)) = (lane.instances & bit != 0, instance_hash) {
+                            w.instances.insert(h, lane.distinct_cap);
                         }
                         // The command names the instances a source tried
-                        // (a block needs their subnets).
-                        if w.instance_names.len() < NAMED_INSTANCES
+                        // (a block needs their subnets); most sources try
+                        // one, so the last name is checked first.
+                        if w.instance_names.last().is_none_or(|n| &**n != o.instance)
+                            && w.instance_names.len() < NAMED_INSTANCES
                             && !w.instance_names.iter().any(|n| &**n == o.instance)
                         {
                             w.instance_names.push(o.instance.into());
@@ -929,6 +957,81 @@ impl WindowStore {
             .iter()
             .flat_map(|(k, (st, _))| st.windows.iter().map(move |w| (k, w)))
     }
+}
+
+/// What moving one stream's clock touches, borrowed apart from the rest of
+/// the store so that the stream can be counted into while it is held.
+struct StreamParts<'s, 'o> {
+    streams: &'s mut Keyed<Box<str>, StreamState>,
+    by_time: &'o mut BTreeSet<(i64, u64)>,
+    next_id: &'o mut u64,
+    ledger: &'o mut Ledger,
+    lanes: &'o [Lane],
+    lateness_ms: i64,
+    longest_keep_ms: i64,
+}
+
+/// The stream of `instance` with its clock moved to `time_ms` (its own
+/// windows closed on its own watermark), and whether its place among the
+/// streams' clocks changed (the closing clock may have to move).
+fn touch<'s>(p: StreamParts<'s, '_>, instance: &str, time_ms: i64) -> (&'s mut StreamState, bool) {
+    let next_id = *p.next_id;
+    let StreamParts {
+        streams,
+        by_time,
+        ledger,
+        lanes,
+        ..
+    } = p;
+    let st = streams.get_or_insert(
+        instance,
+        |s| s.into(),
+        || StreamState {
+            id: next_id,
+            max_ms: i64::MIN,
+            windows: Vec::new(),
+            seen_ids: BTreeMap::new(),
+        },
+        |old| {
+            by_time.remove(&(old.max_ms.div_euclid(1000), old.id));
+            for w in &old.windows {
+                let lane = &lanes[usize::from(w.lane)];
+                ledger.close(w, lane.keep_ms, lane.subject);
+            }
+        },
+    );
+    if st.id == next_id {
+        *p.next_id += 1;
+    }
+    let mut changed = false;
+    if time_ms > st.max_ms {
+        let old_sec = st.max_ms.div_euclid(1000);
+        let new_sec = time_ms.div_euclid(1000);
+        if st.max_ms == i64::MIN || old_sec != new_sec {
+            if st.max_ms != i64::MIN {
+                by_time.remove(&(old_sec, st.id));
+            }
+            by_time.insert((new_sec, st.id));
+            changed = true;
+        }
+        st.max_ms = time_ms;
+        // This stream's own windows close on its own watermark.
+        let wm = time_ms - p.lateness_ms;
+        if st
+            .windows
+            .iter()
+            .any(|w| w.start_ms + lanes[usize::from(w.lane)].keep_ms <= wm)
+        {
+            close_windows(&mut st.windows, wm, lanes, ledger);
+        }
+        while let Some((&start, _)) = st.seen_ids.first_key_value() {
+            if start + p.longest_keep_ms > wm {
+                break;
+            }
+            st.seen_ids.pop_first();
+        }
+    }
+    (st, changed)
 }
 
 /// The window of `lane` starting at `start` among `windows`, opened if absent.
