@@ -490,3 +490,263 @@ impl IncidentReport {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::incident::{BenignAddress, Response};
+
+    const T0: i64 = 1_700_000_000_000;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn incident(id: usize, kind: IncidentKind, victims: &[&str], attackers: &[&str]) -> Incident {
+        let attackers: Vec<IpAddr> = attackers.iter().map(|a| ip(a)).collect();
+        let prefix = (attackers.len() == 1).then(|| IpNet::from(attackers[0]).to_string());
+        Incident {
+            id,
+            kind,
+            victims: victims.iter().map(|v| (*v).to_owned()).collect(),
+            prefix: prefix.clone(),
+            attackers,
+            start_ms: T0,
+            end_ms: T0 + 3_600_000,
+            start: String::new(),
+            end: String::new(),
+            connections: 10,
+            succeeded: false,
+            response: Response {
+                block: prefix.into_iter().collect(),
+                ..Response::default()
+            },
+        }
+    }
+
+    /// A fast brute force on a, a compromise of b, an IPv6 rotation on c, a
+    /// botnet on d; an administrator and a scanner.
+    fn truth() -> IncidentTruth {
+        let mut compromise = incident(
+            1,
+            IncidentKind::SucceededBruteForce,
+            &["i-b"],
+            &["198.18.0.2"],
+        );
+        compromise.succeeded = true;
+        compromise.response.quarantine = vec!["i-b".into()];
+        let mut rotation = incident(
+            2,
+            IncidentKind::Ipv6Rotation,
+            &["i-c"],
+            &["2a01:4f8:1:2::5", "2a01:4f8:1:2:ffff::9"],
+        );
+        rotation.prefix = Some("2a01:4f8:1:2::/64".into());
+        rotation.response.block = vec!["2a01:4f8:1:2::/64".into()];
+        let mut botnet = incident(
+            3,
+            IncidentKind::Botnet,
+            &["i-d"],
+            &["198.18.1.1", "198.18.1.2"],
+        );
+        botnet.response.notify = vec!["i-d".into()];
+        IncidentTruth {
+            version: 1,
+            seed: 1,
+            start_ms: T0,
+            end_ms: T0 + 86_400_000,
+            instances: ["i-a", "i-b", "i-c", "i-d", "i-e"]
+                .map(String::from)
+                .to_vec(),
+            instance_days: 5.0,
+            incidents: vec![
+                incident(0, IncidentKind::FastBruteForce, &["i-a"], &["198.18.0.1"]),
+                compromise,
+                rotation,
+                botnet,
+            ],
+            compromised_instances: vec!["i-b".into()],
+            benign: vec![BenignAddress {
+                address: ip("203.0.113.7"),
+                role: "admin".into(),
+            }],
+            scanner_addresses: vec![ip("192.0.2.99")],
+            decoy_addresses: vec![],
+        }
+    }
+
+    fn at(ms: i64) -> String {
+        sshwarden_pipeline::time::format_rfc3339_ms(ms)
+    }
+
+    fn source_cmd(action: &str, source: &str, t: i64) -> String {
+        format!(
+            r#"{{"action":"{action}","held":false,"subject_kind":"source","source":"{source}","rule":"r","detected_at":"{}","novel":1}}"#,
+            at(t)
+        )
+    }
+
+    fn instance_cmd(action: &str, held: bool, instance: &str, t: i64) -> String {
+        format!(
+            r#"{{"action":"{action}","held":{held},"subject_kind":"instance","instance_id":"{instance}","rule":"r","detected_at":"{}"}}"#,
+            at(t)
+        )
+    }
+
+    fn judge(lines: &[String]) -> IncidentReport {
+        let truth = truth();
+        let (commands, unreadable) = read_commands(&lines.join("\n"));
+        IncidentJudge::new(&truth).judge(&commands, unreadable)
+    }
+
+    fn outcome(r: &IncidentReport, id: usize) -> &IncidentOutcome {
+        r.incidents.iter().find(|o| o.id == id).unwrap()
+    }
+
+    #[test]
+    fn nothing_detected_nothing_false() {
+        let r = judge(&[]);
+        assert!(r.incidents.iter().all(|o| !o.detected));
+        assert_eq!(r.kinds.iter().map(|k| k.missed).sum::<usize>(), 4);
+        assert_eq!(r.false_responses.quarantines, 0);
+        assert_eq!(r.false_responses.benign_blocks, 0);
+    }
+
+    #[test]
+    fn a_block_of_the_attacker_in_time_detects_it_with_its_delay() {
+        let r = judge(&[source_cmd("block", "198.18.0.1/32", T0 + 90_000)]);
+        let o = outcome(&r, 0);
+        assert!(o.detected && o.responded_as_expected, "{o:?}");
+        assert_eq!(o.time_to_detect_secs, Some(90.0));
+        assert_eq!(o.actions, BTreeSet::from(["block /32".to_owned()]));
+        let k = &r.kinds[0];
+        assert_eq!(k.kind, IncidentKind::FastBruteForce);
+        assert_eq!((k.detected, k.missed), (1, 0));
+        assert_eq!(k.time_to_detect_p50_secs, Some(90.0));
+        assert!(r.unmatched.is_empty());
+    }
+
+    #[test]
+    fn a_command_outside_the_span_and_slack_matches_nothing() {
+        let late = T0 + 3_600_000 + 600_001;
+        let r = judge(&[
+            source_cmd("block", "198.18.0.1/32", late),
+            source_cmd("block", "198.18.0.1/32", T0 - 600_001),
+        ]);
+        assert!(!outcome(&r, 0).detected);
+        assert_eq!(r.unmatched.get("block /32"), Some(&2));
+    }
+
+    #[test]
+    fn a_quarantine_of_the_wrong_instance_is_a_false_response() {
+        let r = judge(&[instance_cmd("quarantine", false, "i-a", T0 + 1_000)]);
+        // i-a was attacked but nobody got in: quarantining it is wrong, and
+        // it does not count as catching anything.
+        assert!(!outcome(&r, 0).detected);
+        assert!(!outcome(&r, 1).detected);
+        assert_eq!(r.false_responses.quarantines, 1);
+        assert_eq!(r.false_responses.quarantined_instances, 1);
+        assert!((r.false_responses.quarantines_per_instance_day - 0.2).abs() < 1e-9);
+        let r = judge(&[instance_cmd("quarantine", false, "i-b", T0 + 1_000)]);
+        let o = outcome(&r, 1);
+        assert!(o.detected, "{o:?}");
+        // The compromise also calls for the block.
+        assert!(!o.responded_as_expected);
+        assert_eq!(r.false_responses.quarantines, 0);
+        let r = judge(&[
+            instance_cmd("quarantine", false, "i-b", T0 + 1_000),
+            source_cmd("block", "198.18.0.2/32", T0 + 1_000),
+        ]);
+        assert!(outcome(&r, 1).responded_as_expected);
+    }
+
+    #[test]
+    fn a_held_quarantine_is_a_notification() {
+        let r = judge(&[instance_cmd("quarantine", true, "i-a", T0 + 1_000)]);
+        assert_eq!(r.false_responses.quarantines, 0);
+        let o = outcome(&r, 0);
+        assert!(o.detected);
+        assert_eq!(o.actions, BTreeSet::from(["notify instance".to_owned()]));
+        // Held on the compromised instance: noticed, not isolated.
+        let r = judge(&[instance_cmd("quarantine", true, "i-b", T0 + 1_000)]);
+        let o = outcome(&r, 1);
+        assert!(o.detected && !o.responded_as_expected);
+    }
+
+    #[test]
+    fn a_64_block_stops_an_ipv6_rotation_and_a_128_only_notices_it() {
+        let r = judge(&[source_cmd("block", "2a01:4f8:1:2::/64", T0 + 5_000)]);
+        let o = outcome(&r, 2);
+        assert!(o.detected && o.responded_as_expected, "{o:?}");
+        assert_eq!(o.actions, BTreeSet::from(["block /64".to_owned()]));
+        let r = judge(&[source_cmd("block", "2a01:4f8:1:2::5", T0 + 5_000)]);
+        let o = outcome(&r, 2);
+        assert!(o.detected && !o.responded_as_expected, "{o:?}");
+        let r = judge(&[source_cmd("block", "2a01:4f8:1:3::/64", T0 + 5_000)]);
+        assert!(!outcome(&r, 2).detected);
+    }
+
+    #[test]
+    fn a_botnet_wants_a_notification_on_its_victim() {
+        let r = judge(&[instance_cmd("notify", false, "i-e", T0 + 1_000)]);
+        assert!(!outcome(&r, 3).detected, "i-e is not the victim");
+        assert_eq!(r.unmatched.get("notify instance"), Some(&1));
+        let r = judge(&[instance_cmd("notify", false, "i-d", T0 + 1_000)]);
+        let o = outcome(&r, 3);
+        assert!(o.detected && o.responded_as_expected);
+        // Blocking one bot notices it too, but is not the response.
+        let r = judge(&[source_cmd("block", "198.18.1.2", T0 + 1_000)]);
+        let o = outcome(&r, 3);
+        assert!(o.detected && !o.responded_as_expected);
+    }
+
+    #[test]
+    fn blocks_of_benign_and_scanner_addresses_are_counted_apart() {
+        let r = judge(&[
+            source_cmd("block", "203.0.113.7/32", T0),
+            source_cmd("block", "203.0.113.0/24", T0),
+            source_cmd("notify", "203.0.113.7/32", T0),
+            source_cmd("block", "192.0.2.99/32", T0),
+        ]);
+        let f = &r.false_responses;
+        assert_eq!(f.benign_blocks, 2);
+        assert_eq!(f.benign_addresses_blocked, vec![ip("203.0.113.7")]);
+        assert_eq!((f.scanner_blocks, f.scanner_addresses_blocked), (1, 1));
+        assert_eq!(f.quarantines, 0);
+    }
+
+    #[test]
+    fn reads_a_scan_report_lines_and_old_fields() {
+        let doc = format!(
+            r#"{{"inputs":["-"],"commands":[{},{{"no":"action"}}],"stats":{{}}}}"#,
+            source_cmd("block", "198.18.0.1/32", T0)
+        );
+        let (cs, bad) = read_commands(&doc);
+        assert_eq!((cs.len(), bad), (1, 1));
+        assert_eq!(cs[0].source, parse_net("198.18.0.1/32"));
+        // `run`'s lines, the older `source_ip` as a bare address, garbage.
+        let lines = format!(
+            "{}\n\nnot json\n{}\n",
+            r#"{"action":"notify","held":false,"subject_kind":"source","source_ip":"2a01:4f8:1:2::5","rule":"x","detected_at":"2023-11-14T22:13:20.000Z"}"#,
+            instance_cmd("quarantine", false, "i-a", T0)
+        );
+        let (cs, bad) = read_commands(&lines);
+        assert_eq!((cs.len(), bad), (2, 1));
+        assert_eq!(cs[0].source, parse_net("2a01:4f8:1:2::5/128"));
+        assert_eq!(cs[0].detected_ms, Some(T0));
+        assert_eq!(cs[1].effect, Effect::Quarantine);
+        assert_eq!(
+            parse_net("2a01:4f8:1:2::9/64"),
+            parse_net("2a01:4f8:1:2::/64")
+        );
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let v: Vec<f64> = (1..=20).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), Some(10.0));
+        assert_eq!(percentile(&v, 0.95), Some(19.0));
+        assert_eq!(percentile(&[3.0], 0.95), Some(3.0));
+        assert_eq!(percentile(&[], 0.5), None);
+    }
+}
