@@ -453,3 +453,335 @@ impl Gen<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+    use ipnet::IpNet;
+    use sshwarden_pipeline::classify::classify;
+    use sshwarden_pipeline::peer::Peer;
+    use sshwarden_pipeline::prefix::parse_line;
+
+    use super::*;
+    use crate::incident::{port_of, IncidentKind};
+    use crate::incident_score::{read_commands, IncidentJudge};
+
+    /// The default day of 20 instances, generated once for the tests.
+    fn default_day() -> &'static Day {
+        static DAY: std::sync::OnceLock<Day> = std::sync::OnceLock::new();
+        DAY.get_or_init(|| Day::generate(&DayConfig::new(20, 3)).unwrap())
+    }
+
+    #[test]
+    fn a_day_is_deterministic_and_seeded() {
+        let config = DayConfig {
+            duration_ms: 6 * HOUR_MS,
+            ..DayConfig::new(8, 5)
+        };
+        let a = Day::generate(&config).unwrap();
+        let b = Day::generate(&config).unwrap();
+        assert_eq!(a.fleet.events(), b.fleet.events());
+        assert_eq!(a.incidents, b.incidents);
+        let c = Day::generate(&DayConfig {
+            seed: 6,
+            ..config.clone()
+        })
+        .unwrap();
+        assert_ne!(a.fleet.events()[..20], c.fleet.events()[..20]);
+        assert_ne!(a.incidents.incidents, c.incidents.incidents);
+        // Every syslog host is the instance id, and every line is the
+        // instance's own.
+        for e in a.fleet.events() {
+            let l = e.line.split(' ').find(|w| w.starts_with("i-0"));
+            assert_eq!(l, Some(e.instance.as_str()), "{}", e.line);
+        }
+    }
+
+    #[test]
+    fn background_is_about_2000_attempts_per_instance_day_from_hundreds_of_addresses() {
+        let config = DayConfig {
+            admin_typos_per_instance_per_day: 0.0,
+            stale_key_jobs: 0,
+            incidents: Vec::new(),
+            ..DayConfig::new(20, 9)
+        };
+        let day = Day::generate(&config).unwrap();
+        let scanners: HashSet<IpAddr> = day.incidents.scanner_addresses.iter().copied().collect();
+        // A connection is one (instance, peer, client port).
+        let mut connections: HashSet<(&str, IpAddr, u16)> = HashSet::new();
+        let mut per_instance: HashMap<&str, BTreeSet<IpAddr>> = HashMap::new();
+        let mut instances_of: HashMap<IpAddr, BTreeSet<&str>> = HashMap::new();
+        let mut hours_of: HashMap<IpAddr, BTreeSet<i64>> = HashMap::new();
+        for e in day.fleet.events() {
+            let Some(a) = e.source.filter(|a| scanners.contains(a)) else {
+                continue;
+            };
+            let Some(port) = port_of(&e.line) else {
+                continue;
+            };
+            connections.insert((&e.instance, a, port));
+            per_instance.entry(&e.instance).or_default().insert(a);
+            instances_of.entry(a).or_default().insert(&e.instance);
+            hours_of
+                .entry(a)
+                .or_default()
+                .insert((e.time_ms - config.start_ms) / HOUR_MS);
+        }
+        let per_day = connections.len() as f64 / day.incidents.instance_days;
+        let distinct: Vec<usize> = per_instance.values().map(BTreeSet::len).collect();
+        let min_distinct = distinct.iter().copied().min().unwrap_or(0);
+        let recurring = instances_of.values().filter(|s| s.len() >= 5).count();
+        let many_hours = hours_of.values().filter(|s| s.len() >= 6).count();
+        eprintln!(
+            "background: {per_day:.0} connections per instance-day; distinct scanners per \
+             instance {min_distinct}..{}; {} scanners seen, {recurring} on >= 5 instances, \
+             {many_hours} in >= 6 hours",
+            distinct.iter().max().unwrap_or(&0),
+            instances_of.len()
+        );
+        assert!((1_700.0..=2_300.0).contains(&per_day), "{per_day}");
+        assert!(min_distinct >= 200, "{distinct:?}");
+        assert!(recurring >= 200, "{recurring}");
+        assert!(many_hours >= 200, "{many_hours}");
+        // Invalid users, root, protocol noise and pre-auth disconnects are all there.
+        let all = |needle: &str| {
+            day.fleet
+                .events()
+                .iter()
+                .filter(|e| e.line.contains(needle))
+                .count()
+        };
+        for needle in [
+            "Invalid user ",
+            "Failed password for root ",
+            "kex_exchange_identification",
+            "Unable to negotiate",
+            "Bye Bye [preauth]",
+        ] {
+            assert!(all(needle) > 1_000, "{needle}: {}", all(needle));
+        }
+    }
+
+    #[test]
+    fn every_line_of_a_day_classifies_as_the_generator_says() {
+        let day = default_day();
+        for e in day.fleet.events() {
+            let Some(l) = parse_line(&e.line) else {
+                assert_eq!(e.signal, None, "non-sshd line with a signal: {}", e.line);
+                continue;
+            };
+            let c = classify(l.message);
+            assert_eq!(c.and_then(|c| c.signal()), e.signal, "signal of {}", e.line);
+            if let (Some(c), Some(src)) = (c, e.source) {
+                if let Some(text) = c.source {
+                    assert_eq!(Peer::parse(text), Some(Peer::Ip(src)), "{}", e.line);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_incident_kind_appears_with_its_truth() {
+        let day = default_day();
+        let truth = &day.incidents;
+        let events = day.fleet.events();
+        let kinds: BTreeSet<IncidentKind> = truth.incidents.iter().map(|i| i.kind).collect();
+        for k in [
+            IncidentKind::FastBruteForce,
+            IncidentKind::SlowBruteForce,
+            IncidentKind::UserEnumeration,
+            IncidentKind::Spray,
+            IncidentKind::Botnet,
+            IncidentKind::Ipv6Rotation,
+            IncidentKind::SucceededBruteForce,
+            IncidentKind::SkewedClock,
+        ] {
+            assert!(kinds.contains(&k), "{k:?} missing: {kinds:?}");
+        }
+        let benign: HashSet<IpAddr> = truth.benign.iter().map(|b| b.address).collect();
+        let scanners: HashSet<IpAddr> = truth.scanner_addresses.iter().copied().collect();
+        for i in &truth.incidents {
+            assert!(i.start_ms <= i.end_ms && !i.victims.is_empty(), "{i:?}");
+            for a in &i.attackers {
+                assert!(!benign.contains(a) && !scanners.contains(a), "{a} of {i:?}");
+            }
+            let single = || {
+                assert_eq!(i.attackers.len(), 1, "{i:?}");
+                let p = IpNet::from(i.attackers[0]).to_string();
+                assert_eq!(i.prefix.as_ref(), Some(&p));
+                assert_eq!(i.response.block, vec![p]);
+            };
+            match i.kind {
+                IncidentKind::FastBruteForce | IncidentKind::UserEnumeration => {
+                    single();
+                    assert_eq!(i.victims.len(), 1);
+                    assert!(i.end_ms - i.start_ms < HOUR_MS, "{i:?}");
+                }
+                IncidentKind::SlowBruteForce => {
+                    single();
+                    // One attempt every 3 to 6 minutes, for hours.
+                    let gap = (i.end_ms - i.start_ms) / (i.connections as i64 - 1);
+                    assert!((170_000..=370_000).contains(&gap), "{gap} {i:?}");
+                    assert!(i.end_ms - i.start_ms >= 90 * 60_000, "{i:?}");
+                }
+                IncidentKind::Spray => {
+                    single();
+                    assert_eq!(i.victims.len(), i.connections, "one attempt each: {i:?}");
+                    assert!(i.victims.len() >= 20, "{i:?}");
+                }
+                IncidentKind::Botnet => {
+                    assert!(i.attackers.len() >= 200 && i.prefix.is_none(), "{i:?}");
+                    assert_eq!(i.victims.len(), 1);
+                    assert_eq!(i.response.notify, i.victims);
+                    assert!(i.response.block.is_empty() && i.response.quarantine.is_empty());
+                }
+                IncidentKind::Ipv6Rotation => {
+                    assert!(i.attackers.len() > 10, "{i:?}");
+                    let p: IpNet = i.prefix.as_ref().unwrap().parse().unwrap();
+                    assert_eq!(p.prefix_len(), 64);
+                    assert!(i.attackers.iter().all(|a| p.contains(a)));
+                    assert_eq!(i.response.block, vec![p.to_string()]);
+                }
+                IncidentKind::SucceededBruteForce => {
+                    single();
+                    assert!(i.succeeded);
+                    assert_eq!(i.response.quarantine, i.victims);
+                    assert!(truth.compromised_instances.contains(&i.victims[0]));
+                    let accepted = format!("Accepted password for root from {} ", i.attackers[0]);
+                    let failures = events
+                        .iter()
+                        .filter(|e| e.scenario == Some(i.id) && e.line.contains("Failed password"))
+                        .count();
+                    let at = events
+                        .iter()
+                        .position(|e| e.instance == i.victims[0] && e.line.contains(&accepted));
+                    assert!(at.is_some() && failures >= 8, "{failures} {i:?}");
+                }
+                IncidentKind::SkewedClock => {
+                    single();
+                    // Its instance's lines are stamped four minutes ahead of
+                    // the lines written around them.
+                    let skewed = &i.victims[0];
+                    let mut ahead: Vec<i64> = events
+                        .windows(2)
+                        .filter(|w| &w[0].instance == skewed && &w[1].instance != skewed)
+                        .map(|w| w[0].time_ms - w[1].time_ms)
+                        .collect();
+                    ahead.sort_unstable();
+                    let median = ahead[ahead.len() / 2];
+                    assert!((230_000..=245_000).contains(&median), "{median}");
+                }
+                IncidentKind::HostileUsernames => {}
+            }
+            if !i.succeeded {
+                assert!(i.response.quarantine.is_empty());
+            }
+        }
+        let compromised: Vec<&String> = truth
+            .incidents
+            .iter()
+            .filter(|i| i.succeeded)
+            .flat_map(|i| &i.victims)
+            .collect();
+        assert_eq!(truth.compromised_instances.len(), compromised.len());
+    }
+
+    #[test]
+    fn benign_mistakes_are_there_and_their_addresses_are_known() {
+        let day = default_day();
+        let truth = &day.incidents;
+        let roles: BTreeMap<IpAddr, &str> = truth
+            .benign
+            .iter()
+            .map(|b| (b.address, b.role.as_str()))
+            .collect();
+        assert!(roles.values().any(|r| *r == "admin"));
+        let automation: Vec<IpAddr> = roles
+            .iter()
+            .filter(|(_, r)| **r == "automation")
+            .map(|(a, _)| *a)
+            .collect();
+        assert!(!automation.is_empty());
+        // Administrators: one to three failures on one connection, then in.
+        let mut by_conn: BTreeMap<(&str, IpAddr, u16), Vec<&str>> = BTreeMap::new();
+        for e in day.fleet.events() {
+            let (Some(a), Some(p)) = (e.source, port_of(&e.line)) else {
+                continue;
+            };
+            if roles.get(&a) == Some(&"admin") {
+                by_conn
+                    .entry((&e.instance, a, p))
+                    .or_default()
+                    .push(&e.line);
+            }
+        }
+        let typos: Vec<usize> = by_conn
+            .values()
+            .map(|ls| ls.iter().filter(|l| l.contains("Failed password")).count())
+            .filter(|n| *n > 0)
+            .collect();
+        assert!(typos.len() >= 2, "{typos:?}");
+        assert!(typos.iter().all(|n| (1..=3).contains(n)), "{typos:?}");
+        for ls in by_conn.values() {
+            if ls.iter().any(|l| l.contains("Failed password")) {
+                assert!(ls.iter().any(|l| l.contains("Accepted password")), "{ls:?}");
+            }
+        }
+        // The stale key: a valid user's pre-auth closes, minutes apart, for hours.
+        let job = automation[0];
+        let times: Vec<i64> = day
+            .fleet
+            .events()
+            .iter()
+            .filter(|e| {
+                e.source == Some(job)
+                    && e.line
+                        .contains("Connection closed by authenticating user deploy ")
+                    && e.line.ends_with("[preauth]")
+            })
+            .map(|e| e.time_ms)
+            .collect();
+        assert!(times.len() >= 20, "{}", times.len());
+        assert!(times
+            .windows(2)
+            .all(|w| (150_000..=330_000).contains(&(w[1] - w[0]))));
+    }
+
+    #[test]
+    fn the_operator_the_truth_describes_scores_perfectly() {
+        // Commands that take exactly each incident's response at its first
+        // line: every incident detected as expected, nothing false.
+        let truth = &default_day().incidents;
+        let mut lines = Vec::new();
+        for i in &truth.incidents {
+            let at = sshwarden_pipeline::time::format_rfc3339_ms(i.start_ms + 1_000);
+            for b in &i.response.block {
+                lines.push(format!(
+                    r#"{{"action":"block","held":false,"subject_kind":"source","source":"{b}","detected_at":"{at}"}}"#
+                ));
+            }
+            for (action, list) in [
+                ("notify", &i.response.notify),
+                ("quarantine", &i.response.quarantine),
+            ] {
+                for v in list {
+                    lines.push(format!(
+                        r#"{{"action":"{action}","held":false,"subject_kind":"instance","instance_id":"{v}","detected_at":"{at}"}}"#
+                    ));
+                }
+            }
+        }
+        let (commands, bad) = read_commands(&lines.join("\n"));
+        assert_eq!(bad, 0);
+        let r = IncidentJudge::new(truth).judge(&commands, bad);
+        for k in &r.kinds {
+            assert_eq!(k.detected, k.incidents, "{k:?}");
+            assert_eq!(k.responded_as_expected, k.incidents, "{k:?}");
+            assert_eq!(k.time_to_detect_p95_secs, Some(1.0));
+        }
+        assert_eq!(r.false_responses.quarantines, 0);
+        assert_eq!(r.false_responses.benign_blocks, 0);
+        assert!(r.unmatched.is_empty(), "{:?}", r.unmatched);
+    }
+}
