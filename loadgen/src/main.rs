@@ -1,7 +1,9 @@
 //! `sshwarden-loadgen`: writes a simulated fleet's traffic, with its ground
 //! truth, as an auth.log, as captured subscription payloads, or as JSON
 //! truth; puts it into Kinesis or CloudWatch Logs (feature `aws`); scores a
-//! detector's commands against the truth (`score`).
+//! detector's commands against the rule-level truth (`score`). `day` writes
+//! a realistic day (auth.log and incidents.json) and `score-incidents`
+//! judges a detector's commands by its incidents.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};

@@ -324,8 +324,8 @@ impl Day {
             role: "automation".into(),
         }));
         // The pool draws addresses independently: one may come up twice.
-        benign.sort_by(|a, b| (a.address, &a.role).cmp(&(b.address, &b.role)));
-        benign.dedup_by(|a, b| a.address == b.address);
+        benign.sort_by_key(|b| b.address);
+        benign.dedup_by_key(|b| b.address);
         let incidents = IncidentTruth::compute(&fleet, benign, &scanners);
         Ok(Day { fleet, incidents })
     }

@@ -38,6 +38,7 @@ pub use instance::InstanceInfo;
 pub use scenario::Scenario;
 
 use crate::event::GeneratedEvent;
+use crate::incident::{BenignAddress, IncidentTruth};
 use crate::rule_truth::{GroundTruth, TruthRules};
 use generator::Gen;
 use random::{stream, Purpose};
@@ -122,6 +123,23 @@ impl Fleet {
     /// The administrators' addresses of the fleet's benign logins.
     pub fn admin_addresses(&self) -> Vec<std::net::IpAddr> {
         benign::admin_pool(self.config.seed)
+    }
+
+    /// The incident-level truth of the fleet's scenarios (what `demo` can
+    /// judge its commands by): the administrators are the benign
+    /// addresses, the per-minute probes' pool the scanners.
+    pub fn incident_truth(&self) -> IncidentTruth {
+        let mut benign: Vec<BenignAddress> = self
+            .admin_addresses()
+            .into_iter()
+            .map(|address| BenignAddress {
+                address,
+                role: "admin".into(),
+            })
+            .collect();
+        benign.sort_by_key(|b| b.address);
+        benign.dedup_by_key(|b| b.address);
+        IncidentTruth::compute(self, benign, &scan::scanner_pool(&self.config))
     }
 
     /// The events, in the order they were written (an instance whose clock
