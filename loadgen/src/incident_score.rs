@@ -12,8 +12,10 @@
 //! - A command about a source matches an incident when its prefix contains
 //!   one of the incident's attacker addresses; a notification about an
 //!   instance, when the instance is a victim; a quarantine, only when the
-//!   incident got in and the instance is the one it compromised. Its
-//!   `detected_at` must fall within the incident's span, widened by a slack.
+//!   incident got in and the instance is the one it compromised. An
+//!   instance command whose evidence names sources (`source`,
+//!   `top_sources`) must name an attacker among them. Its `detected_at`
+//!   must fall within the incident's span, widened by a slack.
 //! - A held command counts as the notification it was downgraded to.
 //! - Time to detect runs from the incident's first line's event time to
 //!   the first matching command's `detected_at` (event time, so offline
@@ -51,6 +53,8 @@ pub struct JudgedCommand {
     pub source_subject: bool,
     pub instance_id: Option<String>,
     pub source: Option<IpNet>,
+    /// The addresses its evidence names: `source` and `top_sources`.
+    pub evidence: Vec<IpNet>,
     pub rule: String,
     /// `detected_at` (epoch ms), if it could be read.
     pub detected_ms: Option<i64>,
@@ -72,6 +76,14 @@ impl JudgedCommand {
             .or_else(|| text("source_ip"))
             .and_then(parse_net);
         let instance_id = text("instance_id").map(str::to_owned);
+        let mut evidence: Vec<IpNet> = source.into_iter().collect();
+        if let Some(top) = v.get("top_sources").and_then(Value::as_array) {
+            evidence.extend(
+                top.iter()
+                    .filter_map(|t| t.get("source").and_then(Value::as_str))
+                    .filter_map(parse_net),
+            );
+        }
         let source_subject = match text("subject_kind") {
             Some("source") => true,
             Some("instance") => false,
@@ -82,6 +94,7 @@ impl JudgedCommand {
             source_subject,
             instance_id,
             source,
+            evidence,
             rule: text("rule").unwrap_or_default().to_owned(),
             detected_ms: text("detected_at").and_then(|t| parse_rfc3339_ms(t).ok()),
         })
@@ -251,6 +264,18 @@ impl<'t> IncidentJudge<'t> {
         let Some(instance) = &c.instance_id else {
             return false;
         };
+        // An instance command whose evidence names sources is about them:
+        // it is about this incident only if one of them is an attacker's.
+        // (Background scanners keep exposed instances noisy; a command on
+        // the victim that names only them noticed the noise.)
+        if !c.evidence.is_empty()
+            && !c
+                .evidence
+                .iter()
+                .any(|n| incident.attackers.iter().any(|a| n.contains(a)))
+        {
+            return false;
+        }
         match c.effect {
             Effect::Quarantine => incident.response.quarantine.contains(instance),
             Effect::Notify | Effect::Block => incident.victims.contains(instance),
@@ -684,6 +709,32 @@ mod tests {
         assert!(o.detected && !o.responded_as_expected, "{o:?}");
         let r = judge(&[source_cmd("block", "2a01:4f8:1:3::/64", T0 + 5_000)]);
         assert!(!outcome(&r, 2).detected);
+    }
+
+    #[test]
+    fn an_instance_command_naming_only_other_sources_is_not_about_the_incident() {
+        let with_top = |top: &str| {
+            format!(
+                r#"{{"action":"notify","held":false,"subject_kind":"instance","instance_id":"i-a","detected_at":"{}","top_sources":[{{"source":"{top}","count":5}}]}}"#,
+                at(T0 + 1_000)
+            )
+        };
+        let r = judge(&[with_top("192.0.2.99")]);
+        assert!(!outcome(&r, 0).detected);
+        let r = judge(&[with_top("198.18.0.1")]);
+        assert!(outcome(&r, 0).detected);
+        // A compromise quarantine names its attacker's prefix.
+        let q = |source: &str| {
+            format!(
+                r#"{{"action":"quarantine","held":false,"subject_kind":"instance","instance_id":"i-b","source":"{source}","detected_at":"{}"}}"#,
+                at(T0 + 1_000)
+            )
+        };
+        assert!(outcome(&judge(&[q("198.18.0.2/32")]), 1).detected);
+        let r = judge(&[q("198.18.0.9/32")]);
+        assert!(!outcome(&r, 1).detected);
+        // Still the compromised instance: not a false quarantine.
+        assert_eq!(r.false_responses.quarantines, 0);
     }
 
     #[test]

@@ -92,8 +92,9 @@ enum Command {
     /// JSON per line) against a ground truth: precision and recall per
     /// scenario, and detection latency. Lines are stamped as they are read.
     Score(ScoreArgs),
-    /// A realistic day of the fleet (`--instances`, `--seed`, `--start`;
-    /// not `--minutes` nor the rates above): background scanners, benign
+    /// A realistic day of the fleet (`--instances`, `--seed`, `--start`
+    /// [default here: 2023-11-14T00:00:00Z]; not `--minutes` nor the rates
+    /// above): background scanners, benign
     /// mistakes and labelled incidents, written as `auth.log` (syslog host
     /// = instance id, lines in the order they were written) and
     /// `incidents.json` (the incident-level truth) in --out-dir.
