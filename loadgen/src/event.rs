@@ -2,7 +2,7 @@
 //! Logs would hold it, with what it is evidence of.
 //!
 //! Its own module because both sides use it: the generator ([`crate::fleet`])
-//! makes events, the truth ([`crate::truth`]), the encoders and the writers
+//! makes events, the truth ([`crate::rule_truth`]), the encoders and the writers
 //! read them. It depends on neither.
 
 use std::net::IpAddr;

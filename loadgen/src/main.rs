@@ -1,7 +1,9 @@
 //! `sshwarden-loadgen`: writes a simulated fleet's traffic, with its ground
 //! truth, as an auth.log, as captured subscription payloads, or as JSON
 //! truth; puts it into Kinesis or CloudWatch Logs (feature `aws`); scores a
-//! detector's commands against the truth (`score`).
+//! detector's commands against the rule-level truth (`score`). `day` writes
+//! a realistic day (auth.log and incidents.json) and `score-incidents`
+//! judges a detector's commands by its incidents.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -9,9 +11,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use sshwarden_loadgen::incident_score::read_commands;
 use sshwarden_loadgen::{
-    encode_records, CommandScorer, Fleet, FleetConfig, GroundTruth, RecordOptions, Scenario,
-    WrittenLog,
+    encode_records, CommandScorer, Day, DayConfig, Fleet, FleetConfig, GroundTruth, IncidentJudge,
+    IncidentTruth, RecordOptions, Scenario, WrittenLog,
 };
 
 #[cfg(feature = "aws")]
@@ -89,6 +92,64 @@ enum Command {
     /// JSON per line) against a ground truth: precision and recall per
     /// scenario, and detection latency. Lines are stamped as they are read.
     Score(ScoreArgs),
+    /// A realistic day of the fleet (`--instances`, `--seed`, `--start`
+    /// [default here: 2023-11-14T00:00:00Z]; not `--minutes` nor the rates
+    /// above): background scanners, benign
+    /// mistakes and labelled incidents, written as `auth.log` (syslog host
+    /// = instance id, lines in the order they were written) and
+    /// `incidents.json` (the incident-level truth) in --out-dir.
+    Day(DayArgs),
+    /// Judge a detector's commands (`sshwarden scan --json` output, or one
+    /// command JSON per line) by the incidents of a `day`: per incident
+    /// kind, detected or missed, time to detect, the actions taken; false
+    /// responses per instance-day.
+    ScoreIncidents(ScoreIncidentsArgs),
+}
+
+#[derive(clap::Args)]
+struct DayArgs {
+    /// Where to write auth.log and incidents.json (created if missing).
+    #[arg(long)]
+    out_dir: PathBuf,
+    /// Simulated hours.
+    #[arg(long, default_value_t = 24.0)]
+    hours: f64,
+    /// Scanner sessions per instance per hour, on average.
+    #[arg(long, default_value_t = 32.0)]
+    scanner_sessions_per_hour: f64,
+    /// Connections per scanner session: 1 to this many.
+    #[arg(long, default_value_t = 4)]
+    max_connections_per_session: u32,
+    /// Scanner addresses, fleet-wide.
+    #[arg(long, default_value_t = 800)]
+    scanner_addresses: usize,
+    /// Benign lines per instance per minute.
+    #[arg(long, default_value_t = 2.0)]
+    benign_lines_per_min: f64,
+    /// No incidents (background and benign mistakes only).
+    #[arg(long)]
+    no_incidents: bool,
+    /// The whole day configuration as JSON (`DayConfig`); overrides the
+    /// options above except --out-dir.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct ScoreIncidentsArgs {
+    /// The incidents file a `day` wrote.
+    #[arg(long)]
+    incidents: PathBuf,
+    /// The commands, `-` for stdin.
+    #[arg(long, default_value = "-")]
+    commands: PathBuf,
+    /// How far outside an incident's span a command may be dated and still
+    /// count for it.
+    #[arg(long, default_value_t = 600.0)]
+    slack_secs: f64,
+    /// The report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -164,6 +225,8 @@ fn main() -> anyhow::Result<()> {
         #[cfg(feature = "aws")]
         Command::Logs(args) => return write_cmd::logs(f, &args),
         Command::Score(args) => return score(f, &args),
+        Command::Day(args) => return day(f, &args),
+        Command::ScoreIncidents(args) => return score_incidents(f, &args),
         other => other,
     };
     let config = fleet_config(f, None)?;
@@ -293,6 +356,92 @@ fn score(f: &FleetArgs, args: &ScoreArgs) -> anyhow::Result<()> {
         None => None,
     };
     let report = scorer.report(&truth, written.as_ref());
+    let mut out = output(f)?;
+    if args.json {
+        serde_json::to_writer(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        report.write_text(&mut out)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn day(f: &FleetArgs, args: &DayArgs) -> anyhow::Result<()> {
+    let config = match &args.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
+            serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a day configuration", p.display()))?
+        }
+        None => {
+            let duration_ms = (args.hours * 3_600_000.0) as i64;
+            let mut c = DayConfig::new(f.instances, f.seed);
+            c.duration_ms = duration_ms;
+            c.background.sessions_per_instance_per_hour = args.scanner_sessions_per_hour;
+            c.background.max_connections_per_session = args.max_connections_per_session;
+            c.background.scanner_addresses = args.scanner_addresses;
+            c.benign_events_per_instance_per_min = args.benign_lines_per_min;
+            c.incidents = if args.no_incidents {
+                Vec::new()
+            } else {
+                DayConfig::default_incidents(f.instances, f.seed, duration_ms)
+            };
+            if let Some(start) = &f.start {
+                c.start_ms = sshwarden_pipeline::time::parse_rfc3339_ms(start)
+                    .with_context(|| format!("--start {start:?} is not an RFC 3339 time"))?;
+            }
+            c
+        }
+    };
+    let day = Day::generate(&config).map_err(|e| anyhow::anyhow!("{}", e.0))?;
+    std::fs::create_dir_all(&args.out_dir)
+        .with_context(|| format!("cannot create {}", args.out_dir.display()))?;
+    let create = |name: &str| -> anyhow::Result<BufWriter<File>> {
+        let p = args.out_dir.join(name);
+        Ok(BufWriter::new(File::create(&p).with_context(|| {
+            format!("cannot create {}", p.display())
+        })?))
+    };
+    let mut log = create("auth.log")?;
+    for e in day.fleet.events() {
+        log.write_all(e.line.as_bytes())?;
+        log.write_all(b"\n")?;
+    }
+    log.flush()?;
+    let mut truth = create("incidents.json")?;
+    serde_json::to_writer_pretty(&mut truth, &day.incidents)?;
+    truth.write_all(b"\n")?;
+    truth.flush()?;
+    eprintln!(
+        "sshwarden-loadgen day: {} lines of {} instances, {} incidents in {}",
+        day.fleet.events().len(),
+        config.instances,
+        day.incidents.incidents.len(),
+        args.out_dir.display()
+    );
+    Ok(())
+}
+
+fn score_incidents(f: &FleetArgs, args: &ScoreIncidentsArgs) -> anyhow::Result<()> {
+    use std::io::Read;
+    let text = std::fs::read_to_string(&args.incidents)
+        .with_context(|| format!("cannot read {}", args.incidents.display()))?;
+    let truth: IncidentTruth = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not an incidents file", args.incidents.display()))?;
+    let mut commands = String::new();
+    if args.commands.as_os_str() == "-" {
+        std::io::stdin().read_to_string(&mut commands)?;
+    } else {
+        File::open(&args.commands)
+            .and_then(|mut file| file.read_to_string(&mut commands))
+            .with_context(|| format!("cannot read {}", args.commands.display()))?;
+    }
+    let (commands, unreadable) = read_commands(&commands);
+    let mut judge = IncidentJudge::new(&truth);
+    judge.slack_ms = (args.slack_secs.clamp(0.0, 30.0 * 86_400.0) * 1000.0) as i64;
+    let report = judge.judge(&commands, unreadable);
     let mut out = output(f)?;
     if args.json {
         serde_json::to_writer(&mut out, &report)?;

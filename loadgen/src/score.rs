@@ -25,7 +25,7 @@ use std::io::Write;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::truth::{ratio, DetectionKey, GroundTruth, Score};
+use crate::rule_truth::{ratio, DetectionKey, GroundTruth, Score};
 
 /// The fields of a command line the scorer reads.
 #[derive(Debug, Deserialize)]

@@ -4,7 +4,7 @@
 //! The shapes are OpenSSH's own (see the kinds documented in
 //! `sshwarden_pipeline::classify`). The signal attached to each message
 //! mirrors `Classified::signal()`: it is what the line counts for against its
-//! instance, and it is the basis of the [`crate::truth`] computation. A test
+//! instance, and it is the basis of the [`crate::rule_truth`] computation. A test
 //! holds every generated line to the real classifier, so the two cannot drift
 //! apart silently.
 

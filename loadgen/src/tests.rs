@@ -500,3 +500,27 @@ fn bad_configs_are_refused() {
     let back: FleetConfig = serde_json::from_str(&json).unwrap();
     assert_eq!(back, FleetConfig::default());
 }
+
+#[test]
+fn default_mix_has_one_incident_per_scenario() {
+    let fleet = Fleet::generate(&FleetConfig::default()).unwrap();
+    let truth = fleet.incident_truth();
+    let kinds: Vec<IncidentKind> = truth.incidents.iter().map(|i| i.kind).collect();
+    assert_eq!(
+        kinds,
+        fleet
+            .config
+            .scenarios
+            .iter()
+            .map(IncidentKind::of)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        truth.compromised_instances,
+        vec![fleet.instances[3].id.clone()]
+    );
+    assert!(!truth.decoy_addresses.is_empty());
+    assert!((truth.instance_days - 20.0 * 10.0 / 1440.0).abs() < 1e-9);
+    let admins: HashSet<IpAddr> = fleet.admin_addresses().into_iter().collect();
+    assert!(truth.benign.iter().all(|b| admins.contains(&b.address)));
+}

@@ -2,7 +2,7 @@
 //! random stream, marked with its index so the truth can say which scenario
 //! contributed to which detection.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -10,8 +10,8 @@ use rand::Rng;
 use super::generator::{Conn, Gen};
 use super::random::{fingerprint, key, nth, pick, public_ipv4, stream, Purpose, INVALID_USERS};
 use super::scenario::Scenario;
+use crate::rule_truth::Compromise;
 use crate::sshd::{self, Account};
-use crate::truth::Compromise;
 
 impl Gen<'_> {
     /// `count` connections to `instance` from one new public address,
@@ -128,13 +128,7 @@ impl Gen<'_> {
                 if addresses == 0 {
                     return;
                 }
-                // A seeded partial shuffle picks the attacked instances.
-                let mut order: Vec<usize> = (0..self.instances.len()).collect();
-                for i in 0..hosts.min(order.len()) {
-                    let j = rng.random_range(i..order.len());
-                    order.swap(i, j);
-                }
-                order.truncate(hosts);
+                let order = pick_hosts(rng, self.instances.len(), hosts);
                 let t0 = at(offset_ms);
                 for _ in 0..addresses {
                     let peer = public_ipv4(rng);
@@ -153,7 +147,7 @@ impl Gen<'_> {
                 per_second,
             } => {
                 let peer = public_ipv4(rng);
-                let (user, uid) = ("admin", 1003);
+                let (user, uid) = ("root", 0);
                 let t0 = at(offset_ms);
                 let mut t = t0;
                 for i in 0..failures {
@@ -181,6 +175,52 @@ impl Gen<'_> {
                     });
                 }
                 self.after(rng, &mut c, 1, 20, sshd::session_opened(user, uid));
+            }
+            Scenario::Spray {
+                offset_ms,
+                hosts,
+                interval_ms,
+            } => {
+                let order = pick_hosts(rng, self.instances.len(), hosts);
+                let peer = public_ipv4(rng);
+                let t0 = at(offset_ms);
+                for (i, host) in (0i64..).zip(order) {
+                    let mut c = self.open(rng, host, peer, t0 + i * interval_ms, sc);
+                    self.guess(rng, &mut c, 0.5);
+                }
+            }
+            Scenario::Ipv6Rotation {
+                instance,
+                offset_ms,
+                attempts,
+                per_second,
+            } => {
+                let prefix = public_ipv6_prefix(rng);
+                let t0 = at(offset_ms);
+                for i in 0..attempts {
+                    let peer = in_prefix(rng, prefix);
+                    let mut c = self.open(rng, instance, peer, nth(t0, i, per_second), sc);
+                    self.guess(rng, &mut c, 0.3);
+                }
+            }
+            Scenario::SkewedClock {
+                instance,
+                offset_ms,
+                attempts,
+                per_second,
+                ..
+            } => {
+                // The skew itself is applied to every line of the instance
+                // by the writer (see `Gen::new`).
+                self.burst(
+                    rng,
+                    instance,
+                    at(offset_ms),
+                    attempts,
+                    per_second,
+                    sc,
+                    |g, rng, c, _| g.guess(rng, c, 0.3),
+                );
             }
             Scenario::HostileUsernames {
                 instance,
@@ -240,4 +280,27 @@ impl Gen<'_> {
             }
         }
     }
+}
+
+/// `count` distinct instances of `0..fleet`, by a seeded partial shuffle.
+fn pick_hosts(rng: &mut StdRng, fleet: usize, count: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..fleet).collect();
+    for i in 0..count.min(order.len()) {
+        let j = rng.random_range(i..order.len());
+        order.swap(i, j);
+    }
+    order.truncate(count);
+    order
+}
+
+/// A /64 of a provider's global unicast space (`2a0x:....:....:..../64`).
+fn public_ipv6_prefix(rng: &mut StdRng) -> u128 {
+    let top: u128 = 0x2a00 | rng.random_range(0..0x10);
+    let rest: u128 = u128::from(rng.random::<u64>() & 0x0000_ffff_ffff_ffff);
+    (top << 112) | (rest << 64)
+}
+
+/// A random interface id inside the /64 `prefix`.
+fn in_prefix(rng: &mut StdRng, prefix: u128) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::from(prefix | u128::from(rng.random::<u64>())))
 }

@@ -133,6 +133,16 @@ impl FleetConfig {
                     per_second,
                     ..
                 }
+                | Scenario::Ipv6Rotation {
+                    attempts,
+                    per_second,
+                    ..
+                }
+                | Scenario::SkewedClock {
+                    attempts,
+                    per_second,
+                    ..
+                }
                 | Scenario::BruteForceThenSuccess {
                     failures: attempts,
                     per_second,
@@ -159,6 +169,22 @@ impl FleetConfig {
                     }
                     f64::from(attempts)
                 }
+                Scenario::Spray {
+                    hosts, interval_ms, ..
+                } => {
+                    if !(1..=86_400_000).contains(&interval_ms) {
+                        return err(format!(
+                            "scenario {i} (spray): interval_ms must be between 1 and one day"
+                        ));
+                    }
+                    if hosts > self.instances {
+                        return err(format!(
+                            "scenario {i} (spray): hosts must be at most the fleet size {}",
+                            self.instances
+                        ));
+                    }
+                    hosts as f64
+                }
                 Scenario::Botnet {
                     duration_ms,
                     addresses,
@@ -180,6 +206,13 @@ impl FleetConfig {
                     f64::from(addresses) * f64::from(attempts_per_address)
                 }
             };
+            if let Scenario::SkewedClock { skew_ms, .. } = *s {
+                if !(-86_400_000..=86_400_000).contains(&skew_ms) {
+                    return err(format!(
+                        "scenario {i} (skewed_clock): skew_ms must be within one day"
+                    ));
+                }
+            }
             estimate += attempts * 6.0;
         }
         if estimate > MAX_EVENTS {

@@ -12,13 +12,17 @@ use sshwarden_pipeline::classify::Signal;
 use super::config::FleetConfig;
 use super::instance::{self, HostState, InstanceInfo};
 use super::random::exp_gap;
+use super::scenario::Scenario;
+use crate::rule_truth::Compromise;
 use crate::sshd::{self, Msg};
-use crate::truth::Compromise;
 
 /// A line before the events are sorted and given ids.
 pub(super) struct Draft {
     pub(super) host: usize,
+    /// When the line was really written (the order of the log).
     pub(super) time_ms: i64,
+    /// The time the instance's clock stamped on it (`time_ms` plus its skew).
+    pub(super) stamp_ms: i64,
     pub(super) seq: u64,
     pub(super) line: String,
     pub(super) signal: Option<Signal>,
@@ -56,6 +60,8 @@ pub(super) struct Gen<'c> {
     pub(super) end: i64,
     pub(super) instances: Vec<InstanceInfo>,
     pub(super) hosts: Vec<HostState>,
+    /// How far each instance's clock runs ahead (ms).
+    pub(super) skews: Vec<i64>,
     pub(super) drafts: Vec<Draft>,
     pub(super) seq: u64,
     pub(super) decoys: Vec<IpAddr>,
@@ -65,12 +71,24 @@ pub(super) struct Gen<'c> {
 impl<'c> Gen<'c> {
     pub(super) fn new(config: &'c FleetConfig) -> Self {
         let (instances, hosts) = instance::draw(config.seed, config.instances);
+        let mut skews = vec![0; instances.len()];
+        for s in &config.scenarios {
+            if let Scenario::SkewedClock {
+                instance, skew_ms, ..
+            } = *s
+            {
+                if let Some(k) = skews.get_mut(instance) {
+                    *k = skew_ms;
+                }
+            }
+        }
         Gen {
             config,
             start: config.start_ms,
             end: config.start_ms.saturating_add(config.duration_ms),
             instances,
             hosts,
+            skews,
             drafts: Vec::new(),
             seq: 0,
             decoys: Vec::new(),
@@ -96,15 +114,17 @@ impl<'c> Gen<'c> {
         if t < self.start || t >= self.end {
             return;
         }
+        let stamp_ms = t.saturating_add(self.skews[host]);
         let line = format!(
             "{} {} {process}: {text}",
-            self.instances[host].timestamp(t),
+            self.instances[host].timestamp(stamp_ms),
             self.instances[host].host
         );
         self.seq += 1;
         self.drafts.push(Draft {
             host,
             time_ms: t,
+            stamp_ms,
             seq: self.seq,
             line,
             signal,

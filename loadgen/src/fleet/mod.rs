@@ -26,6 +26,7 @@ mod attack;
 mod attempt;
 mod benign;
 mod config;
+pub mod day;
 mod generator;
 mod instance;
 mod random;
@@ -37,12 +38,13 @@ pub use instance::InstanceInfo;
 pub use scenario::Scenario;
 
 use crate::event::GeneratedEvent;
-use crate::truth::{GroundTruth, TruthRules};
+use crate::incident::{BenignAddress, IncidentTruth};
+use crate::rule_truth::{GroundTruth, TruthRules};
 use generator::Gen;
 use random::{stream, Purpose};
 
-/// A generated fleet: its instances, its events sorted by time, and the
-/// ground truth computed from them.
+/// A generated fleet: its instances, its events in the order they were
+/// written, and the rule-level truth computed from them.
 #[derive(Debug, Clone)]
 pub struct Fleet {
     pub config: FleetConfig,
@@ -70,7 +72,14 @@ impl Fleet {
         for (i, s) in config.scenarios.iter().enumerate() {
             g.scenario(i, s);
         }
+        Ok(Fleet::from_gen(g))
+    }
+
+    /// Sorts the lines written into `g` (by when they were written), gives
+    /// them ids and computes the rule-level truth.
+    fn from_gen(g: Gen<'_>) -> Fleet {
         let Gen {
+            config,
             instances,
             mut drafts,
             decoys,
@@ -84,8 +93,8 @@ impl Fleet {
             .enumerate()
             .map(|(n, d)| GeneratedEvent {
                 instance: instances[d.host].id.clone(),
-                time_ms: d.time_ms,
-                id: event_id(d.time_ms, stream_tags[d.host], n as u64),
+                time_ms: d.stamp_ms,
+                id: event_id(d.stamp_ms, stream_tags[d.host], n as u64),
                 line: d.line,
                 signal: d.signal,
                 source: d.source,
@@ -103,15 +112,38 @@ impl Fleet {
             .enumerate()
             .map(|(i, s)| format!("{i}:{}", s.name()))
             .collect();
-        Ok(Fleet {
+        Fleet {
             config: config.clone(),
             instances,
             events,
             truth,
-        })
+        }
     }
 
-    /// The events, sorted by time.
+    /// The administrators' addresses of the fleet's benign logins.
+    pub fn admin_addresses(&self) -> Vec<std::net::IpAddr> {
+        benign::admin_pool(self.config.seed)
+    }
+
+    /// The incident-level truth of the fleet's scenarios (what `demo` can
+    /// judge its commands by): the administrators are the benign
+    /// addresses, the per-minute probes' pool the scanners.
+    pub fn incident_truth(&self) -> IncidentTruth {
+        let mut benign: Vec<BenignAddress> = self
+            .admin_addresses()
+            .into_iter()
+            .map(|address| BenignAddress {
+                address,
+                role: "admin".into(),
+            })
+            .collect();
+        benign.sort_by_key(|b| b.address);
+        benign.dedup_by_key(|b| b.address);
+        IncidentTruth::compute(self, benign, &scan::scanner_pool(&self.config))
+    }
+
+    /// The events, in the order they were written (an instance whose clock
+    /// runs ahead stamps its events ahead of that order).
     pub fn events(&self) -> &[GeneratedEvent] {
         &self.events
     }
@@ -120,7 +152,8 @@ impl Fleet {
         self.events
     }
 
-    /// What sshwarden's default rules must detect in these events.
+    /// What the engine's per-instance window rules (the `seed` policy's)
+    /// must detect in these events: its rule-level check.
     pub fn ground_truth(&self) -> &GroundTruth {
         &self.truth
     }

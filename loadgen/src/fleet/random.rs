@@ -26,6 +26,12 @@ pub(super) enum Purpose {
     Benign = 2,
     Scanning = 3,
     Scenario = 4,
+    /// A day's scanner sessions (one stream per instance).
+    Background = 5,
+    /// A day's benign mistakes: administrators' typos, stale automation keys.
+    Mistakes = 6,
+    /// A day's incidents: kinds, victims, times.
+    Incidents = 7,
 }
 
 /// The random stream `index` of `purpose` for `seed`.

@@ -29,6 +29,13 @@ impl Gen<'_> {
     /// One probe at `t` from an address of the pool.
     fn probe(&mut self, rng: &mut StdRng, host: usize, t: i64, scanners: &[IpAddr]) {
         let peer = *pick(rng, scanners);
+        self.probe_from(rng, host, t, peer);
+    }
+
+    /// One scanner connection from `peer` at `t`: protocol noise, a
+    /// pre-auth disconnect, or one guess (a made-up user, or `root`) with
+    /// the lines sshd writes for it.
+    pub(super) fn probe_from(&mut self, rng: &mut StdRng, host: usize, t: i64, peer: IpAddr) {
         let mut c = self.open(rng, host, peer, t, None);
         let p = c.port;
         match rng.random_range(0..10) {

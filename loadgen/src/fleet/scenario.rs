@@ -44,8 +44,9 @@ pub enum Scenario {
         hosts: usize,
         attempts_per_address: u32,
     },
-    /// Password guessing against a valid account of an instance that allows
-    /// passwords, ending in `Accepted password` and a session (a compromise).
+    /// Password guessing against `root` on an instance that allows
+    /// passwords, ending in `Accepted password for root` and a session (a
+    /// compromise).
     BruteForceThenSuccess {
         instance: usize,
         offset_ms: i64,
@@ -58,6 +59,31 @@ pub enum Scenario {
     /// must never be counted; some lines are deliberately ambiguous.
     HostileUsernames {
         instance: usize,
+        offset_ms: i64,
+        attempts: u32,
+        per_second: f64,
+    },
+    /// One address, one guessing attempt on each of `hosts` instances of the
+    /// fleet (chosen by the seed), `interval_ms` apart.
+    Spray {
+        offset_ms: i64,
+        hosts: usize,
+        interval_ms: i64,
+    },
+    /// A brute force whose every connection comes from a new address inside
+    /// one IPv6 /64, as a host rotating its interface id does.
+    Ipv6Rotation {
+        instance: usize,
+        offset_ms: i64,
+        attempts: u32,
+        per_second: f64,
+    },
+    /// An instance whose clock runs `skew_ms` ahead (every line it writes is
+    /// stamped that much late in the future, from the start of the
+    /// simulation), under a fast brute force from one address.
+    SkewedClock {
+        instance: usize,
+        skew_ms: i64,
         offset_ms: i64,
         attempts: u32,
         per_second: f64,
@@ -118,18 +144,24 @@ impl Scenario {
             Scenario::Botnet { .. } => "botnet",
             Scenario::BruteForceThenSuccess { .. } => "brute_force_then_success",
             Scenario::HostileUsernames { .. } => "hostile_usernames",
+            Scenario::Spray { .. } => "spray",
+            Scenario::Ipv6Rotation { .. } => "ipv6_rotation",
+            Scenario::SkewedClock { .. } => "skewed_clock",
         }
     }
 
-    /// The instance the scenario attacks; `None` for a botnet (several).
+    /// The instance the scenario attacks; `None` for a botnet or a spray
+    /// (several).
     pub(super) fn target(&self) -> Option<usize> {
         match *self {
-            Scenario::FastBruteForce { instance, .. }
+            Scenario::Ipv6Rotation { instance, .. }
+            | Scenario::SkewedClock { instance, .. }
+            | Scenario::FastBruteForce { instance, .. }
             | Scenario::SlowBruteForce { instance, .. }
             | Scenario::UserEnumeration { instance, .. }
             | Scenario::BruteForceThenSuccess { instance, .. }
             | Scenario::HostileUsernames { instance, .. } => Some(instance),
-            Scenario::Botnet { .. } => None,
+            Scenario::Botnet { .. } | Scenario::Spray { .. } => None,
         }
     }
 
@@ -141,7 +173,10 @@ impl Scenario {
             | Scenario::UserEnumeration { offset_ms, .. }
             | Scenario::Botnet { offset_ms, .. }
             | Scenario::BruteForceThenSuccess { offset_ms, .. }
-            | Scenario::HostileUsernames { offset_ms, .. } => offset_ms,
+            | Scenario::HostileUsernames { offset_ms, .. }
+            | Scenario::Spray { offset_ms, .. }
+            | Scenario::Ipv6Rotation { offset_ms, .. }
+            | Scenario::SkewedClock { offset_ms, .. } => offset_ms,
         }
     }
 }

@@ -1,5 +1,8 @@
-//! Ground truth: what a correct detector must report for a set of generated
-//! events, and how to score what a detector did report.
+//! The engine's rule-level check: what a correct implementation of a
+//! policy's per-instance window rules must report for a set of generated
+//! events, and how to score what the engine did report. It checks the engine
+//! against its own rules (the `seed` policy's semantics), not whether attacks
+//! were caught: that is [`crate::incident`] and [`crate::incident_score`].
 //!
 //! The truth is computed from the events themselves: each event carries the
 //! signal it counts for against its instance (see [`crate::sshd`]), and the
