@@ -404,7 +404,7 @@ impl Gen<'_> {
         self.after(rng, &mut c, 1, 20, sshd::session_opened(user, uid));
         c.t += rng.random_range(60_000..1_800_000);
         self.say(
-            &c,
+            &mut c,
             sshd::received_disconnect(peer, p, 11, "disconnected by user", false),
         );
         self.after(
@@ -566,13 +566,23 @@ mod tests {
     #[test]
     fn every_line_of_a_day_classifies_as_the_generator_says() {
         let day = default_day();
+        // A line's signal counts once per attempt: the engine's connection
+        // context says which lines are new attempts, the generator knows.
+        let mut engine =
+            sshwarden_pipeline::Engine::new(sshwarden_pipeline::EngineConfig::default()).unwrap();
         for e in day.fleet.events() {
             let Some(l) = parse_line(&e.line) else {
                 assert_eq!(e.signal, None, "non-sshd line with a signal: {}", e.line);
                 continue;
             };
             let c = classify(l.message);
-            assert_eq!(c.and_then(|c| c.signal()), e.signal, "signal of {}", e.line);
+            let counted = match engine.verdict(&e.line, &e.instance) {
+                sshwarden_pipeline::engine::LineVerdict::Classified(v) => {
+                    v.signal.filter(|_| v.new_attempt && v.counts_for_instance)
+                }
+                _ => None,
+            };
+            assert_eq!(counted, e.signal, "signal of {}", e.line);
             if let (Some(c), Some(src)) = (c, e.source) {
                 if let Some(text) = c.source {
                     assert_eq!(Peer::parse(text), Some(Peer::Ip(src)), "{}", e.line);
