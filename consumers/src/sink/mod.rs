@@ -3,8 +3,8 @@
 //! checkpoint until delivery, so a command is never dropped.
 //!
 //! [`Sink`] is the target plus the fleet-wide blast-radius gate
-//! ([`blast_radius`]): a quarantine that finds its period full is
-//! delivered as a held notification instead.
+//! ([`blast_radius`]): a quarantine or block that finds its budget full is
+//! delivered as a held notification instead; only validated commands claim.
 
 pub mod blast_radius;
 pub mod deliver;
@@ -22,16 +22,32 @@ use blast_radius::{Claim, FleetBlastRadius};
 use sfn::SfnSink;
 use stdout::StdoutSink;
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivered {
     New,
     /// Delivered before (same execution name): a replay.
     AlreadyHandled,
-    /// Handled, but it failed in a way retrying cannot fix (the direct sink:
-    /// unknown instance, tag limit, access denied); a `failed` notification
-    /// went out, as the state machine's failure branch sends one.
+    /// The fleet-wide budget of its action and rule class was spent: it went
+    /// out as a held notification, nothing was changed.
+    Held,
+    /// Handled without acting, for good: a target check refused it (unknown,
+    /// terminated, interface-less, outside the protected VPC, not opted in)
+    /// or it failed in a way retrying cannot fix (tag limit, access denied).
+    /// A notification saying so went out, as the state machine's refusal
+    /// and failure branches send one. The cause names which.
     #[cfg_attr(not(feature = "direct"), allow(dead_code))]
-    Failed,
+    Failed(String),
+}
+
+impl Delivered {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Delivered::New => "new",
+            Delivered::AlreadyHandled => "already-handled",
+            Delivered::Held => "held",
+            Delivered::Failed(_) => "given-up",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +67,7 @@ impl Target {
             Target::Stdout(s) => s.deliver(command),
             Target::Sfn(s) => s.deliver(command).await,
             #[cfg(feature = "direct")]
-            Target::Direct(s) => s.deliver(command).await,
+            Target::Direct(s) => s.deliver(command, None).await,
         }
     }
 }
@@ -69,37 +85,85 @@ impl Sink {
         }
     }
 
-    /// Claims a fleet-wide slot for a quarantine (a replay finds the slot it
-    /// took before), then delivers; past the limit the quarantine goes out as
-    /// a held notification. A claim that cannot be made is a delivery error:
-    /// the caller retries and holds the checkpoint.
+    /// Delivers `command`, claiming a fleet-wide slot of its budget
+    /// ([`blast_radius::budget`]: action and rule class) first when it is a
+    /// quarantine or a block the policy did not hold; a replay finds the slot
+    /// it took before. Past the limit it goes out as a held notification
+    /// ([`Delivered::Held`]). A claim that cannot be made is a delivery
+    /// error: the caller retries and holds the checkpoint.
+    ///
+    /// The claim comes after validation, so made-up commands spend nothing
+    /// (threat model T2): the direct sink claims after its target checks
+    /// (the instance exists, can be isolated, is in the protected VPC and
+    /// opted in); for the Step Functions sink the worker claims after the
+    /// command's own checks ([`claimable`]) and the state machine re-checks
+    /// the target (infra/statemachines/quarantine.asl.json, `CheckTarget`).
     pub async fn deliver(&self, command: &Command) -> Result<Delivered, DeliveryError> {
-        let Some(limit) = &self.fleet_limit else {
+        let gate = self.fleet_limit.as_ref().filter(|_| gated(command));
+        #[cfg(feature = "direct")]
+        if let Target::Direct(d) = &self.target {
+            return d.deliver(command, gate).await;
+        }
+        let Some(limit) = gate.filter(|_| claimable(command)) else {
             return self.target.deliver(command).await;
         };
-        if command.action != Action::Quarantine || command.held {
-            return self.target.deliver(command).await;
-        }
-        let claim = limit
-            .claim(&command.id, command.window_start_ms)
-            .await
-            .map_err(|e| DeliveryError(format!("fleet-wide blast radius: {e:#}")))?;
-        match claim {
+        match claim(limit, command).await? {
             Claim::Granted | Claim::AlreadyGranted => self.target.deliver(command).await,
             Claim::OverLimit => {
-                warn!(id = %command.id, table = %limit.table(), "fleet-wide blast-radius limit reached; quarantine held");
-                self.target.deliver(&held(command)).await
+                self.target.deliver(&held(command)).await?;
+                Ok(Delivered::Held)
             }
         }
     }
 }
 
-/// The quarantine as the policy holds it: a notification a person acts on.
+/// Commands the fleet-wide limit counts: quarantines and blocks the
+/// policy did not already hold.
+fn gated(command: &Command) -> bool {
+    !command.held && matches!(command.action, Action::Quarantine | Action::Block)
+}
+
+/// A command whose own fields are valid for its action: a quarantine names a
+/// well-formed instance id, a block a source. Anything else takes no slot
+/// (the state machine refuses it as an invalid command).
+pub fn claimable(command: &Command) -> bool {
+    match command.action {
+        Action::Quarantine => command
+            .instance_id
+            .as_deref()
+            .is_some_and(sshwarden_pipeline::policy::is_ec2_instance_id),
+        Action::Block => command.source.as_deref().is_some_and(|s| !s.is_empty()),
+        Action::Notify => false,
+    }
+}
+
+/// Claims the command's slot; logs when its budget is spent.
+pub(crate) async fn claim(
+    limit: &FleetBlastRadius,
+    command: &Command,
+) -> Result<Claim, DeliveryError> {
+    let budget = blast_radius::budget(command.action, &command.rule);
+    let c = limit
+        .claim(&budget, &command.id, command.window_start_ms)
+        .await
+        .map_err(|e| DeliveryError(format!("fleet-wide blast radius: {e:#}")))?;
+    if c == Claim::OverLimit {
+        warn!(id = %command.id, budget = %budget, table = %limit.table(), "fleet-wide blast-radius limit reached; {} held", command.action.as_str());
+    }
+    Ok(c)
+}
+
+/// The command as the policy holds it: a notification a person acts on.
 pub fn held(command: &Command) -> Command {
     let mut c = command.clone();
     c.action = Action::Notify;
     c.held = true;
-    c.reason = Some("fleet-wide blast-radius limit reached; quarantine held for approval".into());
+    c.reason = Some(format!(
+        "fleet-wide blast-radius limit reached ({} budget of rule {}); {} held for approval",
+        command.action.as_str(),
+        command.rule,
+        command.action.as_str()
+    ));
     c
 }
 
@@ -123,11 +187,14 @@ pub async fn build(
                 .context("--sink sfn needs --state-machine-arn (SSHWARDEN_STATE_MACHINE_ARN) with the quarantine state machine's ARN")?;
             Target::Sfn(SfnSink::new(aws_sdk_sfn::Client::new(sdk), arn))
         }
-        SinkKind::Direct => direct_target(
-            sdk,
-            settings.quarantine_group_id.clone(),
-            settings.topic_arn.clone(),
-        )?,
+        SinkKind::Direct => {
+            direct_target(
+                sdk,
+                settings.quarantine_group_id.clone(),
+                settings.topic_arn.clone(),
+            )
+            .await?
+        }
     };
     let fleet_limit = match (settings.blast_radius_scope, limit, settings.kind) {
         (BlastRadiusScope::Fleet, Some(b), SinkKind::Sfn | SinkKind::Direct) => {
@@ -147,7 +214,7 @@ pub async fn build(
 }
 
 #[cfg(feature = "direct")]
-fn direct_target(
+async fn direct_target(
     sdk: &aws_config::SdkConfig,
     group: Option<String>,
     topic: Option<String>,
@@ -159,11 +226,13 @@ fn direct_target(
     let topic = topic.context(
         "--sink direct needs --topic-arn (SSHWARDEN_TOPIC_ARN) with the SNS topic for notifications",
     )?;
-    Ok(Target::Direct(direct::DirectSink::new(sdk, group, topic)?))
+    Ok(Target::Direct(
+        direct::DirectSink::connect(sdk, group, topic).await?,
+    ))
 }
 
 #[cfg(not(feature = "direct"))]
-fn direct_target(
+async fn direct_target(
     _sdk: &aws_config::SdkConfig,
     _group: Option<String>,
     _topic: Option<String>,
