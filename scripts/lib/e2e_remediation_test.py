@@ -18,7 +18,7 @@ then delivered. Then (unless --skip-direct; --only-direct runs just this)
 exempt, held past the limit, a replay after a simulated crash between the
 swap and the quarantined tag (moto's appended groups make it the hard case:
 the saved groups must not be rewritten), a plain replay, `sshwarden release
---direct`, an unknown instance notified as failed.
+--direct`, an unknown instance notified as refused (target checks).
 
 Everything runs on the moto URL (127.0.0.1). The worker gets
 AWS_ENDPOINT_URL=<moto> and no AWS_ENDPOINT_URL_KINESIS: moto's subscription
@@ -834,8 +834,12 @@ def direct_case(w: E2E, case: Callable[..., bool]) -> None:
     name = f"{PREFIX}-direct"
     group = f"/{PREFIX}/direct"
     blast_table = f"{PREFIX}-blast"
+    # Two slots taken by "other workers", one for d-attacked; d-exempt takes
+    # none (nothing is changed), so d-over finds the budget spent, although
+    # the shard's own engine (same limit, counting the exempt one) lets it pass.
     limit = 3
     st: dict[str, Any] = {}
+    OTHERS = ["sw1-i-i-0another0worker0-x-1", "sw1-i-i-0another0worker1-x-1"]  # noqa: N806 - a constant of this case
     roles = ("d-attacked", "d-exempt", "d-over", "d-benign")
 
     def take(pred: Callable[[dict], bool], n: int, wait: float) -> list[dict]:
@@ -873,7 +877,8 @@ def direct_case(w: E2E, case: Callable[..., bool]) -> None:
         st["t0"] = in_one_window(60_000, 8 * 100, back_ms=3_000)
         ws = window_start(st["t0"], 60_000)
         st["ids"] = {r: f"sw1-i-{w.instances[r]}-invalid-user-{ws // 1000}" for r in ("d-attacked", "d-exempt", "d-over")}
-        st["period"] = f"blast#{ws - ws % 3_600_000}"
+        # The budget of the quarantine action and the rule (#16 finding 2).
+        st["period"] = f"blast#quarantine#invalid-user#{ws - ws % 3_600_000}"
         # The counter table as the worker creates it, with one slot of this
         # period already taken by another worker.
         w.ddb.create_table(TableName=blast_table, BillingMode="PAY_PER_REQUEST",
@@ -882,11 +887,11 @@ def direct_case(w: E2E, case: Callable[..., bool]) -> None:
         w.cleanup.append(lambda: w.ddb.delete_table(TableName=blast_table))
         w.ddb.update_item(TableName=blast_table, Key={"periodKey": {"S": st["period"]}},
                           UpdateExpression="ADD claimed :one, ids :ids",
-                          ExpressionAttributeValues={":one": {"N": "1"}, ":ids": {"SS": ["sw1-i-i-0another0worker0-x-1"]}})
+                          ExpressionAttributeValues={":one": {"N": "2"}, ":ids": {"SS": OTHERS}})
         return Note(f"stream {name} (1 shard); {', '.join(f'{r} {i}' for r, i in st['iids'].items())}; "
-                    f"d-attacked interfaces {list(w.original[iid])}; {blast_table}: 1 of {limit} slots taken")
+                    f"d-attacked interfaces {list(w.original[iid])}; {blast_table}: 2 of {limit} slots taken")
 
-    if not case("direct: a stream, four instances, a blast-radius table with one slot taken", setup, show=[]):
+    if not case("direct: a stream, four instances, a blast-radius table with two slots taken", setup, show=[]):
         return
 
     sink_flags = ["--sink", "direct", "--quarantine-group-id", q, "--topic-arn", w.topic,
@@ -960,8 +965,13 @@ def direct_case(w: E2E, case: Callable[..., bool]) -> None:
         held = events[ids["d-over"]]["parsed"]["command"]
         check(held["action"] == "notify" and held["held"] is True and "fleet-wide" in held.get("reason", ""), f"{held}")
         b = blast_item()
-        check(b["claimed"] == limit and b["ids"] == {"sw1-i-i-0another0worker0-x-1", ids["d-attacked"], ids["d-exempt"]},
-              f"blast-radius item {b}")
+        check(b["claimed"] == limit and b["ids"] == {*OTHERS, ids["d-attacked"]},
+              f"blast-radius item {b} (the exempt instance takes no slot: the claim follows the checks)")
+        passed = qm.get("checks", {}).get("passed", [])
+        check(qm.get("checks", {}).get("refused") is None and "exists" in passed
+              and f"in the protected VPC {w.vpc}" in passed, f"checks {qm.get('checks')}")
+        check(qm.get("untracked_group", "").startswith("sg-") and "allow-all group first" in qm.get("summary", ""),
+              f"untracked swap not reported: {qm}")
         return Note(f"3 commands; d-attacked isolated on {len(after)} interfaces, originals in saved-groups tags"
                     f"{'; ' + '; '.join(notes) if notes else ''}; exempt/over/benign untouched; notifications "
                     f"quarantined, exempt, held (fleet-wide); {blast_table}: {b['claimed']} claimed")
@@ -1050,17 +1060,18 @@ def direct_case(w: E2E, case: Callable[..., bool]) -> None:
         want = f"sw1-i-{ghost}-invalid-user-{window_start(t0, 60_000) // 1000}"
         wk, got = run_worker("d4", stream=gname, n=1, blast_max=0)
         check([g.get("id") for g in got] == [want], f"delivered {got}")
-        failed = [e for e in wk.logs() if "cannot succeed on retry" in str(e.get("fields", {}).get("message"))]
-        check(len(failed) == 1, f"'quarantine failed' log entries: {failed}")
+        failed = [e for e in wk.logs() if "refused by a target check" in str(e.get("fields", {}).get("message"))]
+        check(len(failed) == 1, f"'quarantine refused' log entries: {failed}")
         msgs = take(lambda m: m.get("command", {}).get("id") == want, 1, 10)
         check(len(msgs) == 1, "no notification for the unknown instance")
         m = msgs[0]
-        check(m["parsed"].get("event") == "failed" and m.get("Subject") == "sshwarden: quarantine FAILED", f"{m['parsed']}")
-        err = m["parsed"].get("error", {})
-        check("NotFound" in err.get("Error", "") or "NotFound" in err.get("Cause", ""), f"error {err}")
-        return Note(f"'failed' notification (error {err.get('Error')}), command handled once, no retry loop")
+        check(m["parsed"].get("event") == "refused"
+              and m.get("Subject") == f"sshwarden: not quarantined {ghost} (target check failed)", f"{m['parsed']}")
+        refused = m["parsed"].get("checks", {}).get("refused", "")
+        check("no instance" in refused, f"checks {m['parsed'].get('checks')}")
+        return Note(f"'refused' notification ({refused}), command handled once, no retry loop, no slot")
 
-    case("direct: an unknown instance → 'failed' notification, the command is not retried forever",
+    case("direct: an unknown instance → 'refused' notification, the command is not retried forever",
          unknown_instance, show=[])
 
 
