@@ -42,6 +42,9 @@ STATE_MACHINES = ROOT / "infra" / "statemachines"
 # ASL placeholder -> what the template substitutes (Fn::Sub syntax).
 PLACEHOLDERS = {
     "QuarantineGroupId": "${QuarantineSecurityGroup.GroupId}",
+    "UntrackedGroupId": "${UntrackedSecurityGroup.GroupId}",
+    "VpcId": "${VpcId}",
+    "RequireOptInTag": "${RequireOptInTag}",
     "TopicArn": "${AlertTopic}",
 }
 
