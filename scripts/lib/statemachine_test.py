@@ -264,6 +264,13 @@ class World:
                                          SubnetId=other_subnet)["Instances"][0]["InstanceId"]
         self.cleanup.append(lambda: self.ec2.terminate_instances(InstanceIds=[foreign]))
         self.instances["foreign"] = foreign
+        self.foreign_group = self.ec2.create_security_group(
+            GroupName=f"sshwarden-test-foreign-{RUN}", Description="sshwarden test foreign", VpcId=other_vpc)["GroupId"]
+        self.cleanup.append(lambda: self.ec2.delete_security_group(GroupId=self.foreign_group))
+        # Release checks (#16 finding 4): a group deleted after the quarantine.
+        self.doomed = self.ec2.create_security_group(
+            GroupName=f"sshwarden-test-doomed-{RUN}", Description="sshwarden test doomed", VpcId=self.vpc)["GroupId"]
+        self.launch("relcheck", interfaces=[[self.web, self.doomed], [self.db]])
         return Note(", ".join(notes) + "; exempt, held, legacy (SecurityGroupIds), resume, crowded, mute, "
                     "terminated, stopped, opted-in, forged-tag, isolated and other-VPC instances")
 
@@ -878,6 +885,42 @@ def run_cases(w: World) -> None:
     case("release: instance launched with SecurityGroupIds", release("legacy", "rel2"))
     case("release: the resumed instance", release("resume", "relres"))
     case("release: instance that is not quarantined", release_not_quarantined)
+    def release_checks() -> Note:
+        iid, bystander = w.instances["relcheck"], w.instances["held"]
+        d = w.run("quarantine", command(iid), "relcheck")
+        w.expect_status(d, "SUCCEEDED")
+        w.expect_message(d, "quarantined")
+        first, second = list(w.original[iid])
+        (by_eni,) = w.original[bystander]
+        # After the quarantine: the doomed group is deleted, someone adds a
+        # group of another VPC to the first interface's saved tag, moves the
+        # second interface out of quarantine by hand, and forges a saved tag
+        # naming the bystander's interface.
+        w.ec2.delete_security_group(GroupId=w.doomed)
+        w.ec2.create_tags(Resources=[iid], Tags=[
+            {"Key": f"{SW}saved-groups:{first}", "Value": json.dumps([w.web, w.doomed, w.foreign_group], separators=(",", ":"))},
+            {"Key": f"{SW}saved-groups:{by_eni}", "Value": json.dumps([w.db], separators=(",", ":"))},
+        ])
+        w.ec2.modify_network_interface_attribute(NetworkInterfaceId=second, Groups=[w.web])
+        d = w.run("release", {"instance_id": iid, "requested_by": "test"}, "relcheck")
+        w.expect_status(d, "SUCCEEDED")
+        msg = w.expect_message(d, "released")["parsed"]
+        by_id = {i["interface_id"]: i for i in msg["interfaces"]}
+        check(set(by_id) == {first, second}, f"interfaces {msg['interfaces']}")
+        check(by_id[first].get("groups") == [w.web] and "skipped" not in by_id[first], f"{by_id[first]}")
+        check("not in the quarantine group" in by_id[second].get("skipped", ""), f"{by_id[second]}")
+        after = w.interface_groups(iid)
+        check(after[first] == [w.web], f"{first}: {after[first]}")
+        check(after[second] == [w.web], f"{second}: {after[second]}")
+        check(w.interface_groups(bystander) == w.original[bystander], "the bystander's interface changed")
+        tags = w.sw_tags(iid)
+        check(f"{SW}saved-groups:{first}" not in tags, f"{tags}")
+        check(f"{SW}saved-groups:{second}" in tags and f"{SW}saved-groups:{by_eni}" in tags, f"{tags}")
+        return Note(f"SUCCEEDED in {d['seconds']:.2f} s; {first} back in [web] (deleted and other-VPC groups left out); "
+                    f"{second} (moved out by hand) skipped; the forged tag naming another instance's interface ignored")
+
+    case("release: restores only attached interfaces in quarantine, with groups that exist in the VPC", release_checks)
+
     case("release: malformed instance id ends FAILED", release_bad_id)
     case("quarantine + release again on the same instance", release_again_after_quarantine)
 
