@@ -1,5 +1,6 @@
 //! The step every source shares after the engine: deliver each command
-//! until the sink takes it, holding the reader's checkpoint meanwhile.
+//! until the sink takes it, holding the reader's checkpoint meanwhile. Run
+//! by each reader's [`super::outbox`], so the reader keeps reading.
 
 use sshwarden_pipeline::command::Command;
 use tracing::warn;
@@ -20,7 +21,6 @@ pub async fn deliver_until(
 ) -> bool {
     let mut backoff = crate::retry::backoff();
     let mut interrupted = std::pin::pin!(interrupted);
-    metrics.commands_pending.inc();
     let delivered = loop {
         match sink.deliver(command).await {
             Ok(d) => {
@@ -38,7 +38,6 @@ pub async fn deliver_until(
             _ = &mut interrupted => break false,
         }
     };
-    metrics.commands_pending.dec();
     delivered
 }
 

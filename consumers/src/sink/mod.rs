@@ -1,6 +1,8 @@
 //! Sinks: where remediation commands go. A sink either delivers a command or
-//! says why not; the caller retries with backoff and holds the shard's
-//! checkpoint until delivery, so a command is never dropped.
+//! says why not; each reader's [`outbox`] retries with backoff while the
+//! reader reads on, and holds the shard's checkpoint before every command not
+//! yet delivered, so a command is never dropped. An error no retry can fix
+//! is given up on ([`Delivered::Failed`]), counted and logged with its cause.
 //!
 //! [`Sink`] is the target plus the fleet-wide blast-radius gate
 //! ([`blast_radius`]): a quarantine or block that finds its budget full is
@@ -10,6 +12,7 @@ pub mod blast_radius;
 pub mod deliver;
 #[cfg(feature = "direct")]
 pub mod direct;
+pub mod outbox;
 pub mod probe;
 pub mod sfn;
 pub mod stdout;
