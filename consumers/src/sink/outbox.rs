@@ -102,7 +102,9 @@ impl Outbox {
         }
     }
 
-    /// Queues `c`, read at engine `position`. Waits while the outbox is
+    /// Queues `c`, holding the checkpoint before engine `position` (the
+    /// reader passes the earliest record a replay needs to re-derive `c`:
+    /// its own, or the start of the windows open when it fired). Waits while the outbox is
     /// full; false when `interrupted` completes first (or the delivery task
     /// has stopped), and the command was not queued.
     pub async fn push(

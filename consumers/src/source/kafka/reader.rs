@@ -194,8 +194,15 @@ impl PartitionReader {
                 self.metrics.events.get_or_create(label).inc_by(events);
             }
         }
+        // Held where a replay re-derives the command with its full counts:
+        // the start of the windows open now (the engine's low water), not
+        // just this message.
+        let hold = self
+            .engine
+            .low_water_position()
+            .map_or(position, |lw| lw.min(position));
         for c in record::commands(decisions, label, place) {
-            if !outbox.push(position, c, self.stop.cancelled()).await {
+            if !outbox.push(hold, c, self.stop.cancelled()).await {
                 return false;
             }
         }

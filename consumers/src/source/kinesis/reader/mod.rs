@@ -198,8 +198,15 @@ impl ShardReader {
             &st.shard,
             place,
         );
+        // Held where a replay re-derives the command with its full counts:
+        // the start of the windows open now (the engine's low water), not
+        // just this record.
+        let hold = st
+            .engine
+            .low_water_position()
+            .map_or(st.position, |lw| lw.min(st.position));
         for c in record::commands(&st.decisions, &st.shard, place) {
-            if !st.outbox.push(st.position, c, self.interrupted()).await {
+            if !st.outbox.push(hold, c, self.interrupted()).await {
                 return false;
             }
         }
