@@ -38,7 +38,6 @@ pub enum Delivered {
     /// or it failed in a way retrying cannot fix (tag limit, access denied).
     /// A notification saying so went out, as the state machine's refusal
     /// and failure branches send one. The cause names which.
-    #[cfg_attr(not(feature = "direct"), allow(dead_code))]
     Failed(String),
 }
 
@@ -243,4 +242,73 @@ async fn direct_target(
     anyhow::bail!(
         "this sshwarden was built without the direct sink: rebuild with `cargo build --release --features direct` (or use --sink sfn)"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    //! The gate in front of a target that does not check targets itself
+    //! (the Step Functions sink; here stdout stands in for it), against
+    //! dynalite's DynamoDB (`scripts/emulators up dynalite`).
+    use super::*;
+    use crate::sink::outbox::tests::command;
+
+    #[tokio::test]
+    async fn only_valid_commands_claim_and_each_action_and_rule_has_its_budget() {
+        let sdk = sshwarden_testsupport::sdk(&sshwarden_testsupport::dynalite_endpoint()).await;
+        let table = format!("sshwarden-gate-test-{}", sshwarden_testsupport::suffix());
+        let gate = FleetBlastRadius::new(
+            aws_sdk_dynamodb::Client::new(&sdk),
+            table.clone(),
+            1,
+            3_600_000,
+        )
+        .expect("gate");
+        gate.ensure().await.expect("table");
+        let sink = Sink::new(Target::Stdout(StdoutSink), Some(gate));
+        let budget = blast_radius::budget(Action::Quarantine, "invalid-user");
+        let limit = sink.fleet_limit.as_ref().expect("gate");
+
+        // A malformed instance id takes no slot (the machine refuses it).
+        let mut bad = command("sw1-i-bad");
+        bad.instance_id = Some("i-NOT-HEX".into());
+        assert!(!claimable(&bad));
+        assert_eq!(sink.deliver(&bad).await.expect("deliver"), Delivered::New);
+        assert_eq!(limit.claimed(&budget, 0).await.expect("read").0, 0);
+
+        let first = command("sw1-i-first");
+        assert_eq!(sink.deliver(&first).await.expect("deliver"), Delivered::New);
+        assert_eq!(sink.deliver(&first).await.expect("replay"), Delivered::New);
+        let second = command("sw1-i-second");
+        assert_eq!(
+            sink.deliver(&second).await.expect("deliver"),
+            Delivered::Held
+        );
+        let mut other_rule = command("sw1-i-other");
+        other_rule.rule = "root-login".into();
+        assert_eq!(
+            sink.deliver(&other_rule).await.expect("deliver"),
+            Delivered::New
+        );
+        let mut block = command("sw1-s-block");
+        block.action = Action::Block;
+        block.source = Some("203.0.113.9/32".into());
+        assert_eq!(sink.deliver(&block).await.expect("deliver"), Delivered::New);
+        // Notifications and held commands are never gated.
+        let mut held_one = command("sw1-i-held");
+        held_one.held = true;
+        held_one.action = Action::Notify;
+        assert_eq!(
+            sink.deliver(&held_one).await.expect("deliver"),
+            Delivered::New
+        );
+        assert_eq!(
+            limit.claimed(&budget, 0).await.expect("read"),
+            (1, vec!["sw1-i-first".to_owned()])
+        );
+        let _ = aws_sdk_dynamodb::Client::new(&sdk)
+            .delete_table()
+            .table_name(&table)
+            .send()
+            .await;
+    }
 }

@@ -195,7 +195,7 @@ impl Drop for Outbox {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! The outbox against a Step Functions endpoint where nothing listens
     //! (every delivery fails and is retried) and against the stdout sink
     //! (every delivery succeeds).
@@ -206,7 +206,7 @@ mod tests {
     use crate::sink::stdout::StdoutSink;
     use crate::sink::Target;
 
-    fn command(id: &str) -> Command {
+    pub(crate) fn command(id: &str) -> Command {
         Command {
             version: 1,
             id: id.into(),

@@ -48,17 +48,50 @@ impl SfnSink {
             {
                 Ok(Delivered::AlreadyHandled)
             }
-            // Throttling and 5xx are retried by the SDK first, then by the
-            // caller with backoff; anything else (a wrong ARN, missing
-            // permissions) is retried too and shows in logs and metrics: a
-            // command is held, never dropped.
-            Err(e) => Err(DeliveryError(format!(
-                "StartExecution {}: {}",
-                command.execution_name(),
-                crate::aws::aws_error(e)
-            ))),
+            // An error no retry can fix (missing permissions, a wrong ARN,
+            // input Step Functions rejects) is given up on, counted by its
+            // code and logged with its message (threat model T7): retrying it
+            // forever would hold the checkpoint and fill the outbox for
+            // nothing. Throttling, 5xx and transport errors are retried by the
+            // SDK first, then by the outbox with backoff.
+            Err(e) => {
+                let code = aws_sdk_sfn::error::ProvideErrorMetadata::code(&e).map(str::to_owned);
+                let message = crate::aws::aws_error(e);
+                match code.filter(|c| is_permanent(c)) {
+                    Some(code) => {
+                        tracing::error!(id = %command.id, rule = %command.rule, code = %code, error = %message,
+                            "command given up: StartExecution failed in a way no retry can fix");
+                        Ok(Delivered::Failed(code))
+                    }
+                    None => Err(DeliveryError(format!(
+                        "StartExecution {}: {message}",
+                        command.execution_name()
+                    ))),
+                }
+            }
         }
     }
+}
+
+/// StartExecution error codes that retrying cannot fix: permissions and
+/// credentials refused, a state machine that is wrong or gone, input or a
+/// name it rejects. Anything else (throttling, 5xx, transport, codes not
+/// listed) is retried.
+const PERMANENT_CODES: &[&str] = &[
+    "AccessDeniedException",
+    "UnrecognizedClientException",
+    "InvalidSignatureException",
+    "KmsAccessDeniedException",
+    "ValidationException",
+    "InvalidArn",
+    "InvalidName",
+    "InvalidExecutionInput",
+    "StateMachineDoesNotExist",
+    "StateMachineDeleting",
+];
+
+fn is_permanent(code: &str) -> bool {
+    PERMANENT_CODES.contains(&code)
 }
 
 /// How much older than the request a returned execution's start date must be
@@ -81,6 +114,49 @@ fn unix_ms(t: std::time::SystemTime) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// On moto: a state machine that does not exist is given up on at once
+    /// (the command is not retried forever), with its error code.
+    #[tokio::test]
+    async fn start_execution_on_a_missing_machine_is_given_up_on() {
+        let sdk = sshwarden_testsupport::sdk(&sshwarden_testsupport::moto_endpoint()).await;
+        let sink = SfnSink::new(
+            aws_sdk_sfn::Client::new(&sdk),
+            format!(
+                "arn:aws:states:us-east-1:123456789012:stateMachine:sshwarden-missing-{}",
+                sshwarden_testsupport::suffix()
+            ),
+        );
+        let c = crate::sink::outbox::tests::command("sw1-i-i-0123456789abcdef0-invalid-user-1");
+        let d = tokio::time::timeout(std::time::Duration::from_secs(20), sink.deliver(&c))
+            .await
+            .expect("given up within 20 s");
+        assert_eq!(
+            d.expect("not a retried error"),
+            Delivered::Failed("StateMachineDoesNotExist".into())
+        );
+    }
+
+    #[test]
+    fn errors_no_retry_fixes_are_given_up_on_the_rest_retried() {
+        for code in [
+            "AccessDeniedException",
+            "InvalidArn",
+            "StateMachineDoesNotExist",
+            "ValidationException",
+        ] {
+            assert!(is_permanent(code), "{code}");
+        }
+        for code in [
+            "ThrottlingException",
+            "ServiceUnavailable",
+            "InternalServerError",
+            "ExecutionLimitExceeded",
+            "",
+        ] {
+            assert!(!is_permanent(code), "{code}");
+        }
+    }
 
     #[test]
     fn a_running_execution_returned_for_a_replay_is_already_handled() {
