@@ -64,6 +64,13 @@ pub struct GaveUpLabel {
     pub cause: String,
 }
 
+/// A quarantine execution that did not succeed: its status and error.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExecutionLabel {
+    pub status: String,
+    pub error: String,
+}
+
 #[derive(Default)]
 pub struct Metrics {
     pub records: Family<ReaderLabel, Counter>,
@@ -78,6 +85,10 @@ pub struct Metrics {
     pub commands_held: Family<HeldLabel, Counter>,
     /// Commands the sink could not carry out and will not retry.
     pub commands_given_up: Family<GaveUpLabel, Counter>,
+    /// Quarantine executions seen failed, timed out or aborted (sink sfn).
+    pub executions_failed: Family<ExecutionLabel, Counter>,
+    /// Of those, the ones redriven.
+    pub executions_redriven: Counter,
     pub leases_held: Gauge,
     pub checkpoints: Family<ReaderLabel, Counter>,
     /// 1 while the sink answered its last probe (stdout: always).
@@ -135,6 +146,16 @@ impl Metrics {
             "commands_given_up",
             "Commands the sink handled without acting and will not retry (a target check refused them, or an error no retry fixes), by cause",
             self.commands_given_up.clone(),
+        );
+        r.register(
+            "executions_failed",
+            "Quarantine executions that failed, timed out or were aborted, by status and error (sink sfn; each reported once per worker)",
+            self.executions_failed.clone(),
+        );
+        r.register(
+            "executions_redriven",
+            "Quarantine executions redriven (RedriveExecution) after they stopped outside the machine's failure branch",
+            self.executions_redriven.clone(),
         );
         r.register(
             "commands_pending",

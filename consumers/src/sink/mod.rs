@@ -12,6 +12,7 @@ pub mod blast_radius;
 pub mod deliver;
 #[cfg(feature = "direct")]
 pub mod direct;
+pub mod executions;
 pub mod outbox;
 pub mod probe;
 pub mod sfn;
