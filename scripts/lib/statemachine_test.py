@@ -271,6 +271,14 @@ class World:
         self.doomed = self.ec2.create_security_group(
             GroupName=f"sshwarden-test-doomed-{RUN}", Description="sshwarden test doomed", VpcId=self.vpc)["GroupId"]
         self.launch("relcheck", interfaces=[[self.web, self.doomed], [self.db]])
+        # 13 groups on one interface: more than one 256-character tag holds.
+        many = []
+        for i in range(13):
+            gid = self.ec2.create_security_group(
+                GroupName=f"sshwarden-test-many{i}-{RUN}", Description="sshwarden test many", VpcId=self.vpc)["GroupId"]
+            self.cleanup.append(lambda gid=gid: self.ec2.delete_security_group(GroupId=gid))
+            many.append(gid)
+        self.launch("many", interfaces=[many])
         return Note(", ".join(notes) + "; exempt, held, legacy (SecurityGroupIds), resume, crowded, mute, "
                     "terminated, stopped, opted-in, forged-tag, isolated and other-VPC instances")
 
@@ -920,6 +928,27 @@ def run_cases(w: World) -> None:
                     f"{second} (moved out by hand) skipped; the forged tag naming another instance's interface ignored")
 
     case("release: restores only attached interfaces in quarantine, with groups that exist in the VPC", release_checks)
+
+    def many_groups_round_trip() -> Note:
+        iid = w.instances["many"]
+        ((eni, orig),) = w.original[iid].items()
+        check(len(orig) == 13, f"launched with {len(orig)} groups")
+        d = w.run("quarantine", command(iid), "many")
+        w.expect_status(d, "SUCCEEDED")
+        w.expect_message(d, "quarantined")
+        tags = w.sw_tags(iid)
+        first, second = tags.get(f"{SW}saved-groups:{eni}", ""), tags.get(f"{SW}saved-groups:{eni}:2", "")
+        check(len(first) <= 256 and len(second) <= 256, f"tag values of {len(first)} and {len(second)} characters")
+        check(sorted(json.loads(first) + json.loads(second)) == sorted(orig), f"saved {first} + {second}, launched with {orig}")
+        check(w.interface_groups(iid)[eni] == [q], f"{w.interface_groups(iid)}")
+        d = w.run("release", {"instance_id": iid}, "relmany")
+        w.expect_status(d, "SUCCEEDED")
+        w.expect_message(d, "released")
+        check(sorted(w.interface_groups(iid)[eni]) == sorted(orig), f"restored {w.interface_groups(iid)[eni]}")
+        check(not w.sw_tags(iid), f"tags left: {w.sw_tags(iid)}")
+        return Note(f"13 groups saved in two tags ({len(first)} + {len(second)} characters), all 13 restored, tags removed")
+
+    case("quarantine + release of an interface with 13 groups (two saved-groups tags)", many_groups_round_trip)
 
     case("release: malformed instance id ends FAILED", release_bad_id)
     case("quarantine + release again on the same instance", release_again_after_quarantine)

@@ -7,7 +7,9 @@
 //! `sshwarden release` restore an instance whichever way it was quarantined:
 //! `sshwarden:reason`, `sshwarden:command-id`, one
 //! `sshwarden:saved-groups:<eni-id>` per interface (a compact JSON array of
-//! group ids), `sshwarden:quarantined` (RFC 3339 time), `sshwarden:exempt`.
+//! at most [`GROUPS_PER_TAG`] group ids; more go on in
+//! `sshwarden:saved-groups:<eni-id>:2`), `sshwarden:quarantined` (RFC 3339
+//! time), `sshwarden:exempt`.
 //!
 //! Where it may act is read from the quarantine group when the sink starts
 //! ([`Protection`]): the protected VPC is the group's VPC; the group's tag
@@ -265,6 +267,11 @@ pub fn verify(d: &Described, p: &Protection) -> Checks {
 fn carries(i: &Interface, group: &str) -> bool {
     i.groups.iter().any(|g| g == group)
 }
+
+/// Group ids per saved-groups tag: 10 × 22 characters of JSON stay under
+/// EC2's 256-character tag value (11 would too, the state machine's
+/// States.ArrayPartition uses 10 as well).
+pub const GROUPS_PER_TAG: usize = 10;
 
 fn saved_key(interface_id: &str) -> String {
     format!("{TAG_SAVED_GROUPS}{interface_id}")
@@ -564,10 +571,19 @@ impl DirectSink {
                 report.push(json!({"instance_id": instance_id, "interface_id": i.id, "groups": i.groups, "already_isolated": true}));
                 continue;
             }
-            let value = serde_json::to_string(&i.groups)
-                .map_err(|e| StepError::permanent("States.Runtime", e.to_string()))?;
-            save = save.tags(tag(&key, &value));
-            to_save += 1;
+            // At most GROUPS_PER_TAG ids per tag value (256 characters):
+            // the rest in <key>:2 (an interface has at most 16 groups).
+            for (n, chunk) in i.groups.chunks(GROUPS_PER_TAG).enumerate() {
+                let value = serde_json::to_string(chunk)
+                    .map_err(|e| StepError::permanent("States.Runtime", e.to_string()))?;
+                let key = if n == 0 {
+                    key.clone()
+                } else {
+                    format!("{key}:{}", n + 1)
+                };
+                save = save.tags(tag(&key, &value));
+                to_save += 1;
+            }
             report.push(
                 json!({"instance_id": instance_id, "interface_id": i.id, "groups": i.groups}),
             );
@@ -1134,16 +1150,26 @@ async fn restore(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Result<Release
         )
         .await?
     };
-    let mut restored = Vec::new();
-    let mut skipped = Vec::new();
+    // One interface's groups may span <key> and <key>:2 (more than
+    // GROUPS_PER_TAG groups).
+    let mut by_interface: std::collections::BTreeMap<String, (Vec<String>, Vec<String>)> =
+        Default::default();
     for (key, value) in saved {
-        let interface_id = key[TAG_SAVED_GROUPS.len()..].to_owned();
+        let rest = &key[TAG_SAVED_GROUPS.len()..];
+        let interface_id = rest.split(':').next().unwrap_or(rest).to_owned();
         let groups: Vec<String> = serde_json::from_str(&value).map_err(|e| {
             StepError::permanent(
                 "States.Runtime",
                 format!("tag {key} = {value:?} is not a JSON array of group ids: {e}"),
             )
         })?;
+        let entry = by_interface.entry(interface_id).or_default();
+        entry.0.push(key);
+        entry.1.extend(groups);
+    }
+    let mut restored = Vec::new();
+    let mut skipped = Vec::new();
+    for (interface_id, (keys, groups)) in by_interface {
         let mut skip = |why: String| {
             warn!(instance = instance_id, interface = %interface_id, reason = %why, "release: interface skipped, its saved-groups tag kept");
             skipped.push((interface_id.clone(), why));
@@ -1197,9 +1223,11 @@ async fn restore(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Result<Release
             .send()
             .await
             .map_err(|e| step_error("ModifyNetworkInterfaceAttribute", e))?;
-        ec2.delete_tags()
-            .resources(instance_id)
-            .tags(Tag::builder().key(&key).build())
+        let mut forget = ec2.delete_tags().resources(instance_id);
+        for key in &keys {
+            forget = forget.tags(Tag::builder().key(key).build());
+        }
+        forget
             .send()
             .await
             .map_err(|e| step_error("DeleteTags", e))?;

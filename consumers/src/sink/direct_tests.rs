@@ -701,3 +701,61 @@ async fn release_restores_only_attached_quarantined_interfaces_with_groups_of_th
     assert!(!tags.contains_key(&saved_key(first)));
     assert!(!tags.contains_key(TAG_QUARANTINED));
 }
+
+#[tokio::test]
+async fn thirteen_groups_are_saved_over_two_tags_and_restored() {
+    let w = world().await;
+    let sink = w.sink().await;
+    let mut many = Vec::new();
+    for i in 0..13 {
+        let gid = w
+            .ec2
+            .create_security_group()
+            .group_name(format!(
+                "sshwarden-test-many{i}-{}",
+                sshwarden_testsupport::suffix()
+            ))
+            .description("sshwarden test")
+            .vpc_id(&w.vpc)
+            .send()
+            .await
+            .expect("group")
+            .group_id()
+            .expect("id")
+            .to_owned();
+        many.push(gid);
+    }
+    let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+    let iid = w.launch(&[&refs], &[]).await;
+    let eni = w.described(&iid).await.interfaces[0].id.clone();
+    let c = command(&iid, "invalid-user", Action::Quarantine);
+    assert_eq!(
+        sink.deliver(&c, None).await.expect("deliver"),
+        Delivered::New
+    );
+    let tags = w.tags(&iid).await;
+    let (first, second) = (
+        &tags[&saved_key(&eni)],
+        &tags[&format!("{}:2", saved_key(&eni))],
+    );
+    assert!(
+        first.len() <= 256 && second.len() <= 256,
+        "{first} {second}"
+    );
+    let mut saved: Vec<String> = serde_json::from_str(first).expect("json");
+    saved.extend(serde_json::from_str::<Vec<String>>(second).expect("json"));
+    let mut want = many.clone();
+    want.sort();
+    saved.sort();
+    assert_eq!(saved, want);
+    let r = release(&w.sdk, &iid, "test", None).await.expect("release");
+    assert!(r.skipped.is_empty(), "{:?}", r.skipped);
+    let mut back = w.groups(&iid).await[&eni].clone();
+    back.sort();
+    assert_eq!(back, want);
+    assert!(w
+        .tags(&iid)
+        .await
+        .keys()
+        .all(|k| !k.starts_with(TAG_SAVED_GROUPS)));
+}
