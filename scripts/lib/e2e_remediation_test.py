@@ -240,6 +240,9 @@ class E2E(smt.World):
         self.launch("benign2", groups=[self.web, self.db])
         self.launch("allowed", groups=[self.web, self.admin])
         self.launch("outage", interfaces=[[self.web, self.db]])
+        # Attacked during the outage: its command is detected while the
+        # first one waits (reading goes on, #16 finding 7).
+        self.launch("outage2", interfaces=[[self.web]])
         self.host: dict[str, str] = {}
         for role, iid in self.instances.items():
             ip = self.describe(iid).get("PrivateIpAddress", "10.77.1.9")
@@ -929,6 +932,9 @@ def direct_case(w: E2E, case: Callable[..., bool]) -> None:
         seen = by_id(got)
         check(set(seen) == set(ids.values()), f"delivered {sorted(seen)}, want {sorted(ids.values())}")
         check(all(g.get("already_handled") is False for g in got), f"{got}")
+        # Held by the fleet-wide gate, counted as held (not as delivered).
+        outcomes = {r: seen[ids[r]].get("outcome") for r in ("d-attacked", "d-exempt", "d-over")}
+        check(outcomes == {"d-attacked": "new", "d-exempt": "new", "d-over": "held"}, f"outcomes {outcomes}")
         attacked = w.instances["d-attacked"]
         after = w.interface_groups(attacked)
         tags = w.sw_tags(attacked)
@@ -1087,7 +1093,7 @@ def outage_case(w: E2E, state: dict, case: Callable[..., bool]) -> None:
 
     def setup() -> Note:
         arn = w.stream(name, 1)
-        w.log_group(group, arn, ["outage"])
+        w.log_group(group, arn, ["outage", "outage2"])
         check(not port_open(port), f"port {port} is taken")
         return Note(f"stream {name} (1 shard), log group {group}; Step Functions endpoint {sfn_url} (nothing listening)")
 
@@ -1124,9 +1130,23 @@ def outage_case(w: E2E, state: dict, case: Callable[..., bool]) -> None:
         check(bool(warned), "no 'command delivery failed' log entry")
         check(w.interface_groups(outage) == w.original[outage], "the outage instance changed without Step Functions")
         state["failures_during_outage"] = failures
+        # A second attack while the first command waits: the shard is still
+        # read, the second command is detected and waits too (before #16
+        # finding 7 the reader stopped at the first command).
+        records_before = w3.metric_sum("sshwarden_records_total")
+        t1 = in_one_window(window, 8 * 100, back_ms=1_500)
+        state["outage2_window"] = window_start(t1, window)
+        w.put_lines(group, "outage2", w.attack_lines("outage2", t1, step_ms=100))
+        wait_for("a second command waiting (commands_pending >= 2)",
+                 lambda: w3.metric_sum("sshwarden_commands_pending") >= 2, 30)
+        records_after = w3.metric_sum("sshwarden_records_total")
+        check(records_after > records_before, f"records_total {records_before} -> {records_after}")
+        leases = w.lease_items(table)
+        check(leases[0]["checkpoint"] == "TRIM_HORIZON", f"lease {leases}")
         return Note(f"{time.monotonic() - t_put:.1f} s after PutLogEvents: command_failures_total={failures:.0f}, "
                     f"commands_pending={pending:.0f}, no execution, checkpoint still TRIM_HORIZON; "
-                    f"log: {str(warned[0].get('error'))[:120]}")
+                    f"a second attack during the outage read ({records_before:.0f} -> {records_after:.0f} records) "
+                    f"and its command waiting too (pending 2); log: {str(warned[0].get('error'))[:100]}")
 
     if not case("outage: the command is held, the checkpoint stays at TRIM_HORIZON", held_back, show=[w3]):
         return
@@ -1173,6 +1193,10 @@ def outage_case(w: E2E, state: dict, case: Callable[..., bool]) -> None:
         ex = wait_for("the held command's execution on the second moto", execution, wait)
         t_ex = time.monotonic()
         check(len(ex) == 1, f"{len(ex)} executions: {ex}")
+        outage2 = w.instances["outage2"]
+        want2 = f"sw1-i-{outage2}-invalid-user-{state['outage2_window'] // 1000}"
+        ex2 = wait_for("the second held command's execution",
+                       lambda: [e for e in w.executions(arn, client=sfn2) if e["name"] == want2], wait)
         want = f"sw1-i-{outage}-invalid-user-{state['outage_window'] // 1000}"
         check(ex[0]["name"] == want, f"execution {ex[0]['name']!r}, want {want!r}")
         delivered = wait_for("w3 'command delivered'", lambda: w3.events("command delivered"), 10)
@@ -1192,8 +1216,11 @@ def outage_case(w: E2E, state: dict, case: Callable[..., bool]) -> None:
         env_msg = w.message_for(d["executionArn"], wait=15)
         check(env_msg["parsed"]["event"] == "quarantined" and env_msg["parsed"]["instance_id"] == outage,
               f"{env_msg['parsed']}")
-        pending = w3.metric_sum("sshwarden_commands_pending")
-        check(pending == 0, f"commands_pending {pending}")
+        d2 = w.wait_execution_end(ex2[0]["executionArn"], client=sfn2)
+        w.expect_status(d2, "SUCCEEDED")
+        msg2 = w.message_for(d2["executionArn"], wait=15)["parsed"]
+        check(msg2["event"] == "quarantined" and msg2["instance_id"] == outage2, f"{msg2}")
+        wait_for("commands_pending 0", lambda: w3.metric_sum("sshwarden_commands_pending") == 0, 15)
         return Note(f"moto (pid {p.pid}) up in {t_sm - t_up:.1f} s; execution {want} {t_ex - t_sm:.1f} s after the "
                     f"machine existed, SUCCEEDED (tasks ran against the main moto: instance quarantined, notified); "
                     f"checkpoint {cp} {t_cp - t_sm:.1f} s after; "
