@@ -1,11 +1,12 @@
 //! One partition's reader: a tokio task with its own engine. It takes the
 //! messages the consumer's poll thread forwards (a bounded channel: a slow
 //! reader pauses its partition, see [`super::group`]), runs them through the
-//! engine, delivers the commands with backoff, and publishes the offset the
-//! checkpoint rule allows. On revoke or shutdown it stops at once (a command
-//! being retried is abandoned, its message stays uncommitted) and hands back
-//! its final offset, which the poll thread commits before the partition
-//! moves.
+//! engine, queues the commands in its outbox (delivered with backoff while
+//! it reads on, [`crate::sink::outbox`]), and publishes the offset the
+//! checkpoint rule allows, held before every command not yet delivered. On
+//! revoke or shutdown it stops at once (commands still waiting are
+//! abandoned, their messages stay uncommitted) and hands back its final
+//! offset, which the poll thread commits before the partition moves.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,6 +1,8 @@
 //! One shard's reader: reads records (GetRecords polling within the
 //! per-shard limits, or enhanced fan-out), runs them through the shard's
-//! engine, delivers the commands, and checkpoints under the checkpoint rule.
+//! engine, queues the commands in its outbox (delivered while it reads on,
+//! [`crate::sink::outbox`]), and checkpoints under the checkpoint rule, held
+//! before every command not yet delivered.
 //! A child of a reshard first replays what its parents left in open windows
 //! (see [`replay`]), so no count is lost across a split or a merge.
 //!
