@@ -57,6 +57,29 @@ pub struct ActionLabel {
     pub action: String,
 }
 
+/// A command held for a person instead of acted on: its action, and which
+/// gate held it (`policy`: the shard's engine; `fleet`: the fleet-wide
+/// blast-radius budget).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HeldLabel {
+    pub action: String,
+    pub gate: String,
+}
+
+/// A command the sink gave up on (a target check refused it, or an error
+/// no retry can fix), by cause.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GaveUpLabel {
+    pub cause: String,
+}
+
+/// A quarantine execution that did not succeed: its status and error.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExecutionLabel {
+    pub status: String,
+    pub error: String,
+}
+
 #[derive(Default)]
 pub struct Metrics {
     pub records: Family<ReaderLabel, Counter>,
@@ -69,6 +92,14 @@ pub struct Metrics {
     pub commands: Family<ActionLabel, Counter>,
     pub command_failures: Counter,
     pub commands_pending: Gauge,
+    /// Held commands, apart from `commands` (notifications included there).
+    pub commands_held: Family<HeldLabel, Counter>,
+    /// Commands the sink could not carry out and will not retry.
+    pub commands_given_up: Family<GaveUpLabel, Counter>,
+    /// Quarantine executions seen failed, timed out or aborted (sink sfn).
+    pub executions_failed: Family<ExecutionLabel, Counter>,
+    /// Of those, the ones redriven.
+    pub executions_redriven: Counter,
     pub leases_held: Gauge,
     pub checkpoints: Family<ReaderLabel, Counter>,
     /// 1 while the sink answered its last probe (stdout: always).
@@ -121,6 +152,26 @@ impl Metrics {
             "command_failures",
             "Failed command deliveries (each is retried)",
             self.command_failures.clone(),
+        );
+        r.register(
+            "commands_held",
+            "Commands held for a person instead of acted on, by action and gate (policy, fleet); not counted in commands",
+            self.commands_held.clone(),
+        );
+        r.register(
+            "commands_given_up",
+            "Commands the sink handled without acting and will not retry (a target check refused them, or an error no retry fixes), by cause",
+            self.commands_given_up.clone(),
+        );
+        r.register(
+            "executions_failed",
+            "Quarantine executions that failed, timed out or were aborted, by status and error (sink sfn; each reported once per worker)",
+            self.executions_failed.clone(),
+        );
+        r.register(
+            "executions_redriven",
+            "Quarantine executions redriven (RedriveExecution) after they stopped outside the machine's failure branch",
+            self.executions_redriven.clone(),
         );
         r.register(
             "commands_pending",

@@ -96,10 +96,29 @@ def up(args: argparse.Namespace) -> dict[str, str]:
         rules = ec2.describe_security_groups(GroupIds=[group])["SecurityGroups"][0]["IpPermissionsEgress"]
         if rules:
             ec2.revoke_security_group_egress(GroupId=group, IpPermissions=rules)
+    # As the template's UntrackedSecurityGroup: all traffic both ways (the
+    # quarantine swaps each interface through it, making flows untracked).
+    found = ec2.describe_security_groups(Filters=[{"Name": "vpc-id", "Values": [vpc]},
+                                                  {"Name": "group-name", "Values": [f"{p}-untracked"]}])["SecurityGroups"]
+    if found:
+        untracked = found[0]["GroupId"]
+    else:
+        untracked = ec2.create_security_group(GroupName=f"{p}-untracked", VpcId=vpc,
+                                              Description="sshwarden untracked - all traffic both ways")["GroupId"]
+        everything = [{"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}], "Ipv6Ranges": [{"CidrIpv6": "::/0"}]}]
+        ec2.authorize_security_group_ingress(GroupId=untracked, IpPermissions=everything)
+        try:
+            ec2.authorize_security_group_egress(GroupId=untracked, IpPermissions=everything)
+        except ec2.exceptions.ClientError as e:
+            if "Duplicate" not in str(e):
+                raise
+    values = {"QuarantineGroupId": group, "TopicArn": topic, "VpcId": vpc, "UntrackedGroupId": untracked,
+              "RequireOptInTag": "false"}
     machines = {}
     for name in ("quarantine", "release"):
-        text = (Path(args.definitions) / f"{name}.asl.json").read_text()
-        definition = text.replace("${QuarantineGroupId}", group).replace("${TopicArn}", topic)
+        definition = (Path(args.definitions) / f"{name}.asl.json").read_text()
+        for key, value in values.items():
+            definition = definition.replace("${" + key + "}", value)
         if "${" in definition:
             sys.exit(f"{name}.asl.json: a placeholder this script does not fill")
         found = [m["stateMachineArn"] for m in c["sfn"].list_state_machines()["stateMachines"] if m["name"] == f"{p}-{name}"]

@@ -18,7 +18,7 @@ then delivered. Then (unless --skip-direct; --only-direct runs just this)
 exempt, held past the limit, a replay after a simulated crash between the
 swap and the quarantined tag (moto's appended groups make it the hard case:
 the saved groups must not be rewritten), a plain replay, `sshwarden release
---direct`, an unknown instance notified as failed.
+--direct`, an unknown instance notified as refused (target checks).
 
 Everything runs on the moto URL (127.0.0.1). The worker gets
 AWS_ENDPOINT_URL=<moto> and no AWS_ENDPOINT_URL_KINESIS: moto's subscription
@@ -240,6 +240,9 @@ class E2E(smt.World):
         self.launch("benign2", groups=[self.web, self.db])
         self.launch("allowed", groups=[self.web, self.admin])
         self.launch("outage", interfaces=[[self.web, self.db]])
+        # Attacked during the outage: its command is detected while the
+        # first one waits (reading goes on, #16 finding 7).
+        self.launch("outage2", interfaces=[[self.web]])
         self.host: dict[str, str] = {}
         for role, iid in self.instances.items():
             ip = self.describe(iid).get("PrivateIpAddress", "10.77.1.9")
@@ -834,8 +837,12 @@ def direct_case(w: E2E, case: Callable[..., bool]) -> None:
     name = f"{PREFIX}-direct"
     group = f"/{PREFIX}/direct"
     blast_table = f"{PREFIX}-blast"
+    # Two slots taken by "other workers", one for d-attacked; d-exempt takes
+    # none (nothing is changed), so d-over finds the budget spent, although
+    # the shard's own engine (same limit, counting the exempt one) lets it pass.
     limit = 3
     st: dict[str, Any] = {}
+    OTHERS = ["sw1-i-i-0another0worker0-x-1", "sw1-i-i-0another0worker1-x-1"]  # noqa: N806 - a constant of this case
     roles = ("d-attacked", "d-exempt", "d-over", "d-benign")
 
     def take(pred: Callable[[dict], bool], n: int, wait: float) -> list[dict]:
@@ -873,7 +880,8 @@ def direct_case(w: E2E, case: Callable[..., bool]) -> None:
         st["t0"] = in_one_window(60_000, 8 * 100, back_ms=3_000)
         ws = window_start(st["t0"], 60_000)
         st["ids"] = {r: f"sw1-i-{w.instances[r]}-invalid-user-{ws // 1000}" for r in ("d-attacked", "d-exempt", "d-over")}
-        st["period"] = f"blast#{ws - ws % 3_600_000}"
+        # The budget of the quarantine action and the rule (#16 finding 2).
+        st["period"] = f"blast#quarantine#invalid-user#{ws - ws % 3_600_000}"
         # The counter table as the worker creates it, with one slot of this
         # period already taken by another worker.
         w.ddb.create_table(TableName=blast_table, BillingMode="PAY_PER_REQUEST",
@@ -882,11 +890,11 @@ def direct_case(w: E2E, case: Callable[..., bool]) -> None:
         w.cleanup.append(lambda: w.ddb.delete_table(TableName=blast_table))
         w.ddb.update_item(TableName=blast_table, Key={"periodKey": {"S": st["period"]}},
                           UpdateExpression="ADD claimed :one, ids :ids",
-                          ExpressionAttributeValues={":one": {"N": "1"}, ":ids": {"SS": ["sw1-i-i-0another0worker0-x-1"]}})
+                          ExpressionAttributeValues={":one": {"N": "2"}, ":ids": {"SS": OTHERS}})
         return Note(f"stream {name} (1 shard); {', '.join(f'{r} {i}' for r, i in st['iids'].items())}; "
-                    f"d-attacked interfaces {list(w.original[iid])}; {blast_table}: 1 of {limit} slots taken")
+                    f"d-attacked interfaces {list(w.original[iid])}; {blast_table}: 2 of {limit} slots taken")
 
-    if not case("direct: a stream, four instances, a blast-radius table with one slot taken", setup, show=[]):
+    if not case("direct: a stream, four instances, a blast-radius table with two slots taken", setup, show=[]):
         return
 
     sink_flags = ["--sink", "direct", "--quarantine-group-id", q, "--topic-arn", w.topic,
@@ -924,6 +932,9 @@ def direct_case(w: E2E, case: Callable[..., bool]) -> None:
         seen = by_id(got)
         check(set(seen) == set(ids.values()), f"delivered {sorted(seen)}, want {sorted(ids.values())}")
         check(all(g.get("already_handled") is False for g in got), f"{got}")
+        # Held by the fleet-wide gate, counted as held (not as delivered).
+        outcomes = {r: seen[ids[r]].get("outcome") for r in ("d-attacked", "d-exempt", "d-over")}
+        check(outcomes == {"d-attacked": "new", "d-exempt": "new", "d-over": "held"}, f"outcomes {outcomes}")
         attacked = w.instances["d-attacked"]
         after = w.interface_groups(attacked)
         tags = w.sw_tags(attacked)
@@ -960,8 +971,13 @@ def direct_case(w: E2E, case: Callable[..., bool]) -> None:
         held = events[ids["d-over"]]["parsed"]["command"]
         check(held["action"] == "notify" and held["held"] is True and "fleet-wide" in held.get("reason", ""), f"{held}")
         b = blast_item()
-        check(b["claimed"] == limit and b["ids"] == {"sw1-i-i-0another0worker0-x-1", ids["d-attacked"], ids["d-exempt"]},
-              f"blast-radius item {b}")
+        check(b["claimed"] == limit and b["ids"] == {*OTHERS, ids["d-attacked"]},
+              f"blast-radius item {b} (the exempt instance takes no slot: the claim follows the checks)")
+        passed = qm.get("checks", {}).get("passed", [])
+        check(qm.get("checks", {}).get("refused") is None and "exists" in passed
+              and f"in the protected VPC {w.vpc}" in passed, f"checks {qm.get('checks')}")
+        check(qm.get("untracked_group", "").startswith("sg-") and "allow-all group first" in qm.get("summary", ""),
+              f"untracked swap not reported: {qm}")
         return Note(f"3 commands; d-attacked isolated on {len(after)} interfaces, originals in saved-groups tags"
                     f"{'; ' + '; '.join(notes) if notes else ''}; exempt/over/benign untouched; notifications "
                     f"quarantined, exempt, held (fleet-wide); {blast_table}: {b['claimed']} claimed")
@@ -1050,17 +1066,18 @@ def direct_case(w: E2E, case: Callable[..., bool]) -> None:
         want = f"sw1-i-{ghost}-invalid-user-{window_start(t0, 60_000) // 1000}"
         wk, got = run_worker("d4", stream=gname, n=1, blast_max=0)
         check([g.get("id") for g in got] == [want], f"delivered {got}")
-        failed = [e for e in wk.logs() if "cannot succeed on retry" in str(e.get("fields", {}).get("message"))]
-        check(len(failed) == 1, f"'quarantine failed' log entries: {failed}")
+        failed = [e for e in wk.logs() if "refused by a target check" in str(e.get("fields", {}).get("message"))]
+        check(len(failed) == 1, f"'quarantine refused' log entries: {failed}")
         msgs = take(lambda m: m.get("command", {}).get("id") == want, 1, 10)
         check(len(msgs) == 1, "no notification for the unknown instance")
         m = msgs[0]
-        check(m["parsed"].get("event") == "failed" and m.get("Subject") == "sshwarden: quarantine FAILED", f"{m['parsed']}")
-        err = m["parsed"].get("error", {})
-        check("NotFound" in err.get("Error", "") or "NotFound" in err.get("Cause", ""), f"error {err}")
-        return Note(f"'failed' notification (error {err.get('Error')}), command handled once, no retry loop")
+        check(m["parsed"].get("event") == "refused"
+              and m.get("Subject") == f"sshwarden: not quarantined {ghost} (target check failed)", f"{m['parsed']}")
+        refused = m["parsed"].get("checks", {}).get("refused", "")
+        check("no instance" in refused, f"checks {m['parsed'].get('checks')}")
+        return Note(f"'refused' notification ({refused}), command handled once, no retry loop, no slot")
 
-    case("direct: an unknown instance → 'failed' notification, the command is not retried forever",
+    case("direct: an unknown instance → 'refused' notification, the command is not retried forever",
          unknown_instance, show=[])
 
 
@@ -1076,7 +1093,7 @@ def outage_case(w: E2E, state: dict, case: Callable[..., bool]) -> None:
 
     def setup() -> Note:
         arn = w.stream(name, 1)
-        w.log_group(group, arn, ["outage"])
+        w.log_group(group, arn, ["outage", "outage2"])
         check(not port_open(port), f"port {port} is taken")
         return Note(f"stream {name} (1 shard), log group {group}; Step Functions endpoint {sfn_url} (nothing listening)")
 
@@ -1113,9 +1130,23 @@ def outage_case(w: E2E, state: dict, case: Callable[..., bool]) -> None:
         check(bool(warned), "no 'command delivery failed' log entry")
         check(w.interface_groups(outage) == w.original[outage], "the outage instance changed without Step Functions")
         state["failures_during_outage"] = failures
+        # A second attack while the first command waits: the shard is still
+        # read, the second command is detected and waits too (before #16
+        # finding 7 the reader stopped at the first command).
+        records_before = w3.metric_sum("sshwarden_records_total")
+        t1 = in_one_window(window, 8 * 100, back_ms=1_500)
+        state["outage2_window"] = window_start(t1, window)
+        w.put_lines(group, "outage2", w.attack_lines("outage2", t1, step_ms=100))
+        wait_for("a second command waiting (commands_pending >= 2)",
+                 lambda: w3.metric_sum("sshwarden_commands_pending") >= 2, 30)
+        records_after = w3.metric_sum("sshwarden_records_total")
+        check(records_after > records_before, f"records_total {records_before} -> {records_after}")
+        leases = w.lease_items(table)
+        check(leases[0]["checkpoint"] == "TRIM_HORIZON", f"lease {leases}")
         return Note(f"{time.monotonic() - t_put:.1f} s after PutLogEvents: command_failures_total={failures:.0f}, "
                     f"commands_pending={pending:.0f}, no execution, checkpoint still TRIM_HORIZON; "
-                    f"log: {str(warned[0].get('error'))[:120]}")
+                    f"a second attack during the outage read ({records_before:.0f} -> {records_after:.0f} records) "
+                    f"and its command waiting too (pending 2); log: {str(warned[0].get('error'))[:100]}")
 
     if not case("outage: the command is held, the checkpoint stays at TRIM_HORIZON", held_back, show=[w3]):
         return
@@ -1162,6 +1193,10 @@ def outage_case(w: E2E, state: dict, case: Callable[..., bool]) -> None:
         ex = wait_for("the held command's execution on the second moto", execution, wait)
         t_ex = time.monotonic()
         check(len(ex) == 1, f"{len(ex)} executions: {ex}")
+        outage2 = w.instances["outage2"]
+        want2 = f"sw1-i-{outage2}-invalid-user-{state['outage2_window'] // 1000}"
+        ex2 = wait_for("the second held command's execution",
+                       lambda: [e for e in w.executions(arn, client=sfn2) if e["name"] == want2], wait)
         want = f"sw1-i-{outage}-invalid-user-{state['outage_window'] // 1000}"
         check(ex[0]["name"] == want, f"execution {ex[0]['name']!r}, want {want!r}")
         delivered = wait_for("w3 'command delivered'", lambda: w3.events("command delivered"), 10)
@@ -1181,8 +1216,11 @@ def outage_case(w: E2E, state: dict, case: Callable[..., bool]) -> None:
         env_msg = w.message_for(d["executionArn"], wait=15)
         check(env_msg["parsed"]["event"] == "quarantined" and env_msg["parsed"]["instance_id"] == outage,
               f"{env_msg['parsed']}")
-        pending = w3.metric_sum("sshwarden_commands_pending")
-        check(pending == 0, f"commands_pending {pending}")
+        d2 = w.wait_execution_end(ex2[0]["executionArn"], client=sfn2)
+        w.expect_status(d2, "SUCCEEDED")
+        msg2 = w.message_for(d2["executionArn"], wait=15)["parsed"]
+        check(msg2["event"] == "quarantined" and msg2["instance_id"] == outage2, f"{msg2}")
+        wait_for("commands_pending 0", lambda: w3.metric_sum("sshwarden_commands_pending") == 0, 15)
         return Note(f"moto (pid {p.pid}) up in {t_sm - t_up:.1f} s; execution {want} {t_ex - t_sm:.1f} s after the "
                     f"machine existed, SUCCEEDED (tasks ran against the main moto: instance quarantined, notified); "
                     f"checkpoint {cp} {t_cp - t_sm:.1f} s after; "

@@ -42,6 +42,9 @@ STATE_MACHINES = ROOT / "infra" / "statemachines"
 # ASL placeholder -> what the template substitutes (Fn::Sub syntax).
 PLACEHOLDERS = {
     "QuarantineGroupId": "${QuarantineSecurityGroup.GroupId}",
+    "UntrackedGroupId": "${UntrackedSecurityGroup.GroupId}",
+    "VpcId": "${VpcId}",
+    "RequireOptInTag": "${RequireOptInTag}",
     "TopicArn": "${AlertTopic}",
 }
 
@@ -233,7 +236,7 @@ def check_roles() -> None:
         for st in statements(res[role_name]):
             if st.get("Effect") != "Allow":
                 continue
-            if any(x == '"*"' for x in resources(st)) and actions(st) - {"ec2:DescribeInstances", "ec2:DescribeTags"}:
+            if any(x == '"*"' for x in resources(st)) and actions(st) - {"ec2:DescribeInstances", "ec2:DescribeTags", "ec2:DescribeSecurityGroups"}:
                 raise Failed(f"{role_name} {st.get('Sid')}: {sorted(actions(st))} on *")
             if "ec2:ModifyNetworkInterfaceAttribute" in actions(st):
                 scoped = [x for x in resources(st) if "network-interface/" in x or "security-group/" in x]

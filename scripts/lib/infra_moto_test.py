@@ -165,13 +165,20 @@ class Test:
         name (the same ARN as the stack's output) through the API."""
         topic, group = self.out["AlertTopicArn"], self.out["QuarantineGroupId"]
         check(group.startswith("sg-") and topic.startswith("arn:aws:sns:"), f"group {group}, topic {topic}")
-        check(set(PLACEHOLDERS) == {"QuarantineGroupId", "TopicArn"}, "placeholders changed: update this test")
+        # What each ASL placeholder is in this stack (RequireOptInTag: the
+        # template's default, not given to the deploy).
+        values = {"QuarantineGroupId": group, "TopicArn": topic, "VpcId": self.vpc,
+                  "UntrackedGroupId": self.phys.get("UntrackedSecurityGroup", ""), "RequireOptInTag": "false"}
+        check(set(PLACEHOLDERS) == set(values), "placeholders changed: update this test")
+        check(values["UntrackedGroupId"].startswith("sg-"), f"UntrackedSecurityGroup: {values['UntrackedGroupId']!r}")
         notes = []
         for logical, name, key, role in (("QuarantineStateMachine", "quarantine", "QuarantineStateMachineArn", "QuarantineRole"),
                                          ("ReleaseStateMachine", "release", "ReleaseStateMachineArn", "ReleaseRole")):
             role_arn = self.iam.get_role(RoleName=self.phys[role])["Role"]["Arn"]
             want = (ROOT / "infra" / "statemachines" / f"{name}.asl.json").read_text()
-            want = json.loads(want.replace("${QuarantineGroupId}", group).replace("${TopicArn}", topic))
+            for ph, value in values.items():
+                want = want.replace("${" + ph + "}", value)
+            want = json.loads(want)
             props = self.template["Resources"][logical]["Properties"]
             check(props.get("StateMachineType") == "STANDARD", f"{logical}: StateMachineType {props.get('StateMachineType')}")
             try:
@@ -179,7 +186,8 @@ class Test:
                 notes.append(f"{name}: read back from the stack")
             except self.sfn.exceptions.StateMachineDoesNotExist:
                 deployed = props["DefinitionString"]["Fn::Sub"]
-                deployed = deployed.replace(PLACEHOLDERS["QuarantineGroupId"], group).replace(PLACEHOLDERS["TopicArn"], topic)
+                for ph, value in values.items():
+                    deployed = deployed.replace(PLACEHOLDERS[ph], value)
                 check("${" not in deployed, f"{logical}: a ${{...}} the stack cannot resolve")
                 arn = self.sfn.create_state_machine(name=self.out[key].rsplit(":", 1)[1], definition=deployed,
                                                     roleArn=role_arn, type="STANDARD")["stateMachineArn"]

@@ -44,7 +44,7 @@ CONFIG = Config(
 )
 RUN = f"{int(time.time())}-{os.getpid()}"
 ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/sshwarden-stepfunctions"
-PLACEHOLDERS = ("QuarantineGroupId", "TopicArn")
+PLACEHOLDERS = ("QuarantineGroupId", "UntrackedGroupId", "VpcId", "RequireOptInTag", "TopicArn")
 SW = "sshwarden:"
 
 results: list[tuple[str, str, float, str]] = []  # (status, name, ms, note)
@@ -140,7 +140,17 @@ class World:
             return gid
 
         self.web, self.admin, self.db = group("web"), group("admin"), group("db")
-        return Note(f"vpc {self.vpc} (with an IPv6 block), subnet, 3 groups")
+        # The allow-all group the quarantine swaps through (the template's
+        # UntrackedSecurityGroup): everything in and out, IPv4 and IPv6.
+        self.untracked = group("untracked")
+        everything = [{"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}], "Ipv6Ranges": [{"CidrIpv6": "::/0"}]}]
+        ec2.authorize_security_group_ingress(GroupId=self.untracked, IpPermissions=everything)
+        try:
+            ec2.authorize_security_group_egress(GroupId=self.untracked, IpPermissions=everything)
+        except ec2.exceptions.ClientError as e:
+            if "Duplicate" not in str(e):
+                raise
+        return Note(f"vpc {self.vpc} (with an IPv6 block), subnet, 3 groups and the untracked (allow-all) group")
 
     def quarantine_group(self) -> Note:
         """The quarantine group from infra/quarantine-sg.yaml, through moto's
@@ -229,13 +239,48 @@ class World:
         self.ec2.create_tags(Resources=[resume], Tags=[
             {"Key": f"{SW}saved-groups:{eni}", "Value": json.dumps(self.original[resume][eni], separators=(",", ":"))},
             {"Key": f"{SW}reason", "Value": "invalid-user"},
+            {"Key": f"{SW}command-id", "Value": command(resume)["id"]},
         ])
         self.ec2.modify_network_interface_attribute(NetworkInterfaceId=eni, Groups=[self.quarantine])
         check(self.interface_groups(resume)[eni] == [self.quarantine], "could not pre-isolate the resume instance")
         # 49 tags: the 2 the quarantine writes first exceed EC2's 50 per resource.
         self.launch("crowded", interfaces=[[self.web]], tags={f"owner-{i:02d}": "x" for i in range(48)})
         self.launch("mute", interfaces=[[self.web], [self.db]])
-        return Note(", ".join(notes) + "; exempt, held, legacy (SecurityGroupIds), resume, crowded, mute instances")
+        # Target checks (#16 findings 1 and 6).
+        gone = self.launch("gone", interfaces=[[self.web]])
+        self.ec2.terminate_instances(InstanceIds=[gone])
+        stopped = self.launch("stopped", interfaces=[[self.web]])
+        self.ec2.stop_instances(InstanceIds=[stopped])
+        self.launch("optin", interfaces=[[self.web]], tags={f"{SW}protected": "true"})
+        self.launch("forged", interfaces=[[self.web]], tags={f"{SW}quarantined": "2026-01-01T00:00:00Z"})
+        isolated = self.launch("isolated", interfaces=[[self.web]])
+        (ieni,) = self.original[isolated].keys()
+        self.ec2.modify_network_interface_attribute(NetworkInterfaceId=ieni, Groups=[self.quarantine])
+        other_vpc = self.ec2.create_vpc(CidrBlock="10.78.0.0/16")["Vpc"]["VpcId"]
+        self.cleanup.append(lambda: self.ec2.delete_vpc(VpcId=other_vpc))
+        other_subnet = self.ec2.create_subnet(VpcId=other_vpc, CidrBlock="10.78.1.0/24")["Subnet"]["SubnetId"]
+        self.cleanup.append(lambda: self.ec2.delete_subnet(SubnetId=other_subnet))
+        foreign = self.ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1, InstanceType="t3.micro",
+                                         SubnetId=other_subnet)["Instances"][0]["InstanceId"]
+        self.cleanup.append(lambda: self.ec2.terminate_instances(InstanceIds=[foreign]))
+        self.instances["foreign"] = foreign
+        self.foreign_group = self.ec2.create_security_group(
+            GroupName=f"sshwarden-test-foreign-{RUN}", Description="sshwarden test foreign", VpcId=other_vpc)["GroupId"]
+        self.cleanup.append(lambda: self.ec2.delete_security_group(GroupId=self.foreign_group))
+        # Release checks (#16 finding 4): a group deleted after the quarantine.
+        self.doomed = self.ec2.create_security_group(
+            GroupName=f"sshwarden-test-doomed-{RUN}", Description="sshwarden test doomed", VpcId=self.vpc)["GroupId"]
+        self.launch("relcheck", interfaces=[[self.web, self.doomed], [self.db]])
+        # 13 groups on one interface: more than one 256-character tag holds.
+        many = []
+        for i in range(13):
+            gid = self.ec2.create_security_group(
+                GroupName=f"sshwarden-test-many{i}-{RUN}", Description="sshwarden test many", VpcId=self.vpc)["GroupId"]
+            self.cleanup.append(lambda gid=gid: self.ec2.delete_security_group(GroupId=gid))
+            many.append(gid)
+        self.launch("many", interfaces=[many])
+        return Note(", ".join(notes) + "; exempt, held, legacy (SecurityGroupIds), resume, crowded, mute, "
+                    "terminated, stopped, opted-in, forged-tag, isolated and other-VPC instances")
 
     def notifications(self) -> Note:
         self.topic = self.sns.create_topic(Name=f"sshwarden-test-{RUN}")["TopicArn"]
@@ -248,9 +293,10 @@ class World:
         self.sns.subscribe(TopicArn=self.topic, Protocol="sqs", Endpoint=queue_arn)
         return Note(f"topic {self.topic} -> queue {queue_arn}")
 
-    def definition(self, name: str, topic: str | None = None) -> str:
+    def definition(self, name: str, topic: str | None = None, opt_in: bool = False) -> str:
         text = (self.definitions / f"{name}.asl.json").read_text()
-        values = {"QuarantineGroupId": self.quarantine, "TopicArn": topic or self.topic}
+        values = {"QuarantineGroupId": self.quarantine, "TopicArn": topic or self.topic, "VpcId": self.vpc,
+                  "UntrackedGroupId": self.untracked, "RequireOptInTag": "true" if opt_in else "false"}
         for key in PLACEHOLDERS:
             text = text.replace("${" + key + "}", values[key])
         check("${" not in text, f"{name}: a placeholder is left after substitution")
@@ -283,7 +329,15 @@ class World:
         )["stateMachineArn"]
         self.cleanup.append(lambda: self.sfn.delete_state_machine(stateMachineArn=arn))
         self.machine["quarantine-late"] = arn
-        return Note("quarantine and release created (Standard), plus quarantine with a missing and with a late topic")
+        # And with opt-in required (RequireOptInTag=true).
+        arn = self.sfn.create_state_machine(
+            name=f"sshwarden-quarantine-optin-{RUN}", definition=self.definition("quarantine", opt_in=True),
+            roleArn=ROLE_ARN, type="STANDARD",
+        )["stateMachineArn"]
+        self.cleanup.append(lambda: self.sfn.delete_state_machine(stateMachineArn=arn))
+        self.machine["quarantine-optin"] = arn
+        return Note("quarantine and release created (Standard), plus quarantine with a missing and with a late topic, "
+                    "and with opt-in required")
 
     # ------------------------------------------------------------ helpers
 
@@ -497,7 +551,27 @@ def run_cases(w: World) -> None:
         check(ips == [s["source"] for s in first["top_sources"]], f"top sources {ips}")
         check({i["interface_id"] for i in msg["interfaces"]} == set(w.original[target]), f"interfaces {msg['interfaces']}")
         check(target in env["Subject"], f"subject {env['Subject']!r}")
-        exact = "every interface has exactly the quarantine group" if not notes else "; ".join(notes)
+        passed = msg.get("checks", {}).get("passed", [])
+        check(passed[:4] == ["exists", "state running", "2 network interface(s)", f"in the protected VPC {w.vpc}"]
+              or passed[:2] == ["exists", "state pending"], f"checks {msg.get('checks')}")
+        check(msg.get("untracked_group") == w.untracked and "allow-all group" in msg["summary"], f"{msg}")
+        # The order of the EC2 calls, from the execution's history: per
+        # interface the allow-all group, the minimum tracking timeouts, then
+        # the quarantine group (#16 finding 3).
+        calls: dict[str, list[str]] = {}
+        for e in w.sfn.get_execution_history(executionArn=d["executionArn"], maxResults=1000)["events"]:
+            det = e.get("taskScheduledEventDetails")
+            if not det or not det.get("resource", "").endswith("modifyNetworkInterfaceAttribute"):
+                continue
+            p = json.loads(det["parameters"])
+            step = "tracking" if "ConnectionTrackingSpecification" in p else ",".join(p.get("Groups", []))
+            calls.setdefault(p["NetworkInterfaceId"], []).append(step)
+        for eni in w.original[target]:
+            check(calls.get(eni) == [w.untracked, "tracking", q], f"{eni}: calls {calls.get(eni)}")
+        tracking = msg.get("connection_tracking", [])
+        check(any(t.get("connection_tracking", {}).get("tcp_established_timeout") == 60 for t in tracking), f"{tracking}")
+        notes.append("per interface: allow-all group, minimum tracking timeouts, quarantine group (execution history)")
+        exact = "every interface has exactly the quarantine group" if len(notes) == 1 else "; ".join(notes)
         return Note(f"SUCCEEDED in {d['seconds']:.2f} s; {len(after)} interfaces; {exact}; tags "
                     f"(quarantined={stamp}) and notification ok")
 
@@ -733,6 +807,74 @@ def run_cases(w: World) -> None:
         return Note(f"quarantine {d['seconds']:.2f} s + release {d2['seconds']:.2f} s, both SUCCEEDED")
 
     case("quarantine: two-interface instance", quarantine_target)
+    def refused(role: str, label: str, machine: str, want: str) -> Callable[[], Note]:
+        def run() -> Note:
+            iid = w.instances[role]
+            before = w.interface_groups(iid) if role != "gone" else {}
+            d = w.run(machine, command(iid), label)
+            w.expect_status(d, "SUCCEEDED")
+            msg = w.expect_message(d, "refused")["parsed"]
+            reason = msg.get("checks", {}).get("refused") or ""
+            check(want in reason, f"refused {reason!r}, want {want!r}")
+            check("isolated" not in msg.get("summary", ""), f"summary {msg.get('summary')}")
+            check(not w.sw_tags(iid), f"sshwarden tags written: {w.sw_tags(iid)}")
+            if before:
+                check(w.interface_groups(iid) == before, "groups changed")
+            ec2_writes = [e for e in w.sfn.get_execution_history(executionArn=d["executionArn"], maxResults=1000)["events"]
+                          if e.get("taskScheduledEventDetails", {}).get("resource", "").split(":")[-1]
+                          in ("createTags", "modifyNetworkInterfaceAttribute")]
+            check(not ec2_writes, f"EC2 writes: {ec2_writes}")
+            return Note(f"SUCCEEDED in {d['seconds']:.2f} s; 'refused' ({reason}); checks passed "
+                        f"{msg['checks'].get('passed')}; no EC2 write")
+
+        return run
+
+    def opt_in_quarantines_the_tagged() -> Note:
+        iid = w.instances["optin"]
+        d = w.run("quarantine-optin", command(iid), "optin")
+        w.expect_status(d, "SUCCEEDED")
+        msg = w.expect_message(d, "quarantined")["parsed"]
+        check(all(g == [q] for g in w.interface_groups(iid).values()), f"{w.interface_groups(iid)}")
+        check("opt-in required: true; sshwarden:protected tag: true" in msg["checks"]["passed"], f"{msg['checks']}")
+        return Note(f"SUCCEEDED in {d['seconds']:.2f} s; quarantined; checks {msg['checks']['passed'][-1]!r}")
+
+    def stopped_is_quarantined() -> Note:
+        iid = w.instances["stopped"]
+        d = w.run("quarantine", command(iid), "stopped")
+        w.expect_status(d, "SUCCEEDED")
+        msg = w.expect_message(d, "quarantined")["parsed"]
+        check("state stopped" in msg["checks"]["passed"], f"{msg['checks']}")
+        check(all(g == [q] for g in w.interface_groups(iid).values()), f"{w.interface_groups(iid)}")
+        return Note(f"SUCCEEDED in {d['seconds']:.2f} s; a stopped instance is isolated before it can be started")
+
+    def forged_quarantined_tag_does_not_skip() -> Note:
+        iid = w.instances["forged"]
+        d = w.run("quarantine", command(iid), "forged")
+        w.expect_status(d, "SUCCEEDED")
+        w.expect_message(d, "quarantined")
+        check(all(g == [q] for g in w.interface_groups(iid).values()), f"{w.interface_groups(iid)}")
+        return Note(f"SUCCEEDED in {d['seconds']:.2f} s; a stale or forged sshwarden:quarantined tag does not make "
+                    "'already quarantined': the interfaces' groups do")
+
+    def already_isolated_by_another_command() -> Note:
+        iid = w.instances["isolated"]
+        before = w.interface_groups(iid)
+        d = w.run("quarantine", command(iid), "isolated")
+        w.expect_status(d, "SUCCEEDED")
+        w.expect_message(d, "already-quarantined")
+        check(w.interface_groups(iid) == before and not w.sw_tags(iid), "changed")
+        return Note(f"SUCCEEDED in {d['seconds']:.2f} s; every interface in the quarantine group, no tag: "
+                    "'already-quarantined', nothing changed")
+
+    case("quarantine: terminated instance is refused, never quarantined", refused("gone", "gone", "quarantine", "terminated"))
+    case("quarantine: instance outside the protected VPC is refused", refused("foreign", "foreign", "quarantine", "is not the protected VPC"))
+    case("quarantine (opt-in required): instance without sshwarden:protected is refused",
+         refused("held", "noptin", "quarantine-optin", "sshwarden:protected"))
+    case("quarantine (opt-in required): instance with sshwarden:protected is quarantined", opt_in_quarantines_the_tagged)
+    case("quarantine: stopped instance is quarantined", stopped_is_quarantined)
+    case("quarantine: a forged sshwarden:quarantined tag does not skip the quarantine", forged_quarantined_tag_does_not_skip)
+    case("quarantine: interfaces already in the quarantine group → already-quarantined", already_isolated_by_another_command)
+
     case("quarantine: exempt-tagged instance is skipped", exempt_skipped)
     case("quarantine: second command for the same instance is skipped", second_quarantine_skipped)
     case("quarantine: malformed instance id ends FAILED", malformed_id_fails)
@@ -751,6 +893,63 @@ def run_cases(w: World) -> None:
     case("release: instance launched with SecurityGroupIds", release("legacy", "rel2"))
     case("release: the resumed instance", release("resume", "relres"))
     case("release: instance that is not quarantined", release_not_quarantined)
+    def release_checks() -> Note:
+        iid, bystander = w.instances["relcheck"], w.instances["held"]
+        d = w.run("quarantine", command(iid), "relcheck")
+        w.expect_status(d, "SUCCEEDED")
+        w.expect_message(d, "quarantined")
+        first, second = list(w.original[iid])
+        (by_eni,) = w.original[bystander]
+        # After the quarantine: the doomed group is deleted, someone adds a
+        # group of another VPC to the first interface's saved tag, moves the
+        # second interface out of quarantine by hand, and forges a saved tag
+        # naming the bystander's interface.
+        w.ec2.delete_security_group(GroupId=w.doomed)
+        w.ec2.create_tags(Resources=[iid], Tags=[
+            {"Key": f"{SW}saved-groups:{first}", "Value": json.dumps([w.web, w.doomed, w.foreign_group], separators=(",", ":"))},
+            {"Key": f"{SW}saved-groups:{by_eni}", "Value": json.dumps([w.db], separators=(",", ":"))},
+        ])
+        w.ec2.modify_network_interface_attribute(NetworkInterfaceId=second, Groups=[w.web])
+        d = w.run("release", {"instance_id": iid, "requested_by": "test"}, "relcheck")
+        w.expect_status(d, "SUCCEEDED")
+        msg = w.expect_message(d, "released")["parsed"]
+        by_id = {i["interface_id"]: i for i in msg["interfaces"]}
+        check(set(by_id) == {first, second}, f"interfaces {msg['interfaces']}")
+        check(by_id[first].get("groups") == [w.web] and "skipped" not in by_id[first], f"{by_id[first]}")
+        check("not in the quarantine group" in by_id[second].get("skipped", ""), f"{by_id[second]}")
+        after = w.interface_groups(iid)
+        check(after[first] == [w.web], f"{first}: {after[first]}")
+        check(after[second] == [w.web], f"{second}: {after[second]}")
+        check(w.interface_groups(bystander) == w.original[bystander], "the bystander's interface changed")
+        tags = w.sw_tags(iid)
+        check(f"{SW}saved-groups:{first}" not in tags, f"{tags}")
+        check(f"{SW}saved-groups:{second}" in tags and f"{SW}saved-groups:{by_eni}" in tags, f"{tags}")
+        return Note(f"SUCCEEDED in {d['seconds']:.2f} s; {first} back in [web] (deleted and other-VPC groups left out); "
+                    f"{second} (moved out by hand) skipped; the forged tag naming another instance's interface ignored")
+
+    case("release: restores only attached interfaces in quarantine, with groups that exist in the VPC", release_checks)
+
+    def many_groups_round_trip() -> Note:
+        iid = w.instances["many"]
+        ((eni, orig),) = w.original[iid].items()
+        check(len(orig) == 13, f"launched with {len(orig)} groups")
+        d = w.run("quarantine", command(iid), "many")
+        w.expect_status(d, "SUCCEEDED")
+        w.expect_message(d, "quarantined")
+        tags = w.sw_tags(iid)
+        first, second = tags.get(f"{SW}saved-groups:{eni}", ""), tags.get(f"{SW}saved-groups:{eni}:2", "")
+        check(len(first) <= 256 and len(second) <= 256, f"tag values of {len(first)} and {len(second)} characters")
+        check(sorted(json.loads(first) + json.loads(second)) == sorted(orig), f"saved {first} + {second}, launched with {orig}")
+        check(w.interface_groups(iid)[eni] == [q], f"{w.interface_groups(iid)}")
+        d = w.run("release", {"instance_id": iid}, "relmany")
+        w.expect_status(d, "SUCCEEDED")
+        w.expect_message(d, "released")
+        check(sorted(w.interface_groups(iid)[eni]) == sorted(orig), f"restored {w.interface_groups(iid)[eni]}")
+        check(not w.sw_tags(iid), f"tags left: {w.sw_tags(iid)}")
+        return Note(f"13 groups saved in two tags ({len(first)} + {len(second)} characters), all 13 restored, tags removed")
+
+    case("quarantine + release of an interface with 13 groups (two saved-groups tags)", many_groups_round_trip)
+
     case("release: malformed instance id ends FAILED", release_bad_id)
     case("quarantine + release again on the same instance", release_again_after_quarantine)
 

@@ -72,6 +72,9 @@ async fn release_direct(args: &ReleaseArgs) -> anyhow::Result<()> {
     for (interface, groups) in &r.interfaces {
         println!("{interface} {}", groups.join(","));
     }
+    for (interface, why) in &r.skipped {
+        eprintln!("sshwarden: warning: {interface}: {why}");
+    }
     eprintln!("sshwarden: {} {}", args.instance_id, r.event);
     Ok(())
 }

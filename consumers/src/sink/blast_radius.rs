@@ -1,10 +1,16 @@
-//! The fleet-wide blast-radius limit: at most K quarantines per period across
-//! every worker, counted in DynamoDB. Each shard's engine applies the same
-//! limit to what it sees (pipeline `policy`); this module is the second gate,
-//! between the engine and the sink, so that M workers with S shards cannot
-//! quarantine M×S×K instances in a bad hour.
+//! The fleet-wide blast-radius limit: at most K commands per period and
+//! budget across every worker, counted in DynamoDB. Each shard's engine
+//! applies the same limit to what it sees (pipeline `policy`); this module is
+//! the second gate, between the engine and the sink, so that M workers with
+//! S shards cannot quarantine M×S×K instances in a bad hour.
 //!
-//! One item per period, `periodKey = "blast#<period start ms>"`, holding the
+//! A budget is an action and a rule class ([`budget`]): `quarantine` and
+//! `block` never share slots, and each rule has its own (the class is the
+//! rule's name), so commands of one rule made up on purpose (threat model
+//! T2) cannot hold back another rule's quarantines. The sink claims only a
+//! command that passed validation (see [`crate::sink`]).
+//!
+//! One item per budget and period, `periodKey = "blast#<budget>#<period start ms>"`, holding the
 //! ids of the commands that got a slot (`ids`, a string set) and their number
 //! (`claimed`). A claim is one conditional UpdateItem: add the id and count it
 //! if the item is new, or if fewer than K are claimed and the id is not in the
@@ -42,6 +48,13 @@ pub struct FleetBlastRadius {
     period_ms: i64,
 }
 
+/// The budget a command of `action` fired by `rule` counts against:
+/// `<action>#<class>`, the class being the rule's name (each rule its own
+/// budget; a rule name is operator configuration, not instance input).
+pub fn budget(action: sshwarden_pipeline::command::Action, rule: &str) -> String {
+    format!("{}#{rule}", action.as_str())
+}
+
 /// A set of K ids of at most 80 characters stays far below DynamoDB's
 /// 400 KB item limit up to this K.
 pub const MAX_LIMIT: u32 = 2_000;
@@ -68,8 +81,15 @@ impl FleetBlastRadius {
         &self.table
     }
 
-    pub fn period_key(&self, at_ms: i64) -> String {
-        format!("blast#{}", at_ms - at_ms.rem_euclid(self.period_ms))
+    pub fn max(&self) -> u32 {
+        self.max
+    }
+
+    pub fn period_key(&self, budget: &str, at_ms: i64) -> String {
+        format!(
+            "blast#{budget}#{}",
+            at_ms - at_ms.rem_euclid(self.period_ms)
+        )
     }
 
     /// Creates the table (on-demand billing, TTL on `expiresAt`) when it is
@@ -101,10 +121,10 @@ impl FleetBlastRadius {
         Ok(())
     }
 
-    /// Takes a slot for `command_id` in the period holding `at_ms`, or says
-    /// it already has one, or that the period is full.
-    pub async fn claim(&self, command_id: &str, at_ms: i64) -> anyhow::Result<Claim> {
-        let key = self.period_key(at_ms);
+    /// Takes a slot of `budget` for `command_id` in the period holding
+    /// `at_ms`, or says it already has one, or that the period is full.
+    pub async fn claim(&self, budget: &str, command_id: &str, at_ms: i64) -> anyhow::Result<Claim> {
+        let key = self.period_key(budget, at_ms);
         let period_end_s = (at_ms - at_ms.rem_euclid(self.period_ms) + self.period_ms) / 1000;
         let expires = period_end_s + 2 * self.period_ms / 1000;
         let updated = self
@@ -162,12 +182,15 @@ impl FleetBlastRadius {
 
     /// The ids holding a slot in the period of `at_ms` (for tests and tools).
     #[cfg(test)]
-    pub async fn claimed(&self, at_ms: i64) -> anyhow::Result<(u64, Vec<String>)> {
+    pub async fn claimed(&self, budget: &str, at_ms: i64) -> anyhow::Result<(u64, Vec<String>)> {
         let item = self
             .client
             .get_item()
             .table_name(&self.table)
-            .key("periodKey", AttributeValue::S(self.period_key(at_ms)))
+            .key(
+                "periodKey",
+                AttributeValue::S(self.period_key(budget, at_ms)),
+            )
             .consistent_read(true)
             .send()
             .await
@@ -213,6 +236,8 @@ mod tests {
 
     use super::*;
 
+    const Q: &str = "quarantine#invalid-user";
+
     async fn client(url: &str) -> Client {
         Client::new(&sshwarden_testsupport::sdk(url).await)
     }
@@ -252,7 +277,10 @@ mod tests {
                         format!("sw1-i-w{w}-{n}"),
                         format!("sw1-i-w{}-{n}", (w + 1) % WORKERS),
                     ] {
-                        let c = gate.claim(&id, t0 + 1_000 * n as i64).await.expect("claim");
+                        let c = gate
+                            .claim(Q, &id, t0 + 1_000 * n as i64)
+                            .await
+                            .expect("claim");
                         got.push((id, c));
                     }
                 }
@@ -282,7 +310,7 @@ mod tests {
                 assert_eq!(seen, &HashSet::from([Claim::OverLimit]), "{id}");
             }
         }
-        let (claimed, ids) = first.claimed(t0).await.expect("read");
+        let (claimed, ids) = first.claimed(Q, t0).await.expect("read");
         assert_eq!(claimed, u64::from(LIMIT));
         let mut want: Vec<String> = granted.iter().cloned().collect();
         want.sort();
@@ -291,7 +319,7 @@ mod tests {
         // Replays: the granted ones still have their slot, the held ones
         // are still held, and nothing more is counted.
         for id in answers.keys() {
-            let c = first.claim(id, t0 + 59_000).await.expect("replay");
+            let c = first.claim(Q, id, t0 + 59_000).await.expect("replay");
             let want = if granted.contains(id) {
                 Claim::AlreadyGranted
             } else {
@@ -299,17 +327,39 @@ mod tests {
             };
             assert_eq!(c, want, "replay of {id}");
         }
-        assert_eq!(first.claimed(t0).await.expect("read").0, u64::from(LIMIT));
+        assert_eq!(
+            first.claimed(Q, t0).await.expect("read").0,
+            u64::from(LIMIT)
+        );
 
         // The next period starts empty.
         assert_eq!(
             first
-                .claim("sw1-i-next", t0 + period_ms)
+                .claim(Q, "sw1-i-next", t0 + period_ms)
                 .await
                 .expect("claim"),
             Claim::Granted
         );
-        assert_eq!(first.claimed(t0 + period_ms).await.expect("read").0, 1);
+        assert_eq!(first.claimed(Q, t0 + period_ms).await.expect("read").0, 1);
+
+        // Other budgets of the full period are untouched: another rule's
+        // quarantines, and blocks of the same rule (#16 finding 2).
+        use sshwarden_pipeline::command::Action;
+        for other in [
+            budget(Action::Quarantine, "other-rule"),
+            budget(Action::Block, "invalid-user"),
+        ] {
+            assert_ne!(other, Q);
+            assert_eq!(
+                first.claim(&other, "sw1-i-spent", t0).await.expect("claim"),
+                Claim::Granted,
+                "{other} shares the full budget {Q}"
+            );
+        }
+        assert_eq!(
+            first.claimed(Q, t0).await.expect("read").0,
+            u64::from(LIMIT)
+        );
         let _ = first.client.delete_table().table_name(&table).send().await;
     }
 
@@ -320,9 +370,18 @@ mod tests {
             .build();
         let b = FleetBlastRadius::new(Client::from_conf(conf), "t".into(), 3, 3_600_000)
             .expect("valid");
-        assert_eq!(b.period_key(7_200_000), "blast#7200000");
-        assert_eq!(b.period_key(10_799_999), "blast#7200000");
-        assert_eq!(b.period_key(-1), "blast#-3600000");
+        assert_eq!(
+            b.period_key(Q, 7_200_000),
+            "blast#quarantine#invalid-user#7200000"
+        );
+        assert_eq!(
+            b.period_key(Q, 10_799_999),
+            "blast#quarantine#invalid-user#7200000"
+        );
+        assert_eq!(
+            b.period_key(Q, -1),
+            "blast#quarantine#invalid-user#-3600000"
+        );
         let no_client = || {
             Client::from_conf(
                 aws_sdk_dynamodb::Config::builder()

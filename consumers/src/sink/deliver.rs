@@ -1,10 +1,11 @@
 //! The step every source shares after the engine: deliver each command
-//! until the sink takes it, holding the reader's checkpoint meanwhile.
+//! until the sink takes it, holding the reader's checkpoint meanwhile. Run
+//! by each reader's [`super::outbox`], so the reader keeps reading.
 
 use sshwarden_pipeline::command::Command;
 use tracing::warn;
 
-use crate::metrics::{ActionLabel, Metrics};
+use crate::metrics::{ActionLabel, GaveUpLabel, HeldLabel, Metrics};
 use crate::sink::{Delivered, Sink};
 
 /// Delivers `command` with exponential backoff and jitter until the sink
@@ -20,19 +21,11 @@ pub async fn deliver_until(
 ) -> bool {
     let mut backoff = crate::retry::backoff();
     let mut interrupted = std::pin::pin!(interrupted);
-    metrics.commands_pending.inc();
     let delivered = loop {
         match sink.deliver(command).await {
             Ok(d) => {
-                let action = serde_json::to_value(command.action)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default();
-                metrics
-                    .commands
-                    .get_or_create(&ActionLabel { action })
-                    .inc();
-                tracing::info!(id = %command.id, rule = %command.rule, already_handled = (d == Delivered::AlreadyHandled), "command delivered");
+                count(metrics, command, &d);
+                tracing::info!(id = %command.id, rule = %command.rule, outcome = d.as_str(), already_handled = (d == Delivered::AlreadyHandled), "command delivered");
                 break true;
             }
             Err(e) => {
@@ -45,6 +38,40 @@ pub async fn deliver_until(
             _ = &mut interrupted => break false,
         }
     };
-    metrics.commands_pending.dec();
     delivered
+}
+
+/// Held commands are counted apart from delivered ones (a held quarantine
+/// goes out as a notification, but is not one); a command given up on is
+/// counted by its cause.
+fn count(metrics: &Metrics, command: &Command, d: &Delivered) {
+    let held = |action: &str, gate: &str| {
+        metrics
+            .commands_held
+            .get_or_create(&HeldLabel {
+                action: action.into(),
+                gate: gate.into(),
+            })
+            .inc();
+    };
+    match d {
+        Delivered::Held => held(command.action.as_str(), "fleet"),
+        _ if command.held => held(command.action.as_str(), "policy"),
+        Delivered::Failed(cause) => {
+            metrics
+                .commands_given_up
+                .get_or_create(&GaveUpLabel {
+                    cause: cause.clone(),
+                })
+                .inc();
+        }
+        Delivered::New | Delivered::AlreadyHandled => {
+            metrics
+                .commands
+                .get_or_create(&ActionLabel {
+                    action: command.action.as_str().into(),
+                })
+                .inc();
+        }
+    }
 }

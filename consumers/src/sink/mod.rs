@@ -1,15 +1,19 @@
 //! Sinks: where remediation commands go. A sink either delivers a command or
-//! says why not; the caller retries with backoff and holds the shard's
-//! checkpoint until delivery, so a command is never dropped.
+//! says why not; each reader's [`outbox`] retries with backoff while the
+//! reader reads on, and holds the shard's checkpoint before every command not
+//! yet delivered, so a command is never dropped. An error no retry can fix
+//! is given up on ([`Delivered::Failed`]), counted and logged with its cause.
 //!
 //! [`Sink`] is the target plus the fleet-wide blast-radius gate
-//! ([`blast_radius`]): a quarantine that finds its period full is
-//! delivered as a held notification instead.
+//! ([`blast_radius`]): a quarantine or block that finds its budget full is
+//! delivered as a held notification instead; only validated commands claim.
 
 pub mod blast_radius;
 pub mod deliver;
 #[cfg(feature = "direct")]
 pub mod direct;
+pub mod executions;
+pub mod outbox;
 pub mod probe;
 pub mod sfn;
 pub mod stdout;
@@ -22,16 +26,31 @@ use blast_radius::{Claim, FleetBlastRadius};
 use sfn::SfnSink;
 use stdout::StdoutSink;
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivered {
     New,
     /// Delivered before (same execution name): a replay.
     AlreadyHandled,
-    /// Handled, but it failed in a way retrying cannot fix (the direct sink:
-    /// unknown instance, tag limit, access denied); a `failed` notification
-    /// went out, as the state machine's failure branch sends one.
-    #[cfg_attr(not(feature = "direct"), allow(dead_code))]
-    Failed,
+    /// The fleet-wide budget of its action and rule class was spent: it went
+    /// out as a held notification, nothing was changed.
+    Held,
+    /// Handled without acting, for good: a target check refused it (unknown,
+    /// terminated, interface-less, outside the protected VPC, not opted in)
+    /// or it failed in a way retrying cannot fix (tag limit, access denied).
+    /// A notification saying so went out, as the state machine's refusal
+    /// and failure branches send one. The cause names which.
+    Failed(String),
+}
+
+impl Delivered {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Delivered::New => "new",
+            Delivered::AlreadyHandled => "already-handled",
+            Delivered::Held => "held",
+            Delivered::Failed(_) => "given-up",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +70,7 @@ impl Target {
             Target::Stdout(s) => s.deliver(command),
             Target::Sfn(s) => s.deliver(command).await,
             #[cfg(feature = "direct")]
-            Target::Direct(s) => s.deliver(command).await,
+            Target::Direct(s) => s.deliver(command, None).await,
         }
     }
 }
@@ -69,37 +88,85 @@ impl Sink {
         }
     }
 
-    /// Claims a fleet-wide slot for a quarantine (a replay finds the slot it
-    /// took before), then delivers; past the limit the quarantine goes out as
-    /// a held notification. A claim that cannot be made is a delivery error:
-    /// the caller retries and holds the checkpoint.
+    /// Delivers `command`, claiming a fleet-wide slot of its budget
+    /// ([`blast_radius::budget`]: action and rule class) first when it is a
+    /// quarantine or a block the policy did not hold; a replay finds the slot
+    /// it took before. Past the limit it goes out as a held notification
+    /// ([`Delivered::Held`]). A claim that cannot be made is a delivery
+    /// error: the caller retries and holds the checkpoint.
+    ///
+    /// The claim comes after validation, so made-up commands spend nothing
+    /// (threat model T2): the direct sink claims after its target checks
+    /// (the instance exists, can be isolated, is in the protected VPC and
+    /// opted in); for the Step Functions sink the worker claims after the
+    /// command's own checks ([`claimable`]) and the state machine re-checks
+    /// the target (infra/statemachines/quarantine.asl.json, `CheckTarget`).
     pub async fn deliver(&self, command: &Command) -> Result<Delivered, DeliveryError> {
-        let Some(limit) = &self.fleet_limit else {
+        let gate = self.fleet_limit.as_ref().filter(|_| gated(command));
+        #[cfg(feature = "direct")]
+        if let Target::Direct(d) = &self.target {
+            return d.deliver(command, gate).await;
+        }
+        let Some(limit) = gate.filter(|_| claimable(command)) else {
             return self.target.deliver(command).await;
         };
-        if command.action != Action::Quarantine || command.held {
-            return self.target.deliver(command).await;
-        }
-        let claim = limit
-            .claim(&command.id, command.window_start_ms)
-            .await
-            .map_err(|e| DeliveryError(format!("fleet-wide blast radius: {e:#}")))?;
-        match claim {
+        match claim(limit, command).await? {
             Claim::Granted | Claim::AlreadyGranted => self.target.deliver(command).await,
             Claim::OverLimit => {
-                warn!(id = %command.id, table = %limit.table(), "fleet-wide blast-radius limit reached; quarantine held");
-                self.target.deliver(&held(command)).await
+                self.target.deliver(&held(command)).await?;
+                Ok(Delivered::Held)
             }
         }
     }
 }
 
-/// The quarantine as the policy holds it: a notification a person acts on.
+/// Commands the fleet-wide limit counts: quarantines and blocks the
+/// policy did not already hold.
+fn gated(command: &Command) -> bool {
+    !command.held && matches!(command.action, Action::Quarantine | Action::Block)
+}
+
+/// A command whose own fields are valid for its action: a quarantine names a
+/// well-formed instance id, a block a source. Anything else takes no slot
+/// (the state machine refuses it as an invalid command).
+pub fn claimable(command: &Command) -> bool {
+    match command.action {
+        Action::Quarantine => command
+            .instance_id
+            .as_deref()
+            .is_some_and(sshwarden_pipeline::policy::is_ec2_instance_id),
+        Action::Block => command.source.as_deref().is_some_and(|s| !s.is_empty()),
+        Action::Notify => false,
+    }
+}
+
+/// Claims the command's slot; logs when its budget is spent.
+pub(crate) async fn claim(
+    limit: &FleetBlastRadius,
+    command: &Command,
+) -> Result<Claim, DeliveryError> {
+    let budget = blast_radius::budget(command.action, &command.rule);
+    let c = limit
+        .claim(&budget, &command.id, command.window_start_ms)
+        .await
+        .map_err(|e| DeliveryError(format!("fleet-wide blast radius: {e:#}")))?;
+    if c == Claim::OverLimit {
+        warn!(id = %command.id, budget = %budget, table = %limit.table(), "fleet-wide blast-radius limit reached; {} held", command.action.as_str());
+    }
+    Ok(c)
+}
+
+/// The command as the policy holds it: a notification a person acts on.
 pub fn held(command: &Command) -> Command {
     let mut c = command.clone();
     c.action = Action::Notify;
     c.held = true;
-    c.reason = Some("fleet-wide blast-radius limit reached; quarantine held for approval".into());
+    c.reason = Some(format!(
+        "fleet-wide blast-radius limit reached ({} budget of rule {}); {} held for approval",
+        command.action.as_str(),
+        command.rule,
+        command.action.as_str()
+    ));
     c
 }
 
@@ -123,11 +190,14 @@ pub async fn build(
                 .context("--sink sfn needs --state-machine-arn (SSHWARDEN_STATE_MACHINE_ARN) with the quarantine state machine's ARN")?;
             Target::Sfn(SfnSink::new(aws_sdk_sfn::Client::new(sdk), arn))
         }
-        SinkKind::Direct => direct_target(
-            sdk,
-            settings.quarantine_group_id.clone(),
-            settings.topic_arn.clone(),
-        )?,
+        SinkKind::Direct => {
+            direct_target(
+                sdk,
+                settings.quarantine_group_id.clone(),
+                settings.topic_arn.clone(),
+            )
+            .await?
+        }
     };
     let fleet_limit = match (settings.blast_radius_scope, limit, settings.kind) {
         (BlastRadiusScope::Fleet, Some(b), SinkKind::Sfn | SinkKind::Direct) => {
@@ -147,7 +217,7 @@ pub async fn build(
 }
 
 #[cfg(feature = "direct")]
-fn direct_target(
+async fn direct_target(
     sdk: &aws_config::SdkConfig,
     group: Option<String>,
     topic: Option<String>,
@@ -159,11 +229,13 @@ fn direct_target(
     let topic = topic.context(
         "--sink direct needs --topic-arn (SSHWARDEN_TOPIC_ARN) with the SNS topic for notifications",
     )?;
-    Ok(Target::Direct(direct::DirectSink::new(sdk, group, topic)?))
+    Ok(Target::Direct(
+        direct::DirectSink::connect(sdk, group, topic).await?,
+    ))
 }
 
 #[cfg(not(feature = "direct"))]
-fn direct_target(
+async fn direct_target(
     _sdk: &aws_config::SdkConfig,
     _group: Option<String>,
     _topic: Option<String>,
@@ -171,4 +243,73 @@ fn direct_target(
     anyhow::bail!(
         "this sshwarden was built without the direct sink: rebuild with `cargo build --release --features direct` (or use --sink sfn)"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    //! The gate in front of a target that does not check targets itself
+    //! (the Step Functions sink; here stdout stands in for it), against
+    //! dynalite's DynamoDB (`scripts/emulators up dynalite`).
+    use super::*;
+    use crate::sink::outbox::tests::command;
+
+    #[tokio::test]
+    async fn only_valid_commands_claim_and_each_action_and_rule_has_its_budget() {
+        let sdk = sshwarden_testsupport::sdk(&sshwarden_testsupport::dynalite_endpoint()).await;
+        let table = format!("sshwarden-gate-test-{}", sshwarden_testsupport::suffix());
+        let gate = FleetBlastRadius::new(
+            aws_sdk_dynamodb::Client::new(&sdk),
+            table.clone(),
+            1,
+            3_600_000,
+        )
+        .expect("gate");
+        gate.ensure().await.expect("table");
+        let sink = Sink::new(Target::Stdout(StdoutSink), Some(gate));
+        let budget = blast_radius::budget(Action::Quarantine, "invalid-user");
+        let limit = sink.fleet_limit.as_ref().expect("gate");
+
+        // A malformed instance id takes no slot (the machine refuses it).
+        let mut bad = command("sw1-i-bad");
+        bad.instance_id = Some("i-NOT-HEX".into());
+        assert!(!claimable(&bad));
+        assert_eq!(sink.deliver(&bad).await.expect("deliver"), Delivered::New);
+        assert_eq!(limit.claimed(&budget, 0).await.expect("read").0, 0);
+
+        let first = command("sw1-i-first");
+        assert_eq!(sink.deliver(&first).await.expect("deliver"), Delivered::New);
+        assert_eq!(sink.deliver(&first).await.expect("replay"), Delivered::New);
+        let second = command("sw1-i-second");
+        assert_eq!(
+            sink.deliver(&second).await.expect("deliver"),
+            Delivered::Held
+        );
+        let mut other_rule = command("sw1-i-other");
+        other_rule.rule = "root-login".into();
+        assert_eq!(
+            sink.deliver(&other_rule).await.expect("deliver"),
+            Delivered::New
+        );
+        let mut block = command("sw1-s-block");
+        block.action = Action::Block;
+        block.source = Some("203.0.113.9/32".into());
+        assert_eq!(sink.deliver(&block).await.expect("deliver"), Delivered::New);
+        // Notifications and held commands are never gated.
+        let mut held_one = command("sw1-i-held");
+        held_one.held = true;
+        held_one.action = Action::Notify;
+        assert_eq!(
+            sink.deliver(&held_one).await.expect("deliver"),
+            Delivered::New
+        );
+        assert_eq!(
+            limit.claimed(&budget, 0).await.expect("read"),
+            (1, vec!["sw1-i-first".to_owned()])
+        );
+        let _ = aws_sdk_dynamodb::Client::new(&sdk)
+            .delete_table()
+            .table_name(&table)
+            .send()
+            .await;
+    }
 }

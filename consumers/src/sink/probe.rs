@@ -1,6 +1,7 @@
 //! Whether the sink is reachable, for `/readyz` and `sshwarden_sink_up`:
 //! a cheap read call on what the sink writes to, now and every
-//! [`SINK_PROBE_EVERY`] until shutdown.
+//! [`SINK_PROBE_EVERY`] until shutdown. With the Step Functions sink it
+//! also starts the watch of failed executions ([`crate::sink::executions`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,6 +64,21 @@ pub fn watch_sink(
     metrics: Arc<Metrics>,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
+    // With Step Functions, also what became of the executions started.
+    if let SinkProbe::Sfn {
+        client,
+        state_machine_arn,
+    } = &probe
+    {
+        crate::sink::executions::watch(
+            crate::sink::executions::ExecutionWatch::new(
+                client.clone(),
+                state_machine_arn.clone(),
+                metrics.clone(),
+            ),
+            shutdown.clone(),
+        );
+    }
     tokio::spawn(async move {
         let mut was_up = None;
         loop {

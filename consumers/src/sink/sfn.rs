@@ -48,17 +48,50 @@ impl SfnSink {
             {
                 Ok(Delivered::AlreadyHandled)
             }
-            // Throttling and 5xx are retried by the SDK first, then by the
-            // caller with backoff; anything else (a wrong ARN, missing
-            // permissions) is retried too and shows in logs and metrics: a
-            // command is held, never dropped.
-            Err(e) => Err(DeliveryError(format!(
-                "StartExecution {}: {}",
-                command.execution_name(),
-                crate::aws::aws_error(e)
-            ))),
+            // An error no retry can fix (missing permissions, a wrong ARN,
+            // input Step Functions rejects) is given up on, counted by its
+            // code and logged with its message (threat model T7): retrying it
+            // forever would hold the checkpoint and fill the outbox for
+            // nothing. Throttling, 5xx and transport errors are retried by the
+            // SDK first, then by the outbox with backoff.
+            Err(e) => {
+                let code = aws_sdk_sfn::error::ProvideErrorMetadata::code(&e).map(str::to_owned);
+                let message = crate::aws::aws_error(e);
+                match code.filter(|c| is_permanent(c)) {
+                    Some(code) => {
+                        tracing::error!(id = %command.id, rule = %command.rule, code = %code, error = %message,
+                            "command given up: StartExecution failed in a way no retry can fix");
+                        Ok(Delivered::Failed(code))
+                    }
+                    None => Err(DeliveryError(format!(
+                        "StartExecution {}: {message}",
+                        command.execution_name()
+                    ))),
+                }
+            }
         }
     }
+}
+
+/// StartExecution error codes that retrying cannot fix: permissions
+/// refused, a malformed ARN, input or a name Step Functions rejects.
+/// Anything else (throttling, 5xx, transport, codes not listed) is retried,
+/// including a state machine that does not exist (yet): during a deploy or
+/// a recovery the machine appears a moment after the endpoint answers, and
+/// giving up then would drop quarantines (seen in `scripts/e2e`'s outage
+/// case); the readiness probe reports it meanwhile.
+const PERMANENT_CODES: &[&str] = &[
+    "AccessDeniedException",
+    "UnrecognizedClientException",
+    "KmsAccessDeniedException",
+    "ValidationException",
+    "InvalidArn",
+    "InvalidName",
+    "InvalidExecutionInput",
+];
+
+fn is_permanent(code: &str) -> bool {
+    PERMANENT_CODES.contains(&code)
 }
 
 /// How much older than the request a returned execution's start date must be
@@ -81,6 +114,59 @@ fn unix_ms(t: std::time::SystemTime) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// On moto: a malformed state machine ARN is given up on at once (the
+    /// command is not retried forever), with its error code; a machine that
+    /// does not exist (yet) is retried.
+    #[tokio::test]
+    async fn a_malformed_arn_is_given_up_on_a_missing_machine_retried() {
+        let sdk = sshwarden_testsupport::sdk(&sshwarden_testsupport::moto_endpoint()).await;
+        let c = crate::sink::outbox::tests::command("sw1-i-i-0123456789abcdef0-invalid-user-1");
+        let bad = SfnSink::new(
+            aws_sdk_sfn::Client::new(&sdk),
+            "arn:aws:states:us-east-1:123456789012:stateMachine".into(),
+        );
+        let d = tokio::time::timeout(std::time::Duration::from_secs(20), bad.deliver(&c))
+            .await
+            .expect("answered within 20 s");
+        assert_eq!(
+            d.expect("not a retried error"),
+            Delivered::Failed("InvalidArn".into())
+        );
+        let missing = SfnSink::new(
+            aws_sdk_sfn::Client::new(&sdk),
+            format!(
+                "arn:aws:states:us-east-1:123456789012:stateMachine:sshwarden-missing-{}",
+                sshwarden_testsupport::suffix()
+            ),
+        );
+        let d = tokio::time::timeout(std::time::Duration::from_secs(20), missing.deliver(&c))
+            .await
+            .expect("answered within 20 s");
+        assert!(d.is_err(), "a missing machine was given up on: {d:?}");
+    }
+
+    #[test]
+    fn errors_no_retry_fixes_are_given_up_on_the_rest_retried() {
+        for code in [
+            "AccessDeniedException",
+            "InvalidArn",
+            "InvalidExecutionInput",
+            "ValidationException",
+        ] {
+            assert!(is_permanent(code), "{code}");
+        }
+        for code in [
+            "ThrottlingException",
+            "ServiceUnavailable",
+            "InternalServerError",
+            "ExecutionLimitExceeded",
+            "StateMachineDoesNotExist",
+            "",
+        ] {
+            assert!(!is_permanent(code), "{code}");
+        }
+    }
 
     #[test]
     fn a_running_execution_returned_for_a_replay_is_already_handled() {

@@ -1,11 +1,12 @@
 //! One partition's reader: a tokio task with its own engine. It takes the
 //! messages the consumer's poll thread forwards (a bounded channel: a slow
 //! reader pauses its partition, see [`super::group`]), runs them through the
-//! engine, delivers the commands with backoff, and publishes the offset the
-//! checkpoint rule allows. On revoke or shutdown it stops at once (a command
-//! being retried is abandoned, its message stays uncommitted) and hands back
-//! its final offset, which the poll thread commits before the partition
-//! moves.
+//! engine, queues the commands in its outbox (delivered with backoff while
+//! it reads on, [`crate::sink::outbox`]), and publishes the offset the
+//! checkpoint rule allows, held before every command not yet delivered. On
+//! revoke or shutdown it stops at once (commands still waiting are
+//! abandoned, their messages stay uncommitted) and hands back its final
+//! offset, which the poll thread commits before the partition moves.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,6 +24,7 @@ use super::offsets::{self, CommitTracker, Content};
 use crate::clock::now_ms;
 use crate::config::KafkaFormat;
 use crate::metrics::{Metrics, ReaderLabel};
+use crate::sink::outbox::Outbox;
 use crate::sink::Sink;
 use crate::source::record::{self, Place};
 
@@ -99,6 +101,14 @@ impl PartitionReader {
         // stands in for event time so idle windows close (as a caught-up
         // Kinesis shard does).
         let mut idle_at: Option<Instant> = None;
+        // The commands waiting for the sink (the commit stays before them);
+        // a revoke or shutdown abandons them, as it abandoned a retry before.
+        let outbox = Outbox::new(
+            self.sink.clone(),
+            self.metrics.clone(),
+            "commit",
+            self.stop.clone(),
+        );
         loop {
             let idle_sleep = async {
                 match idle_at {
@@ -113,7 +123,7 @@ impl PartitionReader {
                     None => break,
                     Some(Input::Message(m)) => {
                         idle_at = None;
-                        if !self.process(&label, m, &mut decisions).await {
+                        if !self.process(&label, m, &mut decisions, &outbox).await {
                             break;
                         }
                     }
@@ -123,10 +133,10 @@ impl PartitionReader {
                     self.engine.observe_idle(now_ms());
                     idle_at = Some(Instant::now() + self.idle);
                 }
-                _ = checkpoint.tick() => self.publish(),
+                _ = checkpoint.tick() => self.publish(&outbox),
             }
         }
-        let low = self.engine.low_water_position();
+        let low = outbox.low_water(self.engine.low_water_position());
         let commit = self
             .tracker
             .commit_point(low)
@@ -137,8 +147,8 @@ impl PartitionReader {
     }
 
     /// Offers the offset the checkpoint rule allows to the poll thread.
-    fn publish(&mut self) {
-        let low = self.engine.low_water_position();
+    fn publish(&mut self, outbox: &Outbox) {
+        let low = outbox.low_water(self.engine.low_water_position());
         if let Some(offset) = self.tracker.to_commit(low) {
             let meta = offsets::commit_metadata(self.engine.event_time());
             if let Ok(mut slot) = self.shared.commit.lock() {
@@ -148,14 +158,15 @@ impl PartitionReader {
         }
     }
 
-    /// One message through the engine, its commands delivered. False when
-    /// delivery was interrupted by a revoke or shutdown (the message then
-    /// stays undelivered, so no commit passes it).
+    /// One message through the engine, its commands queued in `outbox`.
+    /// False when a full outbox was interrupted by a revoke or shutdown (the
+    /// command then stays waiting, so no commit passes its message).
     async fn process(
         &mut self,
         label: &ReaderLabel,
         m: Message,
         decisions: &mut Vec<Decision>,
+        outbox: &Outbox,
     ) -> bool {
         let position = offsets::position(m.offset);
         let place = Place::Partition { offset: m.offset };
@@ -187,8 +198,15 @@ impl PartitionReader {
                 self.metrics.events.get_or_create(label).inc_by(events);
             }
         }
+        // Held where a replay re-derives the command with its full counts:
+        // the start of the windows open now (the engine's low water), not
+        // just this message.
+        let hold = self
+            .engine
+            .low_water_position()
+            .map_or(position, |lw| lw.min(position));
         for c in record::commands(decisions, label, place) {
-            if !self.deliver(c).await {
+            if !outbox.push(hold, c, self.stop.cancelled()).await {
                 return false;
             }
         }
@@ -246,18 +264,5 @@ impl PartitionReader {
             events += 1;
         }
         events
-    }
-
-    /// Delivers until the sink takes the command, or until a revoke or
-    /// shutdown interrupts (false).
-    async fn deliver(&self, c: &sshwarden_pipeline::command::Command) -> bool {
-        crate::sink::deliver::deliver_until(
-            &self.sink,
-            &self.metrics,
-            c,
-            "commit",
-            self.stop.cancelled(),
-        )
-        .await
     }
 }

@@ -1,6 +1,8 @@
 //! One shard's reader: reads records (GetRecords polling within the
 //! per-shard limits, or enhanced fan-out), runs them through the shard's
-//! engine, delivers the commands, and checkpoints under the checkpoint rule.
+//! engine, queues the commands in its outbox (delivered while it reads on,
+//! [`crate::sink::outbox`]), and checkpoints under the checkpoint rule, held
+//! before every command not yet delivered.
 //! A child of a reshard first replays what its parents left in open windows
 //! (see [`replay`]), so no count is lost across a split or a merge.
 //!
@@ -25,6 +27,7 @@ use super::checkpoint::{is_initial_position, Checkpoint};
 use super::lease::{Cas, Lease, LeaseTable, ReplayFrom};
 use crate::clock::now_ms;
 use crate::metrics::{Metrics, ReaderLabel};
+use crate::sink::outbox::Outbox;
 use crate::sink::Sink;
 use crate::source::record::{self, Place};
 
@@ -82,6 +85,8 @@ struct State {
     /// shard started at LATEST that stayed idle would otherwise skip what
     /// arrived between two subscriptions).
     continuation: Option<String>,
+    /// The commands waiting for the sink; the checkpoint stays before them.
+    outbox: Outbox,
 }
 
 impl ShardReader {
@@ -105,6 +110,14 @@ impl ShardReader {
             replayed: Vec::new(),
             replayed_through: 0,
             continuation: None,
+            outbox: Outbox::new(
+                self.sink.clone(),
+                self.metrics.clone(),
+                "checkpoint",
+                // A lost lease stops the deliveries at once; on shutdown they
+                // go on until the reader returns and drops the outbox.
+                self.lost.clone(),
+            ),
         };
         info!(shard, checkpoint = %self.lease.checkpoint, "reading shard");
         // Windows that had closed when the checkpoint was written were
@@ -159,9 +172,10 @@ impl ShardReader {
         None
     }
 
-    /// Runs one record through the engine and delivers its commands. False
-    /// when delivery was interrupted by shutdown or a lost lease (the record
-    /// then stays unrecorded, so the checkpoint stays before it). A record
+    /// Runs one record through the engine and queues its commands in the
+    /// outbox (delivered while reading goes on; the checkpoint stays before
+    /// the oldest one waiting). False when a full outbox was interrupted by
+    /// shutdown or a lost lease (the record then stays unrecorded). A record
     /// replayed from a parent shard is never recorded: this shard's
     /// checkpoint only names its own records.
     async fn process(
@@ -195,8 +209,15 @@ impl ShardReader {
             &st.shard,
             place,
         );
+        // Held where a replay re-derives the command with its full counts:
+        // the start of the windows open now (the engine's low water), not
+        // just this record.
+        let hold = st
+            .engine
+            .low_water_position()
+            .map_or(st.position, |lw| lw.min(st.position));
         for c in record::commands(&st.decisions, &st.shard, place) {
-            if !self.deliver(c).await {
+            if !st.outbox.push(hold, c, self.interrupted()).await {
                 return false;
             }
         }
@@ -206,17 +227,12 @@ impl ShardReader {
         true
     }
 
-    /// Delivers until the sink takes the command, or until shutdown or a
-    /// lost lease interrupts (false).
-    async fn deliver(&self, c: &sshwarden_pipeline::command::Command) -> bool {
-        let interrupted = async {
-            tokio::select! {
-                _ = self.shutdown.cancelled() => {}
-                _ = self.lost.cancelled() => {}
-            }
-        };
-        crate::sink::deliver::deliver_until(&self.sink, &self.metrics, c, "checkpoint", interrupted)
-            .await
+    /// Completes on shutdown or a lost lease.
+    async fn interrupted(&self) {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => {}
+            _ = self.lost.cancelled() => {}
+        }
     }
 
     async fn maybe_checkpoint(&self, st: &mut State, force: bool) -> Option<Outcome> {
@@ -224,7 +240,7 @@ impl ShardReader {
             return None;
         }
         st.last_checkpoint = Instant::now();
-        let low = st.engine.low_water_position();
+        let low = st.outbox.low_water(st.engine.low_water_position());
         let seq = st.tracker.advance(low).map(str::to_owned)?;
         match self.write_checkpoint(st, seq).await {
             Written::Yes | Written::Failed => None,
@@ -273,6 +289,14 @@ impl ShardReader {
     /// still open here (a window that straddles the reshard is then counted
     /// whole by the child, not split between parent and child).
     async fn shard_end(&self, st: &mut State) -> Outcome {
+        // Every command delivered before the shard is marked finished.
+        if !st.outbox.drain(self.interrupted()).await {
+            return if self.lost.is_cancelled() {
+                Outcome::Lost
+            } else {
+                self.final_checkpoint(st).await
+            };
+        }
         let replay = self.replay_for_children(st);
         st.engine.finish();
         let shard = self.lease.key.as_str();
