@@ -324,7 +324,7 @@ fn errors_are_clear() {
 }
 
 #[test]
-fn demo_detects_exactly_the_ground_truth() {
+fn demo_notices_every_incident_and_quarantines_only_the_compromised() {
     let out = sshwarden(
         &[
             "demo",
@@ -345,16 +345,33 @@ fn demo_detects_exactly_the_ground_truth() {
     assert!(commands
         .iter()
         .all(|c| c["version"] == 1 && c["id"].as_str().unwrap().starts_with("sw1-")));
-    let d = &report["detections"];
-    assert!(d["expected"].as_u64().unwrap() > 0, "{report}");
-    assert_eq!(
-        (d["precision"].as_f64(), d["recall"].as_f64()),
-        (Some(1.0), Some(1.0)),
-        "{report}"
-    );
-    assert_eq!(report["decoys_counted"], 0);
     assert_eq!(
         report["commands"].as_u64().unwrap() as usize,
         commands.len()
     );
+    // Judged by incident, by loadgen's judge (not by sshwarden's rules).
+    let judged = &report["incidents"];
+    let kinds = judged["kinds"].as_array().unwrap();
+    assert!(kinds.len() >= 5, "{judged}");
+    for k in kinds {
+        assert_eq!(k["missed"], 0, "an incident kind was missed: {k}");
+    }
+    let succeeded = kinds
+        .iter()
+        .find(|k| k["kind"] == "succeeded_brute_force")
+        .unwrap();
+    assert_eq!(
+        succeeded["responded_as_expected"], succeeded["incidents"],
+        "{succeeded}"
+    );
+    let f = &judged["false_responses"];
+    assert_eq!(f["quarantines"], 0, "a bystander was quarantined: {f}");
+    assert_eq!(f["benign_blocks"], 0, "{f}");
+    let quarantines: Vec<_> = commands
+        .iter()
+        .filter(|c| c["action"] == "quarantine")
+        .collect();
+    assert_eq!(quarantines.len(), 1, "{quarantines:?}");
+    assert_eq!(quarantines[0]["rule"], "compromise");
+    assert_eq!(report["decoys_counted"], 0);
 }

@@ -4,7 +4,10 @@
 //! compressed into a few seconds of wall time, through a bounded in-memory
 //! stream; the engine consumes them as a shard reader would; commands go to
 //! the dry-run sink (stdout). It ends with a report: achieved rate,
-//! record-to-command latency, and detections against the ground truth.
+//! record-to-command latency, and the commands judged by incident (was
+//! each attack noticed, with the response a careful operator would choose;
+//! were bystanders spared), by loadgen's judge, which knows nothing of
+//! sshwarden's rules.
 
 use std::io::Write;
 use std::sync::mpsc;
@@ -13,13 +16,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use sshwarden_loadgen::score::ScenarioScore;
-use sshwarden_loadgen::{
-    encode_records, DetectionKey, Fleet, FleetConfig, GroundTruth, RecordOptions, Scenario, Score,
-    TruthRules,
-};
+use sshwarden_loadgen::incident_score::{IncidentJudge, IncidentReport, JudgedCommand};
+use sshwarden_loadgen::{encode_records, Fleet, FleetConfig, RecordOptions, Scenario};
 use sshwarden_pipeline::policy::Decision;
-use sshwarden_pipeline::window::Subject;
 use sshwarden_pipeline::{Engine, EngineConfig, RecordInput};
 
 use crate::clock::now_ms;
@@ -61,8 +60,8 @@ pub struct DemoReport {
     pub suppressed: u64,
     /// Record handed to the stream → command at the sink, microseconds.
     pub latency_us: Latency,
-    pub detections: Score,
-    pub per_scenario: Vec<ScenarioScore>,
+    /// The commands judged by incident.
+    pub incidents: IncidentReport,
     pub decoys_counted: usize,
 }
 
@@ -98,11 +97,7 @@ pub fn demo(
         ..FleetConfig::default()
     };
     let fleet = Fleet::generate(&fleet_config).map_err(|e| anyhow::anyhow!("{}", e.0))?;
-    let mut truth = GroundTruth::compute(
-        fleet.events(),
-        &TruthRules::from_policy(&config.policy, &config.window),
-    );
-    truth.scenario_names = fleet.ground_truth().scenario_names.clone();
+    let truth = fleet.incident_truth();
     let records = encode_records(fleet.events(), &RecordOptions::default());
     let json_bytes: usize = records.iter().map(|r| r.json_len).sum();
     let events: usize = records.iter().map(|r| r.events).sum();
@@ -147,7 +142,7 @@ pub fn demo(
     let mut engine = Engine::new(config).map_err(anyhow::Error::msg)?;
     let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram")?;
     let mut decisions = Vec::new();
-    let mut detected = Vec::new();
+    let mut judged = Vec::new();
     let (mut n_records, mut commands, mut suppressed) = (0u64, 0u64, 0u64);
     let started = Instant::now();
     for sent in rx {
@@ -167,13 +162,8 @@ pub fn demo(
             match d {
                 Decision::Command(c) => {
                     commands += 1;
-                    if let Some(instance) = &c.instance_id {
-                        detected.push(DetectionKey {
-                            instance: instance.clone(),
-                            rule: c.rule.clone(),
-                            window_start_ms: c.window_start_ms,
-                        });
-                    }
+                    let value = serde_json::to_value(&*c)?;
+                    judged.extend(JudgedCommand::from_json(&value));
                     if args.json {
                         serde_json::to_writer(&mut *out, &c)?;
                         writeln!(out)?;
@@ -181,21 +171,7 @@ pub fn demo(
                         writeln!(out, "  {}", c.summary())?;
                     }
                 }
-                Decision::Suppressed {
-                    rule,
-                    subject,
-                    window_start_ms,
-                    ..
-                } => {
-                    suppressed += 1;
-                    if let Subject::Instance(instance) = subject {
-                        detected.push(DetectionKey {
-                            instance: instance.to_string(),
-                            rule,
-                            window_start_ms,
-                        });
-                    }
-                }
+                Decision::Suppressed { .. } => suppressed += 1,
             }
         }
     }
@@ -217,8 +193,7 @@ pub fn demo(
                 .count()
         })
         .unwrap_or(0);
-    let score = truth.score(detected.iter().cloned());
-    let per_scenario = sshwarden_loadgen::score::per_scenario(&truth, &score);
+    let incidents = IncidentJudge::new(&truth).judge(&judged, 0);
     let report = DemoReport {
         instances: args.instances,
         simulated_minutes: args.minutes,
@@ -235,8 +210,7 @@ pub fn demo(
             p999: latency.value_at_quantile(0.999),
             max: latency.max(),
         },
-        detections: score,
-        per_scenario,
+        incidents,
         decoys_counted,
     };
     if args.json {
@@ -260,25 +234,12 @@ fn print_report(r: &DemoReport, out: &mut dyn Write) -> anyhow::Result<()> {
         "record → command latency: p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
         r.latency_us.p50, r.latency_us.p99, r.latency_us.p999, r.latency_us.max
     )?;
-    let s = &r.detections;
     writeln!(
         out,
-        "detections: {} commands, {} more suppressed by the cooldown; against the ground truth: precision {:.3}, recall {:.3} ({} expected, {} missed, {} false)",
-        r.commands,
-        r.suppressed,
-        s.precision,
-        s.recall,
-        s.expected,
-        s.missed.len(),
-        s.false_positives.len()
+        "{} commands, {} more suppressed by the cooldown; judged by incident:",
+        r.commands, r.suppressed
     )?;
-    for sc in &r.per_scenario {
-        writeln!(
-            out,
-            "  scenario {:<28} {}/{} expected detections, {} false: precision {:.3}, recall {:.3}",
-            sc.name, sc.true_positives, sc.expected, sc.false_positives, sc.precision, sc.recall
-        )?;
-    }
+    r.incidents.write_text(out)?;
     writeln!(
         out,
         "addresses injected in usernames that were counted: {}",
