@@ -173,6 +173,13 @@ impl Policy {
                 action = Action::Notify;
                 hold_reason = Some("source is a host name, not an address; notify only");
             }
+            (Subject::Source(_), Action::Block) if fired.source_logged_in => {
+                action = Action::Notify;
+                hold_reason = Some(
+                    "the source also logged in successfully in this window: blocking it could \
+                     lock out a legitimate user; held for a person",
+                );
+            }
             _ => {}
         }
         if action == Action::Quarantine {
@@ -447,6 +454,16 @@ mod tests {
         };
         assert_eq!((cmd.action, cmd.held), (Action::Block, false));
         assert_eq!(cmd.source.as_deref(), Some("203.0.113.9/32"));
+        // A source that also logged in is not blocked by a machine.
+        let other =
+            Subject::Source(PeerGrouping::default().network(&Peer::parse("198.51.100.4").unwrap()));
+        let mut f = fired(&g, block, other, 1_000);
+        f.source_logged_in = true;
+        let Decision::Command(cmd) = p.decide(&f, &Origin::default()) else {
+            panic!()
+        };
+        assert_eq!((cmd.action, cmd.held), (Action::Notify, true));
+        assert!(cmd.reason.unwrap_or_default().contains("logged in"));
     }
 
     #[test]

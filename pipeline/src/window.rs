@@ -199,6 +199,9 @@ pub struct Fired {
     pub window: Window,
     /// Event time of the event that met the condition.
     pub detected_at_ms: i64,
+    /// The source network also logged in successfully within the window
+    /// (source rules): blocking it could lock out a legitimate user.
+    pub source_logged_in: bool,
 }
 
 /// What an event says, as the windows count it.
@@ -326,6 +329,11 @@ struct StreamState {
 #[derive(Debug, Default)]
 struct SourceState {
     windows: Vec<Window>,
+    /// Events per signal since the network's last accepted login: a
+    /// compromise is failures *then* a login, and an administrator who
+    /// mistypes a few times at each of many logins is not one.
+    since_login: [u32; Signal::COUNT],
+    last_login_ms: Option<i64>,
 }
 
 /// Keys with their state, capped; past the cap the key least recently
@@ -813,7 +821,7 @@ impl WindowStore {
                     w,
                     || Subject::Instance(o.instance.into()),
                     || None,
-                    o.time_ms,
+                    (o.time_ms, false),
                     fired,
                 );
             }
@@ -841,6 +849,9 @@ impl WindowStore {
                             }
                         },
                     );
+                    state.since_login[signal.index()] =
+                        state.since_login[signal.index()].saturating_add(1);
+                    let last_login = state.last_login_ms;
                     for (li, lane) in lanes.iter().enumerate() {
                         if lane.subject != SubjectKind::Source {
                             continue;
@@ -874,13 +885,14 @@ impl WindowStore {
                         if total >= 2 && w.samples.len() < cfg.sample_lines {
                             w.samples.push(truncate(o.line, 512).to_owned());
                         }
+                        let logged_in = last_login.is_some_and(|t| t >= w.start_ms);
                         check_rules(
                             &self.rules,
                             lane,
                             w,
                             || Subject::Source(net.clone()),
                             || Some(net.clone()),
-                            o.time_ms,
+                            (o.time_ms, logged_in),
                             fired,
                         );
                     }
@@ -890,6 +902,7 @@ impl WindowStore {
                     let Some(state) = self.sources.get_mut(&net) else {
                         return Admit::Nothing;
                     };
+                    let since_login = state.since_login;
                     for (li, lane) in self.lanes.iter().enumerate() {
                         if lane.subject != SubjectKind::Source {
                             continue;
@@ -918,13 +931,15 @@ impl WindowStore {
                             &self.rules,
                             lane,
                             w,
-                            previous,
+                            [previous, since_login],
                             o.instance,
                             &net,
                             o.time_ms,
                             fired,
                         );
                     }
+                    state.since_login = [0; Signal::COUNT];
+                    state.last_login_ms = state.last_login_ms.max(Some(o.time_ms));
                     return Admit::Nothing;
                 }
             }
@@ -1085,7 +1100,7 @@ fn check_rules(
     w: &mut Window,
     subject: impl Fn() -> Subject,
     source: impl Fn() -> Option<PeerNet>,
-    at: i64,
+    (at, source_logged_in): (i64, bool),
     fired: &mut Vec<Fired>,
 ) {
     for &ri in &lane.rules {
@@ -1106,19 +1121,22 @@ fn check_rules(
                 source: source(),
                 window: w.clone(),
                 detected_at_ms: at,
+                source_logged_in,
             });
         }
     }
 }
 
 /// Fires each success-after-failures rule of `lane` for a login accepted on
-/// `instance` from `net`, once per window and instance.
+/// `instance` from `net`, once per window and instance: the failures counted
+/// are those of this window and the one before (`previous`) and since the
+/// network's last accepted login (`since_login`), whichever is fewer.
 #[allow(clippy::too_many_arguments)]
 fn compromise_rules(
     rules: &[Rule],
     lane: &Lane,
     w: &mut Window,
-    previous: [u32; Signal::COUNT],
+    [previous, since_login]: [[u32; Signal::COUNT]; 2],
     instance: &str,
     net: &PeerNet,
     at: i64,
@@ -1128,10 +1146,12 @@ fn compromise_rules(
         let Condition::SuccessAfterFailures { signals, failures } = &rules[ri].condition else {
             continue;
         };
-        let before: u32 = signals
+        let windowed: u32 = signals
             .iter()
             .map(|s| w.counts[s.index()] + previous[s.index()])
             .sum();
+        let streak: u32 = signals.iter().map(|s| since_login[s.index()]).sum();
+        let before = windowed.min(streak);
         if before < *failures || w.compromised.iter().any(|i| &**i == instance) {
             continue;
         }
@@ -1149,6 +1169,7 @@ fn compromise_rules(
             source: Some(net.clone()),
             window: evidence,
             detected_at_ms: at,
+            source_logged_in: true,
         });
     }
 }
@@ -1422,6 +1443,13 @@ mod tests {
             Admit::Nothing
         );
         assert!(f.is_empty());
+        // ... and again on another instance: six failures in the hour, but
+        // never five since a login of theirs.
+        for i in 0..3 {
+            s.observe(&obs("i-4", Some(&admin), 3_000 + i, 1), &mut f);
+        }
+        s.observe(&accepted("i-4", &admin, 4_000), &mut f);
+        assert!(f.is_empty(), "{f:?}");
         // An attacker failing in the previous hour, succeeding on another instance now.
         for i in 0..5 {
             s.observe(&obs("i-1", Some(&attacker), 3_500_000 + i, 2), &mut f);
