@@ -358,8 +358,11 @@ class E2E(smt.World):
                blast_radius_max: int = 0) -> Worker:
         port = free_port()
         sink = sink_flags or ["--sink", "sfn", "--state-machine-arn", machine_arn or self.machine["quarantine"]]
+        # The remediation path is exercised with the seed policy's instance
+        # quarantines (invalid users per window); what the default policy
+        # detects is judged by scan, demo and scripts/bench-detection.
         argv = [
-            self.bin, "--cooldown-secs", "0", "--blast-radius-max", str(blast_radius_max), *global_flags,
+            self.bin, "--policy", "seed", "--cooldown-secs", "0", "--blast-radius-max", str(blast_radius_max), *global_flags,
             "run", "--stream", stream, "--lease-table", table, *sink, "--worker-id", f"e2e-{name}",
             "--metrics-addr", f"127.0.0.1:{port}", "--idle-poll-ms", "200", "--shutdown-secs", "5",
             *(run_flags or []),

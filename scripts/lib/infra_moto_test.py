@@ -15,7 +15,7 @@ run` against what it created; run by `scripts/check-infra --moto`.
 4. Runs the built `sshwarden run` with exactly the task definition's
    environment (metrics on a loopback port instead of 0.0.0.0), checks
    `sshwarden health` before and after start and `health --ready`, sends six
-   invalid-user lines through the log group, and waits for the quarantine
+   failed-password lines and an accepted login through the log group, and waits for the quarantine
    state machine (from the stack) to isolate the instance.
 5. Stops the worker by PID (SIGTERM: exit 0, leases released, log lines in
    the shard span); runs `sshwarden run --sink stdout` over the same stream
@@ -325,11 +325,15 @@ class Test:
         window = int(self.env.get("SSHWARDEN_WINDOW_SECS", "60")) * 1000
         t0 = in_one_window(window, 6 * 300, back_ms=3000)
         host = "ip-10-78-1-9"
+        # The default (graduated) policy quarantines on evidence of
+        # compromise: failures, then a login accepted from the same address.
         events = [{"timestamp": t0 + i * 300,
-                   "message": syslog_line(t0 + i * 300, host, 5100 + i, f"Invalid user scan{i} from {ATTACKER} port {42000 + i}")}
-                  for i in range(6)]
+                   "message": syslog_line(t0 + i * 300, host, 5100 + i, f"Failed password for root from {ATTACKER} port {42000 + i} ssh2")}
+                  for i in range(5)]
+        events.append({"timestamp": t0 + 5 * 300,
+                       "message": syslog_line(t0 + 5 * 300, host, 5105, f"Accepted password for root from {ATTACKER} port 42005 ssh2")})
         self.logs.put_log_events(logGroupName=group, logStreamName=self.instance, logEvents=events)
-        return f"6 invalid-user lines from {ATTACKER} on log stream {self.instance}"
+        return f"5 failed passwords, then an accepted login, from {ATTACKER} on log stream {self.instance}"
 
     def quarantined(self) -> str:
         arn = self.out["QuarantineStateMachineArn"]
