@@ -30,17 +30,24 @@ pub const CAPACITY: usize = 256;
 struct Waiting {
     /// Engine position of each waiting command's record → how many.
     positions: BTreeMap<u64, usize>,
+    /// Window start of each waiting command → how many.
+    window_starts: BTreeMap<i64, usize>,
     ids: HashSet<String>,
 }
 
 impl Waiting {
-    fn remove(&mut self, position: u64, id: &str) {
+    fn remove(&mut self, position: u64, window_start_ms: i64, id: &str) {
         self.ids.remove(id);
-        if let Some(n) = self.positions.get_mut(&position) {
-            *n -= 1;
-            if *n == 0 {
-                self.positions.remove(&position);
-            }
+        take_one(&mut self.positions, position);
+        take_one(&mut self.window_starts, window_start_ms);
+    }
+}
+
+fn take_one<K: Ord>(counts: &mut BTreeMap<K, usize>, key: K) {
+    if let Some(n) = counts.get_mut(&key) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(&key);
         }
     }
 }
@@ -85,7 +92,7 @@ impl Outbox {
                     }
                     metrics.commands_pending.dec();
                     if let Ok(mut w) = waiting.lock() {
-                        w.remove(position, &c.id);
+                        w.remove(position, c.window_start_ms, &c.id);
                         if w.ids.is_empty() {
                             emptied.notify_waiters();
                         }
@@ -121,6 +128,7 @@ impl Outbox {
                 return true;
             }
             *w.positions.entry(position).or_default() += 1;
+            *w.window_starts.entry(c.window_start_ms).or_default() += 1;
         }
         self.metrics.commands_pending.inc();
         let sent = tokio::select! {
@@ -142,6 +150,23 @@ impl Outbox {
             .lock()
             .ok()
             .and_then(|w| w.positions.keys().next().copied());
+        match (engine, oldest) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The event time a checkpoint may store: the engine's, or the start
+    /// of the oldest waiting command's window if earlier. The next owner
+    /// treats windows that ended before the stored time as closed; a
+    /// command still waiting must find its window open again, or its
+    /// replayed events would count as late and the command be lost.
+    pub fn event_time(&self, engine: Option<i64>) -> Option<i64> {
+        let oldest = self
+            .waiting
+            .lock()
+            .ok()
+            .and_then(|w| w.window_starts.keys().next().copied());
         match (engine, oldest) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -277,6 +302,12 @@ pub(crate) mod tests {
         assert_eq!(outbox.len(), 2);
         assert_eq!(metrics.commands_pending.get(), 2);
         assert_eq!(outbox.low_water(None), Some(5));
+        // The checkpoint's event time stays at the waiting windows' start,
+        // so the next owner re-opens them and re-derives the commands.
+        let start = command("a").window_start_ms;
+        assert_eq!(outbox.event_time(Some(start + 600_000)), Some(start));
+        assert_eq!(outbox.event_time(Some(start - 1)), Some(start - 1));
+        assert_eq!(outbox.event_time(None), Some(start));
         assert_eq!(outbox.low_water(Some(9)), Some(5));
         assert_eq!(outbox.low_water(Some(3)), Some(3));
         // Deliveries are being retried meanwhile.

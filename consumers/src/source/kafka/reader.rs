@@ -137,10 +137,12 @@ impl PartitionReader {
             }
         }
         let low = outbox.low_water(self.engine.low_water_position());
-        let commit = self
-            .tracker
-            .commit_point(low)
-            .map(|o| (o, offsets::commit_metadata(self.engine.event_time())));
+        let commit = self.tracker.commit_point(low).map(|o| {
+            (
+                o,
+                offsets::commit_metadata(outbox.event_time(self.engine.event_time())),
+            )
+        });
         info!(partition = %label.name(), commit = ?commit.as_ref().map(|c| c.0), "partition reader stopped");
         // The poll thread may have given up waiting (its deadline passed).
         let _ = self.done.send(Final { commit });
@@ -150,7 +152,7 @@ impl PartitionReader {
     fn publish(&mut self, outbox: &Outbox) {
         let low = outbox.low_water(self.engine.low_water_position());
         if let Some(offset) = self.tracker.to_commit(low) {
-            let meta = offsets::commit_metadata(self.engine.event_time());
+            let meta = offsets::commit_metadata(outbox.event_time(self.engine.event_time()));
             if let Ok(mut slot) = self.shared.commit.lock() {
                 *slot = Some((offset, meta));
                 self.tracker.committed(offset);

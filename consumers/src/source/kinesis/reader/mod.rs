@@ -250,7 +250,7 @@ impl ShardReader {
 
     async fn write_checkpoint(&self, st: &mut State, seq: String) -> Written {
         let shard = self.lease.key.as_str();
-        let event_time = st.engine.event_time();
+        let event_time = st.outbox.event_time(st.engine.event_time());
         match self
             .table
             .checkpoint(&self.lease, &self.config.me, &seq, event_time)
