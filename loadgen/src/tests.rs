@@ -524,3 +524,79 @@ fn default_mix_has_one_incident_per_scenario() {
     let admins: HashSet<IpAddr> = fleet.admin_addresses().into_iter().collect();
     assert!(truth.benign.iter().all(|b| admins.contains(&b.address)));
 }
+
+/// What a kill -9 and a takeover do, without the processes: an engine reads
+/// the records up to some point; a new engine resumes from the checkpoint the
+/// first could have written there (the record before its low water, with
+/// its event time) and reads on to the end. Together they issue every
+/// command a single engine issues (by id), whatever the point.
+#[test]
+fn a_takeover_at_any_record_issues_every_command() {
+    let fleet = Fleet::generate(&FleetConfig {
+        instances: 16,
+        seed: 21,
+        duration_ms: 150_000,
+        ..small(
+            (0..16)
+                .map(|i| Scenario::FastBruteForce {
+                    instance: i,
+                    offset_ms: 0,
+                    attempts: 75,
+                    per_second: 0.5,
+                })
+                .collect(),
+        )
+    })
+    .unwrap();
+    let records = subscription_records(fleet.events(), 60);
+    let ids = |ds: &[Decision]| -> BTreeSet<String> {
+        ds.iter()
+            .filter_map(|d| match d {
+                Decision::Command(c) => Some(c.id.clone()),
+                Decision::Suppressed { .. } => None,
+            })
+            .collect()
+    };
+    let whole = ids(&run_records(&mut engine(), &records));
+    assert!(whole.len() > 20, "{}", whole.len());
+    for stop in (1..records.len()).step_by(7) {
+        let mut first = engine();
+        let mut out = Vec::new();
+        for (pos, r) in records[..stop].iter().enumerate() {
+            first
+                .process_record(
+                    &RecordInput {
+                        data: r,
+                        position: pos as u64,
+                        ..RecordInput::default()
+                    },
+                    &mut out,
+                )
+                .unwrap();
+        }
+        let resume_at = first.low_water_position().map_or(stop, |p| p as usize);
+        let mut second = engine();
+        if let Some(t) = first.event_time() {
+            second.resume_from(t);
+        }
+        for (pos, r) in records.iter().enumerate().skip(resume_at) {
+            second
+                .process_record(
+                    &RecordInput {
+                        data: r,
+                        position: pos as u64,
+                        ..RecordInput::default()
+                    },
+                    &mut out,
+                )
+                .unwrap();
+        }
+        second.finish();
+        let got = ids(&out);
+        let missing: Vec<_> = whole.difference(&got).collect();
+        assert!(
+            missing.is_empty(),
+            "stop at record {stop} (resume at {resume_at}): missing {missing:?}"
+        );
+    }
+}

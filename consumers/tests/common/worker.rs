@@ -194,9 +194,19 @@ impl Workers {
             .path()
             .join(format!("{n}-{worker_id}.stderr.jsonl"));
         let metrics_arg = metrics.to_string();
+        // The harness stamps traffic up to a minute and a half ahead of the
+        // wall clock (so that a test's windows are aligned and none is late
+        // by the idle clock when it is written): allow that much skew ahead
+        // of the arrival time instead of the default minute, or those
+        // events would be clamped into earlier windows.
+        let config = self.dir.path().join("harness.toml");
+        std::fs::write(&config, "[input]\nmax_future_skew_secs = 300\n").unwrap();
+        let config_arg = config.to_string_lossy().into_owned();
         // The seed policy: what the rule-level truth (loadgen's) models, so
         // these tests check delivery and checkpoints against exact commands.
         let mut args: Vec<&str> = vec![
+            "--config",
+            &config_arg,
             "--policy",
             "seed",
             "--blast-radius-max",
