@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
     let record = RecordInput {
         data,
         position: 1,
-        now_ms: Some(1_700_000_000_000),
+        arrival_ms: Some(1_700_000_000_000),
         ..RecordInput::default()
     };
     let _ = engine.process_record(&record, &mut out);
