@@ -36,7 +36,9 @@ fn main() {
         line.push_str(&format!(
             "2026-11-29T10:00:{:02}.000+00:00 ip-10-0-0-1 sshd[{}]: Invalid user u{i} from {ip} port {}",
             (i / 20_000) % 60,
-            1000 + i % 30_000,
+            // One connection per line: a pid sshd used before, with no
+            // closing line between, would be the same attempt again.
+            1000 + u64::from(i),
             1024 + i % 60_000
         ));
         engine.process_line(
@@ -56,11 +58,13 @@ fn main() {
     }
     let (instances, sources) = engine.windows().live_keys();
     let stats = engine.stats();
+    let peak = peak_rss_kb();
     println!(
         "distinct_sources={n} max_sources={cap} live_source_keys={sources} live_instance_keys={instances} \
-         evicted_sources={} peak_rss_kb={} baseline_rss_kb={base_rss}",
+         evicted_sources={} counted_events={} peak_rss_kb={peak} baseline_rss_kb={base_rss} bytes_per_live_source={}",
         stats.windows.evicted_sources,
-        peak_rss_kb()
+        stats.signals.values().sum::<u64>(),
+        (peak.saturating_sub(base_rss) * 1024).checked_div(sources as u64).unwrap_or(0),
     );
 }
 

@@ -23,6 +23,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::hash::{BuildHasher, Hash};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -101,16 +102,13 @@ impl DistinctSet {
     }
 }
 
-/// A window's counts and what the command will want to show of it.
+/// A window's counts and what the command will want to show of it: the
+/// evidence a [`Fired`] carries (the store keeps windows more compactly).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Window {
-    lane: u8,
     pub start_ms: i64,
     pub size_ms: i64,
     pub counts: [u32; Signal::COUNT],
-    /// Bit i set: rule i has fired in this window.
-    fired: u64,
-    min_position: u64,
     pub users: DistinctSet,
     pub instances: DistinctSet,
     pub sources: DistinctSet,
@@ -121,30 +119,9 @@ pub struct Window {
     /// Attributed events from sources past that limit.
     pub other_source_events: u32,
     pub samples: Vec<String>,
-    /// Instances a success-after-failures rule already fired for.
-    compromised: Vec<Box<str>>,
 }
 
 impl Window {
-    fn new(lane: u8, start_ms: i64, size_ms: i64, position: u64) -> Self {
-        Window {
-            lane,
-            start_ms,
-            size_ms,
-            counts: [0; Signal::COUNT],
-            fired: 0,
-            min_position: position,
-            users: DistinctSet::default(),
-            instances: DistinctSet::default(),
-            sources: DistinctSet::default(),
-            instance_names: Vec::new(),
-            top: Vec::new(),
-            other_source_events: 0,
-            samples: Vec::new(),
-            compromised: Vec::new(),
-        }
-    }
-
     pub fn total(&self, signals: &[Signal]) -> u32 {
         signals.iter().map(|s| self.counts[s.index()]).sum()
     }
@@ -167,6 +144,73 @@ impl Window {
 
     pub fn end_ms(&self) -> i64 {
         self.start_ms + self.size_ms
+    }
+}
+
+/// A window as the store keeps it: what every event touches inline (64
+/// bytes), what only a command shows boxed, so that scanning a key's
+/// windows stays within a cache line or two.
+#[derive(Debug, Clone)]
+struct Tally {
+    start_ms: i64,
+    min_position: u64,
+    counts: [u32; Signal::COUNT],
+    /// Bit i set: rule i has fired in this window.
+    fired: u64,
+    lane: u8,
+    evidence: Box<Evidence>,
+}
+
+/// What a command shows of a window beyond its counts.
+#[derive(Debug, Clone, Default)]
+struct Evidence {
+    users: DistinctSet,
+    instances: DistinctSet,
+    sources: DistinctSet,
+    /// Shared with the stream's own name: naming an instance allocates nothing.
+    instance_names: Vec<Arc<str>>,
+    top: Vec<(Peer, u32)>,
+    other_source_events: u32,
+    samples: Vec<String>,
+    /// Instances a success-after-failures rule already fired for.
+    compromised: Vec<Arc<str>>,
+}
+
+impl Tally {
+    fn new(lane: u8, start_ms: i64, position: u64) -> Self {
+        Tally {
+            start_ms,
+            min_position: position,
+            counts: [0; Signal::COUNT],
+            fired: 0,
+            lane,
+            evidence: Box::default(),
+        }
+    }
+
+    fn distinct_count(&self, of: Dimension) -> u32 {
+        match of {
+            Dimension::Users => self.evidence.users.count(),
+            Dimension::Instances => self.evidence.instances.count(),
+            Dimension::Sources => self.evidence.sources.count(),
+        }
+    }
+
+    /// The window a command is built from.
+    fn window(&self, size_ms: i64) -> Window {
+        let e = &*self.evidence;
+        Window {
+            start_ms: self.start_ms,
+            size_ms,
+            counts: self.counts,
+            users: e.users.clone(),
+            instances: e.instances.clone(),
+            sources: e.sources.clone(),
+            instance_names: e.instance_names.iter().map(|n| Box::from(&**n)).collect(),
+            top: e.top.clone(),
+            other_source_events: e.other_source_events,
+            samples: e.samples.clone(),
+        }
     }
 }
 
@@ -317,15 +361,74 @@ fn lanes_for(rules: &[Rule], default_size_ms: i64, max_distinct: usize) -> Vec<L
 #[derive(Debug)]
 struct StreamState {
     id: u64,
+    /// The instance, shared with the source windows that name it.
+    name: Arc<str>,
     max_ms: i64,
-    windows: Vec<Window>,
+    windows: Vec<Tally>,
     /// Event ids seen, by the start of their longest window.
     seen_ids: BTreeMap<i64, HashSet<u128, foldhash::fast::RandomState>>,
 }
 
-#[derive(Debug, Default)]
-struct SourceState {
-    windows: Vec<Window>,
+/// A source network's windows. Most keys of an address flood never see a
+/// second event: until one does, the key holds only that event (about 60
+/// bytes), and the windows it opened (one per lane it was not late for)
+/// are implied by it; they become [`Tally`]s at the second event.
+#[derive(Debug)]
+enum SourceState {
+    One(Single),
+    Many(Vec<Tally>),
+}
+
+/// The only event of a source key, and the lanes whose window it opened.
+#[derive(Debug, Clone)]
+struct Single {
+    time_ms: i64,
+    position: u64,
+    /// Hash of the user name, when a lane counts distinct users of its signal.
+    user_hash: Option<u64>,
+    instance: Arc<str>,
+    /// Bit i: lane i holds a window of this event.
+    lanes: u64,
+    signal: Signal,
+}
+
+impl Single {
+    fn start(&self, lane: &Lane) -> i64 {
+        WindowStore::window_start(self.time_ms, lane.size_ms)
+    }
+
+    /// The window this event opened in lane `li`.
+    fn tally(&self, li: usize, lane: &Lane, instance_hash: u64) -> Tally {
+        let mut t = Tally::new(li as u8, self.start(lane), self.position);
+        t.counts[self.signal.index()] = 1;
+        let bit = 1u32 << self.signal.index();
+        if let (true, Some(h)) = (lane.users & bit != 0, self.user_hash) {
+            t.evidence.users.insert(h, lane.distinct_cap);
+        }
+        if lane.instances & bit != 0 {
+            t.evidence
+                .instances
+                .insert(instance_hash, lane.distinct_cap);
+        }
+        t.evidence.instance_names.push(self.instance.clone());
+        t
+    }
+
+    /// What rule `ri` would see in its window: one event of `signal`, one
+    /// value of each dimension the lane counts for it.
+    fn meets(&self, rule: &Rule, lane: &Lane) -> bool {
+        let bit = 1u32 << self.signal.index();
+        let distinct = |of: Dimension| -> u32 {
+            match of {
+                Dimension::Users => u32::from(lane.users & bit != 0 && self.user_hash.is_some()),
+                Dimension::Instances => u32::from(lane.instances & bit != 0),
+                Dimension::Sources => 0,
+            }
+        };
+        let mut counts = [0; Signal::COUNT];
+        counts[self.signal.index()] = 1;
+        condition_met(&rule.condition, &counts, distinct)
+    }
 }
 
 /// Keys with their state, capped; past the cap the key least recently
@@ -454,21 +557,43 @@ struct Ledger {
 }
 
 impl Ledger {
-    fn open(&mut self, w: &Window, keep_ms: i64, kind: SubjectKind) {
-        self.positions.add(w.min_position);
-        match kind {
-            SubjectKind::Instance => self.instance_ends.add(w.start_ms + keep_ms),
-            SubjectKind::Source => self.source_ends.add(w.start_ms + keep_ms),
+    /// A window of `lane` starting at `start_ms`, lowest position `position`.
+    fn open(&mut self, position: u64, start_ms: i64, lane: &Lane) {
+        self.positions.add(position);
+        match lane.subject {
+            SubjectKind::Instance => self.instance_ends.add(start_ms + lane.keep_ms),
+            SubjectKind::Source => self.source_ends.add(start_ms + lane.keep_ms),
         }
     }
 
-    fn close(&mut self, w: &Window, keep_ms: i64, kind: SubjectKind) {
-        self.positions.remove(w.min_position);
-        match kind {
-            SubjectKind::Instance => self.instance_ends.remove(w.start_ms + keep_ms),
-            SubjectKind::Source => self.source_ends.remove(w.start_ms + keep_ms),
+    fn close(&mut self, position: u64, start_ms: i64, lane: &Lane) {
+        self.positions.remove(position);
+        match lane.subject {
+            SubjectKind::Instance => self.instance_ends.remove(start_ms + lane.keep_ms),
+            SubjectKind::Source => self.source_ends.remove(start_ms + lane.keep_ms),
         }
         self.closed += 1;
+    }
+
+    fn close_tally(&mut self, t: &Tally, lanes: &[Lane]) {
+        self.close(t.min_position, t.start_ms, &lanes[usize::from(t.lane)]);
+    }
+
+    /// Closes the windows of a single-event key whose keep time ended by
+    /// `watermark` (all of them with `i64::MAX`); false when none is left.
+    fn close_single(&mut self, one: &mut Single, watermark: i64, lanes: &[Lane]) -> bool {
+        let mut bits = one.lanes;
+        while bits != 0 {
+            let li = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            let lane = &lanes[li];
+            let start = one.start(lane);
+            if start + lane.keep_ms <= watermark {
+                self.close(one.position, start, lane);
+                one.lanes &= !(1 << li);
+            }
+        }
+        one.lanes != 0
     }
 }
 
@@ -684,9 +809,12 @@ impl WindowStore {
         if self.ledger.source_ends.first().is_some_and(|e| e <= wm) {
             let lanes = &self.lanes;
             let ledger = &mut self.ledger;
-            self.sources.map.retain(|_, (st, _)| {
-                close_windows(&mut st.windows, wm, lanes, ledger);
-                !st.windows.is_empty()
+            self.sources.map.retain(|_, (st, _)| match st {
+                SourceState::One(one) => ledger.close_single(one, wm, lanes),
+                SourceState::Many(windows) => {
+                    close_windows(windows, wm, lanes, ledger);
+                    !windows.is_empty()
+                }
             });
             let map = &self.sources.map;
             self.sources.queue.retain(|k| map.contains_key(k));
@@ -700,7 +828,10 @@ impl WindowStore {
             st.windows.clear();
         }
         for (st, _) in self.sources.map.values() {
-            self.ledger.closed += st.windows.len() as u64;
+            self.ledger.closed += match st {
+                SourceState::One(one) => u64::from(one.lanes.count_ones()),
+                SourceState::Many(windows) => windows.len() as u64,
+            };
         }
         self.sources.map.clear();
         self.sources.queue.clear();
@@ -789,23 +920,24 @@ impl WindowStore {
                     &mut self.ledger,
                 );
                 w.counts[signal.index()] += 1;
+                let e = &mut *w.evidence;
                 if let Some(src) = o.source {
-                    match w.top.iter().position(|(s, _)| s == src) {
-                        Some(i) => w.top[i].1 += 1,
-                        None if w.top.len() < cfg.max_tracked_sources => {
-                            w.top.push((src.clone(), 1))
+                    match e.top.iter().position(|(s, _)| s == src) {
+                        Some(i) => e.top[i].1 += 1,
+                        None if e.top.len() < cfg.max_tracked_sources => {
+                            e.top.push((src.clone(), 1))
                         }
-                        None => w.other_source_events += 1,
+                        None => e.other_source_events += 1,
                     }
                     if let (true, Some(h)) = (lane.sources & bit != 0, net_hash) {
-                        w.sources.insert(h, lane.distinct_cap);
+                        e.sources.insert(h, lane.distinct_cap);
                     }
                 }
                 if let (true, Some(h)) = (lane.users & bit != 0, user_hash) {
-                    w.users.insert(h, lane.distinct_cap);
+                    e.users.insert(h, lane.distinct_cap);
                 }
-                if w.samples.len() < cfg.sample_lines {
-                    w.samples.push(truncate(o.line, 512).to_owned());
+                if e.samples.len() < cfg.sample_lines {
+                    e.samples.push(truncate(o.line, 512).to_owned());
                 }
                 check_rules(
                     &self.rules,
@@ -818,6 +950,8 @@ impl WindowStore {
                 );
             }
         }
+        // Source windows name the instance by the stream's own name.
+        let name = net.as_ref().map(|_| stream.name.clone());
 
         // The closing clock moves after this stream's windows were counted
         // (the event's own window ends after its time, so no clock this
@@ -825,22 +959,62 @@ impl WindowStore {
         self.note_newest(o.time_ms, by_time_changed);
         let closing_wm = self.watermark().unwrap_or(i64::MIN);
         let cfg = &self.config;
-        if let Some(net) = net {
+        if let (Some(net), Some(name)) = (net, name) {
+            let lanes = &self.lanes;
+            let rules = &self.rules;
+            let hasher = &self.hasher;
             match o.observed {
                 Observed::Signal(signal) => {
-                    let lanes = &self.lanes;
                     let ledger = &mut self.ledger;
+                    let mut fresh = false;
                     let state = self.sources.get_or_insert(
                         &net,
                         PeerNet::clone,
-                        SourceState::default,
-                        |old| {
-                            for w in &old.windows {
-                                let lane = &lanes[usize::from(w.lane)];
-                                ledger.close(w, lane.keep_ms, lane.subject);
-                            }
+                        || {
+                            fresh = true;
+                            SourceState::Many(Vec::new())
                         },
+                        |old| release_source(old, lanes, ledger),
                     );
+                    if fresh {
+                        // A key's first event: kept as itself unless a rule
+                        // fires on it already.
+                        let mut one = Single {
+                            time_ms: o.time_ms,
+                            position: o.position,
+                            user_hash,
+                            instance: name.clone(),
+                            lanes: 0,
+                            signal,
+                        };
+                        for (li, lane) in lanes.iter().enumerate() {
+                            if lane.subject == SubjectKind::Source
+                                && one.start(lane) + lane.keep_ms > closing_wm
+                            {
+                                one.lanes |= 1 << li;
+                            }
+                        }
+                        let fires = lanes.iter().enumerate().any(|(li, lane)| {
+                            one.lanes & 1 << li != 0
+                                && lane.rules.iter().any(|&ri| one.meets(&rules[ri], lane))
+                        });
+                        if one.lanes != 0 && !fires {
+                            for (li, lane) in lanes.iter().enumerate() {
+                                if lane.subject != SubjectKind::Source {
+                                    continue;
+                                }
+                                if one.lanes & 1 << li == 0 {
+                                    late += 1;
+                                    continue;
+                                }
+                                counted += 1;
+                                ledger.open(one.position, one.start(lane), lane);
+                            }
+                            *state = SourceState::One(one);
+                            return self.admit(counted, late);
+                        }
+                    }
+                    let windows = tallies(state, lanes, hasher);
                     for (li, lane) in lanes.iter().enumerate() {
                         if lane.subject != SubjectKind::Source {
                             continue;
@@ -851,31 +1025,32 @@ impl WindowStore {
                             continue;
                         }
                         counted += 1;
-                        let w = window_in(&mut state.windows, li, lane, start, o.position, ledger);
+                        let w = window_in(windows, li, lane, start, o.position, ledger);
                         w.counts[signal.index()] += 1;
+                        let total: u32 = w.counts.iter().sum();
+                        let e = &mut *w.evidence;
                         if let (true, Some(h)) = (lane.users & bit != 0, user_hash) {
-                            w.users.insert(h, lane.distinct_cap);
+                            e.users.insert(h, lane.distinct_cap);
                         }
                         if let (true, Some(h)) = (lane.instances & bit != 0, instance_hash) {
-                            w.instances.insert(h, lane.distinct_cap);
+                            e.instances.insert(h, lane.distinct_cap);
                         }
                         // The command names the instances a source tried
                         // (a block needs their subnets); most sources try
                         // one, so the last name is checked first.
-                        if w.instance_names.last().is_none_or(|n| &**n != o.instance)
-                            && w.instance_names.len() < NAMED_INSTANCES
-                            && !w.instance_names.iter().any(|n| &**n == o.instance)
+                        if e.instance_names.last().is_none_or(|n| **n != *o.instance)
+                            && e.instance_names.len() < NAMED_INSTANCES
+                            && !e.instance_names.iter().any(|n| **n == *o.instance)
                         {
-                            w.instance_names.push(o.instance.into());
+                            e.instance_names.push(name.clone());
                         }
                         // A single event is not worth a sample: in a flood of
                         // new addresses most windows never see a second.
-                        let total: u32 = w.counts.iter().sum();
-                        if total >= 2 && w.samples.len() < cfg.sample_lines {
-                            w.samples.push(truncate(o.line, 512).to_owned());
+                        if total >= 2 && e.samples.len() < cfg.sample_lines {
+                            e.samples.push(truncate(o.line, 512).to_owned());
                         }
                         check_rules(
-                            &self.rules,
+                            rules,
                             lane,
                             w,
                             || Subject::Source(net.clone()),
@@ -890,45 +1065,38 @@ impl WindowStore {
                     let Some(state) = self.sources.get_mut(&net) else {
                         return Admit::Nothing;
                     };
-                    for (li, lane) in self.lanes.iter().enumerate() {
+                    let windows = tallies(state, lanes, hasher);
+                    for (li, lane) in lanes.iter().enumerate() {
                         if lane.subject != SubjectKind::Source {
                             continue;
                         }
                         let start = Self::window_start(o.time_ms, lane.size_ms);
-                        let of = |w: &Window, s: i64| usize::from(w.lane) == li && w.start_ms == s;
-                        let previous = state
-                            .windows
+                        let of = |w: &Tally, s: i64| usize::from(w.lane) == li && w.start_ms == s;
+                        let previous = windows
                             .iter()
                             .find(|w| of(w, start - lane.size_ms))
                             .map_or([0; Signal::COUNT], |w| w.counts);
                         // The current window holds the marks; with none open
                         // yet, the previous one does.
-                        let (w, previous) = match state.windows.iter().position(|w| of(w, start)) {
-                            Some(i) => (&mut state.windows[i], previous),
-                            None => match state
-                                .windows
-                                .iter()
-                                .position(|w| of(w, start - lane.size_ms))
-                            {
-                                Some(i) => (&mut state.windows[i], [0; Signal::COUNT]),
-                                None => continue,
-                            },
+                        let (w, previous) = match windows.iter().position(|w| of(w, start)) {
+                            Some(i) => (&mut windows[i], previous),
+                            None => {
+                                match windows.iter().position(|w| of(w, start - lane.size_ms)) {
+                                    Some(i) => (&mut windows[i], [0; Signal::COUNT]),
+                                    None => continue,
+                                }
+                            }
                         };
-                        compromise_rules(
-                            &self.rules,
-                            lane,
-                            w,
-                            previous,
-                            o.instance,
-                            &net,
-                            o.time_ms,
-                            fired,
-                        );
+                        compromise_rules(rules, lane, w, previous, &name, &net, o.time_ms, fired);
                     }
                     return Admit::Nothing;
                 }
             }
         }
+        self.admit(counted, late)
+    }
+
+    fn admit(&mut self, counted: u32, late: u32) -> Admit {
         match (counted, late) {
             (0, 0) => Admit::Nothing,
             (0, _) => {
@@ -944,18 +1112,77 @@ impl WindowStore {
     }
 
     /// Every open instance window, for reports.
-    pub fn instance_windows(&self) -> impl Iterator<Item = (&str, &Window)> {
-        self.streams
-            .map
-            .iter()
-            .flat_map(|(k, (st, _))| st.windows.iter().map(move |w| (&**k, w)))
+    pub fn instance_windows(&self) -> impl Iterator<Item = (&str, Window)> + '_ {
+        let lanes = &self.lanes;
+        self.streams.map.iter().flat_map(move |(k, (st, _))| {
+            st.windows
+                .iter()
+                .map(move |t| (&**k, t.window(lanes[usize::from(t.lane)].size_ms)))
+        })
     }
 
-    pub fn source_windows(&self) -> impl Iterator<Item = (&PeerNet, &Window)> {
-        self.sources
-            .map
-            .iter()
-            .flat_map(|(k, (st, _))| st.windows.iter().map(move |w| (k, w)))
+    /// Every open source window, for reports.
+    pub fn source_windows(&self) -> impl Iterator<Item = (&PeerNet, Window)> + '_ {
+        let lanes = &self.lanes;
+        let hasher = &self.hasher;
+        self.sources.map.iter().flat_map(move |(k, (st, _))| {
+            let windows: Vec<Window> = match st {
+                SourceState::One(one) => single_tallies(one, lanes, hasher)
+                    .iter()
+                    .map(|t| t.window(lanes[usize::from(t.lane)].size_ms))
+                    .collect(),
+                SourceState::Many(ts) => ts
+                    .iter()
+                    .map(|t| t.window(lanes[usize::from(t.lane)].size_ms))
+                    .collect(),
+            };
+            windows.into_iter().map(move |w| (k, w))
+        })
+    }
+}
+
+/// The windows a single-event key's event opened.
+fn single_tallies(one: &Single, lanes: &[Lane], hasher: &foldhash::fast::FixedState) -> Vec<Tally> {
+    let instance_hash = hasher.hash_one(&*one.instance);
+    let mut v = Vec::with_capacity(one.lanes.count_ones() as usize);
+    let mut bits = one.lanes;
+    while bits != 0 {
+        let li = bits.trailing_zeros() as usize;
+        bits &= bits - 1;
+        v.push(one.tally(li, &lanes[li], instance_hash));
+    }
+    v
+}
+
+/// A source key's windows as tallies (a single-event key's made at its
+/// second event).
+fn tallies<'s>(
+    state: &'s mut SourceState,
+    lanes: &[Lane],
+    hasher: &foldhash::fast::FixedState,
+) -> &'s mut Vec<Tally> {
+    if let SourceState::One(one) = state {
+        let v = single_tallies(one, lanes, hasher);
+        *state = SourceState::Many(v);
+    }
+    match state {
+        SourceState::Many(v) => v,
+        // Made many just above.
+        SourceState::One(_) => unreachable!("single-event key made many"),
+    }
+}
+
+/// Takes an evicted source key's windows off the ledger.
+fn release_source(old: SourceState, lanes: &[Lane], ledger: &mut Ledger) {
+    match old {
+        SourceState::One(mut one) => {
+            ledger.close_single(&mut one, i64::MAX, lanes);
+        }
+        SourceState::Many(windows) => {
+            for t in &windows {
+                ledger.close_tally(t, lanes);
+            }
+        }
     }
 }
 
@@ -988,15 +1215,15 @@ fn touch<'s>(p: StreamParts<'s, '_>, instance: &str, time_ms: i64) -> (&'s mut S
         |s| s.into(),
         || StreamState {
             id: next_id,
+            name: Arc::from(instance),
             max_ms: i64::MIN,
             windows: Vec::new(),
             seen_ids: BTreeMap::new(),
         },
         |old| {
             by_time.remove(&(old.max_ms.div_euclid(1000), old.id));
-            for w in &old.windows {
-                let lane = &lanes[usize::from(w.lane)];
-                ledger.close(w, lane.keep_ms, lane.subject);
+            for t in &old.windows {
+                ledger.close_tally(t, lanes);
             }
         },
     );
@@ -1036,13 +1263,13 @@ fn touch<'s>(p: StreamParts<'s, '_>, instance: &str, time_ms: i64) -> (&'s mut S
 
 /// The window of `lane` starting at `start` among `windows`, opened if absent.
 fn window_in<'w>(
-    windows: &'w mut Vec<Window>,
+    windows: &'w mut Vec<Tally>,
     li: usize,
     lane: &Lane,
     start: i64,
     position: u64,
     ledger: &mut Ledger,
-) -> &'w mut Window {
+) -> &'w mut Tally {
     let i = match windows
         .iter()
         .position(|w| usize::from(w.lane) == li && w.start_ms == start)
@@ -1050,9 +1277,8 @@ fn window_in<'w>(
         Some(i) => i,
         None => {
             // At most 64 rules, so at most 64 lanes: the index fits.
-            let w = Window::new(li as u8, start, lane.size_ms, position);
-            ledger.open(&w, lane.keep_ms, lane.subject);
-            windows.push(w);
+            ledger.open(position, start, lane);
+            windows.push(Tally::new(li as u8, start, position));
             windows.len() - 1
         }
     };
@@ -1067,22 +1293,37 @@ fn window_in<'w>(
 }
 
 /// Drops the windows whose keep time ended by `watermark`.
-fn close_windows(windows: &mut Vec<Window>, watermark: i64, lanes: &[Lane], ledger: &mut Ledger) {
+fn close_windows(windows: &mut Vec<Tally>, watermark: i64, lanes: &[Lane], ledger: &mut Ledger) {
     windows.retain(|w| {
-        let lane = &lanes[usize::from(w.lane)];
-        let open = w.start_ms + lane.keep_ms > watermark;
+        let open = w.start_ms + lanes[usize::from(w.lane)].keep_ms > watermark;
         if !open {
-            ledger.close(w, lane.keep_ms, lane.subject);
+            ledger.close_tally(w, lanes);
         }
         open
     });
+}
+
+/// Whether `counts` and the distinct counts meet a count or distinct condition.
+fn condition_met(
+    condition: &Condition,
+    counts: &[u32; Signal::COUNT],
+    distinct: impl Fn(Dimension) -> u32,
+) -> bool {
+    match condition {
+        Condition::Count { signals, at_least } => {
+            signals.iter().map(|s| counts[s.index()]).sum::<u32>() >= *at_least
+        }
+        // The lane keeps at least `at_least` values, so the count is exact here.
+        Condition::Distinct { of, at_least, .. } => distinct(*of) >= *at_least,
+        Condition::SuccessAfterFailures { .. } => false,
+    }
 }
 
 /// Fires each count or distinct rule of `lane` whose condition `w` now meets.
 fn check_rules(
     rules: &[Rule],
     lane: &Lane,
-    w: &mut Window,
+    w: &mut Tally,
     subject: impl Fn() -> Subject,
     source: impl Fn() -> Option<PeerNet>,
     at: i64,
@@ -1092,19 +1333,13 @@ fn check_rules(
         if w.fired & (1 << ri) != 0 {
             continue;
         }
-        let met = match &rules[ri].condition {
-            Condition::Count { signals, at_least } => w.total(signals) >= *at_least,
-            // The lane keeps at least `at_least` values, so the count is exact here.
-            Condition::Distinct { of, at_least, .. } => w.distinct(*of).count() >= *at_least,
-            Condition::SuccessAfterFailures { .. } => false,
-        };
-        if met {
+        if condition_met(&rules[ri].condition, &w.counts, |of| w.distinct_count(of)) {
             w.fired |= 1 << ri;
             fired.push(Fired {
                 rule: ri,
                 subject: subject(),
                 source: source(),
-                window: w.clone(),
+                window: w.window(lane.size_ms),
                 detected_at_ms: at,
             });
         }
@@ -1117,9 +1352,9 @@ fn check_rules(
 fn compromise_rules(
     rules: &[Rule],
     lane: &Lane,
-    w: &mut Window,
+    w: &mut Tally,
     previous: [u32; Signal::COUNT],
-    instance: &str,
+    instance: &Arc<str>,
     net: &PeerNet,
     at: i64,
     fired: &mut Vec<Fired>,
@@ -1132,20 +1367,21 @@ fn compromise_rules(
             .iter()
             .map(|s| w.counts[s.index()] + previous[s.index()])
             .sum();
-        if before < *failures || w.compromised.iter().any(|i| &**i == instance) {
+        let marks = &mut w.evidence.compromised;
+        if before < *failures || marks.iter().any(|i| i == instance) {
             continue;
         }
-        if w.compromised.len() >= NAMED_INSTANCES {
+        if marks.len() >= NAMED_INSTANCES {
             continue;
         }
-        w.compromised.push(instance.into());
-        let mut evidence = w.clone();
+        marks.push(instance.clone());
+        let mut evidence = w.window(lane.size_ms);
         for (c, p) in evidence.counts.iter_mut().zip(previous) {
             *c += p;
         }
         fired.push(Fired {
             rule: ri,
-            subject: Subject::Instance(instance.into()),
+            subject: Subject::Instance(Box::from(&**instance)),
             source: Some(net.clone()),
             window: evidence,
             detected_at_ms: at,
@@ -1437,6 +1673,133 @@ mod tests {
         let before = s.live_keys();
         s.observe(&accepted("i-3", &ip("192.0.2.99"), 3_700_600), &mut f);
         assert_eq!(s.live_keys().1, before.1);
+    }
+
+    fn source_distinct(name: &str, window_ms: i64, of: Dimension, n: u32) -> Rule {
+        Rule {
+            name: name.into(),
+            subject: SubjectKind::Source,
+            window_ms: Some(window_ms),
+            condition: Condition::Distinct {
+                signals: GUESSES.to_vec(),
+                of,
+                at_least: n,
+            },
+            action: Action::Notify,
+        }
+    }
+
+    #[test]
+    fn a_source_seen_once_is_kept_as_its_event_and_counts_in_full_from_its_second() {
+        let mut s = store(
+            vec![
+                count_rule("ten", SubjectKind::Source, 600_000, 3),
+                source_distinct("users", 600_000, Dimension::Users, 2),
+                source_distinct("spray", 3_600_000, Dimension::Instances, 2),
+            ],
+            100,
+        );
+        let mut f = Vec::new();
+        let a = ip("198.51.100.7");
+        let admit = s.observe(&with_user(obs("i-1", Some(&a), 1_000, 5), "root"), &mut f);
+        assert_eq!(admit, Admit::Counted);
+        assert!(f.is_empty());
+        let mut windows: Vec<_> = s
+            .source_windows()
+            .map(|(_, w)| {
+                (
+                    w.size_ms,
+                    w.counts[Signal::InvalidUser.index()],
+                    w.users.count(),
+                    w.instances.count(),
+                    w.instance_names.clone(),
+                    w.samples.len(),
+                )
+            })
+            .collect();
+        windows.sort();
+        let one = vec![Box::<str>::from("i-1")];
+        assert_eq!(
+            windows,
+            vec![
+                (600_000, 1, 1, 0, one.clone(), 0),
+                (3_600_000, 1, 0, 1, one, 0)
+            ]
+        );
+        assert_eq!(s.low_water_position(), Some(5));
+        // The second event, from another instance with another user name.
+        s.observe(&with_user(obs("i-2", Some(&a), 2_000, 6), "admin"), &mut f);
+        assert_eq!(f.iter().map(|x| x.rule).collect::<Vec<_>>(), vec![1, 2]);
+        for fired in &f {
+            assert_eq!(fired.window.counts[Signal::InvalidUser.index()], 2);
+            assert_eq!(
+                fired.window.instance_names,
+                vec![Box::<str>::from("i-1"), "i-2".into()]
+            );
+            assert_eq!(fired.window.samples, vec!["l".to_owned()]);
+        }
+        assert_eq!(f[0].window.users.count(), 2);
+        assert_eq!(f[1].window.instances.count(), 2);
+        assert_eq!(s.low_water_position(), Some(5));
+        // Its windows close like any other.
+        s.observe(&obs("i-1", None, 2 * 3_600_000 + 100_000, 7), &mut f);
+        assert_eq!(s.live_keys().1, 0);
+        assert_eq!(s.low_water_position(), None);
+        assert_eq!(s.stats().windows_closed, 2);
+    }
+
+    #[test]
+    fn a_source_seen_once_late_for_a_short_window_holds_only_the_long_one() {
+        let mut s = store(
+            vec![
+                count_rule("ten", SubjectKind::Source, 600_000, 3),
+                count_rule("hour", SubjectKind::Source, 3_600_000, 3),
+            ],
+            100,
+        );
+        let mut f = Vec::new();
+        s.observe(&obs("i-1", None, 700_000, 1), &mut f);
+        let a = ip("192.0.2.44");
+        assert_eq!(
+            s.observe(&obs("i-1", Some(&a), 1_000, 2), &mut f),
+            Admit::Counted
+        );
+        assert_eq!(s.stats().partly_late_events, 1);
+        let sizes: Vec<_> = s.source_windows().map(|(_, w)| w.size_ms).collect();
+        assert_eq!(sizes, vec![3_600_000]);
+        // Two more in the hour fire it with all three counted.
+        s.observe(&obs("i-1", Some(&a), 650_000, 3), &mut f);
+        s.observe(&obs("i-1", Some(&a), 660_000, 4), &mut f);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!((f[0].rule, f[0].window.total(&GUESSES)), (1, 3));
+    }
+
+    #[test]
+    fn a_rule_met_by_one_event_fires_on_a_new_source_once() {
+        let mut s = store(
+            vec![count_rule("one", SubjectKind::Source, 600_000, 1)],
+            100,
+        );
+        let mut f = Vec::new();
+        let a = ip("203.0.113.1");
+        s.observe(&obs("i-1", Some(&a), 1_000, 1), &mut f);
+        s.observe(&obs("i-1", Some(&a), 2_000, 2), &mut f);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].window.instance_names, vec![Box::<str>::from("i-1")]);
+    }
+
+    #[test]
+    fn an_evicted_source_seen_once_leaves_the_checkpoint_ledger() {
+        let mut s = store(vec![count_rule("s", SubjectKind::Source, 600_000, 5)], 2);
+        let mut f = Vec::new();
+        for (pos, addr) in [(1, "10.0.0.1"), (2, "10.0.0.2"), (3, "10.0.0.3")] {
+            s.observe(&obs("i-1", Some(&ip(addr)), 1_000, pos), &mut f);
+        }
+        assert_eq!(s.live_keys().1, 2);
+        assert_eq!(s.stats().evicted_sources, 1);
+        // The rule set has no instance lane: only source windows hold positions.
+        assert_eq!(s.low_water_position(), Some(2));
+        assert_eq!(s.stats().windows_closed, 1);
     }
 
     proptest::proptest! {
