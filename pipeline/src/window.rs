@@ -168,12 +168,12 @@ struct Evidence {
     instances: DistinctSet,
     sources: DistinctSet,
     /// Shared with the stream's own name: naming an instance allocates nothing.
-    instance_names: Vec<Arc<str>>,
+    instance_names: Vec<Arc<String>>,
     top: Vec<(Peer, u32)>,
     other_source_events: u32,
     samples: Vec<String>,
     /// Instances a success-after-failures rule already fired for.
-    compromised: Vec<Arc<str>>,
+    compromised: Vec<Arc<String>>,
 }
 
 impl Tally {
@@ -206,7 +206,11 @@ impl Tally {
             users: e.users.clone(),
             instances: e.instances.clone(),
             sources: e.sources.clone(),
-            instance_names: e.instance_names.iter().map(|n| Box::from(&**n)).collect(),
+            instance_names: e
+                .instance_names
+                .iter()
+                .map(|n| Box::from(n.as_str()))
+                .collect(),
             top: e.top.clone(),
             other_source_events: e.other_source_events,
             samples: e.samples.clone(),
@@ -361,8 +365,11 @@ fn lanes_for(rules: &[Rule], default_size_ms: i64, max_distinct: usize) -> Vec<L
 #[derive(Debug)]
 struct StreamState {
     id: u64,
-    /// The instance, shared with the source windows that name it.
-    name: Arc<str>,
+    /// The instance, shared with the source windows that name it (a thin
+    /// pointer: a single-event source key holds one).
+    name: Arc<String>,
+    /// Seen again since the eviction clock last passed (second chance).
+    touched: bool,
     max_ms: i64,
     windows: Vec<Tally>,
     /// Event ids seen, by the start of their longest window.
@@ -376,7 +383,27 @@ struct StreamState {
 #[derive(Debug)]
 enum SourceState {
     One(Single),
-    Many(Vec<Tally>),
+    Many { windows: Vec<Tally>, touched: bool },
+}
+
+/// A keyed state's second-chance mark: set when its key is seen again.
+trait Marked {
+    fn mark(&mut self) -> &mut bool;
+}
+
+impl Marked for SourceState {
+    fn mark(&mut self) -> &mut bool {
+        match self {
+            SourceState::One(one) => &mut one.touched,
+            SourceState::Many { touched, .. } => touched,
+        }
+    }
+}
+
+impl Marked for StreamState {
+    fn mark(&mut self) -> &mut bool {
+        &mut self.touched
+    }
 }
 
 /// The only event of a source key, and the lanes whose window it opened.
@@ -384,12 +411,15 @@ enum SourceState {
 struct Single {
     time_ms: i64,
     position: u64,
-    /// Hash of the user name, when a lane counts distinct users of its signal.
-    user_hash: Option<u64>,
-    instance: Arc<str>,
+    /// Hash of the user name (with `has_user`), when a lane counts
+    /// distinct users of its signal.
+    user_hash: u64,
+    instance: Arc<String>,
     /// Bit i: lane i holds a window of this event.
     lanes: u64,
     signal: Signal,
+    has_user: bool,
+    touched: bool,
 }
 
 impl Single {
@@ -402,8 +432,8 @@ impl Single {
         let mut t = Tally::new(li as u8, self.start(lane), self.position);
         t.counts[self.signal.index()] = 1;
         let bit = 1u32 << self.signal.index();
-        if let (true, Some(h)) = (lane.users & bit != 0, self.user_hash) {
-            t.evidence.users.insert(h, lane.distinct_cap);
+        if lane.users & bit != 0 && self.has_user {
+            t.evidence.users.insert(self.user_hash, lane.distinct_cap);
         }
         if lane.instances & bit != 0 {
             t.evidence
@@ -420,7 +450,7 @@ impl Single {
         let bit = 1u32 << self.signal.index();
         let distinct = |of: Dimension| -> u32 {
             match of {
-                Dimension::Users => u32::from(lane.users & bit != 0 && self.user_hash.is_some()),
+                Dimension::Users => u32::from(lane.users & bit != 0 && self.has_user),
                 Dimension::Instances => u32::from(lane.instances & bit != 0),
                 Dimension::Sources => 0,
             }
@@ -437,13 +467,15 @@ impl Single {
 /// requeued once instead of evicted, which approximates least-recently-used
 /// in O(1) without a linked node per key.
 struct Keyed<K, S> {
-    map: FastMap<K, (S, bool)>,
+    /// The mark lives in the state itself ([`Marked`]), in bytes its
+    /// layout would pad anyway.
+    map: FastMap<K, S>,
     queue: VecDeque<K>,
     cap: usize,
     evictions: u64,
 }
 
-impl<K: Hash + Eq + Clone, S> Keyed<K, S> {
+impl<K: Hash + Eq + Clone, S: Marked> Keyed<K, S> {
     fn new(cap: usize) -> Self {
         Keyed {
             map: FastMap::default(),
@@ -471,13 +503,13 @@ impl<K: Hash + Eq + Clone, S> Keyed<K, S> {
                 let Some(old) = self.queue.pop_front() else {
                     break;
                 };
-                match self.map.get_mut::<K>(&old) {
-                    Some((_, touched)) if *touched => {
+                match self.map.get_mut::<K>(&old).map(Marked::mark) {
+                    Some(touched) if *touched => {
                         *touched = false;
                         self.queue.push_back(old);
                     }
                     Some(_) => {
-                        if let Some((s, _)) = self.map.remove::<K>(&old) {
+                        if let Some(s) = self.map.remove::<K>(&old) {
                             self.evictions += 1;
                             evicted(s);
                         }
@@ -494,11 +526,11 @@ impl<K: Hash + Eq + Clone, S> Keyed<K, S> {
             }
             // A new key is not marked: only a key seen again earns its
             // second chance, so one-off addresses go first.
-            return &mut self.map.entry(owned).or_insert((make(), false)).0;
+            return self.map.entry(owned).or_insert_with(make);
         }
         match self.map.get_mut(key) {
-            Some((s, touched)) => {
-                *touched = true;
+            Some(s) => {
+                *s.mark() = true;
                 s
             }
             // Present: checked at the top.
@@ -511,7 +543,7 @@ impl<K: Hash + Eq + Clone, S> Keyed<K, S> {
         K: std::borrow::Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.map.get_mut(key).map(|(s, _)| s)
+        self.map.get_mut(key)
     }
 
     fn len(&self) -> usize {
@@ -802,16 +834,16 @@ impl WindowStore {
         if self.ledger.instance_ends.first().is_some_and(|e| e <= wm) {
             let lanes = &self.lanes;
             let ledger = &mut self.ledger;
-            for (st, _) in self.streams.map.values_mut() {
+            for st in self.streams.map.values_mut() {
                 close_windows(&mut st.windows, wm, lanes, ledger);
             }
         }
         if self.ledger.source_ends.first().is_some_and(|e| e <= wm) {
             let lanes = &self.lanes;
             let ledger = &mut self.ledger;
-            self.sources.map.retain(|_, (st, _)| match st {
+            self.sources.map.retain(|_, st| match st {
                 SourceState::One(one) => ledger.close_single(one, wm, lanes),
-                SourceState::Many(windows) => {
+                SourceState::Many { windows, .. } => {
                     close_windows(windows, wm, lanes, ledger);
                     !windows.is_empty()
                 }
@@ -823,14 +855,14 @@ impl WindowStore {
 
     /// Closes every window (end of input for offline scans).
     pub fn close_all(&mut self) {
-        for (st, _) in self.streams.map.values_mut() {
+        for st in self.streams.map.values_mut() {
             self.ledger.closed += st.windows.len() as u64;
             st.windows.clear();
         }
-        for (st, _) in self.sources.map.values() {
+        for st in self.sources.map.values() {
             self.ledger.closed += match st {
                 SourceState::One(one) => u64::from(one.lanes.count_ones()),
-                SourceState::Many(windows) => windows.len() as u64,
+                SourceState::Many { windows, .. } => windows.len() as u64,
             };
         }
         self.sources.map.clear();
@@ -844,21 +876,33 @@ impl WindowStore {
     /// recorded before (a redelivered log event). Ids are kept as long as the
     /// longest window they could count in; an older event is late anyway.
     pub fn first_sighting(&mut self, instance: &str, time_ms: i64, id: u128) -> bool {
-        self.advance(instance, time_ms);
         let floor = self.floor_ms.unwrap_or(i64::MIN);
         let lateness = self.config.allowed_lateness_ms;
         let longest = self.longest_keep_ms.max(1);
-        let Some(stream) = self.streams.get_mut(instance) else {
-            return true;
-        };
-        // The same watermark `observe` judges this stream's lateness by.
+        let (stream, by_time_changed) = touch(
+            StreamParts {
+                streams: &mut self.streams,
+                by_time: &mut self.by_time,
+                next_id: &mut self.next_stream_id,
+                ledger: &mut self.ledger,
+                lanes: &self.lanes,
+                lateness_ms: lateness,
+                longest_keep_ms: self.longest_keep_ms,
+            },
+            instance,
+            time_ms,
+        );
+        // The same watermark `observe` judges this stream's lateness by
+        // (moving the closing clock below changes neither part of it).
         let stream_wm = stream.max_ms.max(floor) - lateness;
         let start = Self::window_start(time_ms, longest);
-        if start + longest <= stream_wm || stream.seen_ids.entry(start).or_default().insert(id) {
-            return true;
+        let first =
+            start + longest <= stream_wm || stream.seen_ids.entry(start).or_default().insert(id);
+        self.note_newest(time_ms, by_time_changed);
+        if !first {
+            self.stats.duplicate_events += 1;
         }
-        self.stats.duplicate_events += 1;
-        false
+        first
     }
 
     /// Counts one observation, appending any rule it makes fire to `fired`.
@@ -972,7 +1016,10 @@ impl WindowStore {
                         PeerNet::clone,
                         || {
                             fresh = true;
-                            SourceState::Many(Vec::new())
+                            SourceState::Many {
+                                windows: Vec::new(),
+                                touched: false,
+                            }
                         },
                         |old| release_source(old, lanes, ledger),
                     );
@@ -982,10 +1029,12 @@ impl WindowStore {
                         let mut one = Single {
                             time_ms: o.time_ms,
                             position: o.position,
-                            user_hash,
+                            user_hash: user_hash.unwrap_or(0),
                             instance: name.clone(),
                             lanes: 0,
                             signal,
+                            has_user: user_hash.is_some(),
+                            touched: false,
                         };
                         for (li, lane) in lanes.iter().enumerate() {
                             if lane.subject == SubjectKind::Source
@@ -1114,7 +1163,7 @@ impl WindowStore {
     /// Every open instance window, for reports.
     pub fn instance_windows(&self) -> impl Iterator<Item = (&str, Window)> + '_ {
         let lanes = &self.lanes;
-        self.streams.map.iter().flat_map(move |(k, (st, _))| {
+        self.streams.map.iter().flat_map(move |(k, st)| {
             st.windows
                 .iter()
                 .map(move |t| (&**k, t.window(lanes[usize::from(t.lane)].size_ms)))
@@ -1125,13 +1174,13 @@ impl WindowStore {
     pub fn source_windows(&self) -> impl Iterator<Item = (&PeerNet, Window)> + '_ {
         let lanes = &self.lanes;
         let hasher = &self.hasher;
-        self.sources.map.iter().flat_map(move |(k, (st, _))| {
+        self.sources.map.iter().flat_map(move |(k, st)| {
             let windows: Vec<Window> = match st {
                 SourceState::One(one) => single_tallies(one, lanes, hasher)
                     .iter()
                     .map(|t| t.window(lanes[usize::from(t.lane)].size_ms))
                     .collect(),
-                SourceState::Many(ts) => ts
+                SourceState::Many { windows: ts, .. } => ts
                     .iter()
                     .map(|t| t.window(lanes[usize::from(t.lane)].size_ms))
                     .collect(),
@@ -1143,7 +1192,7 @@ impl WindowStore {
 
 /// The windows a single-event key's event opened.
 fn single_tallies(one: &Single, lanes: &[Lane], hasher: &foldhash::fast::FixedState) -> Vec<Tally> {
-    let instance_hash = hasher.hash_one(&*one.instance);
+    let instance_hash = hasher.hash_one(one.instance.as_str());
     let mut v = Vec::with_capacity(one.lanes.count_ones() as usize);
     let mut bits = one.lanes;
     while bits != 0 {
@@ -1162,11 +1211,14 @@ fn tallies<'s>(
     hasher: &foldhash::fast::FixedState,
 ) -> &'s mut Vec<Tally> {
     if let SourceState::One(one) = state {
-        let v = single_tallies(one, lanes, hasher);
-        *state = SourceState::Many(v);
+        let windows = single_tallies(one, lanes, hasher);
+        *state = SourceState::Many {
+            windows,
+            touched: one.touched,
+        };
     }
     match state {
-        SourceState::Many(v) => v,
+        SourceState::Many { windows, .. } => windows,
         // Made many just above.
         SourceState::One(_) => unreachable!("single-event key made many"),
     }
@@ -1178,7 +1230,7 @@ fn release_source(old: SourceState, lanes: &[Lane], ledger: &mut Ledger) {
         SourceState::One(mut one) => {
             ledger.close_single(&mut one, i64::MAX, lanes);
         }
-        SourceState::Many(windows) => {
+        SourceState::Many { windows, .. } => {
             for t in &windows {
                 ledger.close_tally(t, lanes);
             }
@@ -1215,7 +1267,8 @@ fn touch<'s>(p: StreamParts<'s, '_>, instance: &str, time_ms: i64) -> (&'s mut S
         |s| s.into(),
         || StreamState {
             id: next_id,
-            name: Arc::from(instance),
+            name: Arc::new(instance.to_owned()),
+            touched: false,
             max_ms: i64::MIN,
             windows: Vec::new(),
             seen_ids: BTreeMap::new(),
@@ -1354,7 +1407,7 @@ fn compromise_rules(
     lane: &Lane,
     w: &mut Tally,
     previous: [u32; Signal::COUNT],
-    instance: &Arc<str>,
+    instance: &Arc<String>,
     net: &PeerNet,
     at: i64,
     fired: &mut Vec<Fired>,
@@ -1381,7 +1434,7 @@ fn compromise_rules(
         }
         fired.push(Fired {
             rule: ri,
-            subject: Subject::Instance(Box::from(&**instance)),
+            subject: Subject::Instance(Box::from(instance.as_str())),
             source: Some(net.clone()),
             window: evidence,
             detected_at_ms: at,
@@ -1800,6 +1853,15 @@ mod tests {
         // The rule set has no instance lane: only source windows hold positions.
         assert_eq!(s.low_water_position(), Some(2));
         assert_eq!(s.stats().windows_closed, 1);
+    }
+
+    #[test]
+    fn a_source_seen_once_costs_one_small_map_entry() {
+        // What an address flood costs per key (before the map's own slack):
+        // docs/detection.md and BENCHMARKS.md state the bound from it.
+        assert!(std::mem::size_of::<Single>() <= 48);
+        assert!(std::mem::size_of::<(PeerNet, SourceState)>() <= 72);
+        assert!(std::mem::size_of::<Tally>() <= 64);
     }
 
     proptest::proptest! {
