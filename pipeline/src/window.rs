@@ -171,7 +171,8 @@ struct Evidence {
     instance_names: Vec<Arc<String>>,
     top: Vec<(Peer, u32)>,
     other_source_events: u32,
-    samples: Vec<String>,
+    /// One copy of a line however many lanes' windows sample it.
+    samples: Vec<Arc<str>>,
     /// Instances a success-after-failures rule already fired for.
     compromised: Vec<Arc<String>>,
 }
@@ -213,7 +214,7 @@ impl Tally {
                 .collect(),
             top: e.top.clone(),
             other_source_events: e.other_source_events,
-            samples: e.samples.clone(),
+            samples: e.samples.iter().map(|l| l.to_string()).collect(),
         }
     }
 }
@@ -981,7 +982,7 @@ impl WindowStore {
                     e.users.insert(h, lane.distinct_cap);
                 }
                 if e.samples.len() < cfg.sample_lines {
-                    e.samples.push(truncate(o.line, 512).to_owned());
+                    e.samples.push(Arc::from(truncate(o.line, 512)));
                 }
                 check_rules(
                     &self.rules,
@@ -1064,6 +1065,8 @@ impl WindowStore {
                         }
                     }
                     let windows = tallies(state, lanes, hasher);
+                    // Made at the first window that samples this line.
+                    let mut sample: Option<Arc<str>> = None;
                     for (li, lane) in lanes.iter().enumerate() {
                         if lane.subject != SubjectKind::Source {
                             continue;
@@ -1096,7 +1099,9 @@ impl WindowStore {
                         // A single event is not worth a sample: in a flood of
                         // new addresses most windows never see a second.
                         if total >= 2 && e.samples.len() < cfg.sample_lines {
-                            e.samples.push(truncate(o.line, 512).to_owned());
+                            let line =
+                                sample.get_or_insert_with(|| Arc::from(truncate(o.line, 512)));
+                            e.samples.push(line.clone());
                         }
                         check_rules(
                             rules,
