@@ -32,8 +32,6 @@ use crate::peer::{Peer, PeerGrouping, PeerNet};
 pub use crate::rules::SubjectKind;
 use crate::rules::{Condition, Dimension, Rule};
 
-type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WindowConfig {
     /// The window of rules that name none (`[window] size_secs`).
@@ -467,10 +465,14 @@ impl Single {
 /// it has to sit inside the window store's own map: a touched key gets
 /// requeued once instead of evicted, which approximates least-recently-used
 /// in O(1) without a linked node per key.
+///
+/// A hash table with the hash computed once per access (a key's string or
+/// network hashed once, not once to test and again to fetch or insert).
 struct Keyed<K, S> {
     /// The mark lives in the state itself ([`Marked`]), in bytes its
     /// layout would pad anyway.
-    map: FastMap<K, S>,
+    table: hashbrown::HashTable<(K, S)>,
+    hasher: foldhash::fast::RandomState,
     queue: VecDeque<K>,
     cap: usize,
     evictions: u64,
@@ -479,7 +481,8 @@ struct Keyed<K, S> {
 impl<K: Hash + Eq + Clone, S: Marked> Keyed<K, S> {
     fn new(cap: usize) -> Self {
         Keyed {
-            map: FastMap::default(),
+            table: hashbrown::HashTable::new(),
+            hasher: foldhash::fast::RandomState::default(),
             queue: VecDeque::new(),
             cap: cap.max(1),
             evictions: 0,
@@ -499,44 +502,52 @@ impl<K: Hash + Eq + Clone, S: Marked> Keyed<K, S> {
         K: std::borrow::Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        if !self.map.contains_key(key) {
-            while self.map.len() >= self.cap {
-                let Some(old) = self.queue.pop_front() else {
-                    break;
-                };
-                match self.map.get_mut::<K>(&old).map(Marked::mark) {
-                    Some(touched) if *touched => {
-                        *touched = false;
-                        self.queue.push_back(old);
-                    }
-                    Some(_) => {
-                        if let Some(s) = self.map.remove::<K>(&old) {
-                            self.evictions += 1;
-                            evicted(s);
-                        }
-                    }
-                    None => {}
-                }
-            }
-            let owned = to_owned(key);
-            self.queue.push_back(owned.clone());
-            // The queue may hold keys closed since: keep it bounded.
-            if self.queue.len() > 2 * self.cap {
-                let map = &self.map;
-                self.queue.retain(|k| map.contains_key::<K>(k));
-            }
-            // A new key is not marked: only a key seen again earns its
-            // second chance, so one-off addresses go first.
-            return self.map.entry(owned).or_insert_with(make);
-        }
-        match self.map.get_mut(key) {
-            Some(s) => {
+        let Keyed {
+            table,
+            hasher,
+            queue,
+            cap,
+            evictions,
+        } = self;
+        // `Borrow` promises the owned key hashes as the borrowed one.
+        let h = hasher.hash_one(key);
+        let table = match table.find_entry(h, |(k, _)| k.borrow() == key) {
+            Ok(e) => {
+                let (_, s) = e.into_mut();
                 *s.mark() = true;
-                s
+                return s;
             }
-            // Present: checked at the top.
-            None => unreachable!("key present"),
+            Err(absent) => absent.into_table(),
+        };
+        while table.len() >= *cap {
+            let Some(old) = queue.pop_front() else {
+                break;
+            };
+            let Ok(mut e) = table.find_entry(hasher.hash_one(&old), |(k, _)| *k == old) else {
+                continue;
+            };
+            let touched = e.get_mut().1.mark();
+            if *touched {
+                *touched = false;
+                queue.push_back(old);
+            } else {
+                let ((_, s), _) = e.remove();
+                *evictions += 1;
+                evicted(s);
+            }
         }
+        let owned = to_owned(key);
+        queue.push_back(owned.clone());
+        // The queue may hold keys closed since: keep it bounded.
+        if queue.len() > 2 * *cap {
+            queue.retain(|k| table.find(hasher.hash_one(k), |(x, _)| x == k).is_some());
+        }
+        // A new key is not marked: only a key seen again earns its
+        // second chance, so one-off addresses go first.
+        let (_, s) = table
+            .insert_unique(h, (owned, make()), |(k, _)| hasher.hash_one(k))
+            .into_mut();
+        s
     }
 
     fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut S>
@@ -544,11 +555,31 @@ impl<K: Hash + Eq + Clone, S: Marked> Keyed<K, S> {
         K: std::borrow::Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.map.get_mut(key)
+        let h = self.hasher.hash_one(key);
+        self.table
+            .find_mut(h, |(k, _)| k.borrow() == key)
+            .map(|(_, s)| s)
     }
 
     fn len(&self) -> usize {
-        self.map.len()
+        self.table.len()
+    }
+
+    fn states_mut(&mut self) -> impl Iterator<Item = &mut S> {
+        self.table.iter_mut().map(|(_, s)| s)
+    }
+
+    /// Keeps the keys whose state `keep` says to keep, and the queue to them.
+    fn retain(&mut self, mut keep: impl FnMut(&mut S) -> bool) {
+        self.table.retain(|(_, s)| keep(s));
+        let (table, hasher) = (&self.table, &self.hasher);
+        self.queue
+            .retain(|k| table.find(hasher.hash_one(k), |(x, _)| x == k).is_some());
+    }
+
+    fn clear(&mut self) {
+        self.table.clear();
+        self.queue.clear();
     }
 }
 
@@ -835,39 +866,36 @@ impl WindowStore {
         if self.ledger.instance_ends.first().is_some_and(|e| e <= wm) {
             let lanes = &self.lanes;
             let ledger = &mut self.ledger;
-            for st in self.streams.map.values_mut() {
+            for st in self.streams.states_mut() {
                 close_windows(&mut st.windows, wm, lanes, ledger);
             }
         }
         if self.ledger.source_ends.first().is_some_and(|e| e <= wm) {
             let lanes = &self.lanes;
             let ledger = &mut self.ledger;
-            self.sources.map.retain(|_, st| match st {
+            self.sources.retain(|st| match st {
                 SourceState::One(one) => ledger.close_single(one, wm, lanes),
                 SourceState::Many { windows, .. } => {
                     close_windows(windows, wm, lanes, ledger);
                     !windows.is_empty()
                 }
             });
-            let map = &self.sources.map;
-            self.sources.queue.retain(|k| map.contains_key(k));
         }
     }
 
     /// Closes every window (end of input for offline scans).
     pub fn close_all(&mut self) {
-        for st in self.streams.map.values_mut() {
+        for st in self.streams.states_mut() {
             self.ledger.closed += st.windows.len() as u64;
             st.windows.clear();
         }
-        for st in self.sources.map.values() {
+        for st in self.sources.states_mut() {
             self.ledger.closed += match st {
                 SourceState::One(one) => u64::from(one.lanes.count_ones()),
                 SourceState::Many { windows, .. } => windows.len() as u64,
             };
         }
-        self.sources.map.clear();
-        self.sources.queue.clear();
+        self.sources.clear();
         self.ledger.positions.clear();
         self.ledger.instance_ends.clear();
         self.ledger.source_ends.clear();
@@ -1168,7 +1196,7 @@ impl WindowStore {
     /// Every open instance window, for reports.
     pub fn instance_windows(&self) -> impl Iterator<Item = (&str, Window)> + '_ {
         let lanes = &self.lanes;
-        self.streams.map.iter().flat_map(move |(k, st)| {
+        self.streams.table.iter().flat_map(move |(k, st)| {
             st.windows
                 .iter()
                 .map(move |t| (&**k, t.window(lanes[usize::from(t.lane)].size_ms)))
@@ -1179,7 +1207,7 @@ impl WindowStore {
     pub fn source_windows(&self) -> impl Iterator<Item = (&PeerNet, Window)> + '_ {
         let lanes = &self.lanes;
         let hasher = &self.hasher;
-        self.sources.map.iter().flat_map(move |(k, st)| {
+        self.sources.table.iter().flat_map(move |(k, st)| {
             let windows: Vec<Window> = match st {
                 SourceState::One(one) => single_tallies(one, lanes, hasher)
                     .iter()
