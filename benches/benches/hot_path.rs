@@ -10,6 +10,12 @@
 //!   context, windows, policy) over pre-extracted lines; bytes of line.
 //! * `whole/process_record`: `Engine::process_record` over the gzip records;
 //!   bytes of uncompressed JSON.
+//! * `hard/dense` and `hard/flood`: the whole path on the hard inputs of
+//!   issue #17: a dense sshd log (200 instances, heavy scanning and a
+//!   40,000-address botnet: most evidence from a new address) and an
+//!   address flood (200,000 `Invalid user` lines on one instance in one
+//!   minute, each from a new address). The default (graduated) policy's
+//!   hour and day windows hold every source's state throughout.
 //!
 //! Each measurement is one pass over the whole corpus; a fresh engine per
 //! pass (its construction is not timed), as event ids seen once are dropped
@@ -19,7 +25,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingMode, Throughput};
-use sshwarden_benches::{bench_fleet, corpus, Corpus};
+use sshwarden_benches::{bench_fleet, corpus, corpus_of, dense_fleet, flood_events, Corpus};
 use sshwarden_pipeline::classify::{self, oracle};
 use sshwarden_pipeline::command::Origin;
 use sshwarden_pipeline::envelope::Decoder;
@@ -41,10 +47,9 @@ fn engine() -> Engine {
     Engine::new(EngineConfig::default()).expect("default config is valid")
 }
 
-fn benches(c: &mut Criterion) {
-    let corpus: Corpus = corpus(&bench_fleet());
+fn describe(name: &str, corpus: &Corpus) {
     eprintln!(
-        "corpus: {} records, {} events, {:.1} MB JSON, {:.1} MB gzip, {:.1} MB lines, {:.1} MB sshd messages, {:.0}% evidence, {} expected detections",
+        "{name} corpus: {} records, {} events, {:.1} MB JSON, {:.1} MB gzip, {:.1} MB lines, {:.1} MB sshd messages, {:.0}% evidence, {} expected detections",
         corpus.records.len(),
         corpus.events,
         corpus.json_bytes as f64 / 1e6,
@@ -54,6 +59,39 @@ fn benches(c: &mut Criterion) {
         corpus.evidence_ratio * 100.0,
         corpus.expected_detections,
     );
+}
+
+/// `Engine::process_record` over every record of `corpus`, a fresh engine per pass.
+fn whole_path(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    corpus: &Corpus,
+) {
+    g.throughput(Throughput::Bytes(corpus.json_bytes));
+    g.bench_function(name, |b| {
+        b.iter_batched(
+            engine,
+            |mut e| {
+                let mut out = Vec::new();
+                for (pos, r) in corpus.records.iter().enumerate() {
+                    let record = RecordInput {
+                        data: r,
+                        position: pos as u64,
+                        ..RecordInput::default()
+                    };
+                    let _ = e.process_record(&record, &mut out);
+                }
+                black_box(out.len());
+                e
+            },
+            BatchSize::PerIteration,
+        )
+    });
+}
+
+fn benches(c: &mut Criterion) {
+    let corpus: Corpus = corpus(&bench_fleet());
+    describe("standard", &corpus);
 
     let mut g = group(c, "decode");
     g.throughput(Throughput::Bytes(corpus.json_bytes));
@@ -137,26 +175,17 @@ fn benches(c: &mut Criterion) {
     g.finish();
 
     let mut g = group(c, "whole");
-    g.throughput(Throughput::Bytes(corpus.json_bytes));
-    g.bench_function("process_record", |b| {
-        b.iter_batched(
-            engine,
-            |mut e| {
-                let mut out = Vec::new();
-                for (pos, r) in corpus.records.iter().enumerate() {
-                    let record = RecordInput {
-                        data: r,
-                        position: pos as u64,
-                        ..RecordInput::default()
-                    };
-                    let _ = e.process_record(&record, &mut out);
-                }
-                black_box(out.len());
-                e
-            },
-            BatchSize::PerIteration,
-        )
-    });
+    whole_path(&mut g, "process_record", &corpus);
+    g.finish();
+
+    let dense = self::corpus(&dense_fleet());
+    describe("dense", &dense);
+    let flood = flood_events(200_000);
+    let flood = corpus_of(&flood, 1.0, 0);
+    describe("flood", &flood);
+    let mut g = group(c, "hard");
+    whole_path(&mut g, "dense", &dense);
+    whole_path(&mut g, "flood", &flood);
     g.finish();
 }
 

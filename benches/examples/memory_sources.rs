@@ -2,7 +2,9 @@
 //! instance's log with N attackers, each one `Invalid user` line, all inside
 //! one window (the worst case: nothing closes). Prints N, the live source
 //! keys, the evictions and the peak RSS; run once per N so each peak is its
-//! own (`scripts/bench-memory` loops over 1k to 1M).
+//! own (`scripts/bench-memory` loops over 1k to 1M). Also prints the lines
+//! per second of the run (line formatting included): an address flood's
+//! speed.
 //!
 //! `cargo run --release -p sshwarden-benches --example memory_sources -- N [MAX_SOURCES]`
 
@@ -27,6 +29,7 @@ fn main() {
         Err(e) => panic!("{e}"),
     };
     let base_rss = peak_rss_kb();
+    let started = std::time::Instant::now();
     let mut out = Vec::new();
     let origin = Origin::default();
     let mut line = String::new();
@@ -36,7 +39,9 @@ fn main() {
         line.push_str(&format!(
             "2026-11-29T10:00:{:02}.000+00:00 ip-10-0-0-1 sshd[{}]: Invalid user u{i} from {ip} port {}",
             (i / 20_000) % 60,
-            1000 + i % 30_000,
+            // One connection per line: a pid sshd used before, with no
+            // closing line between, would be the same attempt again.
+            1000 + u64::from(i),
             1024 + i % 60_000
         ));
         engine.process_line(
@@ -54,13 +59,17 @@ fn main() {
         );
         out.clear();
     }
+    let secs = started.elapsed().as_secs_f64();
     let (instances, sources) = engine.windows().live_keys();
     let stats = engine.stats();
+    let peak = peak_rss_kb();
     println!(
         "distinct_sources={n} max_sources={cap} live_source_keys={sources} live_instance_keys={instances} \
-         evicted_sources={} peak_rss_kb={} baseline_rss_kb={base_rss}",
+         evicted_sources={} counted_events={} peak_rss_kb={peak} baseline_rss_kb={base_rss} bytes_per_live_source={} lines_per_sec={:.0}",
         stats.windows.evicted_sources,
-        peak_rss_kb()
+        stats.signals.values().sum::<u64>(),
+        (peak.saturating_sub(base_rss) * 1024).checked_div(sources as u64).unwrap_or(0),
+        f64::from(n) / secs,
     );
 }
 

@@ -4,12 +4,15 @@
 //! --toggle-collect='*Engine::process_record*'`), where criterion's
 //! statistics only get in the way.
 //!
-//! `cargo run --release -p sshwarden-benches --example whole_path -- [passes] [minutes] [policy]`
-//! (policy: `graduated`, the default, or `seed`).
+//! `cargo run --release -p sshwarden-benches --example whole_path -- [passes] [minutes] [policy] [input]`
+//! (policy: `graduated`, the default, or `seed`; input: `standard`, the
+//! default, `dense` or `flood`, as in the `hot_path` bench; for the flood,
+//! minutes × 40,000 lines). Each pass prints MB/s of
+//! wall time and MB per CPU second of the thread.
 
 use std::time::Instant;
 
-use sshwarden_benches::{bench_fleet, corpus};
+use sshwarden_benches::{bench_fleet, corpus, corpus_of, dense_fleet, flood_events};
 use sshwarden_pipeline::policy::PolicyConfig;
 use sshwarden_pipeline::rules::PolicyName;
 use sshwarden_pipeline::{Engine, EngineConfig, RecordInput};
@@ -28,16 +31,35 @@ fn main() {
             }
         },
     };
-    let mut config = bench_fleet();
-    if let Some(m) = minutes {
-        config.duration_ms = m * 60_000;
-    }
-    let c = corpus(&config);
+    let input = args.next().unwrap_or_else(|| "standard".into());
+    let c = match input.as_str() {
+        "flood" => corpus_of(
+            &flood_events((minutes.unwrap_or(5) * 40_000).clamp(1, 10_000_000) as u32),
+            1.0,
+            0,
+        ),
+        "standard" | "dense" => {
+            let mut config = if input == "dense" {
+                dense_fleet()
+            } else {
+                bench_fleet()
+            };
+            if let Some(m) = minutes {
+                config.duration_ms = m * 60_000;
+            }
+            corpus(&config)
+        }
+        other => {
+            eprintln!("input {other:?} is not standard, dense or flood");
+            std::process::exit(2);
+        }
+    };
     eprintln!(
-        "{} records, {} events, {:.1} MB JSON, policy {}",
+        "{input}: {} records, {} events, {:.1} MB JSON, {:.0}% evidence, policy {}",
         c.records.len(),
         c.events,
         c.json_bytes as f64 / 1e6,
+        c.evidence_ratio * 100.0,
         policy.as_str()
     );
     for _ in 0..passes {
@@ -47,6 +69,7 @@ fn main() {
         })
         .expect("built-in policy");
         let mut out = Vec::new();
+        let cpu = thread_cpu_ns();
         let t = Instant::now();
         for (pos, r) in c.records.iter().enumerate() {
             let record = RecordInput {
@@ -57,11 +80,27 @@ fn main() {
             let _ = engine.process_record(&record, &mut out);
         }
         let secs = t.elapsed().as_secs_f64();
+        let cpu_secs = thread_cpu_ns().zip(cpu).map(|(b, a)| (b - a) as f64 / 1e9);
         println!(
-            "{:.1} MB/s ({} decisions, {:.1} ms)",
+            "{:.1} MB/s ({} decisions, {:.1} ms; {} MB per CPU second)",
             c.json_bytes as f64 / 1e6 / secs,
             out.len(),
-            secs * 1e3
+            secs * 1e3,
+            cpu_secs.map_or("?".into(), |s| format!(
+                "{:.1}",
+                c.json_bytes as f64 / 1e6 / s
+            )),
         );
     }
+}
+
+/// This thread's time on a CPU in ns (Linux `schedstat`): on a shared
+/// machine, MB per CPU second is steadier than MB per wall second.
+fn thread_cpu_ns() -> Option<u64> {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }

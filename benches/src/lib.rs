@@ -3,9 +3,13 @@
 //! and pre-extracted into lines and sshd messages, so each benchmark measures
 //! only its own stage.
 
-use sshwarden_loadgen::{encode_records, Fleet, FleetConfig, RecordOptions, Scenario};
+use sshwarden_loadgen::{
+    encode_records, Fleet, FleetConfig, GeneratedEvent, RecordOptions, Scenario,
+};
+use sshwarden_pipeline::classify::Signal;
 use sshwarden_pipeline::envelope::Decoder;
 use sshwarden_pipeline::prefix::parse_line;
+use sshwarden_pipeline::time::format_rfc3339_ms;
 
 /// One log event as a source hands it to `Engine::process_line`.
 #[derive(Debug, Clone)]
@@ -94,9 +98,68 @@ pub fn bench_fleet() -> FleetConfig {
     }
 }
 
+/// The hard case of a dense log: 200 instances exposed to the internet for
+/// 5 minutes, few benign lines, heavy background scanning and a botnet of
+/// 40,000 addresses making one attempt each, so most evidence comes from
+/// an address not seen before (issue #17's dense sshd log).
+pub fn dense_fleet() -> FleetConfig {
+    let instances = 200;
+    let duration_ms = 5 * 60_000;
+    let mut config = bench_fleet();
+    config.benign_events_per_instance_per_min = 12.0;
+    config.scan_probes_per_instance_per_min = 40.0;
+    config.scenarios.push(Scenario::Botnet {
+        offset_ms: 0,
+        duration_ms,
+        addresses: 40_000,
+        hosts: instances,
+        attempts_per_address: 1,
+    });
+    config
+}
+
+/// An address flood: `n` `Invalid user` lines on one instance within one
+/// minute, each from an address not seen before (a botnet, or one attacker
+/// rotating addresses), one connection each.
+pub fn flood_events(n: u32) -> Vec<GeneratedEvent> {
+    let start_ms = 1_700_000_000_000;
+    (0..n)
+        .map(|i| {
+            let time_ms = start_ms + i64::from(i) * 60_000 / i64::from(n.max(1));
+            let ip = std::net::Ipv4Addr::from(0x0b00_0000 + i);
+            GeneratedEvent {
+                instance: "i-0f100d00000000001".into(),
+                time_ms,
+                line: format!(
+                    "{} ip-10-0-0-1 sshd[{}]: Invalid user u{} from {ip} port {}",
+                    format_rfc3339_ms(time_ms),
+                    10_000 + i,
+                    i % 5000,
+                    1024 + i % 60_000
+                ),
+                id: format!("{:056}", u64::from(i) + 1),
+                signal: Some(Signal::InvalidUser),
+                source: Some(std::net::IpAddr::V4(ip)),
+                scenario: Some(0),
+            }
+        })
+        .collect()
+}
+
 /// Generates and encodes `config`'s traffic, about 100 events per record.
 pub fn corpus(config: &FleetConfig) -> Corpus {
     let fleet = Fleet::generate(config).expect("a valid bench fleet");
+    let expected = fleet.ground_truth().expected.len();
+    corpus_of(fleet.events(), fleet.evidence_ratio(), expected)
+}
+
+/// Encodes `events` as a corpus (about 100 events per record).
+/// `expected_detections` is only reported.
+pub fn corpus_of(
+    events: &[GeneratedEvent],
+    evidence_ratio: f64,
+    expected_detections: usize,
+) -> Corpus {
     let opts = RecordOptions {
         events_per_record: 100,
         // Up to the engine's default allowed lateness: full records, none late.
@@ -104,9 +167,9 @@ pub fn corpus(config: &FleetConfig) -> Corpus {
         keep_json: true,
         ..RecordOptions::default()
     };
-    let encoded = encode_records(fleet.events(), &opts);
+    let encoded = encode_records(events, &opts);
     let mut decoder = Decoder::default();
-    let mut lines = Vec::with_capacity(fleet.events().len());
+    let mut lines = Vec::with_capacity(events.len());
     for r in &encoded {
         let env = decoder.decode(&r.data).expect("generated records decode");
         for ev in &env.log_events {
@@ -127,8 +190,8 @@ pub fn corpus(config: &FleetConfig) -> Corpus {
         line_bytes: lines.iter().map(|l| l.line.len() as u64).sum(),
         message_bytes: messages.iter().map(|m| m.len() as u64).sum(),
         events: lines.len(),
-        evidence_ratio: fleet.evidence_ratio(),
-        expected_detections: fleet.ground_truth().expected.len(),
+        evidence_ratio,
+        expected_detections,
         json: encoded.iter().map(|r| r.json.clone()).collect(),
         records: encoded.into_iter().map(|r| r.data).collect(),
         lines,

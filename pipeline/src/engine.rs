@@ -436,7 +436,8 @@ impl Core {
         // further attempt. Only lines that can count keep their id.
         if let Some(id) = input.event_id.filter(|id| !id.is_empty()) {
             if may_count(&c) {
-                let key = (instance, id);
+                // Ids are kept per stream: the instance need not be hashed in.
+                let key = id;
                 let hashed = u128::from(self.id_hasher.0.hash_one(key)) << 64
                     | u128::from(self.id_hasher.1.hash_one(key));
                 if !self.windows.first_sighting(instance, time_ms, hashed) {

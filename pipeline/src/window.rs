@@ -23,6 +23,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::hash::{BuildHasher, Hash};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -30,8 +31,6 @@ use crate::classify::Signal;
 use crate::peer::{Peer, PeerGrouping, PeerNet};
 pub use crate::rules::SubjectKind;
 use crate::rules::{Condition, Dimension, Rule};
-
-type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WindowConfig {
@@ -101,16 +100,13 @@ impl DistinctSet {
     }
 }
 
-/// A window's counts and what the command will want to show of it.
+/// A window's counts and what the command will want to show of it: the
+/// evidence a [`Fired`] carries (the store keeps windows more compactly).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Window {
-    lane: u8,
     pub start_ms: i64,
     pub size_ms: i64,
     pub counts: [u32; Signal::COUNT],
-    /// Bit i set: rule i has fired in this window.
-    fired: u64,
-    min_position: u64,
     pub users: DistinctSet,
     pub instances: DistinctSet,
     pub sources: DistinctSet,
@@ -121,30 +117,9 @@ pub struct Window {
     /// Attributed events from sources past that limit.
     pub other_source_events: u32,
     pub samples: Vec<String>,
-    /// Instances a success-after-failures rule already fired for.
-    compromised: Vec<Box<str>>,
 }
 
 impl Window {
-    fn new(lane: u8, start_ms: i64, size_ms: i64, position: u64) -> Self {
-        Window {
-            lane,
-            start_ms,
-            size_ms,
-            counts: [0; Signal::COUNT],
-            fired: 0,
-            min_position: position,
-            users: DistinctSet::default(),
-            instances: DistinctSet::default(),
-            sources: DistinctSet::default(),
-            instance_names: Vec::new(),
-            top: Vec::new(),
-            other_source_events: 0,
-            samples: Vec::new(),
-            compromised: Vec::new(),
-        }
-    }
-
     pub fn total(&self, signals: &[Signal]) -> u32 {
         signals.iter().map(|s| self.counts[s.index()]).sum()
     }
@@ -167,6 +142,78 @@ impl Window {
 
     pub fn end_ms(&self) -> i64 {
         self.start_ms + self.size_ms
+    }
+}
+
+/// A window as the store keeps it: what every event touches inline (64
+/// bytes), what only a command shows boxed, so that scanning a key's
+/// windows stays within a cache line or two.
+#[derive(Debug, Clone)]
+struct Tally {
+    start_ms: i64,
+    min_position: u64,
+    counts: [u32; Signal::COUNT],
+    /// Bit i set: rule i has fired in this window.
+    fired: u64,
+    lane: u8,
+    evidence: Box<Evidence>,
+}
+
+/// What a command shows of a window beyond its counts.
+#[derive(Debug, Clone, Default)]
+struct Evidence {
+    users: DistinctSet,
+    instances: DistinctSet,
+    sources: DistinctSet,
+    /// Shared with the stream's own name: naming an instance allocates nothing.
+    instance_names: Vec<Arc<String>>,
+    top: Vec<(Peer, u32)>,
+    other_source_events: u32,
+    /// One copy of a line however many lanes' windows sample it.
+    samples: Vec<Arc<str>>,
+    /// Instances a success-after-failures rule already fired for.
+    compromised: Vec<Arc<String>>,
+}
+
+impl Tally {
+    fn new(lane: u8, start_ms: i64, position: u64) -> Self {
+        Tally {
+            start_ms,
+            min_position: position,
+            counts: [0; Signal::COUNT],
+            fired: 0,
+            lane,
+            evidence: Box::default(),
+        }
+    }
+
+    fn distinct_count(&self, of: Dimension) -> u32 {
+        match of {
+            Dimension::Users => self.evidence.users.count(),
+            Dimension::Instances => self.evidence.instances.count(),
+            Dimension::Sources => self.evidence.sources.count(),
+        }
+    }
+
+    /// The window a command is built from.
+    fn window(&self, size_ms: i64) -> Window {
+        let e = &*self.evidence;
+        Window {
+            start_ms: self.start_ms,
+            size_ms,
+            counts: self.counts,
+            users: e.users.clone(),
+            instances: e.instances.clone(),
+            sources: e.sources.clone(),
+            instance_names: e
+                .instance_names
+                .iter()
+                .map(|n| Box::from(n.as_str()))
+                .collect(),
+            top: e.top.clone(),
+            other_source_events: e.other_source_events,
+            samples: e.samples.iter().map(|l| l.to_string()).collect(),
+        }
     }
 }
 
@@ -320,15 +367,36 @@ fn lanes_for(rules: &[Rule], default_size_ms: i64, max_distinct: usize) -> Vec<L
 #[derive(Debug)]
 struct StreamState {
     id: u64,
+    /// The instance, shared with the source windows that name it (a thin
+    /// pointer: a single-event source key holds one).
+    name: Arc<String>,
+    /// Seen again since the eviction clock last passed (second chance).
+    touched: bool,
     max_ms: i64,
-    windows: Vec<Window>,
+    windows: Vec<Tally>,
     /// Event ids seen, by the start of their longest window.
     seen_ids: BTreeMap<i64, HashSet<u128, foldhash::fast::RandomState>>,
 }
 
-#[derive(Debug, Default)]
-struct SourceState {
-    windows: Vec<Window>,
+/// A source network's windows. Most keys of an address flood never see a
+/// second event: until one does, the key holds only that event (about 60
+/// bytes), and the windows it opened (one per lane it was not late for)
+/// are implied by it; they become [`Tally`]s at the second event.
+#[derive(Debug)]
+enum SourceState {
+    One(Single),
+    Many {
+        windows: Vec<Tally>,
+        /// From the network's first accepted login on (boxed: few sources
+        /// ever log in).
+        logins: Option<Box<Logins>>,
+        touched: bool,
+    },
+}
+
+/// A source network's accepted logins, against its failures.
+#[derive(Debug, Clone, Default)]
+struct Logins {
     /// Events per signal since the network's last accepted login: a
     /// compromise is failures *then* a login, and an administrator who
     /// mistypes a few times at each of many logins is not one.
@@ -336,22 +404,104 @@ struct SourceState {
     last_login_ms: Option<i64>,
 }
 
+/// A keyed state's second-chance mark: set when its key is seen again.
+trait Marked {
+    fn mark(&mut self) -> &mut bool;
+}
+
+impl Marked for SourceState {
+    fn mark(&mut self) -> &mut bool {
+        match self {
+            SourceState::One(one) => &mut one.touched,
+            SourceState::Many { touched, .. } => touched,
+        }
+    }
+}
+
+impl Marked for StreamState {
+    fn mark(&mut self) -> &mut bool {
+        &mut self.touched
+    }
+}
+
+/// The only event of a source key, and the lanes whose window it opened.
+#[derive(Debug, Clone)]
+struct Single {
+    time_ms: i64,
+    position: u64,
+    /// Hash of the user name (with `has_user`), when a lane counts
+    /// distinct users of its signal.
+    user_hash: u64,
+    instance: Arc<String>,
+    /// Bit i: lane i holds a window of this event.
+    lanes: u64,
+    signal: Signal,
+    has_user: bool,
+    touched: bool,
+}
+
+impl Single {
+    fn start(&self, lane: &Lane) -> i64 {
+        WindowStore::window_start(self.time_ms, lane.size_ms)
+    }
+
+    /// The window this event opened in lane `li`.
+    fn tally(&self, li: usize, lane: &Lane, instance_hash: u64) -> Tally {
+        let mut t = Tally::new(li as u8, self.start(lane), self.position);
+        t.counts[self.signal.index()] = 1;
+        let bit = 1u32 << self.signal.index();
+        if lane.users & bit != 0 && self.has_user {
+            t.evidence.users.insert(self.user_hash, lane.distinct_cap);
+        }
+        if lane.instances & bit != 0 {
+            t.evidence
+                .instances
+                .insert(instance_hash, lane.distinct_cap);
+        }
+        t.evidence.instance_names.push(self.instance.clone());
+        t
+    }
+
+    /// What rule `ri` would see in its window: one event of `signal`, one
+    /// value of each dimension the lane counts for it.
+    fn meets(&self, rule: &Rule, lane: &Lane) -> bool {
+        let bit = 1u32 << self.signal.index();
+        let distinct = |of: Dimension| -> u32 {
+            match of {
+                Dimension::Users => u32::from(lane.users & bit != 0 && self.has_user),
+                Dimension::Instances => u32::from(lane.instances & bit != 0),
+                Dimension::Sources => 0,
+            }
+        };
+        let mut counts = [0; Signal::COUNT];
+        counts[self.signal.index()] = 1;
+        condition_met(&rule.condition, &counts, distinct)
+    }
+}
+
 /// Keys with their state, capped; past the cap the key least recently
 /// active goes first. Second-chance (CLOCK) eviction, written here because
 /// it has to sit inside the window store's own map: a touched key gets
 /// requeued once instead of evicted, which approximates least-recently-used
 /// in O(1) without a linked node per key.
+///
+/// A hash table with the hash computed once per access (a key's string or
+/// network hashed once, not once to test and again to fetch or insert).
 struct Keyed<K, S> {
-    map: FastMap<K, (S, bool)>,
+    /// The mark lives in the state itself ([`Marked`]), in bytes its
+    /// layout would pad anyway.
+    table: hashbrown::HashTable<(K, S)>,
+    hasher: foldhash::fast::RandomState,
     queue: VecDeque<K>,
     cap: usize,
     evictions: u64,
 }
 
-impl<K: Hash + Eq + Clone, S> Keyed<K, S> {
+impl<K: Hash + Eq + Clone, S: Marked> Keyed<K, S> {
     fn new(cap: usize) -> Self {
         Keyed {
-            map: FastMap::default(),
+            table: hashbrown::HashTable::new(),
+            hasher: foldhash::fast::RandomState::default(),
             queue: VecDeque::new(),
             cap: cap.max(1),
             evictions: 0,
@@ -371,44 +521,52 @@ impl<K: Hash + Eq + Clone, S> Keyed<K, S> {
         K: std::borrow::Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        if !self.map.contains_key(key) {
-            while self.map.len() >= self.cap {
-                let Some(old) = self.queue.pop_front() else {
-                    break;
-                };
-                match self.map.get_mut::<K>(&old) {
-                    Some((_, touched)) if *touched => {
-                        *touched = false;
-                        self.queue.push_back(old);
-                    }
-                    Some(_) => {
-                        if let Some((s, _)) = self.map.remove::<K>(&old) {
-                            self.evictions += 1;
-                            evicted(s);
-                        }
-                    }
-                    None => {}
-                }
+        let Keyed {
+            table,
+            hasher,
+            queue,
+            cap,
+            evictions,
+        } = self;
+        // `Borrow` promises the owned key hashes as the borrowed one.
+        let h = hasher.hash_one(key);
+        let table = match table.find_entry(h, |(k, _)| k.borrow() == key) {
+            Ok(e) => {
+                let (_, s) = e.into_mut();
+                *s.mark() = true;
+                return s;
             }
-            let owned = to_owned(key);
-            self.queue.push_back(owned.clone());
-            // The queue may hold keys closed since: keep it bounded.
-            if self.queue.len() > 2 * self.cap {
-                let map = &self.map;
-                self.queue.retain(|k| map.contains_key::<K>(k));
+            Err(absent) => absent.into_table(),
+        };
+        while table.len() >= *cap {
+            let Some(old) = queue.pop_front() else {
+                break;
+            };
+            let Ok(mut e) = table.find_entry(hasher.hash_one(&old), |(k, _)| *k == old) else {
+                continue;
+            };
+            let touched = e.get_mut().1.mark();
+            if *touched {
+                *touched = false;
+                queue.push_back(old);
+            } else {
+                let ((_, s), _) = e.remove();
+                *evictions += 1;
+                evicted(s);
             }
-            // A new key is not marked: only a key seen again earns its
-            // second chance, so one-off addresses go first.
-            return &mut self.map.entry(owned).or_insert((make(), false)).0;
         }
-        match self.map.get_mut(key) {
-            Some((s, touched)) => {
-                *touched = true;
-                s
-            }
-            // Present: checked at the top.
-            None => unreachable!("key present"),
+        let owned = to_owned(key);
+        queue.push_back(owned.clone());
+        // The queue may hold keys closed since: keep it bounded.
+        if queue.len() > 2 * *cap {
+            queue.retain(|k| table.find(hasher.hash_one(k), |(x, _)| x == k).is_some());
         }
+        // A new key is not marked: only a key seen again earns its
+        // second chance, so one-off addresses go first.
+        let (_, s) = table
+            .insert_unique(h, (owned, make()), |(k, _)| hasher.hash_one(k))
+            .into_mut();
+        s
     }
 
     fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut S>
@@ -416,11 +574,31 @@ impl<K: Hash + Eq + Clone, S> Keyed<K, S> {
         K: std::borrow::Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.map.get_mut(key).map(|(s, _)| s)
+        let h = self.hasher.hash_one(key);
+        self.table
+            .find_mut(h, |(k, _)| k.borrow() == key)
+            .map(|(_, s)| s)
     }
 
     fn len(&self) -> usize {
-        self.map.len()
+        self.table.len()
+    }
+
+    fn states_mut(&mut self) -> impl Iterator<Item = &mut S> {
+        self.table.iter_mut().map(|(_, s)| s)
+    }
+
+    /// Keeps the keys whose state `keep` says to keep, and the queue to them.
+    fn retain(&mut self, mut keep: impl FnMut(&mut S) -> bool) {
+        self.table.retain(|(_, s)| keep(s));
+        let (table, hasher) = (&self.table, &self.hasher);
+        self.queue
+            .retain(|k| table.find(hasher.hash_one(k), |(x, _)| x == k).is_some());
+    }
+
+    fn clear(&mut self) {
+        self.table.clear();
+        self.queue.clear();
     }
 }
 
@@ -462,21 +640,43 @@ struct Ledger {
 }
 
 impl Ledger {
-    fn open(&mut self, w: &Window, keep_ms: i64, kind: SubjectKind) {
-        self.positions.add(w.min_position);
-        match kind {
-            SubjectKind::Instance => self.instance_ends.add(w.start_ms + keep_ms),
-            SubjectKind::Source => self.source_ends.add(w.start_ms + keep_ms),
+    /// A window of `lane` starting at `start_ms`, lowest position `position`.
+    fn open(&mut self, position: u64, start_ms: i64, lane: &Lane) {
+        self.positions.add(position);
+        match lane.subject {
+            SubjectKind::Instance => self.instance_ends.add(start_ms + lane.keep_ms),
+            SubjectKind::Source => self.source_ends.add(start_ms + lane.keep_ms),
         }
     }
 
-    fn close(&mut self, w: &Window, keep_ms: i64, kind: SubjectKind) {
-        self.positions.remove(w.min_position);
-        match kind {
-            SubjectKind::Instance => self.instance_ends.remove(w.start_ms + keep_ms),
-            SubjectKind::Source => self.source_ends.remove(w.start_ms + keep_ms),
+    fn close(&mut self, position: u64, start_ms: i64, lane: &Lane) {
+        self.positions.remove(position);
+        match lane.subject {
+            SubjectKind::Instance => self.instance_ends.remove(start_ms + lane.keep_ms),
+            SubjectKind::Source => self.source_ends.remove(start_ms + lane.keep_ms),
         }
         self.closed += 1;
+    }
+
+    fn close_tally(&mut self, t: &Tally, lanes: &[Lane]) {
+        self.close(t.min_position, t.start_ms, &lanes[usize::from(t.lane)]);
+    }
+
+    /// Closes the windows of a single-event key whose keep time ended by
+    /// `watermark` (all of them with `i64::MAX`); false when none is left.
+    fn close_single(&mut self, one: &mut Single, watermark: i64, lanes: &[Lane]) -> bool {
+        let mut bits = one.lanes;
+        while bits != 0 {
+            let li = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            let lane = &lanes[li];
+            let start = one.start(lane);
+            if start + lane.keep_ms <= watermark {
+                self.close(one.position, start, lane);
+                one.lanes &= !(1 << li);
+            }
+        }
+        one.lanes != 0
     }
 }
 
@@ -685,33 +885,36 @@ impl WindowStore {
         if self.ledger.instance_ends.first().is_some_and(|e| e <= wm) {
             let lanes = &self.lanes;
             let ledger = &mut self.ledger;
-            for (st, _) in self.streams.map.values_mut() {
+            for st in self.streams.states_mut() {
                 close_windows(&mut st.windows, wm, lanes, ledger);
             }
         }
         if self.ledger.source_ends.first().is_some_and(|e| e <= wm) {
             let lanes = &self.lanes;
             let ledger = &mut self.ledger;
-            self.sources.map.retain(|_, (st, _)| {
-                close_windows(&mut st.windows, wm, lanes, ledger);
-                !st.windows.is_empty()
+            self.sources.retain(|st| match st {
+                SourceState::One(one) => ledger.close_single(one, wm, lanes),
+                SourceState::Many { windows, .. } => {
+                    close_windows(windows, wm, lanes, ledger);
+                    !windows.is_empty()
+                }
             });
-            let map = &self.sources.map;
-            self.sources.queue.retain(|k| map.contains_key(k));
         }
     }
 
     /// Closes every window (end of input for offline scans).
     pub fn close_all(&mut self) {
-        for (st, _) in self.streams.map.values_mut() {
+        for st in self.streams.states_mut() {
             self.ledger.closed += st.windows.len() as u64;
             st.windows.clear();
         }
-        for (st, _) in self.sources.map.values() {
-            self.ledger.closed += st.windows.len() as u64;
+        for st in self.sources.states_mut() {
+            self.ledger.closed += match st {
+                SourceState::One(one) => u64::from(one.lanes.count_ones()),
+                SourceState::Many { windows, .. } => windows.len() as u64,
+            };
         }
-        self.sources.map.clear();
-        self.sources.queue.clear();
+        self.sources.clear();
         self.ledger.positions.clear();
         self.ledger.instance_ends.clear();
         self.ledger.source_ends.clear();
@@ -721,21 +924,33 @@ impl WindowStore {
     /// recorded before (a redelivered log event). Ids are kept as long as the
     /// longest window they could count in; an older event is late anyway.
     pub fn first_sighting(&mut self, instance: &str, time_ms: i64, id: u128) -> bool {
-        self.advance(instance, time_ms);
         let floor = self.floor_ms.unwrap_or(i64::MIN);
         let lateness = self.config.allowed_lateness_ms;
         let longest = self.longest_keep_ms.max(1);
-        let Some(stream) = self.streams.get_mut(instance) else {
-            return true;
-        };
-        // The same watermark `observe` judges this stream's lateness by.
+        let (stream, by_time_changed) = touch(
+            StreamParts {
+                streams: &mut self.streams,
+                by_time: &mut self.by_time,
+                next_id: &mut self.next_stream_id,
+                ledger: &mut self.ledger,
+                lanes: &self.lanes,
+                lateness_ms: lateness,
+                longest_keep_ms: self.longest_keep_ms,
+            },
+            instance,
+            time_ms,
+        );
+        // The same watermark `observe` judges this stream's lateness by
+        // (moving the closing clock below changes neither part of it).
         let stream_wm = stream.max_ms.max(floor) - lateness;
         let start = Self::window_start(time_ms, longest);
-        if start + longest <= stream_wm || stream.seen_ids.entry(start).or_default().insert(id) {
-            return true;
+        let first =
+            start + longest <= stream_wm || stream.seen_ids.entry(start).or_default().insert(id);
+        self.note_newest(time_ms, by_time_changed);
+        if !first {
+            self.stats.duplicate_events += 1;
         }
-        self.stats.duplicate_events += 1;
-        false
+        first
     }
 
     /// Counts one observation, appending any rule it makes fire to `fired`.
@@ -797,23 +1012,24 @@ impl WindowStore {
                     &mut self.ledger,
                 );
                 w.counts[signal.index()] += 1;
+                let e = &mut *w.evidence;
                 if let Some(src) = o.source {
-                    match w.top.iter().position(|(s, _)| s == src) {
-                        Some(i) => w.top[i].1 += 1,
-                        None if w.top.len() < cfg.max_tracked_sources => {
-                            w.top.push((src.clone(), 1))
+                    match e.top.iter().position(|(s, _)| s == src) {
+                        Some(i) => e.top[i].1 += 1,
+                        None if e.top.len() < cfg.max_tracked_sources => {
+                            e.top.push((src.clone(), 1))
                         }
-                        None => w.other_source_events += 1,
+                        None => e.other_source_events += 1,
                     }
                     if let (true, Some(h)) = (lane.sources & bit != 0, net_hash) {
-                        w.sources.insert(h, lane.distinct_cap);
+                        e.sources.insert(h, lane.distinct_cap);
                     }
                 }
                 if let (true, Some(h)) = (lane.users & bit != 0, user_hash) {
-                    w.users.insert(h, lane.distinct_cap);
+                    e.users.insert(h, lane.distinct_cap);
                 }
-                if w.samples.len() < cfg.sample_lines {
-                    w.samples.push(truncate(o.line, 512).to_owned());
+                if e.samples.len() < cfg.sample_lines {
+                    e.samples.push(Arc::from(truncate(o.line, 512)));
                 }
                 check_rules(
                     &self.rules,
@@ -826,6 +1042,8 @@ impl WindowStore {
                 );
             }
         }
+        // Source windows name the instance by the stream's own name.
+        let name = net.as_ref().map(|_| stream.name.clone());
 
         // The closing clock moves after this stream's windows were counted
         // (the event's own window ends after its time, so no clock this
@@ -833,25 +1051,75 @@ impl WindowStore {
         self.note_newest(o.time_ms, by_time_changed);
         let closing_wm = self.watermark().unwrap_or(i64::MIN);
         let cfg = &self.config;
-        if let Some(net) = net {
+        if let (Some(net), Some(name)) = (net, name) {
+            let lanes = &self.lanes;
+            let rules = &self.rules;
+            let hasher = &self.hasher;
             match o.observed {
                 Observed::Signal(signal) => {
-                    let lanes = &self.lanes;
                     let ledger = &mut self.ledger;
+                    let mut fresh = false;
                     let state = self.sources.get_or_insert(
                         &net,
                         PeerNet::clone,
-                        SourceState::default,
-                        |old| {
-                            for w in &old.windows {
-                                let lane = &lanes[usize::from(w.lane)];
-                                ledger.close(w, lane.keep_ms, lane.subject);
+                        || {
+                            fresh = true;
+                            SourceState::Many {
+                                windows: Vec::new(),
+                                logins: None,
+                                touched: false,
                             }
                         },
+                        |old| release_source(old, lanes, ledger),
                     );
-                    state.since_login[signal.index()] =
-                        state.since_login[signal.index()].saturating_add(1);
-                    let last_login = state.last_login_ms;
+                    if fresh {
+                        // A key's first event: kept as itself unless a rule
+                        // fires on it already.
+                        let mut one = Single {
+                            time_ms: o.time_ms,
+                            position: o.position,
+                            user_hash: user_hash.unwrap_or(0),
+                            instance: name.clone(),
+                            lanes: 0,
+                            signal,
+                            has_user: user_hash.is_some(),
+                            touched: false,
+                        };
+                        for (li, lane) in lanes.iter().enumerate() {
+                            if lane.subject == SubjectKind::Source
+                                && one.start(lane) + lane.keep_ms > closing_wm
+                            {
+                                one.lanes |= 1 << li;
+                            }
+                        }
+                        let fires = lanes.iter().enumerate().any(|(li, lane)| {
+                            one.lanes & 1 << li != 0
+                                && lane.rules.iter().any(|&ri| one.meets(&rules[ri], lane))
+                        });
+                        if one.lanes != 0 && !fires {
+                            for (li, lane) in lanes.iter().enumerate() {
+                                if lane.subject != SubjectKind::Source {
+                                    continue;
+                                }
+                                if one.lanes & 1 << li == 0 {
+                                    late += 1;
+                                    continue;
+                                }
+                                counted += 1;
+                                ledger.open(one.position, one.start(lane), lane);
+                            }
+                            *state = SourceState::One(one);
+                            return self.admit(counted, late);
+                        }
+                    }
+                    let (windows, logins) = tallies(state, lanes, hasher);
+                    if let Some(l) = logins {
+                        l.since_login[signal.index()] =
+                            l.since_login[signal.index()].saturating_add(1);
+                    }
+                    let last_login = logins.as_ref().and_then(|l| l.last_login_ms);
+                    // Made at the first window that samples this line.
+                    let mut sample: Option<Arc<str>> = None;
                     for (li, lane) in lanes.iter().enumerate() {
                         if lane.subject != SubjectKind::Source {
                             continue;
@@ -862,32 +1130,35 @@ impl WindowStore {
                             continue;
                         }
                         counted += 1;
-                        let w = window_in(&mut state.windows, li, lane, start, o.position, ledger);
+                        let w = window_in(windows, li, lane, start, o.position, ledger);
                         w.counts[signal.index()] += 1;
+                        let total: u32 = w.counts.iter().sum();
+                        let e = &mut *w.evidence;
                         if let (true, Some(h)) = (lane.users & bit != 0, user_hash) {
-                            w.users.insert(h, lane.distinct_cap);
+                            e.users.insert(h, lane.distinct_cap);
                         }
                         if let (true, Some(h)) = (lane.instances & bit != 0, instance_hash) {
-                            w.instances.insert(h, lane.distinct_cap);
+                            e.instances.insert(h, lane.distinct_cap);
                         }
                         // The command names the instances a source tried
                         // (a block needs their subnets); most sources try
                         // one, so the last name is checked first.
-                        if w.instance_names.last().is_none_or(|n| &**n != o.instance)
-                            && w.instance_names.len() < NAMED_INSTANCES
-                            && !w.instance_names.iter().any(|n| &**n == o.instance)
+                        if e.instance_names.last().is_none_or(|n| **n != *o.instance)
+                            && e.instance_names.len() < NAMED_INSTANCES
+                            && !e.instance_names.iter().any(|n| **n == *o.instance)
                         {
-                            w.instance_names.push(o.instance.into());
+                            e.instance_names.push(name.clone());
                         }
                         // A single event is not worth a sample: in a flood of
                         // new addresses most windows never see a second.
-                        let total: u32 = w.counts.iter().sum();
-                        if total >= 2 && w.samples.len() < cfg.sample_lines {
-                            w.samples.push(truncate(o.line, 512).to_owned());
+                        if total >= 2 && e.samples.len() < cfg.sample_lines {
+                            let line =
+                                sample.get_or_insert_with(|| Arc::from(truncate(o.line, 512)));
+                            e.samples.push(line.clone());
                         }
                         let logged_in = last_login.is_some_and(|t| t >= w.start_ms);
                         check_rules(
-                            &self.rules,
+                            rules,
                             lane,
                             w,
                             || Subject::Source(net.clone()),
@@ -902,48 +1173,54 @@ impl WindowStore {
                     let Some(state) = self.sources.get_mut(&net) else {
                         return Admit::Nothing;
                     };
-                    let since_login = state.since_login;
-                    for (li, lane) in self.lanes.iter().enumerate() {
+                    let (windows, logins) = tallies(state, lanes, hasher);
+                    // Without a login before, every failure is "since".
+                    let since_login = logins
+                        .as_ref()
+                        .map_or([u32::MAX; Signal::COUNT], |l| l.since_login);
+                    for (li, lane) in lanes.iter().enumerate() {
                         if lane.subject != SubjectKind::Source {
                             continue;
                         }
                         let start = Self::window_start(o.time_ms, lane.size_ms);
-                        let of = |w: &Window, s: i64| usize::from(w.lane) == li && w.start_ms == s;
-                        let previous = state
-                            .windows
+                        let of = |w: &Tally, s: i64| usize::from(w.lane) == li && w.start_ms == s;
+                        let previous = windows
                             .iter()
                             .find(|w| of(w, start - lane.size_ms))
                             .map_or([0; Signal::COUNT], |w| w.counts);
                         // The current window holds the marks; with none open
                         // yet, the previous one does.
-                        let (w, previous) = match state.windows.iter().position(|w| of(w, start)) {
-                            Some(i) => (&mut state.windows[i], previous),
-                            None => match state
-                                .windows
-                                .iter()
-                                .position(|w| of(w, start - lane.size_ms))
-                            {
-                                Some(i) => (&mut state.windows[i], [0; Signal::COUNT]),
-                                None => continue,
-                            },
+                        let (w, previous) = match windows.iter().position(|w| of(w, start)) {
+                            Some(i) => (&mut windows[i], previous),
+                            None => {
+                                match windows.iter().position(|w| of(w, start - lane.size_ms)) {
+                                    Some(i) => (&mut windows[i], [0; Signal::COUNT]),
+                                    None => continue,
+                                }
+                            }
                         };
                         compromise_rules(
-                            &self.rules,
+                            rules,
                             lane,
                             w,
                             [previous, since_login],
-                            o.instance,
+                            &name,
                             &net,
                             o.time_ms,
                             fired,
                         );
                     }
-                    state.since_login = [0; Signal::COUNT];
-                    state.last_login_ms = state.last_login_ms.max(Some(o.time_ms));
+                    let l = logins.get_or_insert_with(Box::default);
+                    l.since_login = [0; Signal::COUNT];
+                    l.last_login_ms = l.last_login_ms.max(Some(o.time_ms));
                     return Admit::Nothing;
                 }
             }
         }
+        self.admit(counted, late)
+    }
+
+    fn admit(&mut self, counted: u32, late: u32) -> Admit {
         match (counted, late) {
             (0, 0) => Admit::Nothing,
             (0, _) => {
@@ -959,18 +1236,83 @@ impl WindowStore {
     }
 
     /// Every open instance window, for reports.
-    pub fn instance_windows(&self) -> impl Iterator<Item = (&str, &Window)> {
-        self.streams
-            .map
-            .iter()
-            .flat_map(|(k, (st, _))| st.windows.iter().map(move |w| (&**k, w)))
+    pub fn instance_windows(&self) -> impl Iterator<Item = (&str, Window)> + '_ {
+        let lanes = &self.lanes;
+        self.streams.table.iter().flat_map(move |(k, st)| {
+            st.windows
+                .iter()
+                .map(move |t| (&**k, t.window(lanes[usize::from(t.lane)].size_ms)))
+        })
     }
 
-    pub fn source_windows(&self) -> impl Iterator<Item = (&PeerNet, &Window)> {
-        self.sources
-            .map
-            .iter()
-            .flat_map(|(k, (st, _))| st.windows.iter().map(move |w| (k, w)))
+    /// Every open source window, for reports.
+    pub fn source_windows(&self) -> impl Iterator<Item = (&PeerNet, Window)> + '_ {
+        let lanes = &self.lanes;
+        let hasher = &self.hasher;
+        self.sources.table.iter().flat_map(move |(k, st)| {
+            let windows: Vec<Window> = match st {
+                SourceState::One(one) => single_tallies(one, lanes, hasher)
+                    .iter()
+                    .map(|t| t.window(lanes[usize::from(t.lane)].size_ms))
+                    .collect(),
+                SourceState::Many { windows: ts, .. } => ts
+                    .iter()
+                    .map(|t| t.window(lanes[usize::from(t.lane)].size_ms))
+                    .collect(),
+            };
+            windows.into_iter().map(move |w| (k, w))
+        })
+    }
+}
+
+/// The windows a single-event key's event opened.
+fn single_tallies(one: &Single, lanes: &[Lane], hasher: &foldhash::fast::FixedState) -> Vec<Tally> {
+    let instance_hash = hasher.hash_one(one.instance.as_str());
+    let mut v = Vec::with_capacity(one.lanes.count_ones() as usize);
+    let mut bits = one.lanes;
+    while bits != 0 {
+        let li = bits.trailing_zeros() as usize;
+        bits &= bits - 1;
+        v.push(one.tally(li, &lanes[li], instance_hash));
+    }
+    v
+}
+
+/// A source key's windows as tallies (a single-event key's made at its
+/// second event).
+fn tallies<'s>(
+    state: &'s mut SourceState,
+    lanes: &[Lane],
+    hasher: &foldhash::fast::FixedState,
+) -> (&'s mut Vec<Tally>, &'s mut Option<Box<Logins>>) {
+    if let SourceState::One(one) = state {
+        let windows = single_tallies(one, lanes, hasher);
+        *state = SourceState::Many {
+            windows,
+            logins: None,
+            touched: one.touched,
+        };
+    }
+    match state {
+        SourceState::Many {
+            windows, logins, ..
+        } => (windows, logins),
+        // Made many just above.
+        SourceState::One(_) => unreachable!("single-event key made many"),
+    }
+}
+
+/// Takes an evicted source key's windows off the ledger.
+fn release_source(old: SourceState, lanes: &[Lane], ledger: &mut Ledger) {
+    match old {
+        SourceState::One(mut one) => {
+            ledger.close_single(&mut one, i64::MAX, lanes);
+        }
+        SourceState::Many { windows, .. } => {
+            for t in &windows {
+                ledger.close_tally(t, lanes);
+            }
+        }
     }
 }
 
@@ -1003,15 +1345,16 @@ fn touch<'s>(p: StreamParts<'s, '_>, instance: &str, time_ms: i64) -> (&'s mut S
         |s| s.into(),
         || StreamState {
             id: next_id,
+            name: Arc::new(instance.to_owned()),
+            touched: false,
             max_ms: i64::MIN,
             windows: Vec::new(),
             seen_ids: BTreeMap::new(),
         },
         |old| {
             by_time.remove(&(old.max_ms.div_euclid(1000), old.id));
-            for w in &old.windows {
-                let lane = &lanes[usize::from(w.lane)];
-                ledger.close(w, lane.keep_ms, lane.subject);
+            for t in &old.windows {
+                ledger.close_tally(t, lanes);
             }
         },
     );
@@ -1051,13 +1394,13 @@ fn touch<'s>(p: StreamParts<'s, '_>, instance: &str, time_ms: i64) -> (&'s mut S
 
 /// The window of `lane` starting at `start` among `windows`, opened if absent.
 fn window_in<'w>(
-    windows: &'w mut Vec<Window>,
+    windows: &'w mut Vec<Tally>,
     li: usize,
     lane: &Lane,
     start: i64,
     position: u64,
     ledger: &mut Ledger,
-) -> &'w mut Window {
+) -> &'w mut Tally {
     let i = match windows
         .iter()
         .position(|w| usize::from(w.lane) == li && w.start_ms == start)
@@ -1065,9 +1408,8 @@ fn window_in<'w>(
         Some(i) => i,
         None => {
             // At most 64 rules, so at most 64 lanes: the index fits.
-            let w = Window::new(li as u8, start, lane.size_ms, position);
-            ledger.open(&w, lane.keep_ms, lane.subject);
-            windows.push(w);
+            ledger.open(position, start, lane);
+            windows.push(Tally::new(li as u8, start, position));
             windows.len() - 1
         }
     };
@@ -1082,22 +1424,37 @@ fn window_in<'w>(
 }
 
 /// Drops the windows whose keep time ended by `watermark`.
-fn close_windows(windows: &mut Vec<Window>, watermark: i64, lanes: &[Lane], ledger: &mut Ledger) {
+fn close_windows(windows: &mut Vec<Tally>, watermark: i64, lanes: &[Lane], ledger: &mut Ledger) {
     windows.retain(|w| {
-        let lane = &lanes[usize::from(w.lane)];
-        let open = w.start_ms + lane.keep_ms > watermark;
+        let open = w.start_ms + lanes[usize::from(w.lane)].keep_ms > watermark;
         if !open {
-            ledger.close(w, lane.keep_ms, lane.subject);
+            ledger.close_tally(w, lanes);
         }
         open
     });
+}
+
+/// Whether `counts` and the distinct counts meet a count or distinct condition.
+fn condition_met(
+    condition: &Condition,
+    counts: &[u32; Signal::COUNT],
+    distinct: impl Fn(Dimension) -> u32,
+) -> bool {
+    match condition {
+        Condition::Count { signals, at_least } => {
+            signals.iter().map(|s| counts[s.index()]).sum::<u32>() >= *at_least
+        }
+        // The lane keeps at least `at_least` values, so the count is exact here.
+        Condition::Distinct { of, at_least, .. } => distinct(*of) >= *at_least,
+        Condition::SuccessAfterFailures { .. } => false,
+    }
 }
 
 /// Fires each count or distinct rule of `lane` whose condition `w` now meets.
 fn check_rules(
     rules: &[Rule],
     lane: &Lane,
-    w: &mut Window,
+    w: &mut Tally,
     subject: impl Fn() -> Subject,
     source: impl Fn() -> Option<PeerNet>,
     (at, source_logged_in): (i64, bool),
@@ -1107,19 +1464,13 @@ fn check_rules(
         if w.fired & (1 << ri) != 0 {
             continue;
         }
-        let met = match &rules[ri].condition {
-            Condition::Count { signals, at_least } => w.total(signals) >= *at_least,
-            // The lane keeps at least `at_least` values, so the count is exact here.
-            Condition::Distinct { of, at_least, .. } => w.distinct(*of).count() >= *at_least,
-            Condition::SuccessAfterFailures { .. } => false,
-        };
-        if met {
+        if condition_met(&rules[ri].condition, &w.counts, |of| w.distinct_count(of)) {
             w.fired |= 1 << ri;
             fired.push(Fired {
                 rule: ri,
                 subject: subject(),
                 source: source(),
-                window: w.clone(),
+                window: w.window(lane.size_ms),
                 detected_at_ms: at,
                 source_logged_in,
             });
@@ -1135,9 +1486,9 @@ fn check_rules(
 fn compromise_rules(
     rules: &[Rule],
     lane: &Lane,
-    w: &mut Window,
+    w: &mut Tally,
     [previous, since_login]: [[u32; Signal::COUNT]; 2],
-    instance: &str,
+    instance: &Arc<String>,
     net: &PeerNet,
     at: i64,
     fired: &mut Vec<Fired>,
@@ -1150,22 +1501,25 @@ fn compromise_rules(
             .iter()
             .map(|s| w.counts[s.index()] + previous[s.index()])
             .sum();
-        let streak: u32 = signals.iter().map(|s| since_login[s.index()]).sum();
+        let streak: u32 = signals
+            .iter()
+            .fold(0u32, |n, s| n.saturating_add(since_login[s.index()]));
         let before = windowed.min(streak);
-        if before < *failures || w.compromised.iter().any(|i| &**i == instance) {
+        let marks = &mut w.evidence.compromised;
+        if before < *failures || marks.iter().any(|i| i == instance) {
             continue;
         }
-        if w.compromised.len() >= NAMED_INSTANCES {
+        if marks.len() >= NAMED_INSTANCES {
             continue;
         }
-        w.compromised.push(instance.into());
-        let mut evidence = w.clone();
+        marks.push(instance.clone());
+        let mut evidence = w.window(lane.size_ms);
         for (c, p) in evidence.counts.iter_mut().zip(previous) {
             *c += p;
         }
         fired.push(Fired {
             rule: ri,
-            subject: Subject::Instance(instance.into()),
+            subject: Subject::Instance(Box::from(instance.as_str())),
             source: Some(net.clone()),
             window: evidence,
             detected_at_ms: at,
@@ -1465,6 +1819,142 @@ mod tests {
         let before = s.live_keys();
         s.observe(&accepted("i-3", &ip("192.0.2.99"), 3_700_600), &mut f);
         assert_eq!(s.live_keys().1, before.1);
+    }
+
+    fn source_distinct(name: &str, window_ms: i64, of: Dimension, n: u32) -> Rule {
+        Rule {
+            name: name.into(),
+            subject: SubjectKind::Source,
+            window_ms: Some(window_ms),
+            condition: Condition::Distinct {
+                signals: GUESSES.to_vec(),
+                of,
+                at_least: n,
+            },
+            action: Action::Notify,
+        }
+    }
+
+    #[test]
+    fn a_source_seen_once_is_kept_as_its_event_and_counts_in_full_from_its_second() {
+        let mut s = store(
+            vec![
+                count_rule("ten", SubjectKind::Source, 600_000, 3),
+                source_distinct("users", 600_000, Dimension::Users, 2),
+                source_distinct("spray", 3_600_000, Dimension::Instances, 2),
+            ],
+            100,
+        );
+        let mut f = Vec::new();
+        let a = ip("198.51.100.7");
+        let admit = s.observe(&with_user(obs("i-1", Some(&a), 1_000, 5), "root"), &mut f);
+        assert_eq!(admit, Admit::Counted);
+        assert!(f.is_empty());
+        let mut windows: Vec<_> = s
+            .source_windows()
+            .map(|(_, w)| {
+                (
+                    w.size_ms,
+                    w.counts[Signal::InvalidUser.index()],
+                    w.users.count(),
+                    w.instances.count(),
+                    w.instance_names.clone(),
+                    w.samples.len(),
+                )
+            })
+            .collect();
+        windows.sort();
+        let one = vec![Box::<str>::from("i-1")];
+        assert_eq!(
+            windows,
+            vec![
+                (600_000, 1, 1, 0, one.clone(), 0),
+                (3_600_000, 1, 0, 1, one, 0)
+            ]
+        );
+        assert_eq!(s.low_water_position(), Some(5));
+        // The second event, from another instance with another user name.
+        s.observe(&with_user(obs("i-2", Some(&a), 2_000, 6), "admin"), &mut f);
+        assert_eq!(f.iter().map(|x| x.rule).collect::<Vec<_>>(), vec![1, 2]);
+        for fired in &f {
+            assert_eq!(fired.window.counts[Signal::InvalidUser.index()], 2);
+            assert_eq!(
+                fired.window.instance_names,
+                vec![Box::<str>::from("i-1"), "i-2".into()]
+            );
+            assert_eq!(fired.window.samples, vec!["l".to_owned()]);
+        }
+        assert_eq!(f[0].window.users.count(), 2);
+        assert_eq!(f[1].window.instances.count(), 2);
+        assert_eq!(s.low_water_position(), Some(5));
+        // Its windows close like any other.
+        s.observe(&obs("i-1", None, 2 * 3_600_000 + 100_000, 7), &mut f);
+        assert_eq!(s.live_keys().1, 0);
+        assert_eq!(s.low_water_position(), None);
+        assert_eq!(s.stats().windows_closed, 2);
+    }
+
+    #[test]
+    fn a_source_seen_once_late_for_a_short_window_holds_only_the_long_one() {
+        let mut s = store(
+            vec![
+                count_rule("ten", SubjectKind::Source, 600_000, 3),
+                count_rule("hour", SubjectKind::Source, 3_600_000, 3),
+            ],
+            100,
+        );
+        let mut f = Vec::new();
+        s.observe(&obs("i-1", None, 700_000, 1), &mut f);
+        let a = ip("192.0.2.44");
+        assert_eq!(
+            s.observe(&obs("i-1", Some(&a), 1_000, 2), &mut f),
+            Admit::Counted
+        );
+        assert_eq!(s.stats().partly_late_events, 1);
+        let sizes: Vec<_> = s.source_windows().map(|(_, w)| w.size_ms).collect();
+        assert_eq!(sizes, vec![3_600_000]);
+        // Two more in the hour fire it with all three counted.
+        s.observe(&obs("i-1", Some(&a), 650_000, 3), &mut f);
+        s.observe(&obs("i-1", Some(&a), 660_000, 4), &mut f);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!((f[0].rule, f[0].window.total(&GUESSES)), (1, 3));
+    }
+
+    #[test]
+    fn a_rule_met_by_one_event_fires_on_a_new_source_once() {
+        let mut s = store(
+            vec![count_rule("one", SubjectKind::Source, 600_000, 1)],
+            100,
+        );
+        let mut f = Vec::new();
+        let a = ip("203.0.113.1");
+        s.observe(&obs("i-1", Some(&a), 1_000, 1), &mut f);
+        s.observe(&obs("i-1", Some(&a), 2_000, 2), &mut f);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].window.instance_names, vec![Box::<str>::from("i-1")]);
+    }
+
+    #[test]
+    fn an_evicted_source_seen_once_leaves_the_checkpoint_ledger() {
+        let mut s = store(vec![count_rule("s", SubjectKind::Source, 600_000, 5)], 2);
+        let mut f = Vec::new();
+        for (pos, addr) in [(1, "10.0.0.1"), (2, "10.0.0.2"), (3, "10.0.0.3")] {
+            s.observe(&obs("i-1", Some(&ip(addr)), 1_000, pos), &mut f);
+        }
+        assert_eq!(s.live_keys().1, 2);
+        assert_eq!(s.stats().evicted_sources, 1);
+        // The rule set has no instance lane: only source windows hold positions.
+        assert_eq!(s.low_water_position(), Some(2));
+        assert_eq!(s.stats().windows_closed, 1);
+    }
+
+    #[test]
+    fn a_source_seen_once_costs_one_small_map_entry() {
+        // What an address flood costs per key (before the map's own slack):
+        // docs/detection.md and BENCHMARKS.md state the bound from it.
+        assert!(std::mem::size_of::<Single>() <= 48);
+        assert!(std::mem::size_of::<(PeerNet, SourceState)>() <= 72);
+        assert!(std::mem::size_of::<Tally>() <= 64);
     }
 
     proptest::proptest! {
