@@ -7,6 +7,8 @@
 //! delivered as a held notification instead.
 
 pub mod blast_radius;
+#[cfg(feature = "direct")]
+pub mod block;
 pub mod deliver;
 #[cfg(feature = "direct")]
 pub mod direct;
@@ -59,6 +61,9 @@ impl Target {
 pub struct Sink {
     target: Target,
     fleet_limit: Option<FleetBlastRadius>,
+    /// Runs `block` commands (the direct sink, when blocks are configured).
+    #[cfg(feature = "direct")]
+    blocks: Option<block::Blocker>,
 }
 
 impl Sink {
@@ -66,7 +71,16 @@ impl Sink {
         Sink {
             target,
             fleet_limit,
+            #[cfg(feature = "direct")]
+            blocks: None,
         }
+    }
+
+    /// Sends `block` commands (not held) to `blocks` instead of the target.
+    #[cfg(feature = "direct")]
+    pub fn with_blocks(mut self, blocks: block::Blocker) -> Self {
+        self.blocks = Some(blocks);
+        self
     }
 
     /// Claims a fleet-wide slot for a quarantine (a replay finds the slot it
@@ -74,6 +88,10 @@ impl Sink {
     /// a held notification. A claim that cannot be made is a delivery error:
     /// the caller retries and holds the checkpoint.
     pub async fn deliver(&self, command: &Command) -> Result<Delivered, DeliveryError> {
+        #[cfg(feature = "direct")]
+        if let Some(b) = self.blocks.as_ref().filter(|_| command.action == Action::Block && !command.held) {
+            return b.deliver(command).await;
+        }
         let Some(limit) = &self.fleet_limit else {
             return self.target.deliver(command).await;
         };
@@ -143,7 +161,23 @@ pub async fn build(
         }
         _ => None,
     };
-    Ok(Sink::new(target, fleet_limit))
+    let sink = Sink::new(target, fleet_limit);
+    #[cfg(feature = "direct")]
+    if let (SinkKind::Direct, Some(b)) = (settings.kind, settings.blocks.clone()) {
+        let blocks = block::Blocker::new(
+            b,
+            aws_sdk_ec2::Client::new(sdk),
+            aws_sdk_dynamodb::Client::new(sdk),
+            settings
+                .topic_arn
+                .clone()
+                .map(|t| (aws_sdk_sns::Client::new(sdk), t)),
+        )?;
+        blocks.ensure().await?;
+        tracing::info!(table = %blocks.settings().table, "block commands go to network ACLs");
+        return Ok(sink.with_blocks(blocks));
+    }
+    Ok(sink)
 }
 
 #[cfg(feature = "direct")]
