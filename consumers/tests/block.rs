@@ -36,7 +36,11 @@ async fn fleet(sdk: &aws_config::SdkConfig) -> Fleet {
         .send()
         .await
         .expect("moto: create VPC (scripts/emulators up)");
-    let vpc_id = vpc.vpc().and_then(|v| v.vpc_id()).expect("vpc id").to_owned();
+    let vpc_id = vpc
+        .vpc()
+        .and_then(|v| v.vpc_id())
+        .expect("vpc id")
+        .to_owned();
     let subnet = ec2
         .create_subnet()
         .vpc_id(&vpc_id)
@@ -153,19 +157,25 @@ async fn entries(f: &Fleet) -> BTreeMap<i32, sshwarden::sink::block::acl::Entry>
 }
 
 fn in_range(e: &BTreeMap<i32, sshwarden::sink::block::acl::Entry>) -> Vec<i32> {
-    e.keys().copied().filter(|n| (90..=99).contains(n)).collect()
+    e.keys()
+        .copied()
+        .filter(|n| (90..=99).contains(n))
+        .collect()
 }
 
 #[tokio::test]
-async fn one_entry_per_prefix_replays_change_nothing_and_a_full_range_evicts_the_soonest_expiring(
-) {
+async fn one_entry_per_prefix_replays_change_nothing_and_a_full_range_evicts_the_soonest_expiring()
+{
     let sdk = sshwarden_testsupport::sdk(&sshwarden_testsupport::moto_endpoint()).await;
     let f = fleet(&sdk).await;
     let b = blocker(&sdk, &sdk, &f, settings()).await;
 
     let first = block_command("sw1-s-first", "203.0.113.9/32", &f.instance);
     let out = b.block(&first, NOW).await.expect("block");
-    let Outcome::Blocked { record, evicted, .. } = out else {
+    let Outcome::Blocked {
+        record, evicted, ..
+    } = out
+    else {
         panic!("not blocked: {out:?}");
     };
     assert_eq!(record.acls, BTreeMap::from([(f.acl.clone(), 90)]));
@@ -187,8 +197,9 @@ async fn one_entry_per_prefix_replays_change_nothing_and_a_full_range_evicts_the
             &format!("198.51.100.{i}/32"),
             &f.instance,
         );
-        let Outcome::Blocked { record, evicted, .. } =
-            b.block(&c, NOW + i64::from(i)).await.expect("block")
+        let Outcome::Blocked {
+            record, evicted, ..
+        } = b.block(&c, NOW + i64::from(i)).await.expect("block")
         else {
             panic!("prefix {i} not blocked");
         };
@@ -212,7 +223,10 @@ async fn one_entry_per_prefix_replays_change_nothing_and_a_full_range_evicts_the
     assert_eq!(evicted[0].cidr, "203.0.113.9/32");
     let summary = notification.message["summary"].as_str().unwrap_or("");
     assert!(summary.contains("Evicted 203.0.113.9/32"), "{summary}");
-    assert_eq!(notification.message["evicted"][0]["source"], "203.0.113.9/32");
+    assert_eq!(
+        notification.message["evicted"][0]["source"],
+        "203.0.113.9/32"
+    );
     let e = entries(&f).await;
     assert_eq!(denies(&e, "198.51.100.10/32"), vec![90]);
     assert!(denies(&e, "203.0.113.9/32").is_empty());
@@ -255,8 +269,7 @@ async fn expiry_lifts_the_entry_and_a_re_offence_within_the_look_back_doubles_th
     assert!(in_range(&entries(&f).await).is_empty());
 
     let again = block_command("sw1-s-b", "192.0.2.77/32", &f.instance);
-    let Outcome::Blocked { record, .. } = b.block(&again, NOW + 4_000).await.expect("block")
-    else {
+    let Outcome::Blocked { record, .. } = b.block(&again, NOW + 4_000).await.expect("block") else {
         panic!("re-offence not blocked");
     };
     assert_eq!((record.ban_count, record.ban_secs), (2, 7_200));
@@ -358,8 +371,7 @@ async fn a_rule_sshwarden_did_not_write_in_the_range_stops_the_block() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_workers_racing_for_one_acl_never_take_the_same_rule_number() {
     let sdk = sshwarden_testsupport::sdk(&sshwarden_testsupport::moto_endpoint()).await;
-    let ledger_sdk =
-        sshwarden_testsupport::sdk(&sshwarden_testsupport::dynalite_endpoint()).await;
+    let ledger_sdk = sshwarden_testsupport::sdk(&sshwarden_testsupport::dynalite_endpoint()).await;
     let f = fleet(&sdk).await;
     let s = settings();
     let mut tasks = Vec::new();

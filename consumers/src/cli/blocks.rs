@@ -11,7 +11,12 @@ pub struct BlocksArgs {
     #[command(subcommand)]
     pub command: BlocksCommand,
     /// The blocks table.
-    #[arg(long, env = "SSHWARDEN_BLOCKS_TABLE", default_value = "sshwarden-blocks", global = true)]
+    #[arg(
+        long,
+        env = "SSHWARDEN_BLOCKS_TABLE",
+        default_value = "sshwarden-blocks",
+        global = true
+    )]
     pub blocks_table: String,
     /// Where `unblocked` notifications go (none without it).
     #[arg(long, env = "SSHWARDEN_TOPIC_ARN", global = true)]
@@ -95,7 +100,11 @@ async fn run(args: &BlocksArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                         out,
                         "{}\t{}\t{}\t{}\tbans={}\t{}",
                         r.cidr,
-                        if acls.is_empty() { "-".into() } else { acls.join(",") },
+                        if acls.is_empty() {
+                            "-".into()
+                        } else {
+                            acls.join(",")
+                        },
                         sshwarden_pipeline::time::format_rfc3339_ms(r.expires_at * 1000),
                         state,
                         r.ban_count,
@@ -119,7 +128,12 @@ async fn run(args: &BlocksArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 writeln!(out)?;
             } else {
                 match lifted {
-                    Some(l) => writeln!(out, "{} unblocked ({} entries removed)", l.cidr, l.removed.len())?,
+                    Some(l) => writeln!(
+                        out,
+                        "{} unblocked ({} entries removed)",
+                        l.cidr,
+                        l.removed.len()
+                    )?,
                     None => writeln!(out, "{cidr}: no ban in force")?,
                 }
             }
@@ -139,7 +153,12 @@ async fn run(args: &BlocksArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 writeln!(out)?;
             } else {
                 for l in &lifted {
-                    writeln!(out, "{} lifted ({} entries removed)", l.cidr, l.removed.len())?;
+                    writeln!(
+                        out,
+                        "{} lifted ({} entries removed)",
+                        l.cidr,
+                        l.removed.len()
+                    )?;
                 }
                 writeln!(out, "{} bans lifted", lifted.len())?;
             }

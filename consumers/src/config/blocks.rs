@@ -5,7 +5,17 @@
 use ipnet::IpNet;
 
 /// Which traffic a deny entry stops.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Deserialize,
+    serde::Serialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum BlockPorts {
     /// Every protocol and port.
@@ -66,7 +76,9 @@ impl BlockSettings {
             .map(|s| {
                 s.parse::<IpNet>()
                     .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
-                    .map_err(|_| anyhow::anyhow!("blocks: allowlist entry {s:?} is not a CIDR or an address"))
+                    .map_err(|_| {
+                        anyhow::anyhow!("blocks: allowlist entry {s:?} is not a CIDR or an address")
+                    })
             })
             .collect()
     }

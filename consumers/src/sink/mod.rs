@@ -89,7 +89,11 @@ impl Sink {
     /// the caller retries and holds the checkpoint.
     pub async fn deliver(&self, command: &Command) -> Result<Delivered, DeliveryError> {
         #[cfg(feature = "direct")]
-        if let Some(b) = self.blocks.as_ref().filter(|_| command.action == Action::Block && !command.held) {
+        if let Some(b) = self
+            .blocks
+            .as_ref()
+            .filter(|_| command.action == Action::Block && !command.held)
+        {
             return b.deliver(command).await;
         }
         let Some(limit) = &self.fleet_limit else {

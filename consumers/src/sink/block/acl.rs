@@ -114,7 +114,10 @@ impl Acls {
             let out = self.ec2.describe_instances().instance_ids(id).send().await;
             let out = match out {
                 Ok(o) => o,
-                Err(e) if e.code().is_some_and(|c| c.contains("NotFound") || c.contains("Malformed")) => {
+                Err(e)
+                    if e.code()
+                        .is_some_and(|c| c.contains("NotFound") || c.contains("Malformed")) =>
+                {
                     continue
                 }
                 Err(e) => return Err(ec2_error("DescribeInstances", e)),
@@ -274,7 +277,12 @@ impl Acls {
 
     /// Deletes the entry at `rule_number` if it still denies `cidr`; true
     /// when it did.
-    pub async fn remove(&self, acl: &str, rule_number: i32, cidr: &IpNet) -> Result<bool, BlockError> {
+    pub async fn remove(
+        &self,
+        acl: &str,
+        rule_number: i32,
+        cidr: &IpNet,
+    ) -> Result<bool, BlockError> {
         let entries = match self.entries(acl).await {
             Ok(e) => e,
             // The ACL is gone: nothing left to remove.

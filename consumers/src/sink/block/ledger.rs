@@ -109,9 +109,7 @@ fn record_from(item: &std::collections::HashMap<String, AttributeValue>) -> BanR
         .and_then(|v| v.as_m().ok())
         .map(|m| {
             m.iter()
-                .filter_map(|(k, v)| {
-                    Some((k.clone(), v.as_n().ok()?.parse::<i32>().ok()?))
-                })
+                .filter_map(|(k, v)| Some((k.clone(), v.as_n().ok()?.parse::<i32>().ok()?)))
                 .collect()
         })
         .unwrap_or_default();
@@ -181,9 +179,15 @@ impl Ledger {
             .client
             .put_item()
             .table_name(&self.table)
-            .item("pk", AttributeValue::S(slot_key(&slot.acl, slot.rule_number)))
+            .item(
+                "pk",
+                AttributeValue::S(slot_key(&slot.acl, slot.rule_number)),
+            )
             .item("acl", AttributeValue::S(slot.acl.clone()))
-            .item("ruleNumber", AttributeValue::N(slot.rule_number.to_string()))
+            .item(
+                "ruleNumber",
+                AttributeValue::N(slot.rule_number.to_string()),
+            )
             .item("cidr", AttributeValue::S(slot.cidr.clone()))
             .item("commandId", AttributeValue::S(slot.command_id.clone()))
             .item("expiresAt", AttributeValue::N(slot.expires_at.to_string()))
@@ -195,10 +199,7 @@ impl Ledger {
                 .condition_expression("(#cidr = :cidr) OR (#cidr = :old AND #cmd = :oldcmd)")
                 .expression_attribute_names("#cmd", "commandId")
                 .expression_attribute_values(":old", AttributeValue::S(old.cidr.clone()))
-                .expression_attribute_values(
-                    ":oldcmd",
-                    AttributeValue::S(old.command_id.clone()),
-                ),
+                .expression_attribute_values(":oldcmd", AttributeValue::S(old.command_id.clone())),
         };
         match put.send().await {
             Ok(_) => Ok(Taken::Ours),
@@ -221,9 +222,15 @@ impl Ledger {
             .client
             .put_item()
             .table_name(&self.table)
-            .item("pk", AttributeValue::S(slot_key(&slot.acl, slot.rule_number)))
+            .item(
+                "pk",
+                AttributeValue::S(slot_key(&slot.acl, slot.rule_number)),
+            )
             .item("acl", AttributeValue::S(slot.acl.clone()))
-            .item("ruleNumber", AttributeValue::N(slot.rule_number.to_string()))
+            .item(
+                "ruleNumber",
+                AttributeValue::N(slot.rule_number.to_string()),
+            )
             .item("cidr", AttributeValue::S(slot.cidr.clone()))
             .item("commandId", AttributeValue::S(slot.command_id.clone()))
             .item("expiresAt", AttributeValue::N(slot.expires_at.to_string()))
@@ -263,8 +270,9 @@ impl Ledger {
         match r {
             Ok(_) => Ok(true),
             Err(e) if is_condition_failure(&e) => Ok(false),
-            Err(e) => Err(aws_error(e))
-                .with_context(|| format!("cannot free slot {acl}#{rule_number}")),
+            Err(e) => {
+                Err(aws_error(e)).with_context(|| format!("cannot free slot {acl}#{rule_number}"))
+            }
         }
     }
 
@@ -301,7 +309,10 @@ impl Ledger {
             .item("banCount", AttributeValue::N(r.ban_count.to_string()))
             .item("lastBanAt", AttributeValue::N(r.last_ban_at.to_string()))
             .item("banSecs", AttributeValue::N(r.ban_secs.to_string()))
-            .item("lastCommandId", AttributeValue::S(r.last_command_id.clone()))
+            .item(
+                "lastCommandId",
+                AttributeValue::S(r.last_command_id.clone()),
+            )
             .item("rule", AttributeValue::S(r.rule.clone()))
             .item("purgeAt", AttributeValue::N(purge_at.to_string()))
             .condition_expression("attribute_not_exists(pk) OR #last <> :id")
@@ -312,8 +323,9 @@ impl Ledger {
         match put {
             Ok(_) => Ok(true),
             Err(e) if is_condition_failure(&e) => Ok(false),
-            Err(e) => Err(aws_error(e))
-                .with_context(|| format!("cannot record the ban of {}", r.cidr)),
+            Err(e) => {
+                Err(aws_error(e)).with_context(|| format!("cannot record the ban of {}", r.cidr))
+            }
         }
     }
 
@@ -333,8 +345,7 @@ impl Ledger {
         match r {
             Ok(_) => Ok(()),
             Err(e) if is_condition_failure(&e) => Ok(()),
-            Err(e) => Err(aws_error(e))
-                .with_context(|| format!("cannot update the ban of {cidr}")),
+            Err(e) => Err(aws_error(e)).with_context(|| format!("cannot update the ban of {cidr}")),
         }
     }
 
@@ -364,8 +375,7 @@ impl Ledger {
         match r {
             Ok(_) => Ok(true),
             Err(e) if is_condition_failure(&e) => Ok(false),
-            Err(e) => Err(aws_error(e))
-                .with_context(|| format!("cannot end the ban of {cidr}")),
+            Err(e) => Err(aws_error(e)).with_context(|| format!("cannot end the ban of {cidr}")),
         }
     }
 

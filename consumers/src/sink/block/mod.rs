@@ -189,7 +189,9 @@ impl Blocker {
         {
             return Ok(self.refused(
                 c,
-                &format!("{cidr} overlaps the VPC's own range {v}: an internal address is never blocked"),
+                &format!(
+                    "{cidr} overlaps the VPC's own range {v}: an internal address is never blocked"
+                ),
             ));
         }
         let mut targets = placement.acls.clone();
@@ -205,9 +207,10 @@ impl Blocker {
                 ),
             ));
         }
-        let (count, secs) = self
-            .settings
-            .escalate(previous.as_ref().map(|r| (r.ban_count, r.last_ban_at)), now_s);
+        let (count, secs) = self.settings.escalate(
+            previous.as_ref().map(|r| (r.ban_count, r.last_ban_at)),
+            now_s,
+        );
         let expires_at = now_s + secs;
         let mut placed = BTreeMap::new();
         let mut evicted = Vec::new();
@@ -269,7 +272,13 @@ impl Blocker {
             expires_at,
         };
         if let Some(n) = known.filter(|n| rule_numbers(&self.settings).contains(n)) {
-            if self.ledger.take(&mine(n), None).await.map_err(BlockError::ledger)? == Taken::Ours {
+            if self
+                .ledger
+                .take(&mine(n), None)
+                .await
+                .map_err(BlockError::ledger)?
+                == Taken::Ours
+            {
                 return Ok((n, None));
             }
         }
@@ -278,7 +287,12 @@ impl Blocker {
         for _ in 0..3 {
             let mut held = Vec::new();
             for n in rule_numbers(&self.settings) {
-                match self.ledger.take(&mine(n), None).await.map_err(BlockError::ledger)? {
+                match self
+                    .ledger
+                    .take(&mine(n), None)
+                    .await
+                    .map_err(BlockError::ledger)?
+                {
                     Taken::Ours => return Ok((n, None)),
                     Taken::Held(s) => held.push(s),
                 }
@@ -395,10 +409,9 @@ impl Blocker {
     }
 
     async fn lift(&self, r: &BanRecord, ended_at: i64) -> Result<Lifted, BlockError> {
-        let cidr = r
-            .cidr
-            .parse::<IpNet>()
-            .map_err(|e| BlockError::permanent("sshwarden.InvalidCidr", format!("{}: {e}", r.cidr)))?;
+        let cidr = r.cidr.parse::<IpNet>().map_err(|e| {
+            BlockError::permanent("sshwarden.InvalidCidr", format!("{}: {e}", r.cidr))
+        })?;
         let mut removed = BTreeMap::new();
         for (acl, &n) in &r.acls {
             let slot = self.ledger.slot(acl, n).await.map_err(BlockError::ledger)?;
@@ -513,7 +526,10 @@ fn blocked_message(c: &Command, r: &BanRecord, evicted: &[Eviction]) -> Notifica
 
 fn refused_message(c: &Command, reason: &str) -> Notification {
     Notification {
-        subject: format!("sshwarden: not blocked {}", c.source.as_deref().unwrap_or("")),
+        subject: format!(
+            "sshwarden: not blocked {}",
+            c.source.as_deref().unwrap_or("")
+        ),
         message: json!({
             "event": "block-refused",
             "summary": format!("The block of {} was refused: {reason} (rule {}, command {}).", c.source.as_deref().unwrap_or("?"), c.rule, c.id),
@@ -557,28 +573,39 @@ impl Blocker {
     /// retrying cannot fix (a foreign rule in the range, a missing ACL) is
     /// notified as `block-failed` and counts as delivered, like the
     /// quarantine's failure branch; anything else is retried by the caller.
-    pub async fn deliver(
-        &self,
-        c: &Command,
-    ) -> Result<super::Delivered, super::DeliveryError> {
+    pub async fn deliver(&self, c: &Command) -> Result<super::Delivered, super::DeliveryError> {
         use super::{Delivered, DeliveryError};
         let now_s = crate::clock::now_ms() / 1000;
-        let delivery = |e: BlockError| DeliveryError(format!("block of {}: {} ({})", c.subject(), e.error, e.cause));
+        let delivery = |e: BlockError| {
+            DeliveryError(format!(
+                "block of {}: {} ({})",
+                c.subject(),
+                e.error,
+                e.cause
+            ))
+        };
         match self.block(c, now_s).await {
             Ok(Outcome::Replay) => Ok(Delivered::AlreadyHandled),
-            Ok(Outcome::Blocked { record, evicted, .. }) => {
+            Ok(Outcome::Blocked {
+                record, evicted, ..
+            }) => {
                 tracing::info!(id = %c.id, source = %record.cidr, acls = ?record.acls, expires_at = record.expires_at,
                     ban_count = record.ban_count, evicted = evicted.len(), "source blocked");
                 Ok(Delivered::New)
             }
-            Ok(Outcome::Refused { reason, notification }) => {
+            Ok(Outcome::Refused {
+                reason,
+                notification,
+            }) => {
                 self.publish(&notification).await.map_err(delivery)?;
                 tracing::warn!(id = %c.id, source = c.subject(), %reason, "block refused");
                 Ok(Delivered::New)
             }
             Err(e) if e.transient => Err(delivery(e)),
             Err(e) => {
-                self.publish(&failed_message(c, &e)).await.map_err(delivery)?;
+                self.publish(&failed_message(c, &e))
+                    .await
+                    .map_err(delivery)?;
                 tracing::error!(id = %c.id, source = c.subject(), error = %e.error, cause = %e.cause,
                     "block failed and cannot succeed on retry; 'block-failed' notification published");
                 Ok(Delivered::Failed)
