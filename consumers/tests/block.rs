@@ -407,3 +407,70 @@ async fn two_workers_racing_for_one_acl_never_take_the_same_rule_number() {
         assert_eq!(denies(&e, cidr), vec![*n], "{cidr}");
     }
 }
+
+fn sshwarden_blocks(args: &[&str], table: &str) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sshwarden"))
+        .arg("blocks")
+        .args(args)
+        .args(["--json", "--blocks-table", table])
+        .env("AWS_ENDPOINT_URL", sshwarden_testsupport::moto_endpoint())
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("SSHWARDEN_TOPIC_ARN")
+        .env_remove("SSHWARDEN_CONFIG")
+        .output()
+        .expect("run sshwarden");
+    assert!(
+        out.status.success(),
+        "sshwarden blocks {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
+/// `sshwarden blocks list | sweep | unblock --json`, each its own process,
+/// on bans placed at the wall clock: one ended an hour ago, one in force.
+#[tokio::test]
+async fn the_operator_commands_list_sweep_and_unblock() {
+    let sdk = sshwarden_testsupport::sdk(&sshwarden_testsupport::moto_endpoint()).await;
+    let f = fleet(&sdk).await;
+    let s = settings();
+    let table = s.table.clone();
+    let b = blocker(&sdk, &sdk, &f, s).await;
+    let now = sshwarden_testsupport::now_ms() / 1000;
+    for (id, cidr, at) in [
+        ("sw1-s-old", "192.0.2.1/32", now - 7_200),
+        ("sw1-s-new", "192.0.2.2/32", now),
+    ] {
+        let c = block_command(id, cidr, &f.instance);
+        assert!(matches!(
+            b.block(&c, at).await.expect("block"),
+            Outcome::Blocked { .. }
+        ));
+    }
+    let listed = sshwarden_blocks(&["list"], &table);
+    let cidrs: Vec<&str> = listed["blocks"]
+        .as_array()
+        .expect("blocks")
+        .iter()
+        .filter_map(|b| b["cidr"].as_str())
+        .collect();
+    assert_eq!(cidrs, ["192.0.2.1/32", "192.0.2.2/32"]);
+    assert_eq!(listed["blocks"][1]["acls"][&f.acl], 91);
+    assert_eq!(listed["blocks"][1]["ban_count"], 1);
+
+    let swept = sshwarden_blocks(&["sweep"], &table);
+    assert_eq!(swept["swept"].as_array().map(Vec::len), Some(1), "{swept}");
+    assert_eq!(swept["swept"][0]["cidr"], "192.0.2.1/32");
+    let again = sshwarden_blocks(&["sweep"], &table);
+    assert_eq!(again["swept"].as_array().map(Vec::len), Some(0), "{again}");
+    assert_eq!(in_range(&entries(&f).await), vec![91]);
+
+    let lifted = sshwarden_blocks(&["unblock", "192.0.2.2/32"], &table);
+    assert_eq!(lifted["unblocked"]["removed"][&f.acl], 91, "{lifted}");
+    assert!(in_range(&entries(&f).await).is_empty());
+    let listed = sshwarden_blocks(&["list"], &table);
+    assert_eq!(listed["blocks"].as_array().map(Vec::len), Some(0));
+}

@@ -14,7 +14,7 @@ pub struct BlocksArgs {
     #[arg(
         long,
         env = "SSHWARDEN_BLOCKS_TABLE",
-        default_value = "sshwarden-blocks",
+        default_value = crate::config::DEFAULT_BLOCKS_TABLE,
         global = true
     )]
     pub blocks_table: String,

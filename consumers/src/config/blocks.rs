@@ -25,7 +25,7 @@ pub enum BlockPorts {
     Ssh,
 }
 
-pub const DEFAULT_TABLE: &str = "sshwarden-blocks";
+pub const DEFAULT_BLOCKS_TABLE: &str = "sshwarden-blocks";
 /// Ten slots right below rule 100, the allow-all rule of a default ACL.
 pub const DEFAULT_RULE_FIRST: i32 = 90;
 pub const DEFAULT_RULE_COUNT: i32 = 10;
@@ -55,7 +55,7 @@ pub struct BlockSettings {
 impl Default for BlockSettings {
     fn default() -> Self {
         BlockSettings {
-            table: DEFAULT_TABLE.into(),
+            table: DEFAULT_BLOCKS_TABLE.into(),
             rule_first: DEFAULT_RULE_FIRST,
             rule_count: DEFAULT_RULE_COUNT,
             ports: BlockPorts::All,
