@@ -166,6 +166,15 @@ pub async fn build(
         _ => None,
     };
     let sink = Sink::new(target, fleet_limit);
+    match (settings.kind, settings.blocks.is_some()) {
+        (SinkKind::Sfn, true) => anyhow::bail!(
+            "[blocks] needs --sink direct: the Step Functions sink has no block state machine yet"
+        ),
+        (SinkKind::Stdout, true) => {
+            tracing::warn!("[blocks] is ignored by the stdout sink (a dry run blocks nothing)")
+        }
+        _ => {}
+    }
     #[cfg(feature = "direct")]
     if let (SinkKind::Direct, Some(b)) = (settings.kind, settings.blocks.clone()) {
         let blocks = block::Blocker::new(
