@@ -53,7 +53,7 @@ pub fn blocks(args: &BlocksArgs, out: &mut dyn Write) -> anyhow::Result<()> {
 #[cfg(feature = "direct")]
 async fn run(args: &BlocksArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     use crate::config::BlockSettings;
-    use crate::sink::block::{Blocker, Notification};
+    use crate::sink::block::{unblocked_message, Blocker};
     use serde_json::json;
 
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
@@ -116,12 +116,9 @@ async fn run(args: &BlocksArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         BlocksCommand::Unblock { cidr } => {
             let lifted = b.unblock(cidr, now).await.map_err(fail)?;
             if let Some(l) = &lifted {
-                b.publish(&Notification {
-                    subject: format!("sshwarden: unblocked {}", l.cidr),
-                    message: json!({"event": "unblocked", "summary": format!("{} unblocked by hand.", l.cidr), "source": l.cidr, "removed": l.removed}),
-                })
-                .await
-                .map_err(fail)?;
+                b.publish(&unblocked_message(l, "by hand"))
+                    .await
+                    .map_err(fail)?;
             }
             if args.json {
                 serde_json::to_writer_pretty(&mut *out, &json!({ "unblocked": lifted }))?;
@@ -141,12 +138,9 @@ async fn run(args: &BlocksArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         BlocksCommand::Sweep => {
             let lifted = b.sweep(now).await.map_err(fail)?;
             for l in &lifted {
-                b.publish(&Notification {
-                    subject: format!("sshwarden: block expired {}", l.cidr),
-                    message: json!({"event": "unblocked", "summary": format!("The ban of {} ended.", l.cidr), "source": l.cidr, "removed": l.removed}),
-                })
-                .await
-                .map_err(fail)?;
+                b.publish(&unblocked_message(l, "expired"))
+                    .await
+                    .map_err(fail)?;
             }
             if args.json {
                 serde_json::to_writer_pretty(&mut *out, &json!({ "swept": lifted }))?;

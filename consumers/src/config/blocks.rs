@@ -33,6 +33,7 @@ pub const DEFAULT_BAN_SECS: i64 = 3_600;
 pub const DEFAULT_BAN_FACTOR: u32 = 2;
 pub const DEFAULT_MAX_BAN_SECS: i64 = 7 * 86_400;
 pub const DEFAULT_LOOKBACK_SECS: i64 = 7 * 86_400;
+pub const DEFAULT_SWEEP_SECS: u64 = 60;
 
 /// How blocks are placed and how long they last.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -50,6 +51,9 @@ pub struct BlockSettings {
     pub lookback_secs: i64,
     /// Never blocked (nor any CIDR overlapping one): CIDRs or addresses.
     pub allowlist: Vec<String>,
+    /// How often each worker lifts the bans that ended (0: never; then run
+    /// `sshwarden blocks sweep` from a schedule).
+    pub sweep_secs: u64,
 }
 
 impl Default for BlockSettings {
@@ -64,6 +68,7 @@ impl Default for BlockSettings {
             max_ban_secs: DEFAULT_MAX_BAN_SECS,
             lookback_secs: DEFAULT_LOOKBACK_SECS,
             allowlist: Vec::new(),
+            sweep_secs: DEFAULT_SWEEP_SECS,
         }
     }
 }

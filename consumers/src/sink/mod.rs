@@ -63,7 +63,7 @@ pub struct Sink {
     fleet_limit: Option<FleetBlastRadius>,
     /// Runs `block` commands (the direct sink, when blocks are configured).
     #[cfg(feature = "direct")]
-    blocks: Option<block::Blocker>,
+    blocks: Option<std::sync::Arc<block::Blocker>>,
 }
 
 impl Sink {
@@ -78,7 +78,7 @@ impl Sink {
 
     /// Sends `block` commands (not held) to `blocks` instead of the target.
     #[cfg(feature = "direct")]
-    pub fn with_blocks(mut self, blocks: block::Blocker) -> Self {
+    pub fn with_blocks(mut self, blocks: std::sync::Arc<block::Blocker>) -> Self {
         self.blocks = Some(blocks);
         self
     }
@@ -187,7 +187,12 @@ pub async fn build(
                 .map(|t| (aws_sdk_sns::Client::new(sdk), t)),
         )?;
         blocks.ensure().await?;
-        tracing::info!(table = %blocks.settings().table, "block commands go to network ACLs");
+        let sweep_secs = blocks.settings().sweep_secs;
+        tracing::info!(table = %blocks.settings().table, sweep_secs, "block commands go to network ACLs");
+        let blocks = std::sync::Arc::new(blocks);
+        if sweep_secs > 0 {
+            block::spawn_sweeper(blocks.clone(), std::time::Duration::from_secs(sweep_secs));
+        }
         return Ok(sink.with_blocks(blocks));
     }
     Ok(sink)

@@ -295,14 +295,19 @@ impl Acls {
         if !ours {
             return Ok(false);
         }
-        self.ec2
+        match self
+            .ec2
             .delete_network_acl_entry()
             .network_acl_id(acl)
             .rule_number(rule_number)
             .egress(false)
             .send()
             .await
-            .map_err(|e| ec2_error("DeleteNetworkAclEntry", e))?;
-        Ok(true)
+        {
+            Ok(_) => Ok(true),
+            // Another sweeper removed it between the read and the delete.
+            Err(e) if e.code().is_some_and(|c| c.contains("NotFound")) => Ok(false),
+            Err(e) => Err(ec2_error("DeleteNetworkAclEntry", e)),
+        }
     }
 }

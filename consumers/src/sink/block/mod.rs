@@ -542,6 +542,48 @@ fn refused_message(c: &Command, reason: &str) -> Notification {
     }
 }
 
+/// The notification of a lifted ban: `how` says why ("expired", "by hand").
+pub fn unblocked_message(l: &Lifted, how: &str) -> Notification {
+    Notification {
+        subject: format!("sshwarden: unblocked {} ({how})", l.cidr),
+        message: json!({
+            "event": "unblocked",
+            "summary": format!("The ban of {} was lifted ({how}); entries removed: {}.", l.cidr,
+                l.removed.iter().map(|(a, n)| format!("{a} rule {n}")).collect::<Vec<_>>().join(", ")),
+            "source": l.cidr,
+            "removed": l.removed,
+            "how": how,
+            "execution": EXECUTION,
+        }),
+    }
+}
+
+/// Lifts ended bans every `period` until the process ends. Every worker
+/// may run one: each step of a lift is conditional, so two sweepers at once
+/// remove each entry once and a failed round is redone by the next.
+pub fn spawn_sweeper(blocker: std::sync::Arc<Blocker>, period: std::time::Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match blocker.sweep(crate::clock::now_ms() / 1000).await {
+                Ok(lifted) => {
+                    for l in &lifted {
+                        tracing::info!(source = %l.cidr, removed = ?l.removed, "ban ended; entries removed");
+                        if let Err(e) = blocker.publish(&unblocked_message(l, "expired")).await {
+                            tracing::warn!(source = %l.cidr, error = %e.cause, "unblocked notification failed");
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e.error, cause = %e.cause, "block sweep failed; the next round retries")
+                }
+            }
+        }
+    });
+}
+
 /// The notification of a block that failed for good.
 pub fn failed_message(c: &Command, e: &BlockError) -> Notification {
     Notification {
