@@ -251,14 +251,24 @@ async fn expiry_lifts_the_entry_and_a_re_offence_within_the_look_back_doubles_th
         b.block(&c, NOW).await.expect("block"),
         Outcome::Blocked { .. }
     ));
-    assert!(b.sweep(NOW + 3_599).await.expect("sweep").is_empty());
+    // Another rule fires on the same attack while the ban holds: the ban
+    // is extended to an hour from now, not escalated.
+    let same_attack = block_command("sw1-s-a-slow", "192.0.2.77/32", &f.instance);
+    let Outcome::Blocked { record, .. } = b.block(&same_attack, NOW + 100).await.expect("block")
+    else {
+        panic!("second rule not handled as a block");
+    };
+    assert_eq!((record.ban_count, record.ban_secs), (1, 3_600));
+    assert_eq!(record.expires_at, NOW + 3_700);
     assert_eq!(denies(&entries(&f).await, "192.0.2.77/32"), vec![90]);
-    let lifted = b.sweep(NOW + 3_600).await.expect("sweep");
+    assert!(b.sweep(NOW + 3_699).await.expect("sweep").is_empty());
+    assert_eq!(denies(&entries(&f).await, "192.0.2.77/32"), vec![90]);
+    let lifted = b.sweep(NOW + 3_700).await.expect("sweep");
     assert_eq!(lifted.len(), 1);
     assert_eq!(lifted[0].removed, BTreeMap::from([(f.acl.clone(), 90)]));
     assert!(in_range(&entries(&f).await).is_empty());
     assert!(
-        b.sweep(NOW + 3_700).await.expect("sweep").is_empty(),
+        b.sweep(NOW + 3_750).await.expect("sweep").is_empty(),
         "sweep is idempotent"
     );
     // The replay of the first command after expiry changes nothing.

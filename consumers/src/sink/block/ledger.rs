@@ -45,8 +45,15 @@ pub struct BanRecord {
     pub last_ban_at: i64,
     pub ban_secs: i64,
     pub last_command_id: String,
+    /// The ids of the latest commands that banned the prefix (at most
+    /// [`KEPT_COMMAND_IDS`]): a replay of any of them changes nothing.
+    #[serde(skip)]
+    pub command_ids: Vec<String>,
     pub rule: String,
 }
+
+/// How many command ids a prefix's record remembers for replays.
+pub const KEPT_COMMAND_IDS: usize = 32;
 
 /// What a slot claim found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +128,11 @@ fn record_from(item: &std::collections::HashMap<String, AttributeValue>) -> BanR
         last_ban_at: n(item, "lastBanAt"),
         ban_secs: n(item, "banSecs"),
         last_command_id: s(item, "lastCommandId"),
+        command_ids: item
+            .get("commandIds")
+            .and_then(|v| v.as_l().ok())
+            .map(|l| l.iter().filter_map(|v| v.as_s().ok().cloned()).collect())
+            .unwrap_or_default(),
         rule: s(item, "rule"),
     }
 }
@@ -315,8 +327,20 @@ impl Ledger {
             )
             .item("rule", AttributeValue::S(r.rule.clone()))
             .item("purgeAt", AttributeValue::N(purge_at.to_string()))
-            .condition_expression("attribute_not_exists(pk) OR #last <> :id")
+            .item(
+                "commandIds",
+                AttributeValue::L(
+                    r.command_ids
+                        .iter()
+                        .map(|i| AttributeValue::S(i.clone()))
+                        .collect(),
+                ),
+            )
+            .condition_expression(
+                "attribute_not_exists(pk) OR (#last <> :id AND NOT contains(#ids, :id))",
+            )
             .expression_attribute_names("#last", "lastCommandId")
+            .expression_attribute_names("#ids", "commandIds")
             .expression_attribute_values(":id", AttributeValue::S(r.last_command_id.clone()))
             .send()
             .await;

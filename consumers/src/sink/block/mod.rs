@@ -13,7 +13,10 @@
 //! before the record finds its slots and entries and only notifies again.
 //!
 //! Ban time: `ban_secs × factor^(n−1)` for the n-th ban of a prefix whose
-//! previous ban started within the look-back, capped at `max_ban_secs`.
+//! previous ban started within the look-back, capped at `max_ban_secs`. A
+//! command for a prefix whose ban is in force extends it to at least its
+//! own ban time from now (more ACLs, same count): several rules fire on one
+//! attack, and only a re-offence after the ban escalates.
 //! The anchors: fail2ban's `bantime.increment` (ban time × 1, 2, 4, 8, …
 //! with `bantime.factor`, capped by `bantime.maxtime`, counting earlier
 //! bans in its database) and sshguard's block time, which grows ×1.5 per
@@ -172,7 +175,10 @@ impl Blocker {
             .record(&cidr.to_string())
             .await
             .map_err(BlockError::ledger)?;
-        if previous.as_ref().is_some_and(|r| r.last_command_id == c.id) {
+        if previous
+            .as_ref()
+            .is_some_and(|r| r.last_command_id == c.id || r.command_ids.contains(&c.id))
+        {
             return Ok(Outcome::Replay);
         }
         let instances: Vec<String> = c
@@ -207,11 +213,28 @@ impl Blocker {
                 ),
             ));
         }
-        let (count, secs) = self.settings.escalate(
-            previous.as_ref().map(|r| (r.ban_count, r.last_ban_at)),
-            now_s,
-        );
-        let expires_at = now_s + secs;
+        // A ban in force is extended, not escalated: several rules fire on
+        // one attack (brute force, then slow brute force, enumeration), and
+        // the attacker may try other subnets while banned. Escalation is
+        // for a re-offence after a ban ended (or was evicted).
+        let in_force = previous
+            .as_ref()
+            .filter(|r| r.expires_at > now_s && !r.acls.is_empty() && r.ban_count > 0);
+        let (count, secs, expires_at, started) = match in_force {
+            Some(r) => (
+                r.ban_count,
+                r.ban_secs,
+                r.expires_at.max(now_s + r.ban_secs),
+                r.last_ban_at,
+            ),
+            None => {
+                let (count, secs) = self.settings.escalate(
+                    previous.as_ref().map(|r| (r.ban_count, r.last_ban_at)),
+                    now_s,
+                );
+                (count, secs, now_s + secs, now_s)
+            }
+        };
         let mut placed = BTreeMap::new();
         let mut evicted = Vec::new();
         for acl in &targets {
@@ -235,9 +258,18 @@ impl Blocker {
             acls: placed,
             expires_at,
             ban_count: count,
-            last_ban_at: now_s,
+            last_ban_at: started,
             ban_secs: secs,
             last_command_id: c.id.clone(),
+            command_ids: {
+                let mut ids: Vec<String> = previous
+                    .as_ref()
+                    .map(|r| r.command_ids.clone())
+                    .unwrap_or_default();
+                ids.push(c.id.clone());
+                let skip = ids.len().saturating_sub(ledger::KEPT_COMMAND_IDS);
+                ids.split_off(skip)
+            },
             rule: c.rule.clone(),
         };
         let notification = blocked_message(c, &record, &evicted);
