@@ -155,6 +155,48 @@ mod tests {
         );
     }
 
+    /// The example file's commented `[blocks]` states the defaults.
+    #[test]
+    fn the_example_file_states_the_defaults() {
+        let text = include_str!("../../../sshwarden.example.toml");
+        let section: String = text
+            .lines()
+            .skip_while(|l| *l != "# [blocks]")
+            .skip(1)
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| !l.starts_with("allowlist") && !l.starts_with(' '))
+            .map(|l| format!("{}\n", l))
+            .collect();
+        assert!(section.contains("table ="), "{section}");
+        let parsed: BlockSettings = toml::from_str(&section).expect("the example's [blocks]");
+        let d = BlockSettings::default();
+        assert_eq!(
+            (
+                parsed.table,
+                parsed.rule_first,
+                parsed.rule_count,
+                parsed.ports
+            ),
+            (d.table, d.rule_first, d.rule_count, d.ports)
+        );
+        assert_eq!(
+            (
+                parsed.ban_secs,
+                parsed.ban_factor,
+                parsed.max_ban_secs,
+                parsed.lookback_secs,
+                parsed.sweep_secs
+            ),
+            (
+                d.ban_secs,
+                d.ban_factor,
+                d.max_ban_secs,
+                d.lookback_secs,
+                d.sweep_secs
+            )
+        );
+    }
+
     #[test]
     fn settings_are_checked() {
         assert!(BlockSettings::default().validate().is_ok());
