@@ -334,6 +334,7 @@ async fn ipv6_prefixes_get_ipv6_entries_and_allowlisted_or_internal_sources_are_
     for (id, source, why) in [
         ("sw1-s-allow", "198.51.100.7/32", "allowlisted"),
         ("sw1-s-vpc", &f.vpc_cidr.replace("0.0/16", "1.5/32"), "VPC"),
+        ("sw1-s-wide", "0.0.0.0/0", "wider"),
     ] {
         let c = block_command(id, source, &f.instance);
         match b.block(&c, NOW).await.expect("answer") {
@@ -483,4 +484,35 @@ async fn the_operator_commands_list_sweep_and_unblock() {
     assert!(in_range(&entries(&f).await).is_empty());
     let listed = sshwarden_blocks(&["list"], &table);
     assert_eq!(listed["blocks"].as_array().map(Vec::len), Some(0));
+}
+
+/// A rule put into the range after the range was checked is never
+/// overwritten: the block fails for good and frees the slot it had taken.
+#[tokio::test]
+async fn a_rule_added_to_the_range_later_is_left_alone() {
+    let sdk = sshwarden_testsupport::sdk(&sshwarden_testsupport::moto_endpoint()).await;
+    let f = fleet(&sdk).await;
+    let b = blocker(&sdk, &sdk, &f, settings()).await;
+    let first = block_command("sw1-s-l1", "203.0.113.60/32", &f.instance);
+    assert!(matches!(
+        b.block(&first, NOW).await.expect("block"),
+        Outcome::Blocked { .. }
+    ));
+    f.ec2
+        .create_network_acl_entry()
+        .network_acl_id(&f.acl)
+        .rule_number(91)
+        .egress(false)
+        .protocol("-1")
+        .rule_action(aws_sdk_ec2::types::RuleAction::Deny)
+        .cidr_block("192.0.2.0/24")
+        .send()
+        .await
+        .expect("foreign entry");
+    let second = block_command("sw1-s-l2", "203.0.113.61/32", &f.instance);
+    let e = b.block(&second, NOW + 1).await.expect_err("refused");
+    assert_eq!(e.error, "sshwarden.ForeignRuleInRange");
+    let e = entries(&f).await;
+    assert_eq!(denies(&e, "192.0.2.0/24"), vec![91]);
+    assert_eq!(in_range(&e), vec![90, 91]);
 }

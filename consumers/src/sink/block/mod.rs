@@ -163,6 +163,18 @@ impl Blocker {
         else {
             return Ok(self.refused(c, "the command names no source CIDR to block"));
         };
+        // The engine groups sources by /32 and /64 unless configured
+        // otherwise; anything this wide is a misconfiguration, not an attacker.
+        let too_wide = match cidr {
+            IpNet::V4(n) => n.prefix_len() < 16,
+            IpNet::V6(n) => n.prefix_len() < 32,
+        };
+        if too_wide {
+            return Ok(self.refused(
+                c,
+                &format!("{cidr} is wider than /16 (IPv4) or /32 (IPv6): not blocked"),
+            ));
+        }
         if let Some(a) = self
             .allowlist
             .iter()
@@ -241,9 +253,35 @@ impl Blocker {
             let known = previous.as_ref().and_then(|r| r.acls.get(acl)).copied();
             let (number, gone) = self.place(acl, &cidr, &c.id, expires_at, known).await?;
             let entries = self.acls.entries(acl).await?;
-            self.acls
-                .deny(acl, number, &cidr, entries.get(&number))
-                .await?;
+            let existing = entries.get(&number);
+            if let Some(e) = existing.filter(|e| !(e.deny && e.cidr == Some(cidr))) {
+                // Replaced only if sshwarden wrote it: its prefix's record
+                // names this slot (an evicted block, or one whose eviction
+                // a crash interrupted). Anything else appeared in the range
+                // after it was checked and is left alone.
+                let writer = match e.cidr {
+                    Some(other) => self
+                        .ledger
+                        .record(&other.to_string())
+                        .await
+                        .map_err(BlockError::ledger)?,
+                    None => None,
+                };
+                if !writer.is_some_and(|r| r.acls.get(acl) == Some(&number)) {
+                    self.ledger
+                        .free(acl, number, &cidr.to_string())
+                        .await
+                        .map_err(BlockError::ledger)?;
+                    if let Ok(mut c) = self.checked.lock() {
+                        c.remove(acl);
+                    }
+                    return Err(BlockError::permanent(
+                        "sshwarden.ForeignRuleInRange",
+                        format!("{acl}: rule {number} in the reserved range was not written by sshwarden; free the range or configure another"),
+                    ));
+                }
+            }
+            self.acls.deny(acl, number, &cidr, existing).await?;
             if let Some(g) = gone {
                 self.ledger
                     .forget_acl(&g.cidr, acl)
