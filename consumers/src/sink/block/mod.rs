@@ -267,7 +267,7 @@ impl Blocker {
                         .map_err(BlockError::ledger)?,
                     None => None,
                 };
-                if !writer.is_some_and(|r| r.acls.get(acl) == Some(&number)) {
+                if writer.is_none_or(|r| r.acls.get(acl) != Some(&number)) {
                     self.ledger
                         .free(acl, number, &cidr.to_string())
                         .await
