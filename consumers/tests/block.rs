@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use sshwarden::config::{BlockPorts, BlockSettings};
+use sshwarden::config::{AclScope, BlockPorts, BlockSettings};
 use sshwarden::sink::block::acl::Acls;
 use sshwarden::sink::block::{denies, Blocker, Outcome};
 use sshwarden_pipeline::command::{Action, Command};
@@ -515,4 +515,50 @@ async fn a_rule_added_to_the_range_later_is_left_alone() {
     let e = entries(&f).await;
     assert_eq!(denies(&e, "192.0.2.0/24"), vec![91]);
     assert_eq!(in_range(&e), vec![90, 91]);
+}
+
+/// `scope = "vpc"`: every ACL of the attacked instance's VPC gets the deny,
+/// not only its own subnet's.
+#[tokio::test]
+async fn the_vpc_scope_denies_in_every_acl_of_the_vpc() {
+    let sdk = sshwarden_testsupport::sdk(&sshwarden_testsupport::moto_endpoint()).await;
+    let f = fleet(&sdk).await;
+    let described = f
+        .ec2
+        .describe_network_acls()
+        .network_acl_ids(&f.acl)
+        .send()
+        .await
+        .expect("acl");
+    let vpc_id = described.network_acls()[0]
+        .vpc_id()
+        .expect("vpc")
+        .to_owned();
+    let other = f
+        .ec2
+        .create_network_acl()
+        .vpc_id(&vpc_id)
+        .send()
+        .await
+        .expect("second ACL")
+        .network_acl()
+        .and_then(|a| a.network_acl_id())
+        .expect("acl id")
+        .to_owned();
+    let mut s = settings();
+    s.scope = AclScope::Vpc;
+    let b = blocker(&sdk, &sdk, &f, s).await;
+    let c = block_command("sw1-s-vpcwide", "203.0.113.70/32", &f.instance);
+    let Outcome::Blocked { record, .. } = b.block(&c, NOW).await.expect("block") else {
+        panic!("not blocked");
+    };
+    assert_eq!(
+        record.acls,
+        BTreeMap::from([(f.acl.clone(), 90), (other.clone(), 90)])
+    );
+    let acls = Acls::new(f.ec2.clone(), BlockPorts::All);
+    for acl in [&f.acl, &other] {
+        let e = acls.entries(acl).await.expect("entries");
+        assert_eq!(denies(&e, "203.0.113.70/32"), vec![90], "{acl}");
+    }
 }

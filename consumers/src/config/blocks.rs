@@ -25,6 +25,27 @@ pub enum BlockPorts {
     Ssh,
 }
 
+/// Which network ACLs a block goes into.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Deserialize,
+    serde::Serialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum AclScope {
+    /// Those of the subnets of the instances the source tried.
+    #[default]
+    Subnets,
+    /// Every ACL of those instances' VPCs.
+    Vpc,
+}
+
 pub const DEFAULT_BLOCKS_TABLE: &str = "sshwarden-blocks";
 /// Ten slots right below rule 100, the allow-all rule of a default ACL.
 pub const DEFAULT_RULE_FIRST: i32 = 90;
@@ -45,6 +66,7 @@ pub struct BlockSettings {
     pub rule_first: i32,
     pub rule_count: i32,
     pub ports: BlockPorts,
+    pub scope: AclScope,
     pub ban_secs: i64,
     pub ban_factor: u32,
     pub max_ban_secs: i64,
@@ -63,6 +85,7 @@ impl Default for BlockSettings {
             rule_first: DEFAULT_RULE_FIRST,
             rule_count: DEFAULT_RULE_COUNT,
             ports: BlockPorts::All,
+            scope: AclScope::Subnets,
             ban_secs: DEFAULT_BAN_SECS,
             ban_factor: DEFAULT_BAN_FACTOR,
             max_ban_secs: DEFAULT_MAX_BAN_SECS,

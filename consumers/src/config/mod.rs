@@ -19,7 +19,7 @@ mod blocks;
 mod sink;
 mod source;
 
-pub use blocks::{BlockPorts, BlockSettings, DEFAULT_BLOCKS_TABLE};
+pub use blocks::{AclScope, BlockPorts, BlockSettings, DEFAULT_BLOCKS_TABLE};
 pub use sink::{BlastRadiusScope, SinkKind, SinkSettings};
 use source::{resolve_kafka, resolve_kinesis};
 pub use source::{

@@ -11,7 +11,7 @@ use aws_sdk_ec2::types::{Filter, NetworkAclEntry, PortRange, RuleAction};
 use ipnet::IpNet;
 
 use super::BlockError;
-use crate::config::BlockPorts;
+use crate::config::{AclScope, BlockPorts};
 
 const TRANSIENT_CODES: &[&str] = &[
     "Throttl",
@@ -93,14 +93,26 @@ fn entry_from(e: &NetworkAclEntry) -> Option<Entry> {
 pub struct Acls {
     ec2: aws_sdk_ec2::Client,
     ports: BlockPorts,
+    scope: AclScope,
 }
 
 impl Acls {
     pub fn new(ec2: aws_sdk_ec2::Client, ports: BlockPorts) -> Self {
-        Acls { ec2, ports }
+        Acls {
+            ec2,
+            ports,
+            scope: AclScope::Subnets,
+        }
     }
 
-    /// The ACLs of the instances' subnets and their VPCs' ranges.
+    /// Which ACLs [`Acls::locate`] returns.
+    pub fn with_scope(mut self, scope: AclScope) -> Self {
+        self.scope = scope;
+        self
+    }
+
+    /// The ACLs of the instances' subnets (or of their whole VPCs) and
+    /// their VPCs' ranges.
     pub async fn locate(&self, instances: &[String]) -> Result<Placement, BlockError> {
         let mut placement = Placement::default();
         if instances.is_empty() {
@@ -139,14 +151,18 @@ impl Acls {
             .filter(|i| !found.contains(*i))
             .cloned()
             .collect();
-        if !subnets.is_empty() {
+        let filter = match self.scope {
+            AclScope::Subnets => ("association.subnet-id", subnets),
+            AclScope::Vpc => ("vpc-id", vpcs.clone()),
+        };
+        if !filter.1.is_empty() {
             let out = self
                 .ec2
                 .describe_network_acls()
                 .filters(
                     Filter::builder()
-                        .name("association.subnet-id")
-                        .set_values(Some(subnets.into_iter().collect()))
+                        .name(filter.0)
+                        .set_values(Some(filter.1.into_iter().collect()))
                         .build(),
                 )
                 .send()

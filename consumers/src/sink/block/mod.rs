@@ -137,7 +137,7 @@ impl Blocker {
         settings.validate()?;
         Ok(Blocker {
             allowlist: settings.allowlist_nets()?,
-            acls: Acls::new(ec2, settings.ports),
+            acls: Acls::new(ec2, settings.ports).with_scope(settings.scope),
             ledger: Ledger::new(dynamodb, settings.table.clone()),
             settings,
             sns,
