@@ -423,7 +423,12 @@ fn sshwarden_blocks(args: &[&str], table: &str) -> serde_json::Value {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sshwarden"))
         .arg("blocks")
         .args(args)
-        .args(["--json", "--blocks-table", table])
+        .arg("--json")
+        .args(
+            table
+                .strip_prefix("config:")
+                .map_or_else(|| ["--blocks-table", table], |file| ["--config", file]),
+        )
         .env("AWS_ENDPOINT_URL", sshwarden_testsupport::moto_endpoint())
         .env("AWS_REGION", "us-east-1")
         .env("AWS_ACCESS_KEY_ID", "testing")
@@ -461,7 +466,11 @@ async fn the_operator_commands_list_sweep_and_unblock() {
             Outcome::Blocked { .. }
         ));
     }
-    let listed = sshwarden_blocks(&["list"], &table);
+    // The table named in the config file's [blocks], as the workers read it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("sshwarden.toml");
+    std::fs::write(&file, format!("[blocks]\ntable = \"{table}\"\n")).expect("config");
+    let listed = sshwarden_blocks(&["list"], &format!("config:{}", file.display()));
     let cidrs: Vec<&str> = listed["blocks"]
         .as_array()
         .expect("blocks")

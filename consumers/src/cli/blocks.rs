@@ -10,14 +10,9 @@ use std::io::Write;
 pub struct BlocksArgs {
     #[command(subcommand)]
     pub command: BlocksCommand,
-    /// The blocks table.
-    #[arg(
-        long,
-        env = "SSHWARDEN_BLOCKS_TABLE",
-        default_value = crate::config::DEFAULT_BLOCKS_TABLE,
-        global = true
-    )]
-    pub blocks_table: String,
+    /// The blocks table [default: `[blocks] table` of the config file, else sshwarden-blocks].
+    #[arg(long, env = "SSHWARDEN_BLOCKS_TABLE", global = true)]
+    pub blocks_table: Option<String>,
     /// Where `unblocked` notifications go (none without it).
     #[arg(long, env = "SSHWARDEN_TOPIC_ARN", global = true)]
     pub topic_arn: Option<String>,
@@ -43,16 +38,27 @@ pub enum BlocksCommand {
     Sweep,
 }
 
-pub fn blocks(args: &BlocksArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+pub fn blocks(
+    args: &BlocksArgs,
+    config: &crate::config::ConfigArgs,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let mut settings = config.block_settings()?.unwrap_or_default();
+    if let Some(t) = &args.blocks_table {
+        settings.table = t.clone();
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(run(args, out))
+    runtime.block_on(run(args, settings, out))
 }
 
 #[cfg(feature = "direct")]
-async fn run(args: &BlocksArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    use crate::config::BlockSettings;
+async fn run(
+    args: &BlocksArgs,
+    settings: crate::config::BlockSettings,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     use crate::sink::block::{unblocked_message, Blocker};
     use serde_json::json;
 
@@ -64,10 +70,7 @@ async fn run(args: &BlocksArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         .clone()
         .map(|t| (aws_sdk_sns::Client::new(&sdk), t));
     let b = Blocker::new(
-        BlockSettings {
-            table: args.blocks_table.clone(),
-            ..Default::default()
-        },
+        settings,
         aws_sdk_ec2::Client::new(&sdk),
         aws_sdk_dynamodb::Client::new(&sdk),
         sns,
@@ -162,7 +165,11 @@ async fn run(args: &BlocksArgs, out: &mut dyn Write) -> anyhow::Result<()> {
 }
 
 #[cfg(not(feature = "direct"))]
-async fn run(_args: &BlocksArgs, _out: &mut dyn Write) -> anyhow::Result<()> {
+async fn run(
+    _args: &BlocksArgs,
+    _settings: crate::config::BlockSettings,
+    _out: &mut dyn Write,
+) -> anyhow::Result<()> {
     anyhow::bail!(
         "this sshwarden was built without the direct feature: rebuild with `cargo build --release --features direct`"
     )

@@ -70,7 +70,7 @@ impl Cli {
                 .and_then(|(config, source)| serve(source, config)),
             Command::Release(args) => release::release(args),
             Command::Health(args) => health::health(args, &self.config),
-            Command::Blocks(args) => with_stdout(|out| blocks::blocks(args, out)),
+            Command::Blocks(args) => with_stdout(|out| blocks::blocks(args, &self.config, out)),
             Command::Scan(args) => with_stdout(|out| {
                 let config = self.config.engine_config()?;
                 scan::scan(args, config, out).map(|_| ())

@@ -250,6 +250,11 @@ impl ConfigArgs {
         Ok((self.engine_config_from(file)?, source))
     }
 
+    /// The file's `[blocks]` section, if any (for `sshwarden blocks`).
+    pub fn block_settings(&self) -> anyhow::Result<Option<BlockSettings>> {
+        Ok(self.file()?.blocks)
+    }
+
     /// The worker's metrics address for `sshwarden health`: the flag or
     /// `SSHWARDEN_METRICS_ADDR`, else `[run] metrics_addr`, else the default.
     pub fn metrics_addr(&self, flag: Option<SocketAddr>) -> anyhow::Result<SocketAddr> {
