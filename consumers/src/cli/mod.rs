@@ -3,6 +3,7 @@
 //! offline commands ([`scan`], [`classify`], [`demo`]) read [`input`] and
 //! drive the engine themselves; [`release`] and [`health`] are one call each.
 
+pub mod blocks;
 pub mod classify;
 #[cfg(test)]
 mod config_reference;
@@ -43,6 +44,8 @@ enum Command {
     Run(Box<config::RunOptions>),
     /// Release a quarantined instance: start the release state machine, or restore directly.
     Release(release::ReleaseArgs),
+    /// The network ACL blocks: list them, lift one, sweep the ended ones.
+    Blocks(blocks::BlocksArgs),
     /// Ask a running worker's /healthz (or /readyz); exit 0 if it answers 200 (container health check).
     Health(health::HealthArgs),
 }
@@ -67,6 +70,7 @@ impl Cli {
                 .and_then(|(config, source)| serve(source, config)),
             Command::Release(args) => release::release(args),
             Command::Health(args) => health::health(args, &self.config),
+            Command::Blocks(args) => with_stdout(|out| blocks::blocks(args, &self.config, out)),
             Command::Scan(args) => with_stdout(|out| {
                 let config = self.config.engine_config()?;
                 scan::scan(args, config, out).map(|_| ())

@@ -15,9 +15,11 @@ use sshwarden_pipeline::rules::{Condition, Dimension, PolicyName};
 use sshwarden_pipeline::window::{SubjectKind, WindowConfig};
 use sshwarden_pipeline::EngineConfig;
 
+mod blocks;
 mod sink;
 mod source;
 
+pub use blocks::{AclScope, BlockPorts, BlockSettings, DEFAULT_BLOCKS_TABLE};
 pub use sink::{BlastRadiusScope, SinkKind, SinkSettings};
 use source::{resolve_kafka, resolve_kinesis};
 pub use source::{
@@ -39,6 +41,8 @@ struct FileConfig {
     input: InputSection,
     #[serde(default)]
     run: RunOptions,
+    /// `[blocks]`: the direct sink runs `block` commands with these settings.
+    blocks: Option<BlockSettings>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -232,11 +236,23 @@ impl ConfigArgs {
     ) -> anyhow::Result<(EngineConfig, SourceSettings)> {
         let mut file = self.file()?;
         let run = flags.clone().or(std::mem::take(&mut file.run));
-        let source = match run.source.unwrap_or_default() {
+        let mut source = match run.source.unwrap_or_default() {
             SourceKind::Kinesis => SourceSettings::Kinesis(resolve_kinesis(run)?),
             SourceKind::Kafka => SourceSettings::Kafka(resolve_kafka(run)?),
         };
+        if let Some(b) = file.blocks.take() {
+            b.validate()?;
+            match &mut source {
+                SourceSettings::Kinesis(k) => k.sink.blocks = Some(b),
+                SourceSettings::Kafka(k) => k.sink.blocks = Some(b),
+            }
+        }
         Ok((self.engine_config_from(file)?, source))
+    }
+
+    /// The file's `[blocks]` section, if any (for `sshwarden blocks`).
+    pub fn block_settings(&self) -> anyhow::Result<Option<BlockSettings>> {
+        Ok(self.file()?.blocks)
     }
 
     /// The worker's metrics address for `sshwarden health`: the flag or

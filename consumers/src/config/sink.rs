@@ -40,4 +40,6 @@ pub struct SinkSettings {
     pub blast_radius_scope: BlastRadiusScope,
     /// DynamoDB table of the fleet-wide counters.
     pub blast_radius_table: String,
+    /// `[blocks]` of the file: the direct sink blocks sources with these.
+    pub blocks: Option<super::BlockSettings>,
 }

@@ -327,6 +327,7 @@ fn resolve_sink(o: &RunOptions, table_prefix: &str) -> SinkSettings {
             .blast_radius_table
             .clone()
             .unwrap_or_else(|| format!("{table_prefix}{BLAST_RADIUS_TABLE_SUFFIX}")),
+        blocks: None,
     }
 }
 

@@ -9,6 +9,8 @@
 //! delivered as a held notification instead; only validated commands claim.
 
 pub mod blast_radius;
+#[cfg(feature = "direct")]
+pub mod block;
 pub mod deliver;
 #[cfg(feature = "direct")]
 pub mod direct;
@@ -78,6 +80,9 @@ impl Target {
 pub struct Sink {
     target: Target,
     fleet_limit: Option<FleetBlastRadius>,
+    /// Runs `block` commands (the direct sink, when blocks are configured).
+    #[cfg(feature = "direct")]
+    blocks: Option<std::sync::Arc<block::Blocker>>,
 }
 
 impl Sink {
@@ -85,7 +90,16 @@ impl Sink {
         Sink {
             target,
             fleet_limit,
+            #[cfg(feature = "direct")]
+            blocks: None,
         }
+    }
+
+    /// Sends `block` commands (not held) to `blocks` instead of the target.
+    #[cfg(feature = "direct")]
+    pub fn with_blocks(mut self, blocks: std::sync::Arc<block::Blocker>) -> Self {
+        self.blocks = Some(blocks);
+        self
     }
 
     /// Delivers `command`, claiming a fleet-wide slot of its budget
@@ -103,6 +117,21 @@ impl Sink {
     /// the target (infra/statemachines/quarantine.asl.json, `CheckTarget`).
     pub async fn deliver(&self, command: &Command) -> Result<Delivered, DeliveryError> {
         let gate = self.fleet_limit.as_ref().filter(|_| gated(command));
+        // A block with a block target (network ACLs): its budget first.
+        #[cfg(feature = "direct")]
+        if let Some(b) = self
+            .blocks
+            .as_ref()
+            .filter(|_| command.action == Action::Block && !command.held)
+        {
+            if let Some(limit) = gate.filter(|_| claimable(command)) {
+                if claim(limit, command).await? == Claim::OverLimit {
+                    self.target.deliver(&held(command)).await?;
+                    return Ok(Delivered::Held);
+                }
+            }
+            return b.deliver(command).await;
+        }
         #[cfg(feature = "direct")]
         if let Target::Direct(d) = &self.target {
             return d.deliver(command, gate).await;
@@ -213,7 +242,37 @@ pub async fn build(
         }
         _ => None,
     };
-    Ok(Sink::new(target, fleet_limit))
+    let sink = Sink::new(target, fleet_limit);
+    match (settings.kind, settings.blocks.is_some()) {
+        (SinkKind::Sfn, true) => anyhow::bail!(
+            "[blocks] needs --sink direct: the Step Functions sink has no block state machine yet"
+        ),
+        (SinkKind::Stdout, true) => {
+            tracing::warn!("[blocks] is ignored by the stdout sink (a dry run blocks nothing)")
+        }
+        _ => {}
+    }
+    #[cfg(feature = "direct")]
+    if let (SinkKind::Direct, Some(b)) = (settings.kind, settings.blocks.clone()) {
+        let blocks = block::Blocker::new(
+            b,
+            aws_sdk_ec2::Client::new(sdk),
+            aws_sdk_dynamodb::Client::new(sdk),
+            settings
+                .topic_arn
+                .clone()
+                .map(|t| (aws_sdk_sns::Client::new(sdk), t)),
+        )?;
+        blocks.ensure().await?;
+        let sweep_secs = blocks.settings().sweep_secs;
+        tracing::info!(table = %blocks.settings().table, sweep_secs, "block commands go to network ACLs");
+        let blocks = std::sync::Arc::new(blocks);
+        if sweep_secs > 0 {
+            block::spawn_sweeper(blocks.clone(), std::time::Duration::from_secs(sweep_secs));
+        }
+        return Ok(sink.with_blocks(blocks));
+    }
+    Ok(sink)
 }
 
 #[cfg(feature = "direct")]

@@ -1,0 +1,265 @@
+//! A brute force through a separate `sshwarden run --sink direct` process
+//! with a `[blocks]` section in its config file: the source ends up denied
+//! in the attacked subnet's network ACL, in the reserved range, once; and
+//! the worker's own sweep lifts a ban when it ends.
+//! Kinesis on kinesis-local; EC2, SNS and DynamoDB on moto
+//! (`scripts/emulators up`). The harness is in common/kinesis.rs.
+#![cfg(feature = "direct")]
+
+use std::io::Write;
+
+use serde_json::json;
+use sshwarden::config::BlockPorts;
+use sshwarden::sink::block::acl::Acls;
+use sshwarden::sink::block::denies;
+
+mod common;
+use common::kinesis::*;
+use common::*;
+
+/// A CloudWatch Logs subscription payload (gzip JSON) of `lines` from the
+/// log stream `instance`, one second apart from `start_ms`.
+fn payload(instance: &str, start_ms: i64, lines: &[String]) -> Vec<u8> {
+    let events: Vec<_> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, m)| json!({"id": i.to_string(), "timestamp": start_ms + 1_000 * i as i64, "message": m}))
+        .collect();
+    let doc = json!({
+        "messageType": "DATA_MESSAGE",
+        "owner": "123456789012",
+        "logGroup": "/sshwarden/auth",
+        "logStream": instance,
+        "subscriptionFilters": ["sshwarden"],
+        "logEvents": events,
+    });
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(doc.to_string().as_bytes()).expect("gzip");
+    gz.finish().expect("gzip")
+}
+
+/// A VPC with one subnet, one instance in it, the subnet's ACL, a
+/// quarantine group and a topic; a fresh blocks table.
+struct Setup {
+    ec2: aws_sdk_ec2::Client,
+    instance: String,
+    acl: String,
+    group: String,
+    topic: String,
+    table: String,
+    dir: tempfile::TempDir,
+}
+
+async fn setup(sdk: &aws_config::SdkConfig, net: &str) -> Setup {
+    let ec2 = aws_sdk_ec2::Client::new(sdk);
+    let vpc = ec2
+        .create_vpc()
+        .cidr_block(format!("{net}.0.0/16"))
+        .send()
+        .await
+        .expect("moto: create VPC");
+    let vpc_id = vpc.vpc().and_then(|v| v.vpc_id()).expect("vpc").to_owned();
+    let subnet_id = ec2
+        .create_subnet()
+        .vpc_id(&vpc_id)
+        .cidr_block(format!("{net}.1.0/24"))
+        .send()
+        .await
+        .expect("subnet")
+        .subnet()
+        .and_then(|s| s.subnet_id())
+        .expect("subnet id")
+        .to_owned();
+    let run = ec2
+        .run_instances()
+        .image_id("ami-12c6146b")
+        .min_count(1)
+        .max_count(1)
+        .subnet_id(&subnet_id)
+        .send()
+        .await
+        .expect("instance");
+    let instance = run.instances()[0].instance_id().expect("id").to_owned();
+    let acl = ec2
+        .describe_network_acls()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("association.subnet-id")
+                .values(&subnet_id)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("acls")
+        .network_acls()[0]
+        .network_acl_id()
+        .expect("acl")
+        .to_owned();
+    let group = ec2
+        .create_security_group()
+        .group_name(format!("quarantine-{}", rand::random::<u32>()))
+        .description("quarantine")
+        .vpc_id(&vpc_id)
+        .send()
+        .await
+        .expect("group")
+        .group_id()
+        .expect("group id")
+        .to_owned();
+    let topic = aws_sdk_sns::Client::new(sdk)
+        .create_topic()
+        .name("sshwarden-block-run")
+        .send()
+        .await
+        .expect("topic")
+        .topic_arn()
+        .expect("arn")
+        .to_owned();
+    Setup {
+        ec2,
+        instance,
+        acl,
+        group,
+        topic,
+        table: format!("sshwarden-blocks-run-{:08x}", rand::random::<u32>()),
+        dir: tempfile::tempdir().expect("tempdir"),
+    }
+}
+
+impl Setup {
+    /// A config file: the graduated policy's brute-force rule (the harness
+    /// runs the seed policy, which has no block rule; rules in the file
+    /// replace it) and `[blocks]` with this table and `more`.
+    fn config(&self, more: &str) -> String {
+        let path = self.dir.path().join("sshwarden.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[[rules]]\nname = \"brute-force\"\nsubject = \"source\"\nwindow_secs = 600\n\
+                 signals = [\"auth_failure\"]\nthreshold = 5\naction = \"block\"\n\n\
+                 [blocks]\ntable = \"{}\"\n{more}",
+                self.table
+            ),
+        )
+        .expect("config");
+        path.to_string_lossy().into_owned()
+    }
+}
+
+/// Six failed passwords from `source` against `instance`, in the last 30 s.
+fn brute_force(instance: &str, source: &str) -> Vec<u8> {
+    let start = sshwarden_testsupport::now_ms() - 30_000;
+    let lines: Vec<String> = (0..6)
+        .map(|i| {
+            format!(
+                "{} ip-10-0-1-5 sshd[{}]: Failed password for root from {source} port {} ssh2",
+                sshwarden_pipeline::time::format_rfc3339_ms(start + 1_000 * i),
+                4100 + i,
+                40_000 + i
+            )
+        })
+        .collect();
+    payload(instance, start, &lines)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_brute_force_through_the_direct_sink_denies_the_source_in_the_subnets_acl() {
+    let mut h = Harness::new("block-run", 1).await;
+    let sdk = sshwarden_testsupport::sdk(&sshwarden_testsupport::moto_endpoint()).await;
+    let s = setup(&sdk, "10.77").await;
+    let config = s.config("");
+    let w = h
+        .spawn_sole(
+            "blocker",
+            &Spawn {
+                sink: Some("direct"),
+                args: &[
+                    "--quarantine-group-id",
+                    &s.group,
+                    "--topic-arn",
+                    &s.topic,
+                    "--config",
+                    &config,
+                ],
+                ..Spawn::default()
+            },
+        )
+        .await;
+    h.put_raw(&[(s.instance.clone(), brute_force(&s.instance, "203.0.113.9"))])
+        .await;
+    let acls = Acls::new(s.ec2.clone(), BlockPorts::All);
+    let d = Deadline::new("the deny entry of 203.0.113.9/32", MAX_WAIT);
+    loop {
+        let e = acls.entries(&s.acl).await.expect("entries");
+        let rules = denies(&e, "203.0.113.9/32");
+        if !rules.is_empty() {
+            assert_eq!(rules, vec![90]);
+            let reserved: Vec<i32> = e
+                .keys()
+                .copied()
+                .filter(|n| (90..=99).contains(n))
+                .collect();
+            assert_eq!(reserved, vec![90], "one entry in the range");
+            break;
+        }
+        d.check(|| {
+            let m: Vec<String> = h.workers[w]
+                .metrics()
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.ends_with(" 0"))
+                .map(str::to_owned)
+                .collect();
+            format!("entries of {}: {e:?}; metrics:\n{}", s.acl, m.join("\n"))
+        });
+        poll().await;
+    }
+}
+
+/// Expiry in a running worker: a one-second ban, swept every second by the
+/// worker itself, leaves the range empty again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_worker_lifts_a_ban_when_it_ends() {
+    let mut h = Harness::new("block-sweep", 1).await;
+    let sdk = sshwarden_testsupport::sdk(&sshwarden_testsupport::moto_endpoint()).await;
+    let s = setup(&sdk, "10.78").await;
+    let config = s.config("ban_secs = 1\nmax_ban_secs = 1\nsweep_secs = 1\n");
+    let w = h
+        .spawn_sole(
+            "sweeper",
+            &Spawn {
+                sink: Some("direct"),
+                args: &[
+                    "--quarantine-group-id",
+                    &s.group,
+                    "--topic-arn",
+                    &s.topic,
+                    "--config",
+                    &config,
+                ],
+                ..Spawn::default()
+            },
+        )
+        .await;
+    h.put_raw(&[(
+        s.instance.clone(),
+        brute_force(&s.instance, "198.51.100.23"),
+    )])
+    .await;
+    let d = Deadline::new("the worker's sweep to lift 198.51.100.23/32", MAX_WAIT);
+    while h.workers[w]
+        .logs_with("ban ended; entries removed")
+        .is_empty()
+    {
+        d.check(|| h.workers[w].tails(20));
+        poll().await;
+    }
+    assert_eq!(h.workers[w].logs_with("source blocked").len(), 1);
+    let lifted = h.workers[w].logs_with("ban ended; entries removed");
+    assert_eq!(lifted.len(), 1, "{lifted:?}");
+    let e = Acls::new(s.ec2.clone(), BlockPorts::All)
+        .entries(&s.acl)
+        .await
+        .expect("entries");
+    assert!(denies(&e, "198.51.100.23/32").is_empty(), "{e:?}");
+    assert!(!e.keys().any(|n| (90..=99).contains(n)), "{e:?}");
+}
