@@ -3,8 +3,9 @@
 //! Allowlists always win (an allowlisted instance gets no command; events from
 //! an allowlisted source CIDR are not counted at all, see [`Policy::source_allowed`]).
 //! A cooldown per subject and action stops one incident from issuing a command
-//! per rule and per window (a weaker action never delays a stronger one). The blast-radius limit caps quarantines per period across what
-//! this policy sees (one shard's engine); past it a quarantine becomes a held
+//! per rule and per window (a weaker action never delays a stronger one). The
+//! blast-radius limit caps quarantines per period across what this policy
+//! sees (one shard's engine); past it a quarantine becomes a held
 //! notification. The same limit across the fleet is a second gate in the
 //! service (`consumers`, a counter per period in DynamoDB). All
 //! times are event times, so a replay decides the same way.
