@@ -698,6 +698,14 @@ pub struct WindowStore {
     /// What the closing clock never goes below: a resumed checkpoint's
     /// clock, a caught-up shard's processing time.
     floor_ms: Option<i64>,
+    /// A clock move of one stream not applied yet: lines that count nothing
+    /// only move their stream's clock, and every line of a record is of
+    /// one stream, so the newest time waits here until another stream, a
+    /// counted event or a clock change needs it (one update per record
+    /// instead of per line). Until then the closing clock and the windows
+    /// lag, which only holds a checkpoint back.
+    deferred_stream: String,
+    deferred_ms: Option<i64>,
     ledger: Ledger,
     stats: WindowStats,
     hasher: foldhash::fast::FixedState,
@@ -740,6 +748,8 @@ impl WindowStore {
             newest_ms: None,
             closing_ms: None,
             floor_ms: None,
+            deferred_stream: String::new(),
+            deferred_ms: None,
             ledger: Ledger::default(),
             stats: WindowStats::default(),
             hasher: foldhash::fast::FixedState::with_seed(0x5d15),
@@ -795,6 +805,7 @@ impl WindowStore {
     /// Lets the closing clock reach `time_ms` whatever the streams say: a
     /// caught-up shard's processing time, or the clock a checkpoint stored.
     pub fn raise_clock(&mut self, time_ms: i64) {
+        self.apply_deferred();
         if self.floor_ms.is_none_or(|f| time_ms > f) {
             self.floor_ms = Some(time_ms);
             self.move_closing_clock();
@@ -816,6 +827,40 @@ impl WindowStore {
     /// Moves `instance`'s event clock with an event time (also for events
     /// that count nothing) and closes the windows it passes.
     pub fn advance(&mut self, instance: &str, time_ms: i64) {
+        if let Some(t) = &mut self.deferred_ms {
+            if self.deferred_stream == instance {
+                *t = (*t).max(time_ms);
+                return;
+            }
+        }
+        self.apply_deferred();
+        self.deferred_stream.clear();
+        self.deferred_stream.push_str(instance);
+        self.deferred_ms = Some(time_ms);
+    }
+
+    /// The deferred clock time of `instance`'s stream, taken to be applied
+    /// with the caller's own move of that stream; another stream's deferred
+    /// move is applied first.
+    fn deferred_for(&mut self, instance: &str) -> Option<i64> {
+        if self.deferred_ms.is_some() && self.deferred_stream == instance {
+            return self.deferred_ms.take();
+        }
+        self.apply_deferred();
+        None
+    }
+
+    /// Applies the deferred clock move, if any.
+    fn apply_deferred(&mut self) {
+        let Some(time_ms) = self.deferred_ms.take() else {
+            return;
+        };
+        let instance = std::mem::take(&mut self.deferred_stream);
+        self.move_stream_clock(&instance, time_ms);
+        self.deferred_stream = instance;
+    }
+
+    fn move_stream_clock(&mut self, instance: &str, time_ms: i64) {
         let (_, by_time_changed) = touch(
             StreamParts {
                 streams: &mut self.streams,
@@ -904,6 +949,7 @@ impl WindowStore {
 
     /// Closes every window (end of input for offline scans).
     pub fn close_all(&mut self) {
+        self.apply_deferred();
         for st in self.streams.states_mut() {
             self.ledger.closed += st.windows.len() as u64;
             st.windows.clear();
@@ -924,6 +970,9 @@ impl WindowStore {
     /// recorded before (a redelivered log event). Ids are kept as long as the
     /// longest window they could count in; an older event is late anyway.
     pub fn first_sighting(&mut self, instance: &str, time_ms: i64, id: u128) -> bool {
+        let clock_ms = self
+            .deferred_for(instance)
+            .map_or(time_ms, |d| d.max(time_ms));
         let floor = self.floor_ms.unwrap_or(i64::MIN);
         let lateness = self.config.allowed_lateness_ms;
         let longest = self.longest_keep_ms.max(1);
@@ -938,7 +987,7 @@ impl WindowStore {
                 longest_keep_ms: self.longest_keep_ms,
             },
             instance,
-            time_ms,
+            clock_ms,
         );
         // The same watermark `observe` judges this stream's lateness by
         // (moving the closing clock below changes neither part of it).
@@ -946,7 +995,7 @@ impl WindowStore {
         let start = Self::window_start(time_ms, longest);
         let first =
             start + longest <= stream_wm || stream.seen_ids.entry(start).or_default().insert(id);
-        self.note_newest(time_ms, by_time_changed);
+        self.note_newest(clock_ms, by_time_changed);
         if !first {
             self.stats.duplicate_events += 1;
         }
@@ -955,6 +1004,9 @@ impl WindowStore {
 
     /// Counts one observation, appending any rule it makes fire to `fired`.
     pub fn observe(&mut self, o: &Observation<'_>, fired: &mut Vec<Fired>) -> Admit {
+        let clock_ms = self
+            .deferred_for(o.instance)
+            .map_or(o.time_ms, |d| d.max(o.time_ms));
         let lateness = self.config.allowed_lateness_ms;
         let bit = match o.observed {
             Observed::Signal(s) => 1u32 << s.index(),
@@ -985,7 +1037,7 @@ impl WindowStore {
                 longest_keep_ms: self.longest_keep_ms,
             },
             o.instance,
-            o.time_ms,
+            clock_ms,
         );
         // Instance windows: late by the stream's own clock (or the floor a
         // resumed checkpoint set), never by another stream's.
@@ -1048,7 +1100,7 @@ impl WindowStore {
         // The closing clock moves after this stream's windows were counted
         // (the event's own window ends after its time, so no clock this
         // event sets can close it).
-        self.note_newest(o.time_ms, by_time_changed);
+        self.note_newest(clock_ms, by_time_changed);
         let closing_wm = self.watermark().unwrap_or(i64::MIN);
         let cfg = &self.config;
         if let (Some(net), Some(name)) = (net, name) {
@@ -1667,6 +1719,26 @@ mod tests {
             0,
             "the idle stream's clock no longer counts"
         );
+        assert_eq!(s.low_water_position(), None);
+    }
+
+    #[test]
+    fn a_deferred_stream_clock_is_applied_before_anything_depends_on_it() {
+        let mut s = store(vec![count_rule("s", SubjectKind::Source, 60_000, 100)], 10);
+        let mut f = Vec::new();
+        let a = ip("9.9.9.9");
+        s.observe(&obs("i-1", Some(&a), 30_000, 1), &mut f);
+        // Lines that count nothing: i-2's clock is only noted...
+        s.advance("i-2", 30_000);
+        s.advance("i-2", 150_000);
+        s.advance("i-2", 200_000);
+        // ... and applied when another stream's clock moves.
+        s.advance("i-1", 200_000);
+        assert_eq!(s.live_keys().0, 2);
+        // i-1's own deferred move is applied by the next clock change: the
+        // slowest stream is at 200 s now, so the source window closes.
+        s.raise_clock(0);
+        assert_eq!(s.live_keys().1, 0);
         assert_eq!(s.low_water_position(), None);
     }
 
