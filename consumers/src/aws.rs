@@ -1,5 +1,6 @@
 //! What the AWS SDK clients of every layer share: an SDK error with its
-//! whole chain of causes for anyhow, and the DynamoDB table creation both
+//! whole chain of causes for anyhow, a failed call sorted into what a
+//! retry can fix and what it cannot, and the DynamoDB table creation both
 //! the lease table (Kinesis source) and the blast-radius gate (sinks) use.
 //! At the bottom of the crate: it imports nothing of ours.
 
@@ -17,6 +18,69 @@ pub fn aws_error<E: std::error::Error + Send + Sync + 'static>(e: E) -> anyhow::
         "{}",
         aws_smithy_types::error::display::DisplayErrorContext(&e)
     )
+}
+
+/// A failed AWS call, as the sinks report and retry it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallFailure {
+    /// The service's error code (`ServiceError` when it gave none).
+    pub code: String,
+    /// The call and the error's whole chain of causes.
+    pub cause: String,
+    /// Retrying may help (throttling, 5xx, transport).
+    pub transient: bool,
+}
+
+/// Service error codes (or parts of them) that retrying can fix.
+const TRANSIENT_CODES: &[&str] = &[
+    "Throttl",
+    "RequestLimitExceeded",
+    "InternalError",
+    "InternalFailure",
+    "ServiceUnavailable",
+    "Unavailable",
+    "RequestTimeout",
+];
+
+/// Sorts the error of `call` (the SDK's error type is the same for every
+/// service client): a service error by its code, a request that could not
+/// be built as permanent, and anything on the way (dispatch, timeout, an
+/// unreadable response) as transient.
+pub fn call_failure<E, R>(call: &str, e: aws_sdk_dynamodb::error::SdkError<E, R>) -> CallFailure
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+    let cause = format!(
+        "{call}: {}",
+        aws_smithy_types::error::display::DisplayErrorContext(&e)
+    );
+    match &e {
+        SdkError::ServiceError(_) => {
+            let code = e.code().unwrap_or("").to_owned();
+            let transient = code.is_empty() || TRANSIENT_CODES.iter().any(|t| code.contains(t));
+            CallFailure {
+                code: if code.is_empty() {
+                    "ServiceError".into()
+                } else {
+                    code
+                },
+                cause,
+                transient,
+            }
+        }
+        SdkError::ConstructionFailure(_) => CallFailure {
+            code: "ConstructionFailure".into(),
+            cause,
+            transient: false,
+        },
+        _ => CallFailure {
+            code: "Unreachable".into(),
+            cause,
+            transient: true,
+        },
+    }
 }
 
 /// Creates a table keyed by the string `hash_key` (on-demand billing) when it

@@ -68,6 +68,23 @@ impl Default for WindowConfig {
     }
 }
 
+/// The store's parts that moving a stream's clock borrows ([`touch`]),
+/// named field by field so that the rest of the store stays free while the
+/// stream is held (a method would borrow all of it).
+macro_rules! stream_parts {
+    ($store:expr) => {
+        StreamParts {
+            streams: &mut $store.streams,
+            by_time: &mut $store.by_time,
+            next_id: &mut $store.next_stream_id,
+            ledger: &mut $store.ledger,
+            lanes: &$store.lanes,
+            lateness_ms: $store.config.allowed_lateness_ms,
+            longest_keep_ms: $store.longest_keep_ms,
+        }
+    };
+}
+
 /// Instance names a source window keeps for the command (the rest are only counted).
 const NAMED_INSTANCES: usize = 16;
 
@@ -861,19 +878,7 @@ impl WindowStore {
     }
 
     fn move_stream_clock(&mut self, instance: &str, time_ms: i64) {
-        let (_, by_time_changed) = touch(
-            StreamParts {
-                streams: &mut self.streams,
-                by_time: &mut self.by_time,
-                next_id: &mut self.next_stream_id,
-                ledger: &mut self.ledger,
-                lanes: &self.lanes,
-                lateness_ms: self.config.allowed_lateness_ms,
-                longest_keep_ms: self.longest_keep_ms,
-            },
-            instance,
-            time_ms,
-        );
+        let (_, by_time_changed) = touch(stream_parts!(self), instance, time_ms);
         self.note_newest(time_ms, by_time_changed);
     }
 
@@ -976,19 +981,7 @@ impl WindowStore {
         let floor = self.floor_ms.unwrap_or(i64::MIN);
         let lateness = self.config.allowed_lateness_ms;
         let longest = self.longest_keep_ms.max(1);
-        let (stream, by_time_changed) = touch(
-            StreamParts {
-                streams: &mut self.streams,
-                by_time: &mut self.by_time,
-                next_id: &mut self.next_stream_id,
-                ledger: &mut self.ledger,
-                lanes: &self.lanes,
-                lateness_ms: lateness,
-                longest_keep_ms: self.longest_keep_ms,
-            },
-            instance,
-            clock_ms,
-        );
+        let (stream, by_time_changed) = touch(stream_parts!(self), instance, clock_ms);
         // The same watermark `observe` judges this stream's lateness by
         // (moving the closing clock below changes neither part of it).
         let stream_wm = stream.max_ms.max(floor) - lateness;
@@ -1026,19 +1019,7 @@ impl WindowStore {
             .map(|n| self.hasher.hash_one(n));
         let mut counted = 0u32;
         let mut late = 0u32;
-        let (stream, by_time_changed) = touch(
-            StreamParts {
-                streams: &mut self.streams,
-                by_time: &mut self.by_time,
-                next_id: &mut self.next_stream_id,
-                ledger: &mut self.ledger,
-                lanes: &self.lanes,
-                lateness_ms: lateness,
-                longest_keep_ms: self.longest_keep_ms,
-            },
-            o.instance,
-            clock_ms,
-        );
+        let (stream, by_time_changed) = touch(stream_parts!(self), o.instance, clock_ms);
         // Instance windows: late by the stream's own clock (or the floor a
         // resumed checkpoint set), never by another stream's.
         let stream_wm = stream.max_ms.max(self.floor_ms.unwrap_or(i64::MIN)) - lateness;

@@ -129,47 +129,16 @@ impl StepError {
     }
 }
 
-/// Service error codes that retrying can fix.
-const TRANSIENT_CODES: &[&str] = &[
-    "Throttl",
-    "RequestLimitExceeded",
-    "InternalError",
-    "InternalFailure",
-    "ServiceUnavailable",
-    "Unavailable",
-    "RequestTimeout",
-    "KMSThrottling",
-];
-
 fn step_error<E, R>(call: &str, e: SdkError<E, R>) -> StepError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
 {
-    let cause = format!(
-        "{call}: {}",
-        aws_smithy_types::error::display::DisplayErrorContext(&e)
-    );
-    match &e {
-        SdkError::ServiceError(_) => {
-            let code = e.code().unwrap_or("").to_owned();
-            let transient = code.is_empty() || TRANSIENT_CODES.iter().any(|t| code.contains(t));
-            StepError {
-                error: if code.is_empty() {
-                    "ServiceError".into()
-                } else {
-                    code
-                },
-                cause,
-                transient,
-            }
-        }
-        SdkError::ConstructionFailure(_) => StepError::permanent("ConstructionFailure", cause),
-        _ => StepError {
-            error: "Unreachable".into(),
-            cause,
-            transient: true,
-        },
+    let f = crate::aws::call_failure(call, e);
+    StepError {
+        error: f.code,
+        cause: f.cause,
+        transient: f.transient,
     }
 }
 

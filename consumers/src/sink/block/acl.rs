@@ -13,45 +13,16 @@ use ipnet::IpNet;
 use super::BlockError;
 use crate::config::{AclScope, BlockPorts};
 
-const TRANSIENT_CODES: &[&str] = &[
-    "Throttl",
-    "RequestLimitExceeded",
-    "InternalError",
-    "InternalFailure",
-    "ServiceUnavailable",
-    "Unavailable",
-    "RequestTimeout",
-];
-
 fn ec2_error<E, R>(call: &str, e: SdkError<E, R>) -> BlockError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
 {
-    let cause = format!(
-        "{call}: {}",
-        aws_smithy_types::error::display::DisplayErrorContext(&e)
-    );
-    match &e {
-        SdkError::ServiceError(_) => {
-            let code = e.code().unwrap_or("").to_owned();
-            let transient = code.is_empty() || TRANSIENT_CODES.iter().any(|t| code.contains(t));
-            BlockError {
-                error: if code.is_empty() {
-                    "ServiceError".into()
-                } else {
-                    code
-                },
-                cause,
-                transient,
-            }
-        }
-        SdkError::ConstructionFailure(_) => BlockError::permanent("ConstructionFailure", cause),
-        _ => BlockError {
-            error: "Unreachable".into(),
-            cause,
-            transient: true,
-        },
+    let f = crate::aws::call_failure(call, e);
+    BlockError {
+        error: f.code,
+        cause: f.cause,
+        transient: f.transient,
     }
 }
 
