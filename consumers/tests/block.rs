@@ -7,6 +7,8 @@
 //! deny 32767) is its own. Needs `scripts/emulators up`.
 #![cfg(feature = "direct")]
 
+mod moto_subnet;
+
 use std::collections::BTreeMap;
 
 use sshwarden::config::{AclScope, BlockPorts, BlockSettings};
@@ -29,55 +31,8 @@ async fn fleet(sdk: &aws_config::SdkConfig) -> Fleet {
     let ec2 = aws_sdk_ec2::Client::new(sdk);
     let octet = rand::random::<u8>();
     let vpc_cidr = format!("10.{octet}.0.0/16");
-    let vpc = ec2
-        .create_vpc()
-        .cidr_block(&vpc_cidr)
-        .amazon_provided_ipv6_cidr_block(true)
-        .send()
-        .await
-        .expect("moto: create VPC (scripts/emulators up)");
-    let vpc_id = vpc
-        .vpc()
-        .and_then(|v| v.vpc_id())
-        .expect("vpc id")
-        .to_owned();
-    let subnet = ec2
-        .create_subnet()
-        .vpc_id(&vpc_id)
-        .cidr_block(format!("10.{octet}.1.0/24"))
-        .send()
-        .await
-        .expect("subnet");
-    let subnet_id = subnet
-        .subnet()
-        .and_then(|s| s.subnet_id())
-        .expect("subnet id")
-        .to_owned();
-    let run = ec2
-        .run_instances()
-        .image_id("ami-12c6146b")
-        .min_count(1)
-        .max_count(1)
-        .subnet_id(&subnet_id)
-        .send()
-        .await
-        .expect("instance");
-    let instance = run.instances()[0].instance_id().expect("id").to_owned();
-    let acls = ec2
-        .describe_network_acls()
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("association.subnet-id")
-                .values(&subnet_id)
-                .build(),
-        )
-        .send()
-        .await
-        .expect("acls");
-    let acl = acls.network_acls()[0]
-        .network_acl_id()
-        .expect("acl id")
-        .to_owned();
+    let moto_subnet::Subnet { instance, acl, .. } =
+        moto_subnet::subnet_with_instance(&ec2, &format!("10.{octet}"), true).await;
     let sns = aws_sdk_sns::Client::new(sdk);
     let topic = sns
         .create_topic()

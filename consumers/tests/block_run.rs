@@ -6,6 +6,8 @@
 //! (`scripts/emulators up`). The harness is in common/kinesis.rs.
 #![cfg(feature = "direct")]
 
+mod moto_subnet;
+
 use std::io::Write;
 
 use serde_json::json;
@@ -52,49 +54,11 @@ struct Setup {
 
 async fn setup(sdk: &aws_config::SdkConfig, net: &str) -> Setup {
     let ec2 = aws_sdk_ec2::Client::new(sdk);
-    let vpc = ec2
-        .create_vpc()
-        .cidr_block(format!("{net}.0.0/16"))
-        .send()
-        .await
-        .expect("moto: create VPC");
-    let vpc_id = vpc.vpc().and_then(|v| v.vpc_id()).expect("vpc").to_owned();
-    let subnet_id = ec2
-        .create_subnet()
-        .vpc_id(&vpc_id)
-        .cidr_block(format!("{net}.1.0/24"))
-        .send()
-        .await
-        .expect("subnet")
-        .subnet()
-        .and_then(|s| s.subnet_id())
-        .expect("subnet id")
-        .to_owned();
-    let run = ec2
-        .run_instances()
-        .image_id("ami-12c6146b")
-        .min_count(1)
-        .max_count(1)
-        .subnet_id(&subnet_id)
-        .send()
-        .await
-        .expect("instance");
-    let instance = run.instances()[0].instance_id().expect("id").to_owned();
-    let acl = ec2
-        .describe_network_acls()
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("association.subnet-id")
-                .values(&subnet_id)
-                .build(),
-        )
-        .send()
-        .await
-        .expect("acls")
-        .network_acls()[0]
-        .network_acl_id()
-        .expect("acl")
-        .to_owned();
+    let moto_subnet::Subnet {
+        vpc_id,
+        instance,
+        acl,
+    } = moto_subnet::subnet_with_instance(&ec2, net, false).await;
     let group = ec2
         .create_security_group()
         .group_name(format!("quarantine-{}", rand::random::<u32>()))

@@ -1,0 +1,71 @@
+//! What the block tests start from on moto: a VPC with one subnet, one
+//! instance in it, and the subnet's network ACL. Shared by `block.rs` and
+//! `block_run.rs` (a directory of its own, so cargo does not take it for a
+//! test target).
+
+// Each test binary uses what it needs of this module.
+#![allow(dead_code)]
+
+/// The ids of what [`subnet_with_instance`] made.
+pub struct Subnet {
+    pub vpc_id: String,
+    pub instance: String,
+    pub acl: String,
+}
+
+/// `net` is the first two octets (`"10.7"`): the VPC is `net.0.0/16`, the
+/// subnet `net.1.0/24`; `ipv6` adds an Amazon-provided IPv6 range.
+pub async fn subnet_with_instance(ec2: &aws_sdk_ec2::Client, net: &str, ipv6: bool) -> Subnet {
+    let vpc_id = ec2
+        .create_vpc()
+        .cidr_block(format!("{net}.0.0/16"))
+        .amazon_provided_ipv6_cidr_block(ipv6)
+        .send()
+        .await
+        .expect("moto: create VPC (scripts/emulators up)")
+        .vpc()
+        .and_then(|v| v.vpc_id())
+        .expect("vpc id")
+        .to_owned();
+    let subnet_id = ec2
+        .create_subnet()
+        .vpc_id(&vpc_id)
+        .cidr_block(format!("{net}.1.0/24"))
+        .send()
+        .await
+        .expect("subnet")
+        .subnet()
+        .and_then(|s| s.subnet_id())
+        .expect("subnet id")
+        .to_owned();
+    let run = ec2
+        .run_instances()
+        .image_id("ami-12c6146b")
+        .min_count(1)
+        .max_count(1)
+        .subnet_id(&subnet_id)
+        .send()
+        .await
+        .expect("instance");
+    let instance = run.instances()[0].instance_id().expect("id").to_owned();
+    let acl = ec2
+        .describe_network_acls()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("association.subnet-id")
+                .values(&subnet_id)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("acls")
+        .network_acls()[0]
+        .network_acl_id()
+        .expect("acl id")
+        .to_owned();
+    Subnet {
+        vpc_id,
+        instance,
+        acl,
+    }
+}
