@@ -143,3 +143,57 @@ pub async fn ensure_table(
     }
     bail!("{what} {table} did not become ACTIVE within 60 s")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_dynamodb::config::http::HttpResponse;
+    use aws_sdk_dynamodb::error::{ErrorMetadata, SdkError};
+    use aws_sdk_dynamodb::operation::get_item::GetItemError;
+    use aws_smithy_types::body::SdkBody;
+
+    fn service(code: Option<&str>) -> SdkError<GetItemError, HttpResponse> {
+        let mut meta = ErrorMetadata::builder().message("m");
+        if let Some(c) = code {
+            meta = meta.code(c);
+        }
+        let response = HttpResponse::new(400.try_into().expect("status"), SdkBody::empty());
+        SdkError::service_error(GetItemError::generic(meta.build()), response)
+    }
+
+    #[test]
+    fn a_failed_call_is_retried_only_when_a_retry_can_fix_it() {
+        for code in [
+            "ThrottlingException",
+            "RequestLimitExceeded",
+            "InternalError",
+            "KMSThrottlingException",
+        ] {
+            let f = call_failure("GetItem", service(Some(code)));
+            assert_eq!((f.code.as_str(), f.transient), (code, true));
+            assert!(f.cause.starts_with("GetItem: "), "{}", f.cause);
+        }
+        for code in [
+            "AccessDeniedException",
+            "ValidationException",
+            "ResourceNotFoundException",
+        ] {
+            let f = call_failure("GetItem", service(Some(code)));
+            assert_eq!((f.code.as_str(), f.transient), (code, false));
+        }
+        // A service error without a code is not known to be final.
+        let f = call_failure("GetItem", service(None));
+        assert_eq!((f.code.as_str(), f.transient), ("ServiceError", true));
+        let f = call_failure::<GetItemError, HttpResponse>(
+            "GetItem",
+            SdkError::construction_failure("bad input"),
+        );
+        assert_eq!(
+            (f.code.as_str(), f.transient),
+            ("ConstructionFailure", false)
+        );
+        let f =
+            call_failure::<GetItemError, HttpResponse>("GetItem", SdkError::timeout_error("slow"));
+        assert_eq!((f.code.as_str(), f.transient), ("Unreachable", true));
+    }
+}
