@@ -11,6 +11,7 @@ use crate::classify::{self, Kind, Signal};
 use crate::command::{Action, Origin};
 use crate::context::{host_key, Attribution, ConnectionTracker, DEFAULT_MAX_CONNECTIONS};
 use crate::envelope::{DecodeError, Decoder, MessageType, DEFAULT_MAX_DECOMPRESSED};
+use crate::partial::{Partial, PartialBuilder, PartialConfig, PartialStats};
 use crate::policy::{Decision, Policy, PolicyConfig, PolicyError};
 use crate::prefix::{self, LineTime};
 use crate::window::{Admit, Fired, Observation, Observed, WindowConfig, WindowStats, WindowStore};
@@ -29,6 +30,8 @@ pub struct EngineConfig {
     pub default_year: i64,
     /// Keep whole-input totals per instance and source (offline reports).
     pub keep_totals: bool,
+    /// Build partials for the fleet stage (`None`: no fleet stage).
+    pub partials: Option<PartialConfig>,
 }
 
 impl Default for EngineConfig {
@@ -41,6 +44,7 @@ impl Default for EngineConfig {
             max_future_skew_ms: 60_000,
             default_year: 1970,
             keep_totals: false,
+            partials: None,
         }
     }
 }
@@ -86,6 +90,8 @@ pub enum EngineConfigError {
     Grouping(String),
     #[error("stream idle time must not be negative")]
     StreamIdle,
+    #[error("{0}")]
+    Partials(String),
 }
 
 /// One Kinesis or Kafka record to process: its bytes and where it stands.
@@ -153,6 +159,9 @@ struct Core {
     year_hint: Option<i64>,
     sshd_finder: memchr::memmem::Finder<'static>,
     totals: Option<Totals>,
+    partials: Option<PartialBuilder>,
+    /// Signals some fleet rule counts, as bits: only these make partials.
+    fleet_signals: u32,
     id_hasher: (foldhash::fast::FixedState, foldhash::fast::FixedState),
 }
 
@@ -173,6 +182,19 @@ impl Engine {
         if config.window.allowed_lateness_ms < 0 {
             return Err(EngineConfigError::NegativeLateness);
         }
+        if let Some(p) = &config.partials {
+            p.validate().map_err(EngineConfigError::Partials)?;
+        }
+        let fleet_signals = config
+            .partials
+            .iter()
+            .flat_map(|p| &p.fleet_rules)
+            .fold(0, |m, r| {
+                r.condition
+                    .signals()
+                    .iter()
+                    .fold(m, |m, s| m | 1u32 << s.index())
+            });
         Ok(Engine {
             decoder: Decoder::new(config.max_decompressed),
             core: Core {
@@ -187,6 +209,8 @@ impl Engine {
                 year_hint: None,
                 sshd_finder: memchr::memmem::Finder::new("sshd"),
                 totals: config.keep_totals.then(Totals::default),
+                partials: config.partials.clone().map(PartialBuilder::new),
+                fleet_signals,
                 id_hasher: (
                     foldhash::fast::FixedState::with_seed(0x1d5),
                     foldhash::fast::FixedState::with_seed(0x2e7),
@@ -247,6 +271,9 @@ impl Engine {
                 out,
             );
         }
+        if self.core.partials.is_some() {
+            self.core.close_partials();
+        }
         Ok(RecordKind::Data { events: n })
     }
 
@@ -280,11 +307,26 @@ impl Engine {
     pub fn observe_idle(&mut self, now_ms: i64) {
         let lateness = self.core.config.window.allowed_lateness_ms;
         self.core.windows.raise_clock(now_ms - lateness);
+        self.core.close_partials();
     }
 
     /// Closes every open window (end of an offline input).
     pub fn finish(&mut self) {
         self.core.windows.close_all();
+        if let Some(b) = &mut self.core.partials {
+            b.close_all();
+        }
+    }
+
+    /// Partials for the fleet stage emitted since the last call.
+    pub fn drain_partials(&mut self, out: &mut Vec<Partial>) {
+        if let Some(b) = &mut self.core.partials {
+            b.drain(out);
+        }
+    }
+
+    pub fn partial_stats(&self) -> Option<PartialStats> {
+        self.core.partials.as_ref().map(PartialBuilder::stats)
     }
 
     /// The largest event time seen: stored with a checkpoint, so that the
@@ -299,11 +341,22 @@ impl Engine {
     /// re-fire them with partial counts; they count as late.
     pub fn resume_from(&mut self, event_time_ms: i64) {
         self.core.windows.resume_from(event_time_ms);
+        self.core.close_partials();
     }
 
     /// The position a checkpoint must stay before (see [`WindowStore::low_water_position`]).
+    /// With partials, also before the oldest one not yet emitted as closed.
     pub fn low_water_position(&self) -> Option<u64> {
-        self.core.windows.low_water_position()
+        let windows = self.core.windows.low_water_position();
+        let partials = self
+            .core
+            .partials
+            .as_ref()
+            .and_then(|b| b.low_water_position());
+        match (windows, partials) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     pub fn stats(&self) -> Stats {
@@ -388,6 +441,31 @@ impl Core {
                     _ => ms,
                 }
             }
+        }
+    }
+
+    /// Emits the partials whose window the closing clock has passed.
+    fn close_partials(&mut self) {
+        if let (Some(b), Some(wm)) = (&mut self.partials, self.windows.watermark()) {
+            b.close_until(wm);
+        }
+    }
+
+    /// Offers a counted event or a login to the partials.
+    fn offer_partial(&mut self, o: &Observation<'_>, origin: &Origin) {
+        let (Some(b), Some(src)) = (&mut self.partials, o.source) else {
+            return;
+        };
+        let net = self.config.window.grouping.network(src);
+        let ids = (origin.account.as_str(), origin.log_group.as_str());
+        match o.observed {
+            Observed::Signal(s) if self.fleet_signals & (1 << s.index()) != 0 => {
+                b.signal(&net, o.instance, o.user, s, o.time_ms, o.position, ids);
+            }
+            Observed::Accepted => {
+                b.login(&net, o.instance, o.user, o.time_ms, o.position, ids);
+            }
+            Observed::Signal(_) => {}
         }
     }
 
@@ -485,19 +563,23 @@ impl Core {
                 return;
             }
         }
-        let admit = self.windows.observe(
-            &Observation {
-                instance,
-                source: source.as_ref(),
-                observed,
-                user: v.user,
-                counts_for_instance: v.counts_for_instance,
-                time_ms,
-                position: input.position,
-                line: input.line,
-            },
-            &mut self.fired,
-        );
+        let observation = Observation {
+            instance,
+            source: source.as_ref(),
+            observed,
+            user: v.user,
+            counts_for_instance: v.counts_for_instance,
+            time_ms,
+            position: input.position,
+            line: input.line,
+        };
+        let admit = self.windows.observe(&observation, &mut self.fired);
+        if self.partials.is_some() {
+            if admit != Admit::Late {
+                self.offer_partial(&observation, origin);
+            }
+            self.close_partials();
+        }
         if admit == Admit::Nothing {
             self.decide(origin, out);
             return;

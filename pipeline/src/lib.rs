@@ -19,6 +19,8 @@ pub mod command;
 pub mod context;
 pub mod engine;
 pub mod envelope;
+pub mod fleet;
+pub mod partial;
 pub mod peer;
 pub mod policy;
 pub mod prefix;

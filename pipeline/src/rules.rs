@@ -262,6 +262,25 @@ pub fn seed() -> Vec<Rule> {
     ]
 }
 
+/// The fleet stage's default rules: the graduated policy's source rules,
+/// counted over every shard's partials (docs/fleet.md). Each mirrors a
+/// shard rule of the same window and condition, so a fleet rule stays quiet
+/// where one shard alone already met it (that shard's engine fired).
+pub fn fleet() -> Vec<Rule> {
+    graduated()
+        .into_iter()
+        .filter(|r| r.subject == SubjectKind::Source)
+        .map(|mut r| {
+            // Names go into command ids (at most 24 characters).
+            r.name = match r.name.as_str() {
+                "persistent-brute-force" => "fleet-persistent".to_owned(),
+                other => format!("fleet-{other}"),
+            };
+            r
+        })
+        .collect()
+}
+
 /// At most this many rules: a window keeps which rules fired as bits of a `u64`.
 pub const MAX_RULES: usize = 64;
 /// Rule names go into command ids, which Step Functions caps at 80 characters.
@@ -381,6 +400,14 @@ mod tests {
         assert_eq!(quarantining.len(), 1);
         assert!(quarantining[0].condition.is_success_after_failures());
         assert_eq!(PolicyName::default(), PolicyName::Graduated);
+    }
+
+    #[test]
+    fn the_fleet_rules_are_valid_source_rules() {
+        let rules = fleet();
+        assert_eq!(validate(&rules), Ok(()));
+        assert_eq!(rules.len(), 6);
+        assert!(rules.iter().all(|r| r.subject == SubjectKind::Source));
     }
 
     #[test]

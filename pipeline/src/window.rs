@@ -93,6 +93,8 @@ const NAMED_INSTANCES: usize = 16;
 pub struct DistinctSet {
     hashes: Vec<u64>,
     saturated: bool,
+    /// A count known without the values (the fleet stage's merged sketches).
+    estimated: u32,
 }
 
 impl DistinctSet {
@@ -107,8 +109,17 @@ impl DistinctSet {
         }
     }
 
+    /// A set known only by its size (the fleet stage's merged partials).
+    pub fn of_count(n: u32) -> DistinctSet {
+        DistinctSet {
+            hashes: Vec::new(),
+            saturated: false,
+            estimated: n,
+        }
+    }
+
     pub fn count(&self) -> u32 {
-        self.hashes.len() as u32
+        (self.hashes.len() as u32).max(self.estimated)
     }
 
     /// More values were seen than [`WindowConfig::max_distinct`] keeps.

@@ -1,0 +1,518 @@
+//! The fleet stage (stage two): merges the partials every shard emits, per
+//! source network, in event-time windows, and fires the fleet rules: a
+//! spray or a brute force spread over shards that no one engine can add up,
+//! and a compromise whose failures were on other instances. Pure: a source
+//! hands it partials and their positions, it hands back decisions.
+//! docs/fleet.md says how it is wired and why.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::Serialize;
+
+use crate::classify::Signal;
+use crate::command::Origin;
+use crate::partial::{Distinct, Partial, NAMED_INSTANCES};
+use crate::peer::PeerNet;
+use crate::policy::{Decision, Policy, PolicyConfig, PolicyError};
+use crate::rules::{Condition, Dimension, Rule, SubjectKind, GUESSES};
+use crate::window::{DistinctSet, Fired, Subject, Window};
+
+/// How stage two merges and what it fires.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetConfig {
+    /// The fleet rules in `policy.rules`, with the allowlists, cooldown and
+    /// blast radius that apply to their commands.
+    pub policy: PolicyConfig,
+    /// The shards' own rules: a fleet rule with the same window and
+    /// condition as one of them stays quiet where one shard alone met it.
+    pub shard_rules: Vec<Rule>,
+    /// The partials' window (each fleet rule's window is a multiple of it).
+    pub partial_window_ms: i64,
+    pub max_exact: usize,
+    /// Source networks held at once; past it the least recently updated
+    /// are dropped (counted).
+    pub max_networks: usize,
+    /// How long after a window's end its partials are still merged.
+    pub allowed_lateness_ms: i64,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            policy: PolicyConfig {
+                rules: crate::rules::fleet(),
+                ..PolicyConfig::default()
+            },
+            shard_rules: crate::rules::graduated(),
+            partial_window_ms: 10 * 60_000,
+            max_exact: 32,
+            max_networks: 250_000,
+            allowed_lateness_ms: 60_000,
+        }
+    }
+}
+
+/// A [`FleetConfig`] [`FleetStage::new`] refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FleetConfigError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("fleet rule {0:?}: fleet rules count by subject \"source\"")]
+    Subject(String),
+    #[error("fleet rule {0:?}: its window must be a multiple of the partial window ({1} s)")]
+    Window(String, i64),
+    #[error("fleet rule {0:?}: distinct counts and compromise count guesses only (auth_failure, invalid_user, not_allowed)")]
+    Signals(String),
+    #[error("fleet partial window must be a positive number of seconds")]
+    PartialWindow,
+    #[error("fleet max_networks must be positive")]
+    MaxNetworks,
+}
+
+/// Counters of a [`FleetStage`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FleetStats {
+    pub partials: u64,
+    /// Same or older emission of a part already merged (a replay).
+    pub duplicates: u64,
+    pub replaced: u64,
+    /// For windows already let go.
+    pub late: u64,
+    pub networks_dropped: u64,
+    /// Met, but one shard alone met it (its own engine fired).
+    pub left_to_shard: u64,
+    pub fired: u64,
+}
+
+#[derive(Default)]
+struct Cell {
+    /// The newest emission of each (shard, part).
+    parts: BTreeMap<(String, u32), Partial>,
+    min_position: u64,
+}
+
+#[derive(Default)]
+struct NetState {
+    cells: BTreeMap<i64, Cell>,
+    updated_ms: i64,
+}
+
+/// What the cells of one rule window add up to.
+struct Merged {
+    counts: [u32; Signal::COUNT],
+    instances: Distinct,
+    users: Distinct,
+    names: Vec<String>,
+    logged_in: bool,
+    last_ms: i64,
+    account: String,
+    log_group: String,
+}
+
+/// Stage two for the source networks one reader is given.
+pub struct FleetStage {
+    config: FleetConfig,
+    policy: Policy,
+    /// Per fleet rule: it mirrors a shard rule.
+    mirrored: Vec<bool>,
+    longest_ms: i64,
+    nets: HashMap<PeerNet, NetState>,
+    /// (rule, network, window start) that fired or were left to a shard.
+    done: HashSet<(usize, PeerNet, i64)>,
+    /// Logins judged by a compromise rule: (rule, network, instance, time).
+    logins_done: HashSet<(usize, PeerNet, String, i64)>,
+    clock_ms: i64,
+    stats: FleetStats,
+}
+
+impl FleetStage {
+    pub fn new(config: FleetConfig) -> Result<FleetStage, FleetConfigError> {
+        config.policy.validate()?;
+        if config.partial_window_ms <= 0 || config.partial_window_ms % 1000 != 0 {
+            return Err(FleetConfigError::PartialWindow);
+        }
+        if config.max_networks == 0 {
+            return Err(FleetConfigError::MaxNetworks);
+        }
+        for r in &config.policy.rules {
+            if r.subject != SubjectKind::Source {
+                return Err(FleetConfigError::Subject(r.name.clone()));
+            }
+            let w = r.window_ms.unwrap_or(config.partial_window_ms);
+            if w % config.partial_window_ms != 0 {
+                return Err(FleetConfigError::Window(
+                    r.name.clone(),
+                    config.partial_window_ms / 1000,
+                ));
+            }
+            let guesses_only = r.condition.signals().iter().all(|s| GUESSES.contains(s));
+            if !matches!(r.condition, Condition::Count { .. }) && !guesses_only {
+                return Err(FleetConfigError::Signals(r.name.clone()));
+            }
+        }
+        let mirrored = config
+            .policy
+            .rules
+            .iter()
+            .map(|f| {
+                config.shard_rules.iter().any(|s| {
+                    s.subject == SubjectKind::Source
+                        && s.condition == f.condition
+                        && s.window_ms == f.window_ms
+                })
+            })
+            .collect();
+        let longest_ms = config
+            .policy
+            .rules
+            .iter()
+            .map(|r| r.window_ms.unwrap_or(config.partial_window_ms))
+            .max()
+            .unwrap_or(config.partial_window_ms);
+        Ok(FleetStage {
+            policy: Policy::new(config.policy.clone()),
+            config,
+            mirrored,
+            longest_ms,
+            nets: HashMap::new(),
+            done: HashSet::new(),
+            logins_done: HashSet::new(),
+            clock_ms: i64::MIN,
+            stats: FleetStats::default(),
+        })
+    }
+
+    pub fn stats(&self) -> FleetStats {
+        self.stats
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.config.policy.rules
+    }
+
+    /// Networks held.
+    pub fn networks(&self) -> usize {
+        self.nets.len()
+    }
+
+    /// How far back a cell is kept: a compromise looks one window before.
+    fn horizon(&self) -> i64 {
+        self.clock_ms
+            .saturating_sub(2 * self.longest_ms + self.config.allowed_lateness_ms)
+    }
+
+    /// The smallest position of a partial still merged: a checkpoint of the
+    /// partials' stream must stay before it.
+    pub fn low_water_position(&self) -> Option<u64> {
+        self.nets
+            .values()
+            .flat_map(|n| n.cells.values().map(|c| c.min_position))
+            .min()
+    }
+
+    /// Merges one partial read at `position`; decisions go to `out`.
+    pub fn ingest(&mut self, p: Partial, position: u64, out: &mut Vec<Decision>) {
+        self.stats.partials += 1;
+        let Some(net) = p.net() else {
+            // `Partial::decode` already refused it; a hand-built one lands here.
+            self.stats.late += 1;
+            return;
+        };
+        let end = p.window_start_ms + p.window_ms;
+        if end <= self.horizon() {
+            self.stats.late += 1;
+            return;
+        }
+        if self.nets.len() >= self.config.max_networks && !self.nets.contains_key(&net) {
+            self.drop_stale_networks();
+        }
+        let start = p.window_start_ms;
+        let state = self.nets.entry(net.clone()).or_default();
+        state.updated_ms = state.updated_ms.max(p.last_ms);
+        let cell = state.cells.entry(start).or_insert_with(|| Cell {
+            min_position: position,
+            ..Cell::default()
+        });
+        cell.min_position = cell.min_position.min(position);
+        let key = (p.shard.clone(), p.part);
+        match cell.parts.get(&key) {
+            Some(old) if old.emission >= p.emission => {
+                self.stats.duplicates += 1;
+                return;
+            }
+            Some(_) => self.stats.replaced += 1,
+            None => {}
+        }
+        cell.parts.insert(key, p);
+        self.evaluate(&net, start, out);
+        if end > self.clock_ms {
+            self.clock_ms = end;
+            self.expire();
+        }
+    }
+
+    fn rule_window(&self, rule: &Rule) -> i64 {
+        rule.window_ms.unwrap_or(self.config.partial_window_ms)
+    }
+
+    fn evaluate(&mut self, net: &PeerNet, start: i64, out: &mut Vec<Decision>) {
+        for ri in 0..self.config.policy.rules.len() {
+            let rule = &self.config.policy.rules[ri];
+            let size = self.rule_window(rule);
+            let rs = start.div_euclid(size) * size;
+            match rule.condition.clone() {
+                Condition::SuccessAfterFailures { failures, .. } => {
+                    self.compromise(ri, net, rs, size, failures, out)
+                }
+                condition => {
+                    if self.done.contains(&(ri, net.clone(), rs)) {
+                        continue;
+                    }
+                    let Some(state) = self.nets.get(net) else {
+                        return;
+                    };
+                    let cells: Vec<&Cell> =
+                        state.cells.range(rs..rs + size).map(|(_, c)| c).collect();
+                    let merged = merge(&cells, None, self.config.max_exact);
+                    if measure(&merged, &condition) < condition.threshold() {
+                        continue;
+                    }
+                    let shards: HashSet<&str> = cells
+                        .iter()
+                        .flat_map(|c| c.parts.keys().map(|(s, _)| s.as_str()))
+                        .collect();
+                    let one_shard_met = self.mirrored[ri]
+                        && shards.iter().any(|s| {
+                            measure(&merge(&cells, Some(s), self.config.max_exact), &condition)
+                                >= condition.threshold()
+                        });
+                    self.done.insert((ri, net.clone(), rs));
+                    if one_shard_met {
+                        self.stats.left_to_shard += 1;
+                        continue;
+                    }
+                    let fired = fired_of(
+                        ri,
+                        Subject::Source(net.clone()),
+                        net,
+                        rs,
+                        size,
+                        &merged,
+                        merged.last_ms,
+                    );
+                    let origin = Origin {
+                        account: merged.account.clone(),
+                        log_group: merged.log_group.clone(),
+                        log_stream: String::new(),
+                    };
+                    self.stats.fired += 1;
+                    out.push(self.policy.decide(&fired, &origin));
+                }
+            }
+        }
+    }
+
+    /// A login judged against the failures the whole fleet saw from its
+    /// network before it, in its window or the one before.
+    fn compromise(
+        &mut self,
+        ri: usize,
+        net: &PeerNet,
+        rs: i64,
+        size: i64,
+        failures: u32,
+        out: &mut Vec<Decision>,
+    ) {
+        let Some(state) = self.nets.get(net) else {
+            return;
+        };
+        // Logins in this window and the next can look back at this one.
+        let logins: Vec<(String, crate::partial::Login)> = state
+            .cells
+            .range(rs..rs + 2 * size)
+            .flat_map(|(_, c)| c.parts.values())
+            .flat_map(|p| p.logins.iter().map(move |l| (p.shard.clone(), l.clone())))
+            .collect();
+        for (shard, login) in logins {
+            let key = (ri, net.clone(), login.instance.clone(), login.time_ms);
+            if self.logins_done.contains(&key) {
+                continue;
+            }
+            let lrs = login.time_ms.div_euclid(size) * size;
+            let mut fleet = 0u32;
+            let mut own = 0u32;
+            for cell in state.cells.range(lrs - size..lrs + size).map(|(_, c)| c) {
+                for p in cell.parts.values() {
+                    let is_login_partial = p.shard == shard && p.logins.contains(&login);
+                    // Guesses of a partial whose newest guess is after the
+                    // login might all be after it: counted only when all
+                    // came before (the login's own partial says exactly).
+                    let n = if is_login_partial {
+                        login.failures_before
+                    } else if p.last_guess_ms.is_some_and(|t| t <= login.time_ms) {
+                        p.guesses()
+                    } else {
+                        0
+                    };
+                    fleet = fleet.saturating_add(n);
+                    if p.shard == shard {
+                        own = own.saturating_add(n);
+                    }
+                }
+            }
+            if fleet < failures {
+                continue;
+            }
+            self.logins_done.insert(key);
+            if self.mirrored[ri] && own >= failures {
+                self.stats.left_to_shard += 1;
+                continue;
+            }
+            let cells: Vec<&Cell> = state
+                .cells
+                .range(lrs - size..lrs + size)
+                .map(|(_, c)| c)
+                .collect();
+            let mut merged = merge(&cells, None, self.config.max_exact);
+            // The command shows the failures that count, not the window's.
+            for s in GUESSES {
+                merged.counts[s.index()] = 0;
+            }
+            merged.counts[Signal::AuthFailure.index()] = fleet;
+            let fired = fired_of(
+                ri,
+                Subject::Instance(login.instance.clone().into()),
+                net,
+                lrs,
+                size,
+                &merged,
+                login.time_ms,
+            );
+            let origin = Origin {
+                account: merged.account.clone(),
+                log_group: merged.log_group.clone(),
+                log_stream: login.instance.clone(),
+            };
+            self.stats.fired += 1;
+            out.push(self.policy.decide(&fired, &origin));
+        }
+    }
+
+    /// Lets go of cells no rule window can use any more.
+    fn expire(&mut self) {
+        let horizon = self.horizon();
+        let partial = self.config.partial_window_ms;
+        self.nets.retain(|_, n| {
+            n.cells.retain(|start, _| start + partial > horizon);
+            !n.cells.is_empty()
+        });
+        let longest = self.longest_ms;
+        self.done.retain(|(_, _, rs)| rs + longest > horizon);
+        self.logins_done
+            .retain(|(_, _, _, t)| t + 2 * longest > horizon);
+    }
+
+    /// At the cap: drops the eighth of the networks updated longest ago
+    /// (one pass per eighth, not per new network).
+    fn drop_stale_networks(&mut self) {
+        let n = (self.config.max_networks / 8).max(1);
+        let mut times: Vec<i64> = self.nets.values().map(|s| s.updated_ms).collect();
+        if times.is_empty() {
+            return;
+        }
+        let k = n.min(times.len()) - 1;
+        let (_, &mut cut, _) = times.select_nth_unstable(k);
+        let before = self.nets.len();
+        let mut left = n;
+        self.nets.retain(|_, s| {
+            if left > 0 && s.updated_ms <= cut {
+                left -= 1;
+                false
+            } else {
+                true
+            }
+        });
+        self.stats.networks_dropped += (before - self.nets.len()) as u64;
+    }
+}
+
+/// Adds up the cells' partials (of one shard, or all).
+fn merge(cells: &[&Cell], shard: Option<&str>, max_exact: usize) -> Merged {
+    let mut m = Merged {
+        counts: [0; Signal::COUNT],
+        instances: Distinct::default(),
+        users: Distinct::default(),
+        names: Vec::new(),
+        logged_in: false,
+        last_ms: i64::MIN,
+        account: String::new(),
+        log_group: String::new(),
+    };
+    for p in cells
+        .iter()
+        .flat_map(|c| c.parts.values())
+        .filter(|p| shard.is_none_or(|s| p.shard == s))
+    {
+        for (a, b) in m.counts.iter_mut().zip(p.counts) {
+            *a = a.saturating_add(b);
+        }
+        m.instances.merge(&p.instances, max_exact);
+        m.users.merge(&p.users, max_exact);
+        for n in &p.instance_names {
+            if m.names.len() < NAMED_INSTANCES && !m.names.contains(n) {
+                m.names.push(n.clone());
+            }
+        }
+        m.logged_in |= !p.logins.is_empty();
+        m.last_ms = m.last_ms.max(p.last_ms);
+        if m.account.is_empty() {
+            m.account.clone_from(&p.account);
+            m.log_group.clone_from(&p.log_group);
+        }
+    }
+    m.names.sort();
+    m
+}
+
+fn measure(m: &Merged, c: &Condition) -> u32 {
+    match c {
+        Condition::Count { signals, .. } => signals.iter().map(|s| m.counts[s.index()]).sum(),
+        Condition::Distinct { of, .. } => match of {
+            Dimension::Instances => m.instances.count(),
+            Dimension::Users => m.users.count(),
+            Dimension::Sources => 1,
+        },
+        Condition::SuccessAfterFailures { .. } => 0,
+    }
+}
+
+fn fired_of(
+    rule: usize,
+    subject: Subject,
+    net: &PeerNet,
+    start_ms: i64,
+    size_ms: i64,
+    m: &Merged,
+    detected_at_ms: i64,
+) -> Fired {
+    let is_source = matches!(subject, Subject::Source(_));
+    Fired {
+        rule,
+        subject,
+        source: Some(net.clone()),
+        window: Window {
+            start_ms,
+            size_ms,
+            counts: m.counts,
+            users: DistinctSet::of_count(m.users.count()),
+            instances: DistinctSet::of_count(m.instances.count()),
+            sources: DistinctSet::default(),
+            instance_names: m.names.iter().map(|n| n.as_str().into()).collect(),
+            top: Vec::new(),
+            other_source_events: 0,
+            samples: Vec::new(),
+        },
+        detected_at_ms,
+        source_logged_in: is_source && m.logged_in,
+    }
+}
