@@ -374,4 +374,57 @@ fn demo_notices_every_incident_and_quarantines_only_the_compromised() {
     assert_eq!(quarantines.len(), 1, "{quarantines:?}");
     assert_eq!(quarantines[0]["rule"], "compromise");
     assert_eq!(report["decoys_counted"], 0);
+    // Split over 4 shards (the default) with the fleet stage across them.
+    let fleet = &report["fleet"];
+    assert_eq!(fleet["shards"], 4);
+    assert!(fleet["partials"].as_u64().unwrap() > 0, "{fleet}");
+}
+
+/// Split over shards, what each shard alone cannot add up is found by the
+/// fleet stage: the same incidents are detected as with one engine that
+/// sees everything.
+#[test]
+fn demo_over_shards_with_the_fleet_stage_detects_what_one_engine_does() {
+    let run = |shards: &str| {
+        let out = sshwarden(
+            &[
+                "demo",
+                "--json",
+                "--minutes",
+                "10",
+                "--seconds",
+                "1",
+                "--instances",
+                "20",
+                "--shards",
+                shards,
+            ],
+            None,
+        );
+        let lines = json_lines(&out);
+        lines.last().unwrap().clone()
+    };
+    let (one, split) = (run("1"), run("8"));
+    let detected = |r: &serde_json::Value| -> Vec<(String, u64)> {
+        r["incidents"]["kinds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| {
+                (
+                    k["kind"].as_str().unwrap().to_owned(),
+                    k["detected"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(detected(&split), detected(&one));
+    assert_eq!(split["incidents"]["false_responses"]["quarantines"], 0);
+    assert_eq!(split["incidents"]["false_responses"]["benign_blocks"], 0);
+    assert_eq!(
+        one["fleet"]["partials"], 0,
+        "one engine needs no fleet stage"
+    );
+    let stage = &split["fleet"]["stage"];
+    assert!(stage["fired"].as_u64().unwrap() > 0, "{stage}");
 }

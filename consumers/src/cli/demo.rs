@@ -19,7 +19,9 @@ use serde::Serialize;
 use sshwarden_loadgen::incident_score::{IncidentJudge, IncidentReport, JudgedCommand};
 use sshwarden_loadgen::{encode_records, Fleet, FleetConfig, RecordOptions, Scenario};
 use sshwarden_pipeline::policy::Decision;
-use sshwarden_pipeline::{Engine, EngineConfig, RecordInput};
+use sshwarden_pipeline::{EngineConfig, RecordInput};
+
+use super::stages::{FleetSummary, LocalStages};
 
 use crate::clock::now_ms;
 
@@ -38,11 +40,17 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Print commands and the report as JSON lines.
+    /// Shard engines the fleet is split over (as Kinesis splits it, by
+    /// instance), with the fleet stage across them; 1 runs one engine.
+    #[arg(long, default_value_t = 4)]
+    pub shards: usize,
     #[arg(long)]
     pub json: bool,
 }
 
 struct Sent {
+    /// The log stream: which shard the record goes to.
+    key: String,
     data: Vec<u8>,
     sent_at: Instant,
 }
@@ -63,6 +71,7 @@ pub struct DemoReport {
     /// The commands judged by incident.
     pub incidents: IncidentReport,
     pub decoys_counted: usize,
+    pub fleet: FleetSummary,
 }
 
 #[derive(Debug, Serialize)]
@@ -71,6 +80,34 @@ pub struct Latency {
     pub p99: u64,
     pub p999: u64,
     pub max: u64,
+}
+
+/// The commands so far, printed as they come and kept for the judge.
+#[derive(Default)]
+struct Tally {
+    commands: u64,
+    suppressed: u64,
+    judged: Vec<JudgedCommand>,
+}
+
+impl Tally {
+    fn take(&mut self, d: Decision, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+        match d {
+            Decision::Command(c) => {
+                self.commands += 1;
+                let value = serde_json::to_value(&*c)?;
+                self.judged.extend(JudgedCommand::from_json(&value));
+                if json {
+                    serde_json::to_writer(&mut *out, &c)?;
+                    writeln!(out)?;
+                } else {
+                    writeln!(out, "  {}", c.summary())?;
+                }
+            }
+            Decision::Suppressed { .. } => self.suppressed += 1,
+        }
+        Ok(())
+    }
 }
 
 pub fn demo(
@@ -121,6 +158,7 @@ pub fn demo(
     let producer = std::thread::spawn(move || {
         let start = Instant::now();
         for r in records {
+            let key = r.log_stream;
             let due = Duration::from_secs_f64(
                 ((r.last_time_ms - first_ms).max(0) as f64 / 1000.0) / speedup,
             );
@@ -129,6 +167,7 @@ pub fn demo(
             }
             if tx
                 .send(Sent {
+                    key,
                     data: r.data,
                     sent_at: Instant::now(),
                 })
@@ -139,11 +178,11 @@ pub fn demo(
         }
     });
 
-    let mut engine = Engine::new(config).map_err(anyhow::Error::msg)?;
+    let mut stages = LocalStages::new(config, args.shards)?;
     let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram")?;
     let mut decisions = Vec::new();
-    let mut judged = Vec::new();
-    let (mut n_records, mut commands, mut suppressed) = (0u64, 0u64, 0u64);
+    let mut tally = Tally::default();
+    let mut n_records = 0u64;
     let started = Instant::now();
     for sent in rx {
         n_records += 1;
@@ -153,34 +192,30 @@ pub fn demo(
             position: n_records,
             ..RecordInput::default()
         };
-        if let Err(e) = engine.process_record(&record, &mut decisions) {
+        if let Err(e) = stages.process_record(&sent.key, &record, &mut decisions) {
             eprintln!("sshwarden demo: record {n_records} skipped: {e}");
         }
         for d in decisions.drain(..) {
             let us = sent.sent_at.elapsed().as_micros().clamp(1, 60_000_000) as u64;
             latency.record(us).context("latency out of range")?;
-            match d {
-                Decision::Command(c) => {
-                    commands += 1;
-                    let value = serde_json::to_value(&*c)?;
-                    judged.extend(JudgedCommand::from_json(&value));
-                    if args.json {
-                        serde_json::to_writer(&mut *out, &c)?;
-                        writeln!(out)?;
-                    } else {
-                        writeln!(out, "  {}", c.summary())?;
-                    }
-                }
-                Decision::Suppressed { .. } => suppressed += 1,
-            }
+            tally.take(d, args.json, out)?;
         }
     }
     let wall = started.elapsed().as_secs_f64();
     let _ = producer.join();
-    engine.finish();
+    decisions.clear();
+    stages.finish(&mut decisions);
+    for d in decisions.drain(..) {
+        tally.take(d, args.json, out)?;
+    }
+    let Tally {
+        commands,
+        suppressed,
+        judged,
+    } = tally;
 
     let decoys = &fleet.ground_truth().decoy_addresses;
-    let decoys_counted = engine
+    let decoys_counted = stages
         .totals()
         .map(|t| {
             t.sources
@@ -212,6 +247,7 @@ pub fn demo(
         },
         incidents,
         decoys_counted,
+        fleet: stages.fleet_summary(),
     };
     if args.json {
         serde_json::to_writer(&mut *out, &report)?;
@@ -245,5 +281,18 @@ fn print_report(r: &DemoReport, out: &mut dyn Write) -> anyhow::Result<()> {
         "addresses injected in usernames that were counted: {}",
         r.decoys_counted
     )?;
+    let f = &r.fleet;
+    if f.shards > 1 {
+        writeln!(
+            out,
+            "fleet stage over {} shards: {} partials, {:.1} kB ({:.2}% of the JSON), {} fleet rules fired, {} left to the shard that saw them whole",
+            f.shards,
+            f.partials,
+            f.partial_bytes as f64 / 1e3,
+            100.0 * f.partial_bytes as f64 / (r.json_mb * 1e6).max(1.0),
+            f.stage.fired,
+            f.stage.left_to_shard
+        )?;
+    }
     Ok(())
 }
