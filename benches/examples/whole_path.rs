@@ -4,15 +4,17 @@
 //! --toggle-collect='*Engine::process_record*'`), where criterion's
 //! statistics only get in the way.
 //!
-//! `cargo run --release -p sshwarden-benches --example whole_path -- [passes] [minutes] [policy] [input]`
+//! `cargo run --release -p sshwarden-benches --example whole_path -- [passes] [minutes] [policy] [input] [partials]`
 //! (policy: `graduated`, the default, or `seed`; input: `standard`, the
 //! default, `dense` or `flood`, as in the `hot_path` bench; for the flood,
-//! minutes × 40,000 lines). Each pass prints MB/s of
-//! wall time and MB per CPU second of the thread.
+//! minutes × 40,000 lines; `partials` also builds the fleet stage's
+//! partials, encoded as the second stream would carry them). Each pass
+//! prints MB/s of wall time and MB per CPU second of the thread.
 
 use std::time::Instant;
 
 use sshwarden_benches::{bench_fleet, corpus, corpus_of, dense_fleet, flood_events};
+use sshwarden_pipeline::partial::PartialConfig;
 use sshwarden_pipeline::policy::PolicyConfig;
 use sshwarden_pipeline::rules::PolicyName;
 use sshwarden_pipeline::{Engine, EngineConfig, RecordInput};
@@ -32,6 +34,14 @@ fn main() {
         },
     };
     let input = args.next().unwrap_or_else(|| "standard".into());
+    let partials = match args.next().as_deref() {
+        None => false,
+        Some("partials") => true,
+        Some(other) => {
+            eprintln!("{other:?} is not `partials`");
+            std::process::exit(2);
+        }
+    };
     let c = match input.as_str() {
         "flood" => corpus_of(
             &flood_events((minutes.unwrap_or(5) * 40_000).clamp(1, 10_000_000) as u32),
@@ -65,10 +75,12 @@ fn main() {
     for _ in 0..passes {
         let mut engine = Engine::new(EngineConfig {
             policy: PolicyConfig::named(policy),
+            partials: partials.then(PartialConfig::default),
             ..EngineConfig::default()
         })
         .expect("built-in policy");
         let mut out = Vec::new();
+        let (mut emitted, mut partial_bytes) = (Vec::new(), 0usize);
         let cpu = thread_cpu_ns();
         let t = Instant::now();
         for (pos, r) in c.records.iter().enumerate() {
@@ -78,6 +90,21 @@ fn main() {
                 ..RecordInput::default()
             };
             let _ = engine.process_record(&record, &mut out);
+            if partials {
+                engine.drain_partials(&mut emitted);
+                partial_bytes += emitted.drain(..).map(|p| p.encode().len()).sum::<usize>();
+            }
+        }
+        if partials {
+            engine.finish();
+            engine.drain_partials(&mut emitted);
+            partial_bytes += emitted.drain(..).map(|p| p.encode().len()).sum::<usize>();
+            eprintln!(
+                "partials: {} emitted, {:.1} kB, {:.2}% of the JSON",
+                engine.partial_stats().map_or(0, |s| s.emitted),
+                partial_bytes as f64 / 1e3,
+                100.0 * partial_bytes as f64 / c.json_bytes as f64
+            );
         }
         let secs = t.elapsed().as_secs_f64();
         let cpu_secs = thread_cpu_ns().zip(cpu).map(|(b, a)| (b - a) as f64 / 1e9);
