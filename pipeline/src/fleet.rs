@@ -333,29 +333,52 @@ impl FleetStage {
             .flat_map(|(_, c)| c.parts.values())
             .flat_map(|p| p.logins.iter().map(move |l| (p.shard.clone(), l.clone())))
             .collect();
-        for (shard, login) in logins {
+        for (shard, login) in &logins {
             let key = (ri, net.clone(), login.instance.clone(), login.time_ms);
             if self.logins_done.contains(&key) {
                 continue;
             }
+            // A login starts the count anew, as the shards' rule does: only
+            // guesses after the network's previous login anywhere count.
             let lrs = login.time_ms.div_euclid(size) * size;
+            let previous = state
+                .cells
+                .range(lrs - size..lrs + size)
+                .flat_map(|(_, c)| c.parts.values())
+                .flat_map(|p| p.logins.iter().map(|l| l.time_ms))
+                .filter(|&t| t < login.time_ms)
+                .max();
+            let after_previous = |t: Option<i64>| previous.is_none_or(|p| t.is_some_and(|t| t > p));
             let mut fleet = 0u32;
             let mut own = 0u32;
             for cell in state.cells.range(lrs - size..lrs + size).map(|(_, c)| c) {
                 for p in cell.parts.values() {
-                    let is_login_partial = p.shard == shard && p.logins.contains(&login);
-                    // Guesses of a partial whose newest guess is after the
-                    // login might all be after it: counted only when all
-                    // came before (the login's own partial says exactly).
+                    let is_login_partial = p.shard == *shard && p.logins.contains(login);
+                    // Of another partial, guesses count only when all of
+                    // them came between the previous login and this one
+                    // (its times bound them; guesses that straddle either
+                    // login are left out: never a quarantine on guesses
+                    // made after the login). The login's own partial says
+                    // how many came since its own previous login.
                     let n = if is_login_partial {
-                        login.failures_before
-                    } else if p.last_guess_ms.is_some_and(|t| t <= login.time_ms) {
+                        let since = previous.is_none_or(|prev| {
+                            p.logins.iter().any(|l| l.time_ms == prev)
+                                || p.first_guess_ms.is_none_or(|t| t > prev)
+                        });
+                        if since {
+                            login.failures_before
+                        } else {
+                            0
+                        }
+                    } else if p.last_guess_ms.is_some_and(|t| t <= login.time_ms)
+                        && after_previous(p.first_guess_ms)
+                    {
                         p.guesses()
                     } else {
                         0
                     };
                     fleet = fleet.saturating_add(n);
-                    if p.shard == shard {
+                    if p.shard == *shard {
                         own = own.saturating_add(n);
                     }
                 }
@@ -381,7 +404,7 @@ impl FleetStage {
             merged.counts[Signal::AuthFailure.index()] = fleet;
             let fired = fired_of(
                 ri,
-                Subject::Instance(login.instance.clone().into()),
+                Subject::Instance(login.instance.as_str().into()),
                 net,
                 lrs,
                 size,

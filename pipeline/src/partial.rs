@@ -160,8 +160,9 @@ pub struct Login {
     pub instance: String,
     pub user: Option<String>,
     pub time_ms: i64,
-    /// Guesses in this partial (same shard, network and window) before the
-    /// login: the partial's own guesses may be on either side of it.
+    /// Guesses in this partial (same shard, network and window) after the
+    /// partial's previous login and before this one: the partial's own
+    /// guesses may be on either side of it.
     pub failures_before: u32,
 }
 
@@ -189,7 +190,9 @@ pub struct Partial {
     pub logins: Vec<Login>,
     pub first_ms: i64,
     pub last_ms: i64,
-    /// The newest guess (compromise looks at what came before a login).
+    /// The oldest and newest guess (compromise looks at what came between
+    /// the network's previous login and this one).
+    pub first_guess_ms: Option<i64>,
     pub last_guess_ms: Option<i64>,
     /// The CloudWatch account and log group of the first event (for commands).
     pub account: String,
@@ -358,6 +361,9 @@ enum Measure {
 struct Open {
     partial: Partial,
     early_sent: bool,
+    /// Guesses since the partial's last login (a login starts the count anew,
+    /// as the shards' compromise rule does).
+    guesses_since_login: u32,
     /// The smallest record position counted in it (the checkpoint stays before).
     min_position: u64,
 }
@@ -480,11 +486,13 @@ impl PartialBuilder {
                         logins: Vec::new(),
                         first_ms: time_ms,
                         last_ms: time_ms,
+                        first_guess_ms: None,
                         last_guess_ms: None,
                         account: origin.0.to_owned(),
                         log_group: origin.1.to_owned(),
                     },
                     early_sent: false,
+                    guesses_since_login: 0,
                     min_position: position,
                 },
             );
@@ -521,7 +529,9 @@ impl PartialBuilder {
         let p = &mut open.partial;
         p.counts[signal.index()] = p.counts[signal.index()].saturating_add(1);
         if guess {
+            p.first_guess_ms = Some(p.first_guess_ms.map_or(time_ms, |t| t.min(time_ms)));
             p.last_guess_ms = Some(p.last_guess_ms.map_or(time_ms, |t| t.max(time_ms)));
+            open.guesses_since_login = open.guesses_since_login.saturating_add(1);
             let before = p.instances.count();
             p.instances.insert(ih, max_exact);
             if p.instances.count() > before
@@ -569,9 +579,10 @@ impl PartialBuilder {
                 instance: instance.to_owned(),
                 user: user.map(str::to_owned),
                 time_ms,
-                failures_before: p.guesses(),
+                failures_before: open.guesses_since_login,
             });
         }
+        open.guesses_since_login = 0;
         if !open.early_sent {
             self.emit_early(net, time_ms);
         }

@@ -302,3 +302,24 @@ fn a_brute_force_one_shard_sees_whole_is_left_to_that_shard() {
     assert_eq!(f.fleet(), vec![]);
     assert!(f.stage.stats().left_to_shard > 0);
 }
+
+#[test]
+fn an_administrator_mistyping_before_each_login_across_the_fleet_is_not_a_compromise() {
+    // One office address, two typos then a login on each of 6 instances
+    // (6 shards): 12 failures fleet-wide, but never 5 since a login.
+    let mut f = Fleet::new(8);
+    let src = "198.18.0.10";
+    for i in 0..6usize {
+        let t = T0 + i as i64 * MINUTE;
+        f.line(i, t, &failed(100 + i, "ops", src));
+        f.line(i, t + 2_000, &failed(200 + i, "ops", src));
+        f.line(i, t + 5_000, &accepted(300 + i, src));
+    }
+    f.finish();
+    let all: Vec<_> = commands(&f.shard_commands)
+        .into_iter()
+        .chain(f.fleet())
+        .filter(|c| c.2 == Action::Quarantine)
+        .collect();
+    assert_eq!(all, vec![]);
+}
