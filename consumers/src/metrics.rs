@@ -110,6 +110,12 @@ pub struct Metrics {
     pub partitions_assigned: Gauge,
     /// Kafka source: times a partition was paused because its reader was behind.
     pub kafka_pauses: Family<ReaderLabel, Counter>,
+    /// Fleet stage: partials a shard's reader wrote to the stream of partials, and their bytes.
+    pub partials_written: Family<ReaderLabel, Counter>,
+    pub partial_bytes: Family<ReaderLabel, Counter>,
+    /// Fleet stage: what a reader of the stream of partials merged, by kind
+    /// (totals since its stage started).
+    pub fleet_stage: Family<EngineEventLabel, Gauge>,
     /// Started (lease table reachable) and not draining.
     pub ready: AtomicBool,
 }
@@ -128,6 +134,21 @@ impl Metrics {
             self.bytes.clone(),
         );
         r.register("events", "Log events decoded", self.events.clone());
+        r.register(
+            "partials_written",
+            "Partials a shard's reader wrote to the fleet stage's stream",
+            self.partials_written.clone(),
+        );
+        r.register(
+            "fleet_stage",
+            "Fleet stage: partials merged, finals, duplicates, replaced, late, networks dropped, left to a shard, rules fired (per reader of the stream of partials)",
+            self.fleet_stage.clone(),
+        );
+        r.register(
+            "partial_bytes",
+            "Bytes of partials a shard's reader wrote to the fleet stage's stream",
+            self.partial_bytes.clone(),
+        );
         r.register(
             "millis_behind_latest",
             "How far the shard reader is behind the tip of the shard",

@@ -31,7 +31,7 @@ pub mod kafka;
 pub mod rule_truth;
 pub mod score;
 pub mod sshd;
-#[cfg(feature = "aws")]
+#[cfg(feature = "kinesis-writer")]
 pub mod writer;
 
 #[cfg(test)]

@@ -52,6 +52,21 @@ impl Default for FleetConfig {
     }
 }
 
+impl FleetConfig {
+    /// The fleet stage for shards that run `shards`: the default fleet
+    /// rules under the shards' allowlists, cooldown and budget.
+    pub fn for_shards(shards: &PolicyConfig) -> FleetConfig {
+        FleetConfig {
+            policy: PolicyConfig {
+                rules: crate::rules::fleet(),
+                ..shards.clone()
+            },
+            shard_rules: shards.rules.clone(),
+            ..FleetConfig::default()
+        }
+    }
+}
+
 /// A [`FleetConfig`] [`FleetStage::new`] refuses.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FleetConfigError {
@@ -73,6 +88,8 @@ pub enum FleetConfigError {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct FleetStats {
     pub partials: u64,
+    /// Partials a shard sent as the last of their part (merged, not duplicates).
+    pub finals: u64,
     /// Same or older emission of a part already merged (a replay).
     pub duplicates: u64,
     pub replaced: u64,
@@ -186,6 +203,21 @@ impl FleetStage {
         self.stats
     }
 
+    /// The counters by name (for metrics).
+    pub fn stat_counts(&self) -> [(&'static str, u64); 8] {
+        let s = &self.stats;
+        [
+            ("partials", s.partials),
+            ("finals", s.finals),
+            ("duplicates", s.duplicates),
+            ("replaced", s.replaced),
+            ("late", s.late),
+            ("networks_dropped", s.networks_dropped),
+            ("left_to_shard", s.left_to_shard),
+            ("fired", s.fired),
+        ]
+    }
+
     pub fn rules(&self) -> &[Rule] {
         &self.config.policy.rules
     }
@@ -242,6 +274,9 @@ impl FleetStage {
             }
             Some(_) => self.stats.replaced += 1,
             None => {}
+        }
+        if p.last {
+            self.stats.finals += 1;
         }
         cell.parts.insert(key, p);
         self.evaluate(&net, start, out);

@@ -11,7 +11,7 @@ use sshwarden_pipeline::engine::{RecordKind, Totals};
 use sshwarden_pipeline::envelope::DecodeError;
 use sshwarden_pipeline::fleet::{FleetConfig, FleetStage, FleetStats};
 use sshwarden_pipeline::partial::{Partial, PartialConfig};
-use sshwarden_pipeline::policy::{Decision, PolicyConfig};
+use sshwarden_pipeline::policy::Decision;
 use sshwarden_pipeline::rules::PolicyName;
 use sshwarden_pipeline::{Engine, EngineConfig, LineInput, RecordInput, Stats};
 
@@ -36,18 +36,6 @@ pub struct LocalStages {
     position: u64,
 }
 
-/// The fleet stage's settings for shards that run `config`.
-pub fn fleet_config(config: &EngineConfig) -> FleetConfig {
-    FleetConfig {
-        policy: PolicyConfig {
-            rules: sshwarden_pipeline::rules::fleet(),
-            ..config.policy.clone()
-        },
-        shard_rules: config.policy.rules.clone(),
-        ..FleetConfig::default()
-    }
-}
-
 impl LocalStages {
     /// `shards` engines of `config`; with more than one (and a policy that
     /// has source rules), a fleet stage over their partials.
@@ -70,7 +58,10 @@ impl LocalStages {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let stage = if fleet {
-            Some(FleetStage::new(fleet_config(&config)).map_err(anyhow::Error::msg)?)
+            Some(
+                FleetStage::new(FleetConfig::for_shards(&config.policy))
+                    .map_err(anyhow::Error::msg)?,
+            )
         } else {
             None
         };

@@ -60,6 +60,14 @@ pub struct RunOptions {
     /// Use enhanced fan-out (SubscribeToShard) with this consumer name.
     #[arg(long, env = "SSHWARDEN_ENHANCED_FAN_OUT")]
     pub enhanced_fan_out: Option<String>,
+    /// The fleet stage's stream (Kinesis): each worker sends its shards' partials there, keyed by source network, and reads it to merge them fleet-wide (docs/fleet.md). Unset: no fleet stage.
+    #[arg(long, env = "SSHWARDEN_FLEET_STREAM")]
+    pub fleet_stream: Option<String>,
+    #[arg(long, env = "SSHWARDEN_FLEET_LEASE_TABLE", help = with_default(
+        "DynamoDB lease table of the fleet stage's readers, created if absent",
+        format_args!("<lease table>{FLEET_LEASE_TABLE_SUFFIX}"),
+    ))]
+    pub fleet_lease_table: Option<String>,
     #[arg(long, env = "SSHWARDEN_FAILOVER_MS", help = with_default(
         "A lease whose counter has not moved for this long is taken over",
         DEFAULT_FAILOVER_MS,
@@ -149,6 +157,8 @@ impl RunOptions {
             blast_radius_table,
             start_position,
             enhanced_fan_out,
+            fleet_stream,
+            fleet_lease_table,
             failover_ms,
             shard_sync_ms,
             checkpoint_ms,
@@ -172,6 +182,9 @@ pub const DEFAULT_LEASE_TABLE: &str = "sshwarden-leases";
 /// The fleet-wide blast-radius table, unless configured, is the lease table
 /// (Kinesis) or the consumer group (Kafka) with this suffix.
 pub const BLAST_RADIUS_TABLE_SUFFIX: &str = "-blast-radius";
+/// The fleet stage's lease table, unless configured, is the lease table
+/// with this suffix.
+pub const FLEET_LEASE_TABLE_SUFFIX: &str = "-fleet";
 /// `--start-position`'s default (for both sources).
 pub const DEFAULT_START_POSITION: &str = "trim-horizon";
 /// `--failover-ms`'s default.
@@ -280,6 +293,15 @@ pub struct KinesisArgs {
     pub shutdown_secs: u64,
     /// Address of /metrics, /healthz and /readyz.
     pub metrics_addr: SocketAddr,
+    /// The fleet stage, when configured.
+    pub fleet: Option<FleetStreamArgs>,
+}
+
+/// Where the fleet stage's partials go and how its readers share them.
+#[derive(Debug, Clone)]
+pub struct FleetStreamArgs {
+    pub stream: String,
+    pub lease_table: String,
 }
 
 /// The Kinesis source's settings from layered options (see [`RunOptions::or`]).
@@ -292,7 +314,27 @@ pub(super) fn resolve_kinesis(o: RunOptions) -> anyhow::Result<KinesisArgs> {
     let stream = o.stream.filter(|s| !s.is_empty()).context(
         "no stream to consume: give --stream, SSHWARDEN_STREAM or stream in the [run] section",
     )?;
+    let fleet = match o.fleet_stream.filter(|s| !s.is_empty()) {
+        Some(fleet_stream) => {
+            let lease = o
+                .fleet_lease_table
+                .clone()
+                .unwrap_or_else(|| format!("{lease_table}{FLEET_LEASE_TABLE_SUFFIX}"));
+            if fleet_stream == stream {
+                anyhow::bail!("--fleet-stream must not be the stream of logs ({stream})");
+            }
+            if lease == lease_table {
+                anyhow::bail!("--fleet-lease-table must not be the lease table of the logs' readers ({lease_table})");
+            }
+            Some(FleetStreamArgs {
+                stream: fleet_stream,
+                lease_table: lease,
+            })
+        }
+        None => None,
+    };
     Ok(KinesisArgs {
+        fleet,
         sink,
         stream,
         lease_table,
@@ -333,6 +375,11 @@ fn resolve_sink(o: &RunOptions, table_prefix: &str) -> SinkSettings {
 
 /// The Kafka source's settings from layered options (see [`RunOptions::or`]).
 pub(super) fn resolve_kafka(o: RunOptions) -> anyhow::Result<KafkaArgs> {
+    if o.fleet_stream.as_ref().is_some_and(|s| !s.is_empty()) {
+        anyhow::bail!(
+            "--fleet-stream works with --source kinesis only: the fleet stage over a second Kafka topic is not built yet"
+        );
+    }
     let group = o
         .group
         .clone()

@@ -9,6 +9,7 @@
 pub mod kafka;
 pub mod kinesis;
 pub mod record;
+pub mod stage;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -10,6 +10,7 @@ use sshwarden_pipeline::policy::Decision;
 use sshwarden_pipeline::{Engine, RecordInput};
 use tracing::{debug, info, warn};
 
+use super::stage::Processor;
 use crate::metrics::{EngineEventLabel, Metrics, ReaderLabel};
 
 /// The log targets the readers' own lines had before this step moved here:
@@ -70,6 +71,49 @@ pub fn process(
         }
     }
     engine_events(engine, metrics, label);
+}
+
+/// Runs one record through a reader's stage: the engine as [`process`]
+/// does, or, on the stream of partials, the fleet stage (a partial that does
+/// not decode is logged, counted as a `partial` error and skipped).
+pub fn process_stage(
+    processor: &mut Processor,
+    record: &RecordInput,
+    decisions: &mut Vec<Decision>,
+    metrics: &Metrics,
+    label: &ReaderLabel,
+    place: Place,
+) {
+    match processor {
+        Processor::Logs(engine) => process(engine, record, decisions, metrics, label, place),
+        Processor::Fleet(_) => {
+            if let Err(e) = processor.process_record(record, decisions) {
+                let name = label.name();
+                match place {
+                    Place::Shard { sequence } => {
+                        warn!(target: KINESIS, shard = %name, sequence, error = %e, "partial skipped");
+                    }
+                    Place::Partition { offset } => {
+                        warn!(target: KAFKA, partition = %name, offset, error = %e, "partial skipped");
+                    }
+                }
+                metrics.error(name, "partial");
+            } else {
+                metrics.events.get_or_create(label).inc();
+            }
+            if let Processor::Fleet(stage) = processor {
+                for (kind, n) in stage.stat_counts() {
+                    metrics
+                        .fleet_stage
+                        .get_or_create(&EngineEventLabel {
+                            shard: label.name().to_owned(),
+                            kind,
+                        })
+                        .set(i64::try_from(n).unwrap_or(i64::MAX));
+                }
+            }
+        }
+    }
 }
 
 /// Publishes what `label`'s engine set aside or merged so far.

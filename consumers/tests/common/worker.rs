@@ -136,6 +136,9 @@ pub struct Workers {
     /// topic and group.
     pub resources: String,
     pub workers: Vec<Worker>,
+    /// `--policy` of the workers spawned next: `seed` (what the rule-level
+    /// truth models) unless a test needs another.
+    pub policy: &'static str,
 }
 
 impl Drop for Workers {
@@ -166,6 +169,7 @@ impl Workers {
             started: Instant::now(),
             resources,
             workers: Vec::new(),
+            policy: "seed",
         }
     }
 
@@ -208,7 +212,7 @@ impl Workers {
             "--config",
             &config_arg,
             "--policy",
-            "seed",
+            self.policy,
             "--blast-radius-max",
             "0",
             "--cooldown-secs",

@@ -8,9 +8,10 @@
 //! lines, and the final report. A writer never drops a record: anything it
 //! cannot write within its give-up time is an error naming how much was left.
 //!
-//! Behind the `aws` cargo feature (on by default).
+//! Behind the `kinesis-writer` cargo feature (the Logs writer: `aws`, on by default).
 
 pub mod kinesis;
+#[cfg(feature = "aws")]
 pub mod logs;
 
 use std::fmt;

@@ -10,6 +10,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use aws_sdk_kinesis::error::DisplayErrorContext;
+use std::sync::Arc;
+
+use sshwarden_loadgen::writer::kinesis::{KinesisWriter, KinesisWriterConfig};
+use sshwarden_pipeline::fleet::FleetConfig;
+use sshwarden_pipeline::partial::PartialConfig;
 use sshwarden_pipeline::EngineConfig;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +25,9 @@ use super::lease::{Cas, Lease, LeaseTable};
 use super::plan;
 use super::reader::{Outcome, ReaderConfig, ShardReader};
 use crate::config::{KinesisArgs, SinkSettings};
+use crate::metrics::Metrics;
+use crate::sink::Sink;
+use crate::source::stage::StageConfig;
 use crate::source::{default_worker_id, Context, Worker};
 
 struct Held {
@@ -63,6 +71,8 @@ impl Worker for KinesisWorker {
     }
 
     /// Serves the stream until SIGTERM/SIGINT: the worker's whole life.
+    /// With the fleet stage on, the same worker also serves the stream of
+    /// partials, with its own lease table (docs/fleet.md).
     async fn serve(self, context: Context) -> anyhow::Result<()> {
         let KinesisWorker {
             args,
@@ -77,158 +87,259 @@ impl Worker for KinesisWorker {
             shutdown,
         } = context;
         let kinesis = aws_sdk_kinesis::Client::new(&sdk);
-        let table = LeaseTable::new(
-            aws_sdk_dynamodb::Client::new(&sdk),
-            args.lease_table.clone(),
-        );
+        let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
+        let table = LeaseTable::new(dynamodb.clone(), args.lease_table.clone());
 
         table.ensure().await?;
         let consumer_arn = match &args.enhanced_fan_out {
             Some(name) => Some(register_consumer(&kinesis, &args.stream, name).await?),
             None => None,
         };
-        metrics.set_ready(true);
-        info!(worker = %me, stream = %args.stream, table = %table.name(), "worker started");
-
-        let reader_config = ReaderConfig {
-            stream: args.stream.clone(),
+        let reader = |stream: &str, consumer_arn, label_prefix| ReaderConfig {
+            stream: stream.to_owned(),
             me: me.clone(),
             idle_poll: Duration::from_millis(args.idle_poll_ms),
             checkpoint_every: Duration::from_millis(args.checkpoint_ms),
             consumer_arn,
             subscription_renew: Duration::from_millis(args.subscription_renew_ms),
+            label_prefix,
         };
-        let failover = Duration::from_millis(args.failover_ms);
-        let tick = failover / 3;
-        let mut held: HashMap<String, Held> = HashMap::new();
-        let mut seen: HashMap<String, (u64, Instant)> = HashMap::new();
-        let mut last_sync: Option<Instant> = None;
+        let coordinator =
+            |stream: &str, table, stage, partials_to, consumer_arn, counts_leases| Coordinator {
+                kinesis: kinesis.clone(),
+                table,
+                stream: stream.to_owned(),
+                reader: reader(
+                    stream,
+                    consumer_arn,
+                    if counts_leases { "" } else { "fleet:" },
+                ),
+                stage,
+                partials_to,
+                sink: sink.clone(),
+                metrics: metrics.clone(),
+                shutdown: shutdown.clone(),
+                me: me.clone(),
+                start_checkpoint: start_checkpoint.clone(),
+                failover_ms: args.failover_ms,
+                shard_sync_ms: args.shard_sync_ms,
+                shutdown_secs: args.shutdown_secs,
+                counts_leases,
+            };
+        let Some(fleet) = &args.fleet else {
+            metrics.set_ready(true);
+            info!(worker = %me, stream = %args.stream, table = %table.name(), "worker started");
+            return coordinate(coordinator(
+                &args.stream,
+                table,
+                StageConfig::Logs(engine_config),
+                None,
+                consumer_arn,
+                true,
+            ))
+            .await;
+        };
+        let fleet_table = LeaseTable::new(dynamodb, fleet.lease_table.clone());
+        fleet_table.ensure().await?;
+        let writer = KinesisWriter::new(
+            kinesis.clone(),
+            KinesisWriterConfig::new(fleet.stream.clone()),
+        )
+        .await
+        .with_context(|| format!("the fleet stage's stream {}", fleet.stream))?;
+        let fleet_config = FleetConfig::for_shards(&engine_config.policy);
+        let logs_config = EngineConfig {
+            partials: Some(PartialConfig {
+                window_ms: fleet_config.partial_window_ms,
+                fleet_rules: fleet_config.policy.rules.clone(),
+                ..PartialConfig::default()
+            }),
+            ..engine_config
+        };
+        metrics.set_ready(true);
+        info!(worker = %me, stream = %args.stream, table = %table.name(), fleet_stream = %fleet.stream,
+            fleet_table = %fleet_table.name(), "worker started, with the fleet stage");
+        let logs = coordinate(coordinator(
+            &args.stream,
+            table,
+            StageConfig::Logs(logs_config),
+            Some(Arc::new(writer)),
+            consumer_arn,
+            true,
+        ));
+        let partials = coordinate(coordinator(
+            &fleet.stream,
+            fleet_table,
+            StageConfig::Fleet(fleet_config),
+            None,
+            None,
+            false,
+        ));
+        tokio::try_join!(logs, partials).map(|_| ())
+    }
+}
 
-        while !shutdown.is_cancelled() {
-            let round_started = Instant::now();
-            // 1. renew what we hold; a failed renewal means someone else has it
-            renew_all(&table, &me, &mut held).await;
-            // 2. reap readers that finished
-            let finished: Vec<String> = held
-                .iter()
-                .filter(|(_, h)| h.task.is_finished())
-                .map(|(k, _)| k.clone())
-                .collect();
-            for key in finished {
-                if let Some(h) = held.remove(&key) {
-                    let outcome = h.task.await.unwrap_or(Outcome::Stopped);
-                    info!(shard = %key, ?outcome, "shard released by its reader");
-                    if outcome == Outcome::Stopped && !shutdown.is_cancelled() {
-                        let _ = table.release(&h.lease, &me).await;
+/// One stream's coordinator: its leases, its readers and what they run.
+struct Coordinator {
+    kinesis: aws_sdk_kinesis::Client,
+    table: LeaseTable,
+    stream: String,
+    reader: ReaderConfig,
+    stage: StageConfig,
+    partials_to: Option<Arc<KinesisWriter>>,
+    sink: Arc<Sink>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    me: String,
+    start_checkpoint: Checkpoint,
+    failover_ms: u64,
+    shard_sync_ms: u64,
+    shutdown_secs: u64,
+    /// The `leases_held` gauge is the stream of logs' (one gauge, one stream).
+    counts_leases: bool,
+}
+
+/// Serves one stream until shutdown, then drains its readers and releases
+/// their leases.
+async fn coordinate(c: Coordinator) -> anyhow::Result<()> {
+    let (kinesis, table, sink, metrics, shutdown, me) = (
+        c.kinesis.clone(),
+        c.table.clone(),
+        c.sink.clone(),
+        c.metrics.clone(),
+        c.shutdown.clone(),
+        c.me.clone(),
+    );
+    let failover = Duration::from_millis(c.failover_ms);
+    let tick = failover / 3;
+    let mut held: HashMap<String, Held> = HashMap::new();
+    let mut seen: HashMap<String, (u64, Instant)> = HashMap::new();
+    let mut last_sync: Option<Instant> = None;
+
+    while !shutdown.is_cancelled() {
+        let round_started = Instant::now();
+        // 1. renew what we hold; a failed renewal means someone else has it
+        renew_all(&table, &me, &mut held).await;
+        // 2. reap readers that finished
+        let finished: Vec<String> = held
+            .iter()
+            .filter(|(_, h)| h.task.is_finished())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in finished {
+            if let Some(h) = held.remove(&key) {
+                let outcome = h.task.await.unwrap_or(Outcome::Stopped);
+                info!(shard = %key, ?outcome, "shard released by its reader");
+                if outcome == Outcome::Stopped && !shutdown.is_cancelled() {
+                    let _ = table.release(&h.lease, &me).await;
+                }
+            }
+        }
+        // 3. new shards
+        if last_sync.is_none_or(|t| t.elapsed() >= Duration::from_millis(c.shard_sync_ms)) {
+            match sync_shards(&kinesis, &table, &c.stream, &c.start_checkpoint).await {
+                Ok(n) if n > 0 => info!(created = n, "leases created for new shards"),
+                Ok(_) => {}
+                Err(e) => warn!(error = %format!("{e:#}"), "shard sync failed"),
+            }
+            last_sync = Some(Instant::now());
+        }
+        // 4. plan against the table
+        match table.scan().await {
+            Ok(leases) => {
+                let now = Instant::now();
+                let mut expired = HashSet::new();
+                seen.retain(|k, _| leases.iter().any(|l| &l.key == k));
+                for l in &leases {
+                    let entry = seen.entry(l.key.clone()).or_insert((l.counter, now));
+                    if entry.0 != l.counter {
+                        *entry = (l.counter, now);
+                    } else if !held.contains_key(&l.key) && now.duration_since(entry.1) >= failover
+                    {
+                        // Ours in the table but not held here is a previous
+                        // run of this worker id (killed): it expires too.
+                        expired.insert(l.key.clone());
+                    }
+                }
+                let views: Vec<_> = leases.iter().map(Lease::view).collect();
+                let p = plan::plan(&me, &views, &expired);
+                let mut wanted: Vec<String> = p.take.clone();
+                wanted.extend(p.steal.clone());
+                for key in wanted {
+                    if held.contains_key(&key) {
+                        continue;
+                    }
+                    let Some(lease) = leases.iter().find(|l| l.key == key) else {
+                        continue;
+                    };
+                    match table.take(lease, &me).await {
+                        Ok(Cas::Done(lease)) => {
+                            let stolen = p.steal.as_deref() == Some(key.as_str());
+                            info!(shard = %key, from = ?lease_prev_owner(&leases, &key), stolen, "lease taken");
+                            let lost = CancellationToken::new();
+                            let reader = ShardReader {
+                                kinesis: kinesis.clone(),
+                                table: table.clone(),
+                                sink: sink.clone(),
+                                metrics: metrics.clone(),
+                                config: c.reader.clone(),
+                                stage: c.stage.clone(),
+                                partials_to: c.partials_to.clone(),
+                                lease: lease.clone(),
+                                shutdown: shutdown.clone(),
+                                lost: lost.clone(),
+                            };
+                            let span =
+                                tracing::info_span!("shard", shard = %key, stream = %c.stream);
+                            let task =
+                                tokio::spawn(tracing::Instrument::instrument(reader.read(), span));
+                            held.insert(key, Held { lease, lost, task });
+                        }
+                        Ok(Cas::Lost) => {}
+                        Err(e) => {
+                            warn!(shard = %key, error = %format!("{e:#}"), "taking lease failed")
+                        }
+                    }
+                }
+                for key in p.cleanup {
+                    if let Ok(Cas::Done(())) = table.delete_finished(&key).await {
+                        info!(shard = %key, "finished parent lease deleted");
                     }
                 }
             }
-            // 3. new shards
-            if last_sync.is_none_or(|t| t.elapsed() >= Duration::from_millis(args.shard_sync_ms)) {
-                match sync_shards(&kinesis, &table, &args.stream, &start_checkpoint).await {
-                    Ok(n) if n > 0 => info!(created = n, "leases created for new shards"),
-                    Ok(_) => {}
-                    Err(e) => warn!(error = %format!("{e:#}"), "shard sync failed"),
-                }
-                last_sync = Some(Instant::now());
-            }
-            // 4. plan against the table
-            match table.scan().await {
-                Ok(leases) => {
-                    let now = Instant::now();
-                    let mut expired = HashSet::new();
-                    seen.retain(|k, _| leases.iter().any(|l| &l.key == k));
-                    for l in &leases {
-                        let entry = seen.entry(l.key.clone()).or_insert((l.counter, now));
-                        if entry.0 != l.counter {
-                            *entry = (l.counter, now);
-                        } else if !held.contains_key(&l.key)
-                            && now.duration_since(entry.1) >= failover
-                        {
-                            // Ours in the table but not held here is a previous
-                            // run of this worker id (killed): it expires too.
-                            expired.insert(l.key.clone());
-                        }
-                    }
-                    let views: Vec<_> = leases.iter().map(Lease::view).collect();
-                    let p = plan::plan(&me, &views, &expired);
-                    let mut wanted: Vec<String> = p.take.clone();
-                    wanted.extend(p.steal.clone());
-                    for key in wanted {
-                        if held.contains_key(&key) {
-                            continue;
-                        }
-                        let Some(lease) = leases.iter().find(|l| l.key == key) else {
-                            continue;
-                        };
-                        match table.take(lease, &me).await {
-                            Ok(Cas::Done(lease)) => {
-                                let stolen = p.steal.as_deref() == Some(key.as_str());
-                                info!(shard = %key, from = ?lease_prev_owner(&leases, &key), stolen, "lease taken");
-                                let lost = CancellationToken::new();
-                                let reader = ShardReader {
-                                    kinesis: kinesis.clone(),
-                                    table: table.clone(),
-                                    sink: sink.clone(),
-                                    metrics: metrics.clone(),
-                                    config: reader_config.clone(),
-                                    engine_config: engine_config.clone(),
-                                    lease: lease.clone(),
-                                    shutdown: shutdown.clone(),
-                                    lost: lost.clone(),
-                                };
-                                let span = tracing::info_span!("shard", shard = %key);
-                                let task = tokio::spawn(tracing::Instrument::instrument(
-                                    reader.read(),
-                                    span,
-                                ));
-                                held.insert(key, Held { lease, lost, task });
-                            }
-                            Ok(Cas::Lost) => {}
-                            Err(e) => {
-                                warn!(shard = %key, error = %format!("{e:#}"), "taking lease failed")
-                            }
-                        }
-                    }
-                    for key in p.cleanup {
-                        if let Ok(Cas::Done(())) = table.delete_finished(&key).await {
-                            info!(shard = %key, "finished parent lease deleted");
-                        }
-                    }
-                }
-                Err(e) => warn!(error = %format!("{e:#}"), "cannot read the lease table"),
-            }
+            Err(e) => warn!(error = %format!("{e:#}"), "cannot read the lease table"),
+        }
+        if c.counts_leases {
             metrics
                 .leases_held
                 .set(held.values().filter(|h| !h.lost.is_cancelled()).count() as i64);
-            let rest = tick.saturating_sub(round_started.elapsed());
-            tokio::select! {
-                _ = tokio::time::sleep(rest) => {}
-                _ = shutdown.cancelled() => {}
-            }
         }
-
-        // Drain: readers checkpoint and return; then leases are released.
-        metrics.set_ready(false);
-        info!(leases = held.len(), "shutting down: draining shard readers");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(args.shutdown_secs);
-        for (key, h) in held.drain() {
-            let renew_lost = h.lost.clone();
-            match tokio::time::timeout_at(deadline, h.task).await {
-                Ok(Ok(Outcome::Ended)) => {}
-                Ok(Ok(_)) if !renew_lost.is_cancelled() => match table.release(&h.lease, &me).await
-                {
-                    Ok(_) => info!(shard = %key, "lease released"),
-                    Err(e) => {
-                        warn!(shard = %key, error = %format!("{e:#}"), "lease release failed")
-                    }
-                },
-                Ok(_) => {}
-                Err(_) => error!(shard = %key, "reader did not stop before the shutdown deadline"),
-            }
+        let rest = tick.saturating_sub(round_started.elapsed());
+        tokio::select! {
+            _ = tokio::time::sleep(rest) => {}
+            _ = shutdown.cancelled() => {}
         }
-        Ok(())
     }
+
+    // Drain: readers checkpoint and return; then leases are released.
+    metrics.set_ready(false);
+    info!(leases = held.len(), "shutting down: draining shard readers");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(c.shutdown_secs);
+    for (key, h) in held.drain() {
+        let renew_lost = h.lost.clone();
+        match tokio::time::timeout_at(deadline, h.task).await {
+            Ok(Ok(Outcome::Ended)) => {}
+            Ok(Ok(_)) if !renew_lost.is_cancelled() => match table.release(&h.lease, &me).await {
+                Ok(_) => info!(shard = %key, "lease released"),
+                Err(e) => {
+                    warn!(shard = %key, error = %format!("{e:#}"), "lease release failed")
+                }
+            },
+            Ok(_) => {}
+            Err(_) => error!(shard = %key, "reader did not stop before the shutdown deadline"),
+        }
+    }
+    Ok(())
 }
 
 /// How many lease renewals are in flight at once: a worker holding hundreds

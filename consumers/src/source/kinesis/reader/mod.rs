@@ -17,8 +17,10 @@ mod replay;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sshwarden_loadgen::writer::kinesis::{KinesisItem, KinesisWriter};
+use sshwarden_pipeline::partial::Partial;
 use sshwarden_pipeline::policy::Decision;
-use sshwarden_pipeline::{Engine, EngineConfig, RecordInput};
+use sshwarden_pipeline::RecordInput;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -30,6 +32,7 @@ use crate::metrics::{Metrics, ReaderLabel};
 use crate::sink::outbox::Outbox;
 use crate::sink::Sink;
 use crate::source::record::{self, Place};
+use crate::source::stage::{Processor, StageConfig};
 
 #[derive(Debug, Clone)]
 pub struct ReaderConfig {
@@ -42,6 +45,9 @@ pub struct ReaderConfig {
     /// A fan-out subscription is renewed after this long (Kinesis ends
     /// each one after 5 minutes).
     pub subscription_renew: Duration,
+    /// Before the shard id in metric labels: `fleet:` for the stream of
+    /// partials, whose shard ids are the same as the logs'.
+    pub label_prefix: &'static str,
 }
 
 /// One shard's reader task, started by the coordinator for a lease it took.
@@ -51,7 +57,10 @@ pub struct ShardReader {
     pub sink: Arc<Sink>,
     pub metrics: Arc<Metrics>,
     pub config: ReaderConfig,
-    pub engine_config: EngineConfig,
+    /// The engine (stream of logs) or the fleet stage (stream of partials).
+    pub stage: StageConfig,
+    /// Stage one with the fleet stage on: where its partials are written.
+    pub partials_to: Option<Arc<KinesisWriter>>,
     pub lease: Lease,
     /// Fires on shutdown: drain, checkpoint, return.
     pub shutdown: CancellationToken,
@@ -70,7 +79,10 @@ pub enum Outcome {
 }
 
 struct State {
-    engine: Engine,
+    processor: Processor,
+    /// Partials emitted and not yet written, with the position of the record
+    /// that emitted them: the checkpoint stays before the oldest.
+    pending: Vec<(u64, Partial)>,
     tracker: CheckpointTracker,
     position: u64,
     last_checkpoint: Instant,
@@ -93,20 +105,21 @@ impl ShardReader {
     /// Reads the shard until its end, shutdown or a lost lease.
     pub async fn read(self) -> Outcome {
         let shard = self.lease.key.clone();
-        let engine = match Engine::new(self.engine_config.clone()) {
-            Ok(e) => e,
+        let processor = match Processor::new(&self.stage, &shard) {
+            Ok(p) => p,
             Err(e) => {
                 error!(shard, error = %e, "invalid engine configuration");
                 return Outcome::Stopped;
             }
         };
         let mut st = State {
-            engine,
+            processor,
+            pending: Vec::new(),
             tracker: CheckpointTracker::new(Some(self.lease.checkpoint.clone())),
             position: 0,
             last_checkpoint: Instant::now(),
             decisions: Vec::new(),
-            shard: ReaderLabel::new(shard.clone()),
+            shard: ReaderLabel::new(format!("{}{shard}", self.config.label_prefix)),
             replayed: Vec::new(),
             replayed_through: 0,
             continuation: None,
@@ -124,7 +137,7 @@ impl ShardReader {
         // delivered by the previous owner: records after the checkpoint that
         // still carry their tail must not re-fire them with partial counts.
         if let Some(t) = self.lease.event_time_ms {
-            st.engine.resume_from(t);
+            st.processor.resume_from(t);
         }
         // A child that has not checkpointed yet first rebuilds the windows its
         // parents left open at their end, so a window that straddles the
@@ -167,9 +180,68 @@ impl ShardReader {
             }
         }
         if records.is_empty() && behind == 0 {
-            st.engine.observe_idle(now_ms());
+            st.processor.observe_idle(now_ms());
+            self.take_partials(st, st.position);
+        }
+        if !self.write_partials(st).await {
+            return Some(if self.lost.is_cancelled() {
+                Outcome::Lost
+            } else {
+                self.final_checkpoint(st).await
+            });
         }
         None
+    }
+
+    /// Moves the partials the engine emitted to `pending`, as of `position`.
+    fn take_partials(&self, st: &mut State, position: u64) {
+        if self.partials_to.is_none() {
+            return;
+        }
+        let mut fresh = Vec::new();
+        st.processor.drain_partials(&mut fresh);
+        st.pending.extend(fresh.into_iter().map(|p| (position, p)));
+    }
+
+    /// Writes the pending partials to the fleet stage's stream (the writer
+    /// retries throttles and failures itself). False when shutdown or a lost
+    /// lease interrupted it; a failed write keeps them pending (the
+    /// checkpoint stays before them) for the next batch.
+    async fn write_partials(&self, st: &mut State) -> bool {
+        let Some(writer) = &self.partials_to else {
+            return true;
+        };
+        if st.pending.is_empty() {
+            return true;
+        }
+        let items: Vec<KinesisItem> = st
+            .pending
+            .iter()
+            .map(|(_, p)| KinesisItem {
+                partition_key: p.source.clone(),
+                data: p.encode(),
+                due_ms: None,
+                marks: Vec::new(),
+            })
+            .collect();
+        let bytes: usize = items.iter().map(|i| i.data.len()).sum();
+        let n = items.len();
+        tokio::select! {
+            r = writer.write(items, None) => match r {
+                Ok(_) => {
+                    st.pending.clear();
+                    self.metrics.partials_written.get_or_create(&st.shard).inc_by(n as u64);
+                    self.metrics.partial_bytes.get_or_create(&st.shard).inc_by(bytes as u64);
+                    true
+                }
+                Err(e) => {
+                    warn!(shard = %self.lease.key, error = %e, "writing partials failed; will retry");
+                    self.metrics.error(&self.lease.key, "partials");
+                    true
+                }
+            },
+            _ = self.interrupted() => false,
+        }
     }
 
     /// Runs one record through the engine and queues its commands in the
@@ -201,19 +273,20 @@ impl ShardReader {
             arrival_ms: Some(arrival_ms),
             ..RecordInput::default()
         };
-        record::process(
-            &mut st.engine,
+        record::process_stage(
+            &mut st.processor,
             &input,
             &mut st.decisions,
             &self.metrics,
             &st.shard,
             place,
         );
+        self.take_partials(st, st.position);
         // Held where a replay re-derives the command with its full counts:
         // the start of the windows open now (the engine's low water), not
         // just this record.
         let hold = st
-            .engine
+            .processor
             .low_water_position()
             .map_or(st.position, |lw| lw.min(st.position));
         for c in record::commands(&st.decisions, &st.shard, place) {
@@ -240,7 +313,10 @@ impl ShardReader {
             return None;
         }
         st.last_checkpoint = Instant::now();
-        let low = st.outbox.low_water(st.engine.low_water_position());
+        let pending = st.pending.first().map(|(p, _)| *p);
+        let low = st
+            .outbox
+            .low_water(min_position(st.processor.low_water_position(), pending));
         let seq = st.tracker.advance(low).map(str::to_owned)?;
         match self.write_checkpoint(st, seq).await {
             Written::Yes | Written::Failed => None,
@@ -250,7 +326,7 @@ impl ShardReader {
 
     async fn write_checkpoint(&self, st: &mut State, seq: String) -> Written {
         let shard = self.lease.key.as_str();
-        let event_time = st.outbox.event_time(st.engine.event_time());
+        let event_time = st.outbox.event_time(st.processor.event_time());
         match self
             .table
             .checkpoint(&self.lease, &self.config.me, &seq, event_time)
@@ -297,8 +373,17 @@ impl ShardReader {
                 self.final_checkpoint(st).await
             };
         }
+        // Partials of windows still open are not sent: the children rebuild
+        // them from the records they replay (docs/fleet.md).
+        if !self.write_partials(st).await {
+            return if self.lost.is_cancelled() {
+                Outcome::Lost
+            } else {
+                self.final_checkpoint(st).await
+            };
+        }
         let replay = self.replay_for_children(st);
-        st.engine.finish();
+        st.processor.finish();
         let shard = self.lease.key.as_str();
         let mut backoff = crate::retry::backoff();
         for _ in 0..20 {
@@ -333,6 +418,13 @@ impl ShardReader {
             _ = self.shutdown.cancelled() => {}
             _ = self.lost.cancelled() => {}
         }
+    }
+}
+
+fn min_position(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

@@ -23,7 +23,7 @@ impl ShardReader {
     /// this shard from its start.
     pub(super) fn replay_for_children(&self, st: &mut State) -> Vec<ReplayFrom> {
         let shard = self.lease.key.clone();
-        match st.engine.low_water_position() {
+        match st.processor.low_water_position() {
             None => Vec::new(),
             Some(low) if low <= st.replayed_through => {
                 let mut r = st.replayed.clone();
