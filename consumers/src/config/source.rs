@@ -537,6 +537,37 @@ pub(crate) mod tests {
             .collect()
     }
 
+    #[test]
+    fn the_fleet_stream_is_refused_where_it_cannot_work() {
+        let run = |text: &str| {
+            let section: super::super::FileConfig = toml::from_str(text).unwrap();
+            section.run
+        };
+        let e = resolve_kinesis(run("[run]\nstream = \"s\"\nfleet_stream = \"s\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--fleet-stream must not be the stream of logs"),
+            "{e}"
+        );
+        let e = resolve_kinesis(run(
+            "[run]\nstream = \"s\"\nfleet_stream = \"f\"\nlease_table = \"t\"\nfleet_lease_table = \"t\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--fleet-lease-table"), "{e}");
+        let e = resolve_kafka(run(
+            "[run]\nbrokers = \"b\"\ntopic = \"t\"\nfleet_stream = \"f\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--source kinesis only"), "{e}");
+        assert!(resolve_kinesis(run("[run]\nstream = \"s\""))
+            .unwrap()
+            .fleet
+            .is_none());
+    }
+
     /// A default is written once, as a constant both the help text (the
     /// reference) and the resolvers use; a resolver that stops using it
     /// (or a help text that stops stating it) fails here.
@@ -570,6 +601,13 @@ pub(crate) mod tests {
                 "start_position" => {
                     assert_eq!(kafka.start_position, k.start_position);
                     k.start_position.clone()
+                }
+                "fleet_lease_table" => {
+                    let section: super::super::FileConfig =
+                        toml::from_str("[run]\nstream = \"s\"\nfleet_stream = \"f\"").unwrap();
+                    let fleet = resolve_kinesis(section.run).unwrap().fleet.unwrap();
+                    assert_eq!(fleet.stream, "f");
+                    fleet.lease_table.replace(&k.lease_table, "<lease table>")
                 }
                 "failover_ms" => k.failover_ms.to_string(),
                 "shard_sync_ms" => k.shard_sync_ms.to_string(),
