@@ -65,6 +65,8 @@ pub struct Acls {
     ec2: aws_sdk_ec2::Client,
     ports: BlockPorts,
     scope: AclScope,
+    /// Configured ACLs that replace what `scope` picks.
+    listed: Vec<String>,
 }
 
 impl Acls {
@@ -73,7 +75,15 @@ impl Acls {
             ec2,
             ports,
             scope: AclScope::Subnets,
+            listed: Vec::new(),
         }
+    }
+
+    /// Blocks go into these ACLs, whatever the scope ([`Acls::locate`]
+    /// checks that each is in an attacked instance's VPC).
+    pub fn with_listed(mut self, acls: Vec<String>) -> Self {
+        self.listed = acls;
+        self
     }
 
     /// Which ACLs [`Acls::locate`] returns.
@@ -126,7 +136,45 @@ impl Acls {
             AclScope::Subnets => ("association.subnet-id", subnets),
             AclScope::Vpc => ("vpc-id", vpcs.clone()),
         };
-        if !filter.1.is_empty() {
+        if !self.listed.is_empty() && !vpcs.is_empty() {
+            let out = self
+                .ec2
+                .describe_network_acls()
+                .set_network_acl_ids(Some(self.listed.clone()))
+                .send()
+                .await
+                .map_err(|e| {
+                    let mut err = ec2_error("DescribeNetworkAcls", e);
+                    if err.error.contains("NotFound") {
+                        err.transient = false;
+                    }
+                    err
+                })?;
+            for a in out.network_acls() {
+                let vpc = a.vpc_id().unwrap_or_default();
+                if !vpcs.contains(vpc) {
+                    return Err(BlockError::permanent(
+                        "sshwarden.AclOutsideVpc",
+                        format!(
+                            "the configured network ACL {} is in {vpc}, not in the attacked instances' VPC {vpcs:?}",
+                            a.network_acl_id().unwrap_or_default()
+                        ),
+                    ));
+                }
+                if let Some(id) = a.network_acl_id() {
+                    placement.acls.insert(id.to_owned());
+                }
+            }
+            if placement.acls.len() != self.listed.len() {
+                return Err(BlockError::permanent(
+                    "InvalidNetworkAclID.NotFound",
+                    format!(
+                        "of the configured network ACLs {:?} EC2 knows {:?}",
+                        self.listed, placement.acls
+                    ),
+                ));
+            }
+        } else if !filter.1.is_empty() {
             let out = self
                 .ec2
                 .describe_network_acls()

@@ -106,6 +106,25 @@ pub struct Lifted {
     pub removed: BTreeMap<String, i32>,
 }
 
+/// A ban decided by [`Blocker::prepare`], not yet placed.
+struct Ban {
+    cidr: IpNet,
+    previous: Option<BanRecord>,
+    placement: acl::Placement,
+    count: u32,
+    secs: i64,
+    expires_at: i64,
+    started: i64,
+    /// The latest command ids of the prefix, this one last.
+    command_ids: Vec<String>,
+}
+
+enum Prepared {
+    Refused(String),
+    Replay,
+    Ban(Box<Ban>),
+}
+
 pub struct Blocker {
     settings: BlockSettings,
     allowlist: Vec<IpNet>,
@@ -137,7 +156,9 @@ impl Blocker {
         settings.validate()?;
         Ok(Blocker {
             allowlist: settings.allowlist_nets()?,
-            acls: Acls::new(ec2, settings.ports).with_scope(settings.scope),
+            acls: Acls::new(ec2, settings.ports)
+                .with_scope(settings.scope)
+                .with_listed(settings.acls.clone()),
             ledger: Ledger::new(dynamodb, settings.table.clone()),
             settings,
             sns,
@@ -153,15 +174,19 @@ impl Blocker {
         self.ledger.ensure().await
     }
 
-    /// Runs a `block` command at `now_s` (epoch seconds).
-    pub async fn block(&self, c: &Command, now_s: i64) -> Result<Outcome, BlockError> {
+    /// What a `block` command asks for at `now_s`, decided before anything
+    /// is written: refused, a replay, or the ban (its count, length, expiry)
+    /// with where the attacked instances are.
+    async fn prepare(&self, c: &Command, now_s: i64) -> Result<Prepared, BlockError> {
         let Some(cidr) = c
             .source
             .as_deref()
             .and_then(|s| s.parse::<IpNet>().ok())
             .map(|n| n.trunc())
         else {
-            return Ok(self.refused(c, "the command names no source CIDR to block"));
+            return Ok(Prepared::Refused(
+                "the command names no source CIDR to block".into(),
+            ));
         };
         // The engine groups sources by /32 and /64 unless configured
         // otherwise; anything this wide is a misconfiguration, not an attacker.
@@ -170,17 +195,18 @@ impl Blocker {
             IpNet::V6(n) => n.prefix_len() < 32,
         };
         if too_wide {
-            return Ok(self.refused(
-                c,
-                &format!("{cidr} is wider than /16 (IPv4) or /32 (IPv6): not blocked"),
-            ));
+            return Ok(Prepared::Refused(format!(
+                "{cidr} is wider than /16 (IPv4) or /32 (IPv6): not blocked"
+            )));
         }
         if let Some(a) = self
             .allowlist
             .iter()
             .find(|a| a.contains(&cidr) || cidr.contains(*a))
         {
-            return Ok(self.refused(c, &format!("{cidr} overlaps the allowlisted {a}")));
+            return Ok(Prepared::Refused(format!(
+                "{cidr} overlaps the allowlisted {a}"
+            )));
         }
         let previous = self
             .ledger
@@ -191,7 +217,7 @@ impl Blocker {
             .as_ref()
             .is_some_and(|r| r.last_command_id == c.id || r.command_ids.contains(&c.id))
         {
-            return Ok(Outcome::Replay);
+            return Ok(Prepared::Replay);
         }
         let instances: Vec<String> = c
             .instances
@@ -205,25 +231,9 @@ impl Blocker {
             .iter()
             .find(|v| v.contains(&cidr) || cidr.contains(*v))
         {
-            return Ok(self.refused(
-                c,
-                &format!(
-                    "{cidr} overlaps the VPC's own range {v}: an internal address is never blocked"
-                ),
-            ));
-        }
-        let mut targets = placement.acls.clone();
-        if let Some(r) = previous.as_ref().filter(|r| r.expires_at > now_s) {
-            targets.extend(r.acls.keys().cloned());
-        }
-        if targets.is_empty() {
-            return Ok(self.refused(
-                c,
-                &format!(
-                    "no network ACL found for the attacked instances {:?}",
-                    c.instances
-                ),
-            ));
+            return Ok(Prepared::Refused(format!(
+                "{cidr} overlaps the VPC's own range {v}: an internal address is never blocked"
+            )));
         }
         // A ban in force is extended, not escalated: several rules fire on
         // one attack (brute force, then slow brute force, enumeration), and
@@ -247,6 +257,90 @@ impl Blocker {
                 (count, secs, now_s + secs, now_s)
             }
         };
+        let mut command_ids: Vec<String> = previous
+            .as_ref()
+            .map(|r| r.command_ids.clone())
+            .unwrap_or_default();
+        command_ids.push(c.id.clone());
+        let skip = command_ids.len().saturating_sub(ledger::KEPT_COMMAND_IDS);
+        Ok(Prepared::Ban(Box::new(Ban {
+            cidr,
+            previous,
+            placement,
+            count,
+            secs,
+            expires_at,
+            started,
+            command_ids: command_ids.split_off(skip),
+        })))
+    }
+
+    /// The input of the block state machine for `c` at `now_s`: the command
+    /// with the worker's decision in `block` (infra/statemachines/block.asl.json
+    /// re-checks what a forged input could abuse), or `None` for a replay.
+    pub async fn plan(&self, c: &Command, now_s: i64) -> Result<Option<Value>, BlockError> {
+        let block = match self.prepare(c, now_s).await? {
+            Prepared::Replay => return Ok(None),
+            Prepared::Refused(reason) => json!({ "refused": reason }),
+            Prepared::Ban(b) => {
+                let mut plan = json!({
+                    "cidr": b.cidr.to_string(),
+                    "scope": match self.settings.scope {
+                        crate::config::AclScope::Subnets => "subnets",
+                        crate::config::AclScope::Vpc => "vpc",
+                    },
+                    "ban_count": b.count,
+                    "ban_secs": b.secs,
+                    "last_ban_at": b.started,
+                    "expires_at": b.expires_at,
+                    "expires": rfc3339(b.expires_at),
+                    "purge_at": b.expires_at + self.settings.lookback_secs,
+                    "command_ids": b.command_ids,
+                });
+                if !self.settings.acls.is_empty() {
+                    plan["scope"] = json!("acls");
+                    plan["acls"] = json!(self.settings.acls);
+                }
+                plan
+            }
+        };
+        let mut input = command_value(c);
+        if let Some(o) = input.as_object_mut() {
+            o.insert("block".into(), block);
+        }
+        Ok(Some(input))
+    }
+
+    /// Runs a `block` command at `now_s` (epoch seconds).
+    pub async fn block(&self, c: &Command, now_s: i64) -> Result<Outcome, BlockError> {
+        let b = match self.prepare(c, now_s).await? {
+            Prepared::Replay => return Ok(Outcome::Replay),
+            Prepared::Refused(reason) => return Ok(self.refused(c, &reason)),
+            Prepared::Ban(b) => b,
+        };
+        let Ban {
+            cidr,
+            previous,
+            placement,
+            count,
+            secs,
+            expires_at,
+            started,
+            command_ids,
+        } = *b;
+        let mut targets = placement.acls.clone();
+        if let Some(r) = previous.as_ref().filter(|r| r.expires_at > now_s) {
+            targets.extend(r.acls.keys().cloned());
+        }
+        if targets.is_empty() {
+            return Ok(self.refused(
+                c,
+                &format!(
+                    "no network ACL found for the attacked instances {:?}",
+                    c.instances
+                ),
+            ));
+        }
         let mut placed = BTreeMap::new();
         let mut evicted = Vec::new();
         for acl in &targets {
@@ -299,15 +393,7 @@ impl Blocker {
             last_ban_at: started,
             ban_secs: secs,
             last_command_id: c.id.clone(),
-            command_ids: {
-                let mut ids: Vec<String> = previous
-                    .as_ref()
-                    .map(|r| r.command_ids.clone())
-                    .unwrap_or_default();
-                ids.push(c.id.clone());
-                let skip = ids.len().saturating_sub(ledger::KEPT_COMMAND_IDS);
-                ids.split_off(skip)
-            },
+            command_ids,
             rule: c.rule.clone(),
         };
         let notification = blocked_message(c, &record, &evicted);
