@@ -22,12 +22,14 @@ use common::kinesis::*;
 use common::*;
 
 /// A CloudWatch Logs subscription payload (gzip JSON) of `lines` from the
-/// log stream `instance`, one second apart from `start_ms`.
+/// log stream `instance`, one second apart from `start_ms`. Event ids are
+/// unique per payload: the engine drops an id it has seen on the stream.
 fn payload(instance: &str, start_ms: i64, lines: &[String]) -> Vec<u8> {
+    let batch = rand::random::<u32>();
     let events: Vec<_> = lines
         .iter()
         .enumerate()
-        .map(|(i, m)| json!({"id": i.to_string(), "timestamp": start_ms + 1_000 * i as i64, "message": m}))
+        .map(|(i, m)| json!({"id": format!("{batch}-{i}"), "timestamp": start_ms + 1_000 * i as i64, "message": m}))
         .collect();
     let doc = json!({
         "messageType": "DATA_MESSAGE",
@@ -397,4 +399,98 @@ async fn a_brute_force_through_the_sfn_sink_is_blocked_by_the_block_state_machin
         .state_machine_arn(&arn)
         .send()
         .await;
+}
+
+/// The worker's block metrics on /metrics: with one reserved slot, a second
+/// prefix evicts the first (`block_evictions`), one ban stays in force
+/// (`blocks_active`, set by the sweep), and a block into an ACL whose allow
+/// rule sits inside the range fails for good (`block_failures`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_metrics_count_evictions_failures_and_bans_in_force() {
+    let mut h = Harness::new("block-metrics", 1).await;
+    let sdk = sshwarden_testsupport::sdk(&sshwarden_testsupport::moto_endpoint()).await;
+    let s = setup(&sdk, "10.81").await;
+    let other = moto_subnet::subnet_with_instance(&s.ec2, "10.82", false).await;
+    s.ec2
+        .create_network_acl_entry()
+        .network_acl_id(&other.acl)
+        .rule_number(50)
+        .egress(false)
+        .protocol("-1")
+        .rule_action(aws_sdk_ec2::types::RuleAction::Allow)
+        .cidr_block("192.0.2.0/24")
+        .send()
+        .await
+        .expect("allow rule 50");
+    let config = s.config("rule_count = 1\nsweep_secs = 1\n");
+    let w = h
+        .spawn_sole(
+            "metrics",
+            &Spawn {
+                sink: Some("direct"),
+                args: &[
+                    "--quarantine-group-id",
+                    &s.group,
+                    "--topic-arn",
+                    &s.topic,
+                    "--config",
+                    &config,
+                ],
+                ..Spawn::default()
+            },
+        )
+        .await;
+    h.put_raw(&[(
+        s.instance.clone(),
+        brute_force(&s.instance, "198.51.100.31"),
+    )])
+    .await;
+    let d = Deadline::new("the first block", MAX_WAIT);
+    while h.workers[w].logs_with("source blocked").is_empty() {
+        d.check(|| h.workers[w].tails(20));
+        poll().await;
+    }
+    h.put_raw(&[
+        (
+            s.instance.clone(),
+            brute_force(&s.instance, "198.51.100.32"),
+        ),
+        (
+            other.instance.clone(),
+            brute_force(&other.instance, "198.51.100.33"),
+        ),
+    ])
+    .await;
+    let want = [
+        "sshwarden_block_evictions_total 1",
+        "sshwarden_blocks_active 1",
+        "sshwarden_block_failures_total{error=\"sshwarden.RangeNotBelowAllowRules\"} 1",
+    ];
+    let d = Deadline::new("the block metrics", MAX_WAIT);
+    loop {
+        let page = h.workers[w].metrics();
+        if want.iter().all(|m| page.lines().any(|l| l == *m)) {
+            break;
+        }
+        d.check(|| {
+            let block: Vec<&str> = page.lines().filter(|l| l.contains("block")).collect();
+            format!(
+                "want {want:?}; have:\n{}\n{}",
+                block.join("\n"),
+                h.workers[w].tails(20)
+            )
+        });
+        poll().await;
+    }
+    let e = Acls::new(s.ec2.clone(), BlockPorts::All)
+        .entries(&s.acl)
+        .await
+        .expect("entries");
+    assert_eq!(denies(&e, "198.51.100.32/32"), vec![90], "{e:?}");
+    assert!(denies(&e, "198.51.100.31/32").is_empty(), "{e:?}");
+    let o = Acls::new(s.ec2.clone(), BlockPorts::All)
+        .entries(&other.acl)
+        .await
+        .expect("entries");
+    assert!(denies(&o, "198.51.100.33/32").is_empty(), "{o:?}");
 }

@@ -181,13 +181,17 @@ async fn start_block(
     match blocks.plan(command, crate::clock::now_ms() / 1000).await {
         Ok(None) => Ok(Delivered::AlreadyHandled),
         Ok(Some(input)) => machine.start(command, input.to_string()).await,
-        Err(e) if e.transient => Err(DeliveryError(format!(
-            "block plan of {}: {} ({})",
-            command.subject(),
-            e.error,
-            e.cause
-        ))),
+        Err(e) if e.transient => {
+            blocks.count_failure(&e);
+            Err(DeliveryError(format!(
+                "block plan of {}: {} ({})",
+                command.subject(),
+                e.error,
+                e.cause
+            )))
+        }
         Err(e) => {
+            blocks.count_failure(&e);
             blocks
                 .publish(&block::failed_message(command, &e))
                 .await
@@ -257,8 +261,11 @@ pub async fn build(
     settings: &SinkSettings,
     sdk: &aws_config::SdkConfig,
     limit: Option<sshwarden_pipeline::policy::BlastRadius>,
+    metrics: &std::sync::Arc<crate::metrics::Metrics>,
 ) -> anyhow::Result<Sink> {
     use anyhow::Context;
+    #[cfg(not(feature = "direct"))]
+    let _ = metrics;
     let target = match settings.kind {
         SinkKind::Stdout => Target::Stdout(StdoutSink),
         SinkKind::Sfn => {
@@ -323,7 +330,8 @@ pub async fn build(
                 .topic_arn
                 .clone()
                 .map(|t| (aws_sdk_sns::Client::new(sdk), t)),
-        )?;
+        )?
+        .with_metrics(metrics.clone());
         blocks.ensure().await?;
         let sweep_secs = blocks.settings().sweep_secs;
         tracing::info!(table = %blocks.settings().table, sweep_secs, through_state_machine = machine.is_some(),

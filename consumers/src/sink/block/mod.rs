@@ -133,6 +133,8 @@ pub struct Blocker {
     sns: Option<(aws_sdk_sns::Client, String)>,
     /// ACLs whose reserved range was checked.
     checked: Mutex<HashSet<String>>,
+    /// Where evictions, failures and bans in force are counted (a worker's).
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 const EXECUTION: &str = "sshwarden-direct";
@@ -163,7 +165,26 @@ impl Blocker {
             settings,
             sns,
             checked: Mutex::new(HashSet::new()),
+            metrics: None,
         })
+    }
+
+    /// Counts into a worker's metrics (`sshwarden_blocks_active`,
+    /// `sshwarden_block_evictions_total`, `sshwarden_block_failures_total`).
+    pub fn with_metrics(mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Counts a block attempt that ended in `e`.
+    pub fn count_failure(&self, e: &BlockError) {
+        if let Some(m) = &self.metrics {
+            m.block_failures
+                .get_or_create(&crate::metrics::BlockErrorLabel {
+                    error: e.error.clone(),
+                })
+                .inc();
+        }
     }
 
     pub fn settings(&self) -> &BlockSettings {
@@ -535,8 +556,17 @@ impl Blocker {
     }
 
     /// Removes the entries of every ban that ended by `now_s`. Idempotent.
+    /// With metrics, sets the count of bans still in force.
     pub async fn sweep(&self, now_s: i64) -> Result<Vec<Lifted>, BlockError> {
         let records = self.ledger.records().await.map_err(BlockError::ledger)?;
+        if let Some(m) = &self.metrics {
+            let active = records
+                .iter()
+                .filter(|r| !r.acls.is_empty() && r.expires_at > now_s)
+                .count();
+            m.blocks_active
+                .set(i64::try_from(active).unwrap_or(i64::MAX));
+        }
         let mut lifted = Vec::new();
         for r in records
             .into_iter()
@@ -787,6 +817,9 @@ impl Blocker {
             Ok(Outcome::Blocked {
                 record, evicted, ..
             }) => {
+                if let Some(m) = &self.metrics {
+                    m.block_evictions.inc_by(evicted.len() as u64);
+                }
                 tracing::info!(id = %c.id, source = %record.cidr, acls = ?record.acls, expires_at = record.expires_at,
                     ban_count = record.ban_count, evicted = evicted.len(), "source blocked");
                 Ok(Delivered::New)
@@ -799,8 +832,12 @@ impl Blocker {
                 tracing::warn!(id = %c.id, source = c.subject(), %reason, "block refused");
                 Ok(Delivered::New)
             }
-            Err(e) if e.transient => Err(delivery(e)),
+            Err(e) if e.transient => {
+                self.count_failure(&e);
+                Err(delivery(e))
+            }
             Err(e) => {
+                self.count_failure(&e);
                 self.publish(&failed_message(c, &e))
                     .await
                     .map_err(delivery)?;
