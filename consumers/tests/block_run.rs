@@ -403,14 +403,15 @@ async fn a_brute_force_through_the_sfn_sink_is_blocked_by_the_block_state_machin
 
 /// The worker's block metrics on /metrics: with one reserved slot, a second
 /// prefix evicts the first (`block_evictions`), one ban stays in force
-/// (`blocks_active`, set by the sweep), and a block into an ACL whose allow
-/// rule sits inside the range fails for good (`block_failures`).
+/// (`blocks_active`, set by the sweep), and a block into another subnet's
+/// ACL, whose allow rule sits inside the range, fails for good
+/// (`block_failures`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn block_metrics_count_evictions_failures_and_bans_in_force() {
     let mut h = Harness::new("block-metrics", 1).await;
     let sdk = sshwarden_testsupport::sdk(&sshwarden_testsupport::moto_endpoint()).await;
     let s = setup(&sdk, "10.81").await;
-    let other = moto_subnet::subnet_with_instance(&s.ec2, "10.82", false).await;
+    let other = moto_subnet::subnet_with_own_acl(&s.ec2, &s.vpc, "10.81.2.0/24").await;
     s.ec2
         .create_network_acl_entry()
         .network_acl_id(&other.acl)

@@ -331,7 +331,11 @@ pub async fn build(
                 .clone()
                 .map(|t| (aws_sdk_sns::Client::new(sdk), t)),
         )?
-        .with_metrics(metrics.clone());
+        .with_metrics(metrics.clone())
+        .with_protected_vpc(match sink.target {
+            Target::Direct(ref d) => Some(d.protection().vpc.clone()),
+            _ => None,
+        });
         blocks.ensure().await?;
         let sweep_secs = blocks.settings().sweep_secs;
         tracing::info!(table = %blocks.settings().table, sweep_secs, through_state_machine = machine.is_some(),

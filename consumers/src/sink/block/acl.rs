@@ -67,6 +67,9 @@ pub struct Acls {
     scope: AclScope,
     /// Configured ACLs that replace what `scope` picks.
     listed: Vec<String>,
+    /// When known (the direct sink's quarantine group's VPC), the only VPC
+    /// whose instances are located and whose ACLs are written.
+    protected_vpc: Option<String>,
 }
 
 impl Acls {
@@ -76,7 +79,15 @@ impl Acls {
             ports,
             scope: AclScope::Subnets,
             listed: Vec::new(),
+            protected_vpc: None,
         }
+    }
+
+    /// Only instances of `vpc` count, and only its ACLs are written
+    /// ([`Acls::entries`], read before every write, refuses any other).
+    pub fn with_protected_vpc(mut self, vpc: Option<String>) -> Self {
+        self.protected_vpc = vpc;
+        self
     }
 
     /// Blocks go into these ACLs, whatever the scope ([`Acls::locate`]
@@ -116,6 +127,15 @@ impl Acls {
                 Err(e) => return Err(ec2_error("DescribeInstances", e)),
             };
             for i in out.reservations().iter().flat_map(|r| r.instances()) {
+                if self
+                    .protected_vpc
+                    .as_deref()
+                    .is_some_and(|p| i.vpc_id() != Some(p))
+                {
+                    // Outside the protected VPC: not located, so not blocked
+                    // there (as the block state machine's vpc-id filter).
+                    continue;
+                }
                 if let Some(s) = i.subnet_id() {
                     subnets.insert(s.to_owned());
                 }
@@ -251,6 +271,19 @@ impl Acls {
                 format!("DescribeNetworkAcls returned no ACL {acl}"),
             ));
         };
+        if let Some(p) = self
+            .protected_vpc
+            .as_deref()
+            .filter(|p| a.vpc_id() != Some(*p))
+        {
+            return Err(BlockError::permanent(
+                "sshwarden.AclOutsideVpc",
+                format!(
+                    "{acl} is in {}, not in the protected VPC {p}",
+                    a.vpc_id().unwrap_or("no VPC")
+                ),
+            ));
+        }
         Ok(a.entries()
             .iter()
             .filter_map(entry_from)

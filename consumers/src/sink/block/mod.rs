@@ -169,6 +169,12 @@ impl Blocker {
         })
     }
 
+    /// Locates and writes only in `vpc` (the direct sink's protected VPC).
+    pub fn with_protected_vpc(mut self, vpc: Option<String>) -> Self {
+        self.acls = self.acls.with_protected_vpc(vpc);
+        self
+    }
+
     /// Counts into a worker's metrics (`sshwarden_blocks_active`,
     /// `sshwarden_block_evictions_total`, `sshwarden_block_failures_total`).
     pub fn with_metrics(mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
