@@ -1150,10 +1150,69 @@ def run_block_cases(w: World) -> None:
         check(not w.denies(acl, "198.51.100.10/32"), "an entry was written")
         return Note(f"FAILED in {d['seconds']:.2f} s: a ban over MaxBanSecs is an invalid command")
 
+    def foreign_rule_fails() -> Note:
+        # An entry sshwarden did not write at the next free number (93):
+        # never replaced; the slot taken for it is freed again.
+        w.ec2.create_network_acl_entry(NetworkAclId=acl, RuleNumber=93, Egress=False, Protocol="6",
+                                       RuleAction="deny", CidrBlock="192.0.2.0/24", PortRange={"From": 23, "To": 23})
+        try:
+            d = w.run("block", block_command(w, "198.51.100.12/32", label="bfor"), "bfor")
+            w.expect_status(d, "FAILED")
+            msg = w.expect_message(d, "block-failed")["parsed"]
+            check(msg["error"]["Error"] == "sshwarden.ForeignRuleInRange", f"{msg['error']}")
+            e = w.inbound(acl)[93]
+            check(e.get("CidrBlock") == "192.0.2.0/24" and e["Protocol"] == "6", f"entry changed: {e}")
+            check(w.item(f"slot#{acl}#93") is None, f"slot kept: {w.item(f'slot#{acl}#93')}")
+        finally:
+            w.ec2.delete_network_acl_entry(NetworkAclId=acl, RuleNumber=93, Egress=False)
+        return Note(f"FAILED in {d['seconds']:.2f} s (sshwarden.ForeignRuleInRange): the foreign entry at 93 untouched, "
+                    "the slot freed; 'block-failed'")
+
+    def listed_and_vpc_scopes() -> Note:
+        # A second ACL of the protected VPC: listed, it alone gets the deny;
+        # with scope vpc, every ACL of the VPC does.
+        other = w.ec2.create_network_acl(VpcId=w.vpc)["NetworkAcl"]["NetworkAclId"]
+        w.cleanup.append(lambda: w.ec2.delete_network_acl(NetworkAclId=other))
+        d = w.run("block", block_command(w, "198.51.100.13/32", label="blist", scope="acls", acls=[other]), "blist")
+        w.expect_status(d, "SUCCEEDED")
+        check(w.denies(other, "198.51.100.13/32") == [90] and w.denies(acl, "198.51.100.13/32") == [],
+              f"listed: {w.denies(other, '198.51.100.13/32')}, subnet's: {w.denies(acl, '198.51.100.13/32')}")
+        w.expect_message(d, "blocked")
+        d2 = w.run("block", block_command(w, "198.51.100.14/32", label="bvpc", scope="vpc"), "bvpc")
+        w.expect_status(d2, "SUCCEEDED")
+        msg = w.expect_message(d2, "blocked")["parsed"]
+        where = {a["network_acl_id"]: a["rule_number"] for a in msg["acls"]}
+        check(set(where) == {acl, other}, f"scope vpc wrote {where}")
+        check(w.denies(other, "198.51.100.14/32") == [91], f"{w.denies(other, '198.51.100.14/32')}")
+        # An ACL of another VPC, listed, is refused before any write.
+        foreign_vpc = w.describe(w.instances["foreign"])["VpcId"]
+        foreign_acl = w.ec2.describe_network_acls(Filters=[{"Name": "vpc-id", "Values": [foreign_vpc]}])["NetworkAcls"][0]["NetworkAclId"]
+        d3 = w.run("block", block_command(w, "198.51.100.15/32", label="bfacl", scope="acls", acls=[foreign_acl]), "bfacl")
+        w.expect_status(d3, "FAILED")
+        m3 = w.expect_message(d3, "block-failed")["parsed"]
+        check(m3["error"]["Error"] == "sshwarden.AclOutsideVpc", f"{m3['error']}")
+        check(not w.denies(foreign_acl, "198.51.100.15/32"), "written in another VPC")
+        # An allow rule inside the range (at 85, below the range's end):
+        # a deny there would come too late.
+        low = w.ec2.create_network_acl(VpcId=w.vpc)["NetworkAcl"]["NetworkAclId"]
+        w.cleanup.append(lambda: w.ec2.delete_network_acl(NetworkAclId=low))
+        w.ec2.create_network_acl_entry(NetworkAclId=low, RuleNumber=85, Egress=False, Protocol="-1",
+                                       RuleAction="allow", CidrBlock="0.0.0.0/0")
+        d4 = w.run("block", block_command(w, "198.51.100.16/32", label="blow", scope="acls", acls=[low]), "blow")
+        w.expect_status(d4, "FAILED")
+        m4 = w.expect_message(d4, "block-failed")["parsed"]
+        check(m4["error"]["Error"] == "sshwarden.RangeNotBelowAllowRules", f"{m4['error']}")
+        check(not w.denies(low, "198.51.100.16/32") and w.item(f"slot#{low}#90") is None, "written or slot kept")
+        return Note(f"listed ACL only ({d['seconds']:.2f} s); scope vpc: both ACLs ({d2['seconds']:.2f} s); "
+                    "a listed ACL of another VPC: sshwarden.AclOutsideVpc; an allow rule at 85: "
+                    "sshwarden.RangeNotBelowAllowRules, slot freed")
+
     case("block: one deny in the subnet's ACL at rule 90; replayed, still one", block_one)
     case("block: rerun after the record lost the command id reuses its slot", replay_before_record)
     case("block: a second prefix takes the next rule number", second_prefix_next_slot)
     case("block: IPv6 /64", ipv6_prefix)
+    case("block: an entry sshwarden did not write at the chosen number ends FAILED, untouched", foreign_rule_fails)
+    case("block: listed ACLs, scope vpc, a listed ACL of another VPC, an allow rule inside the range", listed_and_vpc_scopes)
     case("block: a full range evicts the block that expires soonest, named in the notification", eviction)
     case("block: a listed ACL that does not exist ends FAILED with 'block-failed'", missing_acl_fails)
     case("block: the worker's refusal is notified", refused("10.77.1.5/32", "brefw", "inside the VPC", refused="10.77.1.5/32 overlaps the VPC's own range 10.77.0.0/16: inside the VPC"))
