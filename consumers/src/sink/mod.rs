@@ -449,4 +449,31 @@ mod tests {
             .send()
             .await;
     }
+
+    /// `[blocks]` with the Step Functions sink needs the block machine's
+    /// ARN; the error says which setting (before any AWS call).
+    #[cfg(feature = "direct")]
+    #[tokio::test]
+    async fn blocks_with_the_sfn_sink_need_the_block_machine() {
+        let sdk = sshwarden_testsupport::sdk(&sshwarden_testsupport::moto_endpoint()).await;
+        let settings = SinkSettings {
+            kind: SinkKind::Sfn,
+            state_machine_arn: Some("arn:aws:states:us-east-1:123456789012:stateMachine:q".into()),
+            block_state_machine_arn: None,
+            quarantine_group_id: None,
+            topic_arn: None,
+            blast_radius_scope: BlastRadiusScope::Shard,
+            blast_radius_table: "unused".into(),
+            blocks: Some(crate::config::BlockSettings::default()),
+        };
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
+        let e = build(&settings, &sdk, None, &metrics)
+            .await
+            .err()
+            .expect("refused");
+        assert!(
+            format!("{e:#}").contains("--block-state-machine-arn"),
+            "{e:#}"
+        );
+    }
 }
