@@ -495,3 +495,69 @@ async fn block_metrics_count_evictions_failures_and_bans_in_force() {
         .expect("entries");
     assert!(denies(&o, "198.51.100.33/32").is_empty(), "{o:?}");
 }
+
+/// Expiry with the Step Functions sink: the worker's own sweep lifts a ban
+/// the block state machine wrote (a one-second ban, swept every second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_sweeps_a_ban_the_block_state_machine_wrote() {
+    let mut h = Harness::new("block-sfn-sweep", 1).await;
+    let sdk = sshwarden_testsupport::sdk(&sshwarden_testsupport::moto_endpoint()).await;
+    enable_moto_executions(&sshwarden_testsupport::moto_endpoint());
+    let s = setup(&sdk, "10.83").await;
+    let arn = block_machine(&sdk, &s).await;
+    let config = s.config("ban_secs = 1\nmax_ban_secs = 1\nsweep_secs = 1\n");
+    let w = h
+        .spawn_sole(
+            "sfn-sweeper",
+            &Spawn {
+                sink: Some("sfn"),
+                args: &[
+                    "--state-machine-arn",
+                    &arn,
+                    "--block-state-machine-arn",
+                    &arn,
+                    "--config",
+                    &config,
+                ],
+                ..Spawn::default()
+            },
+        )
+        .await;
+    h.put_raw(&[(
+        s.instance.clone(),
+        brute_force(&s.instance, "198.51.100.44"),
+    )])
+    .await;
+    let d = Deadline::new("the worker's sweep to lift 198.51.100.44/32", MAX_WAIT);
+    let lifted = loop {
+        let lifted = h.workers[w].logs_with("ban ended; entries removed");
+        if !lifted.is_empty() {
+            break lifted;
+        }
+        d.check(|| h.workers[w].tails(20));
+        poll().await;
+    };
+    assert_eq!(lifted.len(), 1, "{lifted:?}");
+    let removed = lifted[0]["fields"]["removed"].as_str().unwrap_or_default();
+    assert!(
+        removed.contains(&s.acl) && removed.contains("90"),
+        "{lifted:?}"
+    );
+    let e = Acls::new(s.ec2.clone(), BlockPorts::All)
+        .entries(&s.acl)
+        .await
+        .expect("entries");
+    assert!(!e.keys().any(|n| (90..=99).contains(n)), "{e:?}");
+    let executions = aws_sdk_sfn::Client::new(&sdk)
+        .list_executions()
+        .state_machine_arn(&arn)
+        .send()
+        .await
+        .expect("ListExecutions");
+    assert_eq!(executions.executions().len(), 1, "{executions:?}");
+    let _ = aws_sdk_sfn::Client::new(&sdk)
+        .delete_state_machine()
+        .state_machine_arn(&arn)
+        .send()
+        .await;
+}
