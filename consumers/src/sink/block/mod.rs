@@ -1,8 +1,11 @@
 //! The `block` action: deny the attacking source in the network ACLs of the
 //! subnets it attacked, for a ban time that grows with each new ban of the
 //! same prefix, recorded in one DynamoDB table ([`ledger`]) and written to
-//! EC2 ([`acl`]). The direct sink runs it for `block` commands; the
-//! `sshwarden blocks` commands list, lift and sweep what it wrote.
+//! EC2 ([`acl`]). The direct sink runs it for `block` commands; the Step
+//! Functions sink takes its decision only ([`Blocker::plan`]) and leaves the
+//! writes to the block state machine, which keeps the same ledger; the
+//! `sshwarden blocks` commands and each worker's sweep list, lift and sweep
+//! what either wrote.
 //!
 //! Order of one block, chosen so a replay after a crash anywhere is safe:
 //! refuse (no source, allowlisted, inside the VPC, no ACL) → escalate from
