@@ -80,6 +80,13 @@ pub struct ExecutionLabel {
     pub error: String,
 }
 
+/// A block that did not complete, by error (`sshwarden.ForeignRuleInRange`,
+/// an EC2 or DynamoDB code, ...).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BlockErrorLabel {
+    pub error: String,
+}
+
 #[derive(Default)]
 pub struct Metrics {
     pub records: Family<ReaderLabel, Counter>,
@@ -116,6 +123,12 @@ pub struct Metrics {
     /// Fleet stage: what a reader of the stream of partials merged, by kind
     /// (totals since its stage started).
     pub fleet_stage: Family<EngineEventLabel, Gauge>,
+    /// Bans in force in the blocks table at this worker's last sweep.
+    pub blocks_active: Gauge,
+    /// Blocks this worker evicted to make room (direct sink).
+    pub block_evictions: Counter,
+    /// Block attempts that ended in an error, retried or not.
+    pub block_failures: Family<BlockErrorLabel, Counter>,
     /// Started (lease table reachable) and not draining.
     pub ready: AtomicBool,
 }
@@ -213,6 +226,21 @@ impl Metrics {
             "sink_up",
             "1 if the sink answered its last probe, else 0",
             self.sink_up.clone(),
+        );
+        r.register(
+            "blocks_active",
+            "Bans in force in the blocks table (prefixes with deny entries), read at this worker's last sweep; the same table for every worker: take the max, not the sum",
+            self.blocks_active.clone(),
+        );
+        r.register(
+            "block_evictions",
+            "Blocks this worker evicted from a full reserved range (the soonest-expiring; direct sink: the block state machine names its evictions in the notification)",
+            self.block_evictions.clone(),
+        );
+        r.register(
+            "block_failures",
+            "Block attempts that ended in an error, by error: retried ones (throttling, the ledger) and given-up ones (a foreign rule in the range, a missing ACL)",
+            self.block_failures.clone(),
         );
         r.register(
             "kafka_consumer_lag",

@@ -526,3 +526,179 @@ async fn the_vpc_scope_denies_in_every_acl_of_the_vpc() {
         assert_eq!(denies(&e, "203.0.113.70/32"), vec![90], "{acl}");
     }
 }
+
+/// `[blocks] acls`: the deny goes into the listed ACLs instead of the
+/// subnet's; a listed ACL of another VPC than the attacked instance's is
+/// refused before any write; with the protected VPC known (the direct
+/// sink's), an ACL outside it is never written and an instance outside it
+/// is not located.
+#[tokio::test]
+async fn listed_acls_are_used_and_checked_against_the_vpc() {
+    let sdk = sshwarden_testsupport::sdk(&sshwarden_testsupport::moto_endpoint()).await;
+    let f = fleet(&sdk).await;
+    let vpc_of = |acl: String| {
+        let ec2 = f.ec2.clone();
+        async move {
+            ec2.describe_network_acls()
+                .network_acl_ids(acl)
+                .send()
+                .await
+                .expect("acl")
+                .network_acls()[0]
+                .vpc_id()
+                .expect("vpc")
+                .to_owned()
+        }
+    };
+    let vpc_id = vpc_of(f.acl.clone()).await;
+    let create_acl = |vpc: String| {
+        let ec2 = f.ec2.clone();
+        async move {
+            ec2.create_network_acl()
+                .vpc_id(vpc)
+                .send()
+                .await
+                .expect("ACL")
+                .network_acl()
+                .and_then(|a| a.network_acl_id())
+                .expect("acl id")
+                .to_owned()
+        }
+    };
+    let listed = create_acl(vpc_id.clone()).await;
+    let elsewhere = moto_subnet::subnet_with_instance(&f.ec2, "10.250", false).await;
+    let foreign = create_acl(elsewhere.vpc_id.clone()).await;
+
+    let mut s = settings();
+    s.acls = vec![listed.clone()];
+    let b = blocker(&sdk, &sdk, &f, s).await;
+    let c = block_command("sw1-s-listed", "203.0.113.80/32", &f.instance);
+    let Outcome::Blocked { record, .. } = b.block(&c, NOW).await.expect("block") else {
+        panic!("not blocked");
+    };
+    assert_eq!(record.acls, BTreeMap::from([(listed.clone(), 90)]));
+    let acls = Acls::new(f.ec2.clone(), BlockPorts::All);
+    assert_eq!(
+        denies(
+            &acls.entries(&listed).await.expect("entries"),
+            "203.0.113.80/32"
+        ),
+        vec![90]
+    );
+    assert!(
+        in_range(&entries(&f).await).is_empty(),
+        "the subnet's ACL was written"
+    );
+
+    let mut s = settings();
+    s.acls = vec![foreign.clone()];
+    let b = blocker(&sdk, &sdk, &f, s).await;
+    let c = block_command("sw1-s-foreign", "203.0.113.81/32", &f.instance);
+    let e = b.block(&c, NOW).await.expect_err("a foreign ACL");
+    assert_eq!(e.error, "sshwarden.AclOutsideVpc", "{e:?}");
+    assert!(!e.transient);
+    let fe = acls.entries(&foreign).await.expect("entries");
+    assert!(!fe.keys().any(|n| (90..=99).contains(n)), "{fe:?}");
+
+    // The protected VPC is the other one: the attacked instance is not
+    // located there, so nothing is found to write; a listed ACL of the
+    // instance's VPC is refused when read before the write.
+    let b = blocker(&sdk, &sdk, &f, settings())
+        .await
+        .with_protected_vpc(Some(elsewhere.vpc_id.clone()));
+    let c = block_command("sw1-s-outside", "203.0.113.82/32", &f.instance);
+    let out = b.block(&c, NOW).await.expect("block");
+    assert!(
+        matches!(&out, Outcome::Refused { reason, .. } if reason.contains("no network ACL")),
+        "{out:?}"
+    );
+    let mut s = settings();
+    s.acls = vec![listed.clone()];
+    let b = blocker(&sdk, &sdk, &f, s)
+        .await
+        .with_protected_vpc(Some(elsewhere.vpc_id.clone()));
+    let c = block_command("sw1-s-outside2", "203.0.113.83/32", &f.instance);
+    let out = b.block(&c, NOW).await;
+    assert!(
+        matches!(&out, Ok(Outcome::Refused { .. }))
+            || matches!(&out, Err(e) if e.error == "sshwarden.AclOutsideVpc"),
+        "{out:?}"
+    );
+    assert!(denies(
+        &acls.entries(&listed).await.expect("entries"),
+        "203.0.113.83/32"
+    )
+    .is_empty());
+}
+
+/// The plan the Step Functions sink sends the block machine: the ban's
+/// length from the ledger (a re-offence after a ban doubles it), refusals
+/// the machine cannot compute (allowlist, the VPC's own range) carried as
+/// `refused`, and nothing for a command the ledger records.
+#[tokio::test]
+async fn the_plan_for_the_block_machine_escalates_and_refuses() {
+    let sdk = sshwarden_testsupport::sdk(&sshwarden_testsupport::moto_endpoint()).await;
+    let f = fleet(&sdk).await;
+    let mut s = settings();
+    s.allowlist = vec!["192.0.2.0/24".into()];
+    let b = blocker(&sdk, &sdk, &f, s).await;
+
+    let c = block_command("sw1-s-plan1", "203.0.113.90/32", &f.instance);
+    let plan = b.plan(&c, NOW).await.expect("plan").expect("not a replay");
+    assert_eq!(plan["id"], "sw1-s-plan1");
+    assert_eq!(plan["action"], "block");
+    let p = &plan["block"];
+    assert_eq!(p["cidr"], "203.0.113.90/32");
+    assert_eq!(p["scope"], "subnets");
+    assert_eq!(
+        (p["ban_count"].as_i64(), p["ban_secs"].as_i64()),
+        (Some(1), Some(3_600))
+    );
+    assert_eq!(p["expires_at"].as_i64(), Some(NOW + 3_600));
+    assert_eq!(p["purge_at"].as_i64(), Some(NOW + 3_600 + 7 * 86_400));
+    assert_eq!(p["expires"], "2027-01-15T09:00:00.000Z");
+    assert_eq!(p["command_ids"], serde_json::json!(["sw1-s-plan1"]));
+
+    // The ban as a machine would record it, then ended: a re-offence
+    // within the look-back gets the second, doubled ban; the command
+    // already recorded plans nothing.
+    let Outcome::Blocked { .. } = b.block(&c, NOW).await.expect("block") else {
+        panic!("not blocked");
+    };
+    assert!(
+        b.plan(&c, NOW + 10).await.expect("plan").is_none(),
+        "a replay"
+    );
+    b.sweep(NOW + 3_600).await.expect("sweep");
+    let again = block_command("sw1-s-plan2", "203.0.113.90/32", &f.instance);
+    let plan = b
+        .plan(&again, NOW + 7_200)
+        .await
+        .expect("plan")
+        .expect("plan");
+    let p = &plan["block"];
+    assert_eq!(
+        (p["ban_count"].as_i64(), p["ban_secs"].as_i64()),
+        (Some(2), Some(7_200))
+    );
+    assert_eq!(
+        p["command_ids"],
+        serde_json::json!(["sw1-s-plan1", "sw1-s-plan2"])
+    );
+
+    for (id, source, want) in [
+        ("sw1-s-allow", "192.0.2.7/32", "allowlisted"),
+        ("sw1-s-inside", "10.0.0.9/32", "VPC's own range"),
+    ] {
+        let source = if id == "sw1-s-inside" {
+            f.vpc_cidr.replace("0.0/16", "1.9/32")
+        } else {
+            source.to_owned()
+        };
+        let c = block_command(id, &source, &f.instance);
+        let plan = b.plan(&c, NOW).await.expect("plan").expect("plan");
+        let reason = plan["block"]["refused"].as_str().unwrap_or_default();
+        assert!(reason.contains(want), "{source}: {plan}");
+        assert!(plan["block"].get("cidr").is_none(), "{plan}");
+    }
+}

@@ -1,7 +1,9 @@
 //! A brute force through a separate `sshwarden run --sink direct` process
 //! with a `[blocks]` section in its config file: the source ends up denied
 //! in the attacked subnet's network ACL, in the reserved range, once; and
-//! the worker's own sweep lifts a ban when it ends.
+//! the worker's own sweep lifts a ban when it ends. With `--sink sfn` the
+//! worker starts the block state machine (infra/statemachines/block.asl.json,
+//! executed by moto), whose ledger `sshwarden blocks` reads and undoes.
 //! Kinesis on kinesis-local; EC2, SNS and DynamoDB on moto
 //! (`scripts/emulators up`). The harness is in common/kinesis.rs.
 #![cfg(feature = "direct")]
@@ -20,12 +22,14 @@ use common::kinesis::*;
 use common::*;
 
 /// A CloudWatch Logs subscription payload (gzip JSON) of `lines` from the
-/// log stream `instance`, one second apart from `start_ms`.
+/// log stream `instance`, one second apart from `start_ms`. Event ids are
+/// unique per payload: the engine drops an id it has seen on the stream.
 fn payload(instance: &str, start_ms: i64, lines: &[String]) -> Vec<u8> {
+    let batch = rand::random::<u32>();
     let events: Vec<_> = lines
         .iter()
         .enumerate()
-        .map(|(i, m)| json!({"id": i.to_string(), "timestamp": start_ms + 1_000 * i as i64, "message": m}))
+        .map(|(i, m)| json!({"id": format!("{batch}-{i}"), "timestamp": start_ms + 1_000 * i as i64, "message": m}))
         .collect();
     let doc = json!({
         "messageType": "DATA_MESSAGE",
@@ -44,6 +48,7 @@ fn payload(instance: &str, start_ms: i64, lines: &[String]) -> Vec<u8> {
 /// quarantine group and a topic; a fresh blocks table.
 struct Setup {
     ec2: aws_sdk_ec2::Client,
+    vpc: String,
     instance: String,
     acl: String,
     group: String,
@@ -81,6 +86,7 @@ async fn setup(sdk: &aws_config::SdkConfig, net: &str) -> Setup {
         .to_owned();
     Setup {
         ec2,
+        vpc: vpc_id,
         instance,
         acl,
         group,
@@ -226,4 +232,332 @@ async fn a_running_worker_lifts_a_ban_when_it_ends() {
         .expect("entries");
     assert!(denies(&e, "198.51.100.23/32").is_empty(), "{e:?}");
     assert!(!e.keys().any(|n| (90..=99).contains(n)), "{e:?}");
+}
+
+/// Asks moto to run state machines (its own EC2, DynamoDB and SNS behind
+/// the SDK tasks) instead of only recording executions.
+fn enable_moto_executions(moto: &str) {
+    use std::io::{Read, Write};
+    let authority = moto.trim_start_matches("http://").trim_end_matches('/');
+    let body = r#"{"stepfunctions": {"execute_state_machine": true}}"#;
+    let mut s = std::net::TcpStream::connect(authority).expect("moto (scripts/emulators up)");
+    write!(
+        s,
+        "POST /moto-api/config HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write");
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).expect("read");
+    assert!(reply.starts_with("HTTP/1.1 20"), "moto config: {reply}");
+}
+
+/// The block state machine on moto, with this test's VPC, topic and table.
+async fn block_machine(sdk: &aws_config::SdkConfig, s: &Setup) -> String {
+    let definition = include_str!("../../infra/statemachines/block.asl.json")
+        .replace("${VpcId}", &s.vpc)
+        .replace("${TopicArn}", &s.topic)
+        .replace("${BlocksTable}", &s.table)
+        .replace("${RuleFirst}", "90")
+        .replace("${RuleLast}", "99")
+        .replace("${MaxBanSecs}", "604800")
+        .replace("${BlockProtocol}", "-1");
+    assert!(!definition.contains("${"), "a placeholder left");
+    aws_sdk_sfn::Client::new(sdk)
+        .create_state_machine()
+        .name(format!("sshwarden-block-it-{:08x}", rand::random::<u32>()))
+        .definition(definition)
+        .role_arn("arn:aws:iam::123456789012:role/sshwarden-it")
+        .send()
+        .await
+        .expect("CreateStateMachine")
+        .state_machine_arn()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_brute_force_through_the_sfn_sink_is_blocked_by_the_block_state_machine() {
+    let mut h = Harness::new("block-sfn", 1).await;
+    let sdk = sshwarden_testsupport::sdk(&sshwarden_testsupport::moto_endpoint()).await;
+    enable_moto_executions(&sshwarden_testsupport::moto_endpoint());
+    let s = setup(&sdk, "10.79").await;
+    let arn = block_machine(&sdk, &s).await;
+    let config = s.config("");
+    let w = h
+        .spawn_sole(
+            "sfn-blocker",
+            &Spawn {
+                sink: Some("sfn"),
+                args: &[
+                    // No quarantine rule fires here: the block machine
+                    // stands in for the quarantine machine's ARN.
+                    "--state-machine-arn",
+                    &arn,
+                    "--block-state-machine-arn",
+                    &arn,
+                    "--topic-arn",
+                    &s.topic,
+                    "--config",
+                    &config,
+                ],
+                ..Spawn::default()
+            },
+        )
+        .await;
+    h.put_raw(&[(s.instance.clone(), brute_force(&s.instance, "203.0.113.77"))])
+        .await;
+    let sfn = aws_sdk_sfn::Client::new(&sdk);
+    let d = Deadline::new("a block execution that ended", MAX_WAIT);
+    let execution = loop {
+        let list = sfn
+            .list_executions()
+            .state_machine_arn(&arn)
+            .send()
+            .await
+            .expect("ListExecutions");
+        if let Some(e) = list
+            .executions()
+            .iter()
+            .find(|e| e.status() != &aws_sdk_sfn::types::ExecutionStatus::Running)
+        {
+            break e.clone();
+        }
+        d.check(|| {
+            format!(
+                "executions {:?}; worker:\n{}",
+                list.executions(),
+                h.workers[w].tails(20)
+            )
+        });
+        poll().await;
+    };
+    assert_eq!(
+        execution.status(),
+        &aws_sdk_sfn::types::ExecutionStatus::Succeeded,
+        "{execution:?}"
+    );
+    let input: serde_json::Value = serde_json::from_str(
+        sfn.describe_execution()
+            .execution_arn(execution.execution_arn())
+            .send()
+            .await
+            .expect("DescribeExecution")
+            .input()
+            .unwrap_or_default(),
+    )
+    .expect("input");
+    assert_eq!(input["action"], "block");
+    assert_eq!(input["block"]["cidr"], "203.0.113.77/32");
+    assert_eq!(input["block"]["ban_secs"], 3_600);
+    assert_eq!(input["block"]["scope"], "subnets");
+
+    let e = Acls::new(s.ec2.clone(), BlockPorts::All)
+        .entries(&s.acl)
+        .await
+        .expect("entries");
+    assert_eq!(denies(&e, "203.0.113.77/32"), vec![90], "{e:?}");
+    assert_eq!(
+        e.keys().filter(|n| (90..=99).contains(*n)).count(),
+        1,
+        "one entry in the range: {e:?}"
+    );
+
+    // The operator commands work on what the machine wrote.
+    let settings = sshwarden::config::BlockSettings {
+        table: s.table.clone(),
+        ..Default::default()
+    };
+    let blocker = sshwarden::sink::block::Blocker::new(
+        settings,
+        s.ec2.clone(),
+        aws_sdk_dynamodb::Client::new(&sdk),
+        None,
+    )
+    .expect("blocker");
+    let listed = blocker.list().await.expect("list");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let r = &listed[0];
+    assert_eq!(r.cidr, "203.0.113.77/32");
+    assert_eq!(r.acls.get(&s.acl), Some(&90), "{r:?}");
+    assert_eq!((r.ban_count, r.ban_secs), (1, 3_600), "{r:?}");
+    assert_eq!(r.last_command_id, execution.name(), "{r:?}");
+    let now = sshwarden_testsupport::now_ms() / 1000;
+    assert!((now + 3_500..=now + 3_700).contains(&r.expires_at), "{r:?}");
+    let lifted = blocker
+        .unblock("203.0.113.77/32", now)
+        .await
+        .expect("unblock")
+        .expect("a ban to lift");
+    assert_eq!(lifted.removed.get(&s.acl), Some(&90), "{lifted:?}");
+    let e = Acls::new(s.ec2.clone(), BlockPorts::All)
+        .entries(&s.acl)
+        .await
+        .expect("entries");
+    assert!(!e.keys().any(|n| (90..=99).contains(n)), "{e:?}");
+    let _ = sfn
+        .delete_state_machine()
+        .state_machine_arn(&arn)
+        .send()
+        .await;
+}
+
+/// The worker's block metrics on /metrics: with one reserved slot, a second
+/// prefix evicts the first (`block_evictions`), one ban stays in force
+/// (`blocks_active`, set by the sweep), and a block into another subnet's
+/// ACL, whose allow rule sits inside the range, fails for good
+/// (`block_failures`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_metrics_count_evictions_failures_and_bans_in_force() {
+    let mut h = Harness::new("block-metrics", 1).await;
+    let sdk = sshwarden_testsupport::sdk(&sshwarden_testsupport::moto_endpoint()).await;
+    let s = setup(&sdk, "10.81").await;
+    let other = moto_subnet::subnet_with_own_acl(&s.ec2, &s.vpc, "10.81.2.0/24").await;
+    s.ec2
+        .create_network_acl_entry()
+        .network_acl_id(&other.acl)
+        .rule_number(50)
+        .egress(false)
+        .protocol("-1")
+        .rule_action(aws_sdk_ec2::types::RuleAction::Allow)
+        .cidr_block("192.0.2.0/24")
+        .send()
+        .await
+        .expect("allow rule 50");
+    let config = s.config("rule_count = 1\nsweep_secs = 1\n");
+    let w = h
+        .spawn_sole(
+            "metrics",
+            &Spawn {
+                sink: Some("direct"),
+                args: &[
+                    "--quarantine-group-id",
+                    &s.group,
+                    "--topic-arn",
+                    &s.topic,
+                    "--config",
+                    &config,
+                ],
+                ..Spawn::default()
+            },
+        )
+        .await;
+    h.put_raw(&[(
+        s.instance.clone(),
+        brute_force(&s.instance, "198.51.100.31"),
+    )])
+    .await;
+    let d = Deadline::new("the first block", MAX_WAIT);
+    while h.workers[w].logs_with("source blocked").is_empty() {
+        d.check(|| h.workers[w].tails(20));
+        poll().await;
+    }
+    h.put_raw(&[
+        (
+            s.instance.clone(),
+            brute_force(&s.instance, "198.51.100.32"),
+        ),
+        (
+            other.instance.clone(),
+            brute_force(&other.instance, "198.51.100.33"),
+        ),
+    ])
+    .await;
+    let want = [
+        "sshwarden_block_evictions_total 1",
+        "sshwarden_blocks_active 1",
+        "sshwarden_block_failures_total{error=\"sshwarden.RangeNotBelowAllowRules\"} 1",
+    ];
+    let d = Deadline::new("the block metrics", MAX_WAIT);
+    loop {
+        let page = h.workers[w].metrics();
+        if want.iter().all(|m| page.lines().any(|l| l == *m)) {
+            break;
+        }
+        d.check(|| {
+            let block: Vec<&str> = page.lines().filter(|l| l.contains("block")).collect();
+            format!(
+                "want {want:?}; have:\n{}\n{}",
+                block.join("\n"),
+                h.workers[w].tails(20)
+            )
+        });
+        poll().await;
+    }
+    let e = Acls::new(s.ec2.clone(), BlockPorts::All)
+        .entries(&s.acl)
+        .await
+        .expect("entries");
+    assert_eq!(denies(&e, "198.51.100.32/32"), vec![90], "{e:?}");
+    assert!(denies(&e, "198.51.100.31/32").is_empty(), "{e:?}");
+    let o = Acls::new(s.ec2.clone(), BlockPorts::All)
+        .entries(&other.acl)
+        .await
+        .expect("entries");
+    assert!(denies(&o, "198.51.100.33/32").is_empty(), "{o:?}");
+}
+
+/// Expiry with the Step Functions sink: the worker's own sweep lifts a ban
+/// the block state machine wrote (a one-second ban, swept every second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_sweeps_a_ban_the_block_state_machine_wrote() {
+    let mut h = Harness::new("block-sfn-sweep", 1).await;
+    let sdk = sshwarden_testsupport::sdk(&sshwarden_testsupport::moto_endpoint()).await;
+    enable_moto_executions(&sshwarden_testsupport::moto_endpoint());
+    let s = setup(&sdk, "10.83").await;
+    let arn = block_machine(&sdk, &s).await;
+    let config = s.config("ban_secs = 1\nmax_ban_secs = 1\nsweep_secs = 1\n");
+    let w = h
+        .spawn_sole(
+            "sfn-sweeper",
+            &Spawn {
+                sink: Some("sfn"),
+                args: &[
+                    "--state-machine-arn",
+                    &arn,
+                    "--block-state-machine-arn",
+                    &arn,
+                    "--config",
+                    &config,
+                ],
+                ..Spawn::default()
+            },
+        )
+        .await;
+    h.put_raw(&[(
+        s.instance.clone(),
+        brute_force(&s.instance, "198.51.100.44"),
+    )])
+    .await;
+    let d = Deadline::new("the worker's sweep to lift 198.51.100.44/32", MAX_WAIT);
+    let lifted = loop {
+        let lifted = h.workers[w].logs_with("ban ended; entries removed");
+        if !lifted.is_empty() {
+            break lifted;
+        }
+        d.check(|| h.workers[w].tails(20));
+        poll().await;
+    };
+    assert_eq!(lifted.len(), 1, "{lifted:?}");
+    let removed = lifted[0]["fields"]["removed"].as_str().unwrap_or_default();
+    assert!(
+        removed.contains(&s.acl) && removed.contains("90"),
+        "{lifted:?}"
+    );
+    let e = Acls::new(s.ec2.clone(), BlockPorts::All)
+        .entries(&s.acl)
+        .await
+        .expect("entries");
+    assert!(!e.keys().any(|n| (90..=99).contains(n)), "{e:?}");
+    let executions = aws_sdk_sfn::Client::new(&sdk)
+        .list_executions()
+        .state_machine_arn(&arn)
+        .send()
+        .await
+        .expect("ListExecutions");
+    assert_eq!(executions.executions().len(), 1, "{executions:?}");
+    let _ = aws_sdk_sfn::Client::new(&sdk)
+        .delete_state_machine()
+        .state_machine_arn(&arn)
+        .send()
+        .await;
 }

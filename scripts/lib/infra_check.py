@@ -46,6 +46,11 @@ PLACEHOLDERS = {
     "VpcId": "${VpcId}",
     "RequireOptInTag": "${RequireOptInTag}",
     "TopicArn": "${AlertTopic}",
+    "BlocksTable": "${BlocksTable}",
+    "RuleFirst": "${BlockRuleFirst}",
+    "RuleLast": "${BlockRuleLast}",
+    "MaxBanSecs": "${BlockMaxBanSecs}",
+    "BlockProtocol": "${BlockProtocol}",
 }
 
 BLOCK = re.compile(
@@ -252,6 +257,53 @@ def check_roles() -> None:
         if have_tags != wanted[role_name]:
             raise Failed(f"{role_name} may {sorted(have_tags)}, want {sorted(wanted[role_name])}")
     print("ok QuarantineRole and ReleaseRole: one per machine, group swaps only with ec2:Vpc = VpcId, only sshwarden:* tags")
+    check_block_role(res)
+
+
+ACL_WRITES = {"ec2:CreateNetworkAclEntry", "ec2:ReplaceNetworkAclEntry", "ec2:DeleteNetworkAclEntry"}
+
+
+def acl_write_problem(role_name: str, st: dict[str, Any]) -> str | None:
+    """Why a statement that changes ACL entries is too broad, or None."""
+    if not actions(st) & ACL_WRITES:
+        return None
+    if any("network-acl/" not in x for x in resources(st)):
+        return f"{role_name} {st.get('Sid')}: ACL entry changes on {resources(st)}, want network-acl/* only"
+    vpc = st.get("Condition", {}).get("StringEquals", {}).get("ec2:Vpc")
+    if vpc is None or "${VpcId}" not in json.dumps(vpc):
+        return f"{role_name} {st.get('Sid')}: ACL entry changes without an ec2:Vpc condition on the VpcId"
+    return None
+
+
+def check_block_role(res: dict[str, Any]) -> None:
+    """The block machine has a role of its own that writes ACL entries only
+    in the protected VPC and never deletes one; the workers may delete
+    (their sweep) only there."""
+    b = res["BlockStateMachine"]["Properties"]["RoleArn"]
+    if b != {"Fn::GetAtt": ["BlockRole", "Arn"]}:
+        raise Failed(f"the block machine's role is {b}, want BlockRole")
+    # The check must be able to fail.
+    loose = {"Sid": "Loose", "Effect": "Allow", "Action": "ec2:CreateNetworkAclEntry", "Resource": "*"}
+    if acl_write_problem("test", loose) is None:
+        raise Failed("the ACL write check passed CreateNetworkAclEntry on * without a condition")
+    writes: set[str] = set()
+    for st in statements(res["BlockRole"]):
+        if st.get("Effect") != "Allow":
+            continue
+        if any(x == '"*"' for x in resources(st)) and actions(st) - {"ec2:DescribeInstances", "ec2:DescribeNetworkAcls"}:
+            raise Failed(f"BlockRole {st.get('Sid')}: {sorted(actions(st))} on *")
+        problem = acl_write_problem("BlockRole", st)
+        if problem:
+            raise Failed(problem)
+        writes |= actions(st) & ACL_WRITES
+    if writes != {"ec2:CreateNetworkAclEntry", "ec2:ReplaceNetworkAclEntry"}:
+        raise Failed(f"BlockRole may {sorted(writes)}, want create and replace only")
+    for st in statements(res["TaskRole"]):
+        problem = acl_write_problem("TaskRole", st) if st.get("Effect") == "Allow" else None
+        if problem:
+            raise Failed(problem)
+    print("ok BlockRole: the block machine's own, ACL entries created or replaced only with ec2:Vpc = VpcId, "
+          "never deleted; the workers' sweep deletes only there")
 
 
 JOURNAL_UNIT = ROOT / "infra" / "cloudwatch-agent" / "sshwarden-journal.service"

@@ -135,7 +135,8 @@ class Test:
 
     def outputs(self) -> str:
         want = {"StreamName", "StreamArn", "LeaseTableName", "BlastRadiusTableName", "AlertTopicArn", "QuarantineGroupId",
-                "QuarantineStateMachineArn", "ReleaseStateMachineArn", "ClusterName", "WorkerLogGroupName",
+                "QuarantineStateMachineArn", "ReleaseStateMachineArn", "BlockStateMachineArn", "BlocksTableName",
+                "ClusterName", "WorkerLogGroupName",
                 "InstanceLogPolicyArn", "ProtectSshwardenTagsPolicyArn", "OperationsTopicArn",
                 "TestSendFailedLogins", "TestWatchWorkers", "TestListExecutions", "TestNotifyOnly", "TestRelease",
                 "TestLag"}
@@ -153,8 +154,10 @@ class Test:
         check(t["KeySchema"] == [{"AttributeName": "leaseKey", "KeyType": "HASH"}], f"lease table key {t['KeySchema']}")
         b = self.ddb.describe_table(TableName=self.out["BlastRadiusTableName"])["Table"]
         check(b["KeySchema"] == [{"AttributeName": "periodKey", "KeyType": "HASH"}], f"blast-radius table key {b['KeySchema']}")
+        k = self.ddb.describe_table(TableName=self.out["BlocksTableName"])["Table"]
+        check(k["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"}], f"blocks table key {k['KeySchema']}")
         return (f"{self.out['StreamName']} (2 shards), {self.out['LeaseTableName']} (leaseKey), "
-                f"{self.out['BlastRadiusTableName']} (periodKey)")
+                f"{self.out['BlastRadiusTableName']} (periodKey), {self.out['BlocksTableName']} (pk)")
 
     def state_machines(self) -> str:
         """Both definitions as deployed: the ASL files with the stack's group id
@@ -168,12 +171,15 @@ class Test:
         # What each ASL placeholder is in this stack (RequireOptInTag: the
         # template's default, not given to the deploy).
         values = {"QuarantineGroupId": group, "TopicArn": topic, "VpcId": self.vpc,
-                  "UntrackedGroupId": self.phys.get("UntrackedSecurityGroup", ""), "RequireOptInTag": "false"}
+                  "UntrackedGroupId": self.phys.get("UntrackedSecurityGroup", ""), "RequireOptInTag": "false",
+                  "BlocksTable": self.out["BlocksTableName"], "RuleFirst": "90", "RuleLast": "99",
+                  "MaxBanSecs": "604800", "BlockProtocol": "-1"}
         check(set(PLACEHOLDERS) == set(values), "placeholders changed: update this test")
         check(values["UntrackedGroupId"].startswith("sg-"), f"UntrackedSecurityGroup: {values['UntrackedGroupId']!r}")
         notes = []
         for logical, name, key, role in (("QuarantineStateMachine", "quarantine", "QuarantineStateMachineArn", "QuarantineRole"),
-                                         ("ReleaseStateMachine", "release", "ReleaseStateMachineArn", "ReleaseRole")):
+                                         ("ReleaseStateMachine", "release", "ReleaseStateMachineArn", "ReleaseRole"),
+                                         ("BlockStateMachine", "block", "BlockStateMachineArn", "BlockRole")):
             role_arn = self.iam.get_role(RoleName=self.phys[role])["Role"]["Arn"]
             want = (ROOT / "infra" / "statemachines" / f"{name}.asl.json").read_text()
             for ph, value in values.items():
@@ -196,7 +202,7 @@ class Test:
                 notes.append(f"{name}: Fn::Sub resolved here (moto hides CloudFormation's machines from the API)")
             check(json.loads(deployed) == want,
                   f"{name}: the deployed definition is not the ASL file with the stack's group and topic")
-        return "definitions = the ASL files with the stack's group id and topic ARN; " + "; ".join(notes)
+        return "definitions = the ASL files with the stack's group id, topic ARN and blocks table; " + "; ".join(notes)
 
     def quarantine_group(self) -> str:
         g = self.ec2.describe_security_groups(GroupIds=[self.out["QuarantineGroupId"]])["SecurityGroups"][0]
@@ -223,6 +229,8 @@ class Test:
         check(self.env.get("SSHWARDEN_LEASE_TABLE") == self.out["LeaseTableName"], "SSHWARDEN_LEASE_TABLE")
         check(self.env.get("SSHWARDEN_BLAST_RADIUS_TABLE") == self.out["BlastRadiusTableName"], "SSHWARDEN_BLAST_RADIUS_TABLE")
         check(self.env.get("SSHWARDEN_STATE_MACHINE_ARN") == self.out["QuarantineStateMachineArn"], "SSHWARDEN_STATE_MACHINE_ARN")
+        check(self.env.get("SSHWARDEN_BLOCK_STATE_MACHINE_ARN") == self.out["BlockStateMachineArn"], "SSHWARDEN_BLOCK_STATE_MACHINE_ARN")
+        check(self.env.get("SSHWARDEN_BLOCKS_TABLE") == self.out["BlocksTableName"], "SSHWARDEN_BLOCKS_TABLE")
         dockerfile = (ROOT / "Dockerfile").read_text()
         check("/usr/local/bin/sshwarden" in dockerfile, "the Dockerfile installs /usr/local/bin/sshwarden")
         return f"{td['family']}: health check `sshwarden health`, stopTimeout {c.get('stopTimeout')} > drain {shutdown} s, {len(self.env)} SSHWARDEN_* settings"
@@ -235,6 +243,7 @@ class Test:
         params = {k: str(v.get("Default", "")) for k, v in self.template["Parameters"].items()} | self.params
         refs = {"OperationsTopic": self.out["OperationsTopicArn"], "LogStream": self.out["StreamName"],
                 "QuarantineStateMachine": self.out["QuarantineStateMachineArn"],
+                "BlockStateMachine": self.out["BlockStateMachineArn"],
                 "ReleaseStateMachine": self.out["ReleaseStateMachineArn"], "LeaseTable": self.out["LeaseTableName"],
                 "BlastRadiusTable": self.out["BlastRadiusTableName"], "WorkerLogGroup": self.out["WorkerLogGroupName"],
                 "AWS::StackName": STACK} | params

@@ -14,7 +14,7 @@ Everything talks to the moto URL only (127.0.0.1), every wait is bounded
 run creates is deleted at the end. moto deviations that affect a check are
 detected, reported as notes and checked in a weaker form (see infra/README.md).
 
-Usage: statemachine_test.py [--moto URL] [--definitions DIR] [--timeout S] [--keep]
+Usage: statemachine_test.py [--moto URL] [--definitions DIR] [--timeout S] [--keep] [--only PREFIX]
 """
 
 from __future__ import annotations
@@ -44,7 +44,9 @@ CONFIG = Config(
 )
 RUN = f"{int(time.time())}-{os.getpid()}"
 ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/sshwarden-stepfunctions"
-PLACEHOLDERS = ("QuarantineGroupId", "UntrackedGroupId", "VpcId", "RequireOptInTag", "TopicArn")
+PLACEHOLDERS = ("QuarantineGroupId", "UntrackedGroupId", "VpcId", "RequireOptInTag", "TopicArn",
+                "BlocksTable", "RuleFirst", "RuleLast", "MaxBanSecs", "BlockProtocol")
+MAX_BAN_SECS = 7 * 86_400
 SW = "sshwarden:"
 
 results: list[tuple[str, str, float, str]] = []  # (status, name, ms, note)
@@ -69,7 +71,12 @@ def deviation(text: str) -> None:
         deviations.append(text)
 
 
+ONLY: list[str] = []  # --only: run only the cases whose names start with one of these (and the setup)
+
+
 def case(name: str, fn: Callable[[], Any]) -> Any:
+    if ONLY and not name.startswith(("setup:", *ONLY)):
+        return None
     t0 = time.perf_counter()
     try:
         out = fn()
@@ -293,10 +300,13 @@ class World:
         self.sns.subscribe(TopicArn=self.topic, Protocol="sqs", Endpoint=queue_arn)
         return Note(f"topic {self.topic} -> queue {queue_arn}")
 
-    def definition(self, name: str, topic: str | None = None, opt_in: bool = False) -> str:
+    def definition(self, name: str, topic: str | None = None, opt_in: bool = False,
+                   rules: tuple[int, int] = (90, 99)) -> str:
         text = (self.definitions / f"{name}.asl.json").read_text()
         values = {"QuarantineGroupId": self.quarantine, "TopicArn": topic or self.topic, "VpcId": self.vpc,
-                  "UntrackedGroupId": self.untracked, "RequireOptInTag": "true" if opt_in else "false"}
+                  "UntrackedGroupId": self.untracked, "RequireOptInTag": "true" if opt_in else "false",
+                  "BlocksTable": getattr(self, "blocks_table", ""), "RuleFirst": str(rules[0]),
+                  "RuleLast": str(rules[1]), "MaxBanSecs": str(MAX_BAN_SECS), "BlockProtocol": "-1"}
         for key in PLACEHOLDERS:
             text = text.replace("${" + key + "}", values[key])
         check("${" not in text, f"{name}: a placeholder is left after substitution")
@@ -339,7 +349,43 @@ class World:
         return Note("quarantine and release created (Standard), plus quarantine with a missing and with a late topic, "
                     "and with opt-in required")
 
+    def blocks(self) -> Note:
+        """The blocks table (the ledger's schema: key pk) on moto, whose
+        DynamoDB the machine's dynamodb:* tasks call, an instance in the
+        subnet, and the block machine twice: with the default reserved range
+        90..99 and with a two-slot range 80..81 for eviction."""
+        self.ddb = boto3.client("dynamodb", endpoint_url=self.url, aws_access_key_id="testing",
+                                aws_secret_access_key="testing", config=CONFIG)
+        self.blocks_table = f"sshwarden-blocks-{RUN}"
+        self.ddb.create_table(TableName=self.blocks_table, BillingMode="PAY_PER_REQUEST",
+                              AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+                              KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}])
+        self.cleanup.append(lambda: self.ddb.delete_table(TableName=self.blocks_table))
+        acls = self.ec2.describe_network_acls(
+            Filters=[{"Name": "association.subnet-id", "Values": [self.subnet]}])["NetworkAcls"]
+        check(len(acls) == 1, f"the subnet has {len(acls)} ACLs")
+        self.acl = acls[0]["NetworkAclId"]
+        self.launch("attacked", interfaces=[[self.web]])
+        for name, rules in (("block", (90, 99)), ("block-small", (80, 81))):
+            arn = self.sfn.create_state_machine(
+                name=f"sshwarden-{name}-{RUN}", definition=self.definition("block", rules=rules),
+                roleArn=ROLE_ARN, type="STANDARD")["stateMachineArn"]
+            self.cleanup.append(lambda arn=arn: self.sfn.delete_state_machine(stateMachineArn=arn))
+            self.machine[name] = arn
+        return Note(f"table {self.blocks_table}, subnet ACL {self.acl}, block machines (rules 90..99 and 80..81)")
+
     # ------------------------------------------------------------ helpers
+
+    def inbound(self, acl: str) -> dict[int, dict]:
+        entries = self.ec2.describe_network_acls(NetworkAclIds=[acl])["NetworkAcls"][0]["Entries"]
+        return {e["RuleNumber"]: e for e in entries if not e["Egress"]}
+
+    def denies(self, acl: str, cidr: str) -> list[int]:
+        return sorted(n for n, e in self.inbound(acl).items()
+                      if e["RuleAction"] == "deny" and cidr in (e.get("CidrBlock"), e.get("Ipv6CidrBlock")))
+
+    def item(self, pk: str) -> dict | None:
+        return self.ddb.get_item(TableName=self.blocks_table, Key={"pk": {"S": pk}}, ConsistentRead=True).get("Item")
 
     def describe(self, iid: str) -> dict:
         return self.ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
@@ -481,7 +527,10 @@ def main() -> int:
     ap.add_argument("--definitions", default=str(Path(__file__).resolve().parents[2] / "infra" / "statemachines"))
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds an execution may take")
     ap.add_argument("--keep", action="store_true", help="leave the resources in moto")
+    ap.add_argument("--only", action="append", default=[], metavar="PREFIX",
+                    help="run only the cases whose names start with PREFIX (repeatable), e.g. 'block:'")
     args = ap.parse_args()
+    ONLY.extend(args.only)
 
     w = World(args.moto, Path(args.definitions), args.timeout)
     print(f"state machine tests against {args.moto} (run {RUN})", flush=True)
@@ -495,6 +544,7 @@ def main() -> int:
                 ("setup: SNS topic with an SQS queue subscribed", w.notifications),
                 ("setup: instances", w.instances_setup),
                 ("setup: create both state machines (placeholders substituted)", w.machines),
+                ("setup: blocks table, attacked instance, block machines", w.blocks),
             ]
         )
         if ready:
@@ -967,7 +1017,208 @@ def run_cases(w: World) -> None:
         check(not stray, f"notifications no case expected: {stray}")
         return Note("queue empty")
 
+    run_block_cases(w)
     case("every notification belongs to exactly one checked execution", no_stray_notifications)
+
+
+def block_command(w: World, source: str, *, ban_secs: int = 3600, expires_at: int | None = None,
+                  instances: list[str] | None = None, label: str = "", **plan: Any) -> dict:
+    """A block command as the worker hands it to the block machine: the
+    command plus the worker's plan (consumers/src/sink/sfn.rs)."""
+    now = int(time.time())
+    exp = expires_at if expires_at is not None else now + ban_secs
+    cmd = command(None, rule="brute-force", action="block", source=source,
+                  window_start_ms=1_795_962_660_000 + len(label) * 1000)
+    cmd["id"] = f"{cmd['id']}-{label}"[:80]
+    cmd["instances"] = instances if instances is not None else [w.instances["attacked"]]
+    block = {"cidr": source, "scope": "subnets", "ban_count": 1, "ban_secs": ban_secs, "last_ban_at": now,
+             "expires_at": exp, "expires": datetime.fromtimestamp(exp, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+             "purge_at": exp + MAX_BAN_SECS, "command_ids": [cmd["id"]]}
+    block.update(plan)
+    cmd["block"] = block
+    return cmd
+
+
+def run_block_cases(w: World) -> None:
+    acl = w.acl
+
+    def block_one() -> Note:
+        cmd = block_command(w, "198.51.100.7/32", label="b1")
+        d = w.run("block", cmd, "b1")
+        w.expect_status(d, "SUCCEEDED")
+        numbers = w.denies(acl, "198.51.100.7/32")
+        check(numbers == [90], f"deny entries at {numbers}, want [90]")
+        e = w.inbound(acl)[90]
+        check(e["Protocol"] == "-1" and not e["Egress"], f"entry {e}")
+        slot = w.item(f"slot#{acl}#90")
+        check(slot is not None and slot["cidr"]["S"] == "198.51.100.7/32" and slot["commandId"]["S"] == cmd["id"], f"slot {slot}")
+        ban = w.item("prefix#198.51.100.7/32")
+        check(ban is not None and ban["acls"]["M"] == {acl: {"N": "90"}}, f"ban {ban}")
+        check(ban["lastCommandId"]["S"] == cmd["id"] and ban["banCount"]["N"] == "1"
+              and ban["expiresAt"]["N"] == str(cmd["block"]["expires_at"]), f"ban {ban}")
+        check([v["S"] for v in ban["commandIds"]["L"]] == [cmd["id"]], f"commandIds {ban['commandIds']}")
+        msg = w.expect_message(d, "blocked")["parsed"]
+        check(msg["acls"] == [{"network_acl_id": acl, "rule_number": 90}] and msg["evicted"] == [], f"{msg}")
+        check(msg["source"] == "198.51.100.7/32" and msg["command"]["id"] == cmd["id"], f"{msg}")
+        # Replayed (another execution, same input): nothing changes, nothing is sent.
+        d2 = w.run("block", cmd, "b1replay")
+        w.expect_status(d2, "SUCCEEDED")
+        check(json.loads(d2["output"]).get("event") == "already-blocked", f"output {d2.get('output')}")
+        check(w.denies(acl, "198.51.100.7/32") == [90], "the replay changed the entries")
+        return Note(f"SUCCEEDED in {d['seconds']:.2f} s: one deny at rule 90, slot and ban in the ledger, 'blocked'; "
+                    f"the replay ({d2['seconds']:.2f} s) found its command id and changed nothing")
+
+    def replay_before_record() -> Note:
+        # The same command again after the ban record lost it (as if the
+        # run had stopped before its last write): the scan finds the slot
+        # this prefix holds and the entry already there.
+        cmd = block_command(w, "198.51.100.7/32", label="b1")
+        w.ddb.update_item(TableName=w.blocks_table, Key={"pk": {"S": "prefix#198.51.100.7/32"}},
+                          UpdateExpression="REMOVE lastCommandId, commandIds")
+        d = w.run("block", cmd, "b1again")
+        w.expect_status(d, "SUCCEEDED")
+        check(w.denies(acl, "198.51.100.7/32") == [90], f"entries {w.denies(acl, '198.51.100.7/32')}")
+        msg = w.expect_message(d, "blocked")["parsed"]
+        check(msg["acls"] == [{"network_acl_id": acl, "rule_number": 90}], f"{msg}")
+        return Note(f"SUCCEEDED in {d['seconds']:.2f} s: still one entry at 90 (its own slot reused, no new write)")
+
+    def second_prefix_next_slot() -> Note:
+        d = w.run("block", block_command(w, "198.51.100.8/32", label="b2"), "b2")
+        w.expect_status(d, "SUCCEEDED")
+        check(w.denies(acl, "198.51.100.8/32") == [91], f"entries {w.denies(acl, '198.51.100.8/32')}")
+        check(w.denies(acl, "198.51.100.7/32") == [90], "the first block moved")
+        w.expect_message(d, "blocked")
+        return Note(f"SUCCEEDED in {d['seconds']:.2f} s: the next rule number, 91")
+
+    def ipv6_prefix() -> Note:
+        d = w.run("block", block_command(w, "2001:db8:1:2::/64", label="b6"), "b6")
+        w.expect_status(d, "SUCCEEDED")
+        numbers = w.denies(acl, "2001:db8:1:2::/64")
+        check(numbers == [92], f"entries {numbers}")
+        check(w.inbound(acl)[92].get("Ipv6CidrBlock") == "2001:db8:1:2::/64", f"{w.inbound(acl)[92]}")
+        w.expect_message(d, "blocked")
+        return Note(f"SUCCEEDED in {d['seconds']:.2f} s: Ipv6CidrBlock deny at 92")
+
+    def eviction() -> Note:
+        # Two slots (80, 81): the third prefix evicts the one that expires soonest.
+        now = int(time.time())
+        runs = [("203.0.113.1/32", now + 7200, "e1"), ("203.0.113.2/32", now + 3600, "e2")]
+        for cidr, exp, label in runs:
+            d = w.run("block-small", block_command(w, cidr, expires_at=exp, label=label), label)
+            w.expect_status(d, "SUCCEEDED")
+            w.expect_message(d, "blocked")
+        check(w.denies(acl, "203.0.113.1/32") == [80] and w.denies(acl, "203.0.113.2/32") == [81], "setup")
+        d = w.run("block-small", block_command(w, "203.0.113.3/32", expires_at=now + 5000, label="e3"), "e3")
+        w.expect_status(d, "SUCCEEDED")
+        check(w.denies(acl, "203.0.113.3/32") == [81], f"new entry at {w.denies(acl, '203.0.113.3/32')}")
+        check(w.denies(acl, "203.0.113.2/32") == [], "the evicted entry is still there")
+        check(w.denies(acl, "203.0.113.1/32") == [80], "the later-expiring block was evicted")
+        msg = w.expect_message(d, "blocked")["parsed"]
+        ev = msg["evicted"]
+        check(len(ev) == 1 and ev[0]["source"] == "203.0.113.2/32" and ev[0]["rule_number"] == 81, f"evicted {ev}")
+        check("203.0.113.2/32" in msg["summary"], f"summary {msg['summary']}")
+        gone = w.item("prefix#203.0.113.2/32")
+        check(gone is not None and gone["acls"]["M"] == {}, f"evicted ban {gone}")
+        return Note(f"SUCCEEDED in {d['seconds']:.2f} s: 203.0.113.2/32 (expiring first) evicted from 81 and named "
+                    "in the notification; its ban no longer holds the ACL")
+
+    def missing_acl_fails() -> Note:
+        cmd = block_command(w, "198.51.100.9/32", label="bmiss", scope="acls", acls=["acl-0123456789abcdef0"])
+        d = w.run("block", cmd, "bmiss")
+        w.expect_status(d, "FAILED")
+        check(d.get("error") == "sshwarden.BlockFailed", f"error {d.get('error')!r}")
+        msg = w.expect_message(d, "block-failed")["parsed"]
+        check(msg["command"]["id"] == cmd["id"], f"{msg}")
+        check(w.denies(acl, "198.51.100.9/32") == [], "an entry was written")
+        return Note(f"FAILED in {d['seconds']:.2f} s ({msg['error'].get('Error')}); 'block-failed' notification")
+
+    def refused(source: str, label: str, want: str, **kw: Any) -> Callable[[], Note]:
+        def run() -> Note:
+            d = w.run("block", block_command(w, source, label=label, **kw), label)
+            w.expect_status(d, "SUCCEEDED")
+            msg = w.expect_message(d, "block-refused")["parsed"]
+            check(want in msg["reason"], f"reason {msg['reason']!r}, want {want!r}")
+            check(not w.denies(acl, kw.get("cidr", source)), "an entry was written")
+            return Note(f"SUCCEEDED in {d['seconds']:.2f} s; 'block-refused': {msg['reason']}")
+        return run
+
+    def forged_ban_fails() -> Note:
+        d = w.run("block", block_command(w, "198.51.100.10/32", ban_secs=MAX_BAN_SECS + 1, label="blong"), "blong")
+        w.expect_status(d, "FAILED")
+        msg = w.expect_message(d, "block-failed")["parsed"]
+        check(msg["error"]["Error"] == "sshwarden.InvalidCommand", f"{msg['error']}")
+        check(not w.denies(acl, "198.51.100.10/32"), "an entry was written")
+        return Note(f"FAILED in {d['seconds']:.2f} s: a ban over MaxBanSecs is an invalid command")
+
+    def foreign_rule_fails() -> Note:
+        # An entry sshwarden did not write at the next free number (93):
+        # never replaced; the slot taken for it is freed again.
+        w.ec2.create_network_acl_entry(NetworkAclId=acl, RuleNumber=93, Egress=False, Protocol="6",
+                                       RuleAction="deny", CidrBlock="192.0.2.0/24", PortRange={"From": 23, "To": 23})
+        try:
+            d = w.run("block", block_command(w, "198.51.100.12/32", label="bfor"), "bfor")
+            w.expect_status(d, "FAILED")
+            msg = w.expect_message(d, "block-failed")["parsed"]
+            check(msg["error"]["Error"] == "sshwarden.ForeignRuleInRange", f"{msg['error']}")
+            e = w.inbound(acl)[93]
+            check(e.get("CidrBlock") == "192.0.2.0/24" and e["Protocol"] == "6", f"entry changed: {e}")
+            check(w.item(f"slot#{acl}#93") is None, f"slot kept: {w.item(f'slot#{acl}#93')}")
+        finally:
+            w.ec2.delete_network_acl_entry(NetworkAclId=acl, RuleNumber=93, Egress=False)
+        return Note(f"FAILED in {d['seconds']:.2f} s (sshwarden.ForeignRuleInRange): the foreign entry at 93 untouched, "
+                    "the slot freed; 'block-failed'")
+
+    def listed_and_vpc_scopes() -> Note:
+        # A second ACL of the protected VPC: listed, it alone gets the deny;
+        # with scope vpc, every ACL of the VPC does.
+        other = w.ec2.create_network_acl(VpcId=w.vpc)["NetworkAcl"]["NetworkAclId"]
+        w.cleanup.append(lambda: w.ec2.delete_network_acl(NetworkAclId=other))
+        d = w.run("block", block_command(w, "198.51.100.13/32", label="blist", scope="acls", acls=[other]), "blist")
+        w.expect_status(d, "SUCCEEDED")
+        check(w.denies(other, "198.51.100.13/32") == [90] and w.denies(acl, "198.51.100.13/32") == [],
+              f"listed: {w.denies(other, '198.51.100.13/32')}, subnet's: {w.denies(acl, '198.51.100.13/32')}")
+        w.expect_message(d, "blocked")
+        d2 = w.run("block", block_command(w, "198.51.100.14/32", label="bvpc", scope="vpc"), "bvpc")
+        w.expect_status(d2, "SUCCEEDED")
+        msg = w.expect_message(d2, "blocked")["parsed"]
+        where = {a["network_acl_id"]: a["rule_number"] for a in msg["acls"]}
+        check(set(where) == {acl, other}, f"scope vpc wrote {where}")
+        check(w.denies(other, "198.51.100.14/32") == [91], f"{w.denies(other, '198.51.100.14/32')}")
+        # An ACL of another VPC, listed, is refused before any write.
+        foreign_vpc = w.describe(w.instances["foreign"])["VpcId"]
+        foreign_acl = w.ec2.describe_network_acls(Filters=[{"Name": "vpc-id", "Values": [foreign_vpc]}])["NetworkAcls"][0]["NetworkAclId"]
+        d3 = w.run("block", block_command(w, "198.51.100.15/32", label="bfacl", scope="acls", acls=[foreign_acl]), "bfacl")
+        w.expect_status(d3, "FAILED")
+        m3 = w.expect_message(d3, "block-failed")["parsed"]
+        check(m3["error"]["Error"] == "sshwarden.AclOutsideVpc", f"{m3['error']}")
+        check(not w.denies(foreign_acl, "198.51.100.15/32"), "written in another VPC")
+        # An allow rule inside the range (at 85, below the range's end):
+        # a deny there would come too late.
+        low = w.ec2.create_network_acl(VpcId=w.vpc)["NetworkAcl"]["NetworkAclId"]
+        w.cleanup.append(lambda: w.ec2.delete_network_acl(NetworkAclId=low))
+        w.ec2.create_network_acl_entry(NetworkAclId=low, RuleNumber=85, Egress=False, Protocol="-1",
+                                       RuleAction="allow", CidrBlock="0.0.0.0/0")
+        d4 = w.run("block", block_command(w, "198.51.100.16/32", label="blow", scope="acls", acls=[low]), "blow")
+        w.expect_status(d4, "FAILED")
+        m4 = w.expect_message(d4, "block-failed")["parsed"]
+        check(m4["error"]["Error"] == "sshwarden.RangeNotBelowAllowRules", f"{m4['error']}")
+        check(not w.denies(low, "198.51.100.16/32") and w.item(f"slot#{low}#90") is None, "written or slot kept")
+        return Note(f"listed ACL only ({d['seconds']:.2f} s); scope vpc: both ACLs ({d2['seconds']:.2f} s); "
+                    "a listed ACL of another VPC: sshwarden.AclOutsideVpc; an allow rule at 85: "
+                    "sshwarden.RangeNotBelowAllowRules, slot freed")
+
+    case("block: one deny in the subnet's ACL at rule 90; replayed, still one", block_one)
+    case("block: rerun after the record lost the command id reuses its slot", replay_before_record)
+    case("block: a second prefix takes the next rule number", second_prefix_next_slot)
+    case("block: IPv6 /64", ipv6_prefix)
+    case("block: an entry sshwarden did not write at the chosen number ends FAILED, untouched", foreign_rule_fails)
+    case("block: listed ACLs, scope vpc, a listed ACL of another VPC, an allow rule inside the range", listed_and_vpc_scopes)
+    case("block: a full range evicts the block that expires soonest, named in the notification", eviction)
+    case("block: a listed ACL that does not exist ends FAILED with 'block-failed'", missing_acl_fails)
+    case("block: the worker's refusal is notified", refused("10.77.1.5/32", "brefw", "inside the VPC", refused="10.77.1.5/32 overlaps the VPC's own range 10.77.0.0/16: inside the VPC"))
+    case("block: a prefix wider than /16 is refused by the machine", refused("10.0.0.0/8", "bwide", "wider than /16", cidr="10.0.0.0/8"))
+    case("block: instances outside the protected VPC are refused", refused("198.51.100.11/32", "bforeign", "none of the attacked instances", instances=[w.instances["foreign"]]))
+    case("block: a ban longer than MaxBanSecs ends FAILED", forged_ban_fails)
 
 
 if __name__ == "__main__":

@@ -67,6 +67,10 @@ pub struct BlockSettings {
     pub rule_count: i32,
     pub ports: BlockPorts,
     pub scope: AclScope,
+    /// Network ACLs (`acl-…`) that every block goes into instead of those
+    /// `scope` picks; each must be in the attacked instances' VPC (the
+    /// block state machine: the protected VPC).
+    pub acls: Vec<String>,
     pub ban_secs: i64,
     pub ban_factor: u32,
     pub max_ban_secs: i64,
@@ -86,6 +90,7 @@ impl Default for BlockSettings {
             rule_count: DEFAULT_RULE_COUNT,
             ports: BlockPorts::All,
             scope: AclScope::Subnets,
+            acls: Vec::new(),
             ban_secs: DEFAULT_BAN_SECS,
             ban_factor: DEFAULT_BAN_FACTOR,
             max_ban_secs: DEFAULT_MAX_BAN_SECS,
@@ -94,6 +99,15 @@ impl Default for BlockSettings {
             sweep_secs: DEFAULT_SWEEP_SECS,
         }
     }
+}
+
+/// `acl-` and 8 or 17 lowercase hex digits.
+fn is_acl_id(s: &str) -> bool {
+    s.strip_prefix("acl-").is_some_and(|h| {
+        matches!(h.len(), 8 | 17)
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 impl BlockSettings {
@@ -113,6 +127,9 @@ impl BlockSettings {
 
     pub fn validate(&self) -> anyhow::Result<()> {
         self.allowlist_nets()?;
+        if let Some(a) = self.acls.iter().find(|a| !is_acl_id(a)) {
+            anyhow::bail!("blocks: acls entry {a:?} is not a network ACL id (acl-<hex>)");
+        }
         let last = self.rule_first.saturating_add(self.rule_count) - 1;
         if self.rule_first < 1 || self.rule_count < 1 || last > 32_766 {
             anyhow::bail!(
@@ -223,6 +240,11 @@ mod tests {
     #[test]
     fn settings_are_checked() {
         assert!(BlockSettings::default().validate().is_ok());
+        let listed = BlockSettings {
+            acls: vec!["acl-0123456789abcdef0".into(), "acl-01234567".into()],
+            ..Default::default()
+        };
+        assert!(listed.validate().is_ok());
         let bad = [
             BlockSettings {
                 rule_first: 0,
@@ -238,6 +260,14 @@ mod tests {
             },
             BlockSettings {
                 ban_factor: 0,
+                ..Default::default()
+            },
+            BlockSettings {
+                acls: vec!["sg-0123456789abcdef0".into()],
+                ..Default::default()
+            },
+            BlockSettings {
+                acls: vec!["acl-0123".into()],
                 ..Default::default()
             },
         ];

@@ -236,11 +236,15 @@ impl ConfigArgs {
     ) -> anyhow::Result<(EngineConfig, SourceSettings)> {
         let mut file = self.file()?;
         let run = flags.clone().or(std::mem::take(&mut file.run));
+        let blocks_table = run.blocks_table.clone().filter(|t| !t.is_empty());
         let mut source = match run.source.unwrap_or_default() {
             SourceKind::Kinesis => SourceSettings::Kinesis(resolve_kinesis(run)?),
             SourceKind::Kafka => SourceSettings::Kafka(resolve_kafka(run)?),
         };
-        if let Some(b) = file.blocks.take() {
+        if let Some(mut b) = file.blocks.take() {
+            if let Some(t) = blocks_table {
+                b.table = t;
+            }
             b.validate()?;
             match &mut source {
                 SourceSettings::Kinesis(k) => k.sink.blocks = Some(b),

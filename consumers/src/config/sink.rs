@@ -32,6 +32,8 @@ pub struct SinkSettings {
     pub kind: SinkKind,
     /// The quarantine state machine (with `--sink sfn`).
     pub state_machine_arn: Option<String>,
+    /// The block state machine (with `--sink sfn` and `[blocks]`).
+    pub block_state_machine_arn: Option<String>,
     /// The quarantine security group (with `--sink direct`).
     pub quarantine_group_id: Option<String>,
     /// The SNS topic for notifications (with `--sink direct`).
@@ -40,6 +42,7 @@ pub struct SinkSettings {
     pub blast_radius_scope: BlastRadiusScope,
     /// DynamoDB table of the fleet-wide counters.
     pub blast_radius_table: String,
-    /// `[blocks]` of the file: the direct sink blocks sources with these.
+    /// `[blocks]` of the file: block commands go to network ACLs with these
+    /// (through the worker with the direct sink, the block state machine with sfn).
     pub blocks: Option<super::BlockSettings>,
 }

@@ -36,10 +36,16 @@ pub struct RunOptions {
     /// The quarantine state machine (with `--sink sfn`).
     #[arg(long, env = "SSHWARDEN_STATE_MACHINE_ARN")]
     pub state_machine_arn: Option<String>,
+    /// The block state machine (with `--sink sfn` and a `[blocks]` section; infra/statemachines/block.asl.json).
+    #[arg(long, env = "SSHWARDEN_BLOCK_STATE_MACHINE_ARN")]
+    pub block_state_machine_arn: Option<String>,
+    /// The blocks table, over `[blocks] table` of the file (used only with a `[blocks]` section).
+    #[arg(long, env = "SSHWARDEN_BLOCKS_TABLE")]
+    pub blocks_table: Option<String>,
     /// The quarantine security group (with `--sink direct`; infra/quarantine-sg.yaml).
     #[arg(long, env = "SSHWARDEN_QUARANTINE_GROUP_ID")]
     pub quarantine_group_id: Option<String>,
-    /// The SNS topic for notifications (with `--sink direct`).
+    /// The SNS topic for notifications (with `--sink direct`; with `[blocks]` and `--sink sfn`, the sweep's `unblocked`).
     #[arg(long, env = "SSHWARDEN_TOPIC_ARN")]
     pub topic_arn: Option<String>,
     #[arg(long, env = "SSHWARDEN_BLAST_RADIUS_SCOPE", value_enum, help = with_default(
@@ -151,6 +157,8 @@ impl RunOptions {
             worker_id,
             sink,
             state_machine_arn,
+            block_state_machine_arn,
+            blocks_table,
             quarantine_group_id,
             topic_arn,
             blast_radius_scope,
@@ -362,6 +370,7 @@ fn resolve_sink(o: &RunOptions, table_prefix: &str) -> SinkSettings {
     SinkSettings {
         kind: o.sink.unwrap_or_default(),
         state_machine_arn: o.state_machine_arn.clone(),
+        block_state_machine_arn: o.block_state_machine_arn.clone(),
         quarantine_group_id: o.quarantine_group_id.clone(),
         topic_arn: o.topic_arn.clone(),
         blast_radius_scope: o.blast_radius_scope.unwrap_or_default(),

@@ -80,8 +80,10 @@ async fn start(
         )
         .load()
         .await;
-    let built = Arc::new(crate::sink::build(sink, &sdk, engine_config.policy.blast_radius).await?);
     let metrics = Arc::new(Metrics::default());
+    let built = Arc::new(
+        crate::sink::build(sink, &sdk, engine_config.policy.blast_radius, &metrics).await?,
+    );
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(http::serve(metrics_addr, metrics.clone(), shutdown.clone()));
     spawn_signal_handler(shutdown.clone());

@@ -80,9 +80,13 @@ impl Target {
 pub struct Sink {
     target: Target,
     fleet_limit: Option<FleetBlastRadius>,
-    /// Runs `block` commands (the direct sink, when blocks are configured).
+    /// Runs `block` commands (the direct sink, when blocks are configured),
+    /// or plans them for the block state machine.
     #[cfg(feature = "direct")]
     blocks: Option<std::sync::Arc<block::Blocker>>,
+    /// The block state machine (the sfn sink, when blocks are configured).
+    #[cfg(feature = "direct")]
+    block_machine: Option<SfnSink>,
 }
 
 impl Sink {
@@ -92,6 +96,8 @@ impl Sink {
             fleet_limit,
             #[cfg(feature = "direct")]
             blocks: None,
+            #[cfg(feature = "direct")]
+            block_machine: None,
         }
     }
 
@@ -99,6 +105,15 @@ impl Sink {
     #[cfg(feature = "direct")]
     pub fn with_blocks(mut self, blocks: std::sync::Arc<block::Blocker>) -> Self {
         self.blocks = Some(blocks);
+        self
+    }
+
+    /// Starts `block` commands (not held) on the block state machine, with
+    /// the plan `blocks` makes for each (ban length, refusals), instead of
+    /// running them from here.
+    #[cfg(feature = "direct")]
+    pub fn with_block_machine(mut self, machine: SfnSink) -> Self {
+        self.block_machine = Some(machine);
         self
     }
 
@@ -130,7 +145,10 @@ impl Sink {
                     return Ok(Delivered::Held);
                 }
             }
-            return b.deliver(command).await;
+            return match &self.block_machine {
+                Some(m) => start_block(b, m, command).await,
+                None => b.deliver(command).await,
+            };
         }
         #[cfg(feature = "direct")]
         if let Target::Direct(d) = &self.target {
@@ -145,6 +163,42 @@ impl Sink {
                 self.target.deliver(&held(command)).await?;
                 Ok(Delivered::Held)
             }
+        }
+    }
+}
+
+/// A `block` command through the block state machine: the worker plans
+/// (escalation from the ledger, allowlist and VPC-range refusals, which ASL
+/// cannot compute), the machine re-checks and writes. A replay recorded in
+/// the ledger starts nothing; a plan that cannot succeed on retry is given
+/// up on, with a `block-failed` notification when a topic is configured.
+#[cfg(feature = "direct")]
+async fn start_block(
+    blocks: &block::Blocker,
+    machine: &SfnSink,
+    command: &Command,
+) -> Result<Delivered, DeliveryError> {
+    match blocks.plan(command, crate::clock::now_ms() / 1000).await {
+        Ok(None) => Ok(Delivered::AlreadyHandled),
+        Ok(Some(input)) => machine.start(command, input.to_string()).await,
+        Err(e) if e.transient => {
+            blocks.count_failure(&e);
+            Err(DeliveryError(format!(
+                "block plan of {}: {} ({})",
+                command.subject(),
+                e.error,
+                e.cause
+            )))
+        }
+        Err(e) => {
+            blocks.count_failure(&e);
+            blocks
+                .publish(&block::failed_message(command, &e))
+                .await
+                .map_err(|p| DeliveryError(format!("block-failed notification: {}", p.cause)))?;
+            tracing::error!(id = %command.id, source = command.subject(), error = %e.error, cause = %e.cause,
+                "block plan failed and cannot succeed on retry; not started");
+            Ok(Delivered::Failed(format!("block: {}", e.error)))
         }
     }
 }
@@ -207,8 +261,11 @@ pub async fn build(
     settings: &SinkSettings,
     sdk: &aws_config::SdkConfig,
     limit: Option<sshwarden_pipeline::policy::BlastRadius>,
+    metrics: &std::sync::Arc<crate::metrics::Metrics>,
 ) -> anyhow::Result<Sink> {
     use anyhow::Context;
+    #[cfg(not(feature = "direct"))]
+    let _ = metrics;
     let target = match settings.kind {
         SinkKind::Stdout => Target::Stdout(StdoutSink),
         SinkKind::Sfn => {
@@ -244,8 +301,8 @@ pub async fn build(
     };
     let sink = Sink::new(target, fleet_limit);
     match (settings.kind, settings.blocks.is_some()) {
-        (SinkKind::Sfn, true) => anyhow::bail!(
-            "[blocks] needs --sink direct: the Step Functions sink has no block state machine yet"
+        (SinkKind::Sfn, true) if !cfg!(feature = "direct") => anyhow::bail!(
+            "[blocks] with --sink sfn needs a build with `--features direct`: the worker plans each ban from the blocks table and sweeps ended ones through EC2"
         ),
         (SinkKind::Stdout, true) => {
             tracing::warn!("[blocks] is ignored by the stdout sink (a dry run blocks nothing)")
@@ -253,7 +310,18 @@ pub async fn build(
         _ => {}
     }
     #[cfg(feature = "direct")]
-    if let (SinkKind::Direct, Some(b)) = (settings.kind, settings.blocks.clone()) {
+    if let (SinkKind::Direct | SinkKind::Sfn, Some(b)) = (settings.kind, settings.blocks.clone()) {
+        let machine = match settings.kind {
+            SinkKind::Sfn => Some(SfnSink::new(
+                aws_sdk_sfn::Client::new(sdk),
+                settings
+                    .block_state_machine_arn
+                    .clone()
+                    .filter(|a| a.starts_with("arn:"))
+                    .context("[blocks] with --sink sfn needs --block-state-machine-arn (SSHWARDEN_BLOCK_STATE_MACHINE_ARN) with the block state machine's ARN")?,
+            )),
+            _ => None,
+        };
         let blocks = block::Blocker::new(
             b,
             aws_sdk_ec2::Client::new(sdk),
@@ -262,15 +330,25 @@ pub async fn build(
                 .topic_arn
                 .clone()
                 .map(|t| (aws_sdk_sns::Client::new(sdk), t)),
-        )?;
+        )?
+        .with_metrics(metrics.clone())
+        .with_protected_vpc(match sink.target {
+            Target::Direct(ref d) => Some(d.protection().vpc.clone()),
+            _ => None,
+        });
         blocks.ensure().await?;
         let sweep_secs = blocks.settings().sweep_secs;
-        tracing::info!(table = %blocks.settings().table, sweep_secs, "block commands go to network ACLs");
+        tracing::info!(table = %blocks.settings().table, sweep_secs, through_state_machine = machine.is_some(),
+            "block commands go to network ACLs");
         let blocks = std::sync::Arc::new(blocks);
         if sweep_secs > 0 {
             block::spawn_sweeper(blocks.clone(), std::time::Duration::from_secs(sweep_secs));
         }
-        return Ok(sink.with_blocks(blocks));
+        let sink = sink.with_blocks(blocks);
+        return Ok(match machine {
+            Some(m) => sink.with_block_machine(m),
+            None => sink,
+        });
     }
     Ok(sink)
 }
@@ -370,5 +448,32 @@ mod tests {
             .table_name(&table)
             .send()
             .await;
+    }
+
+    /// `[blocks]` with the Step Functions sink needs the block machine's
+    /// ARN; the error says which setting (before any AWS call).
+    #[cfg(feature = "direct")]
+    #[tokio::test]
+    async fn blocks_with_the_sfn_sink_need_the_block_machine() {
+        let sdk = sshwarden_testsupport::sdk(&sshwarden_testsupport::moto_endpoint()).await;
+        let settings = SinkSettings {
+            kind: SinkKind::Sfn,
+            state_machine_arn: Some("arn:aws:states:us-east-1:123456789012:stateMachine:q".into()),
+            block_state_machine_arn: None,
+            quarantine_group_id: None,
+            topic_arn: None,
+            blast_radius_scope: BlastRadiusScope::Shard,
+            blast_radius_table: "unused".into(),
+            blocks: Some(crate::config::BlockSettings::default()),
+        };
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
+        let e = build(&settings, &sdk, None, &metrics)
+            .await
+            .err()
+            .expect("refused");
+        assert!(
+            format!("{e:#}").contains("--block-state-machine-arn"),
+            "{e:#}"
+        );
     }
 }

@@ -1,4 +1,5 @@
 //! The Step Functions sink: one execution of the quarantine state machine
+//! (or, for `block` commands with `[blocks]`, of the block state machine)
 //! per command, named by the command id, so a replay is recognised.
 
 use sshwarden_pipeline::command::Command;
@@ -28,6 +29,16 @@ impl SfnSink {
 
     pub(super) async fn deliver(&self, command: &Command) -> Result<Delivered, DeliveryError> {
         let input = serde_json::to_string(command).map_err(|e| DeliveryError(e.to_string()))?;
+        self.start(command, input).await
+    }
+
+    /// Starts the machine for `command` with `input` (the command plus
+    /// what the worker decided for it, for the block machine).
+    pub(super) async fn start(
+        &self,
+        command: &Command,
+        input: String,
+    ) -> Result<Delivered, DeliveryError> {
         let sent_ms = unix_ms(std::time::SystemTime::now());
         match self
             .client

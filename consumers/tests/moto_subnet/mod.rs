@@ -69,3 +69,68 @@ pub async fn subnet_with_instance(ec2: &aws_sdk_ec2::Client, net: &str, ipv6: bo
         acl,
     }
 }
+
+/// A second subnet `cidr` in `vpc_id` with a network ACL of its own (a new
+/// ACL, associated in place of the default) and an instance in it.
+pub async fn subnet_with_own_acl(ec2: &aws_sdk_ec2::Client, vpc_id: &str, cidr: &str) -> Subnet {
+    let subnet_id = ec2
+        .create_subnet()
+        .vpc_id(vpc_id)
+        .cidr_block(cidr)
+        .send()
+        .await
+        .expect("subnet")
+        .subnet()
+        .and_then(|s| s.subnet_id())
+        .expect("subnet id")
+        .to_owned();
+    let acl = ec2
+        .create_network_acl()
+        .vpc_id(vpc_id)
+        .send()
+        .await
+        .expect("ACL")
+        .network_acl()
+        .and_then(|a| a.network_acl_id())
+        .expect("acl id")
+        .to_owned();
+    let current = ec2
+        .describe_network_acls()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("association.subnet-id")
+                .values(&subnet_id)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("acls");
+    let association = current
+        .network_acls()
+        .iter()
+        .flat_map(|a| a.associations())
+        .find(|a| a.subnet_id() == Some(subnet_id.as_str()))
+        .and_then(|a| a.network_acl_association_id())
+        .expect("the subnet's ACL association")
+        .to_owned();
+    ec2.replace_network_acl_association()
+        .association_id(association)
+        .network_acl_id(&acl)
+        .send()
+        .await
+        .expect("associate the ACL");
+    let run = ec2
+        .run_instances()
+        .image_id("ami-12c6146b")
+        .min_count(1)
+        .max_count(1)
+        .subnet_id(&subnet_id)
+        .send()
+        .await
+        .expect("instance");
+    Subnet {
+        vpc_id: vpc_id.to_owned(),
+        instance: run.instances()[0].instance_id().expect("id").to_owned(),
+        acl,
+    }
+}

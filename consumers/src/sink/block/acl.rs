@@ -65,6 +65,11 @@ pub struct Acls {
     ec2: aws_sdk_ec2::Client,
     ports: BlockPorts,
     scope: AclScope,
+    /// Configured ACLs that replace what `scope` picks.
+    listed: Vec<String>,
+    /// When known (the direct sink's quarantine group's VPC), the only VPC
+    /// whose instances are located and whose ACLs are written.
+    protected_vpc: Option<String>,
 }
 
 impl Acls {
@@ -73,7 +78,23 @@ impl Acls {
             ec2,
             ports,
             scope: AclScope::Subnets,
+            listed: Vec::new(),
+            protected_vpc: None,
         }
+    }
+
+    /// Only instances of `vpc` count, and only its ACLs are written
+    /// ([`Acls::entries`], read before every write, refuses any other).
+    pub fn with_protected_vpc(mut self, vpc: Option<String>) -> Self {
+        self.protected_vpc = vpc;
+        self
+    }
+
+    /// Blocks go into these ACLs, whatever the scope ([`Acls::locate`]
+    /// checks that each is in an attacked instance's VPC).
+    pub fn with_listed(mut self, acls: Vec<String>) -> Self {
+        self.listed = acls;
+        self
     }
 
     /// Which ACLs [`Acls::locate`] returns.
@@ -106,6 +127,15 @@ impl Acls {
                 Err(e) => return Err(ec2_error("DescribeInstances", e)),
             };
             for i in out.reservations().iter().flat_map(|r| r.instances()) {
+                if self
+                    .protected_vpc
+                    .as_deref()
+                    .is_some_and(|p| i.vpc_id() != Some(p))
+                {
+                    // Outside the protected VPC: not located, so not blocked
+                    // there (as the block state machine's vpc-id filter).
+                    continue;
+                }
                 if let Some(s) = i.subnet_id() {
                     subnets.insert(s.to_owned());
                 }
@@ -126,7 +156,45 @@ impl Acls {
             AclScope::Subnets => ("association.subnet-id", subnets),
             AclScope::Vpc => ("vpc-id", vpcs.clone()),
         };
-        if !filter.1.is_empty() {
+        if !self.listed.is_empty() && !vpcs.is_empty() {
+            let out = self
+                .ec2
+                .describe_network_acls()
+                .set_network_acl_ids(Some(self.listed.clone()))
+                .send()
+                .await
+                .map_err(|e| {
+                    let mut err = ec2_error("DescribeNetworkAcls", e);
+                    if err.error.contains("NotFound") {
+                        err.transient = false;
+                    }
+                    err
+                })?;
+            for a in out.network_acls() {
+                let vpc = a.vpc_id().unwrap_or_default();
+                if !vpcs.contains(vpc) {
+                    return Err(BlockError::permanent(
+                        "sshwarden.AclOutsideVpc",
+                        format!(
+                            "the configured network ACL {} is in {vpc}, not in the attacked instances' VPC {vpcs:?}",
+                            a.network_acl_id().unwrap_or_default()
+                        ),
+                    ));
+                }
+                if let Some(id) = a.network_acl_id() {
+                    placement.acls.insert(id.to_owned());
+                }
+            }
+            if placement.acls.len() != self.listed.len() {
+                return Err(BlockError::permanent(
+                    "InvalidNetworkAclID.NotFound",
+                    format!(
+                        "of the configured network ACLs {:?} EC2 knows {:?}",
+                        self.listed, placement.acls
+                    ),
+                ));
+            }
+        } else if !filter.1.is_empty() {
             let out = self
                 .ec2
                 .describe_network_acls()
@@ -203,6 +271,19 @@ impl Acls {
                 format!("DescribeNetworkAcls returned no ACL {acl}"),
             ));
         };
+        if let Some(p) = self
+            .protected_vpc
+            .as_deref()
+            .filter(|p| a.vpc_id() != Some(*p))
+        {
+            return Err(BlockError::permanent(
+                "sshwarden.AclOutsideVpc",
+                format!(
+                    "{acl} is in {}, not in the protected VPC {p}",
+                    a.vpc_id().unwrap_or("no VPC")
+                ),
+            ));
+        }
         Ok(a.entries()
             .iter()
             .filter_map(entry_from)

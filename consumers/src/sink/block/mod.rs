@@ -1,8 +1,11 @@
 //! The `block` action: deny the attacking source in the network ACLs of the
 //! subnets it attacked, for a ban time that grows with each new ban of the
 //! same prefix, recorded in one DynamoDB table ([`ledger`]) and written to
-//! EC2 ([`acl`]). The direct sink runs it for `block` commands; the
-//! `sshwarden blocks` commands list, lift and sweep what it wrote.
+//! EC2 ([`acl`]). The direct sink runs it for `block` commands; the Step
+//! Functions sink takes its decision only ([`Blocker::plan`]) and leaves the
+//! writes to the block state machine, which keeps the same ledger; the
+//! `sshwarden blocks` commands and each worker's sweep list, lift and sweep
+//! what either wrote.
 //!
 //! Order of one block, chosen so a replay after a crash anywhere is safe:
 //! refuse (no source, allowlisted, inside the VPC, no ACL) → escalate from
@@ -106,6 +109,25 @@ pub struct Lifted {
     pub removed: BTreeMap<String, i32>,
 }
 
+/// A ban decided by [`Blocker::prepare`], not yet placed.
+struct Ban {
+    cidr: IpNet,
+    previous: Option<BanRecord>,
+    placement: acl::Placement,
+    count: u32,
+    secs: i64,
+    expires_at: i64,
+    started: i64,
+    /// The latest command ids of the prefix, this one last.
+    command_ids: Vec<String>,
+}
+
+enum Prepared {
+    Refused(String),
+    Replay,
+    Ban(Box<Ban>),
+}
+
 pub struct Blocker {
     settings: BlockSettings,
     allowlist: Vec<IpNet>,
@@ -114,6 +136,8 @@ pub struct Blocker {
     sns: Option<(aws_sdk_sns::Client, String)>,
     /// ACLs whose reserved range was checked.
     checked: Mutex<HashSet<String>>,
+    /// Where evictions, failures and bans in force are counted (a worker's).
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 const EXECUTION: &str = "sshwarden-direct";
@@ -137,12 +161,39 @@ impl Blocker {
         settings.validate()?;
         Ok(Blocker {
             allowlist: settings.allowlist_nets()?,
-            acls: Acls::new(ec2, settings.ports).with_scope(settings.scope),
+            acls: Acls::new(ec2, settings.ports)
+                .with_scope(settings.scope)
+                .with_listed(settings.acls.clone()),
             ledger: Ledger::new(dynamodb, settings.table.clone()),
             settings,
             sns,
             checked: Mutex::new(HashSet::new()),
+            metrics: None,
         })
+    }
+
+    /// Locates and writes only in `vpc` (the direct sink's protected VPC).
+    pub fn with_protected_vpc(mut self, vpc: Option<String>) -> Self {
+        self.acls = self.acls.with_protected_vpc(vpc);
+        self
+    }
+
+    /// Counts into a worker's metrics (`sshwarden_blocks_active`,
+    /// `sshwarden_block_evictions_total`, `sshwarden_block_failures_total`).
+    pub fn with_metrics(mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Counts a block attempt that ended in `e`.
+    pub fn count_failure(&self, e: &BlockError) {
+        if let Some(m) = &self.metrics {
+            m.block_failures
+                .get_or_create(&crate::metrics::BlockErrorLabel {
+                    error: e.error.clone(),
+                })
+                .inc();
+        }
     }
 
     pub fn settings(&self) -> &BlockSettings {
@@ -153,15 +204,19 @@ impl Blocker {
         self.ledger.ensure().await
     }
 
-    /// Runs a `block` command at `now_s` (epoch seconds).
-    pub async fn block(&self, c: &Command, now_s: i64) -> Result<Outcome, BlockError> {
+    /// What a `block` command asks for at `now_s`, decided before anything
+    /// is written: refused, a replay, or the ban (its count, length, expiry)
+    /// with where the attacked instances are.
+    async fn prepare(&self, c: &Command, now_s: i64) -> Result<Prepared, BlockError> {
         let Some(cidr) = c
             .source
             .as_deref()
             .and_then(|s| s.parse::<IpNet>().ok())
             .map(|n| n.trunc())
         else {
-            return Ok(self.refused(c, "the command names no source CIDR to block"));
+            return Ok(Prepared::Refused(
+                "the command names no source CIDR to block".into(),
+            ));
         };
         // The engine groups sources by /32 and /64 unless configured
         // otherwise; anything this wide is a misconfiguration, not an attacker.
@@ -170,17 +225,18 @@ impl Blocker {
             IpNet::V6(n) => n.prefix_len() < 32,
         };
         if too_wide {
-            return Ok(self.refused(
-                c,
-                &format!("{cidr} is wider than /16 (IPv4) or /32 (IPv6): not blocked"),
-            ));
+            return Ok(Prepared::Refused(format!(
+                "{cidr} is wider than /16 (IPv4) or /32 (IPv6): not blocked"
+            )));
         }
         if let Some(a) = self
             .allowlist
             .iter()
             .find(|a| a.contains(&cidr) || cidr.contains(*a))
         {
-            return Ok(self.refused(c, &format!("{cidr} overlaps the allowlisted {a}")));
+            return Ok(Prepared::Refused(format!(
+                "{cidr} overlaps the allowlisted {a}"
+            )));
         }
         let previous = self
             .ledger
@@ -191,7 +247,7 @@ impl Blocker {
             .as_ref()
             .is_some_and(|r| r.last_command_id == c.id || r.command_ids.contains(&c.id))
         {
-            return Ok(Outcome::Replay);
+            return Ok(Prepared::Replay);
         }
         let instances: Vec<String> = c
             .instances
@@ -205,25 +261,9 @@ impl Blocker {
             .iter()
             .find(|v| v.contains(&cidr) || cidr.contains(*v))
         {
-            return Ok(self.refused(
-                c,
-                &format!(
-                    "{cidr} overlaps the VPC's own range {v}: an internal address is never blocked"
-                ),
-            ));
-        }
-        let mut targets = placement.acls.clone();
-        if let Some(r) = previous.as_ref().filter(|r| r.expires_at > now_s) {
-            targets.extend(r.acls.keys().cloned());
-        }
-        if targets.is_empty() {
-            return Ok(self.refused(
-                c,
-                &format!(
-                    "no network ACL found for the attacked instances {:?}",
-                    c.instances
-                ),
-            ));
+            return Ok(Prepared::Refused(format!(
+                "{cidr} overlaps the VPC's own range {v}: an internal address is never blocked"
+            )));
         }
         // A ban in force is extended, not escalated: several rules fire on
         // one attack (brute force, then slow brute force, enumeration), and
@@ -247,6 +287,90 @@ impl Blocker {
                 (count, secs, now_s + secs, now_s)
             }
         };
+        let mut command_ids: Vec<String> = previous
+            .as_ref()
+            .map(|r| r.command_ids.clone())
+            .unwrap_or_default();
+        command_ids.push(c.id.clone());
+        let skip = command_ids.len().saturating_sub(ledger::KEPT_COMMAND_IDS);
+        Ok(Prepared::Ban(Box::new(Ban {
+            cidr,
+            previous,
+            placement,
+            count,
+            secs,
+            expires_at,
+            started,
+            command_ids: command_ids.split_off(skip),
+        })))
+    }
+
+    /// The input of the block state machine for `c` at `now_s`: the command
+    /// with the worker's decision in `block` (infra/statemachines/block.asl.json
+    /// re-checks what a forged input could abuse), or `None` for a replay.
+    pub async fn plan(&self, c: &Command, now_s: i64) -> Result<Option<Value>, BlockError> {
+        let block = match self.prepare(c, now_s).await? {
+            Prepared::Replay => return Ok(None),
+            Prepared::Refused(reason) => json!({ "refused": reason }),
+            Prepared::Ban(b) => {
+                let mut plan = json!({
+                    "cidr": b.cidr.to_string(),
+                    "scope": match self.settings.scope {
+                        crate::config::AclScope::Subnets => "subnets",
+                        crate::config::AclScope::Vpc => "vpc",
+                    },
+                    "ban_count": b.count,
+                    "ban_secs": b.secs,
+                    "last_ban_at": b.started,
+                    "expires_at": b.expires_at,
+                    "expires": rfc3339(b.expires_at),
+                    "purge_at": b.expires_at + self.settings.lookback_secs,
+                    "command_ids": b.command_ids,
+                });
+                if !self.settings.acls.is_empty() {
+                    plan["scope"] = json!("acls");
+                    plan["acls"] = json!(self.settings.acls);
+                }
+                plan
+            }
+        };
+        let mut input = command_value(c);
+        if let Some(o) = input.as_object_mut() {
+            o.insert("block".into(), block);
+        }
+        Ok(Some(input))
+    }
+
+    /// Runs a `block` command at `now_s` (epoch seconds).
+    pub async fn block(&self, c: &Command, now_s: i64) -> Result<Outcome, BlockError> {
+        let b = match self.prepare(c, now_s).await? {
+            Prepared::Replay => return Ok(Outcome::Replay),
+            Prepared::Refused(reason) => return Ok(self.refused(c, &reason)),
+            Prepared::Ban(b) => b,
+        };
+        let Ban {
+            cidr,
+            previous,
+            placement,
+            count,
+            secs,
+            expires_at,
+            started,
+            command_ids,
+        } = *b;
+        let mut targets = placement.acls.clone();
+        if let Some(r) = previous.as_ref().filter(|r| r.expires_at > now_s) {
+            targets.extend(r.acls.keys().cloned());
+        }
+        if targets.is_empty() {
+            return Ok(self.refused(
+                c,
+                &format!(
+                    "no network ACL found for the attacked instances {:?}",
+                    c.instances
+                ),
+            ));
+        }
         let mut placed = BTreeMap::new();
         let mut evicted = Vec::new();
         for acl in &targets {
@@ -299,15 +423,7 @@ impl Blocker {
             last_ban_at: started,
             ban_secs: secs,
             last_command_id: c.id.clone(),
-            command_ids: {
-                let mut ids: Vec<String> = previous
-                    .as_ref()
-                    .map(|r| r.command_ids.clone())
-                    .unwrap_or_default();
-                ids.push(c.id.clone());
-                let skip = ids.len().saturating_sub(ledger::KEPT_COMMAND_IDS);
-                ids.split_off(skip)
-            },
+            command_ids,
             rule: c.rule.clone(),
         };
         let notification = blocked_message(c, &record, &evicted);
@@ -449,8 +565,17 @@ impl Blocker {
     }
 
     /// Removes the entries of every ban that ended by `now_s`. Idempotent.
+    /// With metrics, sets the count of bans still in force.
     pub async fn sweep(&self, now_s: i64) -> Result<Vec<Lifted>, BlockError> {
         let records = self.ledger.records().await.map_err(BlockError::ledger)?;
+        if let Some(m) = &self.metrics {
+            let active = records
+                .iter()
+                .filter(|r| !r.acls.is_empty() && r.expires_at > now_s)
+                .count();
+            m.blocks_active
+                .set(i64::try_from(active).unwrap_or(i64::MAX));
+        }
         let mut lifted = Vec::new();
         for r in records
             .into_iter()
@@ -701,6 +826,9 @@ impl Blocker {
             Ok(Outcome::Blocked {
                 record, evicted, ..
             }) => {
+                if let Some(m) = &self.metrics {
+                    m.block_evictions.inc_by(evicted.len() as u64);
+                }
                 tracing::info!(id = %c.id, source = %record.cidr, acls = ?record.acls, expires_at = record.expires_at,
                     ban_count = record.ban_count, evicted = evicted.len(), "source blocked");
                 Ok(Delivered::New)
@@ -713,8 +841,12 @@ impl Blocker {
                 tracing::warn!(id = %c.id, source = c.subject(), %reason, "block refused");
                 Ok(Delivered::New)
             }
-            Err(e) if e.transient => Err(delivery(e)),
+            Err(e) if e.transient => {
+                self.count_failure(&e);
+                Err(delivery(e))
+            }
             Err(e) => {
+                self.count_failure(&e);
                 self.publish(&failed_message(c, &e))
                     .await
                     .map_err(delivery)?;
