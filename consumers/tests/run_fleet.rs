@@ -203,3 +203,173 @@ async fn a_spray_over_forty_instances_fires_once_fleet_wide_across_two_workers()
     assert_eq!(c["action"], "block");
     assert!(c["distinct"]["instances"].as_u64().unwrap() >= 10, "{c}");
 }
+
+/// The owner of the (one) lease of the stream of partials.
+async fn partials_owner(h: &Harness, table: &str) -> Option<String> {
+    let out = h
+        .dynamo
+        .scan()
+        .table_name(table)
+        .consistent_read(true)
+        .send()
+        .await
+        .ok()?;
+    out.items()
+        .iter()
+        .find_map(|i| i.get("leaseOwner").and_then(|v| v.as_s().ok()).cloned())
+}
+
+/// `n` instances whose records land on `n` different shards, avoiding `taken`.
+fn on_distinct_shards(
+    ranges: &[sshwarden_loadgen::writer::kinesis::HashRange],
+    from: usize,
+    n: usize,
+    taken: &mut BTreeSet<usize>,
+) -> Vec<usize> {
+    let mut picked = Vec::new();
+    for i in from.. {
+        if picked.len() == n {
+            break;
+        }
+        let shard = sshwarden_loadgen::writer::kinesis::shard_index(ranges, &format!("i-{i:017x}"));
+        if taken.insert(shard) {
+            picked.push(i);
+        }
+        assert!(i < from + 10_000, "no instance found for a free shard");
+    }
+    picked
+}
+
+/// kill -9 of the worker that runs the fleet stage, after it merged the
+/// first half of a spray and issued a fleet command from it: the survivor
+/// takes the stream of partials over, replays what the victim merged, and
+/// the second half (in the next partial window) completes the spray, which
+/// only adds up with the first half. Every fleet command is issued under one
+/// id (a command repeated by the replay has the same id).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_nine_of_the_fleet_stage_loses_no_partial_and_changes_no_command_id() {
+    let mut h = Harness::new("fleet-kill9", 8).await;
+    let partials = partials_stream(&h, 1).await;
+    h.policy = "graduated";
+    // One-minute partial windows: the second half opens new partials.
+    h.config_extra = "[fleet]\npartial_window_secs = 60\n";
+    let fleet_args = [
+        "--fleet-stream",
+        partials.name.as_str(),
+        "--fleet-lease-table",
+        partials.table.as_str(),
+    ];
+    for w in ["w0", "w1"] {
+        h.spawn_with(
+            w,
+            &Spawn {
+                args: &fleet_args,
+                ..Spawn::default()
+            },
+        );
+    }
+    h.wait_balanced(8, &[4, 4]).await;
+    let ranges = sshwarden_loadgen::writer::kinesis::hash_ranges(&h.kinesis, &h.stream)
+        .await
+        .unwrap();
+    let src = "203.0.113.77";
+    // Three guesses each (a shard's early send: half of brute force's 5).
+    let mut taken = BTreeSet::new();
+    let first = on_distinct_shards(&ranges, 0, 6, &mut taken);
+    let mut taken = BTreeSet::new();
+    let second = on_distinct_shards(&ranges, 1_000, 5, &mut taken);
+    let start = traffic_start(5_000, 30_000);
+    let guesses = |instances: &[usize], t0: i64, base: usize| -> Vec<GeneratedEvent> {
+        instances
+            .iter()
+            .enumerate()
+            .flat_map(|(k, &i)| {
+                (0..3).map(move |g| failed(i, t0 + (k * 3 + g) as i64 * 100, src, base + k * 3 + g))
+            })
+            .collect()
+    };
+    let first_events = guesses(&first, start, 0);
+    h.put(&records(&first_events)).await;
+    let ids_of = |outputs: &[Vec<Value>], rule: &str| -> BTreeSet<String> {
+        outputs
+            .iter()
+            .flatten()
+            .filter(|c| c["rule"] == rule)
+            .map(|c| c["id"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    // The fact to kill on: the owner of the stream of partials merged the
+    // six early partials of the first half and issued a command from them.
+    let d = Deadline::new("the fleet stage to merge the first half", MAX_WAIT);
+    let (victim, merged) = loop {
+        h.check_running();
+        let owner = partials_owner(&h, &partials.table).await;
+        let holder = owner.and_then(|o| h.workers.iter().position(|w| w.id == o));
+        let merged = holder.map_or(0.0, |w| {
+            h.workers[w].metric_where("sshwarden_fleet_stage", "kind=\"partials\"")
+        });
+        if let Some(w) = holder {
+            if merged >= 6.0 && !ids_of(&h.outputs(), "fleet-brute-force").is_empty() {
+                break (w, merged);
+            }
+        }
+        d.check(|| {
+            format!(
+                "merged {merged}; fleet commands: {:?}",
+                fleet_commands(&h.outputs())
+            )
+        });
+        poll().await;
+    };
+    let victim_id = h.workers[victim].id.clone();
+    assert!(
+        ids_of(&h.outputs(), "fleet-spray").is_empty(),
+        "6 instances are not a spray yet"
+    );
+    h.workers[victim].kill9();
+    h.log(format_args!(
+        "killed {victim_id}, which had merged {merged} partials"
+    ));
+    let second_events = guesses(&second, start - start.rem_euclid(60_000) + 60_000, 100);
+    h.put(&records(&second_events)).await;
+    let d = Deadline::new("the survivor's spray (6 + 5 instances)", MAX_WAIT);
+    while ids_of(&h.outputs(), "fleet-spray").is_empty() {
+        d.check(|| format!("fleet commands: {:?}", fleet_commands(&h.outputs())));
+        poll().await;
+    }
+    let outputs = h.outputs();
+    let spray = outputs
+        .iter()
+        .flatten()
+        .find(|c| c["rule"] == "fleet-spray")
+        .unwrap();
+    assert!(
+        spray["distinct"]["instances"].as_u64().unwrap() >= 10,
+        "{spray}"
+    );
+    for rule in ["fleet-brute-force", "fleet-spray"] {
+        assert_eq!(
+            ids_of(&outputs, rule).len(),
+            1,
+            "{rule} under one id: {:?}",
+            fleet_commands(&outputs)
+        );
+    }
+    let per_id: BTreeMap<(String, String), BTreeSet<String>> = outputs
+        .iter()
+        .flatten()
+        .filter(|c| c["rule"].as_str().unwrap_or_default().starts_with("fleet-"))
+        .fold(BTreeMap::new(), |mut m, c| {
+            m.entry((
+                c["rule"].as_str().unwrap_or_default().to_owned(),
+                c["source"].as_str().unwrap_or_default().to_owned(),
+            ))
+            .or_default()
+            .insert(c["id"].as_str().unwrap_or_default().to_owned());
+            m
+        });
+    assert!(
+        per_id.values().all(|ids| ids.len() == 1),
+        "one id per fleet command: {per_id:?}"
+    );
+}

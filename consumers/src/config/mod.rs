@@ -16,10 +16,12 @@ use sshwarden_pipeline::window::{SubjectKind, WindowConfig};
 use sshwarden_pipeline::EngineConfig;
 
 mod blocks;
+mod fleet;
 mod sink;
 mod source;
 
 pub use blocks::{AclScope, BlockPorts, BlockSettings, DEFAULT_BLOCKS_TABLE};
+pub use fleet::FleetSettings;
 pub use sink::{BlastRadiusScope, SinkKind, SinkSettings};
 use source::{resolve_kafka, resolve_kinesis};
 pub use source::{
@@ -43,6 +45,8 @@ struct FileConfig {
     run: RunOptions,
     /// `[blocks]`: the direct sink runs `block` commands with these settings.
     blocks: Option<BlockSettings>,
+    /// `[fleet]`: the fleet stage's tuning (with `--fleet-stream`).
+    fleet: Option<FleetSettings>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -250,6 +254,17 @@ impl ConfigArgs {
                 SourceSettings::Kinesis(k) => k.sink.blocks = Some(b),
                 SourceSettings::Kafka(k) => k.sink.blocks = Some(b),
             }
+        }
+        match (&mut source, file.fleet.take()) {
+            (SourceSettings::Kinesis(k), settings) if k.fleet.is_some() => {
+                if let (Some(f), Some(settings)) = (&mut k.fleet, settings) {
+                    f.settings = settings;
+                }
+            }
+            (_, Some(_)) => {
+                tracing::warn!("[fleet] is ignored: no --fleet-stream (the fleet stage is off)")
+            }
+            _ => {}
         }
         Ok((self.engine_config_from(file)?, source))
     }

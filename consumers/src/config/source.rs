@@ -310,6 +310,8 @@ pub struct KinesisArgs {
 pub struct FleetStreamArgs {
     pub stream: String,
     pub lease_table: String,
+    /// The file's `[fleet]` (its defaults without one).
+    pub settings: super::FleetSettings,
 }
 
 /// The Kinesis source's settings from layered options (see [`RunOptions::or`]).
@@ -337,6 +339,7 @@ pub(super) fn resolve_kinesis(o: RunOptions) -> anyhow::Result<KinesisArgs> {
             Some(FleetStreamArgs {
                 stream: fleet_stream,
                 lease_table: lease,
+                settings: super::FleetSettings::default(),
             })
         }
         None => None,

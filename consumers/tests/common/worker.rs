@@ -139,6 +139,8 @@ pub struct Workers {
     /// `--policy` of the workers spawned next: `seed` (what the rule-level
     /// truth models) unless a test needs another.
     pub policy: &'static str,
+    /// Appended to the workers' config file (a `[fleet]` section, say).
+    pub config_extra: &'static str,
 }
 
 impl Drop for Workers {
@@ -170,6 +172,7 @@ impl Workers {
             resources,
             workers: Vec::new(),
             policy: "seed",
+            config_extra: "",
         }
     }
 
@@ -204,7 +207,11 @@ impl Workers {
         // of the arrival time instead of the default minute, or those
         // events would be clamped into earlier windows.
         let config = self.dir.path().join("harness.toml");
-        std::fs::write(&config, "[input]\nmax_future_skew_secs = 300\n").unwrap();
+        std::fs::write(
+            &config,
+            format!("[input]\nmax_future_skew_secs = 300\n{}", self.config_extra),
+        )
+        .unwrap();
         let config_arg = config.to_string_lossy().into_owned();
         // The seed policy: what the rule-level truth (loadgen's) models, so
         // these tests check delivery and checkpoints against exact commands.

@@ -40,6 +40,8 @@ struct Held {
 pub struct KinesisWorker {
     args: KinesisArgs,
     engine_config: EngineConfig,
+    /// With `--fleet-stream`: the shards' partials and the fleet stage, checked.
+    fleet: Option<(PartialConfig, FleetConfig)>,
     start_checkpoint: Checkpoint,
     me: String,
 }
@@ -56,9 +58,17 @@ impl KinesisWorker {
             bail!("--subscription-renew-ms must be between 1000 and 300000 (Kinesis ends a subscription after 5 minutes)");
         }
         let me = args.worker_id.clone().unwrap_or_else(default_worker_id);
+        let fleet = match &args.fleet {
+            Some(f) => Some(f.settings.configs(
+                &engine_config.policy,
+                engine_config.window.allowed_lateness_ms,
+            )?),
+            None => None,
+        };
         Ok(KinesisWorker {
             args,
             engine_config,
+            fleet,
             start_checkpoint,
             me,
         })
@@ -77,6 +87,7 @@ impl Worker for KinesisWorker {
         let KinesisWorker {
             args,
             engine_config,
+            fleet: fleet_configs,
             start_checkpoint,
             me,
         } = self;
@@ -126,7 +137,8 @@ impl Worker for KinesisWorker {
                 shutdown_secs: args.shutdown_secs,
                 counts_leases,
             };
-        let Some(fleet) = &args.fleet else {
+        let (Some(fleet), Some((partial_config, fleet_config))) = (&args.fleet, fleet_configs)
+        else {
             metrics.set_ready(true);
             info!(worker = %me, stream = %args.stream, table = %table.name(), "worker started");
             return coordinate(coordinator(
@@ -147,13 +159,8 @@ impl Worker for KinesisWorker {
         )
         .await
         .with_context(|| format!("the fleet stage's stream {}", fleet.stream))?;
-        let fleet_config = FleetConfig::for_shards(&engine_config.policy);
         let logs_config = EngineConfig {
-            partials: Some(PartialConfig {
-                window_ms: fleet_config.partial_window_ms,
-                fleet_rules: fleet_config.policy.rules.clone(),
-                ..PartialConfig::default()
-            }),
+            partials: Some(partial_config),
             ..engine_config
         };
         metrics.set_ready(true);
