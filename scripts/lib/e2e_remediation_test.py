@@ -289,13 +289,18 @@ class E2E(smt.World):
         self.main_stream = f"{PREFIX}-sshd"
         self.group = f"/{PREFIX}/sshd"
         arn = self.stream(self.main_stream, 2)
+        # The fleet stage's stream of partials (docs/fleet.md): workers 1
+        # and 2 run with --fleet-stream.
+        self.fleet_stream = f"{PREFIX}-partials"
+        self.stream(self.fleet_stream, 2)
         self.log_group(self.group, arn, ["attacked", "benign", "benign2", "allowed"])
         f = self.logs.describe_subscription_filters(logGroupName=self.group)["subscriptionFilters"]
         check(len(f) == 1 and f[0]["destinationArn"] == arn, f"subscription filter: {f}")
         dist = f[0].get("distribution")
         if dist != "ByLogStream":
             deviation(f"DescribeSubscriptionFilters does not echo distribution ByLogStream (got {dist!r})")
-        return Note(f"log group {self.group}, 4 log streams named by instance id, filter -> {self.main_stream} (2 shards)")
+        return Note(f"log group {self.group}, 4 log streams named by instance id, filter -> {self.main_stream} (2 shards); "
+                    f"stream of partials {self.fleet_stream} (2 shards)")
 
     # ------------------------------------------------------------ kinesis
 
@@ -355,7 +360,7 @@ class E2E(smt.World):
     def worker(self, name: str, *, stream: str, table: str, global_flags: list[str],
                run_flags: list[str] | None = None, sfn_endpoint: str | None = None,
                machine_arn: str | None = None, sink_flags: list[str] | None = None,
-               blast_radius_max: int = 0) -> Worker:
+               blast_radius_max: int = 0, fleet: bool = False) -> Worker:
         port = free_port()
         sink = sink_flags or ["--sink", "sfn", "--state-machine-arn", machine_arn or self.machine["quarantine"]]
         # The remediation path is exercised with the seed policy's instance
@@ -368,6 +373,10 @@ class E2E(smt.World):
             *(run_flags or []),
         ]
         self.cleanup.append(lambda: self.ddb.delete_table(TableName=table))
+        if fleet:
+            # The partials' readers take the default lease table, <table>-fleet.
+            argv += ["--fleet-stream", self.fleet_stream]
+            self.cleanup.append(lambda: self.ddb.delete_table(TableName=f"{table}-fleet"))
         w = Worker(name, argv, self.worker_env(sfn_endpoint), self.workdir, port)
         self.workers.append(w)
         w.start()
@@ -514,7 +523,7 @@ def run_cases(w: E2E) -> None:
     # -------------------------------------------------- worker 1: detect and quarantine
 
     w1 = w.worker("w1", stream=w.main_stream, table=f"{PREFIX}-leases-1",
-                  global_flags=["--allow-instances", allowed])
+                  global_flags=["--allow-instances", allowed], fleet=True)
 
     def worker_ready() -> Note:
         s = w.wait_leases(w1, 2)
@@ -674,8 +683,12 @@ def run_cases(w: E2E) -> None:
         check(len(ex) == 1, f"{len(ex)} executions: {[e['name'] for e in ex]}")
         failures = w1.metric_sum("sshwarden_command_failures_total")
         state["executions_after_w1"] = sorted(e["executionArn"] for e in ex)
+        # The fleet stage ran beside: the shards' engines wrote partials.
+        partials = wait_for("a partial written to the stream of partials",
+                            lambda: w1.metric_sum("sshwarden_partials_written_total"), 15)
         return Note(f"ListExecutions: {len(ex)} execution, = the {len(ids)} id(s) logged 'command delivered' "
-                    f"(already_handled=false); command_failures_total={failures:.0f}")
+                    f"(already_handled=false); command_failures_total={failures:.0f}; "
+                    f"{partials:.0f} partial(s) written to {w.fleet_stream}")
 
     case("exactly one execution per command id (ListExecutions vs the worker's log)", one_per_id)
 
@@ -691,7 +704,7 @@ def run_cases(w: E2E) -> None:
     # -------------------------------------------------- replay: fresh lease table, TRIM_HORIZON
 
     w2 = w.worker("w2", stream=w.main_stream, table=f"{PREFIX}-leases-2",
-                  global_flags=["--allow-instances", allowed], run_flags=["--start-position", "trim-horizon"])
+                  global_flags=["--allow-instances", allowed], run_flags=["--start-position", "trim-horizon"], fleet=True)
 
     def replay() -> Note:
         want = state["execution"]["name"]

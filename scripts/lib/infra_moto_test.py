@@ -8,7 +8,8 @@ run` against what it created; run by `scripts/check-infra --moto`.
    AWS::ApplicationAutoScaling::*) with a warning; the test fails if any
    other resource is missing, and creates the subscription filter through the
    Logs API with the template's own properties.
-3. Checks what was created: stream shards, the lease table's key, both state
+3. Checks what was created: stream shards, the lease table's key, the fleet
+   stage's stream of partials and lease table, the state
    machines (definition = the ASL file with the stack's group id and topic
    ARN), the quarantine group, the task definition (health check, stop
    timeout below the drain time, environment), the service.
@@ -17,6 +18,9 @@ run` against what it created; run by `scripts/check-infra --moto`.
    `sshwarden health` before and after start and `health --ready`, sends six
    failed-password lines and an accepted login through the log group, and waits for the quarantine
    state machine (from the stack) to isolate the instance.
+   The worker runs the fleet stage (SSHWARDEN_FLEET_STREAM from the task
+   definition): it writes partials to the stack's stream of partials and
+   holds leases in the stack's FleetLeaseTable (no table of its own).
 5. Stops the worker by PID (SIGTERM: exit 0, leases released, log lines in
    the shard span); runs `sshwarden run --sink stdout` over the same stream
    with a lease table of its own and checks the same command (same id) comes
@@ -134,7 +138,7 @@ class Test:
         return f"{len(created)} created; skipped by moto (not implemented): {', '.join(sorted(missing))}"
 
     def outputs(self) -> str:
-        want = {"StreamName", "StreamArn", "LeaseTableName", "BlastRadiusTableName", "AlertTopicArn", "QuarantineGroupId",
+        want = {"StreamName", "StreamArn", "LeaseTableName", "FleetStreamName", "FleetLeaseTableName", "BlastRadiusTableName", "AlertTopicArn", "QuarantineGroupId",
                 "QuarantineStateMachineArn", "ReleaseStateMachineArn", "BlockStateMachineArn", "BlocksTableName",
                 "ClusterName", "WorkerLogGroupName",
                 "InstanceLogPolicyArn", "ProtectSshwardenTagsPolicyArn", "OperationsTopicArn",
@@ -156,7 +160,17 @@ class Test:
         check(b["KeySchema"] == [{"AttributeName": "periodKey", "KeyType": "HASH"}], f"blast-radius table key {b['KeySchema']}")
         k = self.ddb.describe_table(TableName=self.out["BlocksTableName"])["Table"]
         check(k["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"}], f"blocks table key {k['KeySchema']}")
+        f = self.kinesis.describe_stream_summary(StreamName=self.out["FleetStreamName"])["StreamDescriptionSummary"]
+        check(f["StreamStatus"] == "ACTIVE", f"stream of partials {f['StreamStatus']}")
+        check(f.get("EncryptionType") == s.get("EncryptionType"),
+              f"stream of partials encrypted {f.get('EncryptionType')}, the log stream {s.get('EncryptionType')}")
+        check(self.out["FleetLeaseTableName"] == self.out["LeaseTableName"] + "-fleet",
+              f"fleet lease table {self.out['FleetLeaseTableName']}: not the worker's default <lease table>-fleet")
+        fl = self.ddb.describe_table(TableName=self.out["FleetLeaseTableName"])["Table"]
+        check(fl["KeySchema"] == t["KeySchema"], f"fleet lease table key {fl['KeySchema']}")
         return (f"{self.out['StreamName']} (2 shards), {self.out['LeaseTableName']} (leaseKey), "
+                f"{self.out['FleetStreamName']} ({f['OpenShardCount']} open shard(s), "
+                f"{f.get('StreamModeDetails', {}).get('StreamMode', '?')}), {self.out['FleetLeaseTableName']} (leaseKey), "
                 f"{self.out['BlastRadiusTableName']} (periodKey), {self.out['BlocksTableName']} (pk)")
 
     def state_machines(self) -> str:
@@ -227,6 +241,8 @@ class Test:
         check(c.get("logConfiguration", {}).get("logDriver") == "awslogs", "awslogs driver")
         check(self.env.get("SSHWARDEN_STREAM") == self.out["StreamName"], "SSHWARDEN_STREAM is the stack's stream")
         check(self.env.get("SSHWARDEN_LEASE_TABLE") == self.out["LeaseTableName"], "SSHWARDEN_LEASE_TABLE")
+        check(self.env.get("SSHWARDEN_FLEET_STREAM") == self.out["FleetStreamName"], "SSHWARDEN_FLEET_STREAM is the stack's")
+        check("SSHWARDEN_FLEET_LEASE_TABLE" not in self.env, "SSHWARDEN_FLEET_LEASE_TABLE: the default name is the stack's")
         check(self.env.get("SSHWARDEN_BLAST_RADIUS_TABLE") == self.out["BlastRadiusTableName"], "SSHWARDEN_BLAST_RADIUS_TABLE")
         check(self.env.get("SSHWARDEN_STATE_MACHINE_ARN") == self.out["QuarantineStateMachineArn"], "SSHWARDEN_STATE_MACHINE_ARN")
         check(self.env.get("SSHWARDEN_BLOCK_STATE_MACHINE_ARN") == self.out["BlockStateMachineArn"], "SSHWARDEN_BLOCK_STATE_MACHINE_ARN")
@@ -327,7 +343,15 @@ class Test:
         m = self.worker.metrics()
         check(self.worker.metric_sum("sshwarden_leases_held", m) >= 1, "leases held")
         check(self.worker.metric_sum("sshwarden_sink_up", m) == 1, "sink up")
-        return f"pid {self.worker.pid}, env from the task definition; health 1 before start, 0 after; --ready 0"
+        # The fleet stage's readers hold the stream of partials' leases in
+        # the stack's table: the default name is the stack's.
+        fleet = wait_for(f"leases in {self.out['FleetLeaseTableName']}",
+                         lambda: self.ddb.scan(TableName=self.out["FleetLeaseTableName"])["Items"] or None, timeout=30)
+        tables = self.ddb.list_tables()["TableNames"]
+        check(all(not n.startswith(STACK) or n in self.out.values() for n in tables),
+              f"the worker made a table of its own: {[n for n in tables if n.startswith(STACK)]}")
+        return (f"pid {self.worker.pid}, env from the task definition; health 1 before start, 0 after; --ready 0; "
+                f"{len(fleet)} lease(s) of the stream of partials in {self.out['FleetLeaseTableName']}")
 
     def attack(self) -> str:
         group = self.params["SshdLogGroupName"]
@@ -367,8 +391,13 @@ class Test:
         slots = self.ddb.scan(TableName=self.out["BlastRadiusTableName"], ConsistentRead=True)["Items"]
         ids = {i for item in slots for i in item.get("ids", {}).get("SS", [])}
         check(command["id"] in ids, f"the quarantine took no slot in {self.out['BlastRadiusTableName']}: {slots}")
+        # The accepted login makes the shard send its partial at once (docs/fleet.md).
+        assert self.worker is not None
+        written = wait_for("partials written to the stack's stream of partials",
+                           lambda: self.worker.metric_sum("sshwarden_partials_written_total") or None, timeout=30)
         return (f"command {command['id']} ({command['rule']}) -> {d['status']}; the interface is in "
-                f"{self.out['QuarantineGroupId']} alone; one fleet-wide blast-radius slot taken")
+                f"{self.out['QuarantineGroupId']} alone; one fleet-wide blast-radius slot taken; "
+                f"{written:.0f} partial(s) written to {self.out['FleetStreamName']}")
 
     def drain(self) -> str:
         assert self.worker is not None
@@ -379,7 +408,11 @@ class Test:
         items = self.ddb.scan(TableName=self.out["LeaseTableName"])["Items"]
         owners = [i.get("leaseOwner", {}).get("S") for i in items]
         check(len(items) == 2 and not any(owners), f"leases after drain: {owners}")
-        return f"exit 0; {len(spans)} log lines in a shard span; both leases released"
+        fleet = self.ddb.scan(TableName=self.out["FleetLeaseTableName"])["Items"]
+        fleet_owners = [i.get("leaseOwner", {}).get("S") for i in fleet]
+        check(fleet and not any(fleet_owners), f"leases of the stream of partials after drain: {fleet_owners}")
+        return (f"exit 0; {len(spans)} log lines in a shard span; both leases and the {len(fleet)} of the "
+                "stream of partials released")
 
     def dry_run(self) -> str:
         """`--sink stdout` on the same stream from TRIM_HORIZON with a lease
@@ -387,6 +420,8 @@ class Test:
         on stdout."""
         table = f"{STACK}-dry-run"
         self.cleanup.append(lambda: self.ddb.delete_table(TableName=table))
+        # Its fleet stage's leases: the default name, a table of its own too.
+        self.cleanup.append(lambda: self.ddb.delete_table(TableName=f"{table}-fleet"))
         env = dict(self.worker_env, SSHWARDEN_SINK="stdout", SSHWARDEN_LEASE_TABLE=table,
                    SSHWARDEN_WORKER_ID=f"{STACK}-dry", SSHWARDEN_METRICS_ADDR=f"127.0.0.1:{free_port()}")
         self.worker = Worker("dry-run", [self.args.bin, "run"], env, self.workdir, None)
