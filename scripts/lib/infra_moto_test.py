@@ -25,6 +25,9 @@ run` against what it created; run by `scripts/check-infra --moto`.
    the shard span); runs `sshwarden run --sink stdout` over the same stream
    with a lease table of its own and checks the same command (same id) comes
    out on stdout; deletes the stack and what it made by hand.
+6. Deploys the template again with FleetStage=disabled: no stream of
+   partials, no fleet lease table, no permission on them, and an empty
+   SSHWARDEN_FLEET_STREAM (the worker then runs no fleet stage).
 
 Usage: infra_moto_test.py --bin PATH [--moto URL] [--template FILE] [--keep]
 Last line: `infra-moto: N passed, M failed`.
@@ -169,8 +172,9 @@ class Test:
         fl = self.ddb.describe_table(TableName=self.out["FleetLeaseTableName"])["Table"]
         check(fl["KeySchema"] == t["KeySchema"], f"fleet lease table key {fl['KeySchema']}")
         return (f"{self.out['StreamName']} (2 shards), {self.out['LeaseTableName']} (leaseKey), "
-                f"{self.out['FleetStreamName']} ({f['OpenShardCount']} open shard(s), "
-                f"{f.get('StreamModeDetails', {}).get('StreamMode', '?')}), {self.out['FleetLeaseTableName']} (leaseKey), "
+                f"{self.out['FleetStreamName']} ({f['OpenShardCount']} open shard(s); moto reports mode "
+                f"{f.get('StreamModeDetails', {}).get('StreamMode', '?')} for the template's ON_DEMAND), "
+                f"{self.out['FleetLeaseTableName']} (leaseKey), "
                 f"{self.out['BlastRadiusTableName']} (periodKey), {self.out['BlocksTableName']} (pk)")
 
     def state_machines(self) -> str:
@@ -243,6 +247,12 @@ class Test:
         check(self.env.get("SSHWARDEN_LEASE_TABLE") == self.out["LeaseTableName"], "SSHWARDEN_LEASE_TABLE")
         check(self.env.get("SSHWARDEN_FLEET_STREAM") == self.out["FleetStreamName"], "SSHWARDEN_FLEET_STREAM is the stack's")
         check("SSHWARDEN_FLEET_LEASE_TABLE" not in self.env, "SSHWARDEN_FLEET_LEASE_TABLE: the default name is the stack's")
+        role = self.phys["TaskRole"]
+        policies = json.dumps([self.iam.get_role_policy(RoleName=role, PolicyName=n)["PolicyDocument"]
+                               for n in self.iam.list_role_policies(RoleName=role)["PolicyNames"]])
+        fleet_arn = self.kinesis.describe_stream_summary(StreamName=self.out["FleetStreamName"])["StreamDescriptionSummary"]["StreamARN"]
+        check(fleet_arn in policies and "kinesis:PutRecords" in policies and f"table/{self.out['FleetLeaseTableName']}" in policies,
+              "the worker role does not name the stream of partials (PutRecords) and its lease table")
         check(self.env.get("SSHWARDEN_BLAST_RADIUS_TABLE") == self.out["BlastRadiusTableName"], "SSHWARDEN_BLAST_RADIUS_TABLE")
         check(self.env.get("SSHWARDEN_STATE_MACHINE_ARN") == self.out["QuarantineStateMachineArn"], "SSHWARDEN_STATE_MACHINE_ARN")
         check(self.env.get("SSHWARDEN_BLOCK_STATE_MACHINE_ARN") == self.out["BlockStateMachineArn"], "SSHWARDEN_BLOCK_STATE_MACHINE_ARN")
@@ -448,7 +458,43 @@ class Test:
         wait_for("stack deletion", lambda: self.gone(), timeout=60)
         streams = self.kinesis.list_streams()["StreamNames"]
         check(self.out["StreamName"] not in streams, "the stream is gone with the stack")
+        check(self.out["FleetStreamName"] not in streams, "the stream of partials is gone with the stack")
         return f"{STACK} deleted"
+
+    def fleet_disabled(self) -> str:
+        name = f"{STACK}-nofleet"
+        params = dict(self.params, FleetStage="disabled", SshdLogGroupName=f"/{name}/sshd")
+        self.cfn.create_stack(
+            StackName=name, TemplateBody=self.template_path.read_text(), Capabilities=["CAPABILITY_IAM"],
+            Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()],
+        )
+        self.cleanup.append(lambda: self.cfn.delete_stack(StackName=name))
+
+        def settled() -> dict | None:
+            s = self.cfn.describe_stacks(StackName=name)["Stacks"][0]
+            return None if s["StackStatus"].endswith("_IN_PROGRESS") else s
+
+        stack = wait_for("stack creation (FleetStage=disabled)", settled, timeout=60)
+        check(stack["StackStatus"] == "CREATE_COMPLETE", f"stack {stack['StackStatus']}: {stack.get('StackStatusReason')}")
+        out = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+        check("FleetStreamName" not in out and "FleetLeaseTableName" not in out, f"fleet outputs: {sorted(out)}")
+        created = {r["LogicalResourceId"]: r for r in self.cfn.list_stack_resources(StackName=name)["StackResourceSummaries"]}
+        check("PartialsStream" not in created and "FleetLeaseTable" not in created, "fleet resources created while disabled")
+        check(f"{name}-partials" not in self.kinesis.list_streams()["StreamNames"], "a stream of partials exists")
+        check(f"{name}-leases-fleet" not in self.ddb.list_tables()["TableNames"], "a fleet lease table exists")
+        svc = self.ecs.describe_services(cluster=out["ClusterName"], services=[created["Service"]["PhysicalResourceId"]])["services"]
+        td = self.ecs.describe_task_definition(taskDefinition=svc[0]["taskDefinition"])["taskDefinition"]
+        env = {e["name"]: e["value"] for e in td["containerDefinitions"][0].get("environment", [])}
+        check(env.get("SSHWARDEN_FLEET_STREAM") == "", f"SSHWARDEN_FLEET_STREAM {env.get('SSHWARDEN_FLEET_STREAM')!r}, want empty")
+        role = created["TaskRole"]["PhysicalResourceId"]
+        policies = [self.iam.get_role_policy(RoleName=role, PolicyName=n)["PolicyDocument"]
+                    for n in self.iam.list_role_policies(RoleName=role)["PolicyNames"]]
+        text = json.dumps(policies)
+        check(policies and "partials" not in text and "leases-fleet" not in text and "PutRecords" not in text,
+              f"the worker role names fleet resources while disabled: {text[:400]}")
+        self.cfn.delete_stack(StackName=name)
+        return (f"{name}: no stream of partials, no fleet lease table, no fleet output; SSHWARDEN_FLEET_STREAM empty; "
+                f"the worker role's {len(policies)} policy(ies) name neither")
 
     def gone(self) -> bool:
         try:
@@ -469,7 +515,7 @@ def main() -> int:
     passed = failed = 0
     steps = [t.world, t.deploy, t.resources, t.outputs, t.stream_and_table, t.state_machines, t.quarantine_group,
              t.task_definition, t.alarms, t.subscription, t.start_worker, t.attack, t.quarantined, t.drain, t.dry_run,
-             t.deleted]
+             t.deleted, t.fleet_disabled]
     try:
         for step in steps:
             started = time.monotonic()
