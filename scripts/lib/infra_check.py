@@ -523,6 +523,7 @@ CONSUMERS_SRC = ROOT / "consumers" / "src"
 # (namespace, metric name, what it must watch) every alarm set must cover.
 WANTED_ALARM_METRICS = {
     ("AWS/Kinesis", "GetRecords.IteratorAgeMilliseconds", "LogStream"): "the workers' lag",
+    ("AWS/Kinesis", "GetRecords.IteratorAgeMilliseconds", "PartialsStream"): "the fleet stage's merge lag",
     ("AWS/States", "ExecutionsFailed", "QuarantineStateMachine"): "failed quarantines",
     ("AWS/States", "ExecutionsFailed", "ReleaseStateMachine"): "failed releases",
     ("AWS/DynamoDB", "WriteThrottleEvents", "LeaseTable"): "lease table throttling",
@@ -577,7 +578,7 @@ def check_alarms() -> None:
                 raise Failed(f"{name}: the worker does not log a message starting {m.group(1) if m else '?'!r} (consumers/src)")
     if int(t["Parameters"]["StreamRetentionHours"]["Default"]) < 72:
         raise Failed("StreamRetentionHours defaults to less than 3 days")
-    print(f"ok {len(alarms)} alarms (lag, retention, executions, sink failures, held, checkpoints, throttling) "
+    print(f"ok {len(alarms)} alarms (lag, fleet stage lag, retention, executions, sink failures, held, checkpoints, throttling) "
           "to the operations topic; its key lets CloudWatch publish; the metric filters' messages are the worker's")
 
 

@@ -268,6 +268,7 @@ class Test:
         service model, and each alarm must notify the operations topic."""
         params = {k: str(v.get("Default", "")) for k, v in self.template["Parameters"].items()} | self.params
         refs = {"OperationsTopic": self.out["OperationsTopicArn"], "LogStream": self.out["StreamName"],
+                "PartialsStream": self.out["FleetStreamName"],
                 "QuarantineStateMachine": self.out["QuarantineStateMachineArn"],
                 "BlockStateMachine": self.out["BlockStateMachineArn"],
                 "ReleaseStateMachine": self.out["ReleaseStateMachineArn"], "LeaseTable": self.out["LeaseTableName"],
@@ -300,7 +301,7 @@ class Test:
                 names.append(p["AlarmName"])
         self.cleanup.append(lambda: self.cw.delete_alarms(AlarmNames=names))
         got = self.cw.describe_alarms(AlarmNames=names)["MetricAlarms"]
-        check(len(got) == len(names) >= 7, f"{len(got)} alarms of {names}")
+        check(len(got) == len(names) >= 8, f"{len(got)} alarms of {names}")
         for a in got:
             check(a["AlarmActions"] == [self.out["OperationsTopicArn"]], f"{a['AlarmName']}: actions {a['AlarmActions']}")
         filters = self.logs.describe_metric_filters(logGroupName=self.out["WorkerLogGroupName"])["metricFilters"]
