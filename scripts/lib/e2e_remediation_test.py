@@ -5,7 +5,9 @@ The whole path of docs/design.md with nothing stubbed but AWS itself:
 
     PutLogEvents (one log stream per instance id)
       -> CloudWatch Logs subscription filter (ByLogStream) -> Kinesis (2 shards)
-      -> `sshwarden run --sink sfn` (leases in DynamoDB)
+      -> `sshwarden run --sink sfn` (leases in DynamoDB; with the fleet stage,
+         --fleet-stream: partials to a second 2-shard stream, read back under
+         <lease table>-fleet; docs/fleet.md)
       -> StartExecution of infra/statemachines/quarantine.asl.json
       -> EC2 security-group swap and tags, SNS -> SQS notification
 
@@ -527,9 +529,11 @@ def run_cases(w: E2E) -> None:
 
     def worker_ready() -> Note:
         s = w.wait_leases(w1, 2)
-        started = w1.events("worker started")
-        check(bool(started), "no 'worker started' log entry")
-        return Note(f"pid {w1.pid}; both shard leases held {s:.1f} s after start; "
+        started = w1.events("worker started, with the fleet stage")
+        check(bool(started), "no 'worker started, with the fleet stage' log entry")
+        check(started[0].get("fleet_stream") == w.fleet_stream, f"fleet stream {started[0].get('fleet_stream')!r}")
+        return Note(f"pid {w1.pid}; both shard leases held {s:.1f} s after start, with the fleet stage "
+                    f"({started[0].get('fleet_stream')}, leases in {started[0].get('fleet_table')}); "
                     f"flags --cooldown-secs 0 --blast-radius-max 0 --allow-instances {allowed}")
 
     if not case("worker 1 starts and takes both shard leases", worker_ready, show=[w1]):
