@@ -528,6 +528,8 @@ WANTED_ALARM_METRICS = {
     ("AWS/States", "ExecutionsFailed", "ReleaseStateMachine"): "failed releases",
     ("AWS/DynamoDB", "WriteThrottleEvents", "LeaseTable"): "lease table throttling",
     ("AWS/DynamoDB", "ReadThrottleEvents", "LeaseTable"): "lease table throttling",
+    ("AWS/DynamoDB", "WriteThrottleEvents", "FleetLeaseTable"): "fleet lease table throttling",
+    ("AWS/DynamoDB", "ReadThrottleEvents", "FleetLeaseTable"): "fleet lease table throttling",
     ("sshwarden", "CommandDeliveryFailures", ""): "sink failures",
     ("sshwarden", "HeldQuarantines", ""): "held quarantines",
 }
@@ -540,7 +542,10 @@ def alarm_metrics(props: dict[str, Any]) -> list[tuple[str, str, str]]:
     for m in stats:
         ns = m["Namespace"] if isinstance(m["Namespace"], str) else m["Namespace"].get("Fn::Sub", "")
         dims = m.get("Dimensions", [])
-        ref = dims[0]["Value"].get("Ref", "") if dims and isinstance(dims[0]["Value"], dict) else ""
+        value = dims[0]["Value"] if dims else ""
+        if isinstance(value, dict) and "Fn::If" in value:  # the branch of a stack with the condition on
+            value = value["Fn::If"][1]
+        ref = value.get("Ref", "") if isinstance(value, dict) else ""
         out.append((ns.split("/${")[0], m["MetricName"], ref))
     return out
 

@@ -268,7 +268,7 @@ class Test:
         service model, and each alarm must notify the operations topic."""
         params = {k: str(v.get("Default", "")) for k, v in self.template["Parameters"].items()} | self.params
         refs = {"OperationsTopic": self.out["OperationsTopicArn"], "LogStream": self.out["StreamName"],
-                "PartialsStream": self.out["FleetStreamName"],
+                "PartialsStream": self.out["FleetStreamName"], "FleetLeaseTable": self.out["FleetLeaseTableName"],
                 "QuarantineStateMachine": self.out["QuarantineStateMachineArn"],
                 "BlockStateMachine": self.out["BlockStateMachineArn"],
                 "ReleaseStateMachine": self.out["ReleaseStateMachineArn"], "LeaseTable": self.out["LeaseTableName"],
@@ -278,6 +278,10 @@ class Test:
         def resolve(v: Any) -> Any:
             if isinstance(v, dict) and set(v) == {"Ref"}:
                 return refs[v["Ref"]]
+            if isinstance(v, dict) and set(v) == {"Fn::If"}:  # this stack has every condition it tests on
+                cond, yes, no = v["Fn::If"]
+                check(cond == "FleetStageOn", f"a condition this test does not know: {cond}")
+                return resolve(yes)
             if isinstance(v, dict) and set(v) == {"Fn::Sub"}:
                 return re.sub(r"\$\{([^}]+)\}", lambda m: refs[m.group(1)], v["Fn::Sub"])
             if isinstance(v, dict):
@@ -304,8 +308,14 @@ class Test:
         check(len(got) == len(names) >= 8, f"{len(got)} alarms of {names}")
         for a in got:
             check(a["AlarmActions"] == [self.out["OperationsTopicArn"]], f"{a['AlarmName']}: actions {a['AlarmActions']}")
+        dims = {d["Value"] for a in got for m in a.get("Metrics", []) if "MetricStat" in m
+                for d in m["MetricStat"]["Metric"].get("Dimensions", [])} | \
+               {d["Value"] for a in got for d in a.get("Dimensions", [])}
+        for watched in ("FleetStreamName", "FleetLeaseTableName", "LeaseTableName", "StreamName"):
+            check(self.out[watched] in dims, f"no alarm watches {self.out[watched]}")
         filters = self.logs.describe_metric_filters(logGroupName=self.out["WorkerLogGroupName"])["metricFilters"]
-        return f"{len(names)} alarms to the operations topic, {len(filters)} metric filters on the worker log group"
+        return (f"{len(names)} alarms to the operations topic (the streams' lag and the lease tables' throttling, "
+                f"the fleet stage's included), {len(filters)} metric filters on the worker log group")
 
     def subscription(self) -> str:
         """The template's SubscriptionFilter, through the Logs API (moto's
