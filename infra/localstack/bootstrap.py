@@ -9,7 +9,9 @@ scripts/dev-loop (Kinesis on kinesis-local, the rest on moto). Needs boto3.
     bootstrap.py down --prefix NAME [--endpoint URL] [--kinesis-endpoint URL]
 
 `up` creates: a Kinesis stream NAME-sshd (N shards, waited for ACTIVE), the
-lease table NAME-leases (the worker would create it too), an SNS topic
+fleet stage's stream of partials NAME-partials (N shards, docs/fleet.md), the
+lease tables NAME-leases and NAME-leases-fleet (the worker's default for the
+partials' readers; it would create both too), an SNS topic
 NAME-alerts, a VPC with the quarantine group (as infra/quarantine-sg.yaml),
 and the quarantine and release state machines from infra/statemachines with
 their placeholders filled. It is idempotent: what exists is reused. With
@@ -64,18 +66,22 @@ def up(args: argparse.Namespace) -> dict[str, str]:
     c = clients(args)
     p = args.prefix
     stream, table = f"{p}-sshd", f"{p}-leases"
+    fleet_stream, fleet_table = f"{p}-partials", f"{p}-leases-fleet"
     k = c["kinesis"]
-    if not exists(lambda: k.describe_stream_summary(StreamName=stream)):
-        k.create_stream(StreamName=stream, ShardCount=args.shards)
+    for name in (stream, fleet_stream):
+        if not exists(lambda name=name: k.describe_stream_summary(StreamName=name)):
+            k.create_stream(StreamName=name, ShardCount=args.shards)
     deadline = time.monotonic() + 60
-    while k.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"]["StreamStatus"] != "ACTIVE":
-        if time.monotonic() > deadline:
-            sys.exit(f"stream {stream} not ACTIVE within 60 s")
-        time.sleep(0.2)
+    for name in (stream, fleet_stream):
+        while k.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]["StreamStatus"] != "ACTIVE":
+            if time.monotonic() > deadline:
+                sys.exit(f"stream {name} not ACTIVE within 60 s")
+            time.sleep(0.2)
     d = c["ddb"]
-    if not exists(lambda: d.describe_table(TableName=table)):
-        d.create_table(TableName=table, AttributeDefinitions=[{"AttributeName": "leaseKey", "AttributeType": "S"}],
-                       KeySchema=[{"AttributeName": "leaseKey", "KeyType": "HASH"}], BillingMode="PAY_PER_REQUEST")
+    for name in (table, fleet_table):
+        if not exists(lambda name=name: d.describe_table(TableName=name)):
+            d.create_table(TableName=name, AttributeDefinitions=[{"AttributeName": "leaseKey", "AttributeType": "S"}],
+                           KeySchema=[{"AttributeName": "leaseKey", "KeyType": "HASH"}], BillingMode="PAY_PER_REQUEST")
     topic = c["sns"].create_topic(Name=f"{p}-alerts")["TopicArn"]  # idempotent
     ec2 = c["ec2"]
     tag = [{"Name": "tag:sshwarden:dev-loop", "Values": [p]}]
@@ -127,6 +133,7 @@ def up(args: argparse.Namespace) -> dict[str, str]:
     env = {
         "SSHWARDEN_STREAM": stream,
         "SSHWARDEN_LEASE_TABLE": table,
+        "SSHWARDEN_FLEET_STREAM": fleet_stream,
         "SSHWARDEN_STATE_MACHINE_ARN": machines["quarantine"],
         "SSHWARDEN_DEV_RELEASE_STATE_MACHINE_ARN": machines["release"],
         "SSHWARDEN_DEV_TOPIC_ARN": topic,
@@ -152,8 +159,10 @@ def down(args: argparse.Namespace) -> dict[str, str]:
     for m in c["sfn"].list_state_machines()["stateMachines"]:
         if m["name"] in (f"{p}-quarantine", f"{p}-release"):
             attempt(m["name"], lambda arn=m["stateMachineArn"]: c["sfn"].delete_state_machine(stateMachineArn=arn))
-    attempt(f"{p}-sshd", lambda: c["kinesis"].delete_stream(StreamName=f"{p}-sshd", EnforceConsumerDeletion=True))
-    attempt(f"{p}-leases", lambda: c["ddb"].delete_table(TableName=f"{p}-leases"))
+    for s in (f"{p}-sshd", f"{p}-partials"):
+        attempt(s, lambda s=s: c["kinesis"].delete_stream(StreamName=s, EnforceConsumerDeletion=True))
+    for t in (f"{p}-leases", f"{p}-leases-fleet"):
+        attempt(t, lambda t=t: c["ddb"].delete_table(TableName=t))
     for t in c["sns"].list_topics()["Topics"]:
         if t["TopicArn"].endswith(f":{p}-alerts"):
             attempt(f"{p}-alerts", lambda arn=t["TopicArn"]: c["sns"].delete_topic(TopicArn=arn))

@@ -5,7 +5,9 @@ The whole path of docs/design.md with nothing stubbed but AWS itself:
 
     PutLogEvents (one log stream per instance id)
       -> CloudWatch Logs subscription filter (ByLogStream) -> Kinesis (2 shards)
-      -> `sshwarden run --sink sfn` (leases in DynamoDB)
+      -> `sshwarden run --sink sfn` (leases in DynamoDB; with the fleet stage,
+         --fleet-stream: partials to a second 2-shard stream, read back under
+         <lease table>-fleet; docs/fleet.md)
       -> StartExecution of infra/statemachines/quarantine.asl.json
       -> EC2 security-group swap and tags, SNS -> SQS notification
 
@@ -289,13 +291,18 @@ class E2E(smt.World):
         self.main_stream = f"{PREFIX}-sshd"
         self.group = f"/{PREFIX}/sshd"
         arn = self.stream(self.main_stream, 2)
+        # The fleet stage's stream of partials (docs/fleet.md): workers 1
+        # and 2 run with --fleet-stream.
+        self.fleet_stream = f"{PREFIX}-partials"
+        self.stream(self.fleet_stream, 2)
         self.log_group(self.group, arn, ["attacked", "benign", "benign2", "allowed"])
         f = self.logs.describe_subscription_filters(logGroupName=self.group)["subscriptionFilters"]
         check(len(f) == 1 and f[0]["destinationArn"] == arn, f"subscription filter: {f}")
         dist = f[0].get("distribution")
         if dist != "ByLogStream":
             deviation(f"DescribeSubscriptionFilters does not echo distribution ByLogStream (got {dist!r})")
-        return Note(f"log group {self.group}, 4 log streams named by instance id, filter -> {self.main_stream} (2 shards)")
+        return Note(f"log group {self.group}, 4 log streams named by instance id, filter -> {self.main_stream} (2 shards); "
+                    f"stream of partials {self.fleet_stream} (2 shards)")
 
     # ------------------------------------------------------------ kinesis
 
@@ -355,7 +362,7 @@ class E2E(smt.World):
     def worker(self, name: str, *, stream: str, table: str, global_flags: list[str],
                run_flags: list[str] | None = None, sfn_endpoint: str | None = None,
                machine_arn: str | None = None, sink_flags: list[str] | None = None,
-               blast_radius_max: int = 0) -> Worker:
+               blast_radius_max: int = 0, fleet: bool = False) -> Worker:
         port = free_port()
         sink = sink_flags or ["--sink", "sfn", "--state-machine-arn", machine_arn or self.machine["quarantine"]]
         # The remediation path is exercised with the seed policy's instance
@@ -368,6 +375,10 @@ class E2E(smt.World):
             *(run_flags or []),
         ]
         self.cleanup.append(lambda: self.ddb.delete_table(TableName=table))
+        if fleet:
+            # The partials' readers take the default lease table, <table>-fleet.
+            argv += ["--fleet-stream", self.fleet_stream]
+            self.cleanup.append(lambda: self.ddb.delete_table(TableName=f"{table}-fleet"))
         w = Worker(name, argv, self.worker_env(sfn_endpoint), self.workdir, port)
         self.workers.append(w)
         w.start()
@@ -514,13 +525,15 @@ def run_cases(w: E2E) -> None:
     # -------------------------------------------------- worker 1: detect and quarantine
 
     w1 = w.worker("w1", stream=w.main_stream, table=f"{PREFIX}-leases-1",
-                  global_flags=["--allow-instances", allowed])
+                  global_flags=["--allow-instances", allowed], fleet=True)
 
     def worker_ready() -> Note:
         s = w.wait_leases(w1, 2)
-        started = w1.events("worker started")
-        check(bool(started), "no 'worker started' log entry")
-        return Note(f"pid {w1.pid}; both shard leases held {s:.1f} s after start; "
+        started = w1.events("worker started, with the fleet stage")
+        check(bool(started), "no 'worker started, with the fleet stage' log entry")
+        check(started[0].get("fleet_stream") == w.fleet_stream, f"fleet stream {started[0].get('fleet_stream')!r}")
+        return Note(f"pid {w1.pid}; both shard leases held {s:.1f} s after start, with the fleet stage "
+                    f"({started[0].get('fleet_stream')}, leases in {started[0].get('fleet_table')}); "
                     f"flags --cooldown-secs 0 --blast-radius-max 0 --allow-instances {allowed}")
 
     if not case("worker 1 starts and takes both shard leases", worker_ready, show=[w1]):
@@ -674,8 +687,12 @@ def run_cases(w: E2E) -> None:
         check(len(ex) == 1, f"{len(ex)} executions: {[e['name'] for e in ex]}")
         failures = w1.metric_sum("sshwarden_command_failures_total")
         state["executions_after_w1"] = sorted(e["executionArn"] for e in ex)
+        # The fleet stage ran beside: the shards' engines wrote partials.
+        partials = wait_for("a partial written to the stream of partials",
+                            lambda: w1.metric_sum("sshwarden_partials_written_total"), 15)
         return Note(f"ListExecutions: {len(ex)} execution, = the {len(ids)} id(s) logged 'command delivered' "
-                    f"(already_handled=false); command_failures_total={failures:.0f}")
+                    f"(already_handled=false); command_failures_total={failures:.0f}; "
+                    f"{partials:.0f} partial(s) written to {w.fleet_stream}")
 
     case("exactly one execution per command id (ListExecutions vs the worker's log)", one_per_id)
 
@@ -691,7 +708,7 @@ def run_cases(w: E2E) -> None:
     # -------------------------------------------------- replay: fresh lease table, TRIM_HORIZON
 
     w2 = w.worker("w2", stream=w.main_stream, table=f"{PREFIX}-leases-2",
-                  global_flags=["--allow-instances", allowed], run_flags=["--start-position", "trim-horizon"])
+                  global_flags=["--allow-instances", allowed], run_flags=["--start-position", "trim-horizon"], fleet=True)
 
     def replay() -> Note:
         want = state["execution"]["name"]

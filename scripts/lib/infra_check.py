@@ -10,7 +10,9 @@
                               without backoff/jitter retries, a machine role beyond the
                               protected VPC or sshwarden:* tags, the instances' log
                               policy, the sshwarden:* tag guard, the journald unit's
-                              matches, the alarms
+                              matches, the alarms; the fleet stage's stream and lease
+                              table, and a worker role whose Kinesis and DynamoDB
+                              statements name only the stack's streams and tables
 
 The ASL files are the single source of the definitions. The template embeds
 each one, minified, as `DefinitionString: !Sub |-` between BEGIN/END marker
@@ -208,9 +210,15 @@ def check_retries() -> None:
 
 
 def statements(role: dict[str, Any]) -> list[dict[str, Any]]:
+    """A role's statements; one under `!If [cond, statement, !Ref AWS::NoValue]`
+    counts as present (the checks judge what the role may do when it is on)."""
     out = []
     for policy in role["Properties"].get("Policies", []):
-        out += policy["PolicyDocument"]["Statement"]
+        for st in policy["PolicyDocument"]["Statement"]:
+            if isinstance(st, dict) and set(st) == {"Fn::If"}:
+                out += [b for b in st["Fn::If"][1:] if b != {"Ref": "AWS::NoValue"}]
+            else:
+                out.append(st)
     return out
 
 
@@ -304,6 +312,112 @@ def check_block_role(res: dict[str, Any]) -> None:
             raise Failed(problem)
     print("ok BlockRole: the block machine's own, ACL entries created or replaced only with ec2:Vpc = VpcId, "
           "never deleted; the workers' sweep deletes only there")
+
+
+# What the workers may touch in Kinesis and DynamoDB: the stack's own streams
+# and tables, by reference (logical id -> what it is).
+WORKER_STREAMS = {"LogStream": "the log stream", "PartialsStream": "the fleet stage's stream"}
+WORKER_TABLES = {"LeaseTable", "FleetLeaseTable", "BlastRadiusTable", "BlocksTable"}
+# Kinesis actions that write: only the stream of partials.
+KINESIS_WRITES = {"kinesis:PutRecord", "kinesis:PutRecords"}
+
+
+def data_statement_problem(st: dict[str, Any]) -> str | None:
+    """Why a worker statement on Kinesis or DynamoDB reaches beyond the
+    stack's own streams and tables, or None."""
+    acts = actions(st)
+    services = {a.split(":", 1)[0] for a in acts}
+    if not services & {"kinesis", "dynamodb"}:
+        return None
+    sid = st.get("Sid")
+    if any("*" in a for a in acts):
+        return f"TaskRole {sid}: wildcard action in {sorted(acts)}"
+    if len(services) != 1:
+        return f"TaskRole {sid}: Kinesis or DynamoDB mixed with other services ({sorted(acts)})"
+    refs = st.get("Resource", [])
+    for r in refs if isinstance(refs, list) else [refs]:
+        if services == {"kinesis"}:
+            att = r.get("Fn::GetAtt") if isinstance(r, dict) else None
+            sub = r.get("Fn::Sub") if isinstance(r, dict) else None
+            m = re.fullmatch(r"\$\{(\w+)\.Arn\}/consumer/\*", sub) if isinstance(sub, str) else None
+            stream = att[0] if att and att[1:] == ["Arn"] else (m.group(1) if m else None)
+            if stream not in WORKER_STREAMS:
+                return f"TaskRole {sid}: Kinesis on {json.dumps(r)}, want the stack's streams {sorted(WORKER_STREAMS)}"
+            if acts & KINESIS_WRITES and (stream != "PartialsStream" or m):
+                return f"TaskRole {sid}: writes to {stream}, the workers write only the stream of partials"
+        else:
+            att = r.get("Fn::GetAtt") if isinstance(r, dict) else None
+            if not att or att[0] not in WORKER_TABLES or att[1:] != ["Arn"]:
+                return f"TaskRole {sid}: DynamoDB on {json.dumps(r)}, want the stack's tables {sorted(WORKER_TABLES)}"
+    return None
+
+
+def check_fleet_stage() -> None:
+    """The fleet stage (docs/fleet.md): its stream as the log stream (KMS,
+    retention), on demand by default; its lease table as LeaseTable under the
+    worker's default name; the task told the stream (empty when disabled);
+    the worker role's Kinesis and DynamoDB statements name only the stack's
+    streams and tables and write only the stream of partials."""
+    t = load_cfn(TEMPLATE)
+    res, params = t["Resources"], t["Parameters"]
+    if params["FleetStage"]["Default"] != "enabled" or params["FleetStreamMode"]["Default"] != "ON_DEMAND":
+        raise Failed("the fleet stage must be enabled and its stream on demand by default")
+    on = t["Conditions"].get("FleetStageOn")
+    if on != {"Fn::Equals": [{"Ref": "FleetStage"}, "enabled"]}:
+        raise Failed(f"FleetStageOn is {on}")
+    stream, logs = res["PartialsStream"], res["LogStream"]
+    if stream["Type"] != "AWS::Kinesis::Stream" or stream.get("Condition") != "FleetStageOn":
+        raise Failed("PartialsStream: a Kinesis stream under FleetStageOn")
+    for key in ("StreamEncryption", "RetentionPeriodHours"):
+        if stream["Properties"].get(key) != logs["Properties"][key]:
+            raise Failed(f"PartialsStream: {key} {stream['Properties'].get(key)}, want the log stream's")
+    if stream["Properties"]["StreamModeDetails"] != {"StreamMode": {"Ref": "FleetStreamMode"}}:
+        raise Failed("PartialsStream: its mode is not FleetStreamMode")
+    table, leases = res["FleetLeaseTable"], res["LeaseTable"]
+    if table.get("Condition") != "FleetStageOn":
+        raise Failed("FleetLeaseTable is not under FleetStageOn")
+    same = {k: v for k, v in table["Properties"].items() if k != "TableName"}
+    if same != {k: v for k, v in leases["Properties"].items() if k != "TableName"}:
+        raise Failed("FleetLeaseTable differs from LeaseTable beyond its name")
+    m = re.search(r'FLEET_LEASE_TABLE_SUFFIX: &str = "([^"]+)"', (CONSUMERS_SRC / "config" / "source.rs").read_text())
+    if not m:
+        raise Failed("no FLEET_LEASE_TABLE_SUFFIX in consumers/src/config/source.rs")
+    want = {"Fn::Sub": leases["Properties"]["TableName"]["Fn::Sub"] + m.group(1)}
+    if table["Properties"]["TableName"] != want:
+        raise Failed(f"FleetLeaseTable is named {table['Properties']['TableName']}, want the worker's default {want}")
+    (container,) = res["TaskDefinition"]["Properties"]["ContainerDefinitions"]
+    env = {e["Name"]: e["Value"] for e in container["Environment"]}
+    if env.get("SSHWARDEN_FLEET_STREAM") != {"Fn::If": ["FleetStageOn", {"Ref": "PartialsStream"}, ""]}:
+        raise Failed(f"SSHWARDEN_FLEET_STREAM is {env.get('SSHWARDEN_FLEET_STREAM')}, want PartialsStream when FleetStageOn")
+    if "SSHWARDEN_FLEET_LEASE_TABLE" in env:
+        raise Failed("SSHWARDEN_FLEET_LEASE_TABLE set: FleetLeaseTable carries the default name")
+    # The check must be able to fail.
+    for loose in ({"Sid": "Loose", "Effect": "Allow", "Action": "kinesis:GetRecords", "Resource": "*"},
+                  {"Sid": "Loose", "Effect": "Allow", "Action": "kinesis:PutRecords", "Resource": {"Fn::GetAtt": ["LogStream", "Arn"]}},
+                  {"Sid": "Loose", "Effect": "Allow", "Action": "dynamodb:*", "Resource": {"Fn::GetAtt": ["LeaseTable", "Arn"]}},
+                  {"Sid": "Loose", "Effect": "Allow", "Action": "dynamodb:Scan",
+                   "Resource": {"Fn::Sub": "arn:${AWS::Partition}:dynamodb:${AWS::Region}:${AWS::AccountId}:table/*"}}):
+        if data_statement_problem(loose) is None:
+            raise Failed(f"the worker data check passed {loose}")
+    named: dict[str, set[str]] = {}
+    for st in statements(res["TaskRole"]):
+        if st.get("Effect") != "Allow":
+            continue
+        problem = data_statement_problem(st)
+        if problem:
+            raise Failed(problem)
+        r = st.get("Resource")
+        if isinstance(r, dict) and "Fn::GetAtt" in r:
+            named.setdefault(r["Fn::GetAtt"][0], set()).update(actions(st))
+    want_fleet = {"kinesis:ListShards", "kinesis:DescribeStreamSummary", "kinesis:GetShardIterator",
+                  "kinesis:GetRecords", "kinesis:PutRecords"}
+    if named.get("PartialsStream") != want_fleet:
+        raise Failed(f"TaskRole on PartialsStream: {sorted(named.get('PartialsStream', []))}, want {sorted(want_fleet)}")
+    if named.get("FleetLeaseTable") != named.get("LeaseTable"):
+        raise Failed("TaskRole: FleetLeaseTable's actions differ from LeaseTable's")
+    print("ok the fleet stage: its stream (as the log stream's, on demand by default) and lease table "
+          "(as LeaseTable, the worker's default name) under FleetStageOn; SSHWARDEN_FLEET_STREAM; the worker's "
+          "Kinesis and DynamoDB statements name only the stack's streams and tables, and write only the partials")
 
 
 JOURNAL_UNIT = ROOT / "infra" / "cloudwatch-agent" / "sshwarden-journal.service"
@@ -409,10 +523,13 @@ CONSUMERS_SRC = ROOT / "consumers" / "src"
 # (namespace, metric name, what it must watch) every alarm set must cover.
 WANTED_ALARM_METRICS = {
     ("AWS/Kinesis", "GetRecords.IteratorAgeMilliseconds", "LogStream"): "the workers' lag",
+    ("AWS/Kinesis", "GetRecords.IteratorAgeMilliseconds", "PartialsStream"): "the fleet stage's merge lag",
     ("AWS/States", "ExecutionsFailed", "QuarantineStateMachine"): "failed quarantines",
     ("AWS/States", "ExecutionsFailed", "ReleaseStateMachine"): "failed releases",
     ("AWS/DynamoDB", "WriteThrottleEvents", "LeaseTable"): "lease table throttling",
     ("AWS/DynamoDB", "ReadThrottleEvents", "LeaseTable"): "lease table throttling",
+    ("AWS/DynamoDB", "WriteThrottleEvents", "FleetLeaseTable"): "fleet lease table throttling",
+    ("AWS/DynamoDB", "ReadThrottleEvents", "FleetLeaseTable"): "fleet lease table throttling",
     ("sshwarden", "CommandDeliveryFailures", ""): "sink failures",
     ("sshwarden", "HeldQuarantines", ""): "held quarantines",
 }
@@ -425,7 +542,10 @@ def alarm_metrics(props: dict[str, Any]) -> list[tuple[str, str, str]]:
     for m in stats:
         ns = m["Namespace"] if isinstance(m["Namespace"], str) else m["Namespace"].get("Fn::Sub", "")
         dims = m.get("Dimensions", [])
-        ref = dims[0]["Value"].get("Ref", "") if dims and isinstance(dims[0]["Value"], dict) else ""
+        value = dims[0]["Value"] if dims else ""
+        if isinstance(value, dict) and "Fn::If" in value:  # the branch of a stack with the condition on
+            value = value["Fn::If"][1]
+        ref = value.get("Ref", "") if isinstance(value, dict) else ""
         out.append((ns.split("/${")[0], m["MetricName"], ref))
     return out
 
@@ -463,7 +583,7 @@ def check_alarms() -> None:
                 raise Failed(f"{name}: the worker does not log a message starting {m.group(1) if m else '?'!r} (consumers/src)")
     if int(t["Parameters"]["StreamRetentionHours"]["Default"]) < 72:
         raise Failed("StreamRetentionHours defaults to less than 3 days")
-    print(f"ok {len(alarms)} alarms (lag, retention, executions, sink failures, held, checkpoints, throttling) "
+    print(f"ok {len(alarms)} alarms (lag, fleet stage lag, retention, executions, sink failures, held, checkpoints, throttling) "
           "to the operations topic; its key lets CloudWatch publish; the metric filters' messages are the worker's")
 
 
@@ -522,6 +642,7 @@ def main(argv: list[str]) -> int:
         check_journal_unit()
         check_tag_guard()
         check_alarms()
+        check_fleet_stage()
         check_quarantine_group()
         check_parses()
         size = len(new.encode())

@@ -8,7 +8,8 @@ run` against what it created; run by `scripts/check-infra --moto`.
    AWS::ApplicationAutoScaling::*) with a warning; the test fails if any
    other resource is missing, and creates the subscription filter through the
    Logs API with the template's own properties.
-3. Checks what was created: stream shards, the lease table's key, both state
+3. Checks what was created: stream shards, the lease table's key, the fleet
+   stage's stream of partials and lease table, the state
    machines (definition = the ASL file with the stack's group id and topic
    ARN), the quarantine group, the task definition (health check, stop
    timeout below the drain time, environment), the service.
@@ -17,10 +18,16 @@ run` against what it created; run by `scripts/check-infra --moto`.
    `sshwarden health` before and after start and `health --ready`, sends six
    failed-password lines and an accepted login through the log group, and waits for the quarantine
    state machine (from the stack) to isolate the instance.
+   The worker runs the fleet stage (SSHWARDEN_FLEET_STREAM from the task
+   definition): it writes partials to the stack's stream of partials and
+   holds leases in the stack's FleetLeaseTable (no table of its own).
 5. Stops the worker by PID (SIGTERM: exit 0, leases released, log lines in
    the shard span); runs `sshwarden run --sink stdout` over the same stream
    with a lease table of its own and checks the same command (same id) comes
    out on stdout; deletes the stack and what it made by hand.
+6. Deploys the template again with FleetStage=disabled: no stream of
+   partials, no fleet lease table, no permission on them, and an empty
+   SSHWARDEN_FLEET_STREAM (the worker then runs no fleet stage).
 
 Usage: infra_moto_test.py --bin PATH [--moto URL] [--template FILE] [--keep]
 Last line: `infra-moto: N passed, M failed`.
@@ -134,7 +141,7 @@ class Test:
         return f"{len(created)} created; skipped by moto (not implemented): {', '.join(sorted(missing))}"
 
     def outputs(self) -> str:
-        want = {"StreamName", "StreamArn", "LeaseTableName", "BlastRadiusTableName", "AlertTopicArn", "QuarantineGroupId",
+        want = {"StreamName", "StreamArn", "LeaseTableName", "FleetStreamName", "FleetLeaseTableName", "BlastRadiusTableName", "AlertTopicArn", "QuarantineGroupId",
                 "QuarantineStateMachineArn", "ReleaseStateMachineArn", "BlockStateMachineArn", "BlocksTableName",
                 "ClusterName", "WorkerLogGroupName",
                 "InstanceLogPolicyArn", "ProtectSshwardenTagsPolicyArn", "OperationsTopicArn",
@@ -156,7 +163,18 @@ class Test:
         check(b["KeySchema"] == [{"AttributeName": "periodKey", "KeyType": "HASH"}], f"blast-radius table key {b['KeySchema']}")
         k = self.ddb.describe_table(TableName=self.out["BlocksTableName"])["Table"]
         check(k["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"}], f"blocks table key {k['KeySchema']}")
+        f = self.kinesis.describe_stream_summary(StreamName=self.out["FleetStreamName"])["StreamDescriptionSummary"]
+        check(f["StreamStatus"] == "ACTIVE", f"stream of partials {f['StreamStatus']}")
+        check(f.get("EncryptionType") == s.get("EncryptionType"),
+              f"stream of partials encrypted {f.get('EncryptionType')}, the log stream {s.get('EncryptionType')}")
+        check(self.out["FleetLeaseTableName"] == self.out["LeaseTableName"] + "-fleet",
+              f"fleet lease table {self.out['FleetLeaseTableName']}: not the worker's default <lease table>-fleet")
+        fl = self.ddb.describe_table(TableName=self.out["FleetLeaseTableName"])["Table"]
+        check(fl["KeySchema"] == t["KeySchema"], f"fleet lease table key {fl['KeySchema']}")
         return (f"{self.out['StreamName']} (2 shards), {self.out['LeaseTableName']} (leaseKey), "
+                f"{self.out['FleetStreamName']} ({f['OpenShardCount']} open shard(s); moto reports mode "
+                f"{f.get('StreamModeDetails', {}).get('StreamMode', '?')} for the template's ON_DEMAND), "
+                f"{self.out['FleetLeaseTableName']} (leaseKey), "
                 f"{self.out['BlastRadiusTableName']} (periodKey), {self.out['BlocksTableName']} (pk)")
 
     def state_machines(self) -> str:
@@ -227,6 +245,14 @@ class Test:
         check(c.get("logConfiguration", {}).get("logDriver") == "awslogs", "awslogs driver")
         check(self.env.get("SSHWARDEN_STREAM") == self.out["StreamName"], "SSHWARDEN_STREAM is the stack's stream")
         check(self.env.get("SSHWARDEN_LEASE_TABLE") == self.out["LeaseTableName"], "SSHWARDEN_LEASE_TABLE")
+        check(self.env.get("SSHWARDEN_FLEET_STREAM") == self.out["FleetStreamName"], "SSHWARDEN_FLEET_STREAM is the stack's")
+        check("SSHWARDEN_FLEET_LEASE_TABLE" not in self.env, "SSHWARDEN_FLEET_LEASE_TABLE: the default name is the stack's")
+        role = self.phys["TaskRole"]
+        policies = json.dumps([self.iam.get_role_policy(RoleName=role, PolicyName=n)["PolicyDocument"]
+                               for n in self.iam.list_role_policies(RoleName=role)["PolicyNames"]])
+        fleet_arn = self.kinesis.describe_stream_summary(StreamName=self.out["FleetStreamName"])["StreamDescriptionSummary"]["StreamARN"]
+        check(fleet_arn in policies and "kinesis:PutRecords" in policies and f"table/{self.out['FleetLeaseTableName']}" in policies,
+              "the worker role does not name the stream of partials (PutRecords) and its lease table")
         check(self.env.get("SSHWARDEN_BLAST_RADIUS_TABLE") == self.out["BlastRadiusTableName"], "SSHWARDEN_BLAST_RADIUS_TABLE")
         check(self.env.get("SSHWARDEN_STATE_MACHINE_ARN") == self.out["QuarantineStateMachineArn"], "SSHWARDEN_STATE_MACHINE_ARN")
         check(self.env.get("SSHWARDEN_BLOCK_STATE_MACHINE_ARN") == self.out["BlockStateMachineArn"], "SSHWARDEN_BLOCK_STATE_MACHINE_ARN")
@@ -242,6 +268,7 @@ class Test:
         service model, and each alarm must notify the operations topic."""
         params = {k: str(v.get("Default", "")) for k, v in self.template["Parameters"].items()} | self.params
         refs = {"OperationsTopic": self.out["OperationsTopicArn"], "LogStream": self.out["StreamName"],
+                "PartialsStream": self.out["FleetStreamName"], "FleetLeaseTable": self.out["FleetLeaseTableName"],
                 "QuarantineStateMachine": self.out["QuarantineStateMachineArn"],
                 "BlockStateMachine": self.out["BlockStateMachineArn"],
                 "ReleaseStateMachine": self.out["ReleaseStateMachineArn"], "LeaseTable": self.out["LeaseTableName"],
@@ -251,6 +278,10 @@ class Test:
         def resolve(v: Any) -> Any:
             if isinstance(v, dict) and set(v) == {"Ref"}:
                 return refs[v["Ref"]]
+            if isinstance(v, dict) and set(v) == {"Fn::If"}:  # this stack has every condition it tests on
+                cond, yes, no = v["Fn::If"]
+                check(cond == "FleetStageOn", f"a condition this test does not know: {cond}")
+                return resolve(yes)
             if isinstance(v, dict) and set(v) == {"Fn::Sub"}:
                 return re.sub(r"\$\{([^}]+)\}", lambda m: refs[m.group(1)], v["Fn::Sub"])
             if isinstance(v, dict):
@@ -274,11 +305,17 @@ class Test:
                 names.append(p["AlarmName"])
         self.cleanup.append(lambda: self.cw.delete_alarms(AlarmNames=names))
         got = self.cw.describe_alarms(AlarmNames=names)["MetricAlarms"]
-        check(len(got) == len(names) >= 7, f"{len(got)} alarms of {names}")
+        check(len(got) == len(names) >= 8, f"{len(got)} alarms of {names}")
         for a in got:
             check(a["AlarmActions"] == [self.out["OperationsTopicArn"]], f"{a['AlarmName']}: actions {a['AlarmActions']}")
+        dims = {d["Value"] for a in got for m in a.get("Metrics", []) if "MetricStat" in m
+                for d in m["MetricStat"]["Metric"].get("Dimensions", [])} | \
+               {d["Value"] for a in got for d in a.get("Dimensions", [])}
+        for watched in ("FleetStreamName", "FleetLeaseTableName", "LeaseTableName", "StreamName"):
+            check(self.out[watched] in dims, f"no alarm watches {self.out[watched]}")
         filters = self.logs.describe_metric_filters(logGroupName=self.out["WorkerLogGroupName"])["metricFilters"]
-        return f"{len(names)} alarms to the operations topic, {len(filters)} metric filters on the worker log group"
+        return (f"{len(names)} alarms to the operations topic (the streams' lag and the lease tables' throttling, "
+                f"the fleet stage's included), {len(filters)} metric filters on the worker log group")
 
     def subscription(self) -> str:
         """The template's SubscriptionFilter, through the Logs API (moto's
@@ -327,7 +364,15 @@ class Test:
         m = self.worker.metrics()
         check(self.worker.metric_sum("sshwarden_leases_held", m) >= 1, "leases held")
         check(self.worker.metric_sum("sshwarden_sink_up", m) == 1, "sink up")
-        return f"pid {self.worker.pid}, env from the task definition; health 1 before start, 0 after; --ready 0"
+        # The fleet stage's readers hold the stream of partials' leases in
+        # the stack's table: the default name is the stack's.
+        fleet = wait_for(f"leases in {self.out['FleetLeaseTableName']}",
+                         lambda: self.ddb.scan(TableName=self.out["FleetLeaseTableName"])["Items"] or None, timeout=30)
+        tables = self.ddb.list_tables()["TableNames"]
+        check(all(not n.startswith(STACK) or n in self.out.values() for n in tables),
+              f"the worker made a table of its own: {[n for n in tables if n.startswith(STACK)]}")
+        return (f"pid {self.worker.pid}, env from the task definition; health 1 before start, 0 after; --ready 0; "
+                f"{len(fleet)} lease(s) of the stream of partials in {self.out['FleetLeaseTableName']}")
 
     def attack(self) -> str:
         group = self.params["SshdLogGroupName"]
@@ -367,8 +412,13 @@ class Test:
         slots = self.ddb.scan(TableName=self.out["BlastRadiusTableName"], ConsistentRead=True)["Items"]
         ids = {i for item in slots for i in item.get("ids", {}).get("SS", [])}
         check(command["id"] in ids, f"the quarantine took no slot in {self.out['BlastRadiusTableName']}: {slots}")
+        # The accepted login makes the shard send its partial at once (docs/fleet.md).
+        assert self.worker is not None
+        written = wait_for("partials written to the stack's stream of partials",
+                           lambda: self.worker.metric_sum("sshwarden_partials_written_total") or None, timeout=30)
         return (f"command {command['id']} ({command['rule']}) -> {d['status']}; the interface is in "
-                f"{self.out['QuarantineGroupId']} alone; one fleet-wide blast-radius slot taken")
+                f"{self.out['QuarantineGroupId']} alone; one fleet-wide blast-radius slot taken; "
+                f"{written:.0f} partial(s) written to {self.out['FleetStreamName']}")
 
     def drain(self) -> str:
         assert self.worker is not None
@@ -379,7 +429,11 @@ class Test:
         items = self.ddb.scan(TableName=self.out["LeaseTableName"])["Items"]
         owners = [i.get("leaseOwner", {}).get("S") for i in items]
         check(len(items) == 2 and not any(owners), f"leases after drain: {owners}")
-        return f"exit 0; {len(spans)} log lines in a shard span; both leases released"
+        fleet = self.ddb.scan(TableName=self.out["FleetLeaseTableName"])["Items"]
+        fleet_owners = [i.get("leaseOwner", {}).get("S") for i in fleet]
+        check(fleet and not any(fleet_owners), f"leases of the stream of partials after drain: {fleet_owners}")
+        return (f"exit 0; {len(spans)} log lines in a shard span; both leases and the {len(fleet)} of the "
+                "stream of partials released")
 
     def dry_run(self) -> str:
         """`--sink stdout` on the same stream from TRIM_HORIZON with a lease
@@ -387,6 +441,8 @@ class Test:
         on stdout."""
         table = f"{STACK}-dry-run"
         self.cleanup.append(lambda: self.ddb.delete_table(TableName=table))
+        # Its fleet stage's leases: the default name, a table of its own too.
+        self.cleanup.append(lambda: self.ddb.delete_table(TableName=f"{table}-fleet"))
         env = dict(self.worker_env, SSHWARDEN_SINK="stdout", SSHWARDEN_LEASE_TABLE=table,
                    SSHWARDEN_WORKER_ID=f"{STACK}-dry", SSHWARDEN_METRICS_ADDR=f"127.0.0.1:{free_port()}")
         self.worker = Worker("dry-run", [self.args.bin, "run"], env, self.workdir, None)
@@ -413,7 +469,43 @@ class Test:
         wait_for("stack deletion", lambda: self.gone(), timeout=60)
         streams = self.kinesis.list_streams()["StreamNames"]
         check(self.out["StreamName"] not in streams, "the stream is gone with the stack")
+        check(self.out["FleetStreamName"] not in streams, "the stream of partials is gone with the stack")
         return f"{STACK} deleted"
+
+    def fleet_disabled(self) -> str:
+        name = f"{STACK}-nofleet"
+        params = dict(self.params, FleetStage="disabled", SshdLogGroupName=f"/{name}/sshd")
+        self.cfn.create_stack(
+            StackName=name, TemplateBody=self.template_path.read_text(), Capabilities=["CAPABILITY_IAM"],
+            Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()],
+        )
+        self.cleanup.append(lambda: self.cfn.delete_stack(StackName=name))
+
+        def settled() -> dict | None:
+            s = self.cfn.describe_stacks(StackName=name)["Stacks"][0]
+            return None if s["StackStatus"].endswith("_IN_PROGRESS") else s
+
+        stack = wait_for("stack creation (FleetStage=disabled)", settled, timeout=60)
+        check(stack["StackStatus"] == "CREATE_COMPLETE", f"stack {stack['StackStatus']}: {stack.get('StackStatusReason')}")
+        out = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+        check("FleetStreamName" not in out and "FleetLeaseTableName" not in out, f"fleet outputs: {sorted(out)}")
+        created = {r["LogicalResourceId"]: r for r in self.cfn.list_stack_resources(StackName=name)["StackResourceSummaries"]}
+        check("PartialsStream" not in created and "FleetLeaseTable" not in created, "fleet resources created while disabled")
+        check(f"{name}-partials" not in self.kinesis.list_streams()["StreamNames"], "a stream of partials exists")
+        check(f"{name}-leases-fleet" not in self.ddb.list_tables()["TableNames"], "a fleet lease table exists")
+        svc = self.ecs.describe_services(cluster=out["ClusterName"], services=[created["Service"]["PhysicalResourceId"]])["services"]
+        td = self.ecs.describe_task_definition(taskDefinition=svc[0]["taskDefinition"])["taskDefinition"]
+        env = {e["name"]: e["value"] for e in td["containerDefinitions"][0].get("environment", [])}
+        check(env.get("SSHWARDEN_FLEET_STREAM") == "", f"SSHWARDEN_FLEET_STREAM {env.get('SSHWARDEN_FLEET_STREAM')!r}, want empty")
+        role = created["TaskRole"]["PhysicalResourceId"]
+        policies = [self.iam.get_role_policy(RoleName=role, PolicyName=n)["PolicyDocument"]
+                    for n in self.iam.list_role_policies(RoleName=role)["PolicyNames"]]
+        text = json.dumps(policies)
+        check(policies and "partials" not in text and "leases-fleet" not in text and "PutRecords" not in text,
+              f"the worker role names fleet resources while disabled: {text[:400]}")
+        self.cfn.delete_stack(StackName=name)
+        return (f"{name}: no stream of partials, no fleet lease table, no fleet output; SSHWARDEN_FLEET_STREAM empty; "
+                f"the worker role's {len(policies)} policy(ies) name neither")
 
     def gone(self) -> bool:
         try:
@@ -434,7 +526,7 @@ def main() -> int:
     passed = failed = 0
     steps = [t.world, t.deploy, t.resources, t.outputs, t.stream_and_table, t.state_machines, t.quarantine_group,
              t.task_definition, t.alarms, t.subscription, t.start_worker, t.attack, t.quarantined, t.drain, t.dry_run,
-             t.deleted]
+             t.deleted, t.fleet_disabled]
     try:
         for step in steps:
             started = time.monotonic()
