@@ -91,40 +91,83 @@ fn failed(instance: usize, time_ms: i64, src: &str, n: usize) -> GeneratedEvent 
     }
 }
 
-/// The commands of fleet rules across every worker: (rule, subject) → how many.
+/// The commands of fleet rules across every worker: (rule, subject) → how
+/// many distinct command ids. A reader that takes over a shard of partials
+/// (a lease moving at start, a kill) replays and may print a command again,
+/// under the same id: the sinks take one id once (Step Functions execution
+/// names, the block ledger), so once means one id.
 fn fleet_commands(outputs: &[Vec<Value>]) -> BTreeMap<(String, String), usize> {
-    let mut by = BTreeMap::new();
+    let mut by: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
     for c in outputs.iter().flatten() {
         let rule = c["rule"].as_str().unwrap_or_default();
         if rule.starts_with("fleet-") {
             let subject = c["source"].as_str().unwrap_or_default().to_owned();
-            *by.entry((rule.to_owned(), subject)).or_default() += 1;
+            let id = c["id"].as_str().unwrap_or_default().to_owned();
+            by.entry((rule.to_owned(), subject)).or_default().insert(id);
         }
     }
-    by
+    by.into_iter().map(|(k, ids)| (k, ids.len())).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_spray_over_forty_instances_fires_once_fleet_wide_across_two_workers() {
-    let mut h = Harness::new("fleet-spray", 8).await;
+/// `shares.len()` workers with the fleet stage on an 8-shard stream of
+/// logs and a 2-shard stream of partials, balanced as `shares`.
+async fn fleet_harness(
+    label: &str,
+    shares: &[usize],
+    config_extra: &'static str,
+) -> (Harness, PartialsStream) {
+    let mut h = Harness::new(label, 8).await;
     let partials = partials_stream(&h, 2).await;
     h.policy = "graduated";
+    h.config_extra = config_extra;
     let fleet_args = [
         "--fleet-stream",
         partials.name.as_str(),
         "--fleet-lease-table",
         partials.table.as_str(),
     ];
-    for w in ["w0", "w1"] {
+    for i in 0..shares.len() {
         h.spawn_with(
-            w,
+            &format!("w{i}"),
             &Spawn {
                 args: &fleet_args,
                 ..Spawn::default()
             },
         );
     }
-    h.wait_balanced(8, &[4, 4]).await;
+    h.wait_balanced(8, shares).await;
+    (h, partials)
+}
+
+/// Waits until every partial written so far has been merged: what was sent
+/// has been judged (windows still open send their final partials later).
+async fn wait_partials_merged(h: &mut Harness) {
+    let d = Deadline::new("every partial written to be merged", MAX_WAIT);
+    loop {
+        let sum = |f: &dyn Fn(&Worker) -> f64| h.workers.iter().map(f).sum::<f64>();
+        let written = sum(&|w| w.metric("sshwarden_partials_written_total"));
+        let merged = sum(&|w| w.metric_where("sshwarden_fleet_stage", "kind=\"partials\""));
+        if written > 0.0 && merged >= written {
+            return;
+        }
+        h.check_running();
+        d.check(|| format!("{merged} of {written} partials merged"));
+        poll().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spray_over_forty_instances_fires_once_fleet_wide_across_two_workers() {
+    spray_fires_once("fleet-spray", &[4, 4]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spray_over_forty_instances_fires_once_fleet_wide_across_three_workers() {
+    spray_fires_once("fleet-spray3", &[3, 3, 2]).await;
+}
+
+async fn spray_fires_once(label: &str, shares: &[usize]) {
+    let (mut h, _partials) = fleet_harness(label, shares, "").await;
 
     // One guess on each of 40 instances, half a second apart, from one
     // address: no shard sees 10 instances (the spray), the fleet does.
@@ -149,21 +192,8 @@ async fn a_spray_over_forty_instances_fires_once_fleet_wide_across_two_workers()
         d.check(|| format!("fleet commands so far: {:?}", fleet_commands(&h.outputs())));
         poll().await;
     }
-    // Nothing more will come from what was sent so far: every partial
-    // written has been merged (windows still open send theirs later; a rule
-    // fires once per window whatever comes).
-    let d = Deadline::new("every partial written to be merged", MAX_WAIT);
-    loop {
-        let sum = |f: &dyn Fn(&Worker) -> f64| h.workers.iter().map(f).sum::<f64>();
-        let written = sum(&|w| w.metric("sshwarden_partials_written_total"));
-        let merged = sum(&|w| w.metric_where("sshwarden_fleet_stage", "kind=\"partials\""));
-        if written > 0.0 && merged >= written {
-            break;
-        }
-        h.check_running();
-        d.check(|| format!("{merged} of {written} partials merged"));
-        poll().await;
-    }
+    // A rule fires once per window whatever comes later.
+    wait_partials_merged(&mut h).await;
     let outputs = h.outputs();
     // A shard that alone saw 5 guesses blocks the address itself (the
     // brute force); none saw 10 instances.
@@ -193,7 +223,7 @@ async fn a_spray_over_forty_instances_fires_once_fleet_wide_across_two_workers()
     assert_eq!(fleet.get(&spray), Some(&1), "{fleet:?}");
     assert!(
         fleet.values().all(|&n| n == 1),
-        "each fleet rule once: {fleet:?}"
+        "each fleet rule under one id: {fleet:?}"
     );
     let c = outputs
         .iter()
@@ -347,29 +377,131 @@ async fn kill_nine_of_the_fleet_stage_loses_no_partial_and_changes_no_command_id
         spray["distinct"]["instances"].as_u64().unwrap() >= 10,
         "{spray}"
     );
+    let fleet = fleet_commands(&outputs);
     for rule in ["fleet-brute-force", "fleet-spray"] {
         assert_eq!(
-            ids_of(&outputs, rule).len(),
-            1,
-            "{rule} under one id: {:?}",
-            fleet_commands(&outputs)
+            fleet.get(&(rule.to_owned(), format!("{src}/32"))),
+            Some(&1),
+            "{rule} under one id: {fleet:?}"
         );
     }
-    let per_id: BTreeMap<(String, String), BTreeSet<String>> = outputs
+    assert!(
+        fleet.values().all(|&n| n == 1),
+        "one id per fleet command: {fleet:?}"
+    );
+}
+
+/// 500 addresses, each one guess on 4 of 20 instances: no address is heavy
+/// (no source rule fires, on a shard or fleet-wide), while every instance
+/// sees 100 addresses in 10 minutes (the shards' `instance-under-attack`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_botnet_of_light_addresses_fires_no_source_rule_and_every_instance_rule() {
+    // Every partial is sent at its first guess (20% of brute force's 5), so
+    // the fleet stage merges all 500 addresses' partials now, not when their
+    // windows close.
+    let (mut h, _partials) =
+        fleet_harness("fleet-botnet", &[4, 4], "[fleet]\nearly_percent = 20\n").await;
+    let start = traffic_start(5_000, 30_000);
+    let mut events = Vec::new();
+    for a in 0..500usize {
+        let src = format!("198.18.{}.{}", a / 250, a % 250 + 1);
+        for k in 0..4 {
+            let n = a * 4 + k;
+            events.push(failed((a * 4 + k) % 20, start + n as i64 * 10, &src, n));
+        }
+    }
+    h.put(&records(&events)).await;
+    let instances: BTreeSet<String> = (0..20).map(|i| format!("i-{i:017x}")).collect();
+    let d = Deadline::new("instance-under-attack on every instance", MAX_WAIT);
+    loop {
+        h.check_running();
+        let notified: BTreeSet<String> = h
+            .outputs()
+            .iter()
+            .flatten()
+            .filter(|c| c["rule"] == "instance-under-attack")
+            .filter_map(|c| c["instance_id"].as_str().map(str::to_owned))
+            .collect();
+        if notified == instances {
+            break;
+        }
+        d.check(|| format!("{} of 20 instances notified", notified.len()));
+        poll().await;
+    }
+    wait_partials_merged(&mut h).await;
+    let sources: Vec<(String, String)> = h
+        .outputs()
         .iter()
         .flatten()
-        .filter(|c| c["rule"].as_str().unwrap_or_default().starts_with("fleet-"))
-        .fold(BTreeMap::new(), |mut m, c| {
-            m.entry((
+        .filter(|c| c["subject_kind"] == "source")
+        .map(|c| {
+            (
                 c["rule"].as_str().unwrap_or_default().to_owned(),
                 c["source"].as_str().unwrap_or_default().to_owned(),
-            ))
-            .or_default()
-            .insert(c["id"].as_str().unwrap_or_default().to_owned());
-            m
-        });
+            )
+        })
+        .collect();
+    assert_eq!(sources, vec![], "no address is heavy");
+    let merged: f64 = h
+        .workers
+        .iter()
+        .map(|w| w.metric_where("sshwarden_fleet_stage", "kind=\"partials\""))
+        .sum();
     assert!(
-        per_id.values().all(|ids| ids.len() == 1),
-        "one id per fleet command: {per_id:?}"
+        merged > 0.0,
+        "the botnet's partials reached the fleet stage"
+    );
+}
+
+/// Three guesses on instance A and three on B (different shards), then a
+/// login accepted on C (a third shard) from the same address: no shard saw
+/// five failures, the fleet did, before the login; C is quarantined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_elsewhere_then_a_login_quarantine_the_instance_that_accepted_it() {
+    let (mut h, _partials) = fleet_harness("fleet-compromise", &[4, 4], "").await;
+    let ranges = sshwarden_loadgen::writer::kinesis::hash_ranges(&h.kinesis, &h.stream)
+        .await
+        .unwrap();
+    let mut taken = BTreeSet::new();
+    let abc = on_distinct_shards(&ranges, 300, 3, &mut taken);
+    let src = "192.0.2.200";
+    let start = traffic_start(5_000, 30_000);
+    let mut events: Vec<GeneratedEvent> = (0..6)
+        .map(|n| failed(abc[n % 2], start + n as i64 * 1_000, src, 500 + n))
+        .collect();
+    let victim = format!("i-{:017x}", abc[2]);
+    events.push(GeneratedEvent {
+        line: format!(
+            "Dec  7 01:00:00 ip-10-0-0-9 sshd[900]: Accepted password for deploy from {src} port 50900 ssh2"
+        ),
+        id: format!("{:056}", 9_000_000),
+        ..failed(abc[2], start + 10_000, src, 900)
+    });
+    h.put(&records(&events)).await;
+    let quarantines = |h: &Harness| -> Vec<(String, String)> {
+        h.outputs()
+            .iter()
+            .flatten()
+            .filter(|c| c["action"] == "quarantine")
+            .map(|c| {
+                (
+                    c["rule"].as_str().unwrap_or_default().to_owned(),
+                    c["instance_id"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let d = Deadline::new("the fleet stage's quarantine", MAX_WAIT);
+    while quarantines(&h).is_empty() {
+        h.check_running();
+        d.check(|| format!("fleet commands: {:?}", fleet_commands(&h.outputs())));
+        poll().await;
+    }
+    wait_partials_merged(&mut h).await;
+    let q: BTreeSet<(String, String)> = quarantines(&h).into_iter().collect();
+    assert_eq!(
+        q,
+        BTreeSet::from([("fleet-compromise".to_owned(), victim)]),
+        "only the instance that accepted the login, once"
     );
 }
