@@ -308,7 +308,17 @@ async fn kill_nine_of_the_fleet_stage_loses_no_partial_and_changes_no_command_id
     let first = on_distinct_shards(&ranges, 0, 6, &mut taken);
     let mut taken = BTreeSet::new();
     let second = on_distinct_shards(&ranges, 1_000, 5, &mut taken);
-    let start = traffic_start(5_000, 30_000);
+    // The first half in one minute, the second in the next, both in one
+    // 10-minute window (so in one window of every fleet rule): the minute
+    // before this one, unless this one starts a 10-minute window; then this
+    // one and the next (ahead of the clock by less than the 300 s allowed).
+    let this_minute = now_ms().div_euclid(60_000) * 60_000;
+    let first_minute = if this_minute % 600_000 == 0 {
+        this_minute
+    } else {
+        this_minute - 60_000
+    };
+    let start = first_minute + 5_000;
     let guesses = |instances: &[usize], t0: i64, base: usize| -> Vec<GeneratedEvent> {
         instances
             .iter()
@@ -360,7 +370,7 @@ async fn kill_nine_of_the_fleet_stage_loses_no_partial_and_changes_no_command_id
     h.log(format_args!(
         "killed {victim_id}, which had merged {merged} partials"
     ));
-    let second_events = guesses(&second, start - start.rem_euclid(60_000) + 60_000, 100);
+    let second_events = guesses(&second, first_minute + 65_000, 100);
     h.put(&records(&second_events)).await;
     let d = Deadline::new("the survivor's spray (6 + 5 instances)", MAX_WAIT);
     while ids_of(&h.outputs(), "fleet-spray").is_empty() {
