@@ -278,7 +278,24 @@ fn on_distinct_shards(
 /// id (a command repeated by the replay has the same id).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_nine_of_the_fleet_stage_loses_no_partial_and_changes_no_command_id() {
-    let mut h = Harness::new("fleet-kill9", 8).await;
+    spray_in_two_halves("fleet-kill9", Disturbance::KillNine).await;
+}
+
+/// The same with the stream of partials split in two between the halves:
+/// the parent's reader ends, both children replay what it still held, and
+/// the child that receives the second half completes the spray.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_of_the_stream_of_partials_loses_no_partial_and_changes_no_command_id() {
+    spray_in_two_halves("fleet-split", Disturbance::SplitPartials).await;
+}
+
+enum Disturbance {
+    KillNine,
+    SplitPartials,
+}
+
+async fn spray_in_two_halves(label: &str, disturbance: Disturbance) {
+    let mut h = Harness::new(label, 8).await;
     let partials = partials_stream(&h, 1).await;
     h.policy = "graduated";
     // One-minute partial windows: the second half opens new partials.
@@ -361,15 +378,63 @@ async fn kill_nine_of_the_fleet_stage_loses_no_partial_and_changes_no_command_id
         });
         poll().await;
     };
-    let victim_id = h.workers[victim].id.clone();
     assert!(
         ids_of(&h.outputs(), "fleet-spray").is_empty(),
         "6 instances are not a spray yet"
     );
-    h.workers[victim].kill9();
-    h.log(format_args!(
-        "killed {victim_id}, which had merged {merged} partials"
-    ));
+    match disturbance {
+        Disturbance::KillNine => {
+            let victim_id = h.workers[victim].id.clone();
+            h.workers[victim].kill9();
+            h.log(format_args!(
+                "killed {victim_id}, which had merged {merged} partials"
+            ));
+        }
+        Disturbance::SplitPartials => {
+            let shards = h
+                .kinesis
+                .list_shards()
+                .stream_name(&partials.name)
+                .send()
+                .await
+                .expect("ListShards");
+            let parent = shards.shards()[0].clone();
+            let range = parent.hash_key_range().expect("hash key range");
+            let lo: u128 = range.starting_hash_key().parse().unwrap();
+            let hi: u128 = range.ending_hash_key().parse().unwrap();
+            h.kinesis
+                .split_shard()
+                .stream_name(&partials.name)
+                .shard_to_split(parent.shard_id())
+                .new_starting_hash_key((lo + (hi - lo) / 2).to_string())
+                .send()
+                .await
+                .expect("SplitShard");
+            let d = Deadline::new("the stream of partials to be ACTIVE again", MAX_WAIT);
+            loop {
+                let status = h
+                    .kinesis
+                    .describe_stream_summary()
+                    .stream_name(&partials.name)
+                    .send()
+                    .await
+                    .ok()
+                    .and_then(|o| {
+                        o.stream_description_summary()
+                            .map(|s| s.stream_status().clone())
+                    });
+                if status == Some(aws_sdk_kinesis::types::StreamStatus::Active) {
+                    break;
+                }
+                d.check(|| format!("status {status:?}"));
+                pause(100).await;
+            }
+            h.log(format_args!(
+                "split {} after {merged} partials were merged",
+                parent.shard_id()
+            ));
+        }
+    }
     let second_events = guesses(&second, first_minute + 65_000, 100);
     h.put(&records(&second_events)).await;
     let d = Deadline::new("the survivor's spray (6 + 5 instances)", MAX_WAIT);
