@@ -394,13 +394,18 @@ impl Core {
     fn process_line(&mut self, input: &LineInput<'_>, origin: &Origin, out: &mut Vec<Decision>) {
         self.stats.events += 1;
         // Most lines of a host's log are not sshd's: a SIMD search for the
-        // process name rejects them before any parsing. Their time is not
-        // needed; sshd's own lines move the watermark.
-        if input.time_ms.is_none() && self.sshd_finder.find(input.line.as_bytes()).is_none() {
+        // process name rejects them before any parsing (every prefix
+        // `parse_line` accepts names `sshd`). Without a transport time their
+        // time is not needed (sshd's own lines move the watermark); with one
+        // they still move their stream's clock below.
+        let parsed = if self.sshd_finder.find(input.line.as_bytes()).is_some() {
+            prefix::parse_line(input.line)
+        } else if input.time_ms.is_none() {
             self.stats.non_sshd_lines += 1;
             return;
-        }
-        let parsed = prefix::parse_line(input.line);
+        } else {
+            None
+        };
         let instance = match (input.instance_from_host, parsed.and_then(|l| l.host)) {
             (true, Some(h)) => h,
             _ => input.instance,
