@@ -26,6 +26,7 @@ use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 
 use serde::Serialize;
+use smallvec::SmallVec;
 
 use crate::classify::Signal;
 use crate::peer::{Peer, PeerGrouping, PeerNet};
@@ -91,7 +92,8 @@ const NAMED_INSTANCES: usize = 16;
 /// Distinct values by hash, exact up to a bound.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DistinctSet {
-    hashes: Vec<u64>,
+    /// Most windows see one to a few values: those stay inline.
+    hashes: SmallVec<[u64; 4]>,
     saturated: bool,
 }
 
@@ -182,12 +184,14 @@ struct Evidence {
     users: DistinctSet,
     instances: DistinctSet,
     sources: DistinctSet,
-    /// Shared with the stream's own name: naming an instance allocates nothing.
-    instance_names: Vec<Arc<String>>,
+    /// Shared with the stream's own name: naming an instance allocates
+    /// nothing (and most sources try one or two, kept inline).
+    instance_names: SmallVec<[Arc<String>; 2]>,
     top: Vec<(Peer, u32)>,
     other_source_events: u32,
-    /// One copy of a line however many lanes' windows sample it.
-    samples: Vec<Arc<str>>,
+    /// One copy of a line however many lanes' windows sample it (the
+    /// default three inline).
+    samples: SmallVec<[Arc<str>; 3]>,
     /// Instances a success-after-failures rule already fired for.
     compromised: Vec<Arc<String>>,
 }
