@@ -9,7 +9,9 @@
 //! * `aggregate/process_line`: `Engine::process_line` (prefix, classify,
 //!   context, windows, policy) over pre-extracted lines; bytes of line.
 //! * `whole/process_record`: `Engine::process_record` over the gzip records;
-//!   bytes of uncompressed JSON.
+//!   bytes of uncompressed JSON. `whole/process_record_seed`: the same with
+//!   the seed policy (the original sample's three per-instance rules), the
+//!   engine's cost before #13's graduated rules, for comparison.
 //! * `hard/dense` and `hard/flood`: the whole path on the hard inputs of
 //!   issue #17: a dense sshd log (200 instances, heavy scanning and a
 //!   40,000-address botnet: most evidence from a new address) and an
@@ -29,6 +31,8 @@ use sshwarden_benches::{bench_fleet, corpus, corpus_of, dense_fleet, flood_event
 use sshwarden_pipeline::classify::{self, oracle};
 use sshwarden_pipeline::command::Origin;
 use sshwarden_pipeline::envelope::Decoder;
+use sshwarden_pipeline::policy::PolicyConfig;
+use sshwarden_pipeline::rules::PolicyName;
 use sshwarden_pipeline::{Engine, EngineConfig, LineInput, RecordInput};
 
 fn group<'a>(
@@ -61,16 +65,24 @@ fn describe(name: &str, corpus: &Corpus) {
     );
 }
 
-/// `Engine::process_record` over every record of `corpus`, a fresh engine per pass.
+/// `Engine::process_record` over every record of `corpus`, a fresh engine
+/// with `policy` per pass.
 fn whole_path(
     g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
     name: &str,
     corpus: &Corpus,
+    policy: PolicyName,
 ) {
     g.throughput(Throughput::Bytes(corpus.json_bytes));
     g.bench_function(name, |b| {
         b.iter_batched(
-            engine,
+            || {
+                Engine::new(EngineConfig {
+                    policy: PolicyConfig::named(policy),
+                    ..EngineConfig::default()
+                })
+                .expect("built-in policy")
+            },
             |mut e| {
                 let mut out = Vec::new();
                 for (pos, r) in corpus.records.iter().enumerate() {
@@ -175,7 +187,8 @@ fn benches(c: &mut Criterion) {
     g.finish();
 
     let mut g = group(c, "whole");
-    whole_path(&mut g, "process_record", &corpus);
+    whole_path(&mut g, "process_record", &corpus, PolicyName::Graduated);
+    whole_path(&mut g, "process_record_seed", &corpus, PolicyName::Seed);
     g.finish();
 
     let dense = self::corpus(&dense_fleet());
@@ -184,8 +197,8 @@ fn benches(c: &mut Criterion) {
     let flood = corpus_of(&flood, 1.0, 0);
     describe("flood", &flood);
     let mut g = group(c, "hard");
-    whole_path(&mut g, "dense", &dense);
-    whole_path(&mut g, "flood", &flood);
+    whole_path(&mut g, "dense", &dense, PolicyName::Graduated);
+    whole_path(&mut g, "flood", &flood, PolicyName::Graduated);
     g.finish();
 }
 

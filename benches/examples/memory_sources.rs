@@ -6,7 +6,8 @@
 //! per second of the run (line formatting included): an address flood's
 //! speed.
 //!
-//! `cargo run --release -p sshwarden-benches --example memory_sources -- N [MAX_SOURCES]`
+//! `cargo run --release -p sshwarden-benches --example memory_sources -- N [MAX_SOURCES] [totals]`
+//! (`totals`: also keep the whole-input totals per source, as `scan` does).
 
 use sshwarden_pipeline::command::Origin;
 use sshwarden_pipeline::window::WindowConfig;
@@ -16,7 +17,10 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let n: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(1_000);
     let cap: Option<usize> = args.next().and_then(|a| a.parse().ok());
-    let mut config = EngineConfig::default();
+    let mut config = EngineConfig {
+        keep_totals: args.next().as_deref() == Some("totals"),
+        ..EngineConfig::default()
+    };
     if let Some(cap) = cap {
         config.window = WindowConfig {
             max_sources: cap,
@@ -65,9 +69,10 @@ fn main() {
     let peak = peak_rss_kb();
     println!(
         "distinct_sources={n} max_sources={cap} live_source_keys={sources} live_instance_keys={instances} \
-         evicted_sources={} counted_events={} peak_rss_kb={peak} baseline_rss_kb={base_rss} bytes_per_live_source={} lines_per_sec={:.0}",
+         evicted_sources={} counted_events={} totals={} peak_rss_kb={peak} baseline_rss_kb={base_rss} bytes_per_live_source={} lines_per_sec={:.0}",
         stats.windows.evicted_sources,
         stats.signals.values().sum::<u64>(),
+        engine.totals().map_or(0, |t| t.sources.len()),
         (peak.saturating_sub(base_rss) * 1024).checked_div(sources as u64).unwrap_or(0),
         f64::from(n) / secs,
     );

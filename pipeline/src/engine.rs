@@ -75,6 +75,9 @@ pub struct Stats {
     pub suppressed: u64,
     pub windows: WindowStats,
     pub connection_evictions: u64,
+    /// Source networks whose whole-input totals were dropped to keep them
+    /// within `max_sources` (with `keep_totals`; see [`Totals`]).
+    pub dropped_source_totals: u64,
 }
 
 /// An [`EngineConfig`] [`Engine::new`] refuses.
@@ -135,8 +138,34 @@ pub struct LineInput<'a> {
 #[derive(Debug, Default, Clone)]
 pub struct Totals {
     pub instances: HashMap<String, [u64; Signal::COUNT]>,
-    /// By source network (what source rules count and commands name).
+    /// By source network (what source rules count and commands name). At
+    /// most `max_sources` networks: past that, the half with the smallest
+    /// totals is dropped (ties by network, so what stays does not depend on
+    /// the map's order), so an address flood cannot grow the totals without
+    /// bound. A network's total is exact unless it was once dropped, which
+    /// takes being among the smallest.
     pub sources: HashMap<crate::peer::PeerNet, [u64; Signal::COUNT]>,
+    /// Networks dropped so far.
+    pub dropped_sources: u64,
+}
+
+impl Totals {
+    /// Keeps the `keep` source networks with the largest totals.
+    fn prune_sources(&mut self, keep: usize) {
+        if self.sources.len() <= keep {
+            return;
+        }
+        let mut all: Vec<(u64, crate::peer::PeerNet)> = self
+            .sources
+            .iter()
+            .map(|(net, counts)| (counts.iter().sum(), net.clone()))
+            .collect();
+        all.select_nth_unstable_by(keep, |a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        for (_, net) in &all[keep..] {
+            self.sources.remove(net);
+        }
+        self.dropped_sources += (all.len() - keep) as u64;
+    }
 }
 
 pub struct Engine {
@@ -375,6 +404,7 @@ impl Engine {
             .collect();
         s.windows = self.core.windows.stats();
         s.connection_evictions = self.core.tracker.evictions();
+        s.dropped_source_totals = self.core.totals.as_ref().map_or(0, |t| t.dropped_sources);
         s
     }
 
@@ -472,13 +502,18 @@ impl Core {
     fn process_line(&mut self, input: &LineInput<'_>, origin: &Origin, out: &mut Vec<Decision>) {
         self.stats.events += 1;
         // Most lines of a host's log are not sshd's: a SIMD search for the
-        // process name rejects them before any parsing. Their time is not
-        // needed; sshd's own lines move the watermark.
-        if input.time_ms.is_none() && self.sshd_finder.find(input.line.as_bytes()).is_none() {
+        // process name rejects them before any parsing (every prefix
+        // `parse_line` accepts names `sshd`). Without a transport time their
+        // time is not needed (sshd's own lines move the watermark); with one
+        // they still move their stream's clock below.
+        let parsed = if self.sshd_finder.find(input.line.as_bytes()).is_some() {
+            prefix::parse_line(input.line)
+        } else if input.time_ms.is_none() {
             self.stats.non_sshd_lines += 1;
             return;
-        }
-        let parsed = prefix::parse_line(input.line);
+        } else {
+            None
+        };
         let instance = match (input.instance_from_host, parsed.and_then(|l| l.host)) {
             (true, Some(h)) => h,
             _ => input.instance,
@@ -605,6 +640,12 @@ impl Core {
             if let Some(src) = &source {
                 let net = self.config.window.grouping.network(src);
                 t.sources.entry(net).or_default()[signal.index()] += 1;
+                let cap = self.config.window.max_sources.max(1);
+                if t.sources.len() > cap {
+                    // Down to half: the pruning's cost is spread over the
+                    // next cap / 2 new networks.
+                    t.prune_sources((cap / 2).max(1));
+                }
             }
         }
         self.decide(origin, out);
@@ -666,6 +707,55 @@ mod tests {
             &Origin::default(),
             out,
         );
+    }
+
+    #[test]
+    fn source_totals_stay_within_the_cap_and_keep_the_largest() {
+        let mut engine = Engine::new(EngineConfig {
+            keep_totals: true,
+            window: WindowConfig {
+                max_sources: 100,
+                ..WindowConfig::default()
+            },
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        let mut out = Vec::new();
+        let mut send = |engine: &mut Engine, n: u32, ip: std::net::Ipv4Addr| {
+            let text = format!("Nov 29 10:00:00 h sshd[{n}]: Invalid user u from {ip} port {n}");
+            engine.process_line(
+                &LineInput {
+                    instance: "i-0123456789abcdef0",
+                    instance_from_host: false,
+                    event_id: None,
+                    time_ms: Some(1_000_000 + i64::from(n)),
+                    arrival_ms: None,
+                    position: u64::from(n),
+                    line: &text,
+                },
+                &Origin::default(),
+                &mut out,
+            );
+        };
+        let attacker = std::net::Ipv4Addr::new(203, 0, 113, 9);
+        for i in 0..10_000u32 {
+            // The attacker every tenth line, a new address on the others.
+            let ip = if i % 10 == 0 {
+                attacker
+            } else {
+                std::net::Ipv4Addr::from(0x0b00_0000 + i)
+            };
+            send(&mut engine, i, ip);
+        }
+        let totals = engine.totals().unwrap();
+        assert!(totals.sources.len() <= 100, "{}", totals.sources.len());
+        let net = WindowConfig::default()
+            .grouping
+            .network(&crate::peer::Peer::Ip(attacker.into()));
+        assert_eq!(totals.sources[&net].iter().sum::<u64>(), 1_000);
+        let dropped = engine.stats().dropped_source_totals;
+        assert_eq!(dropped, totals.dropped_sources);
+        assert_eq!(dropped + totals.sources.len() as u64, 9_001);
     }
 
     #[test]

@@ -436,6 +436,27 @@ mod tests {
         assert_eq!(msg("Feb 25 14:34:10 belka belka belka sshd[1]: x"), None);
     }
 
+    proptest::proptest! {
+        /// The engine skips `parse_line` for lines without `sshd` (a SIMD
+        /// search): no line without it may parse, whatever its prefix.
+        #[test]
+        fn only_lines_naming_sshd_parse(
+            head in "(<[0-9]{1,3}>(1 )?)?([A-Z][a-z]{2} [ 0-9][0-9] [0-9:]{8}( 20[0-9]{2})? |20[0-9]{2}-[0-9]{2}-[0-9]{2}T[0-9:.+]{8,20} )?",
+            host in "[a-z0-9.-]{0,12}",
+            process in "(ssh|sshd|sshd-session|\\[sshd\\]|ss)(\\[[0-9]{1,5}\\])?:?",
+            rest in ".{0,40}",
+        ) {
+            let line = format!("{head}{host} {host} {process} {rest}");
+            if !line.contains("sshd") {
+                proptest::prop_assert_eq!(parse_line(&line), None);
+            }
+            let rfc5424 = format!("<13>1 2026-01-01T00:00:00Z {host} {process} 1 - - {rest}");
+            if !rfc5424.contains("sshd") {
+                proptest::prop_assert_eq!(parse_line(&rfc5424), None);
+            }
+        }
+    }
+
     #[test]
     fn repeated_host_name() {
         let l = parse_line("Jan  1 00:00:00 host host sshd[1]: Failed password for x").unwrap();

@@ -26,6 +26,7 @@ use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 
 use serde::Serialize;
+use smallvec::SmallVec;
 
 use crate::classify::Signal;
 use crate::peer::{Peer, PeerGrouping, PeerNet};
@@ -91,7 +92,8 @@ const NAMED_INSTANCES: usize = 16;
 /// Distinct values by hash, exact up to a bound.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DistinctSet {
-    hashes: Vec<u64>,
+    /// Most windows see one to a few values: those stay inline.
+    hashes: SmallVec<[u64; 4]>,
     saturated: bool,
     /// A count known without the values (the fleet stage's merged sketches).
     estimated: u32,
@@ -193,12 +195,14 @@ struct Evidence {
     users: DistinctSet,
     instances: DistinctSet,
     sources: DistinctSet,
-    /// Shared with the stream's own name: naming an instance allocates nothing.
-    instance_names: Vec<Arc<String>>,
+    /// Shared with the stream's own name: naming an instance allocates
+    /// nothing (and most sources try one or two, kept inline).
+    instance_names: SmallVec<[Arc<String>; 2]>,
     top: Vec<(Peer, u32)>,
     other_source_events: u32,
-    /// One copy of a line however many lanes' windows sample it.
-    samples: Vec<Arc<str>>,
+    /// One copy of a line however many lanes' windows sample it (the
+    /// default three inline).
+    samples: SmallVec<[Arc<str>; 3]>,
     /// Instances a success-after-failures rule already fired for.
     compromised: Vec<Arc<String>>,
 }
@@ -719,6 +723,9 @@ pub struct WindowStore {
     /// Streams by their newest event time in whole seconds (what the closing
     /// clock is read from).
     by_time: BTreeSet<(i64, u64)>,
+    /// The last read of `by_time`: the live range's first second and the
+    /// slowest live stream's second found in it.
+    slowest_read: Option<(i64, i64)>,
     newest_ms: Option<i64>,
     /// The closing clock before lateness: the slowest live stream, or the
     /// floor if that is later.
@@ -773,6 +780,7 @@ impl WindowStore {
             lanes,
             next_stream_id: 0,
             by_time: BTreeSet::new(),
+            slowest_read: None,
             newest_ms: None,
             closing_ms: None,
             floor_ms: None,
@@ -889,13 +897,15 @@ impl WindowStore {
     }
 
     fn move_stream_clock(&mut self, instance: &str, time_ms: i64) {
-        let (_, by_time_changed) = touch(stream_parts!(self), instance, time_ms);
-        self.note_newest(time_ms, by_time_changed);
+        let (_, moved_from) = touch(stream_parts!(self), instance, time_ms);
+        self.note_newest(time_ms, moved_from);
     }
 
     /// Follows the newest event time; re-reads the closing clock only when
-    /// a stream's second or the live range changed (it is read in seconds).
-    fn note_newest(&mut self, time_ms: i64, by_time_changed: bool) {
+    /// the live range changed (it is read in seconds) or a stream moved
+    /// from a second (`moved_from`) that may have been the slowest: a
+    /// stream ahead of the slowest moving further ahead changes nothing.
+    fn note_newest(&mut self, time_ms: i64, moved_from: Option<i64>) {
         let newest_moved = match self.newest_ms {
             Some(n) if time_ms <= n => false,
             Some(n) => {
@@ -907,7 +917,17 @@ impl WindowStore {
                 true
             }
         };
-        if by_time_changed || newest_moved {
+        let reread = newest_moved
+            || moved_from.is_some_and(|from| {
+                let live_from = self
+                    .newest_ms
+                    .map(|n| (n - self.config.stream_idle_ms).div_euclid(1000));
+                !matches!(
+                    (self.slowest_read, live_from),
+                    (Some((read_from, slowest)), Some(l)) if read_from == l && from > slowest
+                )
+            });
+        if reread {
             self.move_closing_clock();
         }
     }
@@ -917,13 +937,14 @@ impl WindowStore {
     /// first lines of an interleaved file): windows already closed stay
     /// closed, and that stream's events are not judged by a faster one.
     fn move_closing_clock(&mut self) {
-        let slowest = self.newest_ms.and_then(|newest| {
+        self.slowest_read = self.newest_ms.and_then(|newest| {
             let live_from = (newest - self.config.stream_idle_ms).div_euclid(1000);
             self.by_time
                 .range((live_from, 0)..)
                 .next()
-                .map(|&(sec, _)| sec * 1000)
+                .map(|&(sec, _)| (live_from, sec))
         });
+        let slowest = self.slowest_read.map(|(_, sec)| sec * 1000);
         let t = match (slowest, self.floor_ms) {
             (Some(s), Some(f)) => Some(s.max(f)),
             (s, f) => s.or(f),
@@ -992,14 +1013,14 @@ impl WindowStore {
         let floor = self.floor_ms.unwrap_or(i64::MIN);
         let lateness = self.config.allowed_lateness_ms;
         let longest = self.longest_keep_ms.max(1);
-        let (stream, by_time_changed) = touch(stream_parts!(self), instance, clock_ms);
+        let (stream, moved_from) = touch(stream_parts!(self), instance, clock_ms);
         // The same watermark `observe` judges this stream's lateness by
         // (moving the closing clock below changes neither part of it).
         let stream_wm = stream.max_ms.max(floor) - lateness;
         let start = Self::window_start(time_ms, longest);
         let first =
             start + longest <= stream_wm || stream.seen_ids.entry(start).or_default().insert(id);
-        self.note_newest(clock_ms, by_time_changed);
+        self.note_newest(clock_ms, moved_from);
         if !first {
             self.stats.duplicate_events += 1;
         }
@@ -1030,7 +1051,7 @@ impl WindowStore {
             .map(|n| self.hasher.hash_one(n));
         let mut counted = 0u32;
         let mut late = 0u32;
-        let (stream, by_time_changed) = touch(stream_parts!(self), o.instance, clock_ms);
+        let (stream, moved_from) = touch(stream_parts!(self), o.instance, clock_ms);
         // Instance windows: late by the stream's own clock (or the floor a
         // resumed checkpoint set), never by another stream's.
         let stream_wm = stream.max_ms.max(self.floor_ms.unwrap_or(i64::MIN)) - lateness;
@@ -1092,7 +1113,7 @@ impl WindowStore {
         // The closing clock moves after this stream's windows were counted
         // (the event's own window ends after its time, so no clock this
         // event sets can close it).
-        self.note_newest(clock_ms, by_time_changed);
+        self.note_newest(clock_ms, moved_from);
         let closing_wm = self.watermark().unwrap_or(i64::MIN);
         let cfg = &self.config;
         if let (Some(net), Some(name)) = (net, name) {
@@ -1373,9 +1394,14 @@ struct StreamParts<'s, 'o> {
 }
 
 /// The stream of `instance` with its clock moved to `time_ms` (its own
-/// windows closed on its own watermark), and whether its place among the
-/// streams' clocks changed (the closing clock may have to move).
-fn touch<'s>(p: StreamParts<'s, '_>, instance: &str, time_ms: i64) -> (&'s mut StreamState, bool) {
+/// windows closed on its own watermark), and, when its place among the
+/// streams' clocks changed (the closing clock may have to move), the second
+/// it moved from (`i64::MIN` for a new stream).
+fn touch<'s>(
+    p: StreamParts<'s, '_>,
+    instance: &str,
+    time_ms: i64,
+) -> (&'s mut StreamState, Option<i64>) {
     let next_id = *p.next_id;
     let StreamParts {
         streams,
@@ -1405,16 +1431,17 @@ fn touch<'s>(p: StreamParts<'s, '_>, instance: &str, time_ms: i64) -> (&'s mut S
     if st.id == next_id {
         *p.next_id += 1;
     }
-    let mut changed = false;
+    let mut changed = None;
     if time_ms > st.max_ms {
         let old_sec = st.max_ms.div_euclid(1000);
         let new_sec = time_ms.div_euclid(1000);
-        if st.max_ms == i64::MIN || old_sec != new_sec {
-            if st.max_ms != i64::MIN {
-                by_time.remove(&(old_sec, st.id));
-            }
+        if st.max_ms == i64::MIN {
             by_time.insert((new_sec, st.id));
-            changed = true;
+            changed = Some(i64::MIN);
+        } else if old_sec != new_sec {
+            by_time.remove(&(old_sec, st.id));
+            by_time.insert((new_sec, st.id));
+            changed = Some(old_sec);
         }
         st.max_ms = time_ms;
         // This stream's own windows close on its own watermark.

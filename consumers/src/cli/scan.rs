@@ -278,6 +278,10 @@ fn print_table(r: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
         ),
         ("evicted instance keys", s.windows.evicted_instances),
         ("evicted source keys", s.windows.evicted_sources),
+        (
+            "sources whose totals were dropped (the smallest, past max_sources)",
+            s.dropped_source_totals,
+        ),
     ];
     for (what, n) in skipped.iter().filter(|(_, n)| *n > 0) {
         writeln!(out, "  {n} {what}")?;

@@ -155,9 +155,12 @@ pub fn find_either(s: &str, a: u8, b: u8) -> Option<usize> {
 
 /// `s` split around its last ` port `.
 pub fn rsplit_port(s: &str) -> Option<(&str, &str)> {
-    static PORT: std::sync::LazyLock<memchr::memmem::FinderRev<'static>> =
-        std::sync::LazyLock::new(|| memchr::memmem::FinderRev::new(" port "));
-    PORT.rfind(s.as_bytes()).map(|i| (&s[..i], &s[i + 6..]))
+    // The port is near the end: a reverse scan for `p` costs a fraction of
+    // a reverse two-way search (385 instructions a line in the profile).
+    let b = s.as_bytes();
+    memchr::memrchr_iter(b'p', b)
+        .find(|&p| p >= 1 && b[p - 1] == b' ' && b[p..].starts_with(b"port "))
+        .map(|p| (&s[..p - 1], &s[p + 5..]))
 }
 
 /// The user part before a candidate at `p` (which follows a space, or is 0).
@@ -369,6 +372,15 @@ mod tests {
         assert_eq!(r, Reading::Many);
         r.push(3);
         assert_eq!(r, Reading::Many);
+    }
+
+    proptest::proptest! {
+        /// The reverse byte scan splits where the last ` port ` is.
+        #[test]
+        fn rsplit_port_is_the_last_port(s in "[ portx1]{0,24}") {
+            let want = s.rfind(" port ").map(|i| (&s[..i], &s[i + 6..]));
+            proptest::prop_assert_eq!(rsplit_port(&s), want);
+        }
     }
 
     #[test]
