@@ -114,7 +114,7 @@ impl DistinctSet {
     /// A set known only by its size (the fleet stage's merged partials).
     pub fn of_count(n: u32) -> DistinctSet {
         DistinctSet {
-            hashes: Vec::new(),
+            hashes: SmallVec::new(),
             saturated: false,
             estimated: n,
         }

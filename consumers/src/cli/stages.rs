@@ -210,7 +210,8 @@ fn add_stats(a: &mut Stats, b: &Stats) {
         commands_notify,
         commands_held,
         suppressed,
-        connection_evictions
+        connection_evictions,
+        dropped_source_totals
     );
     for (k, v) in &b.kinds {
         *a.kinds.entry(k).or_default() += v;
