@@ -203,7 +203,7 @@ mod tests {
             .lines()
             .skip_while(|l| *l != "# [blocks]")
             .skip(1)
-            .filter_map(|l| l.strip_prefix("# "))
+            .map_while(|l| l.strip_prefix("# "))
             .filter(|l| !l.starts_with("allowlist") && !l.starts_with(' '))
             .map(|l| format!("{}\n", l))
             .collect();
