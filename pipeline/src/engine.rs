@@ -354,6 +354,14 @@ impl Engine {
         }
     }
 
+    /// The same, each with the smallest record position it counts (a
+    /// checkpoint stays before it until the partial is delivered).
+    pub fn drain_partials_held(&mut self, out: &mut Vec<(u64, Partial)>) {
+        if let Some(b) = &mut self.core.partials {
+            b.drain_held(out);
+        }
+    }
+
     pub fn partial_stats(&self) -> Option<PartialStats> {
         self.core.partials.as_ref().map(PartialBuilder::stats)
     }

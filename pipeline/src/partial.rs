@@ -396,7 +396,8 @@ pub struct PartialBuilder {
     next_part: HashMap<(PeerNet, i64), u32>,
     /// Partial windows ending at or before it were emitted as closed.
     closed_until_ms: i64,
-    ready: Vec<Partial>,
+    /// Emitted, with the smallest record position each counts.
+    ready: Vec<(u64, Partial)>,
     hasher: foldhash::fast::FixedState,
     stats: PartialStats,
 }
@@ -594,7 +595,7 @@ impl PartialBuilder {
         if let Some(open) = self.open.get_mut(&(net.clone(), start)) {
             open.early_sent = true;
             open.partial.emission += 1;
-            self.ready.push(open.partial.clone());
+            self.ready.push((open.min_position, open.partial.clone()));
             self.stats.early += 1;
             self.stats.emitted += 1;
         }
@@ -604,7 +605,7 @@ impl PartialBuilder {
         if let Some(mut open) = self.open.remove(key) {
             open.partial.emission += 1;
             open.partial.last = true;
-            self.ready.push(open.partial);
+            self.ready.push((open.min_position, open.partial));
             self.stats.emitted += 1;
         }
     }
@@ -655,6 +656,12 @@ impl PartialBuilder {
 
     /// Partials emitted since the last call, in emission order.
     pub fn drain(&mut self, out: &mut Vec<Partial>) {
+        out.extend(self.ready.drain(..).map(|(_, p)| p));
+    }
+
+    /// The same, each with the smallest record position it counts: until
+    /// it is delivered, a checkpoint must stay before that record.
+    pub fn drain_held(&mut self, out: &mut Vec<(u64, Partial)>) {
         out.append(&mut self.ready);
     }
 
@@ -792,6 +799,25 @@ mod tests {
             b.signal(&n, "i-9", None, Signal::AuthFailure, 2_000, 9, ("1", "g")),
             Offer::Late
         );
+    }
+
+    #[test]
+    fn an_emitted_partial_is_held_at_the_oldest_record_it_counts() {
+        let mut b = PartialBuilder::new(PartialConfig {
+            early_percent: 0,
+            ..PartialConfig::default()
+        });
+        let n = net("203.0.113.9/32");
+        b.signal(&n, "i-1", None, Signal::AuthFailure, 1_000, 7, ("", ""));
+        b.signal(&n, "i-2", None, Signal::AuthFailure, 2_000, 9, ("", ""));
+        assert_eq!(b.low_water_position(), Some(7));
+        // Closed by a later record (position 50): still held at 7.
+        b.close_until(600_000);
+        assert_eq!(b.low_water_position(), None);
+        let mut held = Vec::new();
+        b.drain_held(&mut held);
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].0, 7);
     }
 
     #[test]

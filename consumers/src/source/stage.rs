@@ -104,10 +104,11 @@ impl Processor {
         }
     }
 
-    /// Partials stage one emitted since the last call.
-    pub fn drain_partials(&mut self, out: &mut Vec<Partial>) {
+    /// Partials stage one emitted since the last call, each with the
+    /// smallest record position it counts.
+    pub fn drain_partials(&mut self, out: &mut Vec<(u64, Partial)>) {
         if let Processor::Logs(e) = self {
-            e.drain_partials(out);
+            e.drain_partials_held(out);
         }
     }
 

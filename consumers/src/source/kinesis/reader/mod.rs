@@ -181,7 +181,7 @@ impl ShardReader {
         }
         if records.is_empty() && behind == 0 {
             st.processor.observe_idle(now_ms());
-            self.take_partials(st, st.position);
+            self.take_partials(st);
         }
         if !self.write_partials(st).await {
             return Some(if self.lost.is_cancelled() {
@@ -193,14 +193,14 @@ impl ShardReader {
         None
     }
 
-    /// Moves the partials the engine emitted to `pending`, as of `position`.
-    fn take_partials(&self, st: &mut State, position: u64) {
+    /// Moves the partials the engine emitted to `pending`, each held at the
+    /// oldest record it counts (not the record that closed it: the
+    /// checkpoint must not pass a record whose partial is not written).
+    fn take_partials(&self, st: &mut State) {
         if self.partials_to.is_none() {
             return;
         }
-        let mut fresh = Vec::new();
-        st.processor.drain_partials(&mut fresh);
-        st.pending.extend(fresh.into_iter().map(|p| (position, p)));
+        st.processor.drain_partials(&mut st.pending);
     }
 
     /// Writes the pending partials to the fleet stage's stream (the writer
@@ -281,7 +281,7 @@ impl ShardReader {
             &st.shard,
             place,
         );
-        self.take_partials(st, st.position);
+        self.take_partials(st);
         // Held where a replay re-derives the command with its full counts:
         // the start of the windows open now (the engine's low water), not
         // just this record.
@@ -313,7 +313,7 @@ impl ShardReader {
             return None;
         }
         st.last_checkpoint = Instant::now();
-        let pending = st.pending.first().map(|(p, _)| *p);
+        let pending = st.pending.iter().map(|(p, _)| *p).min();
         let low = st
             .outbox
             .low_water(min_position(st.processor.low_water_position(), pending));
