@@ -191,6 +191,8 @@ struct Core {
     partials: Option<PartialBuilder>,
     /// Signals some fleet rule counts, as bits: only these make partials.
     fleet_signals: u32,
+    /// Some fleet rule judges logins (success after failures).
+    fleet_logins: bool,
     id_hasher: (foldhash::fast::FixedState, foldhash::fast::FixedState),
 }
 
@@ -240,6 +242,11 @@ impl Engine {
                 totals: config.keep_totals.then(Totals::default),
                 partials: config.partials.clone().map(PartialBuilder::new),
                 fleet_signals,
+                fleet_logins: config.partials.iter().any(|p| {
+                    p.fleet_rules
+                        .iter()
+                        .any(|r| r.condition.is_success_after_failures())
+                }),
                 id_hasher: (
                     foldhash::fast::FixedState::with_seed(0x1d5),
                     foldhash::fast::FixedState::with_seed(0x2e7),
@@ -500,10 +507,10 @@ impl Core {
             Observed::Signal(s) if self.fleet_signals & (1 << s.index()) != 0 => {
                 b.signal(&net, o.instance, o.user, s, o.time_ms, o.position, ids);
             }
-            Observed::Accepted => {
+            Observed::Accepted if self.fleet_logins => {
                 b.login(&net, o.instance, o.user, o.time_ms, o.position, ids);
             }
-            Observed::Signal(_) => {}
+            Observed::Signal(_) | Observed::Accepted => {}
         }
     }
 

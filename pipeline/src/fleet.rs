@@ -54,11 +54,17 @@ impl Default for FleetConfig {
 
 impl FleetConfig {
     /// The fleet stage for shards that run `shards`: the default fleet
-    /// rules under the shards' allowlists, cooldown and budget.
+    /// rules under the shards' allowlists, cooldown and budget. The seed
+    /// policy (the original sample: per instance only) has none, so its
+    /// fleet stage sends and fires nothing.
     pub fn for_shards(shards: &PolicyConfig) -> FleetConfig {
+        let rules = match shards.name {
+            crate::rules::PolicyName::Seed => Vec::new(),
+            crate::rules::PolicyName::Graduated => crate::rules::fleet(),
+        };
         FleetConfig {
             policy: PolicyConfig {
-                rules: crate::rules::fleet(),
+                rules,
                 ..shards.clone()
             },
             shard_rules: shards.rules.clone(),

@@ -323,3 +323,47 @@ fn an_administrator_mistyping_before_each_login_across_the_fleet_is_not_a_compro
         .collect();
     assert_eq!(all, vec![]);
 }
+
+#[test]
+fn the_seed_policy_has_no_fleet_rules_so_its_shards_send_nothing_not_even_logins() {
+    use sshwarden_pipeline::policy::PolicyConfig;
+    use sshwarden_pipeline::rules::PolicyName;
+    let seed = FleetConfig::for_shards(&PolicyConfig::named(PolicyName::Seed));
+    assert!(seed.policy.rules.is_empty());
+    let graduated = FleetConfig::for_shards(&PolicyConfig::named(PolicyName::Graduated));
+    assert_eq!(graduated.policy.rules.len(), 6);
+    let mut e = Engine::new(EngineConfig {
+        policy: PolicyConfig::named(PolicyName::Seed),
+        partials: Some(PartialConfig {
+            fleet_rules: seed.policy.rules.clone(),
+            ..PartialConfig::default()
+        }),
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    let mut out = Vec::new();
+    for n in 0..20 {
+        let line = if n % 5 == 4 {
+            accepted(n, "203.0.113.5")
+        } else {
+            failed(n, "root", "203.0.113.5")
+        };
+        e.process_line(
+            &LineInput {
+                instance: "i-0123456789abcdef0",
+                instance_from_host: false,
+                event_id: None,
+                time_ms: Some(T0 + n as i64 * 1000),
+                arrival_ms: None,
+                position: n as u64,
+                line: &line,
+            },
+            &Origin::default(),
+            &mut out,
+        );
+    }
+    e.finish();
+    let mut partials = Vec::new();
+    e.drain_partials(&mut partials);
+    assert!(partials.is_empty(), "{partials:?}");
+}

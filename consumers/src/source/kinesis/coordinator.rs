@@ -65,6 +65,15 @@ impl KinesisWorker {
             )?),
             None => None,
         };
+        if fleet
+            .as_ref()
+            .is_some_and(|(_, f)| f.policy.rules.is_empty())
+        {
+            tracing::warn!(
+                "the {} policy has no fleet rules: the fleet stage runs but sends and fires nothing",
+                engine_config.policy.name.as_str()
+            );
+        }
         Ok(KinesisWorker {
             args,
             engine_config,
