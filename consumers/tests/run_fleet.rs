@@ -44,25 +44,7 @@ async fn partials_stream(h: &Harness, shards: i32) -> PartialsStream {
                 aws_sdk_kinesis::error::DisplayErrorContext(&e)
             )
         });
-    let d = Deadline::new(format!("stream {name} to be ACTIVE"), MAX_WAIT);
-    loop {
-        let status = h
-            .kinesis
-            .describe_stream_summary()
-            .stream_name(&name)
-            .send()
-            .await
-            .ok()
-            .and_then(|o| {
-                o.stream_description_summary()
-                    .map(|s| s.stream_status().clone())
-            });
-        if status == Some(aws_sdk_kinesis::types::StreamStatus::Active) {
-            break;
-        }
-        d.check(|| format!("status {status:?}"));
-        pause(100).await;
-    }
+    wait_stream_active(&h.kinesis, &name).await;
     PartialsStream {
         name,
         table,
@@ -410,25 +392,7 @@ async fn spray_in_two_halves(label: &str, disturbance: Disturbance) {
                 .send()
                 .await
                 .expect("SplitShard");
-            let d = Deadline::new("the stream of partials to be ACTIVE again", MAX_WAIT);
-            loop {
-                let status = h
-                    .kinesis
-                    .describe_stream_summary()
-                    .stream_name(&partials.name)
-                    .send()
-                    .await
-                    .ok()
-                    .and_then(|o| {
-                        o.stream_description_summary()
-                            .map(|s| s.stream_status().clone())
-                    });
-                if status == Some(aws_sdk_kinesis::types::StreamStatus::Active) {
-                    break;
-                }
-                d.check(|| format!("status {status:?}"));
-                pause(100).await;
-            }
+            wait_stream_active(&h.kinesis, &partials.name).await;
             h.log(format_args!(
                 "split {} after {merged} partials were merged",
                 parent.shard_id()

@@ -164,6 +164,29 @@ impl Drop for Cleanup {
     }
 }
 
+/// Waits (at most MAX_WAIT) until `stream` is ACTIVE (after CreateStream,
+/// SplitShard or MergeShards).
+pub async fn wait_stream_active(kinesis: &aws_sdk_kinesis::Client, stream: &str) {
+    let d = Deadline::new(format!("stream {stream} to be ACTIVE"), MAX_WAIT);
+    loop {
+        let out = kinesis
+            .describe_stream_summary()
+            .stream_name(stream)
+            .send()
+            .await;
+        let status = out
+            .as_ref()
+            .ok()
+            .and_then(|o| o.stream_description_summary())
+            .map(|s| s.stream_status().clone());
+        if status == Some(StreamStatus::Active) {
+            return;
+        }
+        d.check(|| format!("status {status:?}"));
+        pause(100).await;
+    }
+}
+
 /// One test's stream, lease table, workers and scratch directory (the
 /// workers' part is [`Workers`], which a harness derefs to).
 pub struct Harness {
@@ -235,25 +258,7 @@ impl Harness {
     }
 
     pub async fn wait_stream_active(&self) {
-        let d = Deadline::new(format!("stream {} to be ACTIVE", self.stream), MAX_WAIT);
-        loop {
-            let out = self
-                .kinesis
-                .describe_stream_summary()
-                .stream_name(&self.stream)
-                .send()
-                .await;
-            let status = out
-                .as_ref()
-                .ok()
-                .and_then(|o| o.stream_description_summary())
-                .map(|s| s.stream_status().clone());
-            if status == Some(StreamStatus::Active) {
-                return;
-            }
-            d.check(|| format!("status {status:?}"));
-            pause(100).await;
-        }
+        wait_stream_active(&self.kinesis, &self.stream).await;
     }
 
     /// Starts `sshwarden run` as `worker_id` with the default timings, no
