@@ -7,14 +7,11 @@
 //! `cargo run --release -p sshwarden-benches --example fleet_traffic -- [instances] [hours] [shards] [seed]`
 //! (defaults 200, 6, 8, 1).
 
-use std::hash::BuildHasher;
-
 use sshwarden_loadgen::incident_score::JudgedCommand;
 use sshwarden_loadgen::{encode_records, Day, DayConfig, IncidentJudge, RecordOptions};
-use sshwarden_pipeline::fleet::{FleetConfig, FleetStage};
-use sshwarden_pipeline::partial::{Partial, PartialConfig};
+use sshwarden_pipeline::embedded::EmbeddedStages;
 use sshwarden_pipeline::policy::Decision;
-use sshwarden_pipeline::{Engine, EngineConfig, RecordInput};
+use sshwarden_pipeline::{EngineConfig, RecordInput};
 
 fn arg<T: std::str::FromStr>(args: &[String], i: usize, default: T) -> T {
     args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default)
@@ -24,7 +21,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let instances: usize = arg(&args, 0, 200);
     let hours: i64 = arg(&args, 1, 6);
-    let shards: usize = arg(&args, 2, 8).max(1);
+    let shards: usize = arg(&args, 2, 8);
     let seed: u64 = arg(&args, 3, 1);
     let duration_ms = hours * 3_600_000;
     let config = DayConfig {
@@ -41,49 +38,21 @@ fn main() {
     };
     let records = encode_records(day.fleet.events(), &RecordOptions::default());
     let json_bytes: usize = records.iter().map(|r| r.json_len).sum();
-    let route = foldhash::fast::FixedState::with_seed(7);
-    let mut engines: Vec<Engine> = (0..shards)
-        .map(|i| {
-            Engine::new(EngineConfig {
-                partials: Some(PartialConfig {
-                    shard: format!("shard-{i}"),
-                    ..PartialConfig::default()
-                }),
-                ..EngineConfig::default()
-            })
-            .expect("default config")
-        })
-        .collect();
-    let mut stage = FleetStage::new(FleetConfig::default()).expect("default fleet config");
-    let (mut shard_out, mut fleet_out, mut partials) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut n_partials, mut partial_bytes, mut position) = (0u64, 0usize, 0u64);
-    let mut pump = |engine: &mut Engine, fleet_out: &mut Vec<Decision>, position: &mut u64| {
-        engine.drain_partials(&mut partials);
-        for p in partials.drain(..) {
-            let bytes = p.encode();
-            n_partials += 1;
-            partial_bytes += bytes.len();
-            *position += 1;
-            if let Ok(p) = Partial::decode(&bytes) {
-                stage.ingest(p, *position, fleet_out);
-            }
-        }
-    };
-    for r in &records {
-        position += 1;
-        let shard = (route.hash_one(&r.log_stream) % shards as u64) as usize;
+    // The same two stages `demo` and `scan --shards` run.
+    let mut stages = EmbeddedStages::new(EngineConfig::default(), shards).expect("default config");
+    stages.keep_fleet_decisions_apart();
+    let mut shard_out = Vec::new();
+    for (position, r) in (1u64..).zip(&records) {
         let input = RecordInput {
             data: &r.data,
             position,
             ..RecordInput::default()
         };
-        let _ = engines[shard].process_record(&input, &mut shard_out);
-        pump(&mut engines[shard], &mut fleet_out, &mut position);
+        let _ = stages.process_record(&r.log_stream, &input, &mut shard_out);
     }
-    for e in &mut engines {
-        e.finish();
-        pump(e, &mut fleet_out, &mut position);
-    }
+    stages.finish(&mut shard_out);
+    let fleet_out = stages.take_fleet_decisions();
+    let summary = stages.fleet_summary();
     let judged = |d: &[Decision]| -> Vec<JudgedCommand> {
         d.iter()
             .filter_map(|d| match d {
@@ -100,12 +69,13 @@ fn main() {
     let judge = IncidentJudge::new(&day.incidents);
     println!(
         "{instances} instances, {hours} h, {shards} shards: {} records, {:.1} MB of JSON; \
-         {n_partials} partials, {:.1} kB ({:.2}% of the JSON); fleet stage: {:?}",
+         {} partials, {:.1} kB ({:.2}% of the JSON); fleet stage: {:?}",
         records.len(),
         json_bytes as f64 / 1e6,
-        partial_bytes as f64 / 1e3,
-        100.0 * partial_bytes as f64 / json_bytes.max(1) as f64,
-        stage.stats()
+        summary.partials,
+        summary.partial_bytes as f64 / 1e3,
+        100.0 * summary.partial_bytes as f64 / json_bytes.max(1) as f64,
+        summary.stage
     );
     let mut stdout = std::io::stdout();
     println!("\nshards alone ({} commands):", shard_only.len());

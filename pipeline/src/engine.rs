@@ -80,6 +80,79 @@ pub struct Stats {
     pub dropped_source_totals: u64,
 }
 
+impl Stats {
+    /// Adds `other`'s counts (several engines' statistics as one).
+    pub fn add(&mut self, other: &Stats) {
+        // Destructured whole, so a new field cannot be left out.
+        let Stats {
+            records,
+            control_messages,
+            decode_errors,
+            events,
+            non_sshd_lines,
+            unclassified_sshd_lines,
+            kinds,
+            signals,
+            attributed_by_line,
+            attributed_by_connection,
+            unattributed_evidence,
+            ambiguous_lines,
+            repeated_attempt_lines,
+            allowlisted_source_events,
+            future_times_clamped,
+            commands_quarantine,
+            commands_block,
+            commands_notify,
+            commands_held,
+            suppressed,
+            windows,
+            connection_evictions,
+            dropped_source_totals,
+        } = other;
+        self.records += records;
+        self.control_messages += control_messages;
+        self.decode_errors += decode_errors;
+        self.events += events;
+        self.non_sshd_lines += non_sshd_lines;
+        self.unclassified_sshd_lines += unclassified_sshd_lines;
+        for (k, v) in kinds {
+            *self.kinds.entry(k).or_default() += v;
+        }
+        for (k, v) in signals {
+            *self.signals.entry(k).or_default() += v;
+        }
+        self.attributed_by_line += attributed_by_line;
+        self.attributed_by_connection += attributed_by_connection;
+        self.unattributed_evidence += unattributed_evidence;
+        self.ambiguous_lines += ambiguous_lines;
+        self.repeated_attempt_lines += repeated_attempt_lines;
+        self.allowlisted_source_events += allowlisted_source_events;
+        self.future_times_clamped += future_times_clamped;
+        self.commands_quarantine += commands_quarantine;
+        self.commands_block += commands_block;
+        self.commands_notify += commands_notify;
+        self.commands_held += commands_held;
+        self.suppressed += suppressed;
+        let WindowStats {
+            late_events,
+            partly_late_events,
+            duplicate_events,
+            evicted_instances,
+            evicted_sources,
+            windows_closed,
+        } = windows;
+        let w = &mut self.windows;
+        w.late_events += late_events;
+        w.partly_late_events += partly_late_events;
+        w.duplicate_events += duplicate_events;
+        w.evicted_instances += evicted_instances;
+        w.evicted_sources += evicted_sources;
+        w.windows_closed += windows_closed;
+        self.connection_evictions += connection_evictions;
+        self.dropped_source_totals += dropped_source_totals;
+    }
+}
+
 /// An [`EngineConfig`] [`Engine::new`] refuses.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EngineConfigError {

@@ -8,7 +8,9 @@
 //! lines that name nobody from earlier lines of the same connection,
 //! [`window`] counts signals in event-time tumbling windows and fires rules
 //! early, [`policy`] turns fired rules into [`command`]s. [`engine`] wires
-//! these together for one shard. [`peer`] is the key a peer is counted by;
+//! these together for one shard; it also builds [`partial`] aggregates that
+//! the [`fleet`] stage merges across shards, and [`embedded`] runs both
+//! stages in one process. [`peer`] is the key a peer is counted by;
 //! [`time`] the calendar arithmetic of timestamps.
 //!
 //! Dependencies point one way: `command` knows nothing of `policy`, which
@@ -17,6 +19,7 @@
 pub mod classify;
 pub mod command;
 pub mod context;
+pub mod embedded;
 pub mod engine;
 pub mod envelope;
 pub mod fleet;

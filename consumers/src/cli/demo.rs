@@ -21,7 +21,7 @@ use sshwarden_loadgen::{encode_records, Fleet, FleetConfig, RecordOptions, Scena
 use sshwarden_pipeline::policy::Decision;
 use sshwarden_pipeline::{EngineConfig, RecordInput};
 
-use super::stages::{FleetSummary, LocalStages};
+use sshwarden_pipeline::embedded::{EmbeddedStages, FleetSummary};
 
 use crate::clock::now_ms;
 
@@ -39,11 +39,11 @@ pub struct DemoArgs {
     /// Seed of the simulation.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Print commands and the report as JSON lines.
     /// Shard engines the fleet is split over (as Kinesis splits it, by
     /// instance), with the fleet stage across them; 1 runs one engine.
     #[arg(long, default_value_t = 4)]
     pub shards: usize,
+    /// Print commands and the report as JSON lines.
     #[arg(long)]
     pub json: bool,
 }
@@ -178,7 +178,7 @@ pub fn demo(
         }
     });
 
-    let mut stages = LocalStages::new(config, args.shards)?;
+    let mut stages = EmbeddedStages::new(config, args.shards)?;
     let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram")?;
     let mut decisions = Vec::new();
     let mut tally = Tally::default();

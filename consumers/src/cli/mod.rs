@@ -12,7 +12,6 @@ pub mod health;
 pub mod input;
 pub mod release;
 pub mod scan;
-pub mod stages;
 
 use std::io::{BufWriter, Write};
 use std::process::ExitCode;

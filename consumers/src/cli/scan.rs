@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use sshwarden_pipeline::classify::Signal;
 use sshwarden_pipeline::command::{Command, Origin};
+use sshwarden_pipeline::embedded::{EmbeddedStages, FleetSummary};
 use sshwarden_pipeline::policy::{Decision, Suppression};
 use sshwarden_pipeline::time::format_rfc3339_ms;
-use sshwarden_pipeline::{Engine, EngineConfig, LineInput, RecordInput, Stats};
+use sshwarden_pipeline::{EngineConfig, LineInput, RecordInput, Stats};
 
 use super::input::{self, Format, Payload};
 
@@ -36,6 +37,11 @@ pub struct ScanArgs {
     /// Progress on stderr every two seconds [default: when stderr is a terminal].
     #[arg(long)]
     pub progress: bool,
+    /// Split the input over this many shard engines by host (or log
+    /// stream), as Kinesis splits a fleet, with the fleet stage adding up
+    /// their partials (docs/fleet.md). 1: one engine sees everything.
+    #[arg(long, default_value_t = 1)]
+    pub shards: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -48,6 +54,9 @@ pub struct Report {
     pub sources: Vec<Row>,
     pub commands: Vec<Command>,
     pub suppressed: Vec<SuppressedRow>,
+    /// With `--shards` above 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetSummary>,
 }
 
 #[derive(Debug, Serialize)]
@@ -73,7 +82,7 @@ pub fn scan(
 ) -> anyhow::Result<Report> {
     config.keep_totals = true;
     config.default_year = args.year.unwrap_or_else(current_year);
-    let mut engine = Engine::new(config).map_err(anyhow::Error::msg)?;
+    let mut stages = EmbeddedStages::new(config, args.shards)?;
     let mut decisions = Vec::new();
     let mut invalid_utf8_lines = 0u64;
     let mut bad_payloads = 0u64;
@@ -98,7 +107,7 @@ pub fn scan(
                             arrival_ms: Some(reading_clock),
                             ..RecordInput::default()
                         };
-                        if let Err(e) = engine.process_record(&record, &mut decisions) {
+                        if let Err(e) = stages.process_payload(&record, &mut decisions) {
                             eprintln!("sshwarden: {name}: payload {position} skipped: {e}");
                         }
                     }
@@ -107,7 +116,7 @@ pub fn scan(
                         eprintln!("sshwarden: {name}: payload {position} skipped: {why}");
                     }
                 }
-                progress.tick(position, &engine);
+                progress.tick(position, &stages);
                 Ok(())
             })?,
             Format::Lines | Format::Auto => {
@@ -119,7 +128,7 @@ pub fn scan(
                 input::for_each_line(&mut *input.reader, |line, lossy| {
                     position += 1;
                     invalid_utf8_lines += u64::from(lossy);
-                    engine.process_line(
+                    stages.process_line(
                         &LineInput {
                             instance: fallback_instance,
                             instance_from_host: true,
@@ -133,16 +142,16 @@ pub fn scan(
                         &mut decisions,
                     );
                     if position % 65_536 == 0 {
-                        progress.tick(position, &engine);
+                        progress.tick(position, &stages);
                     }
                     Ok(())
                 })?
             }
         }
     }
-    engine.finish();
-    progress.done(position, &engine);
-    let report = build_report(args, &engine, decisions, invalid_utf8_lines, bad_payloads);
+    stages.finish(&mut decisions);
+    progress.done(position, &stages);
+    let report = build_report(args, &stages, decisions, invalid_utf8_lines, bad_payloads);
     let late = report.stats.windows.late_events;
     if late > 0 {
         eprintln!(
@@ -161,7 +170,7 @@ pub fn scan(
 
 fn build_report(
     args: &ScanArgs,
-    engine: &Engine,
+    stages: &EmbeddedStages,
     decisions: Vec<Decision>,
     invalid_utf8_lines: u64,
     bad_payloads: u64,
@@ -211,7 +220,7 @@ fn build_report(
         subject,
     };
     let (mut instances, mut sources) = (Vec::new(), Vec::new());
-    if let Some(t) = engine.totals() {
+    if let Some(t) = stages.totals() {
         instances = t.instances.iter().map(|(k, c)| row(k.clone(), c)).collect();
         sources = t
             .sources
@@ -229,13 +238,14 @@ fn build_report(
     sources.truncate(args.top);
     Report {
         inputs: args.inputs.clone(),
-        stats: engine.stats(),
+        stats: stages.stats(),
         invalid_utf8_lines,
         bad_payloads,
         instances,
         sources,
         commands,
         suppressed,
+        fleet: (args.shards > 1).then(|| stages.fleet_summary()),
     }
 }
 
@@ -315,6 +325,18 @@ fn print_table(r: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
             writeln!(out, "(none)")?;
         }
     }
+    if let Some(f) = &r.fleet {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "fleet stage over {} shards: {} partials ({:.1} kB), {} fleet rules fired, {} left to the shard that saw them whole",
+            f.shards,
+            f.partials,
+            f.partial_bytes as f64 / 1e3,
+            f.stage.fired,
+            f.stage.left_to_shard
+        )?;
+    }
     writeln!(out)?;
     writeln!(out, "commands that would be issued: {}", r.commands.len())?;
     for c in &r.commands {
@@ -346,25 +368,25 @@ impl Progress {
         }
     }
 
-    fn tick(&mut self, position: u64, engine: &Engine) {
+    fn tick(&mut self, position: u64, stages: &EmbeddedStages) {
         if self.enabled && self.last.elapsed() >= Duration::from_secs(2) {
             self.last = Instant::now();
-            self.print(position, engine);
+            self.print(position, stages);
         }
     }
 
-    fn done(&mut self, position: u64, engine: &Engine) {
+    fn done(&mut self, position: u64, stages: &EmbeddedStages) {
         if self.enabled && self.started.elapsed() >= Duration::from_secs(2) {
-            self.print(position, engine);
+            self.print(position, stages);
         }
     }
 
-    fn print(&self, position: u64, engine: &Engine) {
-        let s = engine.stats();
+    fn print(&self, position: u64, stages: &EmbeddedStages) {
+        let s = stages.stats();
         eprintln!(
             "sshwarden: {position} inputs read, {} evidence lines, {} commands, {:.1}s",
             s.signals.values().sum::<u64>(),
-            s.commands_quarantine + s.commands_notify,
+            s.commands_quarantine + s.commands_block + s.commands_notify,
             self.started.elapsed().as_secs_f64()
         );
     }
