@@ -653,7 +653,10 @@ pub(crate) mod tests {
         ))
         .unwrap_err()
         .to_string();
-        assert!(e.contains("--fleet-topic must not be the topic of logs"), "{e}");
+        assert!(
+            e.contains("--fleet-topic must not be the topic of logs"),
+            "{e}"
+        );
         let e = resolve_kafka(run(
             "[run]\nbrokers = \"b\"\ntopic = \"t\"\nfleet_topic = \"f\"\ngroup = \"g\"\nfleet_group = \"g\"",
         ))

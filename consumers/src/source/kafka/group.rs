@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::offsets;
-use super::reader::{Final, Input, Message, PartitionReader, PartialsTopic, Shared};
+use super::reader::{Final, Input, Message, PartialsTopic, PartitionReader, Shared};
 use crate::config::KafkaFormat;
 use crate::metrics::{Metrics, ReaderLabel};
 use crate::sink::Sink;

@@ -199,12 +199,10 @@ impl PartitionReader {
     /// counted in an open window or in a partial not yet acknowledged, or
     /// holding a command not yet delivered.
     fn low_water(&self, outbox: &Outbox) -> Option<u64> {
-        let pending = self.pending.iter().map(|(p, _)| *p).min();
-        let held = [self.processor.low_water_position(), pending]
-            .into_iter()
-            .flatten()
-            .min();
-        outbox.low_water(held)
+        outbox.low_water(offsets::held_position(
+            self.processor.low_water_position(),
+            self.pending.iter().map(|(p, _)| *p),
+        ))
     }
 
     /// Moves the partials the engine emitted to `pending`, each held at the
@@ -243,7 +241,8 @@ impl PartitionReader {
         let bytes: usize = messages.iter().map(|m| m.payload.len()).sum();
         let n = messages.len();
         // librdkafka's producer blocks its caller until the acknowledgements.
-        let write = tokio::task::spawn_blocking(move || to.writer.write(&to.topic, &messages, None));
+        let write =
+            tokio::task::spawn_blocking(move || to.writer.write(&to.topic, &messages, None));
         let result = tokio::select! {
             r = write => r,
             _ = self.stop.cancelled() => return false,
