@@ -74,14 +74,6 @@ pub struct RunOptions {
         format_args!("<lease table>{FLEET_LEASE_TABLE_SUFFIX}"),
     ))]
     pub fleet_lease_table: Option<String>,
-    /// The fleet stage's topic (with `--source kafka`; must differ from --topic): each worker sends its partitions' partials there, keyed by source network, and reads it to merge them fleet-wide (docs/fleet.md). Unset: no fleet stage.
-    #[arg(long, env = "SSHWARDEN_FLEET_TOPIC")]
-    pub fleet_topic: Option<String>,
-    #[arg(long, env = "SSHWARDEN_FLEET_GROUP", help = with_default(
-        "The consumer group of the fleet stage's readers (with --fleet-topic)",
-        format_args!("<group>{FLEET_GROUP_SUFFIX}"),
-    ))]
-    pub fleet_group: Option<String>,
     #[arg(long, env = "SSHWARDEN_FAILOVER_MS", help = with_default(
         "A lease whose counter has not moved for this long is taken over",
         DEFAULT_FAILOVER_MS,
@@ -134,6 +126,14 @@ pub struct RunOptions {
         enum_default::<KafkaFormat>(),
     ))]
     pub kafka_format: Option<KafkaFormat>,
+    /// The fleet stage's topic (with `--source kafka`; must differ from --topic): each worker sends its partitions' partials there, keyed by source network, and reads it to merge them fleet-wide (docs/fleet.md). Unset: no fleet stage.
+    #[arg(long, env = "SSHWARDEN_FLEET_TOPIC")]
+    pub fleet_topic: Option<String>,
+    #[arg(long, env = "SSHWARDEN_FLEET_GROUP", help = with_default(
+        "The consumer group of the fleet stage's readers (with --fleet-topic)",
+        format_args!("<group>{FLEET_GROUP_SUFFIX}"),
+    ))]
+    pub fleet_group: Option<String>,
     /// A librdkafka setting, KEY=VALUE (repeatable; e.g. security.protocol=ssl, session.timeout.ms=10000).
     #[arg(
         long = "kafka-option",
