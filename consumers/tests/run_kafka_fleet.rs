@@ -3,7 +3,8 @@
 //! test broker (tansu on 127.0.0.1), send their partitions' partials to a
 //! second topic keyed by source network (`--fleet-topic`), and read that
 //! topic too, in a consumer group of its own (`<group>-fleet`), to merge
-//! them fleet-wide: the Kinesis spray case of run_fleet.rs, on Kafka.
+//! them fleet-wide: the Kinesis spray case of run_fleet.rs, on Kafka, and
+//! a kill -9 of a worker after it.
 //!
 //! Start the broker first: `scripts/emulators up kafka`. The test fails
 //! (never skips) when it does not answer. Every wait is bounded and waits for
@@ -92,7 +93,76 @@ fn fleet_commands(outputs: &[Vec<Value>]) -> BTreeMap<(String, String), usize> {
 /// with the distinct instances it counted among the 40.
 #[test]
 fn a_spray_over_forty_instances_fires_once_fleet_wide_on_kafka_across_two_workers() {
-    let mut h = Harness::new("fleet-spray", PARTITIONS);
+    spray_fires_once("fleet-spray");
+}
+
+/// The spray of [`spray_fires_once`], then a kill -9 of one of the two
+/// workers: the survivor takes both groups' partitions over, replays the
+/// victim's partitions of logs (their engines rebuild the same partials,
+/// under the same ids, which its fleet stage drops as duplicates) and
+/// re-merges the partials from the committed offsets. Every fleet command
+/// keeps one id, and the spray fires under its one id.
+#[test]
+fn kill_nine_after_the_spray_replays_partials_and_changes_no_fleet_command_on_kafka() {
+    let (mut h, src) = spray_fires_once("fleet-kill9");
+    let before = fleet_commands(&h.outputs());
+    let (victim, survivor) = (0, 1);
+    let victim_written = h.workers[victim].metric("sshwarden_partials_written_total");
+    let survivor_written = h.workers[survivor].metric("sshwarden_partials_written_total");
+    h.workers[victim].kill9();
+    h.log(format_args!(
+        "killed w0, which had written {victim_written} partials"
+    ));
+    h.wait_assigned(&[survivor], &[PARTITIONS as usize]);
+    // The fact that the replay is over: the survivor rewrote the partials
+    // of the victim's partitions (4 of them, one early partial each), and
+    // its fleet stage has merged every partial in the topic (which it now
+    // reads whole: the commits stay before the partials still merged).
+    let d = Deadline::new("the survivor to replay and merge every partial", MAX_WAIT);
+    let (written, merged, duplicates) = loop {
+        h.check_running();
+        let w = &h.workers[survivor];
+        let written = w.metric("sshwarden_partials_written_total");
+        let merged = w.metric_where("sshwarden_fleet_stage", "kind=\"partials\"");
+        let duplicates = w.metric_where("sshwarden_fleet_stage", "kind=\"duplicates\"");
+        if written >= survivor_written + 4.0 && merged >= victim_written + written {
+            break (written, merged, duplicates);
+        }
+        d.check(|| {
+            format!(
+                "the survivor wrote {written} (had {survivor_written}), merged {merged} of {}",
+                victim_written + written
+            )
+        });
+        poll();
+    };
+    let after = fleet_commands(&h.outputs());
+    h.log(format_args!(
+        "the survivor wrote {written} partials, merged {merged} ({duplicates} duplicates); fleet commands {after:?}"
+    ));
+    assert!(
+        duplicates >= 4.0,
+        "the rebuilt partials carry the ids of those already merged: {duplicates} duplicates"
+    );
+    assert_eq!(
+        after.keys().collect::<Vec<_>>(),
+        before.keys().collect::<Vec<_>>(),
+        "the replay fired no other fleet rule"
+    );
+    assert!(
+        after.values().all(|&n| n == 1),
+        "each fleet rule under one id: {after:?}"
+    );
+    assert_eq!(
+        after.get(&("fleet-spray".to_owned(), format!("{src}/32"))),
+        Some(&1)
+    );
+}
+
+/// The spray case, checked; hands back the harness (both workers still
+/// running) and the spraying address.
+fn spray_fires_once(label: &str) -> (Harness, &'static str) {
+    let mut h = Harness::new(label, PARTITIONS);
     let partials = format!("{}-partials", h.topic);
     create_topic(&h.brokers, &partials, 2);
     h.policy = "graduated";
@@ -225,4 +295,5 @@ fn a_spray_over_forty_instances_fires_once_fleet_wide_on_kafka_across_two_worker
                 .all(|k| k.starts_with(&format!("fleet:{partials}/"))),
         "{stage:?}"
     );
+    (h, src)
 }
