@@ -3,14 +3,16 @@
 //! JSON, as Kinesis delivers it) or one per raw sshd line. The key is the
 //! instance id, so one instance's messages stay in one partition, in order;
 //! the message timestamp is the event time (of the record's last event for
-//! a payload).
+//! a payload). [`KafkaWriter`] is also what a worker's fleet stage writes
+//! its partials with (`sshwarden run --fleet-topic`).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 
@@ -57,32 +59,157 @@ pub struct Sent {
     pub elapsed: Duration,
 }
 
-/// Counts failed deliveries (librdkafka retries before it reports one).
+/// What became of one call's messages: the producer's delivery callback
+/// counts each one acknowledged or failed (librdkafka retries before it
+/// reports a failure), and the call waits until all are counted.
 #[derive(Default)]
-struct Deliveries {
-    failed: std::sync::atomic::AtomicU64,
-    first_error: std::sync::Mutex<Option<String>>,
+struct Batch {
+    counts: std::sync::Mutex<Counts>,
+    settled: std::sync::Condvar,
 }
+
+#[derive(Default)]
+struct Counts {
+    acked: u64,
+    failed: u64,
+    first_error: Option<String>,
+}
+
+impl Batch {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
+        // Only counters behind it: a poisoned lock still holds valid counts.
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Routes each delivery report to the call that sent the message.
+struct Deliveries;
 
 impl ClientContext for Deliveries {}
 
 impl ProducerContext for Deliveries {
-    type DeliveryOpaque = ();
+    type DeliveryOpaque = Arc<Batch>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = result {
-            self.failed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if let Ok(mut first) = self.first_error.lock() {
-                first.get_or_insert_with(|| e.to_string());
+    fn delivery(&self, result: &DeliveryResult<'_>, batch: Arc<Batch>) {
+        let mut c = batch.lock();
+        match result {
+            Ok(_) => c.acked += 1,
+            Err((e, _)) => {
+                c.failed += 1;
+                c.first_error.get_or_insert_with(|| e.to_string());
             }
         }
+        drop(c);
+        batch.settled.notify_all();
     }
 }
 
-/// Writes `messages` to `topic` and waits until every one is acknowledged
-/// (at most `timeout` in all), at `rate` messages per second when given.
-/// `options` are librdkafka settings passed through.
+/// A Kafka producer that writes batches of messages and returns once the
+/// broker acknowledged every one: the load generator's writer, and the
+/// worker's writer of partials (`sshwarden run --fleet-topic`), which may
+/// share one between threads (each call waits for its own messages only).
+pub struct KafkaWriter {
+    producer: ThreadedProducer<Deliveries>,
+    timeout: Duration,
+}
+
+impl KafkaWriter {
+    /// A producer for `brokers`; a message not acknowledged within
+    /// `timeout` fails its call. `options` are librdkafka settings passed
+    /// through (after these, so they win).
+    pub fn new(
+        brokers: &str,
+        options: &[(String, String)],
+        timeout: Duration,
+    ) -> anyhow::Result<KafkaWriter> {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", brokers)
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", timeout.as_millis().to_string());
+        for (k, v) in options {
+            config.set(k, v);
+        }
+        let producer = config
+            .create_with_context(Deliveries)
+            .context("cannot create the Kafka producer")?;
+        Ok(KafkaWriter { producer, timeout })
+    }
+
+    /// Writes `messages` to `topic` (each to the partition its key hashes
+    /// to) and waits until every one is acknowledged (at most the writer's
+    /// timeout in all), at `rate` messages per second when given. Blocks:
+    /// from async code, call it on a blocking thread.
+    pub fn write(
+        &self,
+        topic: &str,
+        messages: &[Outgoing],
+        rate: Option<f64>,
+    ) -> anyhow::Result<Sent> {
+        let timeout = self.timeout;
+        let start = Instant::now();
+        let deadline = start + timeout;
+        let batch = Arc::new(Batch::default());
+        let mut sent = Sent::default();
+        for (i, m) in messages.iter().enumerate() {
+            if let Some(rate) = rate.filter(|r| *r > 0.0) {
+                let due = start + Duration::from_secs_f64(i as f64 / rate);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            let mut record = BaseRecord::with_opaque_to(topic, batch.clone())
+                .key(m.key.as_bytes())
+                .payload(&m.payload)
+                .timestamp(m.timestamp_ms);
+            loop {
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        if Instant::now() > deadline {
+                            bail!("Kafka producer queue still full after {timeout:?}");
+                        }
+                        record = r;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err((e, _)) => return Err(e).context("cannot queue a Kafka message"),
+                }
+            }
+            sent.messages += 1;
+            sent.bytes += m.payload.len() as u64;
+        }
+        let mut c = batch.lock();
+        while c.acked + c.failed < sent.messages {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!(
+                    "Kafka messages not acknowledged in time: {} of {} after {timeout:?}",
+                    c.acked + c.failed,
+                    sent.messages
+                );
+            }
+            c = batch
+                .settled
+                .wait_timeout(c, left)
+                .map(|(c, _)| c)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+        sent.elapsed = start.elapsed();
+        if c.failed > 0 {
+            bail!(
+                "{} of {} Kafka messages failed: {}",
+                c.failed,
+                sent.messages,
+                c.first_error.clone().unwrap_or_default()
+            );
+        }
+        Ok(sent)
+    }
+}
+
+/// Writes `messages` to `topic` with a writer of its own and waits until
+/// every one is acknowledged (at most `timeout` in all), at `rate` messages
+/// per second when given. `options` are librdkafka settings passed through.
 pub fn produce(
     brokers: &str,
     topic: &str,
@@ -91,69 +218,7 @@ pub fn produce(
     rate: Option<f64>,
     timeout: Duration,
 ) -> anyhow::Result<Sent> {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", timeout.as_millis().to_string());
-    for (k, v) in options {
-        config.set(k, v);
-    }
-    let producer: ThreadedProducer<Deliveries> = config
-        .create_with_context(Deliveries::default())
-        .context("cannot create the Kafka producer")?;
-    let start = Instant::now();
-    let deadline = start + timeout;
-    let mut sent = Sent::default();
-    for (i, m) in messages.iter().enumerate() {
-        if let Some(rate) = rate.filter(|r| *r > 0.0) {
-            let due = start + Duration::from_secs_f64(i as f64 / rate);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-        }
-        let mut record = BaseRecord::to(topic)
-            .key(m.key.as_bytes())
-            .payload(&m.payload)
-            .timestamp(m.timestamp_ms);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    if Instant::now() > deadline {
-                        bail!("Kafka producer queue still full after {timeout:?}");
-                    }
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err((e, _)) => return Err(e).context("cannot queue a Kafka message"),
-            }
-        }
-        sent.messages += 1;
-        sent.bytes += m.payload.len() as u64;
-    }
-    producer
-        .flush(deadline.saturating_duration_since(Instant::now()))
-        .context("Kafka messages not acknowledged in time")?;
-    sent.elapsed = start.elapsed();
-    let failed = producer
-        .context()
-        .failed
-        .load(std::sync::atomic::Ordering::Relaxed);
-    if failed > 0 {
-        let first = producer
-            .context()
-            .first_error
-            .lock()
-            .ok()
-            .and_then(|f| f.clone())
-            .unwrap_or_default();
-        bail!(
-            "{failed} of {} Kafka messages failed: {first}",
-            sent.messages
-        );
-    }
-    Ok(sent)
+    KafkaWriter::new(brokers, options, timeout)?.write(topic, messages, rate)
 }
 
 /// `sshwarden-loadgen kafka`: the fleet's traffic to a topic.

@@ -1,5 +1,5 @@
 //! The `[fleet]` section: how the fleet stage builds and merges partials
-//! (docs/fleet.md). Only read by `run` with `--fleet-stream`.
+//! (docs/fleet.md). Only read by `run` with `--fleet-stream` or `--fleet-topic`.
 
 use serde::Deserialize;
 use sshwarden_pipeline::fleet::{FleetConfig, FleetStage};

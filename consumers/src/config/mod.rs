@@ -45,7 +45,7 @@ struct FileConfig {
     run: RunOptions,
     /// `[blocks]`: the direct sink runs `block` commands with these settings.
     blocks: Option<BlockSettings>,
-    /// `[fleet]`: the fleet stage's tuning (with `--fleet-stream`).
+    /// `[fleet]`: the fleet stage's tuning (with `--fleet-stream` or `--fleet-topic`).
     fleet: Option<FleetSettings>,
 }
 
@@ -261,9 +261,14 @@ impl ConfigArgs {
                     f.settings = settings;
                 }
             }
-            (_, Some(_)) => {
-                tracing::warn!("[fleet] is ignored: no --fleet-stream (the fleet stage is off)")
+            (SourceSettings::Kafka(k), settings) if k.fleet.is_some() => {
+                if let (Some(f), Some(settings)) = (&mut k.fleet, settings) {
+                    f.settings = settings;
+                }
             }
+            (_, Some(_)) => tracing::warn!(
+                "[fleet] is ignored: no --fleet-stream (Kinesis) or --fleet-topic (Kafka), the fleet stage is off"
+            ),
             _ => {}
         }
         Ok((self.engine_config_from(file)?, source))

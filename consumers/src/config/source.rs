@@ -126,6 +126,14 @@ pub struct RunOptions {
         enum_default::<KafkaFormat>(),
     ))]
     pub kafka_format: Option<KafkaFormat>,
+    /// The fleet stage's topic (with `--source kafka`; must differ from --topic): each worker sends its partitions' partials there, keyed by source network, and reads it to merge them fleet-wide (docs/fleet.md). Unset: no fleet stage.
+    #[arg(long, env = "SSHWARDEN_FLEET_TOPIC")]
+    pub fleet_topic: Option<String>,
+    #[arg(long, env = "SSHWARDEN_FLEET_GROUP", help = with_default(
+        "The consumer group of the fleet stage's readers (with --fleet-topic)",
+        format_args!("<group>{FLEET_GROUP_SUFFIX}"),
+    ))]
+    pub fleet_group: Option<String>,
     /// A librdkafka setting, KEY=VALUE (repeatable; e.g. security.protocol=ssl, session.timeout.ms=10000).
     #[arg(
         long = "kafka-option",
@@ -167,6 +175,8 @@ impl RunOptions {
             enhanced_fan_out,
             fleet_stream,
             fleet_lease_table,
+            fleet_topic,
+            fleet_group,
             failover_ms,
             shard_sync_ms,
             checkpoint_ms,
@@ -193,6 +203,9 @@ pub const BLAST_RADIUS_TABLE_SUFFIX: &str = "-blast-radius";
 /// The fleet stage's lease table, unless configured, is the lease table
 /// with this suffix.
 pub const FLEET_LEASE_TABLE_SUFFIX: &str = "-fleet";
+/// The fleet stage's consumer group, unless configured, is the consumer
+/// group with this suffix.
+pub const FLEET_GROUP_SUFFIX: &str = "-fleet";
 /// `--start-position`'s default (for both sources).
 pub const DEFAULT_START_POSITION: &str = "trim-horizon";
 /// `--failover-ms`'s default.
@@ -260,6 +273,19 @@ pub struct KafkaArgs {
     pub idle_poll_ms: u64,
     pub shutdown_secs: u64,
     pub metrics_addr: SocketAddr,
+    /// The fleet stage, when configured.
+    pub fleet: Option<FleetTopicArgs>,
+}
+
+/// Where the fleet stage's partials go on Kafka and which consumer group
+/// reads them.
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "kafka"), allow(dead_code))]
+pub struct FleetTopicArgs {
+    pub topic: String,
+    pub group: String,
+    /// The file's `[fleet]` (its defaults without one).
+    pub settings: super::FleetSettings,
 }
 
 /// The source `sshwarden run` reads, with its settings.
@@ -324,6 +350,11 @@ pub(super) fn resolve_kinesis(o: RunOptions) -> anyhow::Result<KinesisArgs> {
     let stream = o.stream.filter(|s| !s.is_empty()).context(
         "no stream to consume: give --stream, SSHWARDEN_STREAM or stream in the [run] section",
     )?;
+    if o.fleet_topic.as_ref().is_some_and(|s| !s.is_empty()) {
+        anyhow::bail!(
+            "--fleet-topic works with --source kafka only: with --source kinesis the fleet stage's partials go to --fleet-stream"
+        );
+    }
     let fleet = match o.fleet_stream.filter(|s| !s.is_empty()) {
         Some(fleet_stream) => {
             let lease = o
@@ -387,17 +418,6 @@ fn resolve_sink(o: &RunOptions, table_prefix: &str) -> SinkSettings {
 
 /// The Kafka source's settings from layered options (see [`RunOptions::or`]).
 pub(super) fn resolve_kafka(o: RunOptions) -> anyhow::Result<KafkaArgs> {
-    if o.fleet_stream.as_ref().is_some_and(|s| !s.is_empty()) {
-        anyhow::bail!(
-            "--fleet-stream works with --source kinesis only: the fleet stage over a second Kafka topic is not built yet"
-        );
-    }
-    let group = o
-        .group
-        .clone()
-        .filter(|g| !g.is_empty())
-        .unwrap_or_else(|| DEFAULT_GROUP.into());
-    let sink = resolve_sink(&o, &group);
     let need = |value: Option<String>, what: &str| {
         value.filter(|s| !s.trim().is_empty()).with_context(|| {
             format!(
@@ -407,6 +427,42 @@ pub(super) fn resolve_kafka(o: RunOptions) -> anyhow::Result<KafkaArgs> {
             )
         })
     };
+    if o.fleet_stream.as_ref().is_some_and(|s| !s.is_empty()) {
+        anyhow::bail!(
+            "--fleet-stream works with --source kinesis only: with --source kafka the fleet stage's partials go to --fleet-topic"
+        );
+    }
+    let group = o
+        .group
+        .clone()
+        .filter(|g| !g.is_empty())
+        .unwrap_or_else(|| DEFAULT_GROUP.into());
+    let brokers = need(o.brokers.clone(), "brokers")?;
+    let topic = need(o.topic.clone(), "topic")?;
+    let fleet = match o.fleet_topic.clone().filter(|s| !s.trim().is_empty()) {
+        Some(fleet_topic) => {
+            let fleet_group = o
+                .fleet_group
+                .clone()
+                .filter(|g| !g.is_empty())
+                .unwrap_or_else(|| format!("{group}{FLEET_GROUP_SUFFIX}"));
+            if fleet_topic == topic {
+                anyhow::bail!("--fleet-topic must not be the topic of logs ({topic})");
+            }
+            if fleet_group == group {
+                anyhow::bail!(
+                    "--fleet-group must not be the consumer group of the logs' readers ({group})"
+                );
+            }
+            Some(FleetTopicArgs {
+                topic: fleet_topic,
+                group: fleet_group,
+                settings: super::FleetSettings::default(),
+            })
+        }
+        None => None,
+    };
+    let sink = resolve_sink(&o, &group);
     let mut options: Vec<(String, String)> = o
         .kafka_option_table
         .unwrap_or_default()
@@ -423,9 +479,10 @@ pub(super) fn resolve_kafka(o: RunOptions) -> anyhow::Result<KafkaArgs> {
         options.push((k.trim().to_owned(), v.trim().to_owned()));
     }
     Ok(KafkaArgs {
+        fleet,
         sink,
-        brokers: need(o.brokers, "brokers")?,
-        topic: need(o.topic, "topic")?,
+        brokers,
+        topic,
         group,
         format: o.kafka_format.unwrap_or_default(),
         options,
@@ -574,7 +631,55 @@ pub(crate) mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("--source kinesis only"), "{e}");
+        assert!(e.contains("--fleet-topic"), "says what to use instead: {e}");
+        let e = resolve_kinesis(run("[run]\nstream = \"s\"\nfleet_topic = \"f\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--source kafka only"), "{e}");
         assert!(resolve_kinesis(run("[run]\nstream = \"s\""))
+            .unwrap()
+            .fleet
+            .is_none());
+    }
+
+    #[test]
+    fn the_fleet_topic_is_named_and_checked_as_the_fleet_stream_is() {
+        let run = |text: &str| {
+            let section: super::super::FileConfig = toml::from_str(text).unwrap();
+            section.run
+        };
+        let e = resolve_kafka(run(
+            "[run]\nbrokers = \"b\"\ntopic = \"t\"\nfleet_topic = \"t\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("--fleet-topic must not be the topic of logs"),
+            "{e}"
+        );
+        let e = resolve_kafka(run(
+            "[run]\nbrokers = \"b\"\ntopic = \"t\"\nfleet_topic = \"f\"\ngroup = \"g\"\nfleet_group = \"g\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--fleet-group"), "{e}");
+        let k = resolve_kafka(run(
+            "[run]\nbrokers = \"b\"\ntopic = \"t\"\nfleet_topic = \"f\"\ngroup = \"g\"",
+        ))
+        .unwrap();
+        let f = k.fleet.expect("the fleet stage is on");
+        assert_eq!((f.topic.as_str(), f.group.as_str()), ("f", "g-fleet"));
+        assert_eq!(f.settings, super::super::FleetSettings::default());
+        let flags = RunOptions {
+            fleet_group: Some("from-flag".into()),
+            ..RunOptions::default()
+        };
+        let k = resolve_kafka(flags.or(run(
+            "[run]\nbrokers = \"b\"\ntopic = \"t\"\nfleet_topic = \"f\"\nfleet_group = \"from-file\"",
+        )))
+        .unwrap();
+        assert_eq!(k.fleet.unwrap().group, "from-flag", "the flag wins");
+        assert!(resolve_kafka(run("[run]\nbrokers = \"b\"\ntopic = \"t\""))
             .unwrap()
             .fleet
             .is_none());
@@ -620,6 +725,15 @@ pub(crate) mod tests {
                     let fleet = resolve_kinesis(section.run).unwrap().fleet.unwrap();
                     assert_eq!(fleet.stream, "f");
                     fleet.lease_table.replace(&k.lease_table, "<lease table>")
+                }
+                "fleet_group" => {
+                    let section: super::super::FileConfig = toml::from_str(
+                        "[run]\nbrokers = \"b\"\ntopic = \"t\"\nfleet_topic = \"f\"",
+                    )
+                    .unwrap();
+                    let fleet = resolve_kafka(section.run).unwrap().fleet.unwrap();
+                    assert_eq!(fleet.topic, "f");
+                    fleet.group.replace(&kafka.group, "<group>")
                 }
                 "failover_ms" => k.failover_ms.to_string(),
                 "shard_sync_ms" => k.shard_sync_ms.to_string(),

@@ -13,16 +13,16 @@ use rdkafka::message::Message as _;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
-use sshwarden_pipeline::{Engine, EngineConfig};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::offsets;
-use super::reader::{Final, Input, Message, PartitionReader, Shared};
+use super::reader::{Final, Input, Message, PartialsTopic, PartitionReader, Shared};
 use crate::config::KafkaFormat;
 use crate::metrics::{Metrics, ReaderLabel};
 use crate::sink::Sink;
+use crate::source::stage::{Processor, StageConfig};
 
 /// Messages buffered per partition between the poll thread and its reader;
 /// past it the partition is paused.
@@ -77,7 +77,18 @@ pub(super) struct Assigned {
 pub(super) struct Group {
     pub(super) topic: String,
     pub(super) format: KafkaFormat,
-    pub(super) engine_config: EngineConfig,
+    /// What each partition's reader runs: its engine (the topic of logs)
+    /// or the fleet stage (the topic of partials).
+    pub(super) stage: StageConfig,
+    /// Before topic/partition in metric labels: `fleet:` on the topic of
+    /// partials, as on the Kinesis stream of partials.
+    pub(super) label_prefix: &'static str,
+    /// Stage one with the fleet stage on: where its partials are written.
+    pub(super) partials_to: Option<Arc<PartialsTopic>>,
+    /// Whether this group's partitions are the ones
+    /// `sshwarden_kafka_partitions_assigned` counts (the logs').
+    pub(super) counts_partitions: bool,
+    pub(super) max_future_skew_ms: i64,
     pub(super) sink: Arc<Sink>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) runtime: tokio::runtime::Handle,
@@ -220,7 +231,10 @@ impl Group {
                 ),
                 None => (None, None),
             };
-            let mut engine = match Engine::new(self.engine_config.clone()) {
+            // Partials name their shard topic/partition (their ids must
+            // not collide between partitions).
+            let shard = format!("{}/{p}", self.topic);
+            let mut processor = match Processor::new(&self.stage, &shard) {
                 Ok(e) => e,
                 Err(e) => {
                     error!(error = %e, "invalid engine configuration");
@@ -228,9 +242,9 @@ impl Group {
                 }
             };
             if let Some(t) = event_time {
-                engine.resume_from(t);
+                processor.resume_from(t);
             }
-            let label = ReaderLabel::new(format!("{}/{p}", self.topic));
+            let label = ReaderLabel::new(format!("{}{shard}", self.label_prefix));
             let (tx, rx) = mpsc::channel(READER_QUEUE);
             let (done_tx, done_rx) = std::sync::mpsc::channel();
             let stop = CancellationToken::new();
@@ -239,7 +253,10 @@ impl Group {
                 topic: self.topic.clone(),
                 partition: p,
                 format: self.format,
-                engine,
+                processor,
+                partials_to: self.partials_to.clone(),
+                pending: Vec::new(),
+                label: label.clone(),
                 tracker: offsets::CommitTracker::new(offset),
                 sink: self.sink.clone(),
                 metrics: self.metrics.clone(),
@@ -248,7 +265,7 @@ impl Group {
                 stop: stop.clone(),
                 checkpoint_every: self.checkpoint_every,
                 idle: self.idle,
-                max_future_skew_ms: self.engine_config.max_future_skew_ms,
+                max_future_skew_ms: self.max_future_skew_ms,
                 done: done_tx,
             };
             self.runtime.spawn(reader.read());
@@ -266,7 +283,9 @@ impl Group {
                 },
             );
         }
-        self.metrics.partitions_assigned.set(readers.len() as i64);
+        if self.counts_partitions {
+            self.metrics.partitions_assigned.set(readers.len() as i64);
+        }
     }
 
     /// Partitions leave this worker (rebalance or shutdown): their readers
@@ -279,7 +298,9 @@ impl Group {
                 .iter()
                 .filter_map(|p| readers.remove(p).map(|a| (*p, a)))
                 .collect();
-            self.metrics.partitions_assigned.set(readers.len() as i64);
+            if self.counts_partitions {
+                self.metrics.partitions_assigned.set(readers.len() as i64);
+            }
             l
         };
         if leaving.is_empty() {

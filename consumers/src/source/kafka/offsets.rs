@@ -1,5 +1,6 @@
 //! Pure pieces of the Kafka source: which offset a partition may commit
-//! (docs/design.md, the checkpoint rule), what the commit's metadata carries, and
+//! (docs/design.md, the checkpoint rule; docs/fleet.md, partials not yet
+//! acknowledged), what the commit's metadata carries, and
 //! what a message holds (a subscription payload or raw lines).
 //!
 //! A partition's engine numbers records by position = offset + 1 (position
@@ -79,6 +80,15 @@ impl CommitTracker {
     pub fn committed_offset(&self) -> Option<i64> {
         self.committed
     }
+}
+
+/// The position a partition's commit must stay before, for its stage: the
+/// oldest message still counted in an open window (`open`, the engine's or
+/// the fleet stage's low water) or in a partial emitted but not yet
+/// acknowledged by the broker (`pending`), whichever is older (the outbox
+/// adds its commands' holds to it).
+pub fn held_position(open: Option<u64>, pending: impl IntoIterator<Item = u64>) -> Option<u64> {
+    pending.into_iter().chain(open).min()
 }
 
 const METADATA_PREFIX: &str = "sshwarden:event_time=";
@@ -164,6 +174,29 @@ mod tests {
         t.delivered(1);
         assert_eq!(t.to_commit(Some(position(1))), Some(1));
         assert_eq!(t.next_offset(), Some(2));
+    }
+
+    #[test]
+    fn a_partial_not_yet_acknowledged_holds_the_commit_at_its_oldest_message() {
+        let mut t = CommitTracker::new(None);
+        for o in 0..10 {
+            t.delivered(o);
+        }
+        // Its window closed (the engine holds nothing), its partial counts
+        // the messages from offset 3 (position 4) and is not acknowledged.
+        assert_eq!(held_position(None, [position(3)]), Some(position(3)));
+        assert_eq!(t.to_commit(held_position(None, [position(3)])), Some(3));
+        // Acknowledged: nothing holds the commit any more.
+        assert_eq!(t.to_commit(held_position(None, [])), Some(10));
+        // The older of an open window and the pending partials holds it.
+        assert_eq!(
+            held_position(Some(position(6)), [position(8), position(5)]),
+            Some(position(5))
+        );
+        assert_eq!(
+            held_position(Some(position(2)), [position(5)]),
+            Some(position(2))
+        );
     }
 
     #[test]

@@ -1,24 +1,30 @@
-//! One partition's reader: a tokio task with its own engine. It takes the
+//! One partition's reader: a tokio task with its own engine (or, on the
+//! fleet stage's topic, its own fleet stage: [`Processor`]). It takes the
 //! messages the consumer's poll thread forwards (a bounded channel: a slow
 //! reader pauses its partition, see [`super::group`]), runs them through the
 //! engine, queues the commands in its outbox (delivered with backoff while
-//! it reads on, [`crate::sink::outbox`]), and publishes the offset the
-//! checkpoint rule allows, held before every command not yet delivered. On
-//! revoke or shutdown it stops at once (commands still waiting are
-//! abandoned, their messages stay uncommitted) and hands back its final
-//! offset, which the poll thread commits before the partition moves.
+//! it reads on, [`crate::sink::outbox`]), writes the partials its engine
+//! emits to the topic of partials (with the fleet stage on), and publishes
+//! the offset the checkpoint rule allows, held before every command not yet
+//! delivered and every message counted in a partial the broker has not yet
+//! acknowledged. On revoke or shutdown it stops at once (commands and
+//! partials still waiting are abandoned, their messages stay uncommitted)
+//! and hands back its final offset, which the poll thread commits before the
+//! partition moves.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use sshwarden_loadgen::kafka::{KafkaWriter, Outgoing};
 use sshwarden_pipeline::command::Origin;
+use sshwarden_pipeline::partial::Partial;
 use sshwarden_pipeline::policy::Decision;
-use sshwarden_pipeline::{Engine, LineInput, RecordInput};
+use sshwarden_pipeline::{LineInput, RecordInput};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::offsets::{self, CommitTracker, Content};
 use crate::clock::now_ms;
@@ -27,6 +33,18 @@ use crate::metrics::{Metrics, ReaderLabel};
 use crate::sink::outbox::Outbox;
 use crate::sink::Sink;
 use crate::source::record::{self, Place};
+use crate::source::stage::Processor;
+
+/// Partials a reader writes in one call at most (as the Kinesis writer's
+/// batches): past it, it writes before reading on.
+const PARTIALS_BATCH: usize = 500;
+
+/// Where stage one writes its partials: the topic of partials, with the
+/// worker's one producer (shared by its partition readers).
+pub struct PartialsTopic {
+    pub writer: KafkaWriter,
+    pub topic: String,
+}
 
 /// A message, copied out of librdkafka's buffer by the poll thread.
 #[derive(Debug)]
@@ -76,7 +94,16 @@ pub struct PartitionReader {
     pub topic: String,
     pub partition: i32,
     pub format: KafkaFormat,
-    pub engine: Engine,
+    /// The engine (topic of logs) or the fleet stage (topic of partials).
+    pub processor: Processor,
+    /// Stage one with the fleet stage on: where its partials go.
+    pub partials_to: Option<Arc<PartialsTopic>>,
+    /// Partials emitted and not yet acknowledged by the broker, each with
+    /// the position of the oldest message it counts: the commit stays
+    /// before the oldest.
+    pub pending: Vec<(u64, Partial)>,
+    /// The partition's name in metrics (`fleet:` before it on the topic of partials).
+    pub label: ReaderLabel,
     pub tracker: CommitTracker,
     pub sink: Arc<Sink>,
     pub metrics: Arc<Metrics>,
@@ -93,7 +120,7 @@ pub struct PartitionReader {
 impl PartitionReader {
     /// Reads the partition until a revoke or shutdown, then hands back the final offset.
     pub async fn read(mut self) {
-        let label = ReaderLabel::new(format!("{}/{}", self.topic, self.partition));
+        let label = self.label.clone();
         let mut decisions = Vec::new();
         let mut checkpoint = tokio::time::interval(self.checkpoint_every);
         checkpoint.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -101,6 +128,9 @@ impl PartitionReader {
         // stands in for event time so idle windows close (as a caught-up
         // Kinesis shard does).
         let mut idle_at: Option<Instant> = None;
+        // The last write of partials failed: retried on the checkpoint's
+        // tick (not on every message) until one succeeds.
+        let mut partials_failed = false;
         // The commands waiting for the sink (the commit stays before them);
         // a revoke or shutdown abandons them, as it abandoned a retry before.
         let outbox = Outbox::new(
@@ -126,21 +156,38 @@ impl PartitionReader {
                         if !self.process(&label, m, &mut decisions, &outbox).await {
                             break;
                         }
+                        // Written once what has arrived is read (a batch,
+                        // as a Kinesis reader writes after each GetRecords),
+                        // or when many are waiting; after a failure, only
+                        // on the checkpoint's tick.
+                        let due = self.input.is_empty() || self.pending.len() >= PARTIALS_BATCH;
+                        if due && !partials_failed && !self.write_partials(&mut partials_failed).await {
+                            break;
+                        }
                     }
                     Some(Input::End) => idle_at = Some(Instant::now() + self.idle),
                 },
                 _ = idle_sleep => {
-                    self.engine.observe_idle(now_ms());
+                    self.processor.observe_idle(now_ms());
+                    self.take_partials();
                     idle_at = Some(Instant::now() + self.idle);
+                    if !partials_failed && !self.write_partials(&mut partials_failed).await {
+                        break;
+                    }
                 }
-                _ = checkpoint.tick() => self.publish(&outbox),
+                _ = checkpoint.tick() => {
+                    if !self.write_partials(&mut partials_failed).await {
+                        break;
+                    }
+                    self.publish(&outbox);
+                }
             }
         }
-        let low = outbox.low_water(self.engine.low_water_position());
+        let low = self.low_water(&outbox);
         let commit = self.tracker.commit_point(low).map(|o| {
             (
                 o,
-                offsets::commit_metadata(outbox.event_time(self.engine.event_time())),
+                offsets::commit_metadata(outbox.event_time(self.processor.event_time())),
             )
         });
         info!(partition = %label.name(), commit = ?commit.as_ref().map(|c| c.0), "partition reader stopped");
@@ -148,11 +195,85 @@ impl PartitionReader {
         let _ = self.done.send(Final { commit });
     }
 
+    /// The position the commit must stay before: the oldest message still
+    /// counted in an open window or in a partial not yet acknowledged, or
+    /// holding a command not yet delivered.
+    fn low_water(&self, outbox: &Outbox) -> Option<u64> {
+        outbox.low_water(offsets::held_position(
+            self.processor.low_water_position(),
+            self.pending.iter().map(|(p, _)| *p),
+        ))
+    }
+
+    /// Moves the partials the engine emitted to `pending`, each held at the
+    /// oldest message it counts (not the message that closed it: the
+    /// commit must not pass a message whose partial is not written).
+    fn take_partials(&mut self) {
+        if self.partials_to.is_some() {
+            self.processor.drain_partials(&mut self.pending);
+        }
+    }
+
+    /// Writes the pending partials to the topic of partials, keyed by their
+    /// source network (as the Kinesis path's partition key), and waits for
+    /// the broker's acknowledgement (librdkafka retries within the writer's
+    /// timeout). A failed write keeps them pending, so the commit stays
+    /// before them, and sets `failed`; a successful one clears it. False
+    /// when a revoke or shutdown interrupted it.
+    async fn write_partials(&mut self, failed: &mut bool) -> bool {
+        let Some(to) = self.partials_to.clone() else {
+            return true;
+        };
+        if self.pending.is_empty() {
+            *failed = false;
+            return true;
+        }
+        let now = now_ms();
+        let messages: Vec<Outgoing> = self
+            .pending
+            .iter()
+            .map(|(_, p)| Outgoing {
+                key: p.source.clone(),
+                payload: p.encode(),
+                timestamp_ms: now,
+            })
+            .collect();
+        let bytes: usize = messages.iter().map(|m| m.payload.len()).sum();
+        let n = messages.len();
+        // librdkafka's producer blocks its caller until the acknowledgements.
+        let write =
+            tokio::task::spawn_blocking(move || to.writer.write(&to.topic, &messages, None));
+        let result = tokio::select! {
+            r = write => r,
+            _ = self.stop.cancelled() => return false,
+        };
+        match result.map_err(anyhow::Error::from).and_then(|r| r) {
+            Ok(_) => {
+                self.pending.clear();
+                *failed = false;
+                self.metrics
+                    .partials_written
+                    .get_or_create(&self.label)
+                    .inc_by(n as u64);
+                self.metrics
+                    .partial_bytes
+                    .get_or_create(&self.label)
+                    .inc_by(bytes as u64);
+            }
+            Err(e) => {
+                warn!(partition = %self.label.name(), error = %format!("{e:#}"), "writing partials failed; will retry");
+                self.metrics.error(self.label.name(), "partials");
+                *failed = true;
+            }
+        }
+        true
+    }
+
     /// Offers the offset the checkpoint rule allows to the poll thread.
     fn publish(&mut self, outbox: &Outbox) {
-        let low = outbox.low_water(self.engine.low_water_position());
+        let low = self.low_water(outbox);
         if let Some(offset) = self.tracker.to_commit(low) {
-            let meta = offsets::commit_metadata(outbox.event_time(self.engine.event_time()));
+            let meta = offsets::commit_metadata(outbox.event_time(self.processor.event_time()));
             if let Ok(mut slot) = self.shared.commit.lock() {
                 *slot = Some((offset, meta));
                 self.tracker.committed(offset);
@@ -175,7 +296,12 @@ impl PartitionReader {
         record::received(&self.metrics, label, m.payload.len());
         decisions.clear();
         let now = now_ms();
-        match offsets::content(self.format, &m.payload) {
+        let content = match self.processor {
+            Processor::Logs(_) => offsets::content(self.format, &m.payload),
+            // The topic of partials holds partials, whatever the logs' format.
+            Processor::Fleet(_) => Content::Payload,
+        };
+        match content {
             Content::Payload => {
                 let input = RecordInput {
                     data: &m.payload,
@@ -185,8 +311,8 @@ impl PartitionReader {
                     arrival_ms: m.timestamp_ms.filter(|t| *t > 0).or(Some(now)),
                     ..RecordInput::default()
                 };
-                record::process(
-                    &mut self.engine,
+                record::process_stage(
+                    &mut self.processor,
                     &input,
                     decisions,
                     &self.metrics,
@@ -196,15 +322,18 @@ impl PartitionReader {
             }
             Content::Lines => {
                 let events = self.process_lines(&m, position, now, decisions);
-                record::engine_events(&self.engine, &self.metrics, label);
+                if let Some(engine) = self.processor.engine() {
+                    record::engine_events(engine, &self.metrics, label);
+                }
                 self.metrics.events.get_or_create(label).inc_by(events);
             }
         }
+        self.take_partials();
         // Held where a replay re-derives the command with its full counts:
         // the start of the windows open now (the engine's low water), not
         // just this message.
         let hold = self
-            .engine
+            .processor
             .low_water_position()
             .map_or(position, |lw| lw.min(position));
         for c in record::commands(decisions, label, place) {
@@ -228,6 +357,9 @@ impl PartitionReader {
         now: i64,
         decisions: &mut Vec<Decision>,
     ) -> u64 {
+        let Processor::Logs(engine) = &mut self.processor else {
+            return 0;
+        };
         let text = String::from_utf8_lossy(&m.payload);
         let instance = offsets::instance_from_key(m.key.as_deref());
         let time_ms = m
@@ -250,7 +382,7 @@ impl PartitionReader {
             } else {
                 format!("{}/{}/{}/{i}", self.topic, self.partition, m.offset)
             };
-            self.engine.process_line(
+            engine.process_line(
                 &LineInput {
                     instance: instance.unwrap_or_default(),
                     instance_from_host: instance.is_none(),
