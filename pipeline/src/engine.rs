@@ -562,9 +562,23 @@ impl Core {
         }
     }
 
-    /// Emits the partials whose window the closing clock has passed.
+    /// Reports the partials whose window the newest event time (or, idle,
+    /// the raised clock) has passed, and emits as closed those the closing
+    /// clock has passed.
     fn close_partials(&mut self) {
-        if let (Some(b), Some(wm)) = (&mut self.partials, self.windows.watermark()) {
+        let Some(b) = &mut self.partials else {
+            return;
+        };
+        let newest = self
+            .windows
+            .newest_event_time()
+            .into_iter()
+            .chain(self.windows.event_time())
+            .max();
+        if let Some(t) = newest {
+            b.report_until(t);
+        }
+        if let Some(wm) = self.windows.watermark() {
             b.close_until(wm);
         }
     }

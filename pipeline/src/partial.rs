@@ -361,6 +361,8 @@ enum Measure {
 struct Open {
     partial: Partial,
     early_sent: bool,
+    /// Counted something since its last emission (or never emitted).
+    changed: bool,
     /// Guesses since the partial's last login (a login starts the count anew,
     /// as the shards' compromise rule does).
     guesses_since_login: u32,
@@ -381,6 +383,10 @@ pub enum Offer {
 pub struct PartialStats {
     pub emitted: u64,
     pub early: u64,
+    /// Emitted when the shard's newest event time passed the window's end.
+    pub at_window_end: u64,
+    /// Not emitted again at close: nothing changed since the last emission.
+    pub unchanged_at_close: u64,
     pub let_go: u64,
     pub late_events: u64,
 }
@@ -396,6 +402,8 @@ pub struct PartialBuilder {
     next_part: HashMap<(PeerNet, i64), u32>,
     /// Partial windows ending at or before it were emitted as closed.
     closed_until_ms: i64,
+    /// Partial windows ending at or before it were reported at their end.
+    reported_until_ms: i64,
     /// Emitted, with the smallest record position each counts.
     ready: Vec<(u64, Partial)>,
     hasher: foldhash::fast::FixedState,
@@ -425,6 +433,7 @@ impl PartialBuilder {
             by_window: BTreeMap::new(),
             next_part: HashMap::new(),
             closed_until_ms: i64::MIN,
+            reported_until_ms: i64::MIN,
             ready: Vec::new(),
             hasher: foldhash::fast::FixedState::with_seed(0xf1ee7),
             stats: PartialStats::default(),
@@ -493,12 +502,14 @@ impl PartialBuilder {
                         log_group: origin.1.to_owned(),
                     },
                     early_sent: false,
+                    changed: true,
                     guesses_since_login: 0,
                     min_position: position,
                 },
             );
         }
         let open = self.open.get_mut(&key)?;
+        open.changed = true;
         open.min_position = open.min_position.min(position);
         let p = &mut open.partial;
         p.first_ms = p.first_ms.min(time_ms);
@@ -594,6 +605,7 @@ impl PartialBuilder {
         let start = time_ms.div_euclid(self.config.window_ms) * self.config.window_ms;
         if let Some(open) = self.open.get_mut(&(net.clone(), start)) {
             open.early_sent = true;
+            open.changed = false;
             open.partial.emission += 1;
             self.ready.push((open.min_position, open.partial.clone()));
             self.stats.early += 1;
@@ -601,12 +613,54 @@ impl PartialBuilder {
         }
     }
 
+    /// Lets go of an open partial: emitted as the last of its part unless
+    /// its last emission already holds everything it counted (a snapshot
+    /// replaces, so sending the same counts again would only cost traffic).
     fn finish(&mut self, key: &(PeerNet, i64)) {
         if let Some(mut open) = self.open.remove(key) {
+            if !open.changed {
+                self.stats.unchanged_at_close += 1;
+                return;
+            }
             open.partial.emission += 1;
             open.partial.last = true;
             self.ready.push((open.min_position, open.partial));
             self.stats.emitted += 1;
+        }
+    }
+
+    /// Emits, once, every partial whose window ends at or before `clock_ms`
+    /// (the shard's newest event time) and that counted something since its
+    /// last emission. The window stays open for late events until the
+    /// closing clock passes it ([`Self::close_until`]), which waits for the
+    /// slowest stream and the allowed lateness; without this, the fleet
+    /// stage would hear of a window's counts that much later (docs/fleet.md).
+    pub fn report_until(&mut self, clock_ms: i64) {
+        if clock_ms <= self.reported_until_ms {
+            return;
+        }
+        let from = self.reported_until_ms;
+        self.reported_until_ms = clock_ms;
+        let w = self.config.window_ms;
+        // Windows ending in (from, clock_ms]: those ending earlier were
+        // reported (or closed) before.
+        let first = from.saturating_sub(w).saturating_add(1);
+        let last = clock_ms.saturating_sub(w);
+        if first > last {
+            return;
+        }
+        for (&start, nets) in self.by_window.range(first..=last) {
+            for net in nets {
+                if let Some(open) = self.open.get_mut(&(net.clone(), start)) {
+                    if open.changed {
+                        open.changed = false;
+                        open.partial.emission += 1;
+                        self.ready.push((open.min_position, open.partial.clone()));
+                        self.stats.emitted += 1;
+                        self.stats.at_window_end += 1;
+                    }
+                }
+            }
         }
     }
 
@@ -799,6 +853,48 @@ mod tests {
             b.signal(&n, "i-9", None, Signal::AuthFailure, 2_000, 9, ("1", "g")),
             Offer::Late
         );
+    }
+
+    #[test]
+    fn reported_when_the_newest_time_passes_the_window_then_again_at_close_only_if_changed() {
+        let mut b = PartialBuilder::new(PartialConfig {
+            early_percent: 0,
+            ..PartialConfig::default()
+        });
+        let (n, m) = (net("203.0.113.9/32"), net("198.51.100.1/32"));
+        let mut out = Vec::new();
+        b.signal(&n, "i-1", None, Signal::AuthFailure, 1_000, 1, ("", ""));
+        b.signal(&m, "i-1", None, Signal::AuthFailure, 2_000, 2, ("", ""));
+        b.report_until(599_999);
+        b.drain(&mut out);
+        assert!(out.is_empty(), "the window has not ended");
+        // The newest event time passes the window's end: both reported,
+        // still open (late events may come) and holding the checkpoint.
+        b.report_until(600_000);
+        b.drain(&mut out);
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|p| p.emission == 1 && !p.last));
+        assert_eq!(b.low_water_position(), Some(1));
+        b.report_until(700_000);
+        b.drain(&mut out);
+        assert_eq!(out.len(), 2, "reported once");
+        // A late event for one of them: at close only that one is sent again.
+        b.signal(&n, "i-2", None, Signal::AuthFailure, 3_000, 3, ("", ""));
+        b.close_until(600_000);
+        b.drain(&mut out);
+        assert_eq!(out.len(), 3);
+        assert_eq!(
+            (
+                out[2].source.as_str(),
+                out[2].emission,
+                out[2].last,
+                out[2].instances.count()
+            ),
+            ("203.0.113.9/32", 2, true, 2)
+        );
+        assert_eq!(b.low_water_position(), None);
+        let s = b.stats();
+        assert_eq!((s.at_window_end, s.unchanged_at_close), (2, 1));
     }
 
     #[test]

@@ -17,11 +17,19 @@ see BENCHMARKS.md.
             payloads: CPU per MB of stream data, beside the bare GetRecords
             loop over the same records; then put -> command latency on the
             caught-up worker, one record at a time.
+  fleet     the fleet stage's detection latency: two workers with
+            --fleet-stream on an 8-shard stream of logs, live sprays (one
+            address, one guess per instance) written in real time over a
+            background of one-guess scanners; event -> fleet command latency
+            from the event that made the fleet-wide count reach the rule's
+            threshold (computed here from the events written), for sprays
+            that reach the early emission on their shards and for sprays that
+            only the windows' close reports.
 
 Every wait is bounded; workers are killed by PID; streams and tables are
 deleted at the end.
 """
-import argparse, gzip, json, os, queue, random, subprocess, sys, threading, time, urllib.request
+import argparse, gzip, hashlib, json, os, queue, random, subprocess, sys, threading, time, urllib.request
 import boto3
 
 MOTO = os.environ.get("SSHWARDEN_MOTO_ENDPOINT", "http://127.0.0.1:5000")
@@ -126,11 +134,11 @@ def boto3_put(stream, records):
     return time.monotonic() - t0
 
 
-def spawn_worker(sshwarden, stream, table, wid, port, stdout, flags=()):
+def spawn_worker(sshwarden, stream, table, wid, port, stdout, flags=(), run_flags=()):
     """`sshwarden [flags] run` on `stream` with the stdout sink, metrics on `port`."""
     cmd = [sshwarden, "--blast-radius-max", "0", "--cooldown-secs", "0", *flags, "run", "--stream", stream,
            "--lease-table", table, "--worker-id", wid, "--sink", "stdout",
-           "--metrics-addr", f"127.0.0.1:{port}"]
+           "--metrics-addr", f"127.0.0.1:{port}", *run_flags]
     p = subprocess.Popen(cmd, env=ENV, stdin=subprocess.DEVNULL, stdout=stdout,
                          stderr=open(f"/tmp/bench-{stream}-{wid}.stderr", "w"))
     procs.append(p)
@@ -146,6 +154,16 @@ def records_read(p, port):
         return 0
     return sum(float(l.rsplit(" ", 1)[1]) for l in body.splitlines()
                if l.startswith("sshwarden_records_total{"))
+
+
+def metric_sum(p, port, name):
+    records_read(p, port)  # fails if the worker exited
+    try:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return 0
+    return sum(float(l.rsplit(" ", 1)[1]) for l in body.splitlines()
+               if l.startswith(name + " ") or l.startswith(name + "{"))
 
 
 def ready(p, port):
@@ -334,9 +352,197 @@ def worker(a):
             f"p99 {q(0.99):.0f} ms, min {lat[0]:.0f}, max {lat[-1]:.0f} (idle poll 1000 ms, the default)")
 
 
+def kinesis_shard_of(key, ranges):
+    """The shard Kinesis puts `key` on: MD5 of the partition key in the shards' hash ranges."""
+    h = int(hashlib.md5(key.encode()).hexdigest(), 16)
+    for sid, lo, hi in ranges:
+        if lo <= h <= hi:
+            return sid
+    raise SystemExit(f"bench: no shard holds the hash of {key}")
+
+
+def crossing(events, window_ms, at_least, distinct):
+    """Event time at which a fleet-wide count (of guesses, or of distinct
+    instances) first reaches `at_least` inside one of the rule's tumbling
+    windows (aligned on the epoch): {window_start_ms: event time}."""
+    seen, out = {}, {}
+    for t, inst in sorted(events):
+        w = t - t % window_ms
+        if w in out:
+            continue
+        c = seen.setdefault(w, set() if distinct else [0])
+        if distinct:
+            c.add(inst)
+            n = len(c)
+        else:
+            c[0] += 1
+            n = c[0]
+        if n >= at_least:
+            out[w] = t
+    return out
+
+
+def quantiles(xs):
+    xs = sorted(xs)
+    q = lambda f: xs[min(len(xs) - 1, int(f * len(xs)))]
+    return f"p50 {q(0.5) / 1000:.1f} s, p99 {q(0.99) / 1000:.1f} s, max {xs[-1] / 1000:.1f} s (min {xs[0] / 1000:.1f}, {len(xs)} commands)"
+
+
+def fleet(a):
+    logs, parts = f"bench-fleet-{TAG}", f"bench-fleet-partials-{TAG}"
+    new_stream(logs, 8)
+    new_stream(parts, 2)
+    table, ftable = f"bench-fleet-leases-{TAG}", f"bench-fleet-leases-fleet-{TAG}"
+    tables.extend([table, ftable])
+    ranges = [(x["ShardId"], int(x["HashKeyRange"]["StartingHashKey"]), int(x["HashKeyRange"]["EndingHashKey"]))
+              for x in kin.list_shards(StreamName=logs)["Shards"]]
+    # Instances by shard, so that each spray touches every shard equally.
+    by_shard, k = {sid: [] for sid, _, _ in ranges}, 0
+    while min(len(v) for v in by_shard.values()) < 64:
+        inst = "i-%017x" % (0xbe0000 + k)
+        by_shard[kinesis_shard_of(inst, ranges)].append(inst)
+        k += 1
+    conf = f"/tmp/{logs}.toml"
+    with open(conf, "w") as f:
+        f.write(f"[fleet]\npartial_window_secs = {a.partial_window_secs}\n")
+    run_flags = ("--fleet-stream", parts, "--fleet-lease-table", ftable)
+    stamped = []  # (wall ms when read, command)
+    lock = threading.Lock()
+    ws = []
+    for i in range(2):
+        port = 19470 + i
+        p, cmd = spawn_worker(a.sshwarden, logs, table, f"f{i}", port, subprocess.PIPE,
+                              flags=("--config", conf), run_flags=run_flags)
+        ws.append((p, port))
+
+        def reader(p=p):
+            for line in p.stdout:
+                t = time.time() * 1000
+                try:
+                    c = json.loads(line)
+                except ValueError:
+                    continue
+                with lock:
+                    stamped.append((t, c))
+        threading.Thread(target=reader, daemon=True).start()
+    say("workers: " + " ".join(cmd))
+    # The gauge counts the stream of logs' leases; the partials' are read
+    # from their table.
+    def fleet_leases():
+        items = ddb.scan(TableName=ftable).get("Items", []) if ftable in ddb.list_tables()["TableNames"] else []
+        return sum(1 for i in items if i.get("leaseOwner", {}).get("S"))
+    bounded("both workers to hold every lease (8 shards of logs, 2 of partials)", 120,
+            lambda: sum(metric_sum(p, port, "sshwarden_leases_held") for p, port in ws) >= 8
+            and fleet_leases() >= 2, 0.5)
+    say(f"load {load()}; leases held; writing {a.sprays} sprays live")
+
+    # Sprays: one guess per instance, `a.gap` s apart, each from its own
+    # address; half over 5 instances per shard (a shard's distinct count
+    # reaches half of fleet-spray's 10: an early partial), half over 2 per
+    # shard (nothing is sent early: only the windows' close reports them).
+    plan = []
+    for n in range(a.sprays):
+        per_shard = 5 if n % 2 == 0 else 2
+        insts = [v[(n * 5 + j) % len(v)] for v in by_shard.values() for j in range(per_shard)]
+        random.Random(n).shuffle(insts)
+        plan.append(("early" if per_shard == 5 else "at close", f"198.18.{n // 250}.{n % 250 + 1}", insts))
+    attempts = {}  # source -> [(event ms, instance)]
+    stop_bg = threading.Event()
+    bg = [0]
+
+    def put(inst, src, user, t_ms):
+        msg = (time.strftime("%b %e %H:%M:%S", time.gmtime(t_ms / 1000)) +
+               f" ip-10-0-0-1 sshd[{random.randint(1000, 99999)}]: Failed password for {user} from {src} port {random.randint(1024, 65535)} ssh2")
+        env_ = {"messageType": "DATA_MESSAGE", "owner": "123456789012", "logGroup": "/ec2/sshd",
+                "logStream": inst, "subscriptionFilters": ["sshwarden"],
+                "logEvents": [{"id": f"{t_ms}{random.randint(0, 10**9):010d}", "timestamp": t_ms, "message": msg}]}
+        return {"PartitionKey": inst, "Data": gzip.compress(json.dumps(env_).encode())}
+
+    def background():
+        c = boto3.client("kinesis", endpoint_url=KIN, **CREDS)
+        insts = [i for v in by_shard.values() for i in v]
+        r = random.Random(7)
+        while not stop_bg.is_set():
+            now = int(time.time() * 1000)
+            batch = [put(r.choice(insts), f"203.0.{r.randint(0, 255)}.{r.randint(1, 254)}", "admin", now)
+                     for _ in range(max(1, int(a.background_per_s / 2)))]
+            c.put_records(StreamName=logs, Records=batch)
+            bg[0] += len(batch)
+            stop_bg.wait(0.5)
+    bgt = threading.Thread(target=background, daemon=True)
+    bgt.start()
+
+    def spray(src, insts):
+        c = boto3.client("kinesis", endpoint_url=KIN, **CREDS)
+        for inst in insts:
+            t = int(time.time() * 1000)
+            c.put_records(StreamName=logs, Records=[put(inst, src, "root", t)])
+            with lock:
+                attempts.setdefault(src, []).append((t, inst))
+            time.sleep(a.gap)
+    threads = []
+    for kind, src, insts in plan:
+        th = threading.Thread(target=spray, args=(src, insts), daemon=True)
+        th.start()
+        threads.append(th)
+        time.sleep(a.stagger)
+    for th in threads:
+        th.join()
+    last_event = time.time()
+    # The truth: where each spray's fleet-wide count reached each fleet rule.
+    rules = {"fleet-spray": (3_600_000, 10, True), "fleet-brute-force": (600_000, 5, False)}
+    truth = {}
+    for kind, src, _ in plan:
+        for rule, (w, at, distinct) in rules.items():
+            for ws_ms, t in crossing(attempts[src], w, at, distinct).items():
+                truth[(f"{src}/32", rule, ws_ms)] = (t, kind)
+    want = {k for k in truth if k[1] == "fleet-spray"}
+
+    def found():
+        with lock:
+            got = {(c.get("source"), c.get("rule"), c.get("window_start_ms")) for _, c in stamped}
+        return want <= got
+    limit = 2 * a.partial_window_secs + 120
+    try:
+        bounded(f"a fleet-spray command for each of the {len(want)} sprays", limit, found, 0.5)
+    finally:
+        stop_bg.set()
+    say(f"load {load()}; {sum(len(v) for v in attempts.values())} spray guesses and {bg[0]} background guesses written")
+    first, ids, dup = {}, set(), 0
+    with lock:
+        for t, c in stamped:
+            if not str(c.get("rule", "")).startswith("fleet-"):
+                continue
+            if c.get("id") in ids:
+                dup += 1
+            ids.add(c.get("id"))
+            key = (c.get("source"), c.get("rule"), c.get("window_start_ms"))
+            first.setdefault(key, t)
+    lat, untimed = {}, {}
+    for key, t in first.items():
+        if key not in truth:
+            # Rules not timed here (slow and persistent brute force, on the
+            # sprays' addresses) or a window no spray reached.
+            what = key[1] if key[1] not in rules else f"{key[1]} (no crossing here)"
+            untimed[what] = untimed.get(what, 0) + 1
+            continue
+        ev, kind = truth[key]
+        lat.setdefault((key[1], kind), []).append(t - ev)
+    say(f"partial window {a.partial_window_secs} s, allowed lateness 60 s (default), idle poll 1000 ms (default); "
+        f"{len(ids)} fleet commands ({dup} repeated ids); not timed: "
+        + (", ".join(f"{n} {r}" for r, n in sorted(untimed.items())) or "none"))
+    for (rule, kind), xs in sorted(lat.items()):
+        say(f"  {rule:<18} {kind:<9} event -> command: {quantiles(xs)}")
+    every = [x for (rule, _), xs in lat.items() if rule == "fleet-spray" for x in xs]
+    if every:
+        say(f"  fleet-spray, all sprays: {quantiles(every)}")
+    for p, _ in ws:
+        stop(p)
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["e2e", "scaleout", "worker"])
+    ap.add_argument("mode", choices=["e2e", "scaleout", "worker", "fleet"])
     ap.add_argument("--sshwarden", required=True)
     ap.add_argument("--loadgen", required=True)
     ap.add_argument("--instances", type=int, default=200)
@@ -347,10 +553,15 @@ def main():
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--round-limit", type=float, default=300)
     ap.add_argument("--latency-samples", type=int, default=50)
+    ap.add_argument("--sprays", type=int, default=16)
+    ap.add_argument("--gap", type=float, default=1.0)
+    ap.add_argument("--stagger", type=float, default=4.0)
+    ap.add_argument("--background-per-s", type=float, default=10)
+    ap.add_argument("--partial-window-secs", type=int, default=60)
     a = ap.parse_args()
     say(f"machine: {os.cpu_count()} CPUs, load average {load()} at start")
     try:
-        {"e2e": e2e, "scaleout": scaleout, "worker": worker}[a.mode](a)
+        {"e2e": e2e, "scaleout": scaleout, "worker": worker, "fleet": fleet}[a.mode](a)
     finally:
         for p in procs:
             try:
