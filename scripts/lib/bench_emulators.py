@@ -445,7 +445,7 @@ def fleet(a):
         per_shard = 5 if n % 2 == 0 else 2
         insts = [v[(n * 5 + j) % len(v)] for v in by_shard.values() for j in range(per_shard)]
         random.Random(n).shuffle(insts)
-        plan.append(("early" if per_shard == 5 else "at close", f"198.18.{n // 250}.{n % 250 + 1}", insts))
+        plan.append(("early" if per_shard == 5 else "window end", f"198.18.{n // 250}.{n % 250 + 1}", insts))
     attempts = {}  # source -> [(event ms, instance)]
     stop_bg = threading.Event()
     bg = [0]
