@@ -271,9 +271,21 @@ async fn a_split_of_the_stream_of_partials_loses_no_partial_and_changes_no_comma
     spray_in_two_halves("fleet-split", Disturbance::SplitPartials).await;
 }
 
+/// The same with the stream of logs split between the halves, at the shard
+/// that holds one instance of the first half: the parent sends its
+/// partials (the early one replaced by its last) before it is marked
+/// finished, and its children replay its records for their windows without
+/// building partials from them, so that instance's guesses count once
+/// fleet-wide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_of_the_stream_of_logs_counts_each_guess_once_fleet_wide() {
+    spray_in_two_halves("fleet-logsplit", Disturbance::SplitLogs).await;
+}
+
 enum Disturbance {
     KillNine,
     SplitPartials,
+    SplitLogs,
 }
 
 async fn spray_in_two_halves(label: &str, disturbance: Disturbance) {
@@ -398,8 +410,89 @@ async fn spray_in_two_halves(label: &str, disturbance: Disturbance) {
                 parent.shard_id()
             ));
         }
+        Disturbance::SplitLogs => {
+            let parent = ranges[sshwarden_loadgen::writer::kinesis::shard_index(
+                &ranges,
+                &format!("i-{:017x}", first[0]),
+            )]
+            .clone();
+            let shards = h
+                .kinesis
+                .list_shards()
+                .stream_name(&h.stream)
+                .send()
+                .await
+                .expect("ListShards");
+            let shard = shards
+                .shards()
+                .iter()
+                .find(|s| {
+                    s.hash_key_range().is_some_and(|r| {
+                        r.starting_hash_key().parse::<u128>().ok() == Some(parent.start)
+                    })
+                })
+                .expect("the shard of the first instance")
+                .clone();
+            let mid = parent.start + (parent.end - parent.start) / 2;
+            h.kinesis
+                .split_shard()
+                .stream_name(&h.stream)
+                .shard_to_split(shard.shard_id())
+                .new_starting_hash_key(mid.to_string())
+                .send()
+                .await
+                .expect("SplitShard");
+            wait_stream_active(&h.kinesis, &h.stream).await;
+            h.log(format_args!(
+                "split {} of the stream of logs after {merged} partials were merged",
+                shard.shard_id()
+            ));
+        }
     }
-    let second_events = guesses(&second, first_minute + 65_000, 100);
+    let second_events = if let Disturbance::SplitLogs = disturbance {
+        // Three instances away from the split shard, merged first (9
+        // instances), then two in its range, read by its children after
+        // they replayed the parent: the spray (10) is fired by a child's
+        // partial, after any partial it rebuilt from the replay.
+        let parent = ranges[sshwarden_loadgen::writer::kinesis::shard_index(
+            &ranges,
+            &format!("i-{:017x}", first[0]),
+        )]
+        .clone();
+        let in_parent = |i: &usize| {
+            let k = sshwarden_loadgen::writer::kinesis::partition_hash(&format!("i-{i:017x}"));
+            (parent.start..=parent.end).contains(&k)
+        };
+        let away: Vec<usize> = second
+            .iter()
+            .copied()
+            .filter(|i| !in_parent(i))
+            .take(3)
+            .collect();
+        let near: Vec<usize> = (2_000..).filter(in_parent).take(2).collect();
+        let merged_now = |h: &Harness| -> f64 {
+            h.workers
+                .iter()
+                .filter(|w| w.status.is_none())
+                .map(|w| w.metric_where("sshwarden_fleet_stage", "kind=\"partials\""))
+                .sum()
+        };
+        let before = merged_now(&h);
+        let away_events = guesses(&away, first_minute + 65_000, 100);
+        h.put(&records(&away_events)).await;
+        let d = Deadline::new("the three instances away from the split to merge", MAX_WAIT);
+        while merged_now(&h) < before + 3.0 {
+            d.check(|| format!("merged {} (was {before})", merged_now(&h)));
+            poll().await;
+        }
+        assert!(
+            ids_of(&h.outputs(), "fleet-spray").is_empty(),
+            "9 instances are not a spray yet"
+        );
+        guesses(&near, first_minute + 66_000, 200)
+    } else {
+        guesses(&second, first_minute + 65_000, 100)
+    };
     h.put(&records(&second_events)).await;
     let d = Deadline::new("the survivor's spray (6 + 5 instances)", MAX_WAIT);
     while ids_of(&h.outputs(), "fleet-spray").is_empty() {
@@ -414,6 +507,14 @@ async fn spray_in_two_halves(label: &str, disturbance: Disturbance) {
         .unwrap();
     assert!(
         spray["distinct"]["instances"].as_u64().unwrap() >= 10,
+        "{spray}"
+    );
+    // Each instance had three guesses, every one in a single partial: a
+    // partial counted twice (a replay, a takeover, a reshard) would add
+    // guesses without adding instances.
+    assert_eq!(
+        spray["counts"]["auth_failure"].as_u64().unwrap(),
+        3 * spray["distinct"]["instances"].as_u64().unwrap(),
         "{spray}"
     );
     let fleet = fleet_commands(&outputs);

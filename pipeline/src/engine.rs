@@ -266,6 +266,9 @@ struct Core {
     fleet_signals: u32,
     /// Some fleet rule judges logins (success after failures).
     fleet_logins: bool,
+    /// Events are counted in windows but not in partials (a reshard's
+    /// child replaying records whose partials its parent sent).
+    partials_paused: bool,
     id_hasher: (foldhash::fast::FixedState, foldhash::fast::FixedState),
 }
 
@@ -315,6 +318,7 @@ impl Engine {
                 totals: config.keep_totals.then(Totals::default),
                 partials: config.partials.clone().map(PartialBuilder::new),
                 fleet_signals,
+                partials_paused: false,
                 fleet_logins: config.partials.iter().any(|p| {
                     p.fleet_rules
                         .iter()
@@ -422,6 +426,23 @@ impl Engine {
     /// Closes every open window (end of an offline input).
     pub fn finish(&mut self) {
         self.core.windows.close_all();
+        if let Some(b) = &mut self.core.partials {
+            b.close_all();
+        }
+    }
+
+    /// While `paused`, events still count in the windows but not in
+    /// partials: a reshard's child replays its parent's records to rebuild
+    /// the windows, and the parent sent those records' partials itself
+    /// ([`Engine::flush_partials`]), so building them again would count
+    /// them twice fleet-wide.
+    pub fn pause_partials(&mut self, paused: bool) {
+        self.core.partials_paused = paused;
+    }
+
+    /// Emits every open partial as the last of its part (a shard at its
+    /// end: no record of it will come), leaving the windows open.
+    pub fn flush_partials(&mut self) {
         if let Some(b) = &mut self.core.partials {
             b.close_all();
         }
@@ -585,6 +606,9 @@ impl Core {
 
     /// Offers a counted event or a login to the partials.
     fn offer_partial(&mut self, o: &Observation<'_>, origin: &Origin) {
+        if self.partials_paused {
+            return;
+        }
         let (Some(b), Some(src)) = (&mut self.partials, o.source) else {
             return;
         };

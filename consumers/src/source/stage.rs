@@ -104,6 +104,20 @@ impl Processor {
         }
     }
 
+    /// Stage one: see [`Engine::pause_partials`].
+    pub fn pause_partials(&mut self, paused: bool) {
+        if let Processor::Logs(e) = self {
+            e.pause_partials(paused);
+        }
+    }
+
+    /// Stage one: see [`Engine::flush_partials`].
+    pub fn flush_partials(&mut self) {
+        if let Processor::Logs(e) = self {
+            e.flush_partials();
+        }
+    }
+
     /// Partials stage one emitted since the last call, each with the
     /// smallest record position it counts.
     pub fn drain_partials(&mut self, out: &mut Vec<(u64, Partial)>) {

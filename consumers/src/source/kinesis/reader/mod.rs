@@ -273,6 +273,9 @@ impl ShardReader {
             arrival_ms: Some(arrival_ms),
             ..RecordInput::default()
         };
+        // A parent's records replayed here had their partials sent by the
+        // parent when it ended: they rebuild this shard's windows only.
+        st.processor.pause_partials(replay);
         record::process_stage(
             &mut st.processor,
             &input,
@@ -373,14 +376,27 @@ impl ShardReader {
                 self.final_checkpoint(st).await
             };
         }
-        // Partials of windows still open are not sent: the children rebuild
-        // them from the records they replay (docs/fleet.md).
-        if !self.write_partials(st).await {
-            return if self.lost.is_cancelled() {
-                Outcome::Lost
-            } else {
-                self.final_checkpoint(st).await
-            };
+        // Every partial is sent, those of windows still open included, and
+        // acknowledged before the shard is marked finished: the children
+        // replay this shard's records to rebuild their windows but build no
+        // partial from them (docs/fleet.md).
+        st.processor.flush_partials();
+        self.take_partials(st);
+        // A failed write keeps them pending: the shard is not marked
+        // finished until they are written (its children would not send them).
+        let mut backoff = crate::retry::backoff();
+        loop {
+            if !self.write_partials(st).await {
+                return if self.lost.is_cancelled() {
+                    Outcome::Lost
+                } else {
+                    self.final_checkpoint(st).await
+                };
+            }
+            if st.pending.is_empty() {
+                break;
+            }
+            self.pause(backoff.next_wait()).await;
         }
         let replay = self.replay_for_children(st);
         st.processor.finish();
