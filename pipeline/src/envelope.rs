@@ -534,8 +534,11 @@ mod tests {
         }
     }
 
-    /// What serde reads from `text`, as comparable parts.
-    fn parts(e: &Envelope<'_>) -> (String, String, String, String, Vec<(String, i64, String)>) {
+    /// An envelope's fields and its events' (id, timestamp, message).
+    type Parts = (String, String, String, String, Vec<(String, i64, String)>);
+
+    /// What was read, as comparable parts.
+    fn parts(e: &Envelope<'_>) -> Parts {
         (
             e.message_type.to_string(),
             e.owner.to_string(),
@@ -638,9 +641,9 @@ mod tests {
                         "{{\"id\":{},\"timestamp\":1,\"message\":\"m\",\"id\":\"2\"}}",
                         quoted(n)
                     )),
-                    11 => events.push(format!(
-                        "{{\"id\":\"1\",\"timestamp\":2,\"message\":\"m\",\"extractedFields\":{{}}}}"
-                    )),
+                    11 => events.push(
+                        r#"{"id":"1","timestamp":2,"message":"m","extractedFields":{}}"#.to_owned(),
+                    ),
                     _ => events.push(format!(
                         "{{\"id\":\"{n}\",\"timestamp\":{},\"message\":{}}}",
                         numbers[n % numbers.len()], quoted(n)
