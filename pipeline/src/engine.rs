@@ -369,8 +369,17 @@ impl Engine {
             log_stream: envelope.log_stream.to_string(),
         };
         let n = envelope.log_events.len();
-        for ev in &envelope.log_events {
-            self.core.process_line(
+        // Each line's prefix and classification first, then each line
+        // through the state: the two halves' code stays in the instruction
+        // cache for a whole record instead of evicting each other at every
+        // line (the first half is pure, so the order changes nothing).
+        let lines: Vec<Front<'_>> = envelope
+            .log_events
+            .iter()
+            .map(|ev| self.core.front(&ev.message))
+            .collect();
+        for (ev, front) in envelope.log_events.iter().zip(lines) {
+            self.core.process_front(
                 &LineInput {
                     instance: &envelope.log_stream,
                     instance_from_host: false,
@@ -380,6 +389,7 @@ impl Engine {
                     position,
                     line: &ev.message,
                 },
+                front,
                 &origin,
                 out,
             );
@@ -539,6 +549,10 @@ impl Engine {
         self.core.totals.as_ref()
     }
 
+    pub fn live_connections(&self) -> usize {
+        self.core.tracker.len()
+    }
+
     pub fn windows(&self) -> &WindowStore {
         &self.core.windows
     }
@@ -546,6 +560,16 @@ impl Engine {
     pub fn policy_config(&self) -> &PolicyConfig {
         self.core.policy.config()
     }
+}
+
+/// A line's prefix and classification ([`Core::front`]).
+#[derive(Debug, Clone, Copy)]
+enum Front<'l> {
+    /// No `sshd` in the line.
+    NotSshd,
+    /// Not a prefix `parse_line` accepts.
+    Unparsed,
+    Sshd(prefix::SshdLine<'l>, Option<classify::Classified<'l>>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -626,19 +650,43 @@ impl Core {
     }
 
     fn process_line(&mut self, input: &LineInput<'_>, origin: &Origin, out: &mut Vec<Decision>) {
+        let front = self.front(input.line);
+        self.process_front(input, front, origin, out);
+    }
+
+    /// What a line says before any state sees it: its prefix and its
+    /// classification. Most lines of a host's log are not sshd's: a SIMD
+    /// search for the process name rejects them before any parsing (every
+    /// prefix `parse_line` accepts names `sshd`).
+    fn front<'l>(&self, line: &'l str) -> Front<'l> {
+        if self.sshd_finder.find(line.as_bytes()).is_none() {
+            return Front::NotSshd;
+        }
+        match prefix::parse_line(line) {
+            None => Front::Unparsed,
+            Some(l) => Front::Sshd(l, classify::classify(l.message)),
+        }
+    }
+
+    /// Counts `input`, whose [`Core::front`] is `front`.
+    fn process_front(
+        &mut self,
+        input: &LineInput<'_>,
+        front: Front<'_>,
+        origin: &Origin,
+        out: &mut Vec<Decision>,
+    ) {
         self.stats.events += 1;
-        // Most lines of a host's log are not sshd's: a SIMD search for the
-        // process name rejects them before any parsing (every prefix
-        // `parse_line` accepts names `sshd`). Without a transport time their
-        // time is not needed (sshd's own lines move the watermark); with one
-        // they still move their stream's clock below.
-        let parsed = if self.sshd_finder.find(input.line.as_bytes()).is_some() {
-            prefix::parse_line(input.line)
-        } else if input.time_ms.is_none() {
-            self.stats.non_sshd_lines += 1;
-            return;
-        } else {
-            None
+        // Without a transport time a line without `sshd` is not needed (sshd's
+        // own lines move the watermark); with one it still moves its
+        // stream's clock below.
+        let (parsed, classified) = match front {
+            Front::NotSshd if input.time_ms.is_none() => {
+                self.stats.non_sshd_lines += 1;
+                return;
+            }
+            Front::NotSshd | Front::Unparsed => (None, None),
+            Front::Sshd(l, c) => (Some(l), c),
         };
         let instance = match (input.instance_from_host, parsed.and_then(|l| l.host)) {
             (true, Some(h)) => h,
@@ -665,7 +713,7 @@ impl Core {
             self.windows.advance(instance, time_ms);
             return;
         };
-        let Some(c) = classify::classify(line.message) else {
+        let Some(c) = classified else {
             self.stats.unclassified_sshd_lines += 1;
             self.windows.advance(instance, time_ms);
             return;

@@ -144,8 +144,15 @@ impl Decoder {
         let text = simdutf8::basic::from_utf8(json).map_err(|_| {
             DecodeError::Utf8(std::str::from_utf8(json).map_or_else(|e| e.valid_up_to(), str::len))
         })?;
-        let envelope: Envelope<'a> =
-            sonic_rs::from_str(text).map_err(|e| DecodeError::Json(short(&e.to_string())))?;
+        // CloudWatch writes one compact shape: read it directly, and give
+        // anything else (escapes, other value types, odd numbers) to the
+        // full parser. Through serde the JSON was a third of the whole path.
+        let envelope: Envelope<'a> = match plain_envelope(text) {
+            Some(e) => e,
+            None => {
+                sonic_rs::from_str(text).map_err(|e| DecodeError::Json(short(&e.to_string())))?
+            }
+        };
         envelope.kind()?;
         Ok(envelope)
     }
@@ -182,6 +189,291 @@ impl Decoder {
             ))),
             Err(e) => Err(DecodeError::Gzip(e.to_string())),
         }
+    }
+}
+
+/// The payload when it has the plain shape: an object with `messageType`,
+/// `owner`, `logGroup` and `logStream` strings; `logEvents` an array of
+/// objects with exactly `id` (a string), `timestamp` (an integer) and
+/// `message` (a string), each once; any other key a string or an array of
+/// strings; strings without control characters or `\u` surrogates; nothing
+/// but whitespace after. `None` for anything else, also for JSON serde
+/// reads: then serde decides, so this only ever agrees with it
+/// (tests::the_plain_reader_agrees_with_serde).
+fn plain_envelope(text: &str) -> Option<Envelope<'_>> {
+    let mut p = Plain { text, at: 0 };
+    p.eat(b'{')?;
+    let (mut kind, mut owner, mut group, mut stream) = (None, None, None, None);
+    let mut events = None;
+    loop {
+        let key = p.string()?;
+        p.eat(b':')?;
+        let field = match &*key {
+            "messageType" => &mut kind,
+            "owner" => &mut owner,
+            "logGroup" => &mut group,
+            "logStream" => &mut stream,
+            "logEvents" if events.is_none() => {
+                events = Some(p.events()?);
+                if p.next_member()? {
+                    continue;
+                }
+                break;
+            }
+            "logEvents" => return None,
+            _ => {
+                p.skip_strings()?;
+                if p.next_member()? {
+                    continue;
+                }
+                break;
+            }
+        };
+        if field.is_some() {
+            // serde refuses a field named twice.
+            return None;
+        }
+        *field = Some(p.string()?);
+        if !p.next_member()? {
+            break;
+        }
+    }
+    p.skip_ws();
+    if p.at != text.len() {
+        return None;
+    }
+    Some(Envelope {
+        message_type: kind?,
+        owner: owner.unwrap_or_default(),
+        log_group: group.unwrap_or_default(),
+        log_stream: stream.unwrap_or_default(),
+        log_events: events.unwrap_or_default(),
+    })
+}
+
+/// A cursor over the text [`plain_envelope`] reads.
+struct Plain<'a> {
+    text: &'a str,
+    at: usize,
+}
+
+impl<'a> Plain<'a> {
+    fn skip_ws(&mut self) {
+        let b = self.text.as_bytes();
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = b.get(self.at) {
+            self.at += 1;
+        }
+    }
+
+    fn peek(&mut self) -> Option<u8> {
+        self.skip_ws();
+        self.text.as_bytes().get(self.at).copied()
+    }
+
+    fn eat(&mut self, c: u8) -> Option<()> {
+        (self.peek()? == c).then(|| self.at += 1)
+    }
+
+    /// After a member: true at a comma (another follows), false at the
+    /// closing brace.
+    fn next_member(&mut self) -> Option<bool> {
+        let more = match self.peek()? {
+            b',' => true,
+            b'}' => false,
+            _ => return None,
+        };
+        self.at += 1;
+        Some(more)
+    }
+
+    /// A string: borrowed when it has no escapes, unescaped into an owned
+    /// one when it has (sshd's `rdomain ""` is common); `None` at a control
+    /// character or a surrogate escape (left to serde).
+    fn string(&mut self) -> Option<Cow<'a, str>> {
+        self.eat(b'"')?;
+        self.string_rest()
+    }
+
+    /// The rest of a string whose opening quote was read.
+    fn string_rest(&mut self) -> Option<Cow<'a, str>> {
+        let start = self.at;
+        let rest = self.text.as_bytes().get(start..)?;
+        let len = memchr::memchr2(b'"', b'\\', rest)?;
+        // Without an early exit, so that it vectorizes.
+        if rest[..len].iter().fold(false, |c, &b| c | (b < 0x20)) {
+            return None;
+        }
+        if rest[len] == b'"' {
+            self.at = start + len + 1;
+            return self.text.get(start..start + len).map(Cow::Borrowed);
+        }
+        let mut owned = String::from(self.text.get(start..start + len)?);
+        self.at = start + len;
+        loop {
+            let b = self.text.as_bytes();
+            match *b.get(self.at)? {
+                b'"' => {
+                    self.at += 1;
+                    return Some(Cow::Owned(owned));
+                }
+                b'\\' => {
+                    let c = match *b.get(self.at + 1)? {
+                        b'"' => '"',
+                        b'\\' => '\\',
+                        b'/' => '/',
+                        b'b' => '\u{8}',
+                        b'f' => '\u{c}',
+                        b'n' => '\n',
+                        b'r' => '\r',
+                        b't' => '\t',
+                        b'u' => {
+                            let hex = self.text.get(self.at + 2..self.at + 6)?;
+                            if !hex.bytes().all(|h| h.is_ascii_hexdigit()) {
+                                return None;
+                            }
+                            let code = u32::from_str_radix(hex, 16).ok()?;
+                            self.at += 4;
+                            // Surrogates (pairs or lone) are serde's to judge.
+                            char::from_u32(code)?
+                        }
+                        _ => return None,
+                    };
+                    owned.push(c);
+                    self.at += 2;
+                }
+                _ => {
+                    let rest = b.get(self.at..)?;
+                    let len = memchr::memchr2(b'"', b'\\', rest)?;
+                    if rest[..len].iter().fold(false, |c, &b| c | (b < 0x20)) {
+                        return None;
+                    }
+                    owned.push_str(self.text.get(self.at..self.at + len)?);
+                    self.at += len;
+                }
+            }
+        }
+    }
+
+    /// `lit`, exactly (no whitespace before it).
+    fn literal<const N: usize>(&mut self, lit: &[u8; N]) -> Option<()> {
+        let b = self.text.as_bytes().get(self.at..self.at + N)?;
+        (b == lit).then(|| self.at += N)
+    }
+
+    /// An integer of at most 18 digits (no overflow), no fraction or exponent.
+    fn integer(&mut self) -> Option<i64> {
+        self.skip_ws();
+        let b = self.text.as_bytes();
+        let negative = b.get(self.at) == Some(&b'-');
+        let start = self.at + usize::from(negative);
+        let (mut end, mut v) = (start, 0i64);
+        while let Some(&c) = b.get(end) {
+            if !c.is_ascii_digit() {
+                break;
+            }
+            // Wraps only past 18 digits, which are refused below.
+            v = v.wrapping_mul(10).wrapping_add(i64::from(c - b'0'));
+            end += 1;
+        }
+        let digits = end - start;
+        if digits == 0 || digits > 18 || (b[start] == b'0' && (digits > 1 || negative)) {
+            return None;
+        }
+        if matches!(b.get(end), Some(b'.' | b'e' | b'E')) {
+            return None;
+        }
+        self.at = end;
+        Some(if negative { -v } else { v })
+    }
+
+    /// A string or an array of strings (`subscriptionFilters`, `policyLevel`).
+    fn skip_strings(&mut self) -> Option<()> {
+        if self.peek()? == b'"' {
+            return self.string().map(|_| ());
+        }
+        self.eat(b'[')?;
+        if self.peek()? == b']' {
+            self.at += 1;
+            return Some(());
+        }
+        loop {
+            self.string()?;
+            match self.peek()? {
+                b',' => self.at += 1,
+                b']' => {
+                    self.at += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    fn events(&mut self) -> Option<Vec<LogEvent<'a>>> {
+        self.eat(b'[')?;
+        // About 200 bytes an event: one allocation for most records.
+        let mut events = Vec::with_capacity((self.text.len() - self.at) / 128 + 1);
+        if self.peek()? == b']' {
+            self.at += 1;
+            return Some(events);
+        }
+        loop {
+            events.push(self.event()?);
+            match self.peek()? {
+                b',' => self.at += 1,
+                b']' => {
+                    self.at += 1;
+                    return Some(events);
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    fn event(&mut self) -> Option<LogEvent<'a>> {
+        let start = self.at;
+        if let Some(e) = self.compact_event() {
+            return Some(e);
+        }
+        self.at = start;
+        self.eat(b'{')?;
+        let (mut id, mut timestamp, mut message) = (None, None, None);
+        loop {
+            let key = self.string()?;
+            self.eat(b':')?;
+            match &*key {
+                "id" if id.is_none() => id = Some(self.string()?),
+                "timestamp" if timestamp.is_none() => timestamp = Some(self.integer()?),
+                "message" if message.is_none() => message = Some(self.string()?),
+                _ => return None,
+            }
+            if !self.next_member()? {
+                break;
+            }
+        }
+        Some(LogEvent {
+            id: id?,
+            timestamp: timestamp?,
+            message: message?,
+        })
+    }
+
+    /// An event exactly as CloudWatch writes it, compact and in its order;
+    /// `None` sends it to the general reading above.
+    fn compact_event(&mut self) -> Option<LogEvent<'a>> {
+        self.skip_ws();
+        self.literal(b"{\"id\":\"")?;
+        let id = self.string_rest()?;
+        self.literal(b",\"timestamp\":")?;
+        let timestamp = self.integer()?;
+        self.literal(b",\"message\":\"")?;
+        let message = self.string_rest()?;
+        self.literal(b"}")?;
+        Some(LogEvent {
+            id,
+            timestamp,
+            message,
+        })
     }
 }
 
@@ -239,6 +531,137 @@ mod tests {
             let _ = d.decode(&rec[..cut.min(rec.len())]);
             rec.extend_from_slice(&junk);
             let _ = d.decode(&rec);
+        }
+    }
+
+    /// An envelope's fields and its events' (id, timestamp, message).
+    type Parts = (String, String, String, String, Vec<(String, i64, String)>);
+
+    /// What was read, as comparable parts.
+    fn parts(e: &Envelope<'_>) -> Parts {
+        (
+            e.message_type.to_string(),
+            e.owner.to_string(),
+            e.log_group.to_string(),
+            e.log_stream.to_string(),
+            e.log_events
+                .iter()
+                .map(|v| (v.id.to_string(), v.timestamp, v.message.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn the_plain_reader_reads_what_cloudwatch_writes() {
+        let plain = SAMPLE
+            .replace(r#","extractedFields":{"a":"b"}"#, "")
+            .replace(r#"{"id":42,"#, r#"{"id":"42","#);
+        let fast = plain_envelope(&plain).expect("the plain shape");
+        let full: Envelope<'_> = sonic_rs::from_str(&plain).unwrap();
+        assert_eq!(parts(&fast), parts(&full));
+        assert_eq!(fast.log_events.len(), 2);
+        assert!(matches!(fast.log_events[0].message, Cow::Borrowed(_)));
+        assert_eq!(fast.log_events[1].message, "client user \"dan\"");
+        // Integer ids and nested values go to serde.
+        assert!(plain_envelope(SAMPLE).is_none());
+        // Escapes as a JSON writer makes them are read here, as serde reads them.
+        let messages = [
+            "Connection from 1.2.3.4 port 5 on 10.0.0.1 port 22 rdomain \"\"",
+            "back\\slash, tab\t, newline\n, bell\u{7}, DEL\u{7f}, e\u{301}, \u{1F600}",
+            "",
+            "/\"/",
+        ];
+        for m in messages {
+            let json = format!(
+                r#"{{"messageType":"DATA_MESSAGE","owner":"1","logGroup":"g","logStream":{},"subscriptionFilters":["f"],"logEvents":[{{"id":"1","timestamp":-5,"message":{}}}]}}"#,
+                serde_json::to_string(m).unwrap(),
+                serde_json::to_string(m).unwrap()
+            );
+            let fast = plain_envelope(&json).expect("a JSON writer's escapes");
+            let full: Envelope<'_> = sonic_rs::from_str(&json).unwrap();
+            assert_eq!(parts(&fast), parts(&full));
+            assert_eq!(fast.log_events[0].message, m);
+            assert_eq!(fast.log_stream, m);
+        }
+        // `\/` and `\u` escapes as other writers make them.
+        let other = r#"{"messageType":"DATA_MESSAGE","logEvents":[{"id":"1","timestamp":0,"message":"a\/b \u00e9 \u0000"}]}"#;
+        let fast = plain_envelope(other).expect("other escapes");
+        assert_eq!(fast.log_events[0].message, "a/b \u{e9} \u{0}");
+        assert_eq!(parts(&fast), parts(&sonic_rs::from_str(other).unwrap()));
+    }
+
+    proptest::proptest! {
+        /// Whenever the plain reader accepts a text, serde reads the same
+        /// from it: payloads built from pieces that are (mostly) plain, with
+        /// whitespace, escapes, control characters, odd numbers, unknown or
+        /// repeated keys and trailing bytes mixed in.
+        #[test]
+        fn the_plain_reader_agrees_with_serde(
+            pieces in proptest::collection::vec(0usize..24, 1..40),
+            texts in proptest::collection::vec("[a-z\\\\\"\\x00-\\x1f \\u{e9}\\u{1F600}]{0,12}", 1..8),
+            numbers in proptest::collection::vec(proptest::num::i64::ANY, 1..4),
+        ) {
+            let text = |i: usize| texts[i % texts.len()].as_str();
+            let quoted = |i: usize| {
+                // Mostly as JSON writes it, sometimes raw (escapes, control bytes).
+                if i % 3 == 0 {
+                    format!("\"{}\"", text(i))
+                } else {
+                    serde_json::to_string(text(i)).unwrap()
+                }
+            };
+            let number = |i: usize| match i % 5 {
+                0 => "1.5".to_owned(),
+                1 => "-0".to_owned(),
+                2 => "01".to_owned(),
+                3 => "1e3".to_owned(),
+                _ => numbers[i % numbers.len()].to_string(),
+            };
+            let mut json = String::from("{\"messageType\":\"DATA_MESSAGE\"");
+            let mut events = Vec::new();
+            for (n, &p) in pieces.iter().enumerate() {
+                match p {
+                    0 => json.push_str(&format!(",\"owner\":{}", quoted(n))),
+                    1 => json.push_str(&format!(",\"logGroup\":{}", quoted(n))),
+                    2 => json.push_str(&format!(",\"logStream\":{}", quoted(n))),
+                    3 => json.push_str(&format!(",\"subscriptionFilters\":[{}]", quoted(n))),
+                    4 => json.push_str(&format!(",{}:{}", quoted(n), quoted(n + 1))),
+                    5 => json.push_str(" \n"),
+                    6 => json.push_str(&format!(",\"x\":{}", number(n))),
+                    7 => events.push(format!(
+                        "{{\"id\":{},\"timestamp\":{},\"message\":{}}}",
+                        quoted(n), number(n), quoted(n + 1)
+                    )),
+                    8 => events.push(format!("{{\"id\":{},\"timestamp\":1}}", quoted(n))),
+                    9 => events.push(format!(
+                        "{{ \"message\" : {} , \"id\":\"1\",\"timestamp\":{}}}",
+                        quoted(n), numbers[n % numbers.len()]
+                    )),
+                    10 => events.push(format!(
+                        "{{\"id\":{},\"timestamp\":1,\"message\":\"m\",\"id\":\"2\"}}",
+                        quoted(n)
+                    )),
+                    11 => events.push(
+                        r#"{"id":"1","timestamp":2,"message":"m","extractedFields":{}}"#.to_owned(),
+                    ),
+                    _ => events.push(format!(
+                        "{{\"id\":\"{n}\",\"timestamp\":{},\"message\":{}}}",
+                        numbers[n % numbers.len()], quoted(n)
+                    )),
+                }
+            }
+            json.push_str(&format!(",\"logEvents\":[{}]}}", events.join(",")));
+            if pieces[0] == 13 {
+                json.push_str(" x");
+            }
+            if pieces[0] == 14 {
+                json.push_str(",\"owner\":\"again\"}");
+            }
+            if let Some(fast) = plain_envelope(&json) {
+                let full: Envelope<'_> = sonic_rs::from_str(&json)
+                    .map_err(|e| proptest::test_runner::TestCaseError::fail(format!("{e}: {json}")))?;
+                proptest::prop_assert_eq!(parts(&fast), parts(&full), "{}", json);
+            }
         }
     }
 

@@ -343,6 +343,46 @@ struct Lane {
     sources: u32,
     /// Distinct values kept per window: at least every rule's threshold.
     distinct_cap: usize,
+    /// The start of the window [`Lane::start_of`] found last: events
+    /// come roughly in time order, so most fall in it and need no division.
+    last_start: LastStart,
+}
+
+/// A remembered window start. Atomic only so that the store stays `Sync`
+/// (relaxed: a plain load and store; it is a cache, any value is correct).
+#[derive(Debug)]
+struct LastStart(std::sync::atomic::AtomicI64);
+
+impl Clone for LastStart {
+    fn clone(&self) -> Self {
+        LastStart(self.get().into())
+    }
+}
+
+impl LastStart {
+    fn get(&self) -> i64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set(&self, v: i64) {
+        self.0.store(v, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Lane {
+    /// The start of the window of this lane that `time_ms` falls in.
+    fn start_of(&self, time_ms: i64) -> i64 {
+        let last = self.last_start.get();
+        if time_ms
+            .checked_sub(last)
+            .is_some_and(|d| (0..self.size_ms).contains(&d))
+        {
+            return last;
+        }
+        let start = WindowStore::window_start(time_ms, self.size_ms);
+        self.last_start.set(start);
+        start
+    }
 }
 
 fn signal_mask(signals: &[Signal]) -> u32 {
@@ -368,6 +408,7 @@ fn lanes_for(rules: &[Rule], default_size_ms: i64, max_distinct: usize) -> Vec<L
                     instances: 0,
                     sources: 0,
                     distinct_cap: max_distinct,
+                    last_start: LastStart(i64::MIN.into()),
                 });
                 let last = lanes.len() - 1;
                 &mut lanes[last]
@@ -474,7 +515,7 @@ struct Single {
 
 impl Single {
     fn start(&self, lane: &Lane) -> i64 {
-        WindowStore::window_start(self.time_ms, lane.size_ms)
+        lane.start_of(self.time_ms)
     }
 
     /// The window this event opened in lane `li`.
@@ -1062,7 +1103,7 @@ impl WindowStore {
                 if lane.subject != SubjectKind::Instance {
                     continue;
                 }
-                let start = Self::window_start(o.time_ms, lane.size_ms);
+                let start = lane.start_of(o.time_ms);
                 if start + lane.keep_ms <= stream_wm {
                     late += 1;
                     continue;
@@ -1189,7 +1230,7 @@ impl WindowStore {
                         if lane.subject != SubjectKind::Source {
                             continue;
                         }
-                        let start = Self::window_start(o.time_ms, lane.size_ms);
+                        let start = lane.start_of(o.time_ms);
                         if start + lane.keep_ms <= closing_wm {
                             late += 1;
                             continue;
@@ -1208,9 +1249,12 @@ impl WindowStore {
                         // The command names the instances a source tried
                         // (a block needs their subnets); most sources try
                         // one, so the last name is checked first.
-                        if e.instance_names.last().is_none_or(|n| **n != *o.instance)
+                        // The stream's own name is usually the same `Arc`:
+                        // compared by pointer before by text.
+                        let named = |n: &Arc<String>| Arc::ptr_eq(n, &name) || **n == *o.instance;
+                        if !e.instance_names.last().is_some_and(named)
                             && e.instance_names.len() < NAMED_INSTANCES
-                            && !e.instance_names.iter().any(|n| **n == *o.instance)
+                            && !e.instance_names.iter().any(named)
                         {
                             e.instance_names.push(name.clone());
                         }
@@ -1247,7 +1291,7 @@ impl WindowStore {
                         if lane.subject != SubjectKind::Source {
                             continue;
                         }
-                        let start = Self::window_start(o.time_ms, lane.size_ms);
+                        let start = lane.start_of(o.time_ms);
                         let of = |w: &Tally, s: i64| usize::from(w.lane) == li && w.start_ms == s;
                         let previous = windows
                             .iter()
