@@ -414,8 +414,7 @@ async fn spray_in_two_halves(label: &str, disturbance: Disturbance) {
             let parent = ranges[sshwarden_loadgen::writer::kinesis::shard_index(
                 &ranges,
                 &format!("i-{:017x}", first[0]),
-            )]
-            .clone();
+            )];
             let shards = h
                 .kinesis
                 .list_shards()
@@ -457,8 +456,7 @@ async fn spray_in_two_halves(label: &str, disturbance: Disturbance) {
         let parent = ranges[sshwarden_loadgen::writer::kinesis::shard_index(
             &ranges,
             &format!("i-{:017x}", first[0]),
-        )]
-        .clone();
+        )];
         let in_parent = |i: &usize| {
             let k = sshwarden_loadgen::writer::kinesis::partition_hash(&format!("i-{i:017x}"));
             (parent.start..=parent.end).contains(&k)
