@@ -21,6 +21,7 @@ const NOW: i64 = 1_800_000_000;
 
 struct Fleet {
     ec2: aws_sdk_ec2::Client,
+    vpc_id: String,
     acl: String,
     instance: String,
     vpc_cidr: String,
@@ -31,8 +32,11 @@ async fn fleet(sdk: &aws_config::SdkConfig) -> Fleet {
     let ec2 = aws_sdk_ec2::Client::new(sdk);
     let octet = rand::random::<u8>();
     let vpc_cidr = format!("10.{octet}.0.0/16");
-    let moto_subnet::Subnet { instance, acl, .. } =
-        moto_subnet::subnet_with_instance(&ec2, &format!("10.{octet}"), true).await;
+    let moto_subnet::Subnet {
+        vpc_id,
+        instance,
+        acl,
+    } = moto_subnet::subnet_with_instance(&ec2, &format!("10.{octet}"), true).await;
     let sns = aws_sdk_sns::Client::new(sdk);
     let topic = sns
         .create_topic()
@@ -45,6 +49,7 @@ async fn fleet(sdk: &aws_config::SdkConfig) -> Fleet {
         .to_owned();
     Fleet {
         ec2,
+        vpc_id,
         acl,
         instance,
         vpc_cidr,
@@ -487,28 +492,7 @@ async fn a_rule_added_to_the_range_later_is_left_alone() {
 async fn the_vpc_scope_denies_in_every_acl_of_the_vpc() {
     let sdk = sshwarden_testsupport::sdk(&sshwarden_testsupport::moto_endpoint()).await;
     let f = fleet(&sdk).await;
-    let described = f
-        .ec2
-        .describe_network_acls()
-        .network_acl_ids(&f.acl)
-        .send()
-        .await
-        .expect("acl");
-    let vpc_id = described.network_acls()[0]
-        .vpc_id()
-        .expect("vpc")
-        .to_owned();
-    let other = f
-        .ec2
-        .create_network_acl()
-        .vpc_id(&vpc_id)
-        .send()
-        .await
-        .expect("second ACL")
-        .network_acl()
-        .and_then(|a| a.network_acl_id())
-        .expect("acl id")
-        .to_owned();
+    let other = moto_subnet::create_acl(&f.ec2, &f.vpc_id).await;
     let mut s = settings();
     s.scope = AclScope::Vpc;
     let b = blocker(&sdk, &sdk, &f, s).await;
@@ -536,38 +520,9 @@ async fn the_vpc_scope_denies_in_every_acl_of_the_vpc() {
 async fn listed_acls_are_used_and_checked_against_the_vpc() {
     let sdk = sshwarden_testsupport::sdk(&sshwarden_testsupport::moto_endpoint()).await;
     let f = fleet(&sdk).await;
-    let vpc_of = |acl: String| {
-        let ec2 = f.ec2.clone();
-        async move {
-            ec2.describe_network_acls()
-                .network_acl_ids(acl)
-                .send()
-                .await
-                .expect("acl")
-                .network_acls()[0]
-                .vpc_id()
-                .expect("vpc")
-                .to_owned()
-        }
-    };
-    let vpc_id = vpc_of(f.acl.clone()).await;
-    let create_acl = |vpc: String| {
-        let ec2 = f.ec2.clone();
-        async move {
-            ec2.create_network_acl()
-                .vpc_id(vpc)
-                .send()
-                .await
-                .expect("ACL")
-                .network_acl()
-                .and_then(|a| a.network_acl_id())
-                .expect("acl id")
-                .to_owned()
-        }
-    };
-    let listed = create_acl(vpc_id.clone()).await;
+    let listed = moto_subnet::create_acl(&f.ec2, &f.vpc_id).await;
     let elsewhere = moto_subnet::subnet_with_instance(&f.ec2, "10.250", false).await;
-    let foreign = create_acl(elsewhere.vpc_id.clone()).await;
+    let foreign = moto_subnet::create_acl(&f.ec2, &elsewhere.vpc_id).await;
 
     let mut s = settings();
     s.acls = vec![listed.clone()];

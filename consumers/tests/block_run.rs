@@ -97,6 +97,34 @@ async fn setup(sdk: &aws_config::SdkConfig, net: &str) -> Setup {
 }
 
 impl Setup {
+    /// A worker with the direct sink, this setup's group and topic, and
+    /// [`Setup::config`] with `more`; started once it holds the shard.
+    async fn direct_worker(&self, h: &mut Harness, id: &str, more: &str) -> usize {
+        let config = self.config(more);
+        h.spawn_sole(
+            id,
+            &Spawn {
+                sink: Some("direct"),
+                args: &[
+                    "--quarantine-group-id",
+                    &self.group,
+                    "--topic-arn",
+                    &self.topic,
+                    "--config",
+                    &config,
+                ],
+                ..Spawn::default()
+            },
+        )
+        .await
+    }
+
+    /// [`brute_force`] from `source` on this setup's instance, put.
+    async fn attack(&self, h: &Harness, source: &str) {
+        h.put_raw(&[(self.instance.clone(), brute_force(&self.instance, source))])
+            .await;
+    }
+
     /// A config file: the graduated policy's brute-force rule (the harness
     /// runs the seed policy, which has no block rule; rules in the file
     /// replace it) and `[blocks]` with this table and `more`.
@@ -137,26 +165,8 @@ async fn a_brute_force_through_the_direct_sink_denies_the_source_in_the_subnets_
     let mut h = Harness::new("block-run", 1).await;
     let sdk = sshwarden_testsupport::sdk(&sshwarden_testsupport::moto_endpoint()).await;
     let s = setup(&sdk, "10.77").await;
-    let config = s.config("");
-    let w = h
-        .spawn_sole(
-            "blocker",
-            &Spawn {
-                sink: Some("direct"),
-                args: &[
-                    "--quarantine-group-id",
-                    &s.group,
-                    "--topic-arn",
-                    &s.topic,
-                    "--config",
-                    &config,
-                ],
-                ..Spawn::default()
-            },
-        )
-        .await;
-    h.put_raw(&[(s.instance.clone(), brute_force(&s.instance, "203.0.113.9"))])
-        .await;
+    let w = s.direct_worker(&mut h, "blocker", "").await;
+    s.attack(&h, "203.0.113.9").await;
     let acls = Acls::new(s.ec2.clone(), BlockPorts::All);
     let d = Deadline::new("the deny entry of 203.0.113.9/32", MAX_WAIT);
     loop {
@@ -192,29 +202,14 @@ async fn a_running_worker_lifts_a_ban_when_it_ends() {
     let mut h = Harness::new("block-sweep", 1).await;
     let sdk = sshwarden_testsupport::sdk(&sshwarden_testsupport::moto_endpoint()).await;
     let s = setup(&sdk, "10.78").await;
-    let config = s.config("ban_secs = 1\nmax_ban_secs = 1\nsweep_secs = 1\n");
-    let w = h
-        .spawn_sole(
+    let w = s
+        .direct_worker(
+            &mut h,
             "sweeper",
-            &Spawn {
-                sink: Some("direct"),
-                args: &[
-                    "--quarantine-group-id",
-                    &s.group,
-                    "--topic-arn",
-                    &s.topic,
-                    "--config",
-                    &config,
-                ],
-                ..Spawn::default()
-            },
+            "ban_secs = 1\nmax_ban_secs = 1\nsweep_secs = 1\n",
         )
         .await;
-    h.put_raw(&[(
-        s.instance.clone(),
-        brute_force(&s.instance, "198.51.100.23"),
-    )])
-    .await;
+    s.attack(&h, "198.51.100.23").await;
     let d = Deadline::new("the worker's sweep to lift 198.51.100.23/32", MAX_WAIT);
     while h.workers[w]
         .logs_with("ban ended; entries removed")
@@ -304,8 +299,7 @@ async fn a_brute_force_through_the_sfn_sink_is_blocked_by_the_block_state_machin
             },
         )
         .await;
-    h.put_raw(&[(s.instance.clone(), brute_force(&s.instance, "203.0.113.77"))])
-        .await;
+    s.attack(&h, "203.0.113.77").await;
     let sfn = aws_sdk_sfn::Client::new(&sdk);
     let d = Deadline::new("a block execution that ended", MAX_WAIT);
     let execution = loop {
@@ -423,29 +417,10 @@ async fn block_metrics_count_evictions_failures_and_bans_in_force() {
         .send()
         .await
         .expect("allow rule 50");
-    let config = s.config("rule_count = 1\nsweep_secs = 1\n");
-    let w = h
-        .spawn_sole(
-            "metrics",
-            &Spawn {
-                sink: Some("direct"),
-                args: &[
-                    "--quarantine-group-id",
-                    &s.group,
-                    "--topic-arn",
-                    &s.topic,
-                    "--config",
-                    &config,
-                ],
-                ..Spawn::default()
-            },
-        )
+    let w = s
+        .direct_worker(&mut h, "metrics", "rule_count = 1\nsweep_secs = 1\n")
         .await;
-    h.put_raw(&[(
-        s.instance.clone(),
-        brute_force(&s.instance, "198.51.100.31"),
-    )])
-    .await;
+    s.attack(&h, "198.51.100.31").await;
     let d = Deadline::new("the first block", MAX_WAIT);
     while h.workers[w].logs_with("source blocked").is_empty() {
         d.check(|| h.workers[w].tails(20));
@@ -523,11 +498,7 @@ async fn the_worker_sweeps_a_ban_the_block_state_machine_wrote() {
             },
         )
         .await;
-    h.put_raw(&[(
-        s.instance.clone(),
-        brute_force(&s.instance, "198.51.100.44"),
-    )])
-    .await;
+    s.attack(&h, "198.51.100.44").await;
     let d = Deadline::new("the worker's sweep to lift 198.51.100.44/32", MAX_WAIT);
     let lifted = loop {
         let lifted = h.workers[w].logs_with("ban ended; entries removed");

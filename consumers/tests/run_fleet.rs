@@ -7,13 +7,14 @@
 //! skips) when one is not reachable. Every wait is bounded and waits for a
 //! fact: a command, or the fleet stage having merged every partial written.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use serde_json::Value;
 use sshwarden_loadgen::encode::{encode_batch, RecordOptions};
 use sshwarden_loadgen::{GeneratedEvent, SubscriptionRecord};
 
 mod common;
+use common::fleet::{failed, fleet_commands};
 use common::kinesis::*;
 use common::*;
 
@@ -56,39 +57,6 @@ async fn partials_stream(h: &Harness, shards: i32) -> PartialsStream {
 fn records(events: &[GeneratedEvent]) -> Vec<SubscriptionRecord> {
     let opts = RecordOptions::default();
     events.iter().map(|e| encode_batch(&[e], &opts)).collect()
-}
-
-fn failed(instance: usize, time_ms: i64, src: &str, n: usize) -> GeneratedEvent {
-    GeneratedEvent {
-        instance: format!("i-{instance:017x}"),
-        time_ms,
-        line: format!(
-            "Dec  7 01:00:00 ip-10-0-0-{instance} sshd[{n}]: Failed password for root from {src} port {} ssh2",
-            40_000 + n
-        ),
-        id: format!("{:056}", 1_000_000 + n),
-        signal: None,
-        source: None,
-        scenario: None,
-    }
-}
-
-/// The commands of fleet rules across every worker: (rule, subject) → how
-/// many distinct command ids. A reader that takes over a shard of partials
-/// (a lease moving at start, a kill) replays and may print a command again,
-/// under the same id: the sinks take one id once (Step Functions execution
-/// names, the block ledger), so once means one id.
-fn fleet_commands(outputs: &[Vec<Value>]) -> BTreeMap<(String, String), usize> {
-    let mut by: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
-    for c in outputs.iter().flatten() {
-        let rule = c["rule"].as_str().unwrap_or_default();
-        if rule.starts_with("fleet-") {
-            let subject = c["source"].as_str().unwrap_or_default().to_owned();
-            let id = c["id"].as_str().unwrap_or_default().to_owned();
-            by.entry((rule.to_owned(), subject)).or_default().insert(id);
-        }
-    }
-    by.into_iter().map(|(k, ids)| (k, ids.len())).collect()
 }
 
 /// `shares.len()` workers with the fleet stage on an 8-shard stream of

@@ -12,7 +12,7 @@
 
 #![cfg(feature = "kafka")]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -22,25 +22,11 @@ use sshwarden_loadgen::encode::{encode_batch, RecordOptions};
 use sshwarden_loadgen::GeneratedEvent;
 
 mod common;
+use common::fleet::{failed, fleet_commands};
 use common::kafka::*;
 use common::*;
 
 const PARTITIONS: i32 = 8;
-
-fn failed(instance: usize, time_ms: i64, src: &str, n: usize) -> GeneratedEvent {
-    GeneratedEvent {
-        instance: format!("i-{instance:017x}"),
-        time_ms,
-        line: format!(
-            "Dec  7 01:00:00 ip-10-0-0-{instance} sshd[{n}]: Failed password for root from {src} port {} ssh2",
-            40_000 + n
-        ),
-        id: format!("{:056}", 1_000_000 + n),
-        signal: None,
-        source: None,
-        scenario: None,
-    }
-}
 
 /// One subscription payload per event, keyed by its instance, written to
 /// partition `instance % PARTITIONS`: every partition holds the same number
@@ -67,23 +53,6 @@ fn write_spread(brokers: &str, topic: &str, events: &[(usize, GeneratedEvent)]) 
     producer
         .flush(Duration::from_secs(30))
         .unwrap_or_else(|e| panic!("flushing to {topic}: {e}"));
-}
-
-/// The commands of fleet rules across every worker: (rule, subject) → how
-/// many distinct command ids. A reader that takes a partition of partials
-/// over (a rebalance while the workers join) replays and may print a command
-/// again, under the same id: the sinks take one id once, so once means one id.
-fn fleet_commands(outputs: &[Vec<Value>]) -> BTreeMap<(String, String), usize> {
-    let mut by: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
-    for c in outputs.iter().flatten() {
-        let rule = c["rule"].as_str().unwrap_or_default();
-        if rule.starts_with("fleet-") {
-            let subject = c["source"].as_str().unwrap_or_default().to_owned();
-            let id = c["id"].as_str().unwrap_or_default().to_owned();
-            by.entry((rule.to_owned(), subject)).or_default().insert(id);
-        }
-    }
-    by.into_iter().map(|(k, ids)| (k, ids.len())).collect()
 }
 
 /// One address guesses once on each of 40 instances, 5 on each of the 8

@@ -42,6 +42,7 @@ macro_rules! derefs_to_workers {
 }
 
 #[cfg(feature = "kafka")]
+pub mod fleet;
 pub mod kafka;
 pub mod kinesis;
 pub mod worker;

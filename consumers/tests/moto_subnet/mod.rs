@@ -27,27 +27,8 @@ pub async fn subnet_with_instance(ec2: &aws_sdk_ec2::Client, net: &str, ipv6: bo
         .and_then(|v| v.vpc_id())
         .expect("vpc id")
         .to_owned();
-    let subnet_id = ec2
-        .create_subnet()
-        .vpc_id(&vpc_id)
-        .cidr_block(format!("{net}.1.0/24"))
-        .send()
-        .await
-        .expect("subnet")
-        .subnet()
-        .and_then(|s| s.subnet_id())
-        .expect("subnet id")
-        .to_owned();
-    let run = ec2
-        .run_instances()
-        .image_id("ami-12c6146b")
-        .min_count(1)
-        .max_count(1)
-        .subnet_id(&subnet_id)
-        .send()
-        .await
-        .expect("instance");
-    let instance = run.instances()[0].instance_id().expect("id").to_owned();
+    let subnet_id = create_subnet(ec2, &vpc_id, &format!("{net}.1.0/24")).await;
+    let instance = run_instance(ec2, &subnet_id).await;
     let acl = ec2
         .describe_network_acls()
         .filters(
@@ -73,27 +54,8 @@ pub async fn subnet_with_instance(ec2: &aws_sdk_ec2::Client, net: &str, ipv6: bo
 /// A second subnet `cidr` in `vpc_id` with a network ACL of its own (a new
 /// ACL, associated in place of the default) and an instance in it.
 pub async fn subnet_with_own_acl(ec2: &aws_sdk_ec2::Client, vpc_id: &str, cidr: &str) -> Subnet {
-    let subnet_id = ec2
-        .create_subnet()
-        .vpc_id(vpc_id)
-        .cidr_block(cidr)
-        .send()
-        .await
-        .expect("subnet")
-        .subnet()
-        .and_then(|s| s.subnet_id())
-        .expect("subnet id")
-        .to_owned();
-    let acl = ec2
-        .create_network_acl()
-        .vpc_id(vpc_id)
-        .send()
-        .await
-        .expect("ACL")
-        .network_acl()
-        .and_then(|a| a.network_acl_id())
-        .expect("acl id")
-        .to_owned();
+    let subnet_id = create_subnet(ec2, vpc_id, cidr).await;
+    let acl = create_acl(ec2, vpc_id).await;
     let current = ec2
         .describe_network_acls()
         .filters(
@@ -119,18 +81,52 @@ pub async fn subnet_with_own_acl(ec2: &aws_sdk_ec2::Client, vpc_id: &str, cidr: 
         .send()
         .await
         .expect("associate the ACL");
-    let run = ec2
-        .run_instances()
+    Subnet {
+        vpc_id: vpc_id.to_owned(),
+        instance: run_instance(ec2, &subnet_id).await,
+        acl,
+    }
+}
+
+/// A subnet `cidr` in `vpc_id`: its id.
+pub async fn create_subnet(ec2: &aws_sdk_ec2::Client, vpc_id: &str, cidr: &str) -> String {
+    ec2.create_subnet()
+        .vpc_id(vpc_id)
+        .cidr_block(cidr)
+        .send()
+        .await
+        .expect("subnet")
+        .subnet()
+        .and_then(|s| s.subnet_id())
+        .expect("subnet id")
+        .to_owned()
+}
+
+/// A network ACL in `vpc_id`, associated with no subnet: its id.
+pub async fn create_acl(ec2: &aws_sdk_ec2::Client, vpc_id: &str) -> String {
+    ec2.create_network_acl()
+        .vpc_id(vpc_id)
+        .send()
+        .await
+        .expect("ACL")
+        .network_acl()
+        .and_then(|a| a.network_acl_id())
+        .expect("acl id")
+        .to_owned()
+}
+
+/// An instance in `subnet_id`: its id.
+pub async fn run_instance(ec2: &aws_sdk_ec2::Client, subnet_id: &str) -> String {
+    ec2.run_instances()
         .image_id("ami-12c6146b")
         .min_count(1)
         .max_count(1)
-        .subnet_id(&subnet_id)
+        .subnet_id(subnet_id)
         .send()
         .await
-        .expect("instance");
-    Subnet {
-        vpc_id: vpc_id.to_owned(),
-        instance: run.instances()[0].instance_id().expect("id").to_owned(),
-        acl,
-    }
+        .expect("instance")
+        .instances()[0]
+        .instance_id()
+        .expect("id")
+        .to_owned()
 }
