@@ -447,8 +447,85 @@ struct StreamState {
     touched: bool,
     max_ms: i64,
     windows: Vec<Tally>,
-    /// Event ids seen, by the start of their longest window.
-    seen_ids: BTreeMap<i64, HashSet<u128, foldhash::fast::RandomState>>,
+    /// Event ids seen while a window of the longest lane could count them.
+    seen_ids: SeenIds,
+}
+
+/// One stream's event ids with their times. A stream's events mostly
+/// arrive in time order, so those ids are appended to a time-ordered queue
+/// and checked against the few ids of the same millisecond at its hot end,
+/// where a hash set (as written here before) put every id at a random cache
+/// line and regrew as a day's ids piled up. An event older than the newest
+/// recorded goes to a hash set instead, so an instance that writes its
+/// times out of order costs a hash insert, not a shift of the queue. An
+/// event is a redelivery when both its time and its id were seen: a
+/// redelivered CloudWatch event carries both unchanged.
+#[derive(Debug, Default)]
+struct SeenIds {
+    in_order: VecDeque<SeenId>,
+    /// Ids that arrived behind the queue's newest time, by the start of
+    /// their expiry window.
+    behind: BTreeMap<i64, HashSet<SeenId, foldhash::fast::RandomState>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct SeenId {
+    time_ms: i64,
+    id: [u64; 2],
+}
+
+impl SeenIds {
+    /// Records `(time_ms, id)`; false when it was already recorded.
+    /// `bucket` is the start of the expiry window of `time_ms`.
+    fn insert(&mut self, time_ms: i64, id: u128, bucket: i64) -> bool {
+        let new = SeenId {
+            time_ms,
+            id: [(id >> 64) as u64, id as u64],
+        };
+        let q = &self.in_order;
+        if q.back().is_none_or(|b| b.time_ms <= time_ms) {
+            // Every id behind the queue is older than its newest: only the
+            // queue's run of `time_ms` can hold this one.
+            if q.iter()
+                .rev()
+                .take_while(|e| e.time_ms == time_ms)
+                .any(|e| *e == new)
+            {
+                return false;
+            }
+            self.in_order.push_back(new);
+            return true;
+        }
+        let end = q.partition_point(|e| e.time_ms <= time_ms);
+        if q.range(..end)
+            .rev()
+            .take_while(|e| e.time_ms == time_ms)
+            .any(|e| *e == new)
+        {
+            return false;
+        }
+        self.behind.entry(bucket).or_default().insert(new)
+    }
+
+    /// Forgets the ids whose expiry window (of start `bucket`, for a time
+    /// `t`) is over by `expired`: it must hold for every earlier time of one
+    /// it holds for.
+    fn expire(&mut self, expired: impl Fn(i64) -> bool, bucket: impl Fn(i64) -> i64) {
+        while self
+            .in_order
+            .front()
+            .is_some_and(|e| expired(bucket(e.time_ms)))
+        {
+            self.in_order.pop_front();
+        }
+        while self
+            .behind
+            .first_key_value()
+            .is_some_and(|(&b, _)| expired(b))
+        {
+            self.behind.pop_first();
+        }
+    }
 }
 
 /// A source network's windows. Most keys of an address flood never see a
@@ -675,30 +752,85 @@ impl<K: Hash + Eq + Clone, S: Marked> Keyed<K, S> {
     }
 }
 
-/// Counts of open windows by a number (their min position, their end).
-#[derive(Debug, Default)]
-struct Multiset<T: Ord>(BTreeMap<T, u32>);
+/// Counts of open windows by a number (their min position, their end), as
+/// a sorted queue of (value, count). Positions grow with reading and window
+/// ends with event time, so a value is almost always added at the back and
+/// removed near the front: a queue does both without the tree walk and the
+/// node allocations of a `BTreeMap` (written here because no crate keeps a
+/// counted, sorted, mostly-appended set). A count that drops to zero in the
+/// middle stays as a tombstone until the front passes it or tombstones are
+/// half the queue.
+#[derive(Debug)]
+struct Multiset<T> {
+    counts: VecDeque<(T, u32)>,
+    tombstones: usize,
+}
+
+impl<T> Default for Multiset<T> {
+    fn default() -> Self {
+        Multiset {
+            counts: VecDeque::new(),
+            tombstones: 0,
+        }
+    }
+}
 
 impl<T: Ord + Copy> Multiset<T> {
     fn add(&mut self, v: T) {
-        *self.0.entry(v).or_default() += 1;
+        let q = &mut self.counts;
+        match q.back_mut() {
+            Some((b, n)) if *b == v => *n += 1,
+            Some((b, _)) if *b > v => {
+                let i = q.partition_point(|(x, _)| *x < v);
+                match q.get_mut(i) {
+                    Some((x, n)) if *x == v => {
+                        if *n == 0 {
+                            self.tombstones -= 1;
+                        }
+                        *n += 1;
+                    }
+                    _ => q.insert(i, (v, 1)),
+                }
+            }
+            _ => q.push_back((v, 1)),
+        }
     }
 
     fn remove(&mut self, v: T) {
-        if let Some(n) = self.0.get_mut(&v) {
-            *n -= 1;
-            if *n == 0 {
-                self.0.remove(&v);
-            }
+        let q = &mut self.counts;
+        let i = q.partition_point(|(x, _)| *x < v);
+        let Some((x, n)) = q.get_mut(i) else {
+            return;
+        };
+        if *x != v || *n == 0 {
+            return;
+        }
+        *n -= 1;
+        if *n > 0 {
+            return;
+        }
+        self.tombstones += 1;
+        while q.front().is_some_and(|(_, n)| *n == 0) {
+            q.pop_front();
+            self.tombstones -= 1;
+        }
+        while q.back().is_some_and(|(_, n)| *n == 0) {
+            q.pop_back();
+            self.tombstones -= 1;
+        }
+        if self.tombstones > 32 && 2 * self.tombstones > q.len() {
+            q.retain(|(_, n)| *n > 0);
+            self.tombstones = 0;
         }
     }
 
     fn first(&self) -> Option<T> {
-        self.0.keys().next().copied()
+        self.counts.front().map(|(v, _)| *v)
     }
 
     fn clear(&mut self) {
-        self.0.clear();
+        self.counts.clear();
+        self.tombstones = 0;
     }
 }
 
@@ -1059,8 +1191,7 @@ impl WindowStore {
         // (moving the closing clock below changes neither part of it).
         let stream_wm = stream.max_ms.max(floor) - lateness;
         let start = Self::window_start(time_ms, longest);
-        let first =
-            start + longest <= stream_wm || stream.seen_ids.entry(start).or_default().insert(id);
+        let first = start + longest <= stream_wm || stream.seen_ids.insert(time_ms, id, start);
         self.note_newest(clock_ms, moved_from);
         if !first {
             self.stats.duplicate_events += 1;
@@ -1463,7 +1594,7 @@ fn touch<'s>(
             touched: false,
             max_ms: i64::MIN,
             windows: Vec::new(),
-            seen_ids: BTreeMap::new(),
+            seen_ids: SeenIds::default(),
         },
         |old| {
             by_time.remove(&(old.max_ms.div_euclid(1000), old.id));
@@ -1497,12 +1628,11 @@ fn touch<'s>(
         {
             close_windows(&mut st.windows, wm, lanes, ledger);
         }
-        while let Some((&start, _)) = st.seen_ids.first_key_value() {
-            if start + p.longest_keep_ms > wm {
-                break;
-            }
-            st.seen_ids.pop_first();
-        }
+        let longest = p.longest_keep_ms.max(1);
+        st.seen_ids.expire(
+            |start| start + longest <= wm,
+            |t| WindowStore::window_start(t, longest),
+        );
     }
     (st, changed)
 }
@@ -1819,6 +1949,58 @@ mod tests {
         assert_eq!(s.stats().duplicate_events, 1);
     }
 
+    proptest::proptest! {
+        /// The ledger's multiset against a `BTreeMap` of counts, for any
+        /// order of adds and removes (removes of absent values included).
+        #[test]
+        fn multiset_matches_a_counted_map(ops in proptest::collection::vec((proptest::bool::ANY, 0u64..40), 0..400)) {
+            let mut m = Multiset::default();
+            let mut model: BTreeMap<u64, u32> = BTreeMap::new();
+            for (add, v) in ops {
+                if add {
+                    m.add(v);
+                    *model.entry(v).or_default() += 1;
+                } else {
+                    m.remove(v);
+                    if let Some(n) = model.get_mut(&v) {
+                        *n -= 1;
+                        if *n == 0 {
+                            model.remove(&v);
+                        }
+                    }
+                }
+                proptest::prop_assert_eq!(m.first(), model.keys().next().copied());
+                let live: Vec<(u64, u32)> = m.counts.iter().copied().filter(|(_, n)| *n > 0).collect();
+                let expected: Vec<(u64, u32)> = model.iter().map(|(v, n)| (*v, *n)).collect();
+                proptest::prop_assert_eq!(live, expected);
+                proptest::prop_assert_eq!(m.tombstones, m.counts.iter().filter(|(_, n)| *n == 0).count());
+                proptest::prop_assert!(m.counts.iter().zip(m.counts.iter().skip(1)).all(|(a, b)| a.0 < b.0));
+            }
+        }
+    }
+
+    #[test]
+    fn seen_ids_catch_a_redelivery_in_order_behind_and_only_while_kept() {
+        let mut ids = SeenIds::default();
+        assert!(ids.insert(10, 1, 0));
+        assert!(ids.insert(10, 2, 0), "another id of the same millisecond");
+        assert!(ids.insert(20, 3, 0));
+        assert!(!ids.insert(10, 1, 0), "redelivered, behind the newest");
+        assert!(!ids.insert(20, 3, 0), "redelivered, at the newest");
+        assert!(
+            ids.insert(20, 1, 0),
+            "an id at another time is another event"
+        );
+        assert!(ids.insert(15, 4, 0), "a late event");
+        assert!(!ids.insert(15, 4, 0), "a late event redelivered");
+        assert_eq!(ids.behind.values().map(HashSet::len).sum::<usize>(), 1);
+        assert!(ids.insert(1_000, 5, 1_000));
+        ids.expire(|start| start < 1_000, |t| t / 1_000 * 1_000);
+        assert_eq!(ids.in_order.len(), 1);
+        assert!(ids.behind.is_empty());
+        assert!(ids.insert(20, 3, 0), "forgotten once its window is over");
+    }
+
     #[test]
     fn a_flood_of_new_addresses_evicts_them_not_the_active_attacker() {
         let mut s = store(vec![count_rule("s", SubjectKind::Source, 600_000, 10)], 50);
@@ -2124,7 +2306,7 @@ mod tests {
                 let model = if start + size <= watermark {
                     expected_late += 1;
                     Admit::Late
-                } else if id.is_some() && !seen_ids.insert((id.unwrap_or(0), start)) {
+                } else if id.is_some() && !seen_ids.insert((id.unwrap_or(0), *t)) {
                     Admit::Nothing
                 } else {
                     let c = counts.entry(start).or_default();
