@@ -244,6 +244,9 @@ impl Totals {
 pub struct Engine {
     decoder: Decoder,
     core: Core,
+    /// The buffer of a record's fronts, kept empty between records so its
+    /// allocation serves the next one (see [`recycle`]).
+    fronts: Vec<Front<'static>>,
 }
 
 struct Core {
@@ -303,6 +306,7 @@ impl Engine {
                     .fold(m, |m, s| m | 1u32 << s.index())
             });
         Ok(Engine {
+            fronts: Vec::new(),
             decoder: Decoder::new(config.max_decompressed),
             core: Core {
                 tracker: ConnectionTracker::new(config.max_connections),
@@ -373,12 +377,14 @@ impl Engine {
         // through the state: the two halves' code stays in the instruction
         // cache for a whole record instead of evicting each other at every
         // line (the first half is pure, so the order changes nothing).
-        let lines: Vec<Front<'_>> = envelope
-            .log_events
-            .iter()
-            .map(|ev| self.core.front(&ev.message))
-            .collect();
-        for (ev, front) in envelope.log_events.iter().zip(lines) {
+        let mut lines = recycle(std::mem::take(&mut self.fronts));
+        lines.extend(
+            envelope
+                .log_events
+                .iter()
+                .map(|ev| self.core.front(&ev.message)),
+        );
+        for (ev, &front) in envelope.log_events.iter().zip(&lines) {
             self.core.process_front(
                 &LineInput {
                     instance: &envelope.log_stream,
@@ -394,6 +400,7 @@ impl Engine {
                 out,
             );
         }
+        self.fronts = recycle(lines);
         if self.core.partials.is_some() {
             self.core.close_partials();
         }
@@ -560,6 +567,16 @@ impl Engine {
     pub fn policy_config(&self) -> &PolicyConfig {
         self.core.policy.config()
     }
+}
+
+/// An empty vector of fronts of any lifetime, in `v`'s allocation: the
+/// fronts borrow one record's text, so the buffer cannot be kept typed by
+/// it; emptied, it is converted in place (a `collect` of an empty
+/// `into_iter` into an element of the same size and alignment reuses the
+/// allocation).
+fn recycle<'a>(mut v: Vec<Front<'_>>) -> Vec<Front<'a>> {
+    v.clear();
+    v.into_iter().map(|_| Front::NotSshd).collect()
 }
 
 /// A line's prefix and classification ([`Core::front`]).
@@ -881,6 +898,19 @@ mod tests {
             &Origin::default(),
             out,
         );
+    }
+
+    #[test]
+    fn a_recycled_buffer_of_fronts_keeps_its_allocation() {
+        let text = String::from("x");
+        let mut v = Vec::with_capacity(64);
+        v.push(Front::Unparsed);
+        v.extend(std::iter::repeat_n(Front::NotSshd, 9));
+        let _borrows_text = &text;
+        let (ptr, cap) = (v.as_ptr() as usize, v.capacity());
+        let r = recycle(v);
+        assert!(r.is_empty());
+        assert_eq!((r.as_ptr() as usize, r.capacity()), (ptr, cap));
     }
 
     #[test]
