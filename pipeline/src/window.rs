@@ -579,6 +579,11 @@ struct Keyed<K, S> {
     queue: VecDeque<u32>,
     cap: usize,
     evictions: u64,
+    /// The slot last looked up or filled, tried before hashing: a stream's
+    /// lines come in runs (a record is one stream's batch), each looked up
+    /// twice, and an instance name costs more to hash than to compare. A
+    /// stale slot (freed, or reused by another key) fails the comparison.
+    last: u32,
 }
 
 impl<K: Hash + Eq, S: Marked> Keyed<K, S> {
@@ -593,10 +598,30 @@ impl<K: Hash + Eq, S: Marked> Keyed<K, S> {
             // fit in memory anyway.
             cap: cap.clamp(1, u32::MAX as usize),
             evictions: 0,
+            last: 0,
         }
     }
 
+    /// The slot of `key` if live, or else its hash.
+    #[inline]
+    fn lookup<Q>(&mut self, key: &Q) -> Result<u32, u64>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let last = self.last;
+        if matches!(self.slots.get(last as usize), Some(Some((k, _))) if k.borrow() == key) {
+            return Ok(last);
+        }
+        // `Borrow` promises the owned key hashes as the borrowed one.
+        let h = self.hasher.hash_one(key);
+        let i = self.find(h, key).ok_or(h)?;
+        self.last = i;
+        Ok(i)
+    }
+
     /// The slot of `key`, if live.
+    #[inline]
     fn find<Q>(&self, h: u64, key: &Q) -> Option<u32>
     where
         K: std::borrow::Borrow<Q>,
@@ -613,6 +638,7 @@ impl<K: Hash + Eq, S: Marked> Keyed<K, S> {
 
     /// The state of `key`, created with `make` if absent; evicted states are
     /// handed to `evicted` so their windows can be released.
+    #[inline]
     fn get_or_insert<Q>(
         &mut self,
         key: &Q,
@@ -624,17 +650,15 @@ impl<K: Hash + Eq, S: Marked> Keyed<K, S> {
         K: std::borrow::Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        // `Borrow` promises the owned key hashes as the borrowed one.
-        let h = self.hasher.hash_one(key);
-        let found = self.find(h, key);
+        let found = self.lookup(key);
         let i = match found {
-            Some(i) => i,
-            None => self.insert(h, to_owned(key), make, evicted),
+            Ok(i) => i,
+            Err(h) => self.insert(h, to_owned(key), make, evicted),
         };
         let Some(Some((_, s))) = self.slots.get_mut(i as usize) else {
             unreachable!("a slot just found or filled is live");
         };
-        if found.is_some() {
+        if found.is_ok() {
             *s.mark() = true;
         }
         s
@@ -657,6 +681,7 @@ impl<K: Hash + Eq, S: Marked> Keyed<K, S> {
             queue,
             cap,
             evictions,
+            last,
         } = self;
         while index.len() >= *cap {
             let Some(i) = queue.pop_front() else {
@@ -704,6 +729,7 @@ impl<K: Hash + Eq, S: Marked> Keyed<K, S> {
         if let Some(slot) = slots.get_mut(i as usize) {
             *slot = Some(entry);
         }
+        *last = i;
         i
     }
 
@@ -712,8 +738,7 @@ impl<K: Hash + Eq, S: Marked> Keyed<K, S> {
         K: std::borrow::Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let h = self.hasher.hash_one(key);
-        let i = self.find(h, key)?;
+        let i = self.lookup(key).ok()?;
         match self.slots.get_mut(i as usize) {
             Some(Some((_, s))) => Some(s),
             _ => None,
@@ -2267,6 +2292,22 @@ mod tests {
         consistent(&mut k);
         assert!(see(&mut k, &[9, 10, 11]).is_empty());
         assert_eq!(k.slots.len(), 3);
+        consistent(&mut k);
+    }
+
+    #[test]
+    fn keyed_does_not_find_a_key_through_its_freed_or_reused_last_slot() {
+        let mut k = Keyed::new(4);
+        see(&mut k, &[1]);
+        assert_eq!(k.get_mut(&1).map(|s| s.0), Some(1));
+        k.retain(|_| false);
+        assert!(k.get_mut(&1).is_none());
+        // Slot 0 again, for another key: the last slot names 2 now.
+        see(&mut k, &[2]);
+        assert_eq!(k.slots.len(), 1);
+        assert!(k.get_mut(&1).is_none());
+        assert_eq!(see(&mut k, &[1, 3, 4, 5]), [2]);
+        assert!(k.get_mut(&2).is_none());
         consistent(&mut k);
     }
 
