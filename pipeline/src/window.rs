@@ -579,15 +579,17 @@ struct Keyed<K, S> {
     queue: VecDeque<u32>,
     cap: usize,
     evictions: u64,
-    /// The slot last looked up or filled, tried before hashing: a stream's
-    /// lines come in runs (a record is one stream's batch), each looked up
-    /// twice, and an instance name costs more to hash than to compare. A
-    /// stale slot (freed, or reused by another key) fails the comparison.
+    /// Keys come in runs: try the slot last looked up or filled before
+    /// hashing. True of streams (a record is one stream's batch, each line
+    /// looked up twice, and an instance name costs more to hash than to
+    /// compare), not of an address flood's sources.
+    runs: bool,
+    /// A stale slot (freed, or reused by another key) fails the comparison.
     last: u32,
 }
 
 impl<K: Hash + Eq, S: Marked> Keyed<K, S> {
-    fn new(cap: usize) -> Self {
+    fn new(cap: usize, runs: bool) -> Self {
         Keyed {
             slots: Vec::new(),
             free: Vec::new(),
@@ -598,6 +600,7 @@ impl<K: Hash + Eq, S: Marked> Keyed<K, S> {
             // fit in memory anyway.
             cap: cap.clamp(1, u32::MAX as usize),
             evictions: 0,
+            runs,
             last: 0,
         }
     }
@@ -610,7 +613,9 @@ impl<K: Hash + Eq, S: Marked> Keyed<K, S> {
         Q: Hash + Eq + ?Sized,
     {
         let last = self.last;
-        if matches!(self.slots.get(last as usize), Some(Some((k, _))) if k.borrow() == key) {
+        if self.runs
+            && matches!(self.slots.get(last as usize), Some(Some((k, _))) if k.borrow() == key)
+        {
             return Ok(last);
         }
         // `Borrow` promises the owned key hashes as the borrowed one.
@@ -682,6 +687,7 @@ impl<K: Hash + Eq, S: Marked> Keyed<K, S> {
             cap,
             evictions,
             last,
+            ..
         } = self;
         while index.len() >= *cap {
             let Some(i) = queue.pop_front() else {
@@ -934,8 +940,8 @@ impl WindowStore {
             .max()
             .unwrap_or(config.size_ms);
         WindowStore {
-            streams: Keyed::new(config.max_instances),
-            sources: Keyed::new(config.max_sources),
+            streams: Keyed::new(config.max_instances, true),
+            sources: Keyed::new(config.max_sources, false),
             config,
             rules,
             lanes,
@@ -2248,7 +2254,7 @@ mod tests {
 
     #[test]
     fn keyed_evicts_least_recently_queued_first_and_a_key_seen_again_second() {
-        let mut k = Keyed::new(3);
+        let mut k = Keyed::new(3, true);
         assert!(see(&mut k, &[1, 2, 3]).is_empty());
         // 1 is seen again: its second chance sends 2 out first, then 3,
         // then 1 (its mark spent when it was requeued).
@@ -2263,7 +2269,7 @@ mod tests {
 
     #[test]
     fn keyed_reuses_an_evicted_keys_slot() {
-        let mut k = Keyed::new(2);
+        let mut k = Keyed::new(2, true);
         assert_eq!(see(&mut k, &[1, 2, 3, 4, 5]), [1, 2, 3]);
         assert_eq!(k.slots.len(), 2);
         assert_eq!(k.get_mut(&4).map(|s| s.0), Some(4));
@@ -2274,7 +2280,7 @@ mod tests {
 
     #[test]
     fn keyed_reuses_a_closed_keys_slot_and_keeps_the_queue_order() {
-        let mut k = Keyed::new(3);
+        let mut k = Keyed::new(3, true);
         see(&mut k, &[1, 2, 3]);
         // 1 and 3 close (their windows ended): their slots are free and they
         // leave the queue, so a reused slot is not queued twice.
@@ -2297,7 +2303,7 @@ mod tests {
 
     #[test]
     fn keyed_does_not_find_a_key_through_its_freed_or_reused_last_slot() {
-        let mut k = Keyed::new(4);
+        let mut k = Keyed::new(4, true);
         see(&mut k, &[1]);
         assert_eq!(k.get_mut(&1).map(|s| s.0), Some(1));
         k.retain(|_| false);
@@ -2313,7 +2319,7 @@ mod tests {
 
     #[test]
     fn keyed_with_a_cap_of_one_keeps_the_newest_key() {
-        let mut k = Keyed::new(0);
+        let mut k = Keyed::new(0, true);
         assert_eq!(k.cap, 1);
         assert_eq!(see(&mut k, &[1, 2]), [1]);
         // Seen again, 2 is requeued once, then goes: the cap holds.
@@ -2330,7 +2336,7 @@ mod tests {
 
     #[test]
     fn keyed_finds_every_key_after_the_table_grows() {
-        let mut k = Keyed::new(100_000);
+        let mut k = Keyed::new(100_000, true);
         let keys: Vec<u32> = (0..20_000).map(|i| i * 7919).collect();
         assert!(see(&mut k, &keys).is_empty());
         k.retain(|s| s.0 % 2 == 0);
