@@ -2211,7 +2211,8 @@ mod tests {
 
     #[test]
     fn a_source_seen_once_costs_one_small_map_entry() {
-        // What an address flood costs per key (before the map's own slack):
+        // What an address flood costs per key (a slab entry; the table and
+        // the queue add 4-byte slot numbers and their slack):
         // docs/detection.md and BENCHMARKS.md state the bound from it.
         assert!(std::mem::size_of::<Single>() <= 48);
         assert!(std::mem::size_of::<Option<(PeerNet, SourceState)>>() <= 72);
