@@ -2350,6 +2350,53 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// The keyed map against a naive second-chance model (a queue of
+        /// keys and their marks): the same keys evicted in the same order,
+        /// the same keys live, after any mix of sightings and closings.
+        #[test]
+        fn keyed_matches_a_naive_second_chance_model(
+            ops in proptest::collection::vec((0u32..24, 0u32..12), 1..200),
+            cap in 1usize..8,
+        ) {
+            let mut k: Keyed<u32, Probe> = Keyed::new(cap, true);
+            let mut live: std::collections::HashMap<u32, bool> = Default::default();
+            let mut queue: VecDeque<u32> = VecDeque::new();
+            for (key, op) in ops {
+                if op == 0 {
+                    // Close every key of `key`'s residue mod 3.
+                    k.retain(|s| s.0 % 3 != key % 3);
+                    live.retain(|x, _| x % 3 != key % 3);
+                    queue.retain(|x| live.contains_key(x));
+                } else {
+                    let mut expected = Vec::new();
+                    if let Some(touched) = live.get_mut(&key) {
+                        *touched = true;
+                    } else {
+                        while live.len() >= cap {
+                            let Some(old) = queue.pop_front() else { break };
+                            let touched = live.get_mut(&old).map(std::mem::take);
+                            if touched == Some(true) {
+                                queue.push_back(old);
+                            } else {
+                                live.remove(&old);
+                                expected.push(old);
+                            }
+                        }
+                        live.insert(key, false);
+                        queue.push_back(key);
+                    }
+                    proptest::prop_assert_eq!(see(&mut k, &[key]), expected);
+                }
+                let mut got: Vec<u32> = k.iter().map(|(x, _)| *x).collect();
+                got.sort_unstable();
+                let mut want: Vec<u32> = live.keys().copied().collect();
+                want.sort_unstable();
+                proptest::prop_assert_eq!(got, want);
+                proptest::prop_assert!(k.slots.len() <= cap);
+                consistent(&mut k);
+            }
+        }
+
         /// One stream against a naive model: an event is late exactly when
         /// its window ended at or before the watermark at arrival; every
         /// other event is counted once; a window fires exactly once when its
