@@ -635,88 +635,185 @@ impl Single {
 /// requeued once instead of evicted, which approximates least-recently-used
 /// in O(1) without a linked node per key.
 ///
-/// A hash table with the hash computed once per access (a key's string or
-/// network hashed once, not once to test and again to fetch or insert).
+/// Entries sit in a dense slab; the hash table and the eviction queue hold
+/// 4-byte slot numbers, not keys. A table of whole entries would cost its
+/// power-of-two slack (up to half its buckets empty) in entry-sized buckets,
+/// and hold both tables at once while it grows; here the slack is in 5-byte
+/// buckets and the slab grows in place. Each key's hash is computed once
+/// per access; the table rehashes through the slab's key when it grows.
 struct Keyed<K, S> {
-    /// The mark lives in the state itself ([`Marked`]), in bytes its
-    /// layout would pad anyway.
-    table: hashbrown::HashTable<(K, S)>,
+    /// Live entries, and free slots (`None`) listed in `free`. The mark
+    /// lives in the state itself ([`Marked`]), in bytes its layout would
+    /// pad anyway.
+    slots: Vec<Option<(K, S)>>,
+    /// Slots freed by eviction or by [`Keyed::retain`], reused first.
+    free: Vec<u32>,
+    /// The live slots, by their key's hash.
+    index: hashbrown::HashTable<u32>,
     hasher: foldhash::fast::RandomState,
-    queue: VecDeque<K>,
+    /// Every live slot exactly once, least recently queued first: a slot
+    /// leaves the queue when it is freed, before it can be reused.
+    queue: VecDeque<u32>,
     cap: usize,
     evictions: u64,
+    /// Keys come in runs: try the slot last looked up or filled before
+    /// hashing. True of streams (a record is one stream's batch, each line
+    /// looked up twice, and an instance name costs more to hash than to
+    /// compare), not of an address flood's sources.
+    runs: bool,
+    /// A stale slot (freed, or reused by another key) fails the comparison.
+    last: u32,
 }
 
-impl<K: Hash + Eq + Clone, S: Marked> Keyed<K, S> {
-    fn new(cap: usize) -> Self {
+impl<K: Hash + Eq, S: Marked> Keyed<K, S> {
+    fn new(cap: usize, runs: bool) -> Self {
         Keyed {
-            table: hashbrown::HashTable::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            index: hashbrown::HashTable::new(),
             hasher: foldhash::fast::RandomState::default(),
             queue: VecDeque::new(),
-            cap: cap.max(1),
+            // Slot numbers are `u32`: more live keys than that would not
+            // fit in memory anyway.
+            cap: cap.clamp(1, u32::MAX as usize),
             evictions: 0,
+            runs,
+            last: 0,
         }
+    }
+
+    /// The slot of `key` if live, or else its hash.
+    #[inline]
+    fn lookup<Q>(&mut self, key: &Q) -> Result<u32, u64>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let last = self.last;
+        if self.runs
+            && matches!(self.slots.get(last as usize), Some(Some((k, _))) if k.borrow() == key)
+        {
+            return Ok(last);
+        }
+        // `Borrow` promises the owned key hashes as the borrowed one.
+        let h = self.hasher.hash_one(key);
+        let i = self.find(h, key).ok_or(h)?;
+        self.last = i;
+        Ok(i)
+    }
+
+    /// The slot of `key`, if live.
+    #[inline]
+    fn find<Q>(&self, h: u64, key: &Q) -> Option<u32>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        let slots = &self.slots;
+        self.index
+            .find(
+                h,
+                |&i| matches!(slots.get(i as usize), Some(Some((k, _))) if k.borrow() == key),
+            )
+            .copied()
     }
 
     /// The state of `key`, created with `make` if absent; evicted states are
     /// handed to `evicted` so their windows can be released.
+    #[inline]
     fn get_or_insert<Q>(
         &mut self,
         key: &Q,
         to_owned: impl FnOnce(&Q) -> K,
         make: impl FnOnce() -> S,
-        mut evicted: impl FnMut(S),
+        evicted: impl FnMut(S),
     ) -> &mut S
     where
         K: std::borrow::Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
+        let found = self.lookup(key);
+        let i = match found {
+            Ok(i) => i,
+            Err(h) => self.insert(h, to_owned(key), make, evicted),
+        };
+        let Some(Some((_, s))) = self.slots.get_mut(i as usize) else {
+            unreachable!("a slot just found or filled is live");
+        };
+        if found.is_ok() {
+            *s.mark() = true;
+        }
+        s
+    }
+
+    /// Puts a new key with hash `h` in a slot (evicting first if at the
+    /// cap) and returns the slot.
+    fn insert(
+        &mut self,
+        h: u64,
+        key: K,
+        make: impl FnOnce() -> S,
+        mut evicted: impl FnMut(S),
+    ) -> u32 {
         let Keyed {
-            table,
+            slots,
+            free,
+            index,
             hasher,
             queue,
             cap,
             evictions,
+            last,
+            ..
         } = self;
-        // `Borrow` promises the owned key hashes as the borrowed one.
-        let h = hasher.hash_one(key);
-        let table = match table.find_entry(h, |(k, _)| k.borrow() == key) {
-            Ok(e) => {
-                let (_, s) = e.into_mut();
-                *s.mark() = true;
-                return s;
-            }
-            Err(absent) => absent.into_table(),
-        };
-        while table.len() >= *cap {
-            let Some(old) = queue.pop_front() else {
+        while index.len() >= *cap {
+            let Some(i) = queue.pop_front() else {
                 break;
             };
-            let Ok(mut e) = table.find_entry(hasher.hash_one(&old), |(k, _)| *k == old) else {
+            let Some(slot) = slots.get_mut(i as usize) else {
                 continue;
             };
-            let touched = e.get_mut().1.mark();
+            let Some((k, s)) = slot else {
+                continue;
+            };
+            let touched = s.mark();
             if *touched {
                 *touched = false;
-                queue.push_back(old);
-            } else {
-                let ((_, s), _) = e.remove();
+                queue.push_back(i);
+                continue;
+            }
+            if let Ok(e) = index.find_entry(hasher.hash_one(&*k), |&j| j == i) {
+                e.remove();
+            }
+            if let Some((_, s)) = slot.take() {
+                free.push(i);
                 *evictions += 1;
                 evicted(s);
             }
         }
-        let owned = to_owned(key);
-        queue.push_back(owned.clone());
-        // The queue may hold keys closed since: keep it bounded.
-        if queue.len() > 2 * *cap {
-            queue.retain(|k| table.find(hasher.hash_one(k), |(x, _)| x == k).is_some());
-        }
+        let entry = (key, make());
+        let i = match free.pop() {
+            Some(i) => i,
+            None => {
+                slots.push(None);
+                // Below `cap`, which fits in `u32`.
+                (slots.len() - 1) as u32
+            }
+        };
+        // The new slot is still empty while the table may rehash: only the
+        // other slots' keys are hashed again, and the new one's hash is `h`.
+        index.insert_unique(h, i, |&j| match slots.get(j as usize) {
+            Some(Some((k, _))) => hasher.hash_one(k),
+            _ => 0,
+        });
         // A new key is not marked: only a key seen again earns its
         // second chance, so one-off addresses go first.
-        let (_, s) = table
-            .insert_unique(h, (owned, make()), |(k, _)| hasher.hash_one(k))
-            .into_mut();
-        s
+        queue.push_back(i);
+        if let Some(slot) = slots.get_mut(i as usize) {
+            *slot = Some(entry);
+        }
+        *last = i;
+        i
     }
 
     fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut S>
@@ -724,30 +821,59 @@ impl<K: Hash + Eq + Clone, S: Marked> Keyed<K, S> {
         K: std::borrow::Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let h = self.hasher.hash_one(key);
-        self.table
-            .find_mut(h, |(k, _)| k.borrow() == key)
-            .map(|(_, s)| s)
+        let i = self.lookup(key).ok()?;
+        match self.slots.get_mut(i as usize) {
+            Some(Some((_, s))) => Some(s),
+            _ => None,
+        }
     }
 
     fn len(&self) -> usize {
-        self.table.len()
+        self.index.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&K, &S)> {
+        self.slots.iter().flatten().map(|(k, s)| (k, s))
     }
 
     fn states_mut(&mut self) -> impl Iterator<Item = &mut S> {
-        self.table.iter_mut().map(|(_, s)| s)
+        self.slots.iter_mut().flatten().map(|(_, s)| s)
     }
 
     /// Keeps the keys whose state `keep` says to keep, and the queue to them.
     fn retain(&mut self, mut keep: impl FnMut(&mut S) -> bool) {
-        self.table.retain(|(_, s)| keep(s));
-        let (table, hasher) = (&self.table, &self.hasher);
-        self.queue
-            .retain(|k| table.find(hasher.hash_one(k), |(x, _)| x == k).is_some());
+        let Keyed {
+            slots,
+            free,
+            index,
+            hasher,
+            queue,
+            ..
+        } = self;
+        let before = free.len();
+        for (i, slot) in slots.iter_mut().enumerate() {
+            let Some((k, s)) = slot else {
+                continue;
+            };
+            if keep(s) {
+                continue;
+            }
+            let i = i as u32;
+            if let Ok(e) = index.find_entry(hasher.hash_one(&*k), |&j| j == i) {
+                e.remove();
+            }
+            *slot = None;
+            free.push(i);
+        }
+        if free.len() > before {
+            queue.retain(|&i| matches!(slots.get(i as usize), Some(Some(_))));
+        }
     }
 
     fn clear(&mut self) {
-        self.table.clear();
+        self.slots.clear();
+        self.free.clear();
+        self.index.clear();
         self.queue.clear();
     }
 }
@@ -946,8 +1072,8 @@ impl WindowStore {
             .max()
             .unwrap_or(config.size_ms);
         WindowStore {
-            streams: Keyed::new(config.max_instances),
-            sources: Keyed::new(config.max_sources),
+            streams: Keyed::new(config.max_instances, true),
+            sources: Keyed::new(config.max_sources, false),
             config,
             rules,
             lanes,
@@ -1478,7 +1604,7 @@ impl WindowStore {
     /// Every open instance window, for reports.
     pub fn instance_windows(&self) -> impl Iterator<Item = (&str, Window)> + '_ {
         let lanes = &self.lanes;
-        self.streams.table.iter().flat_map(move |(k, st)| {
+        self.streams.iter().flat_map(move |(k, st)| {
             st.windows
                 .iter()
                 .map(move |t| (&**k, t.window(lanes[usize::from(t.lane)].size_ms)))
@@ -1489,7 +1615,7 @@ impl WindowStore {
     pub fn source_windows(&self) -> impl Iterator<Item = (&PeerNet, Window)> + '_ {
         let lanes = &self.lanes;
         let hasher = &self.hasher;
-        self.sources.table.iter().flat_map(move |(k, st)| {
+        self.sources.iter().flat_map(move |(k, st)| {
             let windows: Vec<Window> = match st {
                 SourceState::One(one) => single_tallies(one, lanes, hasher)
                     .iter()
@@ -2267,14 +2393,192 @@ mod tests {
 
     #[test]
     fn a_source_seen_once_costs_one_small_map_entry() {
-        // What an address flood costs per key (before the map's own slack):
+        // What an address flood costs per key (a slab entry; the table and
+        // the queue add 4-byte slot numbers and their slack):
         // docs/detection.md and BENCHMARKS.md state the bound from it.
         assert!(std::mem::size_of::<Single>() <= 48);
-        assert!(std::mem::size_of::<(PeerNet, SourceState)>() <= 72);
+        assert!(std::mem::size_of::<Option<(PeerNet, SourceState)>>() <= 72);
         assert!(std::mem::size_of::<Tally>() <= 64);
     }
 
+    /// A key's state for the [`Keyed`] tests: its number and mark.
+    #[derive(Debug, PartialEq)]
+    struct Probe(u32, bool);
+
+    impl Marked for Probe {
+        fn mark(&mut self) -> &mut bool {
+            &mut self.1
+        }
+    }
+
+    /// Seen (inserted, or marked if live) in order; returns the evicted.
+    fn see(k: &mut Keyed<u32, Probe>, keys: &[u32]) -> Vec<u32> {
+        let mut out = Vec::new();
+        for &key in keys {
+            k.get_or_insert(&key, |q| *q, || Probe(key, false), |s| out.push(s.0));
+        }
+        out
+    }
+
+    /// The queue holds each live slot once, and every live key is found.
+    fn consistent(k: &mut Keyed<u32, Probe>) {
+        assert_eq!(k.queue.len(), k.len());
+        let mut queued: Vec<u32> = k.queue.iter().copied().collect();
+        queued.sort_unstable();
+        queued.dedup();
+        assert_eq!(queued.len(), k.len());
+        assert_eq!(k.slots.iter().flatten().count(), k.len());
+        assert_eq!(k.slots.len(), k.len() + k.free.len());
+        let keys: Vec<u32> = k.iter().map(|(key, _)| *key).collect();
+        for key in keys {
+            assert_eq!(k.get_mut(&key).map(|s| s.0), Some(key));
+        }
+    }
+
+    #[test]
+    fn keyed_evicts_least_recently_queued_first_and_a_key_seen_again_second() {
+        let mut k = Keyed::new(3, true);
+        assert!(see(&mut k, &[1, 2, 3]).is_empty());
+        // 1 is seen again: its second chance sends 2 out first, then 3,
+        // then 1 (its mark spent when it was requeued).
+        assert_eq!(see(&mut k, &[1, 4]), [2]);
+        assert_eq!(see(&mut k, &[5]), [3]);
+        assert_eq!(see(&mut k, &[6]), [1]);
+        assert_eq!(k.evictions, 3);
+        assert_eq!(k.len(), 3);
+        assert!(k.get_mut(&1).is_none());
+        consistent(&mut k);
+    }
+
+    #[test]
+    fn keyed_reuses_an_evicted_keys_slot() {
+        let mut k = Keyed::new(2, true);
+        assert_eq!(see(&mut k, &[1, 2, 3, 4, 5]), [1, 2, 3]);
+        assert_eq!(k.slots.len(), 2);
+        assert_eq!(k.get_mut(&4).map(|s| s.0), Some(4));
+        assert_eq!(k.get_mut(&5).map(|s| s.0), Some(5));
+        assert!(k.get_mut(&3).is_none());
+        consistent(&mut k);
+    }
+
+    #[test]
+    fn keyed_reuses_a_closed_keys_slot_and_keeps_the_queue_order() {
+        let mut k = Keyed::new(3, true);
+        see(&mut k, &[1, 2, 3]);
+        // 1 and 3 close (their windows ended): their slots are free and they
+        // leave the queue, so a reused slot is not queued twice.
+        k.retain(|s| s.0 == 2);
+        assert_eq!(k.len(), 1);
+        consistent(&mut k);
+        assert!(see(&mut k, &[4, 5]).is_empty());
+        assert_eq!(k.slots.len(), 3);
+        consistent(&mut k);
+        // The order is the queue's (2 before 4 and 5), not the slots'.
+        assert_eq!(see(&mut k, &[6, 7, 8]), [2, 4, 5]);
+        consistent(&mut k);
+        k.retain(|_| false);
+        assert_eq!(k.len(), 0);
+        consistent(&mut k);
+        assert!(see(&mut k, &[9, 10, 11]).is_empty());
+        assert_eq!(k.slots.len(), 3);
+        consistent(&mut k);
+    }
+
+    #[test]
+    fn keyed_does_not_find_a_key_through_its_freed_or_reused_last_slot() {
+        let mut k = Keyed::new(4, true);
+        see(&mut k, &[1]);
+        assert_eq!(k.get_mut(&1).map(|s| s.0), Some(1));
+        k.retain(|_| false);
+        assert!(k.get_mut(&1).is_none());
+        // Slot 0 again, for another key: the last slot names 2 now.
+        see(&mut k, &[2]);
+        assert_eq!(k.slots.len(), 1);
+        assert!(k.get_mut(&1).is_none());
+        assert_eq!(see(&mut k, &[1, 3, 4, 5]), [2]);
+        assert!(k.get_mut(&2).is_none());
+        consistent(&mut k);
+    }
+
+    #[test]
+    fn keyed_with_a_cap_of_one_keeps_the_newest_key() {
+        let mut k = Keyed::new(0, true);
+        assert_eq!(k.cap, 1);
+        assert_eq!(see(&mut k, &[1, 2]), [1]);
+        // Seen again, 2 is requeued once, then goes: the cap holds.
+        assert_eq!(see(&mut k, &[2, 3]), [2]);
+        assert_eq!(see(&mut k, &[3, 3, 3]), Vec::<u32>::new());
+        assert_eq!(k.len(), 1);
+        assert_eq!(k.slots.len(), 1);
+        consistent(&mut k);
+        k.clear();
+        assert_eq!(k.len(), 0);
+        assert!(see(&mut k, &[4]).is_empty());
+        consistent(&mut k);
+    }
+
+    #[test]
+    fn keyed_finds_every_key_after_the_table_grows() {
+        let mut k = Keyed::new(100_000, true);
+        let keys: Vec<u32> = (0..20_000).map(|i| i * 7919).collect();
+        assert!(see(&mut k, &keys).is_empty());
+        k.retain(|s| s.0 % 2 == 0);
+        assert_eq!(k.len(), 10_000);
+        consistent(&mut k);
+        let more: Vec<u32> = (0..15_000).map(|i| i * 7919 + 1).collect();
+        assert!(see(&mut k, &more).is_empty());
+        assert_eq!(k.slots.len(), 25_000);
+        consistent(&mut k);
+    }
+
     proptest::proptest! {
+        /// The keyed map against a naive second-chance model (a queue of
+        /// keys and their marks): the same keys evicted in the same order,
+        /// the same keys live, after any mix of sightings and closings.
+        #[test]
+        fn keyed_matches_a_naive_second_chance_model(
+            ops in proptest::collection::vec((0u32..24, 0u32..12), 1..200),
+            cap in 1usize..8,
+        ) {
+            let mut k: Keyed<u32, Probe> = Keyed::new(cap, true);
+            let mut live: std::collections::HashMap<u32, bool> = Default::default();
+            let mut queue: VecDeque<u32> = VecDeque::new();
+            for (key, op) in ops {
+                if op == 0 {
+                    // Close every key of `key`'s residue mod 3.
+                    k.retain(|s| s.0 % 3 != key % 3);
+                    live.retain(|x, _| x % 3 != key % 3);
+                    queue.retain(|x| live.contains_key(x));
+                } else {
+                    let mut expected = Vec::new();
+                    if let Some(touched) = live.get_mut(&key) {
+                        *touched = true;
+                    } else {
+                        while live.len() >= cap {
+                            let Some(old) = queue.pop_front() else { break };
+                            let touched = live.get_mut(&old).map(std::mem::take);
+                            if touched == Some(true) {
+                                queue.push_back(old);
+                            } else {
+                                live.remove(&old);
+                                expected.push(old);
+                            }
+                        }
+                        live.insert(key, false);
+                        queue.push_back(key);
+                    }
+                    proptest::prop_assert_eq!(see(&mut k, &[key]), expected);
+                }
+                let mut got: Vec<u32> = k.iter().map(|(x, _)| *x).collect();
+                got.sort_unstable();
+                let mut want: Vec<u32> = live.keys().copied().collect();
+                want.sort_unstable();
+                proptest::prop_assert_eq!(got, want);
+                proptest::prop_assert!(k.slots.len() <= cap);
+                consistent(&mut k);
+            }
+        }
+
         /// One stream against a naive model: an event is late exactly when
         /// its window ended at or before the watermark at arrival; every
         /// other event is counted once; a window fires exactly once when its
