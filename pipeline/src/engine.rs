@@ -902,11 +902,9 @@ mod tests {
 
     #[test]
     fn a_recycled_buffer_of_fronts_keeps_its_allocation() {
-        let text = String::from("x");
         let mut v = Vec::with_capacity(64);
         v.push(Front::Unparsed);
         v.extend(std::iter::repeat_n(Front::NotSshd, 9));
-        let _borrows_text = &text;
         let (ptr, cap) = (v.as_ptr() as usize, v.capacity());
         let r = recycle(v);
         assert!(r.is_empty());

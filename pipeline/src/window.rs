@@ -21,7 +21,7 @@
 //! pass the smallest of these (docs/design.md, the checkpoint rule).
 //! docs/detection.md specifies the semantics.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 
@@ -451,21 +451,18 @@ struct StreamState {
     seen_ids: SeenIds,
 }
 
-/// One stream's event ids with their times. A stream's events mostly
-/// arrive in time order, so those ids are appended to a time-ordered queue
-/// and checked against the few ids of the same millisecond at its hot end,
-/// where a hash set (as written here before) put every id at a random cache
-/// line and regrew as a day's ids piled up. An event older than the newest
-/// recorded goes to a hash set instead, so an instance that writes its
-/// times out of order costs a hash insert, not a shift of the queue. An
-/// event is a redelivery when both its time and its id were seen: a
-/// redelivered CloudWatch event carries both unchanged.
+/// One stream's event ids with their times, in hash sets of one minute of
+/// event time each. A stream's events mostly come in time order, so nearly
+/// every check and insert is in the newest minute's set, small and hot in
+/// the cache, where one set per day window (as written here before) put
+/// each id at a random cache line of a table that regrew all day. Hash sets,
+/// not a sorted run: an instance may stamp any number of lines with one
+/// millisecond. An event is a redelivery when both its time and its id were
+/// seen: a redelivered CloudWatch event carries both unchanged.
 #[derive(Debug, Default)]
 struct SeenIds {
-    in_order: VecDeque<SeenId>,
-    /// Ids that arrived behind the queue's newest time, by the start of
-    /// their expiry window.
-    behind: BTreeMap<i64, HashSet<SeenId, foldhash::fast::RandomState>>,
+    /// By the minute's start, oldest first.
+    minutes: VecDeque<(i64, HashSet<SeenId, foldhash::fast::RandomState>)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -475,55 +472,44 @@ struct SeenId {
 }
 
 impl SeenIds {
+    const MINUTE_MS: i64 = 60_000;
+
     /// Records `(time_ms, id)`; false when it was already recorded.
-    /// `bucket` is the start of the expiry window of `time_ms`.
-    fn insert(&mut self, time_ms: i64, id: u128, bucket: i64) -> bool {
+    fn insert(&mut self, time_ms: i64, id: u128) -> bool {
+        let minute = time_ms.div_euclid(Self::MINUTE_MS) * Self::MINUTE_MS;
+        let q = &mut self.minutes;
+        let i = match q.back() {
+            Some((m, _)) if *m == minute => q.len() - 1,
+            Some((m, _)) if *m > minute => {
+                // A late event: its minute is found by halving (at most a
+                // day of minutes are kept).
+                let i = q.partition_point(|(m, _)| *m < minute);
+                if q.get(i).is_none_or(|(m, _)| *m != minute) {
+                    q.insert(i, (minute, HashSet::default()));
+                }
+                i
+            }
+            _ => {
+                q.push_back((minute, HashSet::default()));
+                q.len() - 1
+            }
+        };
         let new = SeenId {
             time_ms,
             id: [(id >> 64) as u64, id as u64],
         };
-        let q = &self.in_order;
-        if q.back().is_none_or(|b| b.time_ms <= time_ms) {
-            // Every id behind the queue is older than its newest: only the
-            // queue's run of `time_ms` can hold this one.
-            if q.iter()
-                .rev()
-                .take_while(|e| e.time_ms == time_ms)
-                .any(|e| *e == new)
-            {
-                return false;
-            }
-            self.in_order.push_back(new);
-            return true;
-        }
-        let end = q.partition_point(|e| e.time_ms <= time_ms);
-        if q.range(..end)
-            .rev()
-            .take_while(|e| e.time_ms == time_ms)
-            .any(|e| *e == new)
-        {
-            return false;
-        }
-        self.behind.entry(bucket).or_default().insert(new)
+        q.get_mut(i).is_some_and(|(_, set)| set.insert(new))
     }
 
-    /// Forgets the ids whose expiry window (of start `bucket`, for a time
-    /// `t`) is over by `expired`: it must hold for every earlier time of one
-    /// it holds for.
-    fn expire(&mut self, expired: impl Fn(i64) -> bool, bucket: impl Fn(i64) -> i64) {
+    /// Forgets the minutes all of whose times `expired` holds for (it must
+    /// hold for every time before one it holds for).
+    fn expire(&mut self, expired: impl Fn(i64) -> bool) {
         while self
-            .in_order
+            .minutes
             .front()
-            .is_some_and(|e| expired(bucket(e.time_ms)))
+            .is_some_and(|(m, _)| expired(m + Self::MINUTE_MS - 1))
         {
-            self.in_order.pop_front();
-        }
-        while self
-            .behind
-            .first_key_value()
-            .is_some_and(|(&b, _)| expired(b))
-        {
-            self.behind.pop_first();
+            self.minutes.pop_front();
         }
     }
 }
@@ -1317,7 +1303,7 @@ impl WindowStore {
         // (moving the closing clock below changes neither part of it).
         let stream_wm = stream.max_ms.max(floor) - lateness;
         let start = Self::window_start(time_ms, longest);
-        let first = start + longest <= stream_wm || stream.seen_ids.insert(time_ms, id, start);
+        let first = start + longest <= stream_wm || stream.seen_ids.insert(time_ms, id);
         self.note_newest(clock_ms, moved_from);
         if !first {
             self.stats.duplicate_events += 1;
@@ -1755,10 +1741,8 @@ fn touch<'s>(
             close_windows(&mut st.windows, wm, lanes, ledger);
         }
         let longest = p.longest_keep_ms.max(1);
-        st.seen_ids.expire(
-            |start| start + longest <= wm,
-            |t| WindowStore::window_start(t, longest),
-        );
+        st.seen_ids
+            .expire(|t| WindowStore::window_start(t, longest) + longest <= wm);
     }
     (st, changed)
 }
@@ -2081,7 +2065,7 @@ mod tests {
         #[test]
         fn multiset_matches_a_counted_map(ops in proptest::collection::vec((proptest::bool::ANY, 0u64..40), 0..400)) {
             let mut m = Multiset::default();
-            let mut model: BTreeMap<u64, u32> = BTreeMap::new();
+            let mut model = std::collections::BTreeMap::<u64, u32>::new();
             for (add, v) in ops {
                 if add {
                     m.add(v);
@@ -2106,25 +2090,41 @@ mod tests {
     }
 
     #[test]
-    fn seen_ids_catch_a_redelivery_in_order_behind_and_only_while_kept() {
+    fn seen_ids_catch_a_redelivery_in_order_late_and_only_while_kept() {
         let mut ids = SeenIds::default();
-        assert!(ids.insert(10, 1, 0));
-        assert!(ids.insert(10, 2, 0), "another id of the same millisecond");
-        assert!(ids.insert(20, 3, 0));
-        assert!(!ids.insert(10, 1, 0), "redelivered, behind the newest");
-        assert!(!ids.insert(20, 3, 0), "redelivered, at the newest");
+        assert!(ids.insert(10, 1));
+        assert!(ids.insert(10, 2), "another id of the same millisecond");
+        assert!(ids.insert(70_000, 3));
+        assert!(!ids.insert(10, 1), "redelivered, behind the newest minute");
+        assert!(!ids.insert(70_000, 3), "redelivered, in the newest minute");
         assert!(
-            ids.insert(20, 1, 0),
+            ids.insert(70_000, 1),
             "an id at another time is another event"
         );
-        assert!(ids.insert(15, 4, 0), "a late event");
-        assert!(!ids.insert(15, 4, 0), "a late event redelivered");
-        assert_eq!(ids.behind.values().map(HashSet::len).sum::<usize>(), 1);
-        assert!(ids.insert(1_000, 5, 1_000));
-        ids.expire(|start| start < 1_000, |t| t / 1_000 * 1_000);
-        assert_eq!(ids.in_order.len(), 1);
-        assert!(ids.behind.is_empty());
-        assert!(ids.insert(20, 3, 0), "forgotten once its window is over");
+        assert!(ids.insert(30_000, 4), "a late event");
+        assert!(!ids.insert(30_000, 4), "a late event redelivered");
+        assert!(ids.insert(-50, 5), "a minute before all others");
+        assert!(!ids.insert(-50, 5));
+        let minutes: Vec<i64> = ids.minutes.iter().map(|(m, _)| *m).collect();
+        assert_eq!(minutes, vec![-60_000, 0, 60_000]);
+        // Kept while any time of the minute is not yet expired.
+        ids.expire(|t| t < 59_999);
+        assert_eq!(ids.minutes.len(), 2, "minute 0 still holds a live time");
+        ids.expire(|t| t < 60_000);
+        assert_eq!(ids.minutes.len(), 1);
+        assert!(ids.insert(10, 1), "forgotten once its window is over");
+    }
+
+    #[test]
+    fn seen_ids_of_one_millisecond_stay_a_hash_lookup_each() {
+        // An instance may stamp every line with one time: each id is still
+        // one set insert (a scan of the run would make this quadratic).
+        let mut ids = SeenIds::default();
+        for i in 0..200_000u128 {
+            assert!(ids.insert(5, i));
+        }
+        assert!(!ids.insert(5, 199_999));
+        assert_eq!(ids.minutes.len(), 1);
     }
 
     #[test]
