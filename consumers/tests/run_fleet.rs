@@ -250,10 +250,21 @@ async fn a_split_of_the_stream_of_logs_counts_each_guess_once_fleet_wide() {
     spray_in_two_halves("fleet-logsplit", Disturbance::SplitLogs).await;
 }
 
+/// The same split of the stream of logs, with every write of partials
+/// failing from just before the split until the parent shard's own final
+/// write has failed twice: the parent is not marked finished while its
+/// partials are unwritten, it retries them, and once writes succeed they
+/// arrive and each guess still counts once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_of_the_stream_of_logs_retries_the_final_partials_it_failed_to_write() {
+    spray_in_two_halves("fleet-logsplit-fail", Disturbance::SplitLogsFailingWrites).await;
+}
+
 enum Disturbance {
     KillNine,
     SplitPartials,
     SplitLogs,
+    SplitLogsFailingWrites,
 }
 
 async fn spray_in_two_halves(label: &str, disturbance: Disturbance) {
@@ -268,11 +279,25 @@ async fn spray_in_two_halves(label: &str, disturbance: Disturbance) {
         "--fleet-lease-table",
         partials.table.as_str(),
     ];
+    // Writes of partials fail while this file exists.
+    let flag = h.dir.path().join("fail-partial-writes");
+    let proxy = matches!(disturbance, Disturbance::SplitLogsFailingWrites).then(|| {
+        FaultProxy::start_with(
+            &h,
+            &serde_json::json!([{
+                "target": "PutRecords",
+                "while_exists": flag.display().to_string(),
+                "fault": "internal",
+            }]),
+            &["--log-entries"],
+        )
+    });
     for w in ["w0", "w1"] {
         h.spawn_with(
             w,
             &Spawn {
                 args: &fleet_args,
+                kinesis: proxy.as_ref().map(|p| p.endpoint.as_str()),
                 ..Spawn::default()
             },
         );
@@ -378,7 +403,15 @@ async fn spray_in_two_halves(label: &str, disturbance: Disturbance) {
                 parent.shard_id()
             ));
         }
-        Disturbance::SplitLogs => {
+        Disturbance::SplitLogs | Disturbance::SplitLogsFailingWrites => {
+            if proxy.is_some() {
+                // A fourth guess on the parent's instance, after its early
+                // send: the parent holds a changed partial when it ends,
+                // which it must write before it is marked finished.
+                h.put(&records(&[failed(first[0], start + 2_000, src, 999)]))
+                    .await;
+                std::fs::write(&flag, b"").expect("the flag that fails writes");
+            }
             let parent = ranges[sshwarden_loadgen::writer::kinesis::shard_index(
                 &ranges,
                 &format!("i-{:017x}", first[0]),
@@ -414,9 +447,15 @@ async fn spray_in_two_halves(label: &str, disturbance: Disturbance) {
                 "split {} of the stream of logs after {merged} partials were merged",
                 shard.shard_id()
             ));
+            if let Some(proxy) = &proxy {
+                parent_retries_its_final_partials(&mut h, proxy, &flag, shard.shard_id()).await;
+            }
         }
     }
-    let second_events = if let Disturbance::SplitLogs = disturbance {
+    let second_events = if matches!(
+        disturbance,
+        Disturbance::SplitLogs | Disturbance::SplitLogsFailingWrites
+    ) {
         // Three instances away from the split shard, merged first (9
         // instances), then two in its range, read by its children after
         // they replayed the parent: the spray (10) is fired by a child's
@@ -475,12 +514,14 @@ async fn spray_in_two_halves(label: &str, disturbance: Disturbance) {
         spray["distinct"]["instances"].as_u64().unwrap() >= 10,
         "{spray}"
     );
-    // Each instance had three guesses, every one in a single partial: a
-    // partial counted twice (a replay, a takeover, a reshard) would add
-    // guesses without adding instances.
+    // Each instance had three guesses (the parent's a fourth when its
+    // writes failed), every one in a single partial: a partial counted
+    // twice (a replay, a takeover, a reshard) would add guesses without
+    // adding instances, and one lost would take them away.
+    let fourth = u64::from(proxy.is_some());
     assert_eq!(
         spray["counts"]["auth_failure"].as_u64().unwrap(),
-        3 * spray["distinct"]["instances"].as_u64().unwrap(),
+        3 * spray["distinct"]["instances"].as_u64().unwrap() + fourth,
         "{spray}"
     );
     let fleet = fleet_commands(&outputs);
@@ -495,6 +536,88 @@ async fn spray_in_two_halves(label: &str, disturbance: Disturbance) {
         fleet.values().all(|&n| n == 1),
         "one id per fleet command: {fleet:?}"
     );
+}
+
+/// With writes of partials failing (the flag file exists): waits until the
+/// parent shard's final partials failed to write twice (its first try and a
+/// retry: the writer retries for up to two minutes before the reader's own
+/// loop takes over, which this test does not wait for) and checks its lease
+/// is not finished; then lets writes through and waits until they are
+/// written and the lease is finished.
+async fn parent_retries_its_final_partials(
+    h: &mut Harness,
+    proxy: &FaultProxy,
+    flag: &std::path::Path,
+    parent: &str,
+) {
+    let parent_writes = |fault: bool| -> Vec<usize> {
+        proxy
+            .calls()
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| {
+                c.target.as_deref() == Some("PutRecords")
+                    && c.fault.is_some() == fault
+                    && c.data.iter().flatten().any(|d| d.contains(parent))
+            })
+            .map(|(i, _)| i)
+            .collect()
+    };
+    let written_before = parent_writes(false).len();
+    let d = Deadline::new(
+        "the parent's final partials to fail to write twice",
+        MAX_WAIT,
+    );
+    while parent_writes(true).len() < 2 {
+        h.check_running();
+        d.check(|| {
+            format!(
+                "failed writes of {parent}'s partials: {:?}",
+                parent_writes(true)
+            )
+        });
+        poll().await;
+    }
+    let lease = h.leases().await.into_iter().find(|l| l.key == parent);
+    assert!(
+        lease.as_ref().is_some_and(|l| l.checkpoint != "SHARD_END"),
+        "{parent} is not finished while its partials are unwritten: {lease:?}"
+    );
+    assert_eq!(
+        parent_writes(false).len(),
+        written_before,
+        "no write of {parent}'s partials got through the fault"
+    );
+    std::fs::remove_file(flag).expect("the flag that fails writes");
+    let d = Deadline::new(
+        "the parent to finish once its partials are written",
+        MAX_WAIT,
+    );
+    loop {
+        let finished = h
+            .leases()
+            .await
+            .iter()
+            .any(|l| l.key == parent && l.checkpoint == "SHARD_END");
+        let last_failure = parent_writes(true).last().copied();
+        let written_after = parent_writes(false)
+            .iter()
+            .any(|&i| last_failure.is_some_and(|f| i > f));
+        if finished {
+            assert!(
+                written_after,
+                "{parent} finished before a write of its partials got through"
+            );
+            break;
+        }
+        h.check_running();
+        d.check(|| format!("{parent} not finished; written since the failures: {written_after}"));
+        poll().await;
+    }
+    h.log(format_args!(
+        "{parent}'s final partials failed {} times, then were written",
+        parent_writes(true).len()
+    ));
 }
 
 /// 500 addresses, each one guess on 4 of 20 instances: no address is heavy

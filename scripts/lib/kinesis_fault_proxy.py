@@ -26,6 +26,9 @@ over the whole proxy (1-based, in the order they arrive):
     {"target": "PutRecords", "calls": [5, 5], "fault": "partial", "fail_first": 2,
      "error": "internal"}
     {"target": "PutRecords", "every": 4, "fault": "throughput"}
+    {"target": "PutRecords", "while_exists": "/tmp/flag", "fault": "internal"}
+        every call made while that file exists (a test switches the
+        fault on and off at the moment it chooses)
 
 Faults: "throughput" (400 ProvisionedThroughputExceededException),
 "expired" (400 ExpiredIteratorException; GetRecords only), "internal" (500
@@ -120,6 +123,9 @@ def matching_rule(rules, call):
         elif "every" in rule:
             after = rule.get("after", 0)
             if call > after and (call - after) % rule["every"] == 0:
+                return rule
+        elif "while_exists" in rule:
+            if os.path.exists(rule["while_exists"]):
                 return rule
     return None
 
@@ -508,9 +514,11 @@ def make_handler(state, upstream):
 
 
 def valid_rule(rule):
-    if not isinstance(rule, dict) or not ("calls" in rule or "every" in rule):
+    if not isinstance(rule, dict) or not ("calls" in rule or "every" in rule or "while_exists" in rule):
         return False
     target = rule.get("target", "GetRecords")
+    if "while_exists" in rule and (target != "PutRecords" or not isinstance(rule["while_exists"], str)):
+        return False
     if target == "GetRecords":
         return rule.get("fault") in GET_FAULTS
     if target != "PutRecords" or rule.get("fault") not in PUT_FAULTS:

@@ -590,13 +590,21 @@ pub struct ProxyCall {
     #[serde(rename = "type")]
     pub iterator_type: Option<String>,
     pub after: Option<String>,
+    /// PutRecords with `--log-entries`: each entry's data, lossy, cut short.
+    pub data: Option<Vec<String>>,
 }
 
 impl FaultProxy {
     pub fn start(h: &Harness, script: &Value) -> FaultProxy {
+        FaultProxy::start_with(h, script, &[])
+    }
+
+    /// With more flags for the proxy (`--log-entries`).
+    pub fn start_with(h: &Harness, script: &Value, extra: &[&str]) -> FaultProxy {
         let log = h.dir.path().join("kinesis-proxy.jsonl");
         let stderr = File::create(h.dir.path().join("kinesis-proxy.stderr")).unwrap();
-        let (child, endpoint) = start_fault_proxy(&h.env.kinesis, script, &[], &log, stderr.into());
+        let (child, endpoint) =
+            start_fault_proxy(&h.env.kinesis, script, extra, &log, stderr.into());
         h.log(format_args!(
             "fault proxy (pid {}) on {endpoint}, script {script}",
             child.id()
