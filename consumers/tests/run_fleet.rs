@@ -14,7 +14,7 @@ use sshwarden_loadgen::encode::{encode_batch, RecordOptions};
 use sshwarden_loadgen::{GeneratedEvent, SubscriptionRecord};
 
 mod common;
-use common::fleet::{failed, fleet_commands};
+use common::fleet::{failed, fleet_commands, one_fleet_spray, shard_commands};
 use common::kinesis::*;
 use common::*;
 
@@ -145,42 +145,14 @@ async fn spray_fires_once(label: &str, shares: &[usize]) {
     // A rule fires once per window whatever comes later.
     wait_partials_merged(&mut h).await;
     let outputs = h.outputs();
+    h.log(format_args!(
+        "fleet commands {:?}; shard commands {:?}",
+        fleet_commands(&outputs),
+        shard_commands(&outputs)
+    ));
     // A shard that alone saw 5 guesses blocks the address itself (the
     // brute force); none saw 10 instances.
-    let shard_sprays: Vec<&Value> = outputs
-        .iter()
-        .flatten()
-        .filter(|c| c["rule"] == "spray")
-        .collect();
-    assert!(
-        shard_sprays.is_empty(),
-        "no shard alone sees 10 instances: {shard_sprays:?}"
-    );
-    let fleet = fleet_commands(&outputs);
-    h.log(format_args!(
-        "fleet commands {fleet:?}; shard commands {:?}",
-        outputs
-            .iter()
-            .flatten()
-            .map(|c| (
-                c["rule"].as_str().unwrap_or_default(),
-                c["source"].as_str().unwrap_or_default()
-            ))
-            .filter(|(r, _)| !r.starts_with("fleet-"))
-            .collect::<Vec<_>>()
-    ));
-    let spray = ("fleet-spray".to_owned(), format!("{src}/32"));
-    assert_eq!(fleet.get(&spray), Some(&1), "{fleet:?}");
-    assert!(
-        fleet.values().all(|&n| n == 1),
-        "each fleet rule under one id: {fleet:?}"
-    );
-    let c = outputs
-        .iter()
-        .flatten()
-        .find(|c| c["rule"] == "fleet-spray")
-        .unwrap();
-    assert_eq!(c["action"], "block");
+    let c = one_fleet_spray(&outputs, src, "shard");
     assert!(c["distinct"]["instances"].as_u64().unwrap() >= 10, "{c}");
 }
 
@@ -265,6 +237,15 @@ enum Disturbance {
     SplitPartials,
     SplitLogs,
     SplitLogsFailingWrites,
+}
+
+impl Disturbance {
+    fn splits_logs(&self) -> bool {
+        matches!(
+            self,
+            Disturbance::SplitLogs | Disturbance::SplitLogsFailingWrites
+        )
+    }
 }
 
 async fn spray_in_two_halves(label: &str, disturbance: Disturbance) {
@@ -452,10 +433,7 @@ async fn spray_in_two_halves(label: &str, disturbance: Disturbance) {
             }
         }
     }
-    let second_events = if matches!(
-        disturbance,
-        Disturbance::SplitLogs | Disturbance::SplitLogsFailingWrites
-    ) {
+    let second_events = if disturbance.splits_logs() {
         // Three instances away from the split shard, merged first (9
         // instances), then two in its range, read by its children after
         // they replayed the parent: the spray (10) is fired by a child's

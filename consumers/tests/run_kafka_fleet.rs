@@ -22,7 +22,7 @@ use sshwarden_loadgen::encode::{encode_batch, RecordOptions};
 use sshwarden_loadgen::GeneratedEvent;
 
 mod common;
-use common::fleet::{failed, fleet_commands};
+use common::fleet::{failed, fleet_commands, one_fleet_spray, shard_commands};
 use common::kafka::*;
 use common::*;
 
@@ -192,44 +192,17 @@ fn spray_fires_once(label: &str) -> (Harness, &'static str) {
         poll();
     };
     let outputs = h.outputs();
-    let fleet = fleet_commands(&outputs);
     h.log(format_args!(
-        "{written} partials written, {merged} merged; fleet commands {fleet:?}; shard commands {:?}",
-        outputs
-            .iter()
-            .flatten()
-            .map(|c| (
-                c["rule"].as_str().unwrap_or_default(),
-                c["source"].as_str().unwrap_or_default()
-            ))
-            .filter(|(r, _)| !r.starts_with("fleet-"))
-            .collect::<Vec<_>>()
+        "{written} partials written, {merged} merged; fleet commands {:?}; shard commands {:?}",
+        fleet_commands(&outputs),
+        shard_commands(&outputs)
     ));
     assert!(
         sample_sum(&page, "sshwarden_partial_bytes_total", &[]) > 0.0,
         "partial bytes counted"
     );
-    let shard_sprays: Vec<&Value> = outputs
-        .iter()
-        .flatten()
-        .filter(|c| c["rule"] == "spray")
-        .collect();
-    assert!(
-        shard_sprays.is_empty(),
-        "no partition alone sees 10 instances: {shard_sprays:?}"
-    );
-    assert_eq!(fleet.get(&spray), Some(&1), "{fleet:?}");
-    assert!(
-        fleet.values().all(|&n| n == 1),
-        "each fleet rule under one id: {fleet:?}"
-    );
-    let c = outputs
-        .iter()
-        .flatten()
-        .find(|c| c["rule"] == "fleet-spray")
-        .unwrap();
+    let c = one_fleet_spray(&outputs, src, "partition");
     h.log(format_args!("the spray command: {c}"));
-    assert_eq!(c["action"], "block", "{c}");
     let distinct = c["distinct"]["instances"].as_u64().unwrap_or_default();
     assert!(
         (10..=40).contains(&distinct),

@@ -759,7 +759,7 @@ impl<K: Hash + Eq, S: Marked> Keyed<K, S> {
             let Some(slot) = slots.get_mut(i as usize) else {
                 continue;
             };
-            let Some((k, s)) = slot else {
+            let Some((_, s)) = slot.as_mut() else {
                 continue;
             };
             let touched = s.mark();
@@ -768,11 +768,7 @@ impl<K: Hash + Eq, S: Marked> Keyed<K, S> {
                 queue.push_back(i);
                 continue;
             }
-            if let Ok(e) = index.find_entry(hasher.hash_one(&*k), |&j| j == i) {
-                e.remove();
-            }
-            if let Some((_, s)) = slot.take() {
-                free.push(i);
+            if let Some(s) = vacate(slot, i, index, hasher, free) {
                 *evictions += 1;
                 evicted(s);
             }
@@ -838,18 +834,9 @@ impl<K: Hash + Eq, S: Marked> Keyed<K, S> {
         } = self;
         let before = free.len();
         for (i, slot) in slots.iter_mut().enumerate() {
-            let Some((k, s)) = slot else {
-                continue;
-            };
-            if keep(s) {
-                continue;
+            if slot.as_mut().is_some_and(|(_, s)| !keep(s)) {
+                vacate(slot, i as u32, index, hasher, free);
             }
-            let i = i as u32;
-            if let Ok(e) = index.find_entry(hasher.hash_one(&*k), |&j| j == i) {
-                e.remove();
-            }
-            *slot = None;
-            free.push(i);
         }
         if free.len() > before {
             queue.retain(|&i| matches!(slots.get(i as usize), Some(Some(_))));
@@ -862,6 +849,23 @@ impl<K: Hash + Eq, S: Marked> Keyed<K, S> {
         self.index.clear();
         self.queue.clear();
     }
+}
+
+/// Empties slot `i` of a [`Keyed`]: its key leaves the index and the slot
+/// goes to the free list. Returns the state it held.
+fn vacate<K: Hash, S>(
+    slot: &mut Option<(K, S)>,
+    i: u32,
+    index: &mut hashbrown::HashTable<u32>,
+    hasher: &foldhash::fast::RandomState,
+    free: &mut Vec<u32>,
+) -> Option<S> {
+    let (k, s) = slot.take()?;
+    if let Ok(e) = index.find_entry(hasher.hash_one(&k), |&j| j == i) {
+        e.remove();
+    }
+    free.push(i);
+    Some(s)
 }
 
 /// Counts of open windows by a number (their min position, their end), as

@@ -41,3 +41,48 @@ pub fn fleet_commands(outputs: &[Vec<Value>]) -> BTreeMap<(String, String), usiz
     }
     by.into_iter().map(|(k, ids)| (k, ids.len())).collect()
 }
+
+/// Every worker's commands of shard rules, as (rule, source), for the log.
+pub fn shard_commands(outputs: &[Vec<Value>]) -> Vec<(&str, &str)> {
+    outputs
+        .iter()
+        .flatten()
+        .map(|c| {
+            (
+                c["rule"].as_str().unwrap_or_default(),
+                c["source"].as_str().unwrap_or_default(),
+            )
+        })
+        .filter(|(r, _)| !r.starts_with("fleet-"))
+        .collect()
+}
+
+/// What a spray from `src` over instances on many `readers` (shards or
+/// partitions) must give: no reader alone fired `spray`, the fleet stage
+/// fired `fleet-spray` under one id (as it fired every fleet rule), and its
+/// command blocks. Returns that command.
+pub fn one_fleet_spray<'o>(outputs: &'o [Vec<Value>], src: &str, readers: &str) -> &'o Value {
+    let shard_sprays: Vec<&Value> = outputs
+        .iter()
+        .flatten()
+        .filter(|c| c["rule"] == "spray")
+        .collect();
+    assert!(
+        shard_sprays.is_empty(),
+        "no {readers} alone sees 10 instances: {shard_sprays:?}"
+    );
+    let fleet = fleet_commands(outputs);
+    let spray = ("fleet-spray".to_owned(), format!("{src}/32"));
+    assert_eq!(fleet.get(&spray), Some(&1), "{fleet:?}");
+    assert!(
+        fleet.values().all(|&n| n == 1),
+        "each fleet rule under one id: {fleet:?}"
+    );
+    let c = outputs
+        .iter()
+        .flatten()
+        .find(|c| c["rule"] == "fleet-spray")
+        .unwrap();
+    assert_eq!(c["action"], "block", "{c}");
+    c
+}
