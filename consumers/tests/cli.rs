@@ -545,3 +545,73 @@ fn demo_over_shards_with_the_fleet_stage_detects_what_one_engine_does() {
     let stage = &split["fleet"]["stage"];
     assert!(stage["fired"].as_u64().unwrap() > 0, "{stage}");
 }
+
+/// `scan --threads 2` (reading and classifying on one thread, counting on
+/// the other) prints byte for byte the report of one thread, from a file
+/// and from stdin, over an input of several of its blocks.
+#[test]
+fn scan_on_two_threads_prints_the_report_of_one() {
+    use sshwarden_loadgen::encode::auth_log;
+    use sshwarden_loadgen::fleet::{Fleet, FleetConfig, Scenario};
+    let (instances, duration_ms) = (100, 30 * 60_000);
+    let fleet = Fleet::generate(&FleetConfig {
+        instances,
+        duration_ms,
+        scenarios: Scenario::default_mix(instances, duration_ms),
+        ..FleetConfig::default()
+    })
+    .unwrap();
+    let log = auth_log(fleet.events());
+    assert!(
+        log.len() > 9 << 20,
+        "{} bytes: more than one block",
+        log.len()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("auth.log");
+    std::fs::write(&path, &log).unwrap();
+    let path = path.to_str().unwrap();
+    let scan = |threads: &str, json: bool, stdin: bool| -> Vec<u8> {
+        let mut args = vec!["scan", "--year", "2023", "--threads", threads];
+        if json {
+            args.push("--json");
+        }
+        args.push(if stdin { "-" } else { path });
+        let out = sshwarden(&args, stdin.then_some(log.as_bytes()));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let one = scan("1", true, false);
+    let report: Value = serde_json::from_slice(&one).unwrap();
+    assert_eq!(report["stats"]["events"], fleet.events().len());
+    assert!(
+        report["commands"].as_array().unwrap().len() > 5,
+        "rules fire"
+    );
+    assert!(one == scan("2", true, false), "JSON from a file differs");
+    assert!(
+        scan("1", true, true) == scan("2", true, true),
+        "JSON from stdin differs"
+    );
+    assert!(
+        scan("1", false, false) == scan("2", false, false),
+        "tables differ"
+    );
+}
+
+#[test]
+fn scan_refuses_threads_it_cannot_use() {
+    let sample = repo("examples/auth.log");
+    let out = sshwarden(&["scan", "--threads", "2", "--shards", "2", &sample], None);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--threads 2 needs --shards 1"), "{err}");
+    let out = sshwarden(&["scan", "--threads", "3", &sample], None);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--threads"), "{err}");
+}

@@ -255,6 +255,15 @@ impl EmbeddedStages {
         }
     }
 
+    /// The engine, when there is one shard (and so no fleet stage to
+    /// feed): to drive it directly ([`Engine::split`]).
+    pub fn engine_mut(&mut self) -> Option<&mut Engine> {
+        match self.shards.as_mut_slice() {
+            [one] => Some(one),
+            _ => None,
+        }
+    }
+
     pub fn engines(&self) -> &[Engine] {
         &self.shards
     }

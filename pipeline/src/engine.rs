@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::classify::{self, Kind, Signal};
 use crate::command::{Action, Origin};
-use crate::context::{host_key, Attribution, ConnectionTracker, DEFAULT_MAX_CONNECTIONS};
+use crate::context::{host_key, Attribution, ConnectionTracker, Verdict, DEFAULT_MAX_CONNECTIONS};
 use crate::envelope::{DecodeError, Decoder, MessageType, DEFAULT_MAX_DECOMPRESSED};
 use crate::partial::{Partial, PartialBuilder, PartialConfig, PartialStats};
 use crate::policy::{Decision, Policy, PolicyConfig, PolicyError};
@@ -243,15 +243,24 @@ impl Totals {
 
 pub struct Engine {
     decoder: Decoder,
+    reading: Reading,
     core: Core,
     /// The buffer of a record's fronts, kept empty between records so its
     /// allocation serves the next one (see [`recycle`]).
     fronts: Vec<Front<'static>>,
 }
 
+/// The half of a line's processing that needs no event time: the `sshd`
+/// finder and the connection tracker (one attempt per connection). Apart
+/// from [`Core`] so the two can run on two threads ([`Engine::split`]).
+struct Reading {
+    sshd_finder: memchr::memmem::Finder<'static>,
+    tracker: ConnectionTracker,
+}
+
+/// The half that counts: event time, windows, policy, statistics.
 struct Core {
     config: EngineConfig,
-    tracker: ConnectionTracker,
     windows: WindowStore,
     policy: Policy,
     stats: Stats,
@@ -262,7 +271,6 @@ struct Core {
     /// The year of the newest complete timestamp seen: syslog lines without a
     /// year mixed with ISO ones (or following them) take it.
     year_hint: Option<i64>,
-    sshd_finder: memchr::memmem::Finder<'static>,
     totals: Option<Totals>,
     partials: Option<PartialBuilder>,
     /// Signals some fleet rule counts, as bits: only these make partials.
@@ -308,8 +316,11 @@ impl Engine {
         Ok(Engine {
             fronts: Vec::new(),
             decoder: Decoder::new(config.max_decompressed),
-            core: Core {
+            reading: Reading {
+                sshd_finder: memchr::memmem::Finder::new("sshd"),
                 tracker: ConnectionTracker::new(config.max_connections),
+            },
+            core: Core {
                 windows: WindowStore::new(config.window.clone(), config.policy.rules.clone()),
                 policy: Policy::new(config.policy.clone()),
                 stats: Stats::default(),
@@ -318,7 +329,6 @@ impl Engine {
                 fired: Vec::new(),
                 last_time_ms: None,
                 year_hint: None,
-                sshd_finder: memchr::memmem::Finder::new("sshd"),
                 totals: config.keep_totals.then(Totals::default),
                 partials: config.partials.clone().map(PartialBuilder::new),
                 fleet_signals,
@@ -382,7 +392,7 @@ impl Engine {
             envelope
                 .log_events
                 .iter()
-                .map(|ev| self.core.front(&ev.message)),
+                .map(|ev| self.reading.front(&ev.message)),
         );
         for (ev, &front) in envelope.log_events.iter().zip(&lines) {
             self.core.process_front(
@@ -396,6 +406,7 @@ impl Engine {
                     line: &ev.message,
                 },
                 front,
+                Tracking::Tracker(&mut self.reading.tracker),
                 &origin,
                 out,
             );
@@ -414,7 +425,24 @@ impl Engine {
         origin: &Origin,
         out: &mut Vec<Decision>,
     ) {
-        self.core.process_line(input, origin, out);
+        let front = self.reading.front(input.line);
+        let tracking = Tracking::Tracker(&mut self.reading.tracker);
+        self.core.process_front(input, front, tracking, origin, out);
+    }
+
+    /// The engine as two halves for two threads, the counter a few lines
+    /// behind the reader (`scan` on both cores). Lines only: a record's
+    /// lines carry event ids, which are checked before the connection
+    /// tracker sees a line, so records go through [`Engine::process_record`].
+    pub fn split(&mut self) -> (LineReader<'_>, LineCounter<'_>) {
+        (
+            LineReader {
+                reading: &mut self.reading,
+            },
+            LineCounter {
+                core: &mut self.core,
+            },
+        )
     }
 
     /// Classifies one line with its connection context, counting nothing
@@ -427,7 +455,7 @@ impl Engine {
             return LineVerdict::Unclassified;
         };
         let host = host_key(instance, l.host);
-        LineVerdict::Classified(self.core.tracker.observe(host, l.pid, &c))
+        LineVerdict::Classified(self.reading.tracker.observe(host, l.pid, &c))
     }
 
     /// A caught-up shard with nothing new: lets processing time stand in for
@@ -515,22 +543,8 @@ impl Engine {
     }
 
     pub fn stats(&self) -> Stats {
-        let mut s = self.core.stats.clone();
-        s.kinds = Kind::ALL
-            .iter()
-            .zip(self.core.kind_counts)
-            .filter(|(_, n)| *n > 0)
-            .map(|(k, n)| (k.as_str(), n))
-            .collect();
-        s.signals = Signal::ALL
-            .iter()
-            .zip(self.core.signal_counts)
-            .filter(|(_, n)| *n > 0)
-            .map(|(k, n)| (k.as_str(), n))
-            .collect();
-        s.windows = self.core.windows.stats();
-        s.connection_evictions = self.core.tracker.evictions();
-        s.dropped_source_totals = self.core.totals.as_ref().map_or(0, |t| t.dropped_sources);
+        let mut s = self.core.stats();
+        s.connection_evictions = self.reading.tracker.evictions();
         s
     }
 
@@ -557,7 +571,7 @@ impl Engine {
     }
 
     pub fn live_connections(&self) -> usize {
-        self.core.tracker.len()
+        self.reading.tracker.len()
     }
 
     pub fn windows(&self) -> &WindowStore {
@@ -566,6 +580,130 @@ impl Engine {
 
     pub fn policy_config(&self) -> &PolicyConfig {
         self.core.policy.config()
+    }
+}
+
+/// The instance a line counts against: its syslog host when the input
+/// says so and the line names one, else the input's instance.
+fn instance_of<'l>(
+    instance: &'l str,
+    from_host: bool,
+    parsed: Option<prefix::SshdLine<'l>>,
+) -> &'l str {
+    match (from_host, parsed.and_then(|l| l.host)) {
+        (true, Some(h)) => h,
+        _ => instance,
+    }
+}
+
+/// Where [`Core::process_front`] gets a classified line's verdict.
+enum Tracking<'t, 'l> {
+    /// From this tracker, after the event-id check: a redelivered line
+    /// must not pass for a further attempt.
+    Tracker(&'t mut ConnectionTracker),
+    /// Observed already, by a [`LineReader`] (lines without event ids).
+    Read(Option<Verdict<'l>>),
+}
+
+impl Reading {
+    /// What a line says before any state sees it: its prefix and its
+    /// classification. Most lines of a host's log are not sshd's: a SIMD
+    /// search for the process name rejects them before any parsing (every
+    /// prefix `parse_line` accepts names `sshd`).
+    fn front<'l>(&self, line: &'l str) -> Front<'l> {
+        if self.sshd_finder.find(line.as_bytes()).is_none() {
+            return Front::NotSshd;
+        }
+        match prefix::parse_line(line) {
+            None => Front::Unparsed,
+            Some(l) => Front::Sshd(l, classify::classify(l.message)),
+        }
+    }
+}
+
+/// A line from text (a file, stdin): no event id, no transport time. What
+/// the halves of a split engine take ([`Engine::split`]).
+#[derive(Debug, Clone, Copy)]
+pub struct TextLine<'a> {
+    /// As [`LineInput::instance`].
+    pub instance: &'a str,
+    pub instance_from_host: bool,
+    /// As [`LineInput::arrival_ms`].
+    pub arrival_ms: Option<i64>,
+    pub position: u64,
+    pub line: &'a str,
+}
+
+impl<'a> From<TextLine<'a>> for LineInput<'a> {
+    fn from(t: TextLine<'a>) -> Self {
+        LineInput {
+            instance: t.instance,
+            instance_from_host: t.instance_from_host,
+            event_id: None,
+            time_ms: None,
+            arrival_ms: t.arrival_ms,
+            position: t.position,
+            line: t.line,
+        }
+    }
+}
+
+/// A line as a [`LineReader`] leaves it for its [`LineCounter`]: prefix,
+/// classification and connection verdict, borrowing the line's text.
+#[derive(Debug, Clone)]
+pub struct ReadLine<'l> {
+    line: TextLine<'l>,
+    front: Front<'l>,
+    verdict: Option<Verdict<'l>>,
+}
+
+/// The first half of a split engine: prefix, classification, connection
+/// tracker. Needs no event time, so it can run ahead on another thread.
+pub struct LineReader<'e> {
+    reading: &'e mut Reading,
+}
+
+impl LineReader<'_> {
+    pub fn read<'l>(&mut self, line: TextLine<'l>) -> ReadLine<'l> {
+        let front = self.reading.front(line.line);
+        let verdict = match front {
+            Front::Sshd(l, Some(c)) => {
+                let instance = instance_of(line.instance, line.instance_from_host, Some(l));
+                let host = host_key(instance, l.host);
+                Some(self.reading.tracker.observe(host, l.pid, &c))
+            }
+            Front::NotSshd | Front::Unparsed | Front::Sshd(_, None) => None,
+        };
+        ReadLine {
+            line,
+            front,
+            verdict,
+        }
+    }
+}
+
+/// The second half of a split engine: event time, windows, policy.
+pub struct LineCounter<'e> {
+    core: &'e mut Core,
+}
+
+impl LineCounter<'_> {
+    /// Counts `read`: given the reader's lines in the reader's order, the
+    /// same as [`Engine::process_line`] on each.
+    pub fn count(&mut self, read: ReadLine<'_>, origin: &Origin, out: &mut Vec<Decision>) {
+        let ReadLine {
+            line,
+            front,
+            verdict,
+        } = read;
+        self.core
+            .process_front(&line.into(), front, Tracking::Read(verdict), origin, out);
+    }
+
+    /// The engine's statistics so far, but the connection evictions (the
+    /// reader's).
+    pub fn stats(&self) -> Stats {
+        self.core.stats()
     }
 }
 
@@ -603,6 +741,26 @@ pub enum LineVerdict<'a> {
 }
 
 impl Core {
+    /// The statistics but the connection tracker's evictions.
+    fn stats(&self) -> Stats {
+        let mut s = self.stats.clone();
+        s.kinds = Kind::ALL
+            .iter()
+            .zip(self.kind_counts)
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| (k.as_str(), n))
+            .collect();
+        s.signals = Signal::ALL
+            .iter()
+            .zip(self.signal_counts)
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| (k.as_str(), n))
+            .collect();
+        s.windows = self.windows.stats();
+        s.dropped_source_totals = self.totals.as_ref().map_or(0, |t| t.dropped_sources);
+        s
+    }
+
     fn resolve(&mut self, t: LineTime, arrival_ms: Option<i64>) -> i64 {
         match t {
             LineTime::Absolute(ms) => {
@@ -666,30 +824,12 @@ impl Core {
         }
     }
 
-    fn process_line(&mut self, input: &LineInput<'_>, origin: &Origin, out: &mut Vec<Decision>) {
-        let front = self.front(input.line);
-        self.process_front(input, front, origin, out);
-    }
-
-    /// What a line says before any state sees it: its prefix and its
-    /// classification. Most lines of a host's log are not sshd's: a SIMD
-    /// search for the process name rejects them before any parsing (every
-    /// prefix `parse_line` accepts names `sshd`).
-    fn front<'l>(&self, line: &'l str) -> Front<'l> {
-        if self.sshd_finder.find(line.as_bytes()).is_none() {
-            return Front::NotSshd;
-        }
-        match prefix::parse_line(line) {
-            None => Front::Unparsed,
-            Some(l) => Front::Sshd(l, classify::classify(l.message)),
-        }
-    }
-
-    /// Counts `input`, whose [`Core::front`] is `front`.
-    fn process_front(
+    /// Counts `input`, whose [`Reading::front`] is `front`.
+    fn process_front<'l>(
         &mut self,
-        input: &LineInput<'_>,
-        front: Front<'_>,
+        input: &LineInput<'l>,
+        front: Front<'l>,
+        tracking: Tracking<'_, 'l>,
         origin: &Origin,
         out: &mut Vec<Decision>,
     ) {
@@ -705,10 +845,7 @@ impl Core {
             Front::NotSshd | Front::Unparsed => (None, None),
             Front::Sshd(l, c) => (Some(l), c),
         };
-        let instance = match (input.instance_from_host, parsed.and_then(|l| l.host)) {
-            (true, Some(h)) => h,
-            _ => input.instance,
-        };
+        let instance = instance_of(input.instance, input.instance_from_host, parsed);
         let mut time_ms = input
             .time_ms
             .or_else(|| {
@@ -749,9 +886,19 @@ impl Core {
                 }
             }
         }
-        let v = self
-            .tracker
-            .observe(host_key(instance, line.host), line.pid, &c);
+        let v = match tracking {
+            Tracking::Tracker(t) => t.observe(host_key(instance, line.host), line.pid, &c),
+            Tracking::Read(Some(v)) => v,
+            Tracking::Read(None) => {
+                // Not reached: a `LineReader` observes every classified
+                // line. Were it reached, the line would be counted as
+                // unrecognised rather than lost.
+                debug_assert!(false, "a classified line read without its verdict");
+                self.stats.unclassified_sshd_lines += 1;
+                self.windows.advance(instance, time_ms);
+                return;
+            }
+        };
         self.kind_counts[kind_index(v.kind)] += 1;
         if v.ambiguous {
             self.stats.ambiguous_lines += 1;

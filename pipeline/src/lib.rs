@@ -31,4 +31,7 @@ pub mod rules;
 pub mod time;
 pub mod window;
 
-pub use engine::{Engine, EngineConfig, EngineConfigError, LineInput, RecordInput, Stats};
+pub use engine::{
+    Engine, EngineConfig, EngineConfigError, LineCounter, LineInput, LineReader, ReadLine,
+    RecordInput, Stats, TextLine,
+};

@@ -12,6 +12,7 @@ pub mod health;
 pub mod input;
 pub mod release;
 pub mod scan;
+mod scan_threads;
 
 use std::io::{BufWriter, Write};
 use std::process::ExitCode;

@@ -13,9 +13,10 @@ use sshwarden_pipeline::command::{Command, Origin};
 use sshwarden_pipeline::embedded::{EmbeddedStages, FleetSummary};
 use sshwarden_pipeline::policy::{Decision, Suppression};
 use sshwarden_pipeline::time::format_rfc3339_ms;
-use sshwarden_pipeline::{EngineConfig, LineInput, RecordInput, Stats};
+use sshwarden_pipeline::{EngineConfig, LineInput, RecordInput, Stats, TextLine};
 
 use super::input::{self, Format, Payload};
+use super::scan_threads;
 
 #[derive(Debug, clap::Args)]
 pub struct ScanArgs {
@@ -42,6 +43,12 @@ pub struct ScanArgs {
     /// their partials (docs/fleet.md). 1: one engine sees everything.
     #[arg(long, default_value_t = 1)]
     pub shards: usize,
+    /// Threads for raw lines: with 2, one reads and classifies while the
+    /// other counts, and the report is the same as with 1. The work has two
+    /// halves, so a third thread would add nothing; --shards above 1 runs
+    /// on one [default: 2 with one shard and two cores or more, else 1].
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub threads: Option<u8>,
 }
 
 #[derive(Debug, Serialize)]
@@ -83,6 +90,14 @@ pub fn scan(
     config.keep_totals = true;
     config.default_year = args.year.unwrap_or_else(current_year);
     let mut stages = EmbeddedStages::new(config, args.shards)?;
+    let threads = match args.threads {
+        Some(2) if args.shards > 1 => {
+            anyhow::bail!("--threads 2 needs --shards 1: shard engines run on one thread")
+        }
+        Some(n) => n,
+        None if args.shards > 1 => 1,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get().min(2) as u8),
+    };
     let mut decisions = Vec::new();
     let mut invalid_utf8_lines = 0u64;
     let mut bad_payloads = 0u64;
@@ -125,27 +140,44 @@ pub fn scan(
                     log_group: String::new(),
                     log_stream: name.clone(),
                 };
-                input::for_each_line(&mut *input.reader, |line, lossy| {
-                    position += 1;
-                    invalid_utf8_lines += u64::from(lossy);
-                    stages.process_line(
-                        &LineInput {
-                            instance: fallback_instance,
-                            instance_from_host: true,
-                            event_id: None,
-                            time_ms: None,
-                            arrival_ms: Some(reading_clock),
-                            position,
+                let line = TextLine {
+                    instance: fallback_instance,
+                    instance_from_host: true,
+                    arrival_ms: Some(reading_clock),
+                    position,
+                    line: "",
+                };
+                match stages.engine_mut().filter(|_| threads > 1) {
+                    Some(engine) => {
+                        let read = scan_threads::scan_lines(
+                            &mut *input.reader,
+                            engine,
                             line,
-                        },
-                        &origin,
-                        &mut decisions,
-                    );
-                    if position % 65_536 == 0 {
-                        progress.tick(position, &stages);
+                            &origin,
+                            &mut decisions,
+                            |at, stats| progress.tick_with(at, stats),
+                        )?;
+                        position += read.lines;
+                        invalid_utf8_lines += read.lossy;
                     }
-                    Ok(())
-                })?
+                    None => input::for_each_line(&mut *input.reader, |text, lossy| {
+                        position += 1;
+                        invalid_utf8_lines += u64::from(lossy);
+                        stages.process_line(
+                            &LineInput::from(TextLine {
+                                position,
+                                line: text,
+                                ..line
+                            }),
+                            &origin,
+                            &mut decisions,
+                        );
+                        if position % 65_536 == 0 {
+                            progress.tick(position, &stages);
+                        }
+                        Ok(())
+                    })?,
+                }
             }
         }
     }
@@ -369,20 +401,23 @@ impl Progress {
     }
 
     fn tick(&mut self, position: u64, stages: &EmbeddedStages) {
+        self.tick_with(position, &|| stages.stats());
+    }
+
+    fn tick_with(&mut self, position: u64, stats: &dyn Fn() -> Stats) {
         if self.enabled && self.last.elapsed() >= Duration::from_secs(2) {
             self.last = Instant::now();
-            self.print(position, stages);
+            self.print(position, &stats());
         }
     }
 
     fn done(&mut self, position: u64, stages: &EmbeddedStages) {
         if self.enabled && self.started.elapsed() >= Duration::from_secs(2) {
-            self.print(position, stages);
+            self.print(position, &stages.stats());
         }
     }
 
-    fn print(&self, position: u64, stages: &EmbeddedStages) {
-        let s = stages.stats();
+    fn print(&self, position: u64, s: &Stats) {
         eprintln!(
             "sshwarden: {position} inputs read, {} evidence lines, {} commands, {:.1}s",
             s.signals.values().sum::<u64>(),

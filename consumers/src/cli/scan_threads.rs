@@ -1,0 +1,211 @@
+//! `scan`'s lines on two threads: one reads the input and does what needs
+//! no event time (prefix, classification, the connection tracker), the
+//! other counts its lines in the same order (event time, windows, policy).
+//! Exact by construction: the engine's two halves see each line in input
+//! order, as one thread would ([`Engine::split`]).
+//!
+//! Work goes by block of the input (the reader thread's lines borrow it):
+//! each block is one scope of the two threads; while the counter finishes
+//! a block the reader already reads the next.
+
+use std::sync::mpsc;
+
+use sshwarden_pipeline::command::Origin;
+use sshwarden_pipeline::policy::Decision;
+use sshwarden_pipeline::{Engine, ReadLine, Stats, TextLine};
+
+use super::input::{Block, LineBlocks};
+
+/// Bytes of whole lines per block: the two blocks in flight are what this
+/// path adds to `scan`'s memory.
+const BLOCK_BYTES: usize = 8 << 20;
+/// Lines per hand-over between the threads.
+const CHUNK: usize = 1024;
+/// Chunks the reader may run ahead of the counter.
+const AHEAD: usize = 16;
+
+/// What [`scan_lines`] read.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LinesRead {
+    pub lines: u64,
+    pub lossy: u64,
+}
+
+/// Scans `reader`'s lines through `engine` on two threads. `line` gives
+/// every line's instance and arrival; positions go on from `position`.
+/// `progress` is called now and then with the position reached.
+pub fn scan_lines(
+    reader: &mut (dyn std::io::BufRead + Send),
+    engine: &mut Engine,
+    line: TextLine<'_>,
+    origin: &Origin,
+    decisions: &mut Vec<Decision>,
+    progress: impl FnMut(u64, &dyn Fn() -> Stats),
+) -> anyhow::Result<LinesRead> {
+    scan_blocks(
+        reader,
+        engine,
+        line,
+        origin,
+        decisions,
+        progress,
+        BLOCK_BYTES,
+    )
+}
+
+fn scan_blocks(
+    reader: &mut (dyn std::io::BufRead + Send),
+    engine: &mut Engine,
+    line: TextLine<'_>,
+    origin: &Origin,
+    decisions: &mut Vec<Decision>,
+    mut progress: impl FnMut(u64, &dyn Fn() -> Stats),
+    block_bytes: usize,
+) -> anyhow::Result<LinesRead> {
+    let (mut line_reader, mut counter) = engine.split();
+    let mut blocks = LineBlocks::new(reader);
+    let (mut block, mut next) = (Block::default(), Block::default());
+    let mut read = LinesRead::default();
+    let mut more = blocks.fill(&mut block, block_bytes)?;
+    while more {
+        let first = line.position + read.lines;
+        let (block_ref, next_ref, blocks_ref, reader_ref) =
+            (&block, &mut next, &mut blocks, &mut line_reader);
+        more = std::thread::scope(|s| -> anyhow::Result<bool> {
+            let (tx, rx) = mpsc::sync_channel::<Vec<ReadLine<'_>>>(AHEAD);
+            let (spare_tx, spare_rx) = mpsc::channel::<Vec<ReadLine<'_>>>();
+            let worker = s.spawn(move || {
+                let mut chunk = Vec::with_capacity(CHUNK);
+                for (position, (text, _)) in (first + 1..).zip(block_ref.lines()) {
+                    chunk.push(reader_ref.read(TextLine {
+                        position,
+                        line: text,
+                        ..line
+                    }));
+                    if chunk.len() == CHUNK {
+                        if tx.send(chunk).is_err() {
+                            // The counter stopped: its error is the one to tell.
+                            return Ok(false);
+                        }
+                        chunk = spare_rx
+                            .try_recv()
+                            .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
+                    }
+                }
+                if !chunk.is_empty() && tx.send(chunk).is_err() {
+                    return Ok(false);
+                }
+                drop(tx);
+                blocks_ref.fill(next_ref, block_bytes)
+            });
+            for mut chunk in rx {
+                let n = chunk.len() as u64;
+                for r in chunk.drain(..) {
+                    counter.count(r, origin, decisions);
+                }
+                let before = read.lines;
+                read.lines += n;
+                if before / 65_536 != read.lines / 65_536 {
+                    progress(line.position + read.lines, &|| counter.stats());
+                }
+                // The reader may have finished: a chunk it no longer needs.
+                let _ = spare_tx.send(chunk);
+            }
+            worker
+                .join()
+                .map_err(|_| anyhow::anyhow!("scan's reading thread panicked"))?
+        })?;
+        read.lossy += block.lossy_lines() as u64;
+        std::mem::swap(&mut block, &mut next);
+    }
+    Ok(read)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::input::for_each_line;
+    use sshwarden_loadgen::encode::auth_log;
+    use sshwarden_loadgen::fleet::{Fleet, FleetConfig};
+    use sshwarden_pipeline::{EngineConfig, LineInput};
+
+    /// A generated fleet's auth.log (every scenario, background, benign
+    /// lines, several hosts) with what a real file adds: CRLF, invalid
+    /// UTF-8, a line longer than a block, no newline at the end.
+    fn log() -> Vec<u8> {
+        let fleet = Fleet::generate(&FleetConfig::default()).unwrap();
+        let mut log = auth_log(fleet.events()).into_bytes();
+        let tail = log.split_off(log.len() / 2);
+        log.extend_from_slice(
+            b"Nov 14 22:15:00 ip-10-0-0-1 sshd[7]: Invalid user \xff\xfe from 198.51.100.7 port 1\r\n",
+        );
+        log.extend_from_slice(&tail);
+        log.extend_from_slice(b"Nov 14 22:16:00 ip-10-0-0-1 sshd[8]: Invalid user ");
+        log.extend_from_slice(&vec![b'a'; 40_000]);
+        log.extend_from_slice(b" from 198.51.100.8 port 2\nlast line without newline");
+        log
+    }
+
+    fn config() -> EngineConfig {
+        EngineConfig {
+            keep_totals: true,
+            default_year: 2023,
+            ..EngineConfig::default()
+        }
+    }
+
+    fn line(position: u64) -> TextLine<'static> {
+        TextLine {
+            instance: "auth.log",
+            instance_from_host: true,
+            arrival_ms: Some(1_800_000_000_000),
+            position,
+            line: "",
+        }
+    }
+
+    #[test]
+    fn two_threads_count_what_one_counts() {
+        let log = log();
+        let origin = Origin::default();
+        let mut one = Engine::new(config()).unwrap();
+        let (mut expected, mut position, mut lossy) = (Vec::new(), 0, 0);
+        for_each_line(&mut &log[..], |text, bad| {
+            position += 1;
+            lossy += u64::from(bad);
+            let input = LineInput::from(TextLine {
+                line: text,
+                ..line(position)
+            });
+            one.process_line(&input, &origin, &mut expected);
+            Ok(())
+        })
+        .unwrap();
+        assert!(expected.len() > 5, "the fleet's attacks fire rules");
+        assert_eq!(lossy, 1);
+        // Blocks far smaller than the input: many hand-overs, and lines
+        // that straddle the reads.
+        for block_bytes in [4 << 10, 64 << 10, 8 << 20] {
+            let mut two = Engine::new(config()).unwrap();
+            let mut got = Vec::new();
+            let mut ticks = 0;
+            let read = scan_blocks(
+                &mut &log[..],
+                &mut two,
+                line(0),
+                &origin,
+                &mut got,
+                |_, _| ticks += 1,
+                block_bytes,
+            )
+            .unwrap();
+            assert_eq!((read.lines, read.lossy), (position, lossy));
+            assert_eq!(got, expected, "decisions, block {block_bytes}");
+            assert_eq!(two.stats(), one.stats(), "statistics, block {block_bytes}");
+            let (a, b) = (one.totals().unwrap(), two.totals().unwrap());
+            assert_eq!(a.instances, b.instances);
+            assert_eq!(a.sources, b.sources);
+            assert_eq!(two.live_connections(), one.live_connections());
+        }
+    }
+}
