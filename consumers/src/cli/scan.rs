@@ -33,7 +33,8 @@ pub struct ScanArgs {
     /// Year for syslog timestamps without one [default: the current year].
     #[arg(long)]
     pub year: Option<i64>,
-    /// How many source addresses to list.
+    /// How many source networks to list (largest totals first, ties in
+    /// address order).
     #[arg(long, default_value_t = 20)]
     pub top: usize,
     /// Progress on stderr every two seconds [default: when stderr is a terminal].
