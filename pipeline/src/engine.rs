@@ -231,19 +231,31 @@ pub struct Totals {
 impl Totals {
     /// Keeps the `keep` source networks with the largest totals.
     fn prune_sources(&mut self, keep: usize) {
-        if self.sources.len() <= keep {
+        let all = self.sources.len();
+        if all <= keep {
             return;
         }
-        let mut all: Vec<(u64, crate::peer::PeerNet)> = self
+        if keep == 0 {
+            self.sources.clear();
+            self.dropped_sources += all as u64;
+            return;
+        }
+        let order = |a: &(u64, &crate::peer::PeerNet), b: &(u64, &crate::peer::PeerNet)| {
+            b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1))
+        };
+        let mut ranked: Vec<(u64, &crate::peer::PeerNet)> = self
             .sources
             .iter()
-            .map(|(net, counts)| (counts.iter().sum(), net.clone()))
+            .map(|(net, counts)| (counts.iter().sum(), net))
             .collect();
-        all.select_nth_unstable_by(keep, |a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-        for (_, net) in &all[keep..] {
-            self.sources.remove(net);
-        }
-        self.dropped_sources += (all.len() - keep) as u64;
+        let (_, last, _) = ranked.select_nth_unstable_by(keep - 1, order);
+        let (last_total, last_net) = (last.0, last.1.clone());
+        drop(ranked);
+        // Networks are unique: exactly `keep` rank at or before the last kept.
+        self.sources.retain(|net, counts| {
+            order(&(counts.iter().sum(), net), &(last_total, &last_net)).is_le()
+        });
+        self.dropped_sources += (all - keep) as u64;
     }
 }
 
