@@ -433,11 +433,18 @@ fn errors_are_clear() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--sink sfn needs --state-machine-arn"));
     let gz = gzip(b"Nov 29 10:00:00 h sshd[1]: Invalid user a from 203.0.113.9 port 1\n");
-    let out = sshwarden(&["scan", "-"], Some(&gz[..gz.len() / 2]));
-    assert!(
-        !out.status.success(),
-        "a truncated gzip input must fail, not pass quietly"
-    );
+    for threads in ["1", "2"] {
+        let out = sshwarden(
+            &["scan", "--threads", threads, "-"],
+            Some(&gz[..gz.len() / 2]),
+        );
+        assert!(
+            !out.status.success(),
+            "a truncated gzip input must fail, not pass quietly ({threads} threads)"
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("read failed"), "{threads} threads: {err}");
+    }
 }
 
 #[test]
