@@ -718,8 +718,8 @@ impl LineCounter<'_> {
             .process_front(&line.into(), front, Tracking::Read(verdict), origin, out);
     }
 
-    /// The engine's statistics so far, but the connection evictions (the
-    /// reader's).
+    /// The engine's statistics so far, except the connection evictions
+    /// (the reader's).
     pub fn stats(&self) -> Stats {
         self.core.stats()
     }
@@ -759,7 +759,7 @@ pub enum LineVerdict<'a> {
 }
 
 impl Core {
-    /// The statistics but the connection tracker's evictions.
+    /// The statistics, except the connection tracker's evictions.
     fn stats(&self) -> Stats {
         let mut s = self.stats.clone();
         s.kinds = Kind::ALL
