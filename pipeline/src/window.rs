@@ -913,6 +913,12 @@ impl<T: Ord + Copy> Multiset<T> {
     }
 
     fn remove(&mut self, v: T) {
+        self.remove_n(v, 1);
+    }
+
+    /// Removes `v` up to `times` times: one search for the windows of a
+    /// single-event key, which share their position.
+    fn remove_n(&mut self, v: T, times: u32) {
         let q = &mut self.counts;
         let i = q.partition_point(|(x, _)| *x < v);
         let Some((x, n)) = q.get_mut(i) else {
@@ -921,7 +927,7 @@ impl<T: Ord + Copy> Multiset<T> {
         if *x != v || *n == 0 {
             return;
         }
-        *n -= 1;
+        *n = n.saturating_sub(times);
         if *n > 0 {
             return;
         }
@@ -972,6 +978,11 @@ impl Ledger {
 
     fn close(&mut self, position: u64, start_ms: i64, lane: &Lane) {
         self.positions.remove(position);
+        self.close_end(start_ms, lane);
+    }
+
+    /// The end half of [`Ledger::close`].
+    fn close_end(&mut self, start_ms: i64, lane: &Lane) {
         match lane.subject {
             SubjectKind::Instance => self.instance_ends.remove(start_ms + lane.keep_ms),
             SubjectKind::Source => self.source_ends.remove(start_ms + lane.keep_ms),
@@ -987,15 +998,22 @@ impl Ledger {
     /// `watermark` (all of them with `i64::MAX`); false when none is left.
     fn close_single(&mut self, one: &mut Single, watermark: i64, lanes: &[Lane]) -> bool {
         let mut bits = one.lanes;
+        let mut closed = 0;
         while bits != 0 {
             let li = bits.trailing_zeros() as usize;
             bits &= bits - 1;
             let lane = &lanes[li];
             let start = one.start(lane);
             if start + lane.keep_ms <= watermark {
-                self.close(one.position, start, lane);
+                self.close_end(start, lane);
                 one.lanes &= !(1 << li);
+                closed += 1;
             }
+        }
+        // Its windows share one position: one search in the queue, not one
+        // per lane (an address flood evicts a single-event key per line).
+        if closed > 0 {
+            self.positions.remove_n(one.position, closed);
         }
         one.lanes != 0
     }
@@ -2075,9 +2093,12 @@ mod tests {
                     m.add(v);
                     *model.entry(v).or_default() += 1;
                 } else {
-                    m.remove(v);
+                    // Some removals several at once (as a single-event
+                    // key's windows go), up to more than are there.
+                    let times = (v % 3 + 1) as u32;
+                    m.remove_n(v, times);
                     if let Some(n) = model.get_mut(&v) {
-                        *n -= 1;
+                        *n = n.saturating_sub(times);
                         if *n == 0 {
                             model.remove(&v);
                         }
