@@ -32,7 +32,7 @@ pub struct LinesRead {
 }
 
 /// Scans `reader`'s lines through `engine` on two threads. `line` gives
-/// every line's instance and arrival; positions go on from `position`.
+/// every line's instance and arrival; positions go on from its `position`.
 /// `progress` is called now and then with the position reached.
 pub fn scan_lines(
     reader: &mut (dyn std::io::BufRead + Send),
@@ -84,7 +84,8 @@ fn scan_blocks(
                     }));
                     if chunk.len() == CHUNK {
                         if tx.send(chunk).is_err() {
-                            // The counter stopped: its error is the one to tell.
+                            // The counter is gone (it panicked, and the
+                            // scope reports that): stop reading.
                             return Ok(false);
                         }
                         chunk = spare_rx
