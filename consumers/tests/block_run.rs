@@ -133,7 +133,7 @@ impl Setup {
         std::fs::write(
             &path,
             format!(
-                "[[rules]]\nname = \"brute-force\"\nsubject = \"source\"\nwindow_secs = 600\n\
+                "[[rules]]\nname = \"brute-force\"\nsubject = \"source\"\nwindow_secs = {WINDOW_SECS}\n\
                  signals = [\"auth_failure\"]\nthreshold = 5\naction = \"block\"\n\n\
                  [blocks]\ntable = \"{}\"\n{more}",
                 self.table
@@ -144,9 +144,21 @@ impl Setup {
     }
 }
 
-/// Six failed passwords from `source` against `instance`, in the last 30 s.
+/// The brute-force rule's window in [`Setup::config`].
+const WINDOW_SECS: i64 = 600;
+
+/// Six failed passwords from `source` against `instance`, a second apart,
+/// starting 30 to 36 s ago and all in one window of the rule: windows are
+/// tumbling and aligned to the epoch (docs/detection.md), so six lines
+/// across a boundary would count four and two and fire nothing (two tests
+/// once timed out so, their attacks sent at 11:50:26).
 fn brute_force(instance: &str, source: &str) -> Vec<u8> {
-    let start = sshwarden_testsupport::now_ms() - 30_000;
+    let window_ms = WINDOW_SECS * 1_000;
+    let mut start = sshwarden_testsupport::now_ms() - 30_000;
+    let last = start + 5_000;
+    if last.div_euclid(window_ms) != start.div_euclid(window_ms) {
+        start = last.div_euclid(window_ms) * window_ms - 6_000;
+    }
     let lines: Vec<String> = (0..6)
         .map(|i| {
             format!(
