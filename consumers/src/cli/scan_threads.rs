@@ -165,6 +165,44 @@ mod tests {
         }
     }
 
+    /// Lines, then a failed read: the error the reading thread meets
+    /// while it reads ahead reaches the caller.
+    struct FailsAfter<'a>(&'a [u8]);
+
+    impl std::io::Read for FailsAfter<'_> {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            if self.0.is_empty() {
+                return Err(std::io::Error::other("disk gone"));
+            }
+            let n = out.len().min(self.0.len()).min(4096);
+            out[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_read_error_on_the_reading_thread_is_returned() {
+        // More than one read's worth (1 MiB): the first block is whole, the
+        // error comes while the reading thread reads ahead.
+        let log = log().repeat(3);
+        assert!(log.len() > LineBlocks::BLOCK);
+        let mut reader = std::io::BufReader::new(FailsAfter(&log));
+        let mut engine = Engine::new(config()).unwrap();
+        let err = scan_blocks(
+            &mut reader,
+            &mut engine,
+            line(0),
+            &Origin::default(),
+            &mut Vec::new(),
+            |_, _| {},
+            16 << 10,
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("disk gone"), "{err:#}");
+        assert!(engine.stats().events > 0, "the first blocks were counted");
+    }
+
     #[test]
     fn two_threads_count_what_one_counts() {
         let log = log();
