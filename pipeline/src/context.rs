@@ -118,7 +118,12 @@ impl ConnState {
 
 /// Per-connection context, capped at a number of connections (oldest first out).
 pub struct ConnectionTracker {
-    conns: HashMap<ConnKey, ConnState, foldhash::fast::FixedState>,
+    /// Seeded at random per tracker: the pids and host names it is keyed
+    /// by are written by the instance (any local user can log an `sshd`
+    /// line with `logger`), and with a known seed they could be chosen to
+    /// collide, slowing every lookup or merging two hosts' connections.
+    conns: HashMap<ConnKey, ConnState, foldhash::fast::RandomState>,
+    hosts: foldhash::fast::RandomState,
     order: VecDeque<ConnKey>,
     cap: usize,
     evictions: u64,
@@ -133,11 +138,19 @@ impl Default for ConnectionTracker {
 impl ConnectionTracker {
     pub fn new(cap: usize) -> Self {
         ConnectionTracker {
-            conns: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(0x5eed)),
+            conns: HashMap::default(),
+            hosts: foldhash::fast::RandomState::default(),
             order: VecDeque::new(),
             cap: cap.max(1),
             evictions: 0,
         }
+    }
+
+    /// The identity of the machine a line came from, as [`Self::observe`]
+    /// takes it: the instance and the syslog host the line names.
+    pub fn host_key(&self, instance: &str, syslog_host: Option<&str>) -> u64 {
+        use std::hash::BuildHasher;
+        self.hosts.hash_one((instance, syslog_host.unwrap_or("")))
     }
 
     /// Connections evicted to stay within the cap.
@@ -293,13 +306,6 @@ fn closes_connection(kind: Kind) -> bool {
     matches!(kind, Kind::ConnectionClosed | Kind::Disconnect)
 }
 
-/// Hashes the identity of the machine a line came from.
-pub fn host_key(instance: &str, syslog_host: Option<&str>) -> u64 {
-    use std::hash::BuildHasher;
-    let state = foldhash::fast::FixedState::with_seed(0x5eed);
-    state.hash_one((instance, syslog_host.unwrap_or("")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,6 +321,16 @@ mod tests {
                 (v.is_attack(), v.source.map(|s| s.to_string()))
             })
             .collect()
+    }
+
+    #[test]
+    fn host_keys_are_seeded_per_tracker() {
+        // A fixed seed would let a log writer precompute pids and host
+        // names that collide; two trackers agreeing on a key would mean one.
+        let (a, b) = (ConnectionTracker::new(8), ConnectionTracker::new(8));
+        assert_eq!(a.host_key("i-1", None), a.host_key("i-1", None));
+        assert_ne!(a.host_key("i-1", None), b.host_key("i-1", None));
+        assert_ne!(a.host_key("i-1", None), a.host_key("i-1", Some("web")));
     }
 
     #[test]

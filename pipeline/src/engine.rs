@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::classify::{self, Kind, Signal};
 use crate::command::{Action, Origin};
-use crate::context::{host_key, Attribution, ConnectionTracker, Verdict, DEFAULT_MAX_CONNECTIONS};
+use crate::context::{Attribution, ConnectionTracker, Verdict, DEFAULT_MAX_CONNECTIONS};
 use crate::envelope::{DecodeError, Decoder, MessageType, DEFAULT_MAX_DECOMPRESSED};
 use crate::partial::{Partial, PartialBuilder, PartialConfig, PartialStats};
 use crate::policy::{Decision, Policy, PolicyConfig, PolicyError};
@@ -472,8 +472,9 @@ impl Engine {
         let Some(c) = classify::classify(l.message) else {
             return LineVerdict::Unclassified;
         };
-        let host = host_key(instance, l.host);
-        LineVerdict::Classified(self.reading.tracker.observe(host, l.pid, &c))
+        let tracker = &mut self.reading.tracker;
+        let host = tracker.host_key(instance, l.host);
+        LineVerdict::Classified(tracker.observe(host, l.pid, &c))
     }
 
     /// A caught-up shard with nothing new: lets processing time stand in for
@@ -687,8 +688,9 @@ impl LineReader<'_> {
         let verdict = match front {
             Front::Sshd(l, Some(c)) => {
                 let instance = instance_of(line.instance, line.instance_from_host, Some(l));
-                let host = host_key(instance, l.host);
-                Some(self.reading.tracker.observe(host, l.pid, &c))
+                let tracker = &mut self.reading.tracker;
+                let host = tracker.host_key(instance, l.host);
+                Some(tracker.observe(host, l.pid, &c))
             }
             Front::NotSshd | Front::Unparsed | Front::Sshd(_, None) => None,
         };
@@ -905,7 +907,7 @@ impl Core {
             }
         }
         let v = match tracking {
-            Tracking::Tracker(t) => t.observe(host_key(instance, line.host), line.pid, &c),
+            Tracking::Tracker(t) => t.observe(t.host_key(instance, line.host), line.pid, &c),
             Tracking::Read(Some(v)) => v,
             Tracking::Read(None) => {
                 // Not reached: a `LineReader` observes every classified

@@ -1050,7 +1050,10 @@ pub struct WindowStore {
     deferred_ms: Option<i64>,
     ledger: Ledger,
     stats: WindowStats,
-    hasher: foldhash::fast::FixedState,
+    /// Hashes the users, instance names and networks counted distinct:
+    /// seeded at random, so that nobody can pick names that collide to be
+    /// counted as one (the fleet stage's sketches have their own hasher).
+    hasher: foldhash::fast::RandomState,
     /// The longest `keep_ms` of any lane (how long event ids are kept).
     longest_keep_ms: i64,
     /// The union of the lanes' distinct-value signals, per dimension.
@@ -1095,7 +1098,7 @@ impl WindowStore {
             deferred_ms: None,
             ledger: Ledger::default(),
             stats: WindowStats::default(),
-            hasher: foldhash::fast::FixedState::with_seed(0x5d15),
+            hasher: foldhash::fast::RandomState::default(),
             longest_keep_ms,
             masks,
         }
@@ -1640,7 +1643,11 @@ impl WindowStore {
 }
 
 /// The windows a single-event key's event opened.
-fn single_tallies(one: &Single, lanes: &[Lane], hasher: &foldhash::fast::FixedState) -> Vec<Tally> {
+fn single_tallies(
+    one: &Single,
+    lanes: &[Lane],
+    hasher: &foldhash::fast::RandomState,
+) -> Vec<Tally> {
     let instance_hash = hasher.hash_one(one.instance.as_str());
     let mut v = Vec::with_capacity(one.lanes.count_ones() as usize);
     let mut bits = one.lanes;
@@ -1657,7 +1664,7 @@ fn single_tallies(one: &Single, lanes: &[Lane], hasher: &foldhash::fast::FixedSt
 fn tallies<'s>(
     state: &'s mut SourceState,
     lanes: &[Lane],
-    hasher: &foldhash::fast::FixedState,
+    hasher: &foldhash::fast::RandomState,
 ) -> (&'s mut Vec<Tally>, &'s mut Option<Box<Logins>>) {
     if let SourceState::One(one) = state {
         let windows = single_tallies(one, lanes, hasher);
