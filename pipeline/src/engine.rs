@@ -289,6 +289,9 @@ struct Core {
     /// The year of the newest complete timestamp seen: syslog lines without a
     /// year mixed with ISO ones (or following them) take it.
     year_hint: Option<i64>,
+    /// The day `year_hint` was taken from: the calendar is consulted only
+    /// when an absolute time falls on another day.
+    year_hint_day: Option<i64>,
     totals: Option<Totals>,
     partials: Option<PartialBuilder>,
     /// Signals some fleet rule counts, as bits: only these make partials.
@@ -347,6 +350,7 @@ impl Engine {
                 fired: Vec::new(),
                 last_time_ms: None,
                 year_hint: None,
+                year_hint_day: None,
                 totals: config.keep_totals.then(Totals::default),
                 partials: config.partials.clone().map(PartialBuilder::new),
                 fleet_signals,
@@ -784,7 +788,11 @@ impl Core {
     fn resolve(&mut self, t: LineTime, arrival_ms: Option<i64>) -> i64 {
         match t {
             LineTime::Absolute(ms) => {
-                self.year_hint = Some(crate::time::civil_from_days(ms.div_euclid(86_400_000)).0);
+                let day = ms.div_euclid(86_400_000);
+                if self.year_hint_day != Some(day) {
+                    self.year_hint_day = Some(day);
+                    self.year_hint = Some(crate::time::civil_from_days(day).0);
+                }
                 ms
             }
             no_year => {

@@ -72,13 +72,28 @@ pub fn format_rfc3339_ms(epoch_ms: i64) -> String {
     let ms_of_day = epoch_ms.rem_euclid(86_400_000);
     let (y, mo, d) = civil_from_days(days);
     let secs = ms_of_day / 1000;
-    format!(
-        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        secs / 3600,
-        (secs / 60) % 60,
-        secs % 60,
-        ms_of_day % 1000
-    )
+    let (h, mi, s, ms) = (secs / 3600, (secs / 60) % 60, secs % 60, ms_of_day % 1000);
+    if !(0..=9999).contains(&y) {
+        return format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z");
+    }
+    // Every command carries three of these: digits by hand cost a
+    // hundredth of `format!`'s machinery.
+    let mut b = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut v: i64| {
+        for i in (at..at + width).rev() {
+            // 0 <= v % 10 < 10: every field here is non-negative.
+            b[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, y);
+    put(5, 2, i64::from(mo));
+    put(8, 2, i64::from(d));
+    put(11, 2, h);
+    put(14, 2, mi);
+    put(17, 2, s);
+    put(20, 3, ms);
+    b.iter().map(|&c| char::from(c)).collect()
 }
 
 /// Parses `YYYY-MM-DDTHH:MM:SS[.frac][Z|±HH:MM|±HHMM]` (also with a space
@@ -88,10 +103,17 @@ pub fn parse_rfc3339_ms(s: &str) -> Result<i64, TimeError> {
     if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !(b[10] == b'T' || b[10] == b' ') {
         return Err(TimeError::Format);
     }
-    let field = |b: &[u8]| digits(b).ok_or(TimeError::Format);
-    let year = i64::from(field(&b[0..4])?);
-    let month = field(&b[5..7])?;
-    let day = field(&b[8..10])?;
+    // Fixed positions, two digits at a time: every ISO-stamped line pays
+    // for this, so it avoids the general digit loop.
+    let (Some(century), Some(yy), Some(month), Some(day)) = (
+        two_digits(b, 0),
+        two_digits(b, 2),
+        two_digits(b, 5),
+        two_digits(b, 8),
+    ) else {
+        return Err(TimeError::Format);
+    };
+    let year = i64::from(century * 100 + yy);
     let (secs, mut rest) = parse_hms(&b[11..]).ok_or(TimeError::Format)?;
     let days = checked_days_from_civil(year, month, day)?;
     let mut ms = 0i64;
@@ -100,22 +122,25 @@ pub fn parse_rfc3339_ms(s: &str) -> Result<i64, TimeError> {
         if n == 0 {
             return Err(TimeError::Format);
         }
-        let mut scale = 100;
-        for &c in &tail[..n.min(3)] {
-            ms += i64::from(c - b'0') * scale;
-            scale /= 10;
-        }
+        let digit = |k: usize| {
+            tail.get(k)
+                .filter(|_| k < n)
+                .map_or(0, |&c| i64::from(c - b'0'))
+        };
+        ms = digit(0) * 100 + digit(1) * 10 + digit(2);
         rest = &tail[n..];
     }
     let offset_secs: i64 = match rest {
         [] | [b'Z'] | [b'z'] => 0,
         [sign @ (b'+' | b'-'), tail @ ..] => {
             let (h, m) = match tail {
-                [h1, h2, b':', m1, m2] | [h1, h2, m1, m2] => {
-                    (field(&[*h1, *h2])?, field(&[*m1, *m2])?)
-                }
-                [h1, h2] => (field(&[*h1, *h2])?, 0),
+                [_, _, b':', _, _] => (two_digits(tail, 0), two_digits(tail, 3)),
+                [_, _, _, _] => (two_digits(tail, 0), two_digits(tail, 2)),
+                [_, _] => (two_digits(tail, 0), Some(0)),
                 _ => return Err(TimeError::Format),
+            };
+            let (Some(h), Some(m)) = (h, m) else {
+                return Err(TimeError::Format);
             };
             let off = i64::from(h * 3600 + m * 60);
             if *sign == b'-' {
@@ -134,13 +159,19 @@ pub(crate) fn parse_hms(b: &[u8]) -> Option<(i64, &[u8])> {
     if b.len() < 8 || b[2] != b':' || b[5] != b':' {
         return None;
     }
-    let h = digits(&b[0..2])?;
-    let m = digits(&b[3..5])?;
-    let s = digits(&b[6..8])?;
+    let h = two_digits(b, 0)?;
+    let m = two_digits(b, 3)?;
+    let s = two_digits(b, 6)?;
     if h > 23 || m > 59 || s > 60 {
         return None;
     }
     Some((i64::from(h * 3600 + m * 60 + s.min(59)), &b[8..]))
+}
+
+/// The two decimal digits at `b[i..i + 2]`, which the caller has bounds-checked.
+fn two_digits(b: &[u8], i: usize) -> Option<u32> {
+    let (t, u) = (b[i].wrapping_sub(b'0'), b[i + 1].wrapping_sub(b'0'));
+    (t < 10 && u < 10).then(|| u32::from(t) * 10 + u32::from(u))
 }
 
 pub(crate) fn digits(b: &[u8]) -> Option<u32> {
@@ -187,6 +218,18 @@ mod tests {
             })
         );
         assert_eq!(parse_rfc3339_ms("2019-07-08T17:40"), Err(TimeError::Format));
+        // Fractions of one to nine digits, milliseconds truncated.
+        for (frac, ms) in [(".9", 900), (".95", 950), (".954", 954), (".954167", 954)] {
+            let t = format!("2019-07-08T21:40:16{frac}Z");
+            assert_eq!(parse_rfc3339_ms(&t), Ok(1_562_622_016_000 + ms), "{t}");
+        }
+        for bad in [
+            "2019-07-08T21:40:16.Z",
+            "2019-07-08T21:40:16+0a:00",
+            "2019-0x-08T21:40:16Z",
+        ] {
+            assert_eq!(parse_rfc3339_ms(bad), Err(TimeError::Format), "{bad}");
+        }
     }
 
     #[test]
@@ -288,6 +331,22 @@ mod tests {
         #[test]
         fn format_parse_round_trip(ms in 0i64..8_000_000_000_000) {
             prop_assert_eq!(parse_rfc3339_ms(&format_rfc3339_ms(ms)), Ok(ms));
+        }
+
+        #[test]
+        fn format_writes_what_format_macro_writes(ms in -100_000_000_000_000i64..400_000_000_000_000) {
+            let days = ms.div_euclid(86_400_000);
+            let of_day = ms.rem_euclid(86_400_000);
+            let (y, mo, d) = civil_from_days(days);
+            let secs = of_day / 1000;
+            let expected = format!(
+                "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+                secs / 3600,
+                (secs / 60) % 60,
+                secs % 60,
+                of_day % 1000
+            );
+            prop_assert_eq!(format_rfc3339_ms(ms), expected);
         }
     }
 }
