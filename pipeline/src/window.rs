@@ -21,7 +21,7 @@
 //! pass the smallest of these (docs/design.md, the checkpoint rule).
 //! docs/detection.md specifies the semantics.
 
-use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 
@@ -77,7 +77,6 @@ macro_rules! stream_parts {
         StreamParts {
             streams: &mut $store.streams,
             by_time: &mut $store.by_time,
-            next_id: &mut $store.next_stream_id,
             ledger: &mut $store.ledger,
             lanes: &$store.lanes,
             lateness_ms: $store.config.allowed_lateness_ms,
@@ -439,7 +438,6 @@ fn lanes_for(rules: &[Rule], default_size_ms: i64, max_distinct: usize) -> Vec<L
 /// One log stream (instance): its event clock and its windows.
 #[derive(Debug)]
 struct StreamState {
-    id: u64,
     /// The instance, shared with the source windows that name it (a thin
     /// pointer: a single-event source key holds one).
     name: Arc<String>,
@@ -950,6 +948,15 @@ impl<T: Ord + Copy> Multiset<T> {
         self.counts.front().map(|(v, _)| *v)
     }
 
+    /// The smallest value at least `v`.
+    fn first_from(&self, v: T) -> Option<T> {
+        let i = self.counts.partition_point(|(x, _)| *x < v);
+        self.counts
+            .range(i..)
+            .find(|(_, n)| *n > 0)
+            .map(|(x, _)| *x)
+    }
+
     fn clear(&mut self) {
         self.counts.clear();
         self.tombstones = 0;
@@ -1026,10 +1033,10 @@ pub struct WindowStore {
     lanes: Vec<Lane>,
     streams: Keyed<Box<str>, StreamState>,
     sources: Keyed<PeerNet, SourceState>,
-    next_stream_id: u64,
-    /// Streams by their newest event time in whole seconds (what the closing
-    /// clock is read from).
-    by_time: BTreeSet<(i64, u64)>,
+    /// The streams' newest event times in whole seconds, counted (what the
+    /// closing clock is read from). Streams move on near the newest second,
+    /// which a sorted queue takes at its back.
+    by_time: Multiset<i64>,
     /// The last read of `by_time`: the live range's first second and the
     /// slowest live stream's second found in it.
     slowest_read: Option<(i64, i64)>,
@@ -1088,8 +1095,7 @@ impl WindowStore {
             config,
             rules,
             lanes,
-            next_stream_id: 0,
-            by_time: BTreeSet::new(),
+            by_time: Multiset::default(),
             slowest_read: None,
             newest_ms: None,
             closing_ms: None,
@@ -1250,9 +1256,8 @@ impl WindowStore {
         self.slowest_read = self.newest_ms.and_then(|newest| {
             let live_from = (newest - self.config.stream_idle_ms).div_euclid(1000);
             self.by_time
-                .range((live_from, 0)..)
-                .next()
-                .map(|&(sec, _)| (live_from, sec))
+                .first_from(live_from)
+                .map(|sec| (live_from, sec))
         });
         let slowest = self.slowest_read.map(|(_, sec)| sec * 1000);
         let t = match (slowest, self.floor_ms) {
@@ -1701,8 +1706,7 @@ fn release_source(old: SourceState, lanes: &[Lane], ledger: &mut Ledger) {
 /// the store so that the stream can be counted into while it is held.
 struct StreamParts<'s, 'o> {
     streams: &'s mut Keyed<Box<str>, StreamState>,
-    by_time: &'o mut BTreeSet<(i64, u64)>,
-    next_id: &'o mut u64,
+    by_time: &'o mut Multiset<i64>,
     ledger: &'o mut Ledger,
     lanes: &'o [Lane],
     lateness_ms: i64,
@@ -1718,7 +1722,6 @@ fn touch<'s>(
     instance: &str,
     time_ms: i64,
 ) -> (&'s mut StreamState, Option<i64>) {
-    let next_id = *p.next_id;
     let StreamParts {
         streams,
         by_time,
@@ -1730,7 +1733,6 @@ fn touch<'s>(
         instance,
         |s| s.into(),
         || StreamState {
-            id: next_id,
             name: Arc::new(instance.to_owned()),
             touched: false,
             max_ms: i64::MIN,
@@ -1738,25 +1740,24 @@ fn touch<'s>(
             seen_ids: SeenIds::default(),
         },
         |old| {
-            by_time.remove(&(old.max_ms.div_euclid(1000), old.id));
+            if old.max_ms != i64::MIN {
+                by_time.remove(old.max_ms.div_euclid(1000));
+            }
             for t in &old.windows {
                 ledger.close_tally(t, lanes);
             }
         },
     );
-    if st.id == next_id {
-        *p.next_id += 1;
-    }
     let mut changed = None;
     if time_ms > st.max_ms {
         let old_sec = st.max_ms.div_euclid(1000);
         let new_sec = time_ms.div_euclid(1000);
         if st.max_ms == i64::MIN {
-            by_time.insert((new_sec, st.id));
+            by_time.add(new_sec);
             changed = Some(i64::MIN);
         } else if old_sec != new_sec {
-            by_time.remove(&(old_sec, st.id));
-            by_time.insert((new_sec, st.id));
+            by_time.remove(old_sec);
+            by_time.add(new_sec);
             changed = Some(old_sec);
         }
         st.max_ms = time_ms;
@@ -2112,6 +2113,8 @@ mod tests {
                     }
                 }
                 proptest::prop_assert_eq!(m.first(), model.keys().next().copied());
+                let from = v / 2 + 10;
+                proptest::prop_assert_eq!(m.first_from(from), model.range(from..).next().map(|(v, _)| *v));
                 let live: Vec<(u64, u32)> = m.counts.iter().copied().filter(|(_, n)| *n > 0).collect();
                 let expected: Vec<(u64, u32)> = model.iter().map(|(v, n)| (*v, *n)).collect();
                 proptest::prop_assert_eq!(live, expected);
