@@ -891,9 +891,17 @@ impl<T> Default for Multiset<T> {
 
 impl<T: Ord + Copy> Multiset<T> {
     fn add(&mut self, v: T) {
+        self.add_n(v, 1);
+    }
+
+    /// Adds `v` `times` times (none for 0).
+    fn add_n(&mut self, v: T, times: u32) {
+        if times == 0 {
+            return;
+        }
         let q = &mut self.counts;
         match q.back_mut() {
-            Some((b, n)) if *b == v => *n += 1,
+            Some((b, n)) if *b == v => *n += times,
             Some((b, _)) if *b > v => {
                 let i = q.partition_point(|(x, _)| *x < v);
                 match q.get_mut(i) {
@@ -901,12 +909,12 @@ impl<T: Ord + Copy> Multiset<T> {
                         if *n == 0 {
                             self.tombstones -= 1;
                         }
-                        *n += 1;
+                        *n += times;
                     }
-                    _ => q.insert(i, (v, 1)),
+                    _ => q.insert(i, (v, times)),
                 }
             }
-            _ => q.push_back((v, 1)),
+            _ => q.push_back((v, times)),
         }
     }
 
@@ -977,6 +985,11 @@ impl Ledger {
     /// A window of `lane` starting at `start_ms`, lowest position `position`.
     fn open(&mut self, position: u64, start_ms: i64, lane: &Lane) {
         self.positions.add(position);
+        self.open_end(start_ms, lane);
+    }
+
+    /// The end half of [`Ledger::open`].
+    fn open_end(&mut self, start_ms: i64, lane: &Lane) {
         match lane.subject {
             SubjectKind::Instance => self.instance_ends.add(start_ms + lane.keep_ms),
             SubjectKind::Source => self.source_ends.add(start_ms + lane.keep_ms),
@@ -1476,6 +1489,7 @@ impl WindowStore {
                                 && lane.rules.iter().any(|&ri| one.meets(&rules[ri], lane))
                         });
                         if one.lanes != 0 && !fires {
+                            let mut opened = 0;
                             for (li, lane) in lanes.iter().enumerate() {
                                 if lane.subject != SubjectKind::Source {
                                     continue;
@@ -1484,9 +1498,13 @@ impl WindowStore {
                                     late += 1;
                                     continue;
                                 }
-                                counted += 1;
-                                ledger.open(one.position, one.start(lane), lane);
+                                opened += 1;
+                                ledger.open_end(one.start(lane), lane);
                             }
+                            // Its windows share one position: one insert
+                            // (an address flood opens a key per line).
+                            ledger.positions.add_n(one.position, opened);
+                            counted += opened;
                             *state = SourceState::One(one);
                             return self.admit(counted, late);
                         }
@@ -2098,8 +2116,12 @@ mod tests {
             let mut model = std::collections::BTreeMap::<u64, u32>::new();
             for (add, v) in ops {
                 if add {
-                    m.add(v);
-                    *model.entry(v).or_default() += 1;
+                    // Some adds several at once (a single-event key's windows).
+                    let times = (v % 4) as u32;
+                    m.add_n(v, times);
+                    if times > 0 {
+                        *model.entry(v).or_default() += times;
+                    }
                 } else {
                     // Some removals several at once (as a single-event
                     // key's windows go), up to more than are there.
