@@ -51,6 +51,10 @@ pub struct WindowConfig {
     /// count reads "at least" this many.
     pub max_distinct: usize,
     pub grouping: PeerGrouping,
+    /// Keep the smallest source position counted in each open window, for
+    /// [`WindowStore::low_water_position`]: what a checkpoint may not pass.
+    /// Off where nothing checkpoints (offline scans).
+    pub checkpoint_positions: bool,
 }
 
 impl Default for WindowConfig {
@@ -65,6 +69,7 @@ impl Default for WindowConfig {
             sample_lines: 3,
             max_distinct: 64,
             grouping: PeerGrouping::default(),
+            checkpoint_positions: true,
         }
     }
 }
@@ -975,16 +980,38 @@ impl<T: Ord + Copy> Multiset<T> {
 /// next window ends.
 #[derive(Debug, Default)]
 struct Ledger {
-    positions: Multiset<u64>,
+    /// The smallest source position of each open window; `None` where
+    /// nothing checkpoints (offline scans), as keeping it costs a sorted
+    /// insert and a search per window.
+    positions: Option<Multiset<u64>>,
     instance_ends: Multiset<i64>,
     source_ends: Multiset<i64>,
     closed: u64,
 }
 
 impl Ledger {
+    fn new(positions: bool) -> Self {
+        Ledger {
+            positions: positions.then(Multiset::default),
+            ..Ledger::default()
+        }
+    }
+
+    fn add_position(&mut self, position: u64, times: u32) {
+        if let Some(p) = &mut self.positions {
+            p.add_n(position, times);
+        }
+    }
+
+    fn remove_position(&mut self, position: u64, times: u32) {
+        if let Some(p) = &mut self.positions {
+            p.remove_n(position, times);
+        }
+    }
+
     /// A window of `lane` starting at `start_ms`, lowest position `position`.
     fn open(&mut self, position: u64, start_ms: i64, lane: &Lane) {
-        self.positions.add(position);
+        self.add_position(position, 1);
         self.open_end(start_ms, lane);
     }
 
@@ -997,7 +1024,7 @@ impl Ledger {
     }
 
     fn close(&mut self, position: u64, start_ms: i64, lane: &Lane) {
-        self.positions.remove(position);
+        self.remove_position(position, 1);
         self.close_end(start_ms, lane);
     }
 
@@ -1033,7 +1060,7 @@ impl Ledger {
         // Its windows share one position: one search in the queue, not one
         // per lane (an address flood evicts a single-event key per line).
         if closed > 0 {
-            self.positions.remove_n(one.position, closed);
+            self.remove_position(one.position, closed);
         }
         one.lanes != 0
     }
@@ -1089,6 +1116,7 @@ struct DistinctMasks {
 
 impl WindowStore {
     pub fn new(config: WindowConfig, rules: Vec<Rule>) -> Self {
+        let checkpoint_positions = config.checkpoint_positions;
         let lanes = lanes_for(&rules, config.size_ms, config.max_distinct);
         let masks = lanes
             .iter()
@@ -1115,7 +1143,7 @@ impl WindowStore {
             floor_ms: None,
             deferred_stream: String::new(),
             deferred_ms: None,
-            ledger: Ledger::default(),
+            ledger: Ledger::new(checkpoint_positions),
             stats: WindowStats::default(),
             hasher: foldhash::fast::RandomState::default(),
             longest_keep_ms,
@@ -1159,7 +1187,7 @@ impl WindowStore {
     /// The smallest position counted in a window that is still open: a
     /// checkpoint must stay before it. `None` when no window is open.
     pub fn low_water_position(&self) -> Option<u64> {
-        self.ledger.positions.first()
+        self.ledger.positions.as_ref().and_then(Multiset::first)
     }
 
     /// Live (instances, source networks).
@@ -1326,7 +1354,9 @@ impl WindowStore {
             };
         }
         self.sources.clear();
-        self.ledger.positions.clear();
+        if let Some(p) = &mut self.ledger.positions {
+            p.clear();
+        }
         self.ledger.instance_ends.clear();
         self.ledger.source_ends.clear();
     }
@@ -1503,7 +1533,7 @@ impl WindowStore {
                             }
                             // Its windows share one position: one insert
                             // (an address flood opens a key per line).
-                            ledger.positions.add_n(one.position, opened);
+                            ledger.add_position(one.position, opened);
                             counted += opened;
                             *state = SourceState::One(one);
                             return self.admit(counted, late);
@@ -1819,8 +1849,8 @@ fn window_in<'w>(
     let w = &mut windows[i];
     if position < w.min_position {
         // Replayed parents' records can come in below: keep the ledger exact.
-        ledger.positions.remove(w.min_position);
-        ledger.positions.add(position);
+        ledger.remove_position(w.min_position, 1);
+        ledger.add_position(position, 1);
         w.min_position = position;
     }
     w
@@ -2182,6 +2212,65 @@ mod tests {
         }
         assert!(!ids.insert(5, 199_999));
         assert_eq!(ids.minutes.len(), 1);
+    }
+
+    #[test]
+    fn a_store_without_checkpoint_positions_counts_the_same() {
+        // Offline scans keep no positions; everything else must not change.
+        let run = |positions: bool| {
+            let mut s = WindowStore::new(
+                WindowConfig {
+                    allowed_lateness_ms: 10_000,
+                    max_sources: 50,
+                    checkpoint_positions: positions,
+                    ..WindowConfig::default()
+                },
+                crate::rules::graduated(),
+            );
+            let mut f = Vec::new();
+            let lows = (0..3000u64)
+                .map(|i| {
+                    // A flood that evicts, an attacker that returns, and an
+                    // instance window closing as the clock moves on.
+                    let p = match i % 7 {
+                        0 => ip("203.0.113.7"),
+                        _ => ip(&format!("10.{}.{}.{}", i / 62500, i / 250 % 250, i % 250)),
+                    };
+                    let t = 1_000 + i as i64 * 700;
+                    s.observe(&obs(&format!("i-{}", i % 3), Some(&p), t, i), &mut f);
+                    s.low_water_position()
+                })
+                .collect::<Vec<_>>();
+            // Distinct values are hashed with each store's own seed: compared by count.
+            let fired: Vec<_> = f
+                .iter()
+                .map(|x| {
+                    let w = &x.window;
+                    let distinct = [&w.users, &w.instances, &w.sources].map(DistinctSet::count);
+                    (
+                        x.rule,
+                        x.subject.clone(),
+                        w.start_ms,
+                        w.counts,
+                        distinct,
+                        w.top.clone(),
+                    )
+                })
+                .collect();
+            (fired, s.stats(), s.live_keys(), lows)
+        };
+        let (with, without) = (run(true), run(false));
+        assert!(
+            !with.0.is_empty() && with.1.evicted_sources > 0,
+            "{:?}",
+            with.1
+        );
+        assert_eq!(
+            (&with.0, &with.1, with.2),
+            (&without.0, &without.1, without.2)
+        );
+        assert!(with.3.iter().all(Option::is_some));
+        assert!(without.3.iter().all(Option::is_none));
     }
 
     #[test]

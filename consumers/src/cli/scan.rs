@@ -90,6 +90,8 @@ pub fn scan(
     out: &mut dyn Write,
 ) -> anyhow::Result<Report> {
     config.keep_totals = true;
+    // Nothing checkpoints a scan: the windows need not keep positions.
+    config.window.checkpoint_positions = false;
     config.default_year = args.year.unwrap_or_else(current_year);
     let mut stages = EmbeddedStages::new(config, args.shards)?;
     let threads = match args.threads {
