@@ -78,6 +78,9 @@ pub struct Stats {
     /// Source networks whose whole-input totals were dropped to keep them
     /// within `max_sources` (with `keep_totals`; see [`Totals`]).
     pub dropped_source_totals: u64,
+    /// Instances (hosts) whose whole-input totals were dropped to keep them
+    /// within `max_instances`.
+    pub dropped_instance_totals: u64,
 }
 
 impl Stats {
@@ -108,6 +111,7 @@ impl Stats {
             windows,
             connection_evictions,
             dropped_source_totals,
+            dropped_instance_totals,
         } = other;
         self.records += records;
         self.control_messages += control_messages;
@@ -150,6 +154,7 @@ impl Stats {
         w.windows_closed += windows_closed;
         self.connection_evictions += connection_evictions;
         self.dropped_source_totals += dropped_source_totals;
+        self.dropped_instance_totals += dropped_instance_totals;
     }
 }
 
@@ -216,6 +221,8 @@ pub type TotalsHasher = foldhash::fast::RandomState;
 /// Whole-input counts per signal, kept only with `keep_totals`.
 #[derive(Debug, Default, Clone)]
 pub struct Totals {
+    /// By instance (or syslog host, which a central log server takes from
+    /// its senders): at most `max_instances`, pruned as the sources are.
     pub instances: HashMap<String, [u64; Signal::COUNT], TotalsHasher>,
     /// By source network (what source rules count and commands name). At
     /// most `max_sources` networks: past that, the half with the smallest
@@ -226,36 +233,46 @@ pub struct Totals {
     pub sources: HashMap<crate::peer::PeerNet, [u64; Signal::COUNT], TotalsHasher>,
     /// Networks dropped so far.
     pub dropped_sources: u64,
+    /// Instances dropped so far.
+    pub dropped_instances: u64,
+}
+
+/// Keeps the `keep` keys of `map` with the largest totals (ties by key, so
+/// what stays does not depend on the map's order); returns how many went.
+fn keep_largest<K: Ord + Clone + std::hash::Hash + Eq>(
+    map: &mut HashMap<K, [u64; Signal::COUNT], TotalsHasher>,
+    keep: usize,
+) -> u64 {
+    let all = map.len();
+    if all <= keep {
+        return 0;
+    }
+    if keep == 0 {
+        map.clear();
+        return all as u64;
+    }
+    let order = |a: &(u64, &K), b: &(u64, &K)| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1));
+    let mut ranked: Vec<(u64, &K)> = map
+        .iter()
+        .map(|(key, counts)| (counts.iter().sum(), key))
+        .collect();
+    let (_, last, _) = ranked.select_nth_unstable_by(keep - 1, order);
+    let (last_total, last_key) = (last.0, last.1.clone());
+    drop(ranked);
+    // Keys are unique: exactly `keep` rank at or before the last kept.
+    map.retain(|key, counts| order(&(counts.iter().sum(), key), &(last_total, &last_key)).is_le());
+    (all - keep) as u64
 }
 
 impl Totals {
     /// Keeps the `keep` source networks with the largest totals.
     fn prune_sources(&mut self, keep: usize) {
-        let all = self.sources.len();
-        if all <= keep {
-            return;
-        }
-        if keep == 0 {
-            self.sources.clear();
-            self.dropped_sources += all as u64;
-            return;
-        }
-        let order = |a: &(u64, &crate::peer::PeerNet), b: &(u64, &crate::peer::PeerNet)| {
-            b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1))
-        };
-        let mut ranked: Vec<(u64, &crate::peer::PeerNet)> = self
-            .sources
-            .iter()
-            .map(|(net, counts)| (counts.iter().sum(), net))
-            .collect();
-        let (_, last, _) = ranked.select_nth_unstable_by(keep - 1, order);
-        let (last_total, last_net) = (last.0, last.1.clone());
-        drop(ranked);
-        // Networks are unique: exactly `keep` rank at or before the last kept.
-        self.sources.retain(|net, counts| {
-            order(&(counts.iter().sum(), net), &(last_total, &last_net)).is_le()
-        });
-        self.dropped_sources += (all - keep) as u64;
+        self.dropped_sources += keep_largest(&mut self.sources, keep);
+    }
+
+    /// Keeps the `keep` instances with the largest totals.
+    fn prune_instances(&mut self, keep: usize) {
+        self.dropped_instances += keep_largest(&mut self.instances, keep);
     }
 }
 
@@ -782,6 +799,7 @@ impl Core {
             .collect();
         s.windows = self.windows.stats();
         s.dropped_source_totals = self.totals.as_ref().map_or(0, |t| t.dropped_sources);
+        s.dropped_instance_totals = self.totals.as_ref().map_or(0, |t| t.dropped_instances);
         s
     }
 
@@ -1000,6 +1018,11 @@ impl Core {
                         let mut counts = [0; Signal::COUNT];
                         counts[signal.index()] = 1;
                         t.instances.insert(instance.to_owned(), counts);
+                        let cap = self.config.window.max_instances.max(1);
+                        if t.instances.len() > cap {
+                            // Host names can be forged as freely as addresses.
+                            t.prune_instances((cap / 2).max(1));
+                        }
                     }
                 }
             }
@@ -1133,6 +1156,52 @@ mod tests {
         let dropped = engine.stats().dropped_source_totals;
         assert_eq!(dropped, totals.dropped_sources);
         assert_eq!(dropped + totals.sources.len() as u64, 9_001);
+    }
+
+    #[test]
+    fn instance_totals_stay_within_the_cap_and_keep_the_largest() {
+        // A central log server takes host names from its senders: a flood
+        // of made-up hosts must not grow the totals without bound.
+        let mut engine = Engine::new(EngineConfig {
+            keep_totals: true,
+            window: WindowConfig {
+                max_instances: 100,
+                ..WindowConfig::default()
+            },
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        let mut out = Vec::new();
+        for i in 0..10_000u32 {
+            // The attacked host every tenth line, a new host on the others.
+            let host = if i % 10 == 0 {
+                "web-1".to_owned()
+            } else {
+                format!("h{i}")
+            };
+            let text = format!(
+                "Nov 29 10:00:00 {host} sshd[{i}]: Invalid user u from 203.0.113.9 port {i}"
+            );
+            engine.process_line(
+                &LineInput {
+                    instance: "central.log",
+                    instance_from_host: true,
+                    event_id: None,
+                    time_ms: Some(1_000_000 + i64::from(i)),
+                    arrival_ms: None,
+                    position: u64::from(i),
+                    line: &text,
+                },
+                &Origin::default(),
+                &mut out,
+            );
+        }
+        let totals = engine.totals().unwrap();
+        assert!(totals.instances.len() <= 100, "{}", totals.instances.len());
+        assert_eq!(totals.instances["web-1"].iter().sum::<u64>(), 1_000);
+        let dropped = engine.stats().dropped_instance_totals;
+        assert_eq!(dropped, totals.dropped_instances);
+        assert_eq!(dropped + totals.instances.len() as u64, 9_001);
     }
 
     #[test]

@@ -351,6 +351,10 @@ fn print_table(r: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
             "sources whose totals were dropped (the smallest, past max_sources)",
             s.dropped_source_totals,
         ),
+        (
+            "instances whose totals were dropped (the smallest, past max_instances)",
+            s.dropped_instance_totals,
+        ),
     ];
     for (what, n) in skipped.iter().filter(|(_, n)| *n > 0) {
         writeln!(out, "  {n} {what}")?;
