@@ -622,3 +622,36 @@ fn scan_refuses_threads_it_cannot_use() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--threads"), "{err}");
 }
+
+#[test]
+fn scan_names_the_year_when_lines_without_one_make_others_late() {
+    // A host's first line has no year and takes 2030; its next lines are
+    // ISO-stamped 2023, three years behind its own clock: late, uncounted.
+    let mut log = String::from(
+        "Nov 14 22:13:20 web-1 sshd[1]: Connection closed by 198.51.100.7 port 1 [preauth]\n",
+    );
+    for i in 0..5 {
+        log.push_str(&format!(
+            "2023-11-14T22:13:2{i}.000+00:00 web-1 sshd[{}]: Invalid user u{i} from 198.51.100.7 port {i}\n",
+            10 + i
+        ));
+    }
+    let out = sshwarden(&["scan", "--year", "2030", "-"], Some(log.as_bytes()));
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("5 events arrived after their window closed"),
+        "{err}"
+    );
+    assert!(
+        err.contains("--year if lines without a year are not from 2030"),
+        "{err}"
+    );
+    // Given the right year, nothing is late.
+    let out = sshwarden(&["scan", "--year", "2023", "-"], Some(log.as_bytes()));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !err.contains("not counted"),
+        "{err}"
+    );
+}

@@ -190,9 +190,13 @@ pub fn scan(
     let report = build_report(args, &stages, decisions, invalid_utf8_lines, bad_payloads);
     let late = report.stats.windows.late_events;
     if late > 0 {
+        // A yearless line read as the wrong year is late by whole years:
+        // the year is as likely a cause as the order.
+        let year = args.year.unwrap_or_else(current_year);
         eprintln!(
             "sshwarden: {late} events arrived after their window closed and were not counted; \
-             give inputs in time order or raise --allowed-lateness-secs"
+             give inputs in time order, --year if lines without a year are not from {year}, \
+             or raise --allowed-lateness-secs"
         );
     }
     if args.json {
