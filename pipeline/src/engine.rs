@@ -237,34 +237,65 @@ pub struct Totals {
     pub dropped_instances: u64,
 }
 
-/// Keeps the `keep` keys of `map` with the largest totals (ties by key, so
-/// what stays does not depend on the map's order); returns how many went.
+type Counts = [u64; Signal::COUNT];
+
+/// The order totals are kept and shown in: the largest first, ties by key,
+/// so that neither depends on a map's order.
+fn by_total<K: Ord>((a_total, a): (u64, &K), (b_total, b): (u64, &K)) -> std::cmp::Ordering {
+    b_total.cmp(&a_total).then_with(|| a.cmp(b))
+}
+
+/// The `n` keys of `map` with the largest totals, with their totals and
+/// counts, in no order except that, when `map` holds more than `n`, the
+/// smallest of them is last.
+fn largest<K: Ord, S>(map: &HashMap<K, Counts, S>, n: usize) -> Vec<(u64, &K, &Counts)> {
+    let mut ranked: Vec<(u64, &K, &Counts)> = map
+        .iter()
+        .map(|(key, counts)| (counts.iter().sum(), key, counts))
+        .collect();
+    if ranked.len() > n {
+        if n == 0 {
+            return Vec::new();
+        }
+        ranked.select_nth_unstable_by(n - 1, |a, b| by_total((a.0, a.1), (b.0, b.1)));
+        ranked.truncate(n);
+    }
+    ranked
+}
+
+/// Keeps the `keep` keys of `map` with the largest totals; returns how many went.
 fn keep_largest<K: Ord + Clone + std::hash::Hash + Eq>(
-    map: &mut HashMap<K, [u64; Signal::COUNT], TotalsHasher>,
+    map: &mut HashMap<K, Counts, TotalsHasher>,
     keep: usize,
 ) -> u64 {
     let all = map.len();
     if all <= keep {
         return 0;
     }
-    if keep == 0 {
+    let Some((last_total, last_key)) = largest(map, keep)
+        .last()
+        .map(|&(total, key, _)| (total, key.clone()))
+    else {
         map.clear();
         return all as u64;
-    }
-    let order = |a: &(u64, &K), b: &(u64, &K)| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1));
-    let mut ranked: Vec<(u64, &K)> = map
-        .iter()
-        .map(|(key, counts)| (counts.iter().sum(), key))
-        .collect();
-    let (_, last, _) = ranked.select_nth_unstable_by(keep - 1, order);
-    let (last_total, last_key) = (last.0, last.1.clone());
-    drop(ranked);
+    };
     // Keys are unique: exactly `keep` rank at or before the last kept.
-    map.retain(|key, counts| order(&(counts.iter().sum(), key), &(last_total, &last_key)).is_le());
+    map.retain(|key, counts| by_total((counts.iter().sum(), key), (last_total, &last_key)).is_le());
     (all - keep) as u64
 }
 
 impl Totals {
+    /// The `top` source networks by total, ties by network (IPv4 before
+    /// IPv6, in address order). Only these are ranked in full: an address
+    /// flood leaves up to `max_sources` networks.
+    pub fn top_sources(&self, top: usize) -> Vec<(&crate::peer::PeerNet, &Counts)> {
+        let mut v = largest(&self.sources, top);
+        v.sort_unstable_by(|a, b| by_total((a.0, a.1), (b.0, b.1)));
+        v.into_iter()
+            .map(|(_, net, counts)| (net, counts))
+            .collect()
+    }
+
     /// Keeps the `keep` source networks with the largest totals.
     fn prune_sources(&mut self, keep: usize) {
         self.dropped_sources += keep_largest(&mut self.sources, keep);
@@ -303,12 +334,11 @@ struct Core {
     signal_counts: [u64; Signal::COUNT],
     fired: Vec<Fired>,
     last_time_ms: Option<i64>,
-    /// The year of the newest complete timestamp seen: syslog lines without a
-    /// year mixed with ISO ones (or following them) take it.
-    year_hint: Option<i64>,
-    /// The day `year_hint` was taken from: the calendar is consulted only
-    /// when an absolute time falls on another day.
-    year_hint_day: Option<i64>,
+    /// The day (since the epoch) of the newest complete timestamp seen, and
+    /// its year: syslog lines without a year mixed with ISO ones (or
+    /// following them) take it. The calendar is consulted only when an
+    /// absolute time falls on another day.
+    year_hint: Option<(i64, i64)>,
     totals: Option<Totals>,
     partials: Option<PartialBuilder>,
     /// Signals some fleet rule counts, as bits: only these make partials.
@@ -367,7 +397,6 @@ impl Engine {
                 fired: Vec::new(),
                 last_time_ms: None,
                 year_hint: None,
-                year_hint_day: None,
                 totals: config.keep_totals.then(Totals::default),
                 partials: config.partials.clone().map(PartialBuilder::new),
                 fleet_signals,
@@ -807,14 +836,15 @@ impl Core {
         match t {
             LineTime::Absolute(ms) => {
                 let day = ms.div_euclid(86_400_000);
-                if self.year_hint_day != Some(day) {
-                    self.year_hint_day = Some(day);
-                    self.year_hint = Some(crate::time::civil_from_days(day).0);
+                if self.year_hint.is_none_or(|(d, _)| d != day) {
+                    self.year_hint = Some((day, crate::time::civil_from_days(day).0));
                 }
                 ms
             }
             no_year => {
-                let year = self.year_hint.unwrap_or(self.config.default_year);
+                let year = self
+                    .year_hint
+                    .map_or(self.config.default_year, |(_, year)| year);
                 let ms = no_year.resolve(year);
                 // A yearless date ahead of the reading clock is last year's
                 // (December's log read in January), as syslog readers assume.
@@ -1109,34 +1139,40 @@ mod tests {
         assert_eq!((r.as_ptr() as usize, r.capacity()), (ptr, cap));
     }
 
-    #[test]
-    fn source_totals_stay_within_the_cap_and_keep_the_largest() {
-        let mut engine = Engine::new(EngineConfig {
+    /// An engine keeping whole-input totals within `window`'s caps.
+    fn totals_engine(window: WindowConfig) -> Engine {
+        Engine::new(EngineConfig {
             keep_totals: true,
-            window: WindowConfig {
-                max_sources: 100,
-                ..WindowConfig::default()
-            },
+            window,
             ..EngineConfig::default()
         })
-        .unwrap();
-        let mut out = Vec::new();
-        let mut send = |engine: &mut Engine, n: u32, ip: std::net::Ipv4Addr| {
-            let text = format!("Nov 29 10:00:00 h sshd[{n}]: Invalid user u from {ip} port {n}");
-            engine.process_line(
-                &LineInput {
-                    instance: "i-0123456789abcdef0",
-                    instance_from_host: false,
-                    event_id: None,
-                    time_ms: Some(1_000_000 + i64::from(n)),
-                    arrival_ms: None,
-                    position: u64::from(n),
-                    line: &text,
-                },
-                &Origin::default(),
-                &mut out,
-            );
-        };
+        .unwrap()
+    }
+
+    /// Counts line `n`, `text`, of `instance` (its syslog host's with
+    /// `from_host`), at `n` ms past a fixed time.
+    fn count(engine: &mut Engine, instance: &str, from_host: bool, n: u32, text: &str) {
+        engine.process_line(
+            &LineInput {
+                instance,
+                instance_from_host: from_host,
+                event_id: None,
+                time_ms: Some(1_000_000 + i64::from(n)),
+                arrival_ms: None,
+                position: u64::from(n),
+                line: text,
+            },
+            &Origin::default(),
+            &mut Vec::new(),
+        );
+    }
+
+    #[test]
+    fn source_totals_stay_within_the_cap_and_keep_the_largest() {
+        let mut engine = totals_engine(WindowConfig {
+            max_sources: 100,
+            ..WindowConfig::default()
+        });
         let attacker = std::net::Ipv4Addr::new(203, 0, 113, 9);
         for i in 0..10_000u32 {
             // The attacker every tenth line, a new address on the others.
@@ -1145,7 +1181,8 @@ mod tests {
             } else {
                 std::net::Ipv4Addr::from(0x0b00_0000 + i)
             };
-            send(&mut engine, i, ip);
+            let text = format!("Nov 29 10:00:00 h sshd[{i}]: Invalid user u from {ip} port {i}");
+            count(&mut engine, "i-0123456789abcdef0", false, i, &text);
         }
         let totals = engine.totals().unwrap();
         assert!(totals.sources.len() <= 100, "{}", totals.sources.len());
@@ -1162,16 +1199,10 @@ mod tests {
     fn instance_totals_stay_within_the_cap_and_keep_the_largest() {
         // A central log server takes host names from its senders: a flood
         // of made-up hosts must not grow the totals without bound.
-        let mut engine = Engine::new(EngineConfig {
-            keep_totals: true,
-            window: WindowConfig {
-                max_instances: 100,
-                ..WindowConfig::default()
-            },
-            ..EngineConfig::default()
-        })
-        .unwrap();
-        let mut out = Vec::new();
+        let mut engine = totals_engine(WindowConfig {
+            max_instances: 100,
+            ..WindowConfig::default()
+        });
         for i in 0..10_000u32 {
             // The attacked host every tenth line, a new host on the others.
             let host = if i % 10 == 0 {
@@ -1182,19 +1213,7 @@ mod tests {
             let text = format!(
                 "Nov 29 10:00:00 {host} sshd[{i}]: Invalid user u from 203.0.113.9 port {i}"
             );
-            engine.process_line(
-                &LineInput {
-                    instance: "central.log",
-                    instance_from_host: true,
-                    event_id: None,
-                    time_ms: Some(1_000_000 + i64::from(i)),
-                    arrival_ms: None,
-                    position: u64::from(i),
-                    line: &text,
-                },
-                &Origin::default(),
-                &mut out,
-            );
+            count(&mut engine, "central.log", true, i, &text);
         }
         let totals = engine.totals().unwrap();
         assert!(totals.instances.len() <= 100, "{}", totals.instances.len());
@@ -1202,6 +1221,50 @@ mod tests {
         let dropped = engine.stats().dropped_instance_totals;
         assert_eq!(dropped, totals.dropped_instances);
         assert_eq!(dropped + totals.instances.len() as u64, 9_001);
+    }
+
+    #[test]
+    fn top_sources_are_the_largest_totals_ties_in_network_order() {
+        let net = |s: &str| crate::peer::PeerNet::Net(s.parse().unwrap());
+        let mut totals = Totals::default();
+        let counts = |n: u64| {
+            let mut c = [0; Signal::COUNT];
+            c[0] = n;
+            c[1] = 1;
+            c
+        };
+        // Text order would put .10 before .9 and 2001:db8:: before 203.
+        for (cidr, n) in [
+            ("198.51.100.10/32", 1),
+            ("198.51.100.9/32", 1),
+            ("2001:db8::/64", 4),
+            ("203.0.113.7/32", 4),
+            ("192.0.2.1/32", 9),
+            ("192.0.2.2/32", 0),
+        ] {
+            totals.sources.insert(net(cidr), counts(n));
+        }
+        let names = |top| -> Vec<String> {
+            totals
+                .top_sources(top)
+                .into_iter()
+                .map(|(n, _)| n.to_string())
+                .collect()
+        };
+        assert_eq!(
+            names(5),
+            [
+                "192.0.2.1/32",
+                "203.0.113.7/32",
+                "2001:db8::/64",
+                "198.51.100.9/32",
+                "198.51.100.10/32"
+            ]
+        );
+        assert_eq!(names(2), ["192.0.2.1/32", "203.0.113.7/32"]);
+        assert_eq!(names(100).len(), 6);
+        assert!(names(0).is_empty());
+        assert_eq!(totals.top_sources(1)[0].1[0], 9);
     }
 
     #[test]

@@ -11,7 +11,6 @@ use serde::Serialize;
 use sshwarden_pipeline::classify::Signal;
 use sshwarden_pipeline::command::{Command, Origin};
 use sshwarden_pipeline::embedded::{EmbeddedStages, FleetSummary};
-use sshwarden_pipeline::peer::PeerNet;
 use sshwarden_pipeline::policy::{Decision, Suppression};
 use sshwarden_pipeline::time::format_rfc3339_ms;
 use sshwarden_pipeline::{EngineConfig, LineInput, RecordInput, Stats, TextLine};
@@ -267,7 +266,8 @@ fn build_report(
                 .cmp(&a.total)
                 .then_with(|| a.subject.cmp(&b.subject))
         });
-        sources = top_sources(&t.sources, args.top)
+        sources = t
+            .top_sources(args.top)
             .into_iter()
             .map(|(net, c)| row(net.to_string(), c))
             .collect();
@@ -283,33 +283,6 @@ fn build_report(
         suppressed,
         fleet: (args.shards > 1).then(|| stages.fleet_summary()),
     }
-}
-
-/// The `top` source networks by total, ties by network (IPv4 before IPv6,
-/// in address order). Rows are made for these only: an address flood
-/// leaves up to `max_sources` networks, and a row each (its name, its
-/// counts) was a tenth of such a scan.
-fn top_sources<V>(
-    totals: &std::collections::HashMap<PeerNet, [u64; Signal::COUNT], V>,
-    top: usize,
-) -> Vec<(&PeerNet, &[u64; Signal::COUNT])> {
-    let mut all: Vec<(u64, &PeerNet, &[u64; Signal::COUNT])> = totals
-        .iter()
-        .map(|(net, counts)| (counts.iter().sum(), net, counts))
-        .collect();
-    let order = |a: &(u64, &PeerNet, _), b: &(u64, &PeerNet, _)| b.0.cmp(&a.0).then(a.1.cmp(b.1));
-    if all.len() > top {
-        if top == 0 {
-            return Vec::new();
-        }
-        all.select_nth_unstable_by(top - 1, order);
-        all.truncate(top);
-    }
-    // Networks are unique: the order is total.
-    all.sort_unstable_by(order);
-    all.into_iter()
-        .map(|(_, net, counts)| (net, counts))
-        .collect()
 }
 
 fn subject_text(s: &sshwarden_pipeline::window::Subject) -> String {
@@ -467,53 +440,4 @@ fn current_year() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
     sshwarden_pipeline::time::civil_from_days(secs.div_euclid(86_400)).0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::HashMap;
-
-    #[test]
-    fn top_sources_are_the_largest_totals_ties_in_network_order() {
-        let net = |s: &str| PeerNet::Net(s.parse().unwrap());
-        let mut totals = HashMap::new();
-        let counts = |n: u64| {
-            let mut c = [0; Signal::COUNT];
-            c[0] = n;
-            c[1] = 1;
-            c
-        };
-        // Text order would put .10 before .9 and 2001:db8:: before 203.
-        for (cidr, n) in [
-            ("198.51.100.10/32", 1),
-            ("198.51.100.9/32", 1),
-            ("2001:db8::/64", 4),
-            ("203.0.113.7/32", 4),
-            ("192.0.2.1/32", 9),
-            ("192.0.2.2/32", 0),
-        ] {
-            totals.insert(net(cidr), counts(n));
-        }
-        let names = |top| -> Vec<String> {
-            top_sources(&totals, top)
-                .into_iter()
-                .map(|(n, _)| n.to_string())
-                .collect()
-        };
-        assert_eq!(
-            names(5),
-            [
-                "192.0.2.1/32",
-                "203.0.113.7/32",
-                "2001:db8::/64",
-                "198.51.100.9/32",
-                "198.51.100.10/32"
-            ]
-        );
-        assert_eq!(names(2), ["192.0.2.1/32", "203.0.113.7/32"]);
-        assert_eq!(names(100).len(), 6);
-        assert!(names(0).is_empty());
-        assert_eq!(top_sources(&totals, 1)[0].1[0], 9);
-    }
 }
