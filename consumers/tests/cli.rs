@@ -655,3 +655,28 @@ fn scan_names_the_year_when_lines_without_one_make_others_late() {
         "{err}"
     );
 }
+
+#[test]
+fn run_fails_at_once_when_its_metrics_port_is_taken() {
+    // Without its port a worker would read on with no health checks.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap().to_string();
+    let out = sshwarden(
+        &[
+            "run",
+            "--stream",
+            "s",
+            "--sink",
+            "stdout",
+            "--metrics-addr",
+            &addr,
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot listen on {addr} for /metrics")),
+        "{err}"
+    );
+}

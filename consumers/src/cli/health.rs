@@ -101,29 +101,19 @@ mod tests {
     async fn health_client_reads_the_status_of_both_endpoints() {
         let metrics = Arc::new(Metrics::default());
         let shutdown = tokio_util::sync::CancellationToken::new();
-        // Bind first to learn a free port, then serve on it.
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = probe.local_addr().unwrap();
-        drop(probe);
+        let listener = crate::service::http::listen("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(crate::service::http::serve(
-            addr,
+            listener,
             metrics.clone(),
             shutdown.clone(),
         ));
         let timeout = Duration::from_secs(5);
         let fetch = move |path: &'static str| {
-            tokio::task::spawn_blocking(move || {
-                // The server may still be binding: retry for a bounded time.
-                let mut last = None;
-                for _ in 0..100 {
-                    match get(addr, path, timeout) {
-                        Ok(r) => return Ok(r),
-                        Err(e) => last = Some(e),
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Err(last.unwrap())
-            })
+            // Bound already: a connection waits in the backlog until served.
+            tokio::task::spawn_blocking(move || get(addr, path, timeout))
         };
         let (status, body) = fetch("/healthz").await.unwrap().unwrap();
         assert_eq!((status, body.as_str()), (200, "ok\n"));

@@ -8,9 +8,19 @@ use std::sync::Arc;
 
 use crate::metrics::Metrics;
 
-/// Serves the endpoints until `shutdown` fires.
+/// The endpoints' listener on `addr`, bound before the worker starts: a
+/// worker whose port is taken fails at once, rather than reading on with
+/// no health checks or metrics.
+pub async fn listen(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    use anyhow::Context as _;
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for /metrics, /healthz and /readyz"))
+}
+
+/// Serves the endpoints on `listener` until `shutdown` fires.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
@@ -52,7 +62,6 @@ pub async fn serve(
                 async move { verdict }
             }),
         );
-    let listener = tokio::net::TcpListener::bind(addr).await?;
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await?;

@@ -72,6 +72,7 @@ async fn start(
     metrics_addr: SocketAddr,
     engine_config: &EngineConfig,
 ) -> anyhow::Result<(Context, JoinHandle<anyhow::Result<()>>)> {
+    let listener = http::listen(metrics_addr).await?;
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .timeout_config(
             aws_config::timeout::TimeoutConfig::builder()
@@ -85,7 +86,7 @@ async fn start(
         crate::sink::build(sink, &sdk, engine_config.policy.blast_radius, &metrics).await?,
     );
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(http::serve(metrics_addr, metrics.clone(), shutdown.clone()));
+    let server = tokio::spawn(http::serve(listener, metrics.clone(), shutdown.clone()));
     spawn_signal_handler(shutdown.clone());
     crate::sink::probe::watch_sink(
         crate::sink::probe::probe(sink, &sdk),

@@ -369,12 +369,23 @@ pub fn sshwarden_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sshwarden")))
 }
 
-/// A free port on 127.0.0.1 (bound, then released for the worker).
+/// A free port on 127.0.0.1 (bound, then released for the worker), never
+/// one this process handed out before: released, a port is free again, and
+/// the system gave two workers of one test the same one.
 pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..1000 {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        if !given.contains(&addr.port()) {
+            given.push(addr.port());
+            return addr;
+        }
+    }
+    panic!("no port on 127.0.0.1 that this test run has not used yet");
 }
 
 /// The JSON lines of a file (a torn last line is left out).
