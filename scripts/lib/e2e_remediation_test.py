@@ -73,10 +73,20 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+_GIVEN_PORTS: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port on 127.0.0.1, never one handed out before in this run:
+    released, a port is free again and may be given twice."""
+    for _ in range(1000):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
+    raise RuntimeError("no port on 127.0.0.1 that this run has not used yet")
 
 
 def port_open(port: int) -> bool:
