@@ -267,9 +267,11 @@ struct Plain<'a> {
 }
 
 impl<'a> Plain<'a> {
+    /// Spaces: the other JSON whitespace (tab, newline, return) is a
+    /// control character, refused for the whole text before reading.
     fn skip_ws(&mut self) {
         let b = self.text.as_bytes();
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = b.get(self.at) {
+        while b.get(self.at) == Some(&b' ') {
             self.at += 1;
         }
     }
