@@ -12,7 +12,7 @@ pub mod health;
 pub mod input;
 pub mod release;
 pub mod scan;
-mod scan_threads;
+mod scan_split;
 
 use std::io::{BufWriter, Write};
 use std::process::ExitCode;

@@ -16,7 +16,7 @@ use sshwarden_pipeline::time::format_rfc3339_ms;
 use sshwarden_pipeline::{EngineConfig, LineInput, RecordInput, Stats, TextLine};
 
 use super::input::{self, Format, Payload};
-use super::scan_threads;
+use super::scan_split;
 
 #[derive(Debug, clap::Args)]
 pub struct ScanArgs {
@@ -150,9 +150,12 @@ pub fn scan(
                     position,
                     line: "",
                 };
-                match stages.engine_mut().filter(|_| threads > 1) {
+                // One engine: its halves (on one thread or two); shard
+                // engines and their fleet stage: line by line.
+                match stages.engine_mut() {
                     Some(engine) => {
-                        let read = scan_threads::scan_lines(
+                        let read = scan_split::scan_lines(
+                            threads,
                             &mut *input.reader,
                             engine,
                             line,

@@ -1,12 +1,13 @@
-//! `scan`'s lines on two threads: one reads the input and does what needs
-//! no event time (prefix, classification, the connection tracker), the
-//! other counts its lines in the same order (event time, windows, policy).
-//! Exact by construction: the engine's two halves see each line in input
-//! order, as one thread would ([`Engine::split`]).
+//! `scan`'s lines through the engine's two halves ([`Engine::split`]): the
+//! reading half does what needs no event time (prefix, classification, the
+//! connection tracker), the counting half counts its lines in the same
+//! order (event time, windows, policy). Exact by construction: each half
+//! sees each line in input order, as one [`Engine::process_line`] would.
 //!
-//! Work goes by block of the input (the reader thread's lines borrow it):
-//! each block is one scope of the two threads; while the counter finishes
-//! a block the reader already reads the next.
+//! On two threads, work goes by block of the input (the reader thread's
+//! lines borrow it): each block is one scope of the two threads; while the
+//! counter finishes a block the reader already reads the next. On one
+//! thread, the halves take turns over a few dozen lines at a time.
 
 use std::sync::mpsc;
 
@@ -31,10 +32,12 @@ pub struct LinesRead {
     pub lossy: u64,
 }
 
-/// Scans `reader`'s lines through `engine` on two threads. `line` gives
-/// every line's instance and arrival; positions go on from its `position`.
-/// `progress` is called now and then with the position reached.
+/// Scans `reader`'s lines through `engine` on `threads` threads (one or
+/// two). `line` gives every line's instance and arrival; positions go on
+/// from its `position`. `progress` is called now and then with the
+/// position reached.
 pub fn scan_lines(
+    threads: u8,
     reader: &mut (dyn std::io::BufRead + Send),
     engine: &mut Engine,
     line: TextLine<'_>,
@@ -42,18 +45,22 @@ pub fn scan_lines(
     decisions: &mut Vec<Decision>,
     progress: impl FnMut(u64, &dyn Fn() -> Stats),
 ) -> anyhow::Result<LinesRead> {
-    scan_blocks(
-        reader,
-        engine,
-        line,
-        origin,
-        decisions,
-        progress,
-        BLOCK_BYTES,
-    )
+    if threads > 1 {
+        on_two_threads(
+            reader,
+            engine,
+            line,
+            origin,
+            decisions,
+            progress,
+            BLOCK_BYTES,
+        )
+    } else {
+        on_one_thread(reader, engine, line, origin, decisions, progress)
+    }
 }
 
-fn scan_blocks(
+fn on_two_threads(
     reader: &mut (dyn std::io::BufRead + Send),
     engine: &mut Engine,
     line: TextLine<'_>,
@@ -118,6 +125,60 @@ fn scan_blocks(
         })?;
         read.lossy += block.lossy_lines() as u64;
         std::mem::swap(&mut block, &mut next);
+    }
+    Ok(read)
+}
+
+/// Lines per turn of [`on_one_thread`]: enough that each half's code
+/// stays in the instruction cache for a turn, few enough that the read
+/// lines (about 250 bytes each) stay in the data cache.
+const TURN: usize = 64;
+
+/// Scans `reader`'s lines through `engine` on this thread, as
+/// [`on_two_threads`] does on two: the reading half over [`TURN`] lines,
+/// then the counting half over the same lines.
+///
+/// Line by line, each half evicted the other's code: under cachegrind, 68
+/// instruction-cache misses a line of the dense benchmark log, 19 this way
+/// (BENCHMARKS.md, session 11).
+fn on_one_thread(
+    reader: &mut (dyn std::io::BufRead + Send),
+    engine: &mut Engine,
+    line: TextLine<'_>,
+    origin: &Origin,
+    decisions: &mut Vec<Decision>,
+    mut progress: impl FnMut(u64, &dyn Fn() -> Stats),
+) -> anyhow::Result<LinesRead> {
+    let (mut line_reader, mut counter) = engine.split();
+    let mut blocks = LineBlocks::new(reader);
+    let mut block = Block::default();
+    let mut read = LinesRead::default();
+    while blocks.fill(&mut block, LineBlocks::BLOCK)? {
+        // The read lines borrow the block: one buffer per block.
+        let mut turn = Vec::with_capacity(TURN);
+        let mut lines = block.lines();
+        loop {
+            let first = line.position + read.lines;
+            for (position, (text, _)) in (first + 1..).zip(lines.by_ref().take(TURN)) {
+                turn.push(line_reader.read(TextLine {
+                    position,
+                    line: text,
+                    ..line
+                }));
+            }
+            if turn.is_empty() {
+                break;
+            }
+            let before = read.lines;
+            read.lines += turn.len() as u64;
+            for r in turn.drain(..) {
+                counter.count(r, origin, decisions);
+            }
+            if before / 65_536 != read.lines / 65_536 {
+                progress(line.position + read.lines, &|| counter.stats());
+            }
+        }
+        read.lossy += block.lossy_lines() as u64;
     }
     Ok(read)
 }
@@ -189,7 +250,7 @@ mod tests {
         assert!(log.len() > LineBlocks::BLOCK);
         let mut reader = std::io::BufReader::new(FailsAfter(&log));
         let mut engine = Engine::new(config()).unwrap();
-        let err = scan_blocks(
+        let err = on_two_threads(
             &mut reader,
             &mut engine,
             line(0),
@@ -203,10 +264,9 @@ mod tests {
         assert!(engine.stats().events > 0, "the first blocks were counted");
     }
 
-    #[test]
-    fn two_threads_count_what_one_counts() {
-        let log = log();
-        let origin = Origin::default();
+    /// `log` through [`Engine::process_line`], line by line: the engine,
+    /// its decisions, the lines and the lines read with U+FFFD.
+    fn line_by_line(log: &[u8], origin: &Origin) -> (Engine, Vec<Decision>, u64, u64) {
         let mut one = Engine::new(config()).unwrap();
         let (mut expected, mut position, mut lossy) = (Vec::new(), 0, 0);
         for_each_line(&mut &log[..], |text, bad| {
@@ -222,13 +282,47 @@ mod tests {
         .unwrap();
         assert!(expected.len() > 5, "the fleet's attacks fire rules");
         assert_eq!(lossy, 1);
+        (one, expected, position, lossy)
+    }
+
+    #[test]
+    fn one_thread_in_turns_counts_what_line_by_line_counts() {
+        let log = log();
+        let origin = Origin::default();
+        let (one, expected, position, lossy) = line_by_line(&log, &origin);
+        let mut staged = Engine::new(config()).unwrap();
+        let mut got = Vec::new();
+        let read = on_one_thread(
+            &mut &log[..],
+            &mut staged,
+            line(0),
+            &origin,
+            &mut got,
+            |_, _| {},
+        )
+        .unwrap();
+        assert!(position > 10 * TURN as u64, "many turns");
+        assert_eq!((read.lines, read.lossy), (position, lossy));
+        assert_eq!(got, expected);
+        assert_eq!(staged.stats(), one.stats());
+        let (a, b) = (one.totals().unwrap(), staged.totals().unwrap());
+        assert_eq!(a.instances, b.instances);
+        assert_eq!(a.sources, b.sources);
+        assert_eq!(staged.live_connections(), one.live_connections());
+    }
+
+    #[test]
+    fn two_threads_count_what_one_counts() {
+        let log = log();
+        let origin = Origin::default();
+        let (one, expected, position, lossy) = line_by_line(&log, &origin);
         // Blocks far smaller than the input: many hand-overs, and lines
         // that straddle the reads.
         for block_bytes in [4 << 10, 64 << 10, 8 << 20] {
             let mut two = Engine::new(config()).unwrap();
             let mut got = Vec::new();
             let mut ticks = 0;
-            let read = scan_blocks(
+            let read = on_two_threads(
                 &mut &log[..],
                 &mut two,
                 line(0),
