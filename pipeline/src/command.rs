@@ -141,8 +141,8 @@ impl Command {
                 .collect(),
             distinct: Dimension::ALL
                 .iter()
-                .filter(|d| w.distinct(**d).count() > 0)
-                .map(|d| (d.as_str(), w.distinct(*d).count()))
+                .filter(|d| w.distinct(**d) > 0)
+                .map(|d| (d.as_str(), w.distinct(*d)))
                 .collect(),
             instances: w.instance_names.iter().map(|i| i.to_string()).collect(),
             top_sources: top
@@ -153,7 +153,7 @@ impl Command {
                 })
                 .collect(),
             other_source_events: w.other_source_events + tracked - shown,
-            sample_lines: w.samples.clone(),
+            sample_lines: w.samples.iter().map(|l| l.to_string()).collect(),
             detected_at: format_rfc3339_ms(fired.detected_at_ms),
         }
     }

@@ -6,6 +6,7 @@
 //! docs/fleet.md says how it is wired and why.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -15,7 +16,7 @@ use crate::partial::{Distinct, Partial, NAMED_INSTANCES};
 use crate::peer::PeerNet;
 use crate::policy::{Decision, Policy, PolicyConfig, PolicyError};
 use crate::rules::{Condition, Dimension, Rule, SubjectKind, GUESSES};
-use crate::window::{DistinctSet, Fired, Subject, Window};
+use crate::window::{Fired, Subject, Window};
 
 /// How stage two merges and what it fires.
 #[derive(Debug, Clone, PartialEq)]
@@ -568,10 +569,10 @@ fn fired_of(
             start_ms,
             size_ms,
             counts: m.counts,
-            users: DistinctSet::of_count(m.users.count()),
-            instances: DistinctSet::of_count(m.instances.count()),
-            sources: DistinctSet::default(),
-            instance_names: m.names.iter().map(|n| n.as_str().into()).collect(),
+            users: m.users.count(),
+            instances: m.instances.count(),
+            sources: 0,
+            instance_names: m.names.iter().cloned().map(Arc::new).collect(),
             top: Vec::new(),
             other_source_events: 0,
             samples: Vec::new(),

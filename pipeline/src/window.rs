@@ -99,8 +99,6 @@ pub struct DistinctSet {
     /// Most windows see one to a few values: those stay inline.
     hashes: SmallVec<[u64; 4]>,
     saturated: bool,
-    /// A count known without the values (the fleet stage's merged sketches).
-    estimated: u32,
 }
 
 impl DistinctSet {
@@ -115,17 +113,8 @@ impl DistinctSet {
         }
     }
 
-    /// A set known only by its size (the fleet stage's merged partials).
-    pub fn of_count(n: u32) -> DistinctSet {
-        DistinctSet {
-            hashes: SmallVec::new(),
-            saturated: false,
-            estimated: n,
-        }
-    }
-
     pub fn count(&self) -> u32 {
-        (self.hashes.len() as u32).max(self.estimated)
+        self.hashes.len() as u32
     }
 
     /// More values were seen than [`WindowConfig::max_distinct`] keeps.
@@ -141,16 +130,20 @@ pub struct Window {
     pub start_ms: i64,
     pub size_ms: i64,
     pub counts: [u32; Signal::COUNT],
-    pub users: DistinctSet,
-    pub instances: DistinctSet,
-    pub sources: DistinctSet,
-    /// Instances attempted (source windows), at most 16.
-    pub instance_names: Vec<Box<str>>,
+    /// Distinct users, instances and sources: counts, not the values (a
+    /// command shows only how many; a fired rule copies no set).
+    pub users: u32,
+    pub instances: u32,
+    pub sources: u32,
+    /// Instances attempted (source windows), at most 16: shared with the
+    /// store's names, as the samples are with its lines, so that a fire the
+    /// policy then suppresses copies no text.
+    pub instance_names: Vec<Arc<String>>,
     /// Sources seen (instance windows), at most `max_tracked_sources`.
     pub top: Vec<(Peer, u32)>,
     /// Attributed events from sources past that limit.
     pub other_source_events: u32,
-    pub samples: Vec<String>,
+    pub samples: Vec<Arc<str>>,
 }
 
 impl Window {
@@ -158,11 +151,11 @@ impl Window {
         signals.iter().map(|s| self.counts[s.index()]).sum()
     }
 
-    pub fn distinct(&self, of: Dimension) -> &DistinctSet {
+    pub fn distinct(&self, of: Dimension) -> u32 {
         match of {
-            Dimension::Users => &self.users,
-            Dimension::Instances => &self.instances,
-            Dimension::Sources => &self.sources,
+            Dimension::Users => self.users,
+            Dimension::Instances => self.instances,
+            Dimension::Sources => self.sources,
         }
     }
 
@@ -238,17 +231,13 @@ impl Tally {
             start_ms: self.start_ms,
             size_ms,
             counts: self.counts,
-            users: e.users.clone(),
-            instances: e.instances.clone(),
-            sources: e.sources.clone(),
-            instance_names: e
-                .instance_names
-                .iter()
-                .map(|n| Box::from(n.as_str()))
-                .collect(),
+            users: e.users.count(),
+            instances: e.instances.count(),
+            sources: e.sources.count(),
+            instance_names: e.instance_names.to_vec(),
             top: e.top.clone(),
             other_source_events: e.other_source_events,
-            samples: e.samples.iter().map(|l| l.to_string()).collect(),
+            samples: e.samples.to_vec(),
         }
     }
 }
@@ -1975,6 +1964,10 @@ fn truncate(s: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn names(v: &[Arc<String>]) -> Vec<String> {
+        v.iter().map(|n| n.to_string()).collect()
+    }
     use crate::command::Action;
     use crate::rules::GUESSES;
 
@@ -2246,7 +2239,7 @@ mod tests {
                 .iter()
                 .map(|x| {
                     let w = &x.window;
-                    let distinct = [&w.users, &w.instances, &w.sources].map(DistinctSet::count);
+                    let distinct = [w.users, w.instances, w.sources];
                     (
                         x.rule,
                         x.subject.clone(),
@@ -2344,7 +2337,7 @@ mod tests {
             s.observe(&obs(inst, Some(&a), 3_000 + n as i64, 4), &mut f);
         }
         assert_eq!(f.iter().map(|x| x.rule).collect::<Vec<_>>(), vec![0, 1]);
-        assert_eq!(f[1].window.instances.count(), 4);
+        assert_eq!(f[1].window.instances, 4);
         assert_eq!(f[1].window.instance_names.len(), 4);
         let botnet: Vec<Peer> = (1..=5).map(|i| ip(&format!("192.0.2.{i}"))).collect();
         for p in &botnet {
@@ -2445,15 +2438,15 @@ mod tests {
                 (
                     w.size_ms,
                     w.counts[Signal::InvalidUser.index()],
-                    w.users.count(),
-                    w.instances.count(),
-                    w.instance_names.clone(),
+                    w.users,
+                    w.instances,
+                    names(&w.instance_names),
                     w.samples.len(),
                 )
             })
             .collect();
         windows.sort();
-        let one = vec![Box::<str>::from("i-1")];
+        let one = vec!["i-1".to_owned()];
         assert_eq!(
             windows,
             vec![
@@ -2467,14 +2460,11 @@ mod tests {
         assert_eq!(f.iter().map(|x| x.rule).collect::<Vec<_>>(), vec![1, 2]);
         for fired in &f {
             assert_eq!(fired.window.counts[Signal::InvalidUser.index()], 2);
-            assert_eq!(
-                fired.window.instance_names,
-                vec![Box::<str>::from("i-1"), "i-2".into()]
-            );
-            assert_eq!(fired.window.samples, vec!["l".to_owned()]);
+            assert_eq!(names(&fired.window.instance_names), ["i-1", "i-2"]);
+            assert_eq!(fired.window.samples, vec![Arc::<str>::from("l")]);
         }
-        assert_eq!(f[0].window.users.count(), 2);
-        assert_eq!(f[1].window.instances.count(), 2);
+        assert_eq!(f[0].window.users, 2);
+        assert_eq!(f[1].window.instances, 2);
         assert_eq!(s.low_water_position(), Some(5));
         // Its windows close like any other.
         s.observe(&obs("i-1", None, 2 * 3_600_000 + 100_000, 7), &mut f);
@@ -2520,7 +2510,7 @@ mod tests {
         s.observe(&obs("i-1", Some(&a), 1_000, 1), &mut f);
         s.observe(&obs("i-1", Some(&a), 2_000, 2), &mut f);
         assert_eq!(f.len(), 1);
-        assert_eq!(f[0].window.instance_names, vec![Box::<str>::from("i-1")]);
+        assert_eq!(names(&f[0].window.instance_names), ["i-1"]);
     }
 
     #[test]
