@@ -276,7 +276,7 @@ mod tests {
                 line: text,
                 ..line(position)
             });
-            one.process_line(&input, &origin, &mut expected);
+            one.process_line(&input, origin, &mut expected);
             Ok(())
         })
         .unwrap();
