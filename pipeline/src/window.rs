@@ -93,9 +93,10 @@ macro_rules! stream_parts {
 /// Instance names a source window keeps for the command (the rest are only counted).
 const NAMED_INSTANCES: usize = 16;
 
-/// Distinct values by hash, exact up to a bound.
+/// Distinct values by hash, exact up to a bound (past it, the count stays
+/// at the bound).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DistinctSet {
+struct DistinctSet {
     /// Most windows see one to a few values: those stay inline.
     hashes: SmallVec<[u64; 4]>,
     saturated: bool,
@@ -113,13 +114,8 @@ impl DistinctSet {
         }
     }
 
-    pub fn count(&self) -> u32 {
+    fn count(&self) -> u32 {
         self.hashes.len() as u32
-    }
-
-    /// More values were seen than [`WindowConfig::max_distinct`] keeps.
-    pub fn saturated(&self) -> bool {
-        self.saturated
     }
 }
 
@@ -1964,12 +1960,12 @@ fn truncate(s: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::command::Action;
+    use crate::rules::GUESSES;
 
     fn names(v: &[Arc<String>]) -> Vec<String> {
         v.iter().map(|n| n.to_string()).collect()
     }
-    use crate::command::Action;
-    use crate::rules::GUESSES;
 
     fn count_rule(name: &str, subject: SubjectKind, window_ms: i64, n: u32) -> Rule {
         Rule {
