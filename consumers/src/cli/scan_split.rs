@@ -13,7 +13,7 @@ use std::sync::mpsc;
 
 use sshwarden_pipeline::command::Origin;
 use sshwarden_pipeline::policy::Decision;
-use sshwarden_pipeline::{Engine, ReadLine, Stats, TextLine};
+use sshwarden_pipeline::{Engine, LineCounter, ReadLine, Stats, TextLine};
 
 use super::input::{Block, LineBlocks};
 
@@ -107,15 +107,14 @@ fn on_two_threads(
                 blocks_ref.fill(next_ref, block_bytes)
             });
             for mut chunk in rx {
-                let n = chunk.len() as u64;
-                for r in chunk.drain(..) {
-                    counter.count(r, origin, decisions);
-                }
-                let before = read.lines;
-                read.lines += n;
-                if before / 65_536 != read.lines / 65_536 {
-                    progress(line.position + read.lines, &|| counter.stats());
-                }
+                count_read(
+                    &mut counter,
+                    &mut chunk,
+                    (origin, line.position),
+                    decisions,
+                    &mut read,
+                    &mut progress,
+                );
                 // The reader may have finished: a chunk it no longer needs.
                 let _ = spare_tx.send(chunk);
             }
@@ -169,18 +168,39 @@ fn on_one_thread(
             if turn.is_empty() {
                 break;
             }
-            let before = read.lines;
-            read.lines += turn.len() as u64;
-            for r in turn.drain(..) {
-                counter.count(r, origin, decisions);
-            }
-            if before / 65_536 != read.lines / 65_536 {
-                progress(line.position + read.lines, &|| counter.stats());
-            }
+            count_read(
+                &mut counter,
+                &mut turn,
+                (origin, line.position),
+                decisions,
+                &mut read,
+                &mut progress,
+            );
         }
         read.lossy += block.lossy_lines() as u64;
     }
     Ok(read)
+}
+
+/// The counting half over `lines` (emptied, its allocation kept), then
+/// `progress` when a multiple of 65,536 lines was passed; `position` is
+/// where the scan's positions start.
+fn count_read(
+    counter: &mut LineCounter<'_>,
+    lines: &mut Vec<ReadLine<'_>>,
+    (origin, position): (&Origin, u64),
+    decisions: &mut Vec<Decision>,
+    read: &mut LinesRead,
+    progress: &mut impl FnMut(u64, &dyn Fn() -> Stats),
+) {
+    let before = read.lines;
+    read.lines += lines.len() as u64;
+    for r in lines.drain(..) {
+        counter.count(r, origin, decisions);
+    }
+    if before / 65_536 != read.lines / 65_536 {
+        progress(position + read.lines, &|| counter.stats());
+    }
 }
 
 #[cfg(test)]
@@ -262,6 +282,25 @@ mod tests {
         .unwrap_err();
         assert!(format!("{err:#}").contains("disk gone"), "{err:#}");
         assert!(engine.stats().events > 0, "the first blocks were counted");
+    }
+
+    #[test]
+    fn a_read_error_in_turns_is_returned() {
+        let log = log().repeat(3);
+        assert!(log.len() > LineBlocks::BLOCK);
+        let mut reader = std::io::BufReader::new(FailsAfter(&log));
+        let mut engine = Engine::new(config()).unwrap();
+        let err = on_one_thread(
+            &mut reader,
+            &mut engine,
+            line(0),
+            &Origin::default(),
+            &mut Vec::new(),
+            |_, _| {},
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("disk gone"), "{err:#}");
+        assert!(engine.stats().events > 0, "the first block was counted");
     }
 
     /// `log` through [`Engine::process_line`], line by line: the engine,
