@@ -246,8 +246,7 @@ mod tests {
         }
     }
 
-    /// Lines, then a failed read: the error the reading thread meets
-    /// while it reads ahead reaches the caller.
+    /// Lines, then a failed read: the error reaches the caller.
     struct FailsAfter<'a>(&'a [u8]);
 
     impl std::io::Read for FailsAfter<'_> {
@@ -263,44 +262,45 @@ mod tests {
     }
 
     #[test]
-    fn a_read_error_on_the_reading_thread_is_returned() {
+    fn a_read_error_is_returned_on_one_thread_and_on_two() {
         // More than one read's worth (1 MiB): the first block is whole, the
-        // error comes while the reading thread reads ahead.
+        // error comes with a later one (on two threads, while the reading
+        // thread reads ahead).
         let log = log().repeat(3);
         assert!(log.len() > LineBlocks::BLOCK);
-        let mut reader = std::io::BufReader::new(FailsAfter(&log));
-        let mut engine = Engine::new(config()).unwrap();
-        let err = on_two_threads(
-            &mut reader,
-            &mut engine,
-            line(0),
-            &Origin::default(),
-            &mut Vec::new(),
-            |_, _| {},
-            16 << 10,
-        )
-        .unwrap_err();
-        assert!(format!("{err:#}").contains("disk gone"), "{err:#}");
-        assert!(engine.stats().events > 0, "the first blocks were counted");
-    }
-
-    #[test]
-    fn a_read_error_in_turns_is_returned() {
-        let log = log().repeat(3);
-        assert!(log.len() > LineBlocks::BLOCK);
-        let mut reader = std::io::BufReader::new(FailsAfter(&log));
-        let mut engine = Engine::new(config()).unwrap();
-        let err = on_one_thread(
-            &mut reader,
-            &mut engine,
-            line(0),
-            &Origin::default(),
-            &mut Vec::new(),
-            |_, _| {},
-        )
-        .unwrap_err();
-        assert!(format!("{err:#}").contains("disk gone"), "{err:#}");
-        assert!(engine.stats().events > 0, "the first block was counted");
+        for threads in [1, 2] {
+            let mut reader = std::io::BufReader::new(FailsAfter(&log));
+            let mut engine = Engine::new(config()).unwrap();
+            let (origin, mut out) = (Origin::default(), Vec::new());
+            let err = match threads {
+                1 => on_one_thread(
+                    &mut reader,
+                    &mut engine,
+                    line(0),
+                    &origin,
+                    &mut out,
+                    |_, _| {},
+                ),
+                _ => on_two_threads(
+                    &mut reader,
+                    &mut engine,
+                    line(0),
+                    &origin,
+                    &mut out,
+                    |_, _| {},
+                    16 << 10,
+                ),
+            }
+            .unwrap_err();
+            assert!(
+                format!("{err:#}").contains("disk gone"),
+                "{threads}: {err:#}"
+            );
+            assert!(
+                engine.stats().events > 0,
+                "{threads}: the first blocks were counted"
+            );
+        }
     }
 
     /// `log` through [`Engine::process_line`], line by line: the engine,
