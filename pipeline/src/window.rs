@@ -478,7 +478,15 @@ impl SeenIds {
                 i
             }
             _ => {
-                q.push_back((minute, HashSet::default()));
+                // Sized like the minute before (a stream's rate changes
+                // slowly): a set grown from empty moves its ids about once
+                // each on the way. Capped, so that a burst's size is not
+                // reserved again for a quiet minute after it.
+                let like = q.back().map_or(0, |(_, set)| set.len().min(1024));
+                q.push_back((
+                    minute,
+                    HashSet::with_capacity_and_hasher(like, Default::default()),
+                ));
                 q.len() - 1
             }
         };
