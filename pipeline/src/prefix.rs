@@ -55,7 +55,12 @@ pub struct SshdLine<'a> {
 /// Splits `line` into prefix and sshd message, or `None` when it is not a line
 /// written by sshd.
 pub fn parse_line(line: &str) -> Option<SshdLine<'_>> {
-    let line = line.trim_end_matches(['\n', '\r']);
+    // By byte: `trim_end_matches` with a set of chars decodes each one.
+    let end = line
+        .bytes()
+        .rposition(|c| c != b'\n' && c != b'\r')
+        .map_or(0, |i| i + 1);
+    let line = &line[..end];
     let mut rest = line;
     if rest.as_bytes().first() == Some(&b'<') {
         let close = rest.as_bytes().iter().take(5).position(|&c| c == b'>')?;
@@ -113,9 +118,24 @@ fn process_token<'a>(token: &str, after: &'a str) -> Option<(Option<u32>, &'a st
     Some((Some(digits(pid.as_bytes())?), message))
 }
 
-const MONTHS: [&[u8; 3]; 12] = [
-    b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec",
-];
+/// 1-12 for an English month abbreviation (as syslog writes it).
+fn month_number(m: [u8; 3]) -> Option<u32> {
+    Some(match &m {
+        b"Jan" => 1,
+        b"Feb" => 2,
+        b"Mar" => 3,
+        b"Apr" => 4,
+        b"May" => 5,
+        b"Jun" => 6,
+        b"Jul" => 7,
+        b"Aug" => 8,
+        b"Sep" => 9,
+        b"Oct" => 10,
+        b"Nov" => 11,
+        b"Dec" => 12,
+        _ => return None,
+    })
+}
 
 /// Parses a leading timestamp, returning it (if any) and the rest of the line.
 fn parse_time(s: &str) -> (Time<'_>, &str) {
@@ -155,7 +175,7 @@ fn parse_bsd_time(b: &[u8]) -> Option<(LineTime, usize)> {
     if b.len() < 15 || b[3] != b' ' {
         return None;
     }
-    let month = MONTHS.iter().position(|m| &b[..3] == *m)? as u32 + 1;
+    let month = month_number([b[0], b[1], b[2]])?;
     let mut i = 4;
     if b[i] == b' ' {
         i += 1;
@@ -265,6 +285,10 @@ fn skip_structured_data(s: &str) -> Option<&str> {
 /// printed by sshd's logger before the message proper, so they are trusted.
 fn strip_decorations(mut m: &str) -> &str {
     loop {
+        // Most messages have no decoration: one byte tells.
+        if !matches!(m.as_bytes().first(), Some(b'e' | b'f' | b'[' | b'k')) {
+            return m;
+        }
         if let Some(r) = m
             .strip_prefix("error: ")
             .or_else(|| m.strip_prefix("fatal: "))
