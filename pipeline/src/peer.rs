@@ -44,9 +44,62 @@ impl Peer {
 impl fmt::Display for Peer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Peer::Ip(IpAddr::V4(v4)) => f.pad(Dotted::new(*v4, None).as_str()),
             Peer::Ip(ip) => ip.fmt(f),
             Peer::Name(n) => f.write_str(n),
         }
+    }
+}
+
+/// An IPv4 address (and prefix length) as text, written digit by digit.
+/// Commands, report rows and suppressed decisions name thousands of
+/// sources; std's `Ipv4Addr` display runs each octet through the general
+/// formatting machinery.
+struct Dotted {
+    buf: [u8; 18],
+    len: usize,
+}
+
+impl Dotted {
+    fn new(addr: Ipv4Addr, prefix: Option<u8>) -> Dotted {
+        let mut d = Dotted {
+            buf: [0; 18],
+            len: 0,
+        };
+        for (i, octet) in addr.octets().into_iter().enumerate() {
+            if i > 0 {
+                d.push(b'.');
+            }
+            d.number(octet);
+        }
+        if let Some(p) = prefix {
+            d.push(b'/');
+            d.number(p);
+        }
+        d
+    }
+
+    fn number(&mut self, n: u8) {
+        if n >= 100 {
+            self.push(b'0' + n / 100);
+        }
+        if n >= 10 {
+            self.push(b'0' + n / 10 % 10);
+        }
+        self.push(b'0' + n % 10);
+    }
+
+    fn push(&mut self, c: u8) {
+        // 15 bytes of address and 3 of prefix at most: never past the end.
+        if let Some(b) = self.buf.get_mut(self.len) {
+            *b = c;
+            self.len += 1;
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        // Only ASCII digits, dots and a slash were written.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
     }
 }
 
@@ -131,6 +184,9 @@ impl PeerNet {
 impl fmt::Display for PeerNet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            PeerNet::Net(IpNet::V4(n)) => {
+                f.pad(Dotted::new(n.addr(), Some(n.prefix_len())).as_str())
+            }
             PeerNet::Net(n) => n.fmt(f),
             PeerNet::Name(n) => f.write_str(n),
         }
@@ -172,6 +228,31 @@ mod tests {
         .validate()
         .is_err());
         assert!(g.validate().is_ok());
+    }
+
+    #[test]
+    fn ipv4_text_is_what_std_writes() {
+        for octets in [
+            [0, 0, 0, 0],
+            [255, 255, 255, 255],
+            [1, 22, 100, 9],
+            [10, 0, 99, 200],
+            [203, 0, 113, 9],
+        ] {
+            let addr = Ipv4Addr::from(octets);
+            let peer = Peer::Ip(IpAddr::V4(addr));
+            assert_eq!(peer.to_string(), addr.to_string());
+            assert_eq!(format!("{peer:>16}|"), format!("{addr:>16}|"));
+            for len in [8, 24, 32] {
+                let net = PeerNet::Net(IpNet::new(IpAddr::V4(addr), len).unwrap());
+                // `IpNet`'s own display, which writes the address by std's.
+                let theirs = match &net {
+                    PeerNet::Net(n) => n.to_string(),
+                    PeerNet::Name(n) => n.to_string(),
+                };
+                assert_eq!(net.to_string(), theirs);
+            }
+        }
     }
 
     #[test]
