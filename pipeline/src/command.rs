@@ -172,38 +172,47 @@ impl Command {
             .unwrap_or("")
     }
 
-    /// One line for people: action, subject, rule, window, counts, top sources.
-    pub fn summary(&self) -> String {
-        let action = match (self.action, self.held) {
+    /// One line for people: action, subject, rule, window, counts, top
+    /// sources. Written straight into the output, not built first: a
+    /// report prints one per command.
+    pub fn summary(&self) -> Summary<'_> {
+        Summary(self)
+    }
+}
+
+/// [`Command::summary`]'s line.
+pub struct Summary<'c>(&'c Command);
+
+impl std::fmt::Display for Summary<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = self.0;
+        let action = match (c.action, c.held) {
             (_, true) => "notify (held)",
             (Action::Quarantine, false) => "QUARANTINE",
             (Action::Block, false) => "BLOCK",
             (Action::Notify, false) => "notify",
         };
-        let counts: Vec<String> = self
-            .counts
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        let top: Vec<String> = self
-            .top_sources
-            .iter()
-            .map(|s| format!("{}x{}", s.source, s.count))
-            .collect();
-        let reason = self
-            .reason
-            .as_deref()
-            .map(|r| format!(" ({r})"))
-            .unwrap_or_default();
-        format!(
-            "{action} {} rule={} window={} counts[{}] top[{}] id={}{reason}",
-            self.subject(),
-            self.rule,
-            self.window_start,
-            counts.join(" "),
-            top.join(" "),
-            self.id
-        )
+        write!(
+            f,
+            "{action} {} rule={} window={} counts[",
+            c.subject(),
+            c.rule,
+            c.window_start
+        )?;
+        for (i, (k, v)) in c.counts.iter().enumerate() {
+            let sep = if i == 0 { "" } else { " " };
+            write!(f, "{sep}{k}={v}")?;
+        }
+        f.write_str("] top[")?;
+        for (i, s) in c.top_sources.iter().enumerate() {
+            let sep = if i == 0 { "" } else { " " };
+            write!(f, "{sep}{}x{}", s.source, s.count)?;
+        }
+        write!(f, "] id={}", c.id)?;
+        if let Some(r) = &c.reason {
+            write!(f, " ({r})")?;
+        }
+        Ok(())
     }
 }
 
