@@ -114,7 +114,9 @@ impl Command {
         let tracked: u32 = w.top.iter().map(|(_, n)| n).sum();
         let shown: u32 = top.iter().map(|(_, n)| n).sum();
         let (instance_id, subject_text) = match &fired.subject {
-            Subject::Instance(i) => (Some(i.to_string()), i.to_string()),
+            // `String::from`, not `to_string`: on a `Box` or an `Arc` that
+            // goes through the formatter and grows the string from empty.
+            Subject::Instance(i) => (Some(String::from(&**i)), String::from(&**i)),
             Subject::Source(s) => (None, s.to_string()),
         };
         Command {
@@ -144,7 +146,11 @@ impl Command {
                 .filter(|d| w.distinct(**d) > 0)
                 .map(|d| (d.as_str(), w.distinct(*d)))
                 .collect(),
-            instances: w.instance_names.iter().map(|i| i.to_string()).collect(),
+            instances: w
+                .instance_names
+                .iter()
+                .map(|i| String::from(i.as_str()))
+                .collect(),
             top_sources: top
                 .into_iter()
                 .map(|(s, count)| SourceCount {
@@ -153,7 +159,7 @@ impl Command {
                 })
                 .collect(),
             other_source_events: w.other_source_events + tracked - shown,
-            sample_lines: w.samples.iter().map(|l| l.to_string()).collect(),
+            sample_lines: w.samples.iter().map(|l| String::from(&**l)).collect(),
             detected_at: format_rfc3339_ms(fired.detected_at_ms),
         }
     }
