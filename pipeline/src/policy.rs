@@ -112,17 +112,27 @@ pub struct Policy {
     allow_instances: HashSet<String>,
     /// Per subject and action: a weaker action's cooldown never holds back
     /// a stronger one (a notification about an instance must not delay its
-    /// quarantine).
-    last_command: HashMap<(Subject, Action), i64>,
+    /// quarantine). Subjects are as many as the sources an attacker owns:
+    /// pruned of what no cooldown can hold any more, see [`Policy::forget`].
+    last_command: HashMap<(Subject, Action), i64, foldhash::fast::RandomState>,
+    /// `last_command`'s size after its last pruning.
+    kept: usize,
+    /// The newest command time seen.
+    newest_ms: i64,
     recent_quarantines: VecDeque<i64>,
 }
+
+/// `last_command` is not pruned below this many entries.
+const KEEP_AT_LEAST: usize = 1024;
 
 impl Policy {
     pub fn new(config: PolicyConfig) -> Self {
         Policy {
             allow_instances: config.allow_instances.iter().cloned().collect(),
             config,
-            last_command: HashMap::new(),
+            last_command: HashMap::default(),
+            kept: 0,
+            newest_ms: i64::MIN,
             recent_quarantines: VecDeque::new(),
         }
     }
@@ -202,14 +212,29 @@ impl Policy {
         }
         self.last_command.insert(key, now);
         let held = hold_reason.is_some() && rule.action != Action::Notify;
-        Decision::Command(Box::new(Command::from_fired(
-            fired,
-            rule,
-            action,
-            held,
-            hold_reason,
-            origin,
-        )))
+        let command = Command::from_fired(fired, rule, action, held, hold_reason, origin);
+        self.forget(now);
+        Decision::Command(Box::new(command))
+    }
+
+    /// Once the cooldowns have doubled since the last pruning, drops those
+    /// two cooldowns older than the newest command: a lagging stream's fire
+    /// (event time is per stream) still finds its subject's last command.
+    /// So the entries are at most about twice the commands of the last two
+    /// cooldowns, whatever the number of sources over a worker's life (each
+    /// source an attacker owns that reaches a rule leaves one entry). A
+    /// forged future time prunes early: at worst a repeated command, with
+    /// the same id when its window is the same.
+    fn forget(&mut self, now: i64) {
+        self.newest_ms = self.newest_ms.max(now);
+        if self.last_command.len() < 2 * self.kept.max(KEEP_AT_LEAST) {
+            return;
+        }
+        let horizon = self
+            .newest_ms
+            .saturating_sub(self.config.cooldown_ms.saturating_mul(2));
+        self.last_command.retain(|_, last| *last > horizon);
+        self.kept = self.last_command.len();
     }
 }
 
@@ -338,6 +363,45 @@ mod tests {
         assert!(!p.source_allowed(&Peer::parse("2001:db8::7").unwrap()));
         assert!(p.source_allowed(&Peer::parse("11.1.2.3").unwrap()));
         assert!(p.source_allowed(&Peer::parse("example.com").unwrap()));
+    }
+
+    #[test]
+    fn cooldowns_of_past_subjects_are_forgotten_not_kept_forever() {
+        let c = seed();
+        let cooldown = c.cooldown_ms;
+        let mut p = Policy::new(c.clone());
+        let o = Origin::default();
+        let template = fired(&c, 0, instance(I1), 0);
+        let at = |subject: Subject, t: i64| Fired {
+            subject,
+            detected_at_ms: t,
+            ..template.clone()
+        };
+        let mut largest = 0;
+        // 40 cooldowns, 500 new subjects in each: 20,000 in all.
+        for n in 0..20_000i64 {
+            let t = n / 500 * cooldown;
+            let d = p.decide(&at(instance(&format!("i-{n:017x}")), t), &o);
+            assert!(action(&d).is_some(), "a new subject gets its command");
+            largest = largest.max(p.last_command.len());
+        }
+        assert!(
+            largest < 2 * KEEP_AT_LEAST + 2 * 1_500,
+            "kept {largest} cooldowns"
+        );
+        // What is still within its cooldown is held back as before.
+        let last = format!("i-{:017x}", 19_999);
+        let d = p.decide(&at(instance(&last), 39 * cooldown + 1), &o);
+        assert!(
+            matches!(
+                d,
+                Decision::Suppressed {
+                    reason: Suppression::Cooldown,
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
     }
 
     #[test]
