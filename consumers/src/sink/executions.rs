@@ -16,7 +16,8 @@
 //! that another worker started first is refused by Step Functions (the
 //! execution is running again), which is logged and harmless.
 
-use std::collections::HashSet;
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +34,12 @@ pub const MAX_REDRIVES: i32 = 2;
 /// Executions that stopped longer ago than this before the worker started
 /// are not looked at (another worker, or an earlier run, reported them).
 pub const LOOKBACK: Duration = Duration::from_secs(3_600);
+/// An execution handled is forgotten once this many looks in a row did not
+/// list it. ListExecutions lists the newest first and is eventually
+/// consistent (AWS Step Functions API reference, ListExecutions): one that
+/// fell out of the newest pages does not come back, one missing from a
+/// single look may.
+pub const FORGET_AFTER_LOOKS: u64 = 10;
 
 /// What to do with a stopped execution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,8 +66,12 @@ pub struct ExecutionWatch {
     client: aws_sdk_sfn::Client,
     state_machine_arn: String,
     metrics: Arc<Metrics>,
-    /// Executions already handled (ARN and the redrive count seen).
-    seen: HashSet<(String, i32)>,
+    /// Executions already handled (ARN and the redrive count seen), with
+    /// the last look that listed them: a worker runs for months, and failed
+    /// executions, which commands an attacker provokes can cause, would
+    /// otherwise be kept for good.
+    seen: HashMap<(String, i32), u64>,
+    looks: u64,
     since_epoch_s: i64,
 }
 
@@ -77,7 +88,8 @@ impl ExecutionWatch {
             client,
             state_machine_arn,
             metrics,
-            seen: HashSet::new(),
+            seen: HashMap::new(),
+            looks: 0,
             since_epoch_s: now - LOOKBACK.as_secs() as i64,
         }
     }
@@ -86,6 +98,7 @@ impl ExecutionWatch {
     /// redriven. Returns how many were handled.
     pub async fn check(&mut self) -> Result<usize, String> {
         let mut handled = 0;
+        self.looks += 1;
         for status in [
             ExecutionStatus::Failed,
             ExecutionStatus::TimedOut,
@@ -113,8 +126,14 @@ impl ExecutionWatch {
                     .await
                     .map_err(|e| crate::aws::aws_error(e).to_string())?;
                 let redrives = d.redrive_count().unwrap_or(0);
-                if !self.seen.insert((arn.to_owned(), redrives)) {
-                    continue;
+                match self.seen.entry((arn.to_owned(), redrives)) {
+                    Entry::Occupied(mut listed) => {
+                        listed.insert(self.looks);
+                        continue;
+                    }
+                    Entry::Vacant(new) => {
+                        new.insert(self.looks);
+                    }
                 }
                 handled += 1;
                 let error_code = d.error().unwrap_or("");
@@ -160,8 +179,16 @@ impl ExecutionWatch {
                 }
             }
         }
+        forget_unlisted(&mut self.seen, self.looks);
         Ok(handled)
     }
+}
+
+/// Drops the executions not listed in the last [`FORGET_AFTER_LOOKS`]
+/// looks, `looks` being the last one (a look that failed returned before
+/// this: it forgets nothing).
+fn forget_unlisted(seen: &mut HashMap<(String, i32), u64>, looks: u64) {
+    seen.retain(|_, listed| *listed + FORGET_AFTER_LOOKS > looks);
 }
 
 /// Looks every [`WATCH_EVERY`] until shutdown.
@@ -204,6 +231,24 @@ mod tests {
                 .is_some_and(|code| code.starts_with('2')),
             "moto config: {reply}"
         );
+    }
+
+    #[test]
+    fn executions_no_longer_listed_are_forgotten() {
+        let mut seen = HashMap::new();
+        seen.insert(("old".to_owned(), 0), 1);
+        seen.insert(("kept".to_owned(), 0), 1);
+        for look in 2..=FORGET_AFTER_LOOKS + 1 {
+            // `kept` is listed by every look, `old` by the first only.
+            seen.insert(("kept".to_owned(), 0), look);
+            forget_unlisted(&mut seen, look);
+            assert_eq!(
+                seen.contains_key(&("old".to_owned(), 0)),
+                look < FORGET_AFTER_LOOKS + 1,
+                "look {look}"
+            );
+        }
+        assert!(seen.contains_key(&("kept".to_owned(), 0)));
     }
 
     #[test]
