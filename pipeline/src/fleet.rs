@@ -103,16 +103,64 @@ pub struct FleetStats {
     /// For windows already let go.
     pub late: u64,
     pub networks_dropped: u64,
+    /// Emissions of a part already folded into its shard's sum, not merged.
+    pub after_fold: u64,
     /// Met, but one shard alone met it (its own engine fired).
     pub left_to_shard: u64,
     pub fired: u64,
 }
 
+/// Parts of one shard a cell keeps apart; past it the lowest is folded
+/// into the shard's sum. A shard past its `max_open` starts a new part per
+/// network it lets go and takes back: without the fold, an address flood
+/// that cycles through more networks than a shard holds would grow a cell
+/// by one part per event until its window ends.
+const PARTS_PER_SHARD: usize = 8;
+
 #[derive(Default)]
 struct Cell {
     /// The newest emission of each (shard, part).
     parts: BTreeMap<(String, u32), Partial>,
+    /// Per shard, the sum of its parts folded out of `parts` (its `part` is
+    /// the highest folded): an emission of a part at or below it is not
+    /// merged again.
+    folded: BTreeMap<String, Partial>,
     min_position: u64,
+}
+
+impl Cell {
+    /// Every partial merged in the cell, the folded sums included.
+    fn partials(&self) -> impl Iterator<Item = &Partial> {
+        self.partials_marked().map(|(p, _)| p)
+    }
+
+    /// The same, each with whether it is a folded sum.
+    fn partials_marked(&self) -> impl Iterator<Item = (&Partial, bool)> {
+        let apart = self.parts.values().map(|p| (p, false));
+        apart.chain(self.folded.values().map(|p| (p, true)))
+    }
+
+    /// Folds the lowest parts of `shard` into its sum until it has at most
+    /// [`PARTS_PER_SHARD`] apart. Parts of a (shard, window, network) are
+    /// numbered in the order the shard made them, and a shard makes the next
+    /// only after it sent the last of the one before, so the lowest is done.
+    fn fold(&mut self, shard: &str, max_exact: usize) {
+        let of_shard = |k: &(String, u32)| k.0 == shard;
+        while self.parts.keys().filter(|k| of_shard(k)).count() > PARTS_PER_SHARD {
+            let Some(key) = self.parts.keys().find(|k| of_shard(k)).cloned() else {
+                return;
+            };
+            let Some(part) = self.parts.remove(&key) else {
+                return;
+            };
+            match self.folded.get_mut(shard) {
+                Some(sum) => sum.absorb(&part, max_exact),
+                None => {
+                    self.folded.insert(key.0, part);
+                }
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -211,7 +259,7 @@ impl FleetStage {
     }
 
     /// The counters by name (for metrics).
-    pub fn stat_counts(&self) -> [(&'static str, u64); 8] {
+    pub fn stat_counts(&self) -> [(&'static str, u64); 9] {
         let s = &self.stats;
         [
             ("partials", s.partials),
@@ -220,6 +268,7 @@ impl FleetStage {
             ("replaced", s.replaced),
             ("late", s.late),
             ("networks_dropped", s.networks_dropped),
+            ("after_fold", s.after_fold),
             ("left_to_shard", s.left_to_shard),
             ("fired", s.fired),
         ]
@@ -273,6 +322,12 @@ impl FleetStage {
             ..Cell::default()
         });
         cell.min_position = cell.min_position.min(position);
+        if cell.folded.get(&p.shard).is_some_and(|f| p.part <= f.part) {
+            // Its part was folded: a replay, or an emission that came after
+            // a later part's (only under a flood of parts).
+            self.stats.after_fold += 1;
+            return;
+        }
         let key = (p.shard.clone(), p.part);
         match cell.parts.get(&key) {
             Some(old) if old.emission >= p.emission => {
@@ -285,7 +340,9 @@ impl FleetStage {
         if p.last {
             self.stats.finals += 1;
         }
+        let shard = key.0.clone();
         cell.parts.insert(key, p);
+        cell.fold(&shard, self.config.max_exact);
         self.evaluate(&net, start, out);
         if end > self.clock_ms {
             self.clock_ms = end;
@@ -321,7 +378,7 @@ impl FleetStage {
                     }
                     let shards: HashSet<&str> = cells
                         .iter()
-                        .flat_map(|c| c.parts.keys().map(|(s, _)| s.as_str()))
+                        .flat_map(|c| c.partials().map(|p| p.shard.as_str()))
                         .collect();
                     let one_shard_met = self.mirrored[ri]
                         && shards.iter().any(|s| {
@@ -372,7 +429,7 @@ impl FleetStage {
         let logins: Vec<(String, crate::partial::Login)> = state
             .cells
             .range(rs..rs + 2 * size)
-            .flat_map(|(_, c)| c.parts.values())
+            .flat_map(|(_, c)| c.partials())
             .flat_map(|p| p.logins.iter().map(move |l| (p.shard.clone(), l.clone())))
             .collect();
         for (shard, login) in &logins {
@@ -386,7 +443,7 @@ impl FleetStage {
             let previous = state
                 .cells
                 .range(lrs - size..lrs + size)
-                .flat_map(|(_, c)| c.parts.values())
+                .flat_map(|(_, c)| c.partials())
                 .flat_map(|p| p.logins.iter().map(|l| l.time_ms))
                 .filter(|&t| t < login.time_ms)
                 .max();
@@ -394,7 +451,7 @@ impl FleetStage {
             let mut fleet = 0u32;
             let mut own = 0u32;
             for cell in state.cells.range(lrs - size..lrs + size).map(|(_, c)| c) {
-                for p in cell.parts.values() {
+                for (p, sum) in cell.partials_marked() {
                     let is_login_partial = p.shard == *shard && p.logins.contains(login);
                     // Of another partial, guesses count only when all of
                     // them came between the previous login and this one
@@ -403,8 +460,11 @@ impl FleetStage {
                     // made after the login). The login's own partial says
                     // how many came since its own previous login.
                     let n = if is_login_partial {
+                        // A folded sum holding the previous login may hold
+                        // it in another part than this login's: only its
+                        // guess times can vouch for the count.
                         let since = previous.is_none_or(|prev| {
-                            p.logins.iter().any(|l| l.time_ms == prev)
+                            (!sum && p.logins.iter().any(|l| l.time_ms == prev))
                                 || p.first_guess_ms.is_none_or(|t| t > prev)
                         });
                         if since {
@@ -515,7 +575,7 @@ fn merge(cells: &[&Cell], shard: Option<&str>, max_exact: usize) -> Merged {
     };
     for p in cells
         .iter()
-        .flat_map(|c| c.parts.values())
+        .flat_map(|c| c.partials())
         .filter(|p| shard.is_none_or(|s| p.shard == s))
     {
         for (a, b) in m.counts.iter_mut().zip(p.counts) {
@@ -579,5 +639,120 @@ fn fired_of(
         },
         detected_at_ms,
         source_logged_in: is_source && m.logged_in,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: i64 = 1_764_410_400_000;
+
+    fn part(shard: &str, part: u32, emission: u32, guesses: u32) -> Partial {
+        let mut counts = [0; Signal::COUNT];
+        counts[Signal::AuthFailure.index()] = guesses;
+        let mut instances = Distinct::default();
+        instances.insert(u64::from(part), 32);
+        Partial {
+            shard: shard.to_owned(),
+            source: "198.51.100.7/32".to_owned(),
+            window_start_ms: T0,
+            window_ms: 10 * 60_000,
+            part,
+            emission,
+            last: true,
+            counts,
+            instances,
+            users: Distinct::default(),
+            instance_names: vec![format!("i-{part}")],
+            logins: Vec::new(),
+            first_ms: T0 + i64::from(part),
+            last_ms: T0 + i64::from(part),
+            first_guess_ms: Some(T0 + i64::from(part)),
+            last_guess_ms: Some(T0 + i64::from(part)),
+            account: "123456789012".to_owned(),
+            log_group: "/fleet/auth".to_owned(),
+        }
+    }
+
+    fn cell(stage: &FleetStage) -> &Cell {
+        let net = part("a", 0, 1, 0).net().unwrap();
+        &stage.nets[&net].cells[&T0]
+    }
+
+    fn guesses(stage: &FleetStage, shard: Option<&str>) -> u32 {
+        merge(&[cell(stage)], shard, 32).counts[Signal::AuthFailure.index()]
+    }
+
+    #[test]
+    fn a_flood_of_parts_is_folded_per_shard_and_still_adds_up_once() {
+        let mut stage = FleetStage::new(FleetConfig::default()).unwrap();
+        let mut out = Vec::new();
+        // A shard that lets the same network go and takes it back sends a
+        // new part each time; two such shards, a thousand parts each (parts
+        // are numbered by the shard's let-gos, so not one after another).
+        for k in 0..1000u32 {
+            stage.ingest(part("a", 3 * k, 1, 1), u64::from(k), &mut out);
+            stage.ingest(part("b", 5 * k + 1, 1, 1), u64::from(k), &mut out);
+        }
+        let c = cell(&stage);
+        assert!(c.parts.len() <= 2 * PARTS_PER_SHARD, "{}", c.parts.len());
+        assert_eq!(c.folded.len(), 2);
+        assert_eq!(guesses(&stage, None), 2000);
+        assert_eq!(guesses(&stage, Some("a")), 1000);
+        assert!(merge(&[cell(&stage)], None, 32).instances.count() > 32);
+
+        // A replay of a folded part, and of a part still apart: neither
+        // counts twice.
+        stage.ingest(part("a", 30, 1, 1), 5000, &mut out);
+        assert_eq!(stage.stats().after_fold, 1);
+        stage.ingest(part("a", 3 * 999, 1, 1), 5001, &mut out);
+        assert_eq!(stage.stats().duplicates, 1);
+        assert_eq!(guesses(&stage, None), 2000);
+        // A later emission of a part still apart replaces it.
+        stage.ingest(part("a", 3 * 999, 2, 5), 5002, &mut out);
+        assert_eq!(guesses(&stage, None), 2004);
+        // Together the shards met rules neither met alone (five guesses in
+        // ten minutes: after three of a's and two of b's).
+        assert!(stage.stats().fired > 0);
+    }
+
+    #[test]
+    fn a_folded_sum_holding_an_earlier_login_does_not_vouch_for_guesses_before_it() {
+        use crate::partial::Login;
+        let login = |t: i64, failures_before: u32| Login {
+            instance: "i-1".to_owned(),
+            user: Some("deploy".to_owned()),
+            time_ms: T0 + t,
+            failures_before,
+        };
+        let mut stage = FleetStage::new(FleetConfig::default()).unwrap();
+        let mut out = Vec::new();
+        // Part 0: a login at +100. Part 1: five guesses at +10..+14 (out of
+        // order in time), then a login at +300 that saw them. The five came
+        // before the login at +100, which starts the count anew.
+        let mut p0 = part("a", 0, 1, 0);
+        p0.first_guess_ms = None;
+        p0.last_guess_ms = None;
+        p0.logins = vec![login(100, 0)];
+        let mut p1 = part("a", 1, 1, 5);
+        p1.first_guess_ms = Some(T0 + 10);
+        p1.last_guess_ms = Some(T0 + 14);
+        p1.logins = vec![login(300, 5)];
+        stage.ingest(p0, 0, &mut out);
+        stage.ingest(p1, 1, &mut out);
+        // Enough parts after them to fold both into one sum.
+        for k in 2..=PARTS_PER_SHARD as u32 + 2 {
+            let mut filler = part("a", k, 1, 0);
+            filler.first_guess_ms = None;
+            filler.last_guess_ms = None;
+            stage.ingest(filler, u64::from(k), &mut out);
+        }
+        assert!(cell(&stage).folded["a"].logins.len() == 2);
+        // The login at +100 followed five guesses (a compromise, left to
+        // the shard that saw them all); the one at +300 followed none.
+        let judged = |t: i64| stage.logins_done.iter().any(|k| k.3 == T0 + t);
+        assert!(judged(100));
+        assert!(!judged(300));
     }
 }

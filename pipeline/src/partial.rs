@@ -283,6 +283,33 @@ impl Partial {
         self.users.validate()
     }
 
+    /// Adds another part of the same (shard, window, source) into this one:
+    /// counts add, distinct sets unite, names and logins are kept to their
+    /// caps (a login past [`MAX_LOGINS`] is left out), times widen. What a
+    /// part's own times bound (the compromise rule's guesses between logins)
+    /// can only count less from a sum, never more.
+    pub fn absorb(&mut self, other: &Partial, max_exact: usize) {
+        for (a, b) in self.counts.iter_mut().zip(other.counts) {
+            *a = a.saturating_add(b);
+        }
+        self.instances.merge(&other.instances, max_exact);
+        self.users.merge(&other.users, max_exact);
+        for n in &other.instance_names {
+            if self.instance_names.len() < NAMED_INSTANCES && !self.instance_names.contains(n) {
+                self.instance_names.push(n.clone());
+            }
+        }
+        let room = MAX_LOGINS.saturating_sub(self.logins.len());
+        self.logins.extend(other.logins.iter().take(room).cloned());
+        self.first_ms = self.first_ms.min(other.first_ms);
+        self.last_ms = self.last_ms.max(other.last_ms);
+        let earliest = |a: Option<i64>, b: Option<i64>| a.into_iter().chain(b).min();
+        let latest = |a: Option<i64>, b: Option<i64>| a.into_iter().chain(b).max();
+        self.first_guess_ms = earliest(self.first_guess_ms, other.first_guess_ms);
+        self.last_guess_ms = latest(self.last_guess_ms, other.last_guess_ms);
+        self.part = self.part.max(other.part);
+    }
+
     /// The source network (`None` if the text is neither a CIDR nor a host name).
     pub fn net(&self) -> Option<PeerNet> {
         parse_net(&self.source)
@@ -398,8 +425,12 @@ pub struct PartialBuilder {
     open: HashMap<(PeerNet, i64), Open>,
     /// Open partials by window start (emission order when windows close).
     by_window: BTreeMap<i64, Vec<PeerNet>>,
-    /// The next part of a (network, window) after one was let go.
-    next_part: HashMap<(PeerNet, i64), u32>,
+    /// Per partial window, how many open partials were let go in it: a new
+    /// partial takes that number as its part. A network let go and back
+    /// gets a higher part than the one it had (its old one was counted), and
+    /// the shard keeps nothing per network let go (a flood of new addresses
+    /// lets one go per event).
+    let_go_in: BTreeMap<i64, u32>,
     /// Partial windows ending at or before it were emitted as closed.
     closed_until_ms: i64,
     /// Partial windows ending at or before it were reported at their end.
@@ -431,7 +462,7 @@ impl PartialBuilder {
             early,
             open: HashMap::new(),
             by_window: BTreeMap::new(),
-            next_part: HashMap::new(),
+            let_go_in: BTreeMap::new(),
             closed_until_ms: i64::MIN,
             reported_until_ms: i64::MIN,
             ready: Vec::new(),
@@ -476,7 +507,7 @@ impl PartialBuilder {
             if self.open.len() >= self.config.max_open {
                 self.let_go_oldest();
             }
-            let part = self.next_part.get(&key).copied().unwrap_or(0);
+            let part = self.let_go_in.get(&start).copied().unwrap_or(0);
             self.by_window.entry(start).or_default().push(net.clone());
             self.open.insert(
                 key.clone(),
@@ -677,10 +708,11 @@ impl PartialBuilder {
         if nets.is_empty() {
             entry.remove();
         }
-        let key = (net, start);
-        let part = self.open.get(&key).map_or(0, |o| o.partial.part);
-        self.finish(&key);
-        self.next_part.insert(key, part + 1);
+        self.finish(&(net, start));
+        // Parts would repeat only past u32::MAX let-gos in one window, more
+        // events than a shard reads in a window: saturating is enough.
+        let n = self.let_go_in.entry(start).or_default();
+        *n = n.saturating_add(1);
         self.stats.let_go += 1;
     }
 
@@ -699,8 +731,8 @@ impl PartialBuilder {
                 self.finish(&(net, start));
             }
         }
-        self.next_part
-            .retain(|(_, start), _| *start + self.config.window_ms > watermark_ms);
+        let w = self.config.window_ms;
+        self.let_go_in.retain(|start, _| *start + w > watermark_ms);
     }
 
     /// Emits every open partial (end of an offline input).
@@ -953,11 +985,49 @@ mod tests {
             .map(|p| p.part)
             .collect();
         assert_eq!(parts.len(), 2);
-        assert!(parts.contains(&0) && parts.contains(&1), "{parts:?}");
+        assert!(parts[0] == 0 && parts[1] > 0, "{parts:?}");
         assert_eq!(
             b.stats().let_go,
             2,
             "one let go for each new network past the cap"
         );
+    }
+
+    #[test]
+    fn an_address_flood_past_the_cap_keeps_nothing_per_network_let_go_and_loses_no_count() {
+        // Three networks taking turns past a cap of two: every event lets
+        // one go, so every network comes back many times in one window.
+        let mut b = PartialBuilder::new(PartialConfig {
+            max_open: 2,
+            early_percent: 0,
+            ..PartialConfig::default()
+        });
+        let nets: Vec<PeerNet> = (1..=3).map(|i| net(&format!("192.0.2.{i}/32"))).collect();
+        let rounds = 200;
+        let mut out = Vec::new();
+        for r in 0..rounds {
+            for (i, n) in nets.iter().enumerate() {
+                let t = (r * 3 + i) as i64;
+                b.signal(n, "i-1", None, Signal::AuthFailure, t, t as u64, ("", ""));
+                assert!(b.open_count() <= 2);
+                assert!(b.let_go_in.len() <= 1, "one counter per open window");
+            }
+        }
+        b.close_all();
+        b.drain(&mut out);
+        assert!(b.let_go_in.is_empty() && b.open.is_empty());
+        for n in &nets {
+            let text = n.to_string();
+            let mine: Vec<&Partial> = out.iter().filter(|p| p.source == text).collect();
+            // Each part's last emission holds all it counted; together, every event.
+            let total: u32 = mine
+                .iter()
+                .filter(|p| p.last)
+                .map(|p| p.counts.iter().sum::<u32>())
+                .sum();
+            assert_eq!(total, rounds as u32, "{text}");
+            let parts: Vec<u32> = mine.iter().filter(|p| p.last).map(|p| p.part).collect();
+            assert!(parts.windows(2).all(|w| w[0] < w[1]), "{text}: {parts:?}");
+        }
     }
 }

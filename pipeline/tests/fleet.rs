@@ -23,11 +23,17 @@ struct Fleet {
 
 impl Fleet {
     fn new(n: usize) -> Fleet {
+        Fleet::holding(n, PartialConfig::default().max_open)
+    }
+
+    /// Shards that each hold at most `max_open` open partials.
+    fn holding(n: usize, max_open: usize) -> Fleet {
         let shards = (0..n)
             .map(|i| {
                 Engine::new(EngineConfig {
                     partials: Some(PartialConfig {
                         shard: format!("shard-{i}"),
+                        max_open,
                         ..PartialConfig::default()
                     }),
                     ..EngineConfig::default()
@@ -175,6 +181,45 @@ fn a_spray_over_forty_instances_on_eight_shards_fires_once_fleet_wide() {
     };
     assert!(c.counts.values().sum::<u32>() >= 5, "{:?}", c.counts);
     assert!(!c.instances.is_empty());
+}
+
+#[test]
+fn a_spray_whose_partials_crowded_shards_let_go_at_every_line_still_fires_once() {
+    // Each shard holds one open partial, and a new address follows every
+    // guess of the spray: each of the spray's guesses is a part of its own.
+    let mut f = Fleet::holding(8, 1);
+    for i in 0..40 {
+        let t = T0 + i as i64 * 30_000;
+        f.line(i, t, &failed(i, "root", "198.51.100.7"));
+        f.line(
+            i,
+            t + 1,
+            &failed(100 + i, "root", &format!("203.0.113.{i}")),
+        );
+    }
+    f.finish();
+    let fleet = f.fleet();
+    assert_eq!(
+        fleet
+            .iter()
+            .map(|c| (c.1.as_str(), c.2))
+            .collect::<Vec<_>>(),
+        vec![("198.51.100.7/32", Action::Block)],
+        "{fleet:?}"
+    );
+    let parts = |src: &str| {
+        let mut p: Vec<_> = f
+            .partials
+            .iter()
+            .filter(|p| p.source == src)
+            .map(|p| (p.shard.clone(), p.window_start_ms, p.part))
+            .collect();
+        p.sort();
+        p.dedup();
+        p.len()
+    };
+    assert_eq!(parts("198.51.100.7/32"), 40, "one part per guess");
+    assert_eq!(f.stage.stats().after_fold, 0);
 }
 
 #[test]
