@@ -35,7 +35,14 @@ pub fn open(path: &str, format: Format) -> anyhow::Result<Input> {
     } else {
         Box::new(File::open(Path::new(path)).with_context(|| format!("cannot open {path}"))?)
     };
-    let mut reader = BufReader::with_capacity(1 << 20, raw);
+    // Small on purpose: std's `BufReader` hands a read at least as long as
+    // its capacity straight to the file, and `LineBlocks` reads with
+    // `read_to_end`, whose first read asks for 8 KiB and each next one for
+    // twice as much. With this capacity every byte goes from the file into
+    // the block; with a big one it was copied once more through the buffer
+    // (2.6% of `scan`'s instructions on the dense log, 6.8% on the auth
+    // log). 8 KiB is still enough to tell gzip and the format from the head.
+    let mut reader = BufReader::with_capacity(8 << 10, raw);
     let head = reader
         .fill_buf()
         .with_context(|| format!("cannot read {path}"))?;
