@@ -5,9 +5,10 @@
 //! hands it partials and their positions, it hands back decisions.
 //! docs/fleet.md says how it is wired and why.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use litemap::LiteMap;
 use serde::Serialize;
 
 use crate::classify::Signal;
@@ -117,14 +118,18 @@ pub struct FleetStats {
 /// by one part per event until its window ends.
 const PARTS_PER_SHARD: usize = 8;
 
+// The maps of a cell and a network are sorted vectors (litemap): most hold
+// one entry, and a BTreeMap's first node reserves room for eleven (a cell
+// of one partial took 4 KB; `scan --shards 2` of the 1M-line address flood
+// peaked at 1.88 GB RSS).
 #[derive(Default)]
 struct Cell {
     /// The newest emission of each (shard, part).
-    parts: BTreeMap<(String, u32), Partial>,
+    parts: LiteMap<(String, u32), Partial>,
     /// Per shard, the sum of its parts folded out of `parts` (its `part` is
     /// the highest folded): an emission of a part at or below it is not
     /// merged again.
-    folded: BTreeMap<String, Partial>,
+    folded: LiteMap<String, Partial>,
     min_position: u64,
 }
 
@@ -165,8 +170,18 @@ impl Cell {
 
 #[derive(Default)]
 struct NetState {
-    cells: BTreeMap<i64, Cell>,
+    cells: LiteMap<i64, Cell>,
     updated_ms: i64,
+}
+
+impl NetState {
+    /// The cells whose window starts in `range`, oldest first.
+    fn cells_in(&self, range: std::ops::Range<i64>) -> impl Iterator<Item = &Cell> {
+        let at = |t: &i64| self.cells.find_index(t).unwrap_or_else(|i| i);
+        let (from, to) = (at(&range.start), at(&range.end).max(at(&range.start)));
+        let all: &[(i64, Cell)] = self.cells.as_slice();
+        all[from..to].iter().map(|(_, c)| c)
+    }
 }
 
 /// What the cells of one rule window add up to.
@@ -315,9 +330,14 @@ impl FleetStage {
             self.drop_stale_networks();
         }
         let start = p.window_start_ms;
-        let state = self.nets.entry(net.clone()).or_default();
+        // Room for one entry to start with (a growing Vec reserves four).
+        let state = self.nets.entry(net.clone()).or_insert_with(|| NetState {
+            cells: LiteMap::with_capacity(1),
+            updated_ms: 0,
+        });
         state.updated_ms = state.updated_ms.max(p.last_ms);
         let cell = state.cells.entry(start).or_insert_with(|| Cell {
+            parts: LiteMap::with_capacity(1),
             min_position: position,
             ..Cell::default()
         });
@@ -370,8 +390,7 @@ impl FleetStage {
                     let Some(state) = self.nets.get(net) else {
                         return;
                     };
-                    let cells: Vec<&Cell> =
-                        state.cells.range(rs..rs + size).map(|(_, c)| c).collect();
+                    let cells: Vec<&Cell> = state.cells_in(rs..rs + size).collect();
                     let merged = merge(&cells, None, self.config.max_exact);
                     if measure(&merged, &condition) < condition.threshold() {
                         continue;
@@ -427,9 +446,8 @@ impl FleetStage {
         };
         // Logins in this window and the next can look back at this one.
         let logins: Vec<(String, crate::partial::Login)> = state
-            .cells
-            .range(rs..rs + 2 * size)
-            .flat_map(|(_, c)| c.partials())
+            .cells_in(rs..rs + 2 * size)
+            .flat_map(Cell::partials)
             .flat_map(|p| p.logins.iter().map(move |l| (p.shard.clone(), l.clone())))
             .collect();
         for (shard, login) in &logins {
@@ -441,16 +459,15 @@ impl FleetStage {
             // guesses after the network's previous login anywhere count.
             let lrs = login.time_ms.div_euclid(size) * size;
             let previous = state
-                .cells
-                .range(lrs - size..lrs + size)
-                .flat_map(|(_, c)| c.partials())
+                .cells_in(lrs - size..lrs + size)
+                .flat_map(Cell::partials)
                 .flat_map(|p| p.logins.iter().map(|l| l.time_ms))
                 .filter(|&t| t < login.time_ms)
                 .max();
             let after_previous = |t: Option<i64>| previous.is_none_or(|p| t.is_some_and(|t| t > p));
             let mut fleet = 0u32;
             let mut own = 0u32;
-            for cell in state.cells.range(lrs - size..lrs + size).map(|(_, c)| c) {
+            for cell in state.cells_in(lrs - size..lrs + size) {
                 for (p, sum) in cell.partials_marked() {
                     let is_login_partial = p.shard == *shard && p.logins.contains(login);
                     // Of another partial, guesses count only when all of
@@ -493,11 +510,7 @@ impl FleetStage {
                 self.stats.left_to_shard += 1;
                 continue;
             }
-            let cells: Vec<&Cell> = state
-                .cells
-                .range(lrs - size..lrs + size)
-                .map(|(_, c)| c)
-                .collect();
+            let cells: Vec<&Cell> = state.cells_in(lrs - size..lrs + size).collect();
             let mut merged = merge(&cells, None, self.config.max_exact);
             // The command shows the failures that count, not the window's.
             for s in GUESSES {
@@ -748,7 +761,10 @@ mod tests {
             filler.last_guess_ms = None;
             stage.ingest(filler, u64::from(k), &mut out);
         }
-        assert!(cell(&stage).folded["a"].logins.len() == 2);
+        assert!(cell(&stage)
+            .folded
+            .get("a")
+            .is_some_and(|s| s.logins.len() == 2));
         // The login at +100 followed five guesses (a compromise, left to
         // the shard that saw them all); the one at +300 followed none.
         let judged = |t: i64| stage.logins_done.iter().any(|k| k.3 == T0 + t);
