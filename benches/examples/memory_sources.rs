@@ -6,20 +6,29 @@
 //! per second of the run (line formatting included): an address flood's
 //! speed.
 //!
-//! `cargo run --release -p sshwarden-benches --example memory_sources -- N [MAX_SOURCES] [totals]`
-//! (`totals`: also keep the whole-input totals per source, as `scan` does).
+//! `cargo run --release -p sshwarden-benches --example memory_sources -- N [MAX_SOURCES] [totals|fleet]`
+//! (`totals`: also keep the whole-input totals per source, as `scan` does;
+//! `fleet`: two shards and the fleet stage, as `scan --shards 2` runs them,
+//! every partial sent and merged at the end of the input).
 
 use sshwarden_pipeline::command::Origin;
+use sshwarden_pipeline::embedded::EmbeddedStages;
 use sshwarden_pipeline::window::WindowConfig;
-use sshwarden_pipeline::{Engine, EngineConfig, LineInput};
+use sshwarden_pipeline::{EngineConfig, LineInput};
 
 fn main() {
     let mut args = std::env::args().skip(1);
     let n: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(1_000);
     let cap: Option<usize> = args.next().and_then(|a| a.parse().ok());
+    let mode = args.next();
     let mut config = EngineConfig {
-        keep_totals: args.next().as_deref() == Some("totals"),
+        keep_totals: mode.as_deref() == Some("totals"),
         ..EngineConfig::default()
+    };
+    let shards = if mode.as_deref() == Some("fleet") {
+        2
+    } else {
+        1
     };
     if let Some(cap) = cap {
         config.window = WindowConfig {
@@ -28,7 +37,7 @@ fn main() {
         };
     }
     let cap = config.window.max_sources;
-    let mut engine = match Engine::new(config) {
+    let mut stages = match EmbeddedStages::new(config, shards) {
         Ok(e) => e,
         Err(e) => panic!("{e}"),
     };
@@ -48,7 +57,7 @@ fn main() {
             1000 + u64::from(i),
             1024 + i % 60_000
         ));
-        engine.process_line(
+        stages.process_line(
             &LineInput {
                 instance: "i-0123456789abcdef0",
                 instance_from_host: false,
@@ -63,16 +72,26 @@ fn main() {
         );
         out.clear();
     }
+    let (instances, sources) = stages
+        .engines()
+        .iter()
+        .map(|e| e.windows().live_keys())
+        .fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
+    if shards > 1 {
+        // Partials go to the fleet stage when they are let go or closed:
+        // here, at the end, all of them.
+        stages.finish(&mut out);
+    }
     let secs = started.elapsed().as_secs_f64();
-    let (instances, sources) = engine.windows().live_keys();
-    let stats = engine.stats();
+    let stats = stages.stats();
     let peak = peak_rss_kb();
     println!(
         "distinct_sources={n} max_sources={cap} live_source_keys={sources} live_instance_keys={instances} \
-         evicted_sources={} counted_events={} totals={} peak_rss_kb={peak} baseline_rss_kb={base_rss} bytes_per_live_source={} lines_per_sec={:.0}",
+         evicted_sources={} counted_events={} totals={} shards={shards} partials={} peak_rss_kb={peak} baseline_rss_kb={base_rss} bytes_per_live_source={} lines_per_sec={:.0}",
         stats.windows.evicted_sources,
         stats.signals.values().sum::<u64>(),
-        engine.totals().map_or(0, |t| t.sources.len()),
+        stages.totals().map_or(0, |t| t.sources.len()),
+        stages.fleet_summary().partials,
         (peak.saturating_sub(base_rss) * 1024).checked_div(sources as u64).unwrap_or(0),
         f64::from(n) / secs,
     );
