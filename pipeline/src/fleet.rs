@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::classify::Signal;
 use crate::command::Origin;
-use crate::partial::{Distinct, Partial, NAMED_INSTANCES};
+use crate::partial::{add_counts, add_names, Distinct, Partial};
 use crate::peer::PeerNet;
 use crate::policy::{Decision, Policy, PolicyConfig, PolicyError};
 use crate::rules::{Condition, Dimension, Rule, SubjectKind, GUESSES};
@@ -591,16 +591,10 @@ fn merge(cells: &[&Cell], shard: Option<&str>, max_exact: usize) -> Merged {
         .flat_map(|c| c.partials())
         .filter(|p| shard.is_none_or(|s| p.shard == s))
     {
-        for (a, b) in m.counts.iter_mut().zip(p.counts) {
-            *a = a.saturating_add(b);
-        }
+        add_counts(&mut m.counts, &p.counts);
         m.instances.merge(&p.instances, max_exact);
         m.users.merge(&p.users, max_exact);
-        for n in &p.instance_names {
-            if m.names.len() < NAMED_INSTANCES && !m.names.contains(n) {
-                m.names.push(n.clone());
-            }
-        }
+        add_names(&mut m.names, &p.instance_names);
         m.logged_in |= !p.logins.is_empty();
         m.last_ms = m.last_ms.max(p.last_ms);
         if m.account.is_empty() {

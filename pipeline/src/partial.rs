@@ -289,16 +289,10 @@ impl Partial {
     /// part's own times bound (the compromise rule's guesses between logins)
     /// can only count less from a sum, never more.
     pub fn absorb(&mut self, other: &Partial, max_exact: usize) {
-        for (a, b) in self.counts.iter_mut().zip(other.counts) {
-            *a = a.saturating_add(b);
-        }
+        add_counts(&mut self.counts, &other.counts);
         self.instances.merge(&other.instances, max_exact);
         self.users.merge(&other.users, max_exact);
-        for n in &other.instance_names {
-            if self.instance_names.len() < NAMED_INSTANCES && !self.instance_names.contains(n) {
-                self.instance_names.push(n.clone());
-            }
-        }
+        add_names(&mut self.instance_names, &other.instance_names);
         let room = MAX_LOGINS.saturating_sub(self.logins.len());
         self.logins.extend(other.logins.iter().take(room).cloned());
         self.first_ms = self.first_ms.min(other.first_ms);
@@ -313,6 +307,22 @@ impl Partial {
     /// The source network (`None` if the text is neither a CIDR nor a host name).
     pub fn net(&self) -> Option<PeerNet> {
         parse_net(&self.source)
+    }
+}
+
+/// Adds counts of signals (saturating: a sum of parts never wraps).
+pub(crate) fn add_counts(into: &mut [u32; Signal::COUNT], from: &[u32; Signal::COUNT]) {
+    for (a, b) in into.iter_mut().zip(from) {
+        *a = a.saturating_add(*b);
+    }
+}
+
+/// Adds instance names not named yet, up to [`NAMED_INSTANCES`].
+pub(crate) fn add_names(into: &mut Vec<String>, from: &[String]) {
+    for n in from {
+        if into.len() < NAMED_INSTANCES && !into.contains(n) {
+            into.push(n.clone());
+        }
     }
 }
 
