@@ -168,10 +168,17 @@ impl Cell {
     }
 }
 
-#[derive(Default)]
+/// A network's cells and what was judged of it. The judged lists live and
+/// die with the network, so they are bounded by `max_networks` too: in one
+/// set for the whole stage, a botnet whose addresses each met a rule once
+/// grew it by one entry per address for two days (the horizon).
 struct NetState {
     cells: LiteMap<i64, Cell>,
     updated_ms: i64,
+    /// (rule, window start) that fired or were left to a shard.
+    done: Vec<(usize, i64)>,
+    /// Logins judged by a compromise rule: (rule, instance, time).
+    logins_done: Vec<(usize, String, i64)>,
 }
 
 impl NetState {
@@ -204,10 +211,6 @@ pub struct FleetStage {
     mirrored: Vec<bool>,
     longest_ms: i64,
     nets: HashMap<PeerNet, NetState>,
-    /// (rule, network, window start) that fired or were left to a shard.
-    done: HashSet<(usize, PeerNet, i64)>,
-    /// Logins judged by a compromise rule: (rule, network, instance, time).
-    logins_done: HashSet<(usize, PeerNet, String, i64)>,
     clock_ms: i64,
     stats: FleetStats,
 }
@@ -262,8 +265,6 @@ impl FleetStage {
             mirrored,
             longest_ms,
             nets: HashMap::new(),
-            done: HashSet::new(),
-            logins_done: HashSet::new(),
             clock_ms: i64::MIN,
             stats: FleetStats::default(),
         })
@@ -334,6 +335,8 @@ impl FleetStage {
         let state = self.nets.entry(net.clone()).or_insert_with(|| NetState {
             cells: LiteMap::with_capacity(1),
             updated_ms: 0,
+            done: Vec::new(),
+            logins_done: Vec::new(),
         });
         state.updated_ms = state.updated_ms.max(p.last_ms);
         let cell = state.cells.entry(start).or_insert_with(|| Cell {
@@ -384,12 +387,12 @@ impl FleetStage {
                     self.compromise(ri, net, rs, size, failures, out)
                 }
                 condition => {
-                    if self.done.contains(&(ri, net.clone(), rs)) {
-                        continue;
-                    }
                     let Some(state) = self.nets.get(net) else {
                         return;
                     };
+                    if state.done.contains(&(ri, rs)) {
+                        continue;
+                    }
                     let cells: Vec<&Cell> = state.cells_in(rs..rs + size).collect();
                     let merged = merge(&cells, None, self.config.max_exact);
                     if measure(&merged, &condition) < condition.threshold() {
@@ -404,7 +407,9 @@ impl FleetStage {
                             measure(&merge(&cells, Some(s), self.config.max_exact), &condition)
                                 >= condition.threshold()
                         });
-                    self.done.insert((ri, net.clone(), rs));
+                    if let Some(state) = self.nets.get_mut(net) {
+                        state.done.push((ri, rs));
+                    }
                     if one_shard_met {
                         self.stats.left_to_shard += 1;
                         continue;
@@ -450,9 +455,12 @@ impl FleetStage {
             .flat_map(Cell::partials)
             .flat_map(|p| p.logins.iter().map(move |l| (p.shard.clone(), l.clone())))
             .collect();
+        // Judged here, recorded after the loop (the network's state is
+        // borrowed in it); a login is listed once.
+        let mut judged = Vec::new();
         for (shard, login) in &logins {
-            let key = (ri, net.clone(), login.instance.clone(), login.time_ms);
-            if self.logins_done.contains(&key) {
+            let key = (ri, login.instance.clone(), login.time_ms);
+            if state.logins_done.contains(&key) {
                 continue;
             }
             // A login starts the count anew, as the shards' rule does: only
@@ -505,7 +513,7 @@ impl FleetStage {
             if fleet < failures {
                 continue;
             }
-            self.logins_done.insert(key);
+            judged.push(key);
             if self.mirrored[ri] && own >= failures {
                 self.stats.left_to_shard += 1;
                 continue;
@@ -534,20 +542,22 @@ impl FleetStage {
             self.stats.fired += 1;
             out.push(self.policy.decide(&fired, &origin));
         }
+        if let Some(state) = self.nets.get_mut(net) {
+            state.logins_done.append(&mut judged);
+        }
     }
 
     /// Lets go of cells no rule window can use any more.
     fn expire(&mut self) {
         let horizon = self.horizon();
         let partial = self.config.partial_window_ms;
+        let longest = self.longest_ms;
         self.nets.retain(|_, n| {
             n.cells.retain(|start, _| start + partial > horizon);
-            !n.cells.is_empty()
+            n.done.retain(|(_, rs)| rs + longest > horizon);
+            n.logins_done.retain(|(_, _, t)| t + 2 * longest > horizon);
+            !(n.cells.is_empty() && n.done.is_empty() && n.logins_done.is_empty())
         });
-        let longest = self.longest_ms;
-        self.done.retain(|(_, _, rs)| rs + longest > horizon);
-        self.logins_done
-            .retain(|(_, _, _, t)| t + 2 * longest > horizon);
     }
 
     /// At the cap: drops the eighth of the networks updated longest ago
@@ -682,6 +692,30 @@ mod tests {
         }
     }
 
+    #[test]
+    fn what_was_judged_of_a_botnet_is_bounded_by_the_network_cap() {
+        let mut stage = FleetStage::new(FleetConfig {
+            max_networks: 16,
+            ..FleetConfig::default()
+        })
+        .unwrap();
+        let mut out = Vec::new();
+        // A thousand addresses, each guessing three times on one shard and
+        // twice on another: five fleet-wide, a fleet rule met by each.
+        for k in 0..1000u32 {
+            for (shard, guesses) in [("a", 3), ("b", 2)] {
+                let mut p = part(shard, 0, 1, guesses);
+                p.source = format!("198.51.{}.{}/32", k / 256, k % 256);
+                stage.ingest(p, u64::from(k), &mut out);
+            }
+        }
+        assert!(stage.stats().fired >= 1000, "{:?}", stage.stats());
+        assert!(stage.nets.len() <= 16);
+        let judged: usize = stage.nets.values().map(|n| n.done.len()).sum();
+        let rules = stage.config.policy.rules.len();
+        assert!(judged <= 16 * rules, "{judged}");
+    }
+
     fn cell(stage: &FleetStage) -> &Cell {
         let net = part("a", 0, 1, 0).net().unwrap();
         &stage.nets[&net].cells[&T0]
@@ -761,7 +795,8 @@ mod tests {
             .is_some_and(|s| s.logins.len() == 2));
         // The login at +100 followed five guesses (a compromise, left to
         // the shard that saw them all); the one at +300 followed none.
-        let judged = |t: i64| stage.logins_done.iter().any(|k| k.3 == T0 + t);
+        let net = part("a", 0, 1, 0).net().unwrap();
+        let judged = |t: i64| stage.nets[&net].logins_done.iter().any(|k| k.2 == T0 + t);
         assert!(judged(100));
         assert!(!judged(300));
     }
