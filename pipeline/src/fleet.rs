@@ -210,7 +210,9 @@ pub struct FleetStage {
     /// Per fleet rule: it mirrors a shard rule.
     mirrored: Vec<bool>,
     longest_ms: i64,
-    nets: HashMap<PeerNet, NetState>,
+    /// foldhash, seeded per process, as the window store's keys: SipHash
+    /// was an eighth of an address flood's cost here.
+    nets: HashMap<PeerNet, NetState, foldhash::fast::RandomState>,
     clock_ms: i64,
     stats: FleetStats,
 }
@@ -264,7 +266,7 @@ impl FleetStage {
             config,
             mirrored,
             longest_ms,
-            nets: HashMap::new(),
+            nets: HashMap::default(),
             clock_ms: i64::MIN,
             stats: FleetStats::default(),
         })
@@ -394,6 +396,9 @@ impl FleetStage {
                         continue;
                     }
                     let cells: Vec<&Cell> = state.cells_in(rs..rs + size).collect();
+                    if cannot_meet(&cells, &condition, self.config.max_exact) {
+                        continue;
+                    }
                     let merged = merge(&cells, None, self.config.max_exact);
                     if measure(&merged, &condition) < condition.threshold() {
                         continue;
@@ -581,6 +586,39 @@ impl FleetStage {
             }
         });
         self.stats.networks_dropped += (before - self.nets.len()) as u64;
+    }
+}
+
+/// True when the cells' counts alone show the condition unmet, so that the
+/// whole merge (distinct sets, names) can be skipped: a network of an
+/// address flood, one guess each, was merged for every rule at every
+/// partial. Exact, never a guess: a count is the sum itself; a distinct
+/// count of users or instances (partials hold them for guesses only) is at
+/// most the guesses, and while it is below a threshold within `max_exact`
+/// every set is exact, so the merge would find it below too.
+fn cannot_meet(cells: &[&Cell], c: &Condition, max_exact: usize) -> bool {
+    let sum = |signals: &[Signal]| -> u64 {
+        cells
+            .iter()
+            .flat_map(|c| c.partials())
+            .map(|p| {
+                signals
+                    .iter()
+                    .map(|s| u64::from(p.counts[s.index()]))
+                    .sum::<u64>()
+            })
+            .sum()
+    };
+    match c {
+        Condition::Count { signals, .. } => sum(signals) < u64::from(c.threshold()),
+        Condition::Distinct {
+            of: Dimension::Users | Dimension::Instances,
+            ..
+        } => {
+            let at = c.threshold();
+            (at as usize) <= max_exact && sum(&GUESSES) < u64::from(at)
+        }
+        Condition::Distinct { .. } | Condition::SuccessAfterFailures { .. } => false,
     }
 }
 
