@@ -310,9 +310,10 @@ impl Partial {
 
     /// Adds another part of the same (shard, window, source) into this one:
     /// counts add, distinct sets unite, names and logins are kept to their
-    /// caps (a login past [`MAX_LOGINS`] is left out), times widen. What a
-    /// part's own times bound (the compromise rule's guesses between logins)
-    /// can only count less from a sum, never more.
+    /// caps (a login past [`MAX_LOGINS`] is left out), times widen, so a
+    /// sum's guess times bound all its parts' guesses. A sum's logins are
+    /// not its parts' own: the fleet stage does not let a login in a sum
+    /// vouch for the guesses of another part (`FleetStage::compromise`).
     pub fn absorb(&mut self, other: &Partial, max_exact: usize) {
         add_counts(&mut self.counts, &other.counts);
         self.instances.merge(&other.instances, max_exact);
