@@ -716,6 +716,23 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whichever routine the machine gets, a string ends where memchr2
+        /// says, in haystacks shorter than one vector, than two, and longer.
+        #[test]
+        fn a_string_ends_where_memchr_says(
+            haystack in proptest::collection::vec(proptest::sample::select(b"\"\\ax".to_vec()), 0..100),
+        ) {
+            let want = memchr::memchr2(b'"', b'\\', &haystack);
+            proptest::prop_assert_eq!(StringEnd::new().find(&haystack), want);
+            let portable = StringEnd {
+                #[cfg(target_arch = "x86_64")]
+                avx2: None,
+            };
+            proptest::prop_assert_eq!(portable.find(&haystack), want);
+        }
+    }
+
     #[test]
     fn a_reused_buffer_never_leaks_the_previous_record() {
         let mut d = Decoder::default();
