@@ -347,7 +347,11 @@ impl<'a> Plain<'a> {
             self.at = start + len + 1;
             return self.text.get(start..start + len).map(Cow::Borrowed);
         }
-        let mut owned = String::from(self.text.get(start..start + len)?);
+        // Room for what follows the first escape too: sshd's `rdomain ""`
+        // ends most escaped messages, and a string sized to the part before
+        // it was grown again at the first byte pushed.
+        let mut owned = String::with_capacity(len + 64);
+        owned.push_str(self.text.get(start..start + len)?);
         self.at = start + len;
         loop {
             let b = self.text.as_bytes();
