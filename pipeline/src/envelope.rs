@@ -401,6 +401,26 @@ impl<'a> Plain<'a> {
         (b == lit).then(|| self.at += N)
     }
 
+    /// An event id as CloudWatch writes it, 56 digits and the closing quote
+    /// (as in the subscription data AWS shows in the CloudWatch Logs User
+    /// Guide, "Subscription filters with Kinesis Data Streams"), checked a
+    /// word at a time rather than searched for the quote. `None`, nothing
+    /// read, for anything else, which the string reader then reads.
+    fn event_id(&mut self) -> Option<&'a str> {
+        const DIGITS: usize = 56;
+        let b = self.text.as_bytes().get(self.at..self.at + DIGITS + 1)?;
+        let mut not = 0;
+        for word in b[..DIGITS].chunks_exact(8) {
+            not |= not_digits(u64::from_le_bytes(word.try_into().ok()?));
+        }
+        if not != 0 || b[DIGITS] != b'"' {
+            return None;
+        }
+        let id = self.text.get(self.at..self.at + DIGITS)?;
+        self.at += DIGITS + 1;
+        Some(id)
+    }
+
     /// A timestamp as CloudWatch writes it: 13 digits (milliseconds from
     /// 2001 to 2286) and the comma after them, read as two words rather
     /// than digit by digit (the digit loop was a tenth of the JSON's
@@ -532,7 +552,10 @@ impl<'a> Plain<'a> {
     fn compact_event(&mut self) -> Option<LogEvent<'a>> {
         self.skip_ws();
         self.literal(b"{\"id\":\"")?;
-        let id = self.string_rest()?;
+        let id = match self.event_id() {
+            Some(id) => Cow::Borrowed(id),
+            None => self.string_rest()?,
+        };
         self.literal(b",\"timestamp\":")?;
         let timestamp = match self.millis() {
             Some(t) => t,
@@ -808,6 +831,33 @@ mod tests {
                     proptest::prop_assert_eq!(fast.at, 0);
                     let shape = digits.len() == 13 && !digits.starts_with('0') && after.starts_with(',');
                     proptest::prop_assert!(!shape || text.len() < 16, "{text:?} has the shape");
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// An id read a word at a time is what the string reader reads, and
+        /// only 56 digits and a quote are read that way.
+        #[test]
+        fn an_event_id_read_by_the_word_reads_as_a_string(
+            digits in "[0-9]{55,57}",
+            after in "(\"|[\\a,\u{e9}])[,a-z\"]{0,4}",
+        ) {
+            let text = format!("{digits}{after}");
+            let (mut fast, mut slow) = (plain(&text), plain(&text));
+            match fast.event_id() {
+                Some(id) => {
+                    proptest::prop_assert_eq!(slow.string_rest(), Some(Cow::Borrowed(id)));
+                    proptest::prop_assert_eq!(fast.at, slow.at);
+                    proptest::prop_assert_eq!((id.len(), text.as_bytes()[56]), (56, b'"'));
+                }
+                None => {
+                    proptest::prop_assert_eq!(fast.at, 0);
+                    proptest::prop_assert!(
+                        !(digits.len() == 56 && after.starts_with('"')),
+                        "{text:?} has the shape"
+                    );
                 }
             }
         }
