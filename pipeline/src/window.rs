@@ -191,25 +191,13 @@ struct Evidence {
     /// Shared with the stream's own name: naming an instance allocates
     /// nothing (and most sources try one or two, kept inline).
     instance_names: SmallVec<[Arc<String>; 2]>,
-    top: Vec<TopSource>,
+    top: Vec<(Peer, u32)>,
     other_source_events: u32,
     /// One copy of a line however many lanes' windows sample it (the
     /// default three inline).
     samples: SmallVec<[Arc<str>; 3]>,
     /// Instances a success-after-failures rule already fired for.
     compromised: Vec<Arc<String>>,
-}
-
-/// One of an instance window's top sources. Under a dense attack most
-/// events come from a source the list does not hold, so each is compared
-/// with every entry: hashes are compared first, addresses only when they
-/// match (the dense whole path -0.9% instructions; BENCHMARKS.md,
-/// session 14).
-#[derive(Debug, Clone)]
-struct TopSource {
-    hash: u64,
-    peer: Peer,
-    events: u32,
 }
 
 impl Tally {
@@ -243,7 +231,7 @@ impl Tally {
             instances: e.instances.count(),
             sources: e.sources.count(),
             instance_names: e.instance_names.to_vec(),
-            top: e.top.iter().map(|t| (t.peer.clone(), t.events)).collect(),
+            top: e.top.clone(),
             other_source_events: e.other_source_events,
             samples: e.samples.to_vec(),
         }
@@ -1411,10 +1399,6 @@ impl WindowStore {
             .as_ref()
             .filter(|_| self.masks.sources & bit != 0)
             .map(|n| self.hasher.hash_one(n));
-        let source_hash = o
-            .source
-            .filter(|_| o.counts_for_instance && bit != 0)
-            .map(|s| self.hasher.hash_one(s));
         let mut counted = 0u32;
         let mut late = 0u32;
         let (stream, moved_from) = touch(stream_parts!(self), o.instance, clock_ms);
@@ -1444,14 +1428,12 @@ impl WindowStore {
                 );
                 w.counts[signal.index()] += 1;
                 let e = &mut *w.evidence;
-                if let (Some(src), Some(hash)) = (o.source, source_hash) {
-                    match e.top.iter().position(|t| t.hash == hash && t.peer == *src) {
-                        Some(i) => e.top[i].events += 1,
-                        None if e.top.len() < cfg.max_tracked_sources => e.top.push(TopSource {
-                            hash,
-                            peer: src.clone(),
-                            events: 1,
-                        }),
+                if let Some(src) = o.source {
+                    match e.top.iter().position(|(s, _)| s == src) {
+                        Some(i) => e.top[i].1 += 1,
+                        None if e.top.len() < cfg.max_tracked_sources => {
+                            e.top.push((src.clone(), 1))
+                        }
                         None => e.other_source_events += 1,
                     }
                     if let (true, Some(h)) = (lane.sources & bit != 0, net_hash) {
