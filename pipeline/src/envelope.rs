@@ -842,7 +842,7 @@ mod tests {
         #[test]
         fn an_event_id_read_by_the_word_reads_as_a_string(
             digits in "[0-9]{55,57}",
-            after in "(\"|[\\a,\u{e9}])[,a-z\"]{0,4}",
+            after in "(\"|[\\\\a,\u{e9}])[,a-z\"]{0,4}",
         ) {
             let text = format!("{digits}{after}");
             let (mut fast, mut slow) = (plain(&text), plain(&text));
