@@ -5,7 +5,8 @@
 //! statistics only get in the way.
 //!
 //! `cargo run --release -p sshwarden-benches --example whole_path -- [passes] [minutes] [policy] [input] [partials]`
-//! (policy: `graduated`, the default, or `seed`; input: `standard`, the
+//! (`BENCH_SEED=N` generates the standard or dense corpus from another seed;
+//! policy: `graduated`, the default, or `seed`; input: `standard`, the
 //! default, `dense` or `flood`, as in the `hot_path` bench; for the flood,
 //! minutes × 40,000 lines; `partials` also builds the fleet stage's
 //! partials, encoded as the second stream would carry them). Each pass
@@ -60,6 +61,14 @@ fn main() {
             };
             if let Some(m) = minutes {
                 config.duration_ms = m * 60_000;
+            }
+            // Traffic of the same shape from another seed: scripts/build-pgo
+            // trains on it, so the corpus timed here stays unseen.
+            if let Ok(seed) = std::env::var("BENCH_SEED") {
+                config.seed = seed.parse().unwrap_or_else(|_| {
+                    eprintln!("BENCH_SEED {seed:?} is not a number");
+                    std::process::exit(2);
+                });
             }
             corpus(&config)
         }
