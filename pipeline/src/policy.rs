@@ -159,6 +159,18 @@ impl Policy {
     }
 
     pub fn decide(&mut self, fired: &Fired, origin: &Origin) -> Decision {
+        self.decide_in_doubt(fired, origin, None)
+    }
+
+    /// As [`decide`](Self::decide), but a quarantine whose evidence is in
+    /// `doubt` (the reason) becomes a notification held for a person: a
+    /// quarantine only on counts that cannot be too high.
+    pub fn decide_in_doubt(
+        &mut self,
+        fired: &Fired,
+        origin: &Origin,
+        doubt: Option<&'static str>,
+    ) -> Decision {
         let rule = &self.config.rules[fired.rule];
         let suppressed = |reason| Decision::Suppressed {
             rule: rule.name.clone(),
@@ -195,6 +207,10 @@ impl Policy {
                     "the source also logged in successfully in this window: blocking it could \
                      lock out a legitimate user; held for a person",
                 );
+            }
+            (_, Action::Quarantine) if doubt.is_some() => {
+                action = Action::Notify;
+                hold_reason = doubt;
             }
             _ => {}
         }
