@@ -878,6 +878,40 @@ mod tests {
     }
 
     #[test]
+    fn a_compromise_that_counts_a_folded_part_0_is_held_too() {
+        use crate::partial::Login;
+        let mut stage = FleetStage::new(FleetConfig::default()).unwrap();
+        let mut out = Vec::new();
+        // Shard a: three guesses in part 0, then guessless parts until part
+        // 0 is folded into a's sum alone (the sum keeps its number, 0).
+        stage.ingest(part("a", 0, 1, 3), 0, &mut out);
+        for k in 1..=PARTS_PER_SHARD as u32 {
+            let mut filler = part("a", k, 1, 0);
+            filler.first_guess_ms = None;
+            filler.last_guess_ms = None;
+            stage.ingest(filler, u64::from(k), &mut out);
+        }
+        assert!(cell(&stage).folded.get("a").is_some_and(|s| s.part == 0));
+        let mut b = part("b", 0, 1, 3);
+        b.logins = vec![Login {
+            instance: "i-0123456789abcdef0".to_owned(),
+            user: None,
+            time_ms: T0 + 100,
+            failures_before: 3,
+        }];
+        stage.ingest(b, 100, &mut out);
+        let held: Vec<_> = out
+            .iter()
+            .filter_map(|d| match d {
+                Decision::Command(c) if c.rule == "fleet-compromise" => Some((c.action, c.held)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(held, vec![(Action::Notify, true)]);
+        assert_eq!(stage.stats().in_doubt, 1);
+    }
+
+    #[test]
     fn a_folded_sum_holding_an_earlier_login_does_not_vouch_for_guesses_before_it() {
         use crate::partial::Login;
         let login = |t: i64, failures_before: u32| Login {
